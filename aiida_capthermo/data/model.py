@@ -1,0 +1,85 @@
+"""``ModelData``: a trained model (GNN or MACE potential) as a node with its files in the repository."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+
+from aiida import orm
+
+__all__ = ['ModelData']
+
+KINDS = ('gnn', 'mace')
+
+
+class ModelData(orm.Data):
+    """A trained model: its files in the repository, what it is in the attributes.
+
+    Attributes: ``kind`` (``gnn`` or ``mace``), ``files`` (names in the repository), ``main_file``
+    (the file a loader opens: a ``state_dict`` for a GNN, a MACE ``.model`` for a potential),
+    ``sha256`` (of the main file, to check a copy on a cluster is the same model), plus whatever
+    the trainer records (``architecture``, ``hyperparameters``, ``normalisation``, ``r_max``,
+    ``dtype``, ``target``, ``foundation`` ...).
+    """
+
+    @classmethod
+    def from_files(cls, kind: str, files: dict[str, str | pathlib.Path], main_file: str, **attributes) -> 'ModelData':
+        """Create an unstored model node from files on disk (``files`` maps repository names to paths)."""
+        if kind not in KINDS:
+            raise ValueError(f'unknown model kind {kind!r}; expected one of {KINDS}')
+        if main_file not in files:
+            raise ValueError(f'main file {main_file!r} is not among the files {sorted(files)}')
+        node = cls()
+        for name, path in files.items():
+            path = pathlib.Path(path)
+            if not path.is_file():
+                raise FileNotFoundError(f'model file {path} does not exist')
+            node.base.repository.put_object_from_file(str(path), name)
+        node.base.attributes.set('kind', kind)
+        node.base.attributes.set('files', sorted(files))
+        node.base.attributes.set('main_file', main_file)
+        node.base.attributes.set('sha256', sha256_file(files[main_file]))
+        for key, value in attributes.items():
+            node.base.attributes.set(key, value)
+        return node
+
+    @property
+    def kind(self) -> str:
+        return self.base.attributes.get('kind')
+
+    @property
+    def main_file(self) -> str:
+        return self.base.attributes.get('main_file')
+
+    @property
+    def sha256(self) -> str:
+        return self.base.attributes.get('sha256')
+
+    def export_files(self, dirpath: str | pathlib.Path) -> dict[str, pathlib.Path]:
+        """Copy all model files into ``dirpath``; return name -> path."""
+        dirpath = pathlib.Path(dirpath)
+        dirpath.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for name in self.base.attributes.get('files'):
+            target = dirpath / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self.base.repository.open(name, 'rb') as source:
+                target.write_bytes(source.read())
+            paths[name] = target
+        return paths
+
+    def get_bytes(self, name: str | None = None) -> bytes:
+        with self.base.repository.open(name or self.main_file, 'rb') as handle:
+            return handle.read()
+
+
+def sha256_file(path: str | pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for block in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
