@@ -1,0 +1,47 @@
+"""Parser base: read the console script's ``summary.json`` from the retrieved folder and map failures to exit codes."""
+
+from __future__ import annotations
+
+import json
+
+from aiida import orm
+from aiida.parsers import Parser
+
+from aiida_capthermo.calculations.base import SUMMARY_FILE
+
+__all__ = ['SummaryParser']
+
+
+class SummaryParser(Parser):
+    """Parsers of the package's CalcJobs start here: :meth:`read_summary` returns the summary dict or an exit code.
+
+    Files are read through ``self.retrieved`` only, so parsing works the same for a remote cluster.
+    """
+
+    def read_summary(self) -> dict | orm.ExitCode:
+        """Return the parsed summary, or the exit code that says why it is not there."""
+        names = self.retrieved.base.repository.list_object_names()
+        if SUMMARY_FILE not in names:
+            return self.exit_codes.ERROR_SUMMARY_MISSING
+        try:
+            summary = json.loads(self.retrieved.base.repository.get_object_content(SUMMARY_FILE))
+        except (ValueError, OSError) as exception:
+            return self.exit_codes.ERROR_SUMMARY_UNPARSABLE.format(exception=exception)
+        self.out('summary', orm.Dict(summary))
+        error = summary.get('error')
+        if error:
+            if summary.get('error_kind') == 'out_of_memory':
+                return self.exit_codes.ERROR_OUT_OF_MEMORY.format(error=error)
+            return self.exit_codes.ERROR_SCRIPT_FAILED.format(error=error)
+        return summary
+
+    def retrieved_path(self, name: str, tmpdir) -> str | None:
+        """Copy retrieved file ``name`` to ``tmpdir`` and return its path, or None when it was not retrieved."""
+        import pathlib
+
+        if name not in self.retrieved.base.repository.list_object_names():
+            return None
+        target = pathlib.Path(tmpdir) / name
+        with self.retrieved.base.repository.open(name, 'rb') as source:
+            target.write_bytes(source.read())
+        return str(target)

@@ -1,0 +1,49 @@
+"""Shared fixtures: an AiiDA test profile with the ZeroMQ broker (so the daemon and ``submit`` work),
+the localhost computer and codes for the package's console scripts."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import sys
+
+import pytest
+
+pytest_plugins = ['aiida.tools.pytest_fixtures']
+
+
+@pytest.fixture(scope='session')
+def aiida_profile(aiida_config, aiida_profile_factory):
+    """Temporary SQLite profile with the ZeroMQ broker: no services needed, ``submit`` and the daemon work."""
+    with aiida_profile_factory(aiida_config, broker_backend='core.zeromq') as profile:
+        yield profile
+
+
+def script_path(name: str) -> str:
+    """Absolute path of one of the package's console scripts in the running environment."""
+    candidate = pathlib.Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f'console script {name} is not installed; run `pip install -e .`')
+    return found
+
+
+@pytest.fixture
+def script_code(aiida_code_installed):
+    """Factory: an ``InstalledCode`` on localhost for console script ``name`` (e.g. ``capthermo-label``)."""
+
+    def factory(name: str, default_calc_job_plugin: str | None = None):
+        return aiida_code_installed(filepath_executable=script_path(name), default_calc_job_plugin=default_calc_job_plugin,
+                                    label=name.replace('-', '_'))
+
+    return factory
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_torch():
+    """Keep numerical libraries to one thread per test process for reproducible CPU timings."""
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+    yield
