@@ -1,0 +1,242 @@
+"""Periodic radius graphs and atomic node features for the band-gap GNN (numpy only).
+
+A structure becomes a graph whose nodes are its atoms and whose edges are all pairs ``(i, j, S)``
+with ``|r_j + S @ cell - r_i| < cutoff`` for every integer lattice translation ``S`` (periodic
+image). An atom bonded to its own periodic image is a self-edge ``(i, i, S)`` with ``S != 0``; the
+trivial ``(i, i, 0)`` is never an edge. Both directions ``(i, j, S)`` and ``(j, i, -S)`` are present,
+so the edge set is exactly that of ``ase.neighborlist.neighbor_list(..., self_interaction=False)``.
+
+Correctness of the image range: with fractional coordinates wrapped into ``[0, 1)`` the difference
+``df = f_j - f_i`` lies in ``(-1, 1)`` and the component of an edge vector along reciprocal vector
+``b_k`` (``a_l . b_k = delta_lk``, ``|b_k| = 1 / d_k`` with ``d_k`` the spacing of lattice planes) is
+``s_k + df_k``; it is bounded by ``cutoff * |b_k|``. Hence ``|s_k| <= ceil(cutoff * |b_k|)`` covers
+every edge for any cell shape, including cells smaller than twice the cutoff.
+
+Units: positions, cells, distances and cutoffs in Å; masses in amu; radii in Å; electronegativity on
+the Pauling scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    'PeriodicGraph', 'radius_graph_pbc', 'radius_graph_pbc_loop', 'image_range', 'NODE_FEATURE_NAMES',
+    'node_features', 'MinMaxScaler', 'bond_types',
+]
+
+DEFAULT_CUTOFF = 5.5  # Å, the papers' converged value
+NODE_FEATURE_NAMES = ('atomic_number', 'atomic_mass', 'atomic_radius', 'electronegativity')
+
+
+@dataclasses.dataclass
+class PeriodicGraph:
+    """Edges of one periodic structure.
+
+    ``edge_index[0]`` is the centre atom ``i``, ``edge_index[1]`` the neighbour ``j``;
+    ``vectors = positions[j] + shifts @ cell - positions[i]`` with the positions as given (not wrapped).
+    """
+
+    edge_index: np.ndarray  # [2, n_edges] int64
+    shifts: np.ndarray  # [n_edges, 3] int64, lattice translation of atom j
+    distances: np.ndarray  # [n_edges] Å
+    vectors: np.ndarray  # [n_edges, 3] Å
+
+    @property
+    def n_edges(self) -> int:
+        return self.edge_index.shape[1]
+
+    def edge_set(self) -> set[tuple[int, int, int, int, int]]:
+        """The edges as a set of ``(i, j, s1, s2, s3)`` tuples, for comparisons."""
+        return set(map(tuple, np.column_stack([self.edge_index.T, self.shifts]).tolist()))
+
+
+def image_range(cell: np.ndarray, cutoff: float, pbc: Sequence[bool] = (True, True, True)) -> np.ndarray:
+    """Largest lattice translation needed along each cell vector: ``ceil(cutoff * |b_k|)`` (0 if not periodic).
+
+    Parameters
+    ----------
+    cell : [3, 3] array, Å, lattice vectors as rows.
+    cutoff : float, Å.
+    pbc : three booleans.
+
+    Returns
+    -------
+    [3] int array.
+    """
+    reciprocal = np.linalg.inv(np.asarray(cell, dtype=float))  # columns b_k, a_l . b_k = delta_lk
+    n_images = np.ceil(cutoff * np.linalg.norm(reciprocal, axis=0) - 1e-12).astype(np.int64)  # [3]
+    return np.where(np.asarray(pbc, dtype=bool), np.maximum(n_images, 0), 0)
+
+
+def _validate(positions, cell, cutoff) -> tuple[np.ndarray, np.ndarray]:
+    positions = np.asarray(positions, dtype=float).reshape(-1, 3)
+    cell = np.asarray(cell, dtype=float).reshape(3, 3)
+    if not cutoff > 0:
+        raise ValueError(f'the cutoff must be positive, got {cutoff}')
+    if abs(np.linalg.det(cell)) < 1e-8:
+        raise ValueError('the cell is singular (zero volume); a periodic graph needs three lattice vectors')
+    if not np.all(np.isfinite(positions)):
+        raise ValueError('positions contain NaN or infinite values')
+    return positions, cell
+
+
+def radius_graph_pbc(positions: np.ndarray, cell: np.ndarray, cutoff: float = DEFAULT_CUTOFF,
+                     pbc: Sequence[bool] = (True, True, True)) -> PeriodicGraph:
+    """All edges within ``cutoff`` with periodic images, vectorised over atom pairs and images.
+
+    Parameters
+    ----------
+    positions : [n_atoms, 3] array, Å (may lie outside the cell).
+    cell : [3, 3] array, Å, lattice vectors as rows.
+    cutoff : float, Å; an edge has distance strictly below it.
+    pbc : periodicity along each cell vector.
+
+    Returns
+    -------
+    PeriodicGraph with edges sorted by ``(i, j, shift)``.
+    """
+    positions, cell = _validate(positions, cell, cutoff)
+    pbc = np.asarray(pbc, dtype=bool)
+    n_atoms = len(positions)
+    fractional = positions @ np.linalg.inv(cell)  # [n_atoms, 3]
+    wrap = np.where(pbc, np.floor(fractional), 0.0)  # [n_atoms, 3] translation that brings each atom into the cell
+    wrapped = (fractional - wrap) @ cell  # [n_atoms, 3] Å
+    n_images = image_range(cell, cutoff, pbc)
+    images = np.array(list(itertools.product(*(range(-n, n + 1) for n in n_images))), dtype=np.int64)  # [n_img, 3]
+    translations = images @ cell  # [n_img, 3] Å
+
+    cutoff2 = cutoff * cutoff
+    pair_vectors = wrapped[None, :, :] - wrapped[:, None, :]  # [n_atoms(i), n_atoms(j), 3]
+    centre, neighbour, image = [], [], []
+    # Chunk over images so that memory stays at ~n_atoms^2 * chunk doubles.
+    chunk = max(1, int(2_000_000 // max(1, n_atoms * n_atoms)))
+    for start in range(0, len(images), chunk):
+        vectors = pair_vectors[None, :, :, :] + translations[start:start + chunk, None, None, :]  # [c, i, j, 3]
+        distance2 = np.einsum('cijk,cijk->cij', vectors, vectors)  # [c, i, j]
+        c, i, j = np.nonzero(distance2 < cutoff2)
+        centre.append(i)
+        neighbour.append(j)
+        image.append(c + start)
+    i = np.concatenate(centre)
+    j = np.concatenate(neighbour)
+    shift = images[np.concatenate(image)]  # [n_candidates, 3]
+    keep = ~((i == j) & np.all(shift == 0, axis=1))  # drop the atom itself
+    i, j, shift = i[keep], j[keep], shift[keep]
+    shift = shift + (wrap[i] - wrap[j]).astype(np.int64)  # express the shift for the positions as given
+    vectors = positions[j] + shift @ cell - positions[i]  # [n_edges, 3]
+    order = np.lexsort((shift[:, 2], shift[:, 1], shift[:, 0], j, i))
+    return PeriodicGraph(edge_index=np.stack([i[order], j[order]]).astype(np.int64), shifts=shift[order],
+                         distances=np.linalg.norm(vectors[order], axis=1), vectors=vectors[order])
+
+
+def radius_graph_pbc_loop(positions: np.ndarray, cell: np.ndarray, cutoff: float = DEFAULT_CUTOFF) -> PeriodicGraph:
+    """The same graph with a plain per-pair, per-image Python loop (reference and benchmark baseline)."""
+    positions, cell = _validate(positions, cell, cutoff)
+    inverse = np.linalg.inv(cell)
+    frac = (positions @ inverse).tolist()
+    wrap = [[math.floor(f) for f in row] for row in frac]
+    frac_wrapped = [[f - w for f, w in zip(row, wrap_row)] for row, wrap_row in zip(frac, wrap)]
+    a = cell.tolist()
+    n1, n2, n3 = (int(n) for n in image_range(cell, cutoff))
+    edges, distances = [], []
+    for i, fi in enumerate(frac_wrapped):
+        for j, fj in enumerate(frac_wrapped):
+            for s1 in range(-n1, n1 + 1):
+                for s2 in range(-n2, n2 + 1):
+                    for s3 in range(-n3, n3 + 1):
+                        if i == j and s1 == 0 and s2 == 0 and s3 == 0:
+                            continue
+                        d1, d2, d3 = fj[0] - fi[0] + s1, fj[1] - fi[1] + s2, fj[2] - fi[2] + s3
+                        x = d1 * a[0][0] + d2 * a[1][0] + d3 * a[2][0]
+                        y = d1 * a[0][1] + d2 * a[1][1] + d3 * a[2][1]
+                        z = d1 * a[0][2] + d2 * a[1][2] + d3 * a[2][2]
+                        r = math.sqrt(x * x + y * y + z * z)
+                        if r < cutoff:
+                            edges.append((i, j, s1 + wrap[i][0] - wrap[j][0], s2 + wrap[i][1] - wrap[j][1],
+                                          s3 + wrap[i][2] - wrap[j][2]))
+                            distances.append(r)
+    edges_array = np.array(edges, dtype=np.int64).reshape(-1, 5)
+    shifts = edges_array[:, 2:]
+    vectors = positions[edges_array[:, 1]] + shifts @ cell - positions[edges_array[:, 0]]
+    return PeriodicGraph(edge_index=edges_array[:, :2].T.copy(), shifts=shifts,
+                         distances=np.array(distances, dtype=float), vectors=vectors)
+
+
+# ---------------------------------------------------------------------------------------------- node features
+def element_table(numbers: Sequence[int]) -> dict[int, tuple[float, float, float, float]]:
+    """Raw features of each element: atomic number, mass (amu), atomic radius (Å), Pauling electronegativity.
+
+    Masses come from ASE (``ase.data.atomic_masses``), empirical atomic radii and electronegativities from
+    pymatgen's periodic table (``Element.atomic_radius``, ``Element.X``), both maintained upstream.
+    """
+    from ase.data import atomic_masses
+    from pymatgen.core.periodic_table import Element
+
+    table = {}
+    for number in sorted({int(n) for n in numbers}):
+        element = Element.from_Z(number)
+        radius = element.atomic_radius
+        if radius is None or not np.isfinite(element.X):
+            raise ValueError(f'no atomic radius or electronegativity is tabulated for {element.symbol}')
+        table[number] = (float(number), float(atomic_masses[number]), float(radius), float(element.X))
+    return table
+
+
+def node_features(numbers: Sequence[int]) -> np.ndarray:
+    """Raw (not normalised) node features, [n_atoms, 4], in the order of :data:`NODE_FEATURE_NAMES`."""
+    numbers = np.asarray(numbers, dtype=np.int64)
+    table = element_table(numbers)
+    return np.array([table[int(n)] for n in numbers], dtype=float).reshape(-1, len(NODE_FEATURE_NAMES))
+
+
+@dataclasses.dataclass
+class MinMaxScaler:
+    """Min-max normalisation ``(v - minimum) / (maximum - minimum)`` per column, JSON round-trippable.
+
+    A column with ``maximum == minimum`` (e.g. a single element) maps to 0.
+    """
+
+    minimum: np.ndarray
+    maximum: np.ndarray
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> 'MinMaxScaler':
+        values = np.asarray(values, dtype=float)
+        if values.size == 0 or not np.all(np.isfinite(values)):
+            raise ValueError('min-max normalisation needs at least one finite value and no NaN')
+        return cls(minimum=np.atleast_1d(values.min(axis=0)), maximum=np.atleast_1d(values.max(axis=0)))
+
+    @property
+    def span(self) -> np.ndarray:
+        span = self.maximum - self.minimum
+        return np.where(span > 0, span, 1.0)
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return (np.asarray(values, dtype=float) - self.minimum) / self.span
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, dtype=float) * self.span + self.minimum
+
+    def to_dict(self) -> dict:
+        return {'minimum': self.minimum.tolist(), 'maximum': self.maximum.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> 'MinMaxScaler':
+        return cls(minimum=np.asarray(data['minimum'], dtype=float), maximum=np.asarray(data['maximum'], dtype=float))
+
+
+def bond_types(numbers: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
+    """Bond type of every edge as ``'A-B'`` with the element symbols in alphabetical order: [n_edges] str."""
+    from ase.data import chemical_symbols
+
+    symbols = np.array(chemical_symbols)[np.asarray(numbers)]
+    first, second = symbols[edge_index[0]], symbols[edge_index[1]]
+    low = np.where(first <= second, first, second)
+    high = np.where(first <= second, second, first)
+    return np.char.add(np.char.add(low, '-'), high)
