@@ -1,0 +1,392 @@
+"""Symmetry-inequivalent configurations of a binary solid solution on one sublattice.
+
+Method
+------
+1. :func:`site_permutations` takes the space-group operations of the *parent* supercell (all
+   disordered sites carry one species) from spglib and turns each operation into a permutation of
+   the disordered sites (image positions matched to sites with periodic wrap and a Cartesian
+   tolerance). Duplicate permutations (e.g. a point operation combined with a lattice translation
+   that acts identically on the sublattice) are removed; the result is the permutation group
+   acting on the sublattice. For the 8 halide sites of the 2x2x2 Ag3SI cell it has 48 elements.
+2. A configuration with ``k`` guest atoms is a boolean mask over the ``n`` sites, encoded as the
+   integer ``sum_i mask[i] * 2**i``. Its *canonical form* is the smallest code over the images
+   under all permutations; two configurations are equivalent iff their canonical forms agree, and
+   the orbit size (multiplicity) is the number of distinct image codes. The images of a batch of
+   configurations are computed with one matrix product ``masks @ 2**perm.T`` (vectorised).
+3. :func:`enumerate_configurations` enumerates all ``C(n, k)`` masks when that is small enough and
+   groups them by canonical form. When there are more inequivalent classes than requested
+   (``max_configurations``; the number of classes is known beforehand from Burnside's lemma,
+   :func:`count_inequivalent`), it draws uniformly random configurations in batches and keeps the
+   first ``max_configurations`` distinct canonical forms. Random configurations are uniform over
+   the ``C(n, k)`` arrangements, so a class is found with probability proportional to its
+   multiplicity (the weight it has in a random alloy). ``C(n, k)`` is never enumerated explicitly in
+   that case, so 27 sites with k = 13 (20 M arrangements) is fast.
+
+Only numpy and spglib are used here (no AiiDA, no torch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+
+import ase
+import numpy as np
+import spglib
+
+__all__ = [
+    'Configuration',
+    'site_permutations',
+    'enumerate_configurations',
+    'count_inequivalent',
+    'canonical_keys',
+    'orbit_sizes',
+    'draw_compositions',
+    'random_configuration',
+]
+
+#: Largest sublattice the integer encoding supports (codes are int64).
+MAX_SITES = 62
+#: Largest number of arrangements C(n, k) enumerated explicitly.
+ENUMERATION_LIMIT = 2_000_000
+_CHUNK = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    """One symmetry-inequivalent configuration (class representative) of a solid solution.
+
+    Attributes
+    ----------
+    occupied
+        Indices into ``site_indices`` (not atom indices) of the sites carrying the guest species, in
+        the canonical (smallest-code) representative of the class.
+    multiplicity
+        Number of arrangements in the class (orbit size under the site permutations).
+    n_sites
+        Number of sites of the disordered sublattice.
+    """
+
+    occupied: tuple[int, ...]
+    multiplicity: int
+    n_sites: int
+
+    @property
+    def n_guest(self) -> int:
+        """Number of guest atoms."""
+        return len(self.occupied)
+
+    @property
+    def x(self) -> float:
+        """Guest fraction on the sublattice, ``n_guest / n_sites``."""
+        return len(self.occupied) / self.n_sites
+
+    def occupation_mask(self) -> np.ndarray:
+        """Boolean mask over the sublattice sites, shape [n_sites], ``True`` = guest."""
+        mask = np.zeros(self.n_sites, dtype=bool)
+        mask[list(self.occupied)] = True
+        return mask
+
+
+def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def site_permutations(atoms: ase.Atoms, site_indices: Sequence[int], symprec: float = 1e-3) -> np.ndarray:
+    """Return the space-group operations of the parent structure as permutations of a sublattice.
+
+    The symmetry is that of ``atoms`` with every selected site set to one species (the parent
+    structure), so a partly substituted structure gives the same answer as its parent.
+
+    Parameters
+    ----------
+    atoms
+        The (super)cell.
+    site_indices
+        Atom indices of the disordered sublattice, shape [n_sites].
+    symprec
+        spglib tolerance in Å; image positions are matched to sites within ``max(10 * symprec, 1e-3)`` Å.
+
+    Returns
+    -------
+    numpy.ndarray
+        Integer array [n_distinct_ops, n_sites]; row ``g`` maps site ``i`` to site ``perm[g, i]``
+        (both indices into ``site_indices``). Rows are unique and sorted; the identity is included.
+    """
+    site_indices = np.asarray(site_indices, dtype=np.int64).reshape(-1)
+    if site_indices.size == 0:
+        raise ValueError('site_indices is empty.')
+    if site_indices.min() < 0 or site_indices.max() >= len(atoms) or len(np.unique(site_indices)) != site_indices.size:
+        raise ValueError(f'site_indices must be distinct atom indices in [0, {len(atoms)}).')
+    numbers = atoms.numbers.copy()
+    numbers[site_indices] = numbers[site_indices[0]]
+    cell = atoms.cell.array
+    scaled = atoms.get_scaled_positions(wrap=True)
+    symmetry = spglib.get_symmetry((cell, scaled, numbers), symprec=symprec)
+    if symmetry is None:
+        raise ValueError(f'spglib found no symmetry for the structure (symprec={symprec}).')
+    rotations = np.asarray(symmetry['rotations'], dtype=float)  # [n_ops, 3, 3]
+    translations = np.asarray(symmetry['translations'], dtype=float)  # [n_ops, 3]
+    sites = scaled[site_indices]  # [n_sites, 3]
+    images = np.einsum('gab,nb->gna', rotations, sites) + translations[:, None, :]  # [n_ops, n_sites, 3]
+    diff = images[:, :, None, :] - sites[None, None, :, :]  # [n_ops, n_sites, n_sites, 3]
+    diff -= np.round(diff)
+    distance = np.linalg.norm(diff @ cell, axis=-1)  # [n_ops, n_sites, n_sites] Å
+    tolerance = max(10 * symprec, 1e-3)
+    match = distance < tolerance
+    if not np.all(match.sum(axis=-1) == 1):
+        raise ValueError(
+            'a symmetry operation does not map the sublattice onto itself one-to-one; '
+            'check site_indices and symprec.'
+        )
+    perms = np.argmax(match, axis=-1)  # [n_ops, n_sites]
+    if not np.all(np.sort(perms, axis=1) == np.arange(site_indices.size)):
+        raise ValueError('a symmetry operation maps two sites onto one; decrease symprec.')
+    return np.unique(perms, axis=0)
+
+
+def _check_permutations(permutations: np.ndarray) -> np.ndarray:
+    perms = np.asarray(permutations, dtype=np.int64)
+    if perms.ndim != 2 or perms.shape[0] == 0:
+        raise ValueError(f'permutations must be a non-empty [n_ops, n_sites] array, got shape {perms.shape}.')
+    n_sites = perms.shape[1]
+    if not np.all(np.sort(perms, axis=1) == np.arange(n_sites)):
+        raise ValueError('every row of permutations must be a permutation of 0..n_sites-1.')
+    return perms
+
+
+def _image_codes(masks: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """Integer codes of all images of ``masks`` [B, n] under ``perms`` [G, n]; returns [B, G]."""
+    n_sites = perms.shape[1]
+    if n_sites > MAX_SITES:
+        raise ValueError(f'at most {MAX_SITES} sublattice sites are supported, got {n_sites}.')
+    # Image of mask m under perm p: m'[p[i]] = m[i], so code(m') = sum_i m[i] 2**p[i].
+    if n_sites <= 52:  # exact in float64, use BLAS
+        weights = np.exp2(perms.astype(float))  # [G, n]
+        return (masks.astype(float) @ weights.T).astype(np.int64)  # [B, G]
+    weights = np.left_shift(np.int64(1), perms)  # [G, n]
+    return masks.astype(np.int64) @ weights.T
+
+
+def canonical_keys(masks: np.ndarray, permutations: np.ndarray) -> np.ndarray:
+    """Canonical integer code (smallest image code) of each configuration.
+
+    Parameters
+    ----------
+    masks
+        Boolean occupation masks [n_configurations, n_sites].
+    permutations
+        Site permutations [n_ops, n_sites] (from :func:`site_permutations`).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 codes [n_configurations]; equal codes = symmetry-equivalent configurations.
+    """
+    perms = _check_permutations(permutations)
+    masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+    out = np.empty(masks.shape[0], dtype=np.int64)
+    for start in range(0, masks.shape[0], _CHUNK):
+        out[start : start + _CHUNK] = _image_codes(masks[start : start + _CHUNK], perms).min(axis=1)
+    return out
+
+
+def orbit_sizes(masks: np.ndarray, permutations: np.ndarray) -> np.ndarray:
+    """Number of distinct images (multiplicity) of each configuration, shape [n_configurations]."""
+    perms = _check_permutations(permutations)
+    masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+    out = np.empty(masks.shape[0], dtype=np.int64)
+    for start in range(0, masks.shape[0], _CHUNK):
+        codes = np.sort(_image_codes(masks[start : start + _CHUNK], perms), axis=1)  # [B, G]
+        out[start : start + _CHUNK] = 1 + np.count_nonzero(np.diff(codes, axis=1), axis=1)
+    return out
+
+
+def _decode(codes: np.ndarray, n_sites: int) -> np.ndarray:
+    """Boolean masks [len(codes), n_sites] from integer codes."""
+    bits = np.left_shift(np.int64(1), np.arange(n_sites, dtype=np.int64))
+    return (np.asarray(codes, dtype=np.int64)[:, None] & bits[None, :]) != 0
+
+
+def count_inequivalent(permutations: np.ndarray, n_guest: int) -> int:
+    """Number of inequivalent ``n_guest``-subsets of the sites, by Burnside's lemma.
+
+    ``N = (1/|G|) sum_g fix(g)``, where ``fix(g)`` is the number of k-subsets that ``g`` maps onto
+    themselves: the coefficient of ``t**k`` in ``prod_cycles (1 + t**len(cycle))``. Independent of
+    the enumeration; ``permutations`` must form a group (as :func:`site_permutations` returns).
+    """
+    perms = _check_permutations(permutations)
+    n_sites = perms.shape[1]
+    if not 0 <= n_guest <= n_sites:
+        raise ValueError(f'n_guest must lie in [0, {n_sites}], got {n_guest}.')
+    total = 0
+    for perm in perms:
+        seen = np.zeros(n_sites, dtype=bool)
+        poly = [1] + [0] * n_sites  # coefficients of t**0 .. t**n
+        for start in range(n_sites):
+            if seen[start]:
+                continue
+            length, j = 0, start
+            while not seen[j]:
+                seen[j] = True
+                j = perm[j]
+                length += 1
+            poly = [poly[i] + (poly[i - length] if i >= length else 0) for i in range(n_sites + 1)]
+        total += poly[n_guest]
+    if total % len(perms):
+        raise ValueError('Burnside sum is not divisible by the group order: the permutations do not form a group.')
+    return total // len(perms)
+
+
+def enumerate_configurations(
+    permutations: np.ndarray,
+    n_guest: int,
+    max_configurations: int | None = None,
+    rng: np.random.Generator | int | None = None,
+    batch_size: int = 4096,
+    max_draws: int = 10_000_000,
+) -> list[Configuration]:
+    """Return the symmetry-inequivalent configurations of ``n_guest`` guest atoms with their multiplicities.
+
+    Parameters
+    ----------
+    permutations
+        Site permutations [n_ops, n_sites] of the parent structure (:func:`site_permutations`).
+    n_guest
+        Number of guest atoms on the sublattice, in [0, n_sites].
+    max_configurations
+        If given and the number of inequivalent classes (Burnside) exceeds it, return a random sample
+        of this many distinct classes instead: uniformly random arrangements are drawn in batches
+        and the first ``max_configurations`` distinct canonical forms are kept (classes are thus
+        found with probability proportional to their multiplicity). ``None`` = all classes.
+    rng
+        ``numpy.random.Generator`` or seed for the sampling (reproducible for a given seed).
+    batch_size
+        Number of random arrangements canonicalised per batch when sampling.
+    max_draws
+        Safety bound on the number of random arrangements drawn.
+
+    Returns
+    -------
+    list[Configuration]
+        Sorted by canonical code. With full enumeration the multiplicities sum to ``C(n_sites, n_guest)``.
+    """
+    perms = _check_permutations(permutations)
+    n_sites = perms.shape[1]
+    n_guest = int(n_guest)
+    if not 0 <= n_guest <= n_sites:
+        raise ValueError(f'n_guest must lie in [0, {n_sites}], got {n_guest}.')
+    if max_configurations is not None and int(max_configurations) < 1:
+        raise ValueError(f'max_configurations must be a positive integer or None, got {max_configurations}.')
+    n_classes = count_inequivalent(perms, n_guest)
+    n_arrangements = math.comb(n_sites, n_guest)
+
+    if max_configurations is None or n_classes <= max_configurations:
+        if n_arrangements > ENUMERATION_LIMIT:
+            raise ValueError(
+                f'{n_classes} inequivalent classes among C({n_sites}, {n_guest}) = {n_arrangements} arrangements: '
+                f'too many to enumerate explicitly (limit {ENUMERATION_LIMIT}); set max_configurations '
+                f'below {n_classes} to sample.'
+            )
+        combos = np.fromiter(
+            itertools.chain.from_iterable(itertools.combinations(range(n_sites), n_guest)),
+            dtype=np.int64,
+            count=n_arrangements * n_guest,
+        ).reshape(n_arrangements, n_guest)
+        masks = np.zeros((n_arrangements, n_sites), dtype=bool)
+        np.put_along_axis(masks, combos, True, axis=1)
+        keys = canonical_keys(masks, perms)
+        codes, counts = np.unique(keys, return_counts=True)  # sorted
+        if len(codes) != n_classes:
+            raise RuntimeError(f'enumeration found {len(codes)} classes but Burnside counts {n_classes}.')
+        multiplicities = counts
+    else:
+        generator = _as_rng(rng)
+        found: dict[int, None] = {}
+        drawn = 0
+        while len(found) < max_configurations:
+            if drawn >= max_draws:
+                raise RuntimeError(f'found only {len(found)} distinct classes after {drawn} random draws.')
+            order = np.argsort(generator.random((batch_size, n_sites)), axis=1)
+            masks = np.zeros((batch_size, n_sites), dtype=bool)
+            np.put_along_axis(masks, order[:, :n_guest], True, axis=1)
+            drawn += batch_size
+            for key in canonical_keys(masks, perms).tolist():
+                if key not in found:
+                    found[key] = None
+                    if len(found) == max_configurations:
+                        break
+        codes = np.sort(np.fromiter(found, dtype=np.int64, count=len(found)))
+        multiplicities = orbit_sizes(_decode(codes, n_sites), perms)
+
+    masks = _decode(codes, n_sites)
+    return [
+        Configuration(occupied=tuple(int(i) for i in np.flatnonzero(mask)), multiplicity=int(mult), n_sites=n_sites)
+        for mask, mult in zip(masks, multiplicities)
+    ]
+
+
+def draw_compositions(
+    n_structures: int,
+    n_sites: int,
+    mode: str = 'grid',
+    rng: np.random.Generator | int | None = None,
+    x_values: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Number of guest atoms for each of ``n_structures`` structures.
+
+    Parameters
+    ----------
+    n_structures
+        How many structures to draw compositions for.
+    n_sites
+        Number of sites of the disordered sublattice (8 for the 2x2x2 halide sublattice).
+    mode
+        ``'grid'``: cycle evenly through the fixed grid k = 0, 1, ..., n_sites (or through
+        ``round(x * n_sites)`` of the given ``x_values``), so every grid point appears
+        ``n_structures / len(grid)`` times (the first ones once more when it does not divide).
+        ``'binomial'``: for each structure draw x ~ U[0, 1], then k ~ Binomial(n_sites, x). Marginally
+        this makes every k in 0..n_sites equally likely (a Beta(1, 1)-binomial) while the sites of a
+        structure are filled as in a random alloy of composition x.
+    rng
+        Generator or seed (used by ``'binomial'`` only).
+    x_values
+        Grid of compositions in [0, 1] for ``'grid'``; each must be a multiple of ``1 / n_sites``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 counts [n_structures], each in [0, n_sites].
+    """
+    n_structures, n_sites = int(n_structures), int(n_sites)
+    if n_structures < 0 or n_sites < 1:
+        raise ValueError(f'need n_structures >= 0 and n_sites >= 1, got {n_structures}, {n_sites}.')
+    if mode == 'grid':
+        if x_values is None:
+            grid = np.arange(n_sites + 1, dtype=np.int64)
+        else:
+            x = np.asarray(x_values, dtype=float).reshape(-1)
+            if x.size == 0 or np.any((x < 0) | (x > 1)):
+                raise ValueError(f'x_values must be a non-empty list of numbers in [0, 1], got {x.tolist()}.')
+            grid = np.rint(x * n_sites).astype(np.int64)
+            if np.any(np.abs(grid - x * n_sites) > 1e-6):
+                raise ValueError(f'x_values must be multiples of 1/{n_sites}, got {x.tolist()}.')
+        return np.resize(grid, n_structures)
+    if mode == 'binomial':
+        if x_values is not None:
+            raise ValueError("x_values is only used with mode='grid'.")
+        generator = _as_rng(rng)
+        x = generator.random(n_structures)
+        return generator.binomial(n_sites, x).astype(np.int64)
+    raise ValueError(f"mode must be 'grid' or 'binomial', got {mode!r}.")
+
+
+def random_configuration(n_sites: int, n_guest: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """Uniformly random occupation mask [n_sites] with exactly ``n_guest`` ``True`` entries."""
+    if not 0 <= n_guest <= n_sites:
+        raise ValueError(f'n_guest must lie in [0, {n_sites}], got {n_guest}.')
+    mask = np.zeros(n_sites, dtype=bool)
+    mask[_as_rng(rng).choice(n_sites, size=n_guest, replace=False)] = True
+    return mask

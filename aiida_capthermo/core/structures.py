@@ -1,0 +1,259 @@
+"""Prototype structures of the A3BX anti-perovskites and simple structure transforms.
+
+The prototype is the cubic Pm-3m (No. 221) anti-perovskite A3BX with 5 atoms per cell, in the
+order ``[X, B, A, A, A]``: the halide X at the corner (0, 0, 0), the chalcogen B at the body
+centre (1/2, 1/2, 1/2) and the three A (Ag) at the face centres. For Ag3SBr_xI_(1-x) the
+disordered sublattice is the halide one (X = I or Br).
+
+Units: lengths in Å. Only numpy, ase and spglib are used here (no AiiDA, no torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ase
+import numpy as np
+import spglib
+from ase.data import atomic_numbers
+
+__all__ = [
+    'AG3SI_LATTICE_PARAMETER',
+    'AG3SBR_LATTICE_PARAMETER',
+    'antiperovskite',
+    'vegard_lattice_parameter',
+    'check_cubic_prototype',
+    'sublattice_indices',
+    'substitute',
+    'scale_to_lattice',
+    'composition_x',
+]
+
+#: Lattice parameter of the 5-atom Ag3SI cell (x = 0) in Å (2x2x2 cell: 9.738 Å).
+AG3SI_LATTICE_PARAMETER = 4.869
+#: Lattice parameter of the 5-atom Ag3SBr cell (x = 1) in Å (2x2x2 cell: 9.586 Å).
+AG3SBR_LATTICE_PARAMETER = 4.793
+
+#: Fractional coordinates of the prototype, in the order [X, B, A, A, A].
+_PROTOTYPE_SCALED_POSITIONS = np.array(
+    [
+        [0.0, 0.0, 0.0],  # X (halide), corner
+        [0.5, 0.5, 0.5],  # B (chalcogen), body centre
+        [0.5, 0.5, 0.0],  # A, face centres
+        [0.5, 0.0, 0.5],
+        [0.0, 0.5, 0.5],
+    ]
+)
+
+
+def _check_element(symbol: str, role: str) -> None:
+    """Raise ``ValueError`` unless ``symbol`` is the symbol of a real chemical element."""
+    if not isinstance(symbol, str) or symbol not in atomic_numbers or atomic_numbers[symbol] == 0:
+        raise ValueError(f'{role} species {symbol!r} is not a chemical element symbol (e.g. "Ag", "S", "I").')
+
+
+def antiperovskite(
+    a: str = 'Ag', b: str = 'S', x: str = 'I', lattice_parameter: float = AG3SI_LATTICE_PARAMETER
+) -> ase.Atoms:
+    """Return the 5-atom cubic Pm-3m anti-perovskite A3BX.
+
+    Parameters
+    ----------
+    a, b, x
+        Element symbols of the face-centre (A, three per cell), body-centre (B) and corner (X) species.
+    lattice_parameter
+        Cubic lattice parameter in Å (default: Ag3SI, 4.869 Å).
+
+    Returns
+    -------
+    ase.Atoms
+        Periodic cell with atoms ordered ``[X, B, A, A, A]``.
+
+    Raises
+    ------
+    ValueError
+        If a species is not an element, the species are not distinct, or the lattice parameter is not positive.
+    """
+    for symbol, role in ((a, 'A (face-centre)'), (b, 'B (body-centre)'), (x, 'X (corner)')):
+        _check_element(symbol, role)
+    if len({a, b, x}) != 3:
+        raise ValueError(f'the A, B and X species must be distinct, got A={a!r}, B={b!r}, X={x!r}.')
+    lattice_parameter = float(lattice_parameter)
+    if not np.isfinite(lattice_parameter) or lattice_parameter <= 0:
+        raise ValueError(f'lattice_parameter must be a positive length in Å, got {lattice_parameter}.')
+    return ase.Atoms(
+        symbols=[x, b, a, a, a],
+        scaled_positions=_PROTOTYPE_SCALED_POSITIONS,
+        cell=np.eye(3) * lattice_parameter,
+        pbc=True,
+    )
+
+
+def vegard_lattice_parameter(
+    x: float, a_x0: float = AG3SI_LATTICE_PARAMETER, a_x1: float = AG3SBR_LATTICE_PARAMETER
+) -> float:
+    """Return the primitive-cell lattice parameter of the solid solution by Vegard's law.
+
+    ``a(x) = (1 - x) * a_x0 + x * a_x1``. With the defaults this is Ag3SBr_xI_(1-x): 4.869 Å at
+    x = 0 (Ag3SI) and 4.793 Å at x = 1 (Ag3SBr), i.e. 9.738 / 9.586 Å for the 2x2x2 cell.
+
+    Parameters
+    ----------
+    x
+        Fraction of the guest halide on the halide sublattice, in [0, 1].
+    a_x0, a_x1
+        Lattice parameters in Å of the two end members.
+
+    Returns
+    -------
+    float
+        Lattice parameter in Å.
+    """
+    x = float(x)
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f'composition x must lie in [0, 1], got {x}.')
+    return (1.0 - x) * float(a_x0) + x * float(a_x1)
+
+
+def check_cubic_prototype(atoms: ase.Atoms, symprec: float = 1e-3) -> None:
+    """Raise ``ValueError`` unless ``atoms`` is a cubic Pm-3m (221) A3BX structure.
+
+    Both the 5-atom cell and its (ordered) supercells pass. The stoichiometry check requires exactly
+    three species with counts in the ratio 3 : 1 : 1.
+
+    Parameters
+    ----------
+    atoms
+        The structure to check.
+    symprec
+        spglib symmetry tolerance in Å.
+    """
+    if len(atoms) == 0:
+        raise ValueError('the structure has no atoms.')
+    if not np.all(atoms.pbc):
+        raise ValueError(f'the structure must be periodic in all three directions, got pbc={atoms.pbc.tolist()}.')
+    symbols, counts = np.unique(atoms.get_chemical_symbols(), return_counts=True)
+    if len(symbols) != 3:
+        raise ValueError(
+            f'A3BX needs exactly three species, got {len(symbols)}: {dict(zip(symbols.tolist(), counts.tolist()))}.'
+        )
+    counts_sorted = np.sort(counts)
+    unit = counts_sorted[0]
+    if not (counts_sorted[1] == unit and counts_sorted[2] == 3 * unit):
+        raise ValueError(
+            f'stoichiometry is not A3BX (3:1:1): counts {dict(zip(symbols.tolist(), counts.tolist()))}.'
+        )
+    cell = (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers)
+    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    if dataset is None:
+        raise ValueError(f'spglib could not determine the symmetry of the structure (symprec={symprec}).')
+    number = int(dataset.number)
+    if number != 221:
+        raise ValueError(
+            f'space group is {dataset.international} (No. {number}), expected cubic Pm-3m (No. 221) '
+            f'at symprec={symprec}.'
+        )
+
+
+def sublattice_indices(atoms: ase.Atoms, species: str | Sequence[str]) -> np.ndarray:
+    """Return the indices (ascending) of the atoms whose element is in ``species``.
+
+    Parameters
+    ----------
+    atoms
+        The structure.
+    species
+        One element symbol or a sequence of them (e.g. ``('I', 'Br')`` for the halide sublattice).
+
+    Returns
+    -------
+    numpy.ndarray
+        Integer indices, shape [n_sites].
+    """
+    wanted = [species] if isinstance(species, str) else list(species)
+    for symbol in wanted:
+        _check_element(symbol, 'sublattice')
+    symbols = np.array(atoms.get_chemical_symbols())
+    return np.flatnonzero(np.isin(symbols, wanted)).astype(np.int64)
+
+
+def substitute(atoms: ase.Atoms, site_indices: Sequence[int], occupation: np.ndarray, species: str) -> ase.Atoms:
+    """Return a copy of ``atoms`` with the selected sites of a sublattice replaced by ``species``.
+
+    Parameters
+    ----------
+    atoms
+        The parent structure (not modified).
+    site_indices
+        Atom indices of the sublattice, shape [n_sites].
+    occupation
+        Boolean mask over ``site_indices`` (shape [n_sites]): ``True`` sites get ``species``.
+    species
+        Element symbol of the substituting species.
+    """
+    _check_element(species, 'substituting')
+    site_indices = np.asarray(site_indices, dtype=np.int64).reshape(-1)
+    occupation = np.asarray(occupation).reshape(-1)
+    if occupation.dtype != bool:
+        raise ValueError(f'occupation must be a boolean mask, got dtype {occupation.dtype}.')
+    if occupation.shape != site_indices.shape:
+        raise ValueError(f'occupation has {occupation.size} entries but there are {site_indices.size} sites.')
+    if site_indices.size and (site_indices.min() < 0 or site_indices.max() >= len(atoms)):
+        raise ValueError(f'site indices must lie in [0, {len(atoms)}), got {site_indices.tolist()}.')
+    new = atoms.copy()
+    numbers = new.numbers.copy()
+    numbers[site_indices[occupation]] = atomic_numbers[species]
+    new.numbers = numbers
+    return new
+
+
+def scale_to_lattice(atoms: ase.Atoms, factor_or_cell: float | np.ndarray) -> ase.Atoms:
+    """Return a copy homogeneously rescaled, keeping fractional coordinates.
+
+    Parameters
+    ----------
+    atoms
+        The structure (not modified).
+    factor_or_cell
+        Either a positive scalar multiplying the cell vectors (e.g. ``a_new / a_old`` for Vegard's
+        law) or a new [3, 3] cell in Å.
+    """
+    value = np.asarray(factor_or_cell, dtype=float)
+    if value.ndim == 0:
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f'scale factor must be positive, got {float(value)}.')
+        cell = atoms.cell.array * float(value)
+    elif value.shape == (3, 3):
+        if abs(np.linalg.det(value)) < 1e-8:
+            raise ValueError('the new cell is singular.')
+        cell = value
+    else:
+        raise ValueError(f'factor_or_cell must be a scalar or a [3, 3] cell, got shape {value.shape}.')
+    new = atoms.copy()
+    new.set_cell(cell, scale_atoms=True)
+    return new
+
+
+def composition_x(atoms: ase.Atoms, host: str, guest: str) -> float:
+    """Return the fraction of ``guest`` on the sublattice shared by ``host`` and ``guest``.
+
+    Parameters
+    ----------
+    atoms
+        The structure.
+    host, guest
+        Element symbols (e.g. ``host='I'``, ``guest='Br'`` gives x of Ag3SBr_xI_(1-x)).
+
+    Returns
+    -------
+    float
+        ``n_guest / (n_host + n_guest)``.
+    """
+    _check_element(host, 'host')
+    _check_element(guest, 'guest')
+    symbols = np.array(atoms.get_chemical_symbols())
+    n_host = int(np.sum(symbols == host))
+    n_guest = int(np.sum(symbols == guest))
+    if n_host + n_guest == 0:
+        raise ValueError(f'the structure contains neither {host!r} nor {guest!r}.')
+    return n_guest / (n_host + n_guest)
