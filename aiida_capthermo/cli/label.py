@@ -1,0 +1,42 @@
+"""``capthermo-label``: label a batch of structures with an ASE calculator (the ``local`` engine)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='capthermo-label', description=__doc__)
+    parser.add_argument('--structures', default='structures.npz', help='LabelledSet .npz of the structures to label.')
+    parser.add_argument('--calculator', default='calculator.json', help='JSON calculator spec (see CalculatorSpec).')
+    parser.add_argument('--output', default='labels.npz', help='Where to write the labelled set.')
+    parser.add_argument('--summary', default='summary.json', help='Where to write the machine-readable summary.')
+    args = parser.parse_args(argv)
+
+    import json
+
+    from aiida_capthermo.cli.summary import summary_writer
+    from aiida_capthermo.core.dataset import LabelledSet
+    from aiida_capthermo.ml.labelling import CalculatorSpec, label_structures
+
+    with summary_writer(args.summary, 'label', vars(args)) as summary:
+        with open(args.calculator) as handle:
+            spec = CalculatorSpec.model_validate(json.load(handle))
+        structures = LabelledSet.load(args.structures)
+        if len(structures) == 0:
+            raise ValueError('no structures to label')
+        labelled, records = label_structures(structures, spec)
+        labelled.save(args.output)
+        n_ok = sum(record['status'] == 'ok' for record in records)
+        summary.update(
+            calculator=spec.model_dump(), units={'energy': 'eV', 'forces': 'eV/Angstrom', 'stress': 'eV/Angstrom^3',
+                                                 'gap': 'eV'},
+            n_structures=len(records), n_ok=n_ok, n_failed=len(records) - n_ok, records=records, output=args.output,
+            seconds_per_structure=sum(r['seconds'] for r in records) / len(records))
+        if n_ok == 0:
+            summary['error_kind'] = 'no_structure_labelled'
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
