@@ -1,0 +1,186 @@
+"""Tests of the configuration enumeration of ``aiida_capthermo.core.solid_solution``."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from aiida_capthermo.core.solid_solution import (
+    Configuration,
+    canonical_keys,
+    count_inequivalent,
+    draw_compositions,
+    enumerate_configurations,
+    orbit_sizes,
+    random_configuration,
+    site_permutations,
+)
+from aiida_capthermo.core.structures import antiperovskite, sublattice_indices, substitute
+
+# Inequivalent classes of k Br on the 8 halide sites of the 2x2x2 cell and their class sizes (sorted).
+EXPECTED_2X2X2 = {
+    0: [1],
+    1: [8],
+    2: [4, 12, 12],
+    3: [8, 24, 24],
+    4: [2, 6, 6, 8, 24, 24],
+    5: [8, 24, 24],
+    6: [4, 12, 12],
+    7: [8],
+    8: [1],
+}
+
+
+@pytest.fixture(scope='module')
+def halide_2x2x2():
+    supercell = antiperovskite().repeat((2, 2, 2))
+    sites = sublattice_indices(supercell, 'I')
+    return supercell, sites, site_permutations(supercell, sites)
+
+
+@pytest.fixture(scope='module')
+def halide_3x3x3():
+    supercell = antiperovskite().repeat((3, 3, 3))
+    sites = sublattice_indices(supercell, 'I')
+    return site_permutations(supercell, sites)
+
+
+def _orbits_by_brute_force(perms, n_sites, k):
+    """Orbits of k-subsets with Python sets: independent of the vectorised integer codes."""
+    import itertools
+
+    remaining = {frozenset(c) for c in itertools.combinations(range(n_sites), k)}
+    sizes = []
+    while remaining:
+        seed = next(iter(remaining))
+        orbit = {frozenset(int(p[i]) for i in seed) for p in perms}
+        remaining -= orbit
+        sizes.append(len(orbit))
+    return sorted(sizes)
+
+
+def test_48_permutations_form_a_group(halide_2x2x2):
+    supercell, sites, perms = halide_2x2x2
+    assert perms.shape == (48, 8)
+    assert len({tuple(p) for p in perms}) == 48
+    assert any(np.array_equal(p, np.arange(8)) for p in perms)
+    as_set = {tuple(p) for p in perms}
+    for p in perms:
+        for q in perms:
+            assert tuple(q[p]) in as_set  # closed under composition
+    # a partly substituted cell has the same parent symmetry
+    mixed = substitute(supercell, sites, np.array([1, 1, 0, 0, 0, 0, 0, 1], dtype=bool), 'Br')
+    assert np.array_equal(site_permutations(mixed, sites), perms)
+
+
+def test_permutations_map_positions(halide_2x2x2):
+    """Every permutation is a rigid motion of the halide sublattice: pair distances are preserved."""
+    supercell, sites, perms = halide_2x2x2
+    distances = supercell.get_all_distances(mic=True)[np.ix_(sites, sites)]
+    for p in perms:
+        assert np.allclose(distances[np.ix_(p, p)], distances)
+
+
+@pytest.mark.parametrize('k', range(9))
+def test_enumeration_2x2x2_matches_burnside_and_brute_force(halide_2x2x2, k):
+    _, _, perms = halide_2x2x2
+    configurations = enumerate_configurations(perms, k)
+    assert len(configurations) == count_inequivalent(perms, k) == len(EXPECTED_2X2X2[k])
+    multiplicities = sorted(c.multiplicity for c in configurations)
+    assert multiplicities == EXPECTED_2X2X2[k] == _orbits_by_brute_force(perms, 8, k)
+    assert sum(multiplicities) == math.comb(8, k)
+    for c in configurations:
+        assert c.n_sites == 8 and c.n_guest == k and c.x == pytest.approx(k / 8)
+        assert c.occupation_mask().sum() == k
+        assert 48 % c.multiplicity == 0
+    codes = canonical_keys(np.array([c.occupation_mask() for c in configurations]), perms)
+    assert np.all(np.diff(codes) > 0)  # distinct and sorted by canonical form
+
+
+def test_total_class_count_2x2x2(halide_2x2x2):
+    _, _, perms = halide_2x2x2
+    assert sum(count_inequivalent(perms, k) for k in range(9)) == 22
+
+
+def test_max_configurations_samples_distinct_classes(halide_2x2x2):
+    _, _, perms = halide_2x2x2
+    sample = enumerate_configurations(perms, 4, max_configurations=3, rng=7)
+    assert len(sample) == 3
+    assert len({c.occupied for c in sample}) == 3
+    full = {c.occupied: c.multiplicity for c in enumerate_configurations(perms, 4)}
+    for c in sample:
+        assert full[c.occupied] == c.multiplicity
+    assert sample == enumerate_configurations(perms, 4, max_configurations=3, rng=7)
+
+
+def test_3x3x3_sampling_is_fast_distinct_and_reproducible(halide_3x3x3):
+    perms = halide_3x3x3
+    assert perms.shape == (1296, 27)  # 27 translations x 48 point operations, all distinct on Z_3^3
+    n_classes = count_inequivalent(perms, 13)
+    assert n_classes > 100
+    start = time.perf_counter()
+    sample = enumerate_configurations(perms, 13, max_configurations=100, rng=2024)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 20.0
+    assert len(sample) == 100
+    masks = np.array([c.occupation_mask() for c in sample])
+    assert np.all(masks.sum(axis=1) == 13)
+    codes = canonical_keys(masks, perms)
+    assert len(np.unique(codes)) == 100 and np.all(np.diff(codes) > 0)
+    assert np.array_equal(orbit_sizes(masks, perms), [c.multiplicity for c in sample])
+    assert all(1296 % c.multiplicity == 0 for c in sample)
+    assert sample == enumerate_configurations(perms, 13, max_configurations=100, rng=2024)
+    assert sample != enumerate_configurations(perms, 13, max_configurations=100, rng=2025)
+    with pytest.raises(ValueError, match='max_configurations'):
+        enumerate_configurations(perms, 13)
+
+
+def test_3x3x3_small_k_full_enumeration(halide_3x3x3):
+    perms = halide_3x3x3
+    for k in (1, 2, 3):
+        configurations = enumerate_configurations(perms, k)
+        assert len(configurations) == count_inequivalent(perms, k)
+        assert sum(c.multiplicity for c in configurations) == math.comb(27, k)
+    # two guests: classified by the separation vector up to sign and axis permutation -> (1,0,0), (1,1,0), (1,1,1)
+    assert len(enumerate_configurations(perms, 2)) == 3
+
+
+def test_burnside_on_a_cyclic_group():
+    """Necklaces: 2-colourings of a 6-cycle under rotations, k=3 -> 4 classes (textbook value)."""
+    rotations = np.array([np.roll(np.arange(6), s) for s in range(6)])
+    assert count_inequivalent(rotations, 3) == 4
+    assert len(enumerate_configurations(rotations, 3)) == 4
+    with pytest.raises(ValueError, match='group'):
+        count_inequivalent(rotations[:5], 3)
+
+
+def test_draw_compositions():
+    grid = draw_compositions(20, 8, mode='grid')
+    assert grid.tolist() == list(range(9)) + list(range(9)) + [0, 1]
+    custom = draw_compositions(5, 8, mode='grid', x_values=[0.0, 0.5, 1.0])
+    assert custom.tolist() == [0, 4, 8, 0, 4]
+    with pytest.raises(ValueError, match='multiples'):
+        draw_compositions(5, 8, mode='grid', x_values=[0.3])
+    counts = draw_compositions(9000, 8, mode='binomial', rng=3)
+    assert counts.min() >= 0 and counts.max() <= 8
+    assert np.array_equal(counts, draw_compositions(9000, 8, mode='binomial', rng=3))
+    # x ~ U[0,1], k ~ Bin(8, x) is uniform over k = 0..8: each frequency 1/9 within 5 sigma
+    frequencies = np.bincount(counts, minlength=9) / 9000
+    assert np.all(np.abs(frequencies - 1 / 9) < 5 * np.sqrt((1 / 9) * (8 / 9) / 9000))
+    with pytest.raises(ValueError, match='mode'):
+        draw_compositions(3, 8, mode='uniform')
+
+
+def test_random_configuration():
+    mask = random_configuration(8, 3, rng=1)
+    assert mask.dtype == bool and mask.sum() == 3
+    assert np.array_equal(mask, random_configuration(8, 3, rng=1))
+    with pytest.raises(ValueError):
+        random_configuration(8, 9)
+
+
+def test_configuration_dataclass():
+    c = Configuration(occupied=(1, 4), multiplicity=12, n_sites=8)
+    assert c.x == 0.25
+    assert c.occupation_mask().tolist() == [False, True, False, False, True, False, False, False]

@@ -1,0 +1,100 @@
+"""Tests of the anti-perovskite prototype and structure transforms (``aiida_capthermo.core.structures``)."""
+
+import numpy as np
+import pytest
+import spglib
+
+from aiida_capthermo.core.structures import (
+    antiperovskite,
+    check_cubic_prototype,
+    composition_x,
+    scale_to_lattice,
+    sublattice_indices,
+    substitute,
+    vegard_lattice_parameter,
+)
+
+
+def test_prototype_cell_and_space_group():
+    atoms = antiperovskite()
+    assert atoms.get_chemical_symbols() == ['I', 'S', 'Ag', 'Ag', 'Ag']
+    assert np.allclose(atoms.cell.array, np.eye(3) * 4.869)
+    expected = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    assert np.allclose(atoms.get_scaled_positions(), expected)
+    assert all(atoms.pbc)
+    for cell in (atoms, atoms.repeat((2, 2, 2))):
+        dataset = spglib.get_symmetry_dataset((cell.cell.array, cell.get_scaled_positions(), cell.numbers), symprec=1e-3)
+        assert dataset.number == 221
+        check_cubic_prototype(cell)
+    assert len(atoms.repeat((2, 2, 2))) == 40
+
+
+def test_vegard_endpoints_of_the_2x2x2_cell():
+    assert 2 * vegard_lattice_parameter(0.0) == pytest.approx(9.738, abs=1e-12)
+    assert 2 * vegard_lattice_parameter(1.0) == pytest.approx(9.586, abs=1e-12)
+    assert 2 * vegard_lattice_parameter(0.5) == pytest.approx(0.5 * (9.738 + 9.586), abs=1e-12)
+    for bad in (-0.01, 1.01):
+        with pytest.raises(ValueError, match=r'\[0, 1\]'):
+            vegard_lattice_parameter(bad)
+
+
+def test_scale_to_lattice_keeps_fractional_coordinates():
+    supercell = antiperovskite().repeat((2, 2, 2))
+    target = 2 * vegard_lattice_parameter(0.375)
+    scaled = scale_to_lattice(supercell, target / supercell.cell.lengths()[0])
+    assert np.allclose(scaled.cell.lengths(), target)
+    assert np.allclose(scaled.get_scaled_positions(), supercell.get_scaled_positions())
+    same = scale_to_lattice(supercell, np.eye(3) * target)
+    assert np.allclose(same.positions, scaled.positions)
+    assert np.allclose(supercell.cell.lengths(), 9.738)  # input untouched
+    with pytest.raises(ValueError):
+        scale_to_lattice(supercell, -1.0)
+    with pytest.raises(ValueError):
+        scale_to_lattice(supercell, np.zeros((3, 3)))
+
+
+def test_bad_species_raise():
+    with pytest.raises(ValueError, match='Xx'):
+        antiperovskite(x='Xx')
+    with pytest.raises(ValueError, match='distinct'):
+        antiperovskite(a='Ag', b='S', x='S')
+    with pytest.raises(ValueError, match='positive'):
+        antiperovskite(lattice_parameter=0.0)
+
+
+def test_check_cubic_prototype_rejects_non_cubic_and_wrong_stoichiometry():
+    atoms = antiperovskite()
+    strained = atoms.copy()
+    strained.set_cell(np.diag([4.869, 4.869, 5.0]), scale_atoms=True)
+    with pytest.raises(ValueError, match='221'):
+        check_cubic_prototype(strained)
+    distorted = atoms.repeat((2, 2, 2))
+    distorted.positions[1] += [0.05, 0.0, 0.0]
+    with pytest.raises(ValueError, match='221'):
+        check_cubic_prototype(distorted)
+    with pytest.raises(ValueError, match='three species'):
+        check_cubic_prototype(substitute(atoms.repeat((2, 2, 2)), [0], np.array([True]), 'Br'))
+    wrong = atoms.copy()
+    wrong.numbers = [53, 16, 47, 47, 16]
+    with pytest.raises(ValueError, match='3:1:1'):
+        check_cubic_prototype(wrong)
+
+
+def test_sublattice_substitute_and_composition():
+    supercell = antiperovskite().repeat((2, 2, 2))
+    halides = sublattice_indices(supercell, 'I')
+    assert halides.tolist() == [0, 5, 10, 15, 20, 25, 30, 35]
+    assert len(sublattice_indices(supercell, ['Ag', 'S'])) == 32
+    mask = np.array([True, False, True, False, False, False, True, False])
+    mixed = substitute(supercell, halides, mask, 'Br')
+    assert [mixed[i].symbol for i in halides] == ['Br', 'I', 'Br', 'I', 'I', 'I', 'Br', 'I']
+    assert supercell.get_chemical_symbols().count('Br') == 0  # input untouched
+    assert np.allclose(mixed.positions, supercell.positions)
+    assert composition_x(mixed, host='I', guest='Br') == pytest.approx(3 / 8)
+    assert sorted(sublattice_indices(mixed, ('I', 'Br')).tolist()) == halides.tolist()
+    with pytest.raises(ValueError, match='boolean'):
+        substitute(supercell, halides, np.ones(8, dtype=int), 'Br')
+    with pytest.raises(ValueError, match='entries'):
+        substitute(supercell, halides, np.ones(7, dtype=bool), 'Br')
+    with pytest.raises(ValueError, match='neither'):
+        composition_x(supercell, host='Cl', guest='Br')
