@@ -132,8 +132,10 @@ class SupercellModes:
         frequency_cutoff
             Modes with ``|f|`` below this (THz) are skipped, as are imaginary modes.
         skip_translations
-            Skip the three modes with the largest overlap with rigid translations (acoustic modes at
-            Γ). Set ``False`` only for a system pinned in space (e.g. an Einstein oscillator).
+            Project the three rigid translations out of the dynamical matrix (this imposes the
+            acoustic sum rule that finite-difference force constants satisfy only approximately, so
+            the remaining modes move no centre of mass) and skip them. Set ``False`` only for a
+            system pinned in space (e.g. an Einstein oscillator).
         """
         fc = np.asarray(force_constants, dtype=float)
         masses = np.asarray(masses, dtype=float).reshape(-1)
@@ -155,17 +157,20 @@ class SupercellModes:
         dyn = fc * inv_sqrt_m[:, None, None, None] * inv_sqrt_m[None, :, None, None]  # [N, N, 3, 3] eV/(Å² amu)
         dyn = dyn.transpose(0, 2, 1, 3).reshape(3 * n_atoms, 3 * n_atoms)
         dyn = 0.5 * (dyn + dyn.T)
-        eigenvalues, eigenvectors = np.linalg.eigh(dyn)  # [3N], [3N, 3N]
-        frequencies = np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues)) * EV_PER_A2_AMU_TO_THZ  # THz
-
-        skip = np.abs(frequencies) < frequency_cutoff
-        translation_modes = np.zeros(0, dtype=np.int64)
         if skip_translations:
             # Mass-weighted rigid translations, one per Cartesian direction: [3N, 3], orthonormal.
             translations = np.zeros((3 * n_atoms, 3))
             for a in range(3):
                 translations[a::3, a] = np.sqrt(masses)
             translations /= np.linalg.norm(translations, axis=0)
+            projector = np.eye(3 * n_atoms) - translations @ translations.T  # [3N, 3N]
+            dyn = projector @ dyn @ projector
+        eigenvalues, eigenvectors = np.linalg.eigh(dyn)  # [3N], [3N, 3N]
+        frequencies = np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues)) * EV_PER_A2_AMU_TO_THZ  # THz
+
+        skip = np.abs(frequencies) < frequency_cutoff
+        translation_modes = np.zeros(0, dtype=np.int64)
+        if skip_translations:
             overlap = np.sum((translations.T @ eigenvectors) ** 2, axis=0)  # [3N]
             translation_modes = np.argsort(-overlap, kind='stable')[:3]
             skip[translation_modes] = True

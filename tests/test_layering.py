@@ -1,0 +1,37 @@
+"""The science core (``aiida_capthermo.core``) must import neither AiiDA nor torch (DESIGN.md §3)."""
+
+import json
+import pkgutil
+import subprocess
+import sys
+
+import aiida_capthermo.core
+
+FORBIDDEN = ('aiida', 'torch', 'torch_geometric', 'mace')
+
+_SCRIPT = """
+import importlib, json, pkgutil, sys
+import aiida_capthermo.core as core
+names = sorted('aiida_capthermo.core.' + m.name for m in pkgutil.iter_modules(core.__path__))
+for name in names:
+    importlib.import_module(name)
+forbidden = {forbidden!r}
+loaded = sorted(m for m in sys.modules if m.split('.')[0] in forbidden)
+print(json.dumps({{'modules': names, 'loaded': loaded}}))
+"""
+
+
+def test_core_modules_import_neither_aiida_nor_torch():
+    expected = sorted('aiida_capthermo.core.' + m.name for m in pkgutil.iter_modules(aiida_capthermo.core.__path__))
+    assert {'aiida_capthermo.core.structures', 'aiida_capthermo.core.solid_solution'} <= set(expected)
+    result = subprocess.run(
+        [sys.executable, '-c', _SCRIPT.format(forbidden=FORBIDDEN)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report['modules'] == expected
+    assert report['loaded'] == [], f'core modules pulled in {report["loaded"]}'
