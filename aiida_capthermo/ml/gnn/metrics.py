@@ -1,0 +1,63 @@
+"""Regression metrics and the parity plot (numpy + matplotlib, no torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ['regression_metrics', 'plot_parity', 'plot_bond_importance']
+
+
+def regression_metrics(true: np.ndarray, predicted: np.ndarray) -> dict:
+    """MAE, RMSE (target units) and R^2 = 1 - SS_res / SS_tot of one split; NaN entries when the split is empty."""
+    true, predicted = np.asarray(true, dtype=float), np.asarray(predicted, dtype=float)
+    if true.size == 0:
+        return {'n': 0, 'mae': None, 'rmse': None, 'r2': None}
+    residual = predicted - true
+    ss_tot = float(np.sum((true - true.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(residual ** 2)) / ss_tot if ss_tot > 0 else None
+    return {'n': int(true.size), 'mae': float(np.mean(np.abs(residual))), 'rmse': float(np.sqrt(np.mean(residual ** 2))),
+            'r2': r2}
+
+
+def plot_parity(parity: dict, metrics: dict, path: str, target: str = 'gap', units: str = 'eV') -> None:
+    """Parity plot (true vs predicted) of the train/validation/test splits, written to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    values = []
+    for split, colour in (('train', 'tab:blue'), ('val', 'tab:orange'), ('test', 'tab:green')):
+        true, pred = parity[f'{split}_true'], parity[f'{split}_pred']
+        if len(true) == 0:
+            continue
+        m = metrics[split]
+        r2 = 'n/a' if m['r2'] is None else f"{m['r2']:.3f}"
+        axis.scatter(true, pred, s=8, alpha=0.6, color=colour, label=f"{split}: MAE {m['mae']:.3g}, R² {r2}")
+        values.extend([true, pred])
+    low, high = float(np.min(np.concatenate(values))), float(np.max(np.concatenate(values)))
+    axis.plot([low, high], [low, high], 'k--', lw=1)
+    axis.set_xlabel(f'reference {target} ({units})')
+    axis.set_ylabel(f'GNN {target} ({units})')
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def plot_bond_importance(importance: dict, path: str) -> None:
+    """Bar chart of the mean edge importance per bond type (from :func:`explain.explain_bond_types`)."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    names = list(importance)
+    figure, axis = plt.subplots(figsize=(4.5, 3.2), dpi=120)
+    axis.bar(names, [importance[n]['mean'] for n in names], yerr=[importance[n]['std'] for n in names], capsize=3)
+    axis.set_ylabel('mean edge importance')
+    axis.set_xlabel('bond type')
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
