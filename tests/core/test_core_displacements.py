@@ -188,7 +188,8 @@ def test_seed_reproducibility(cu3au):
         b = sample_phonon_displacements(modes, 300.0, 5, distribution, rng=np.random.default_rng(42))
         c = sample_phonon_displacements(modes, 300.0, 5, distribution, rng=43)
         assert np.array_equal(a, b) and not np.allclose(a, c)
-    assert np.array_equal(sample_random_displacements(40, 0.3, 4, rng=1), sample_random_displacements(40, 0.3, 4, rng=1))
+    first = sample_random_displacements(40, 0.3, 4, rng=1)
+    assert np.array_equal(first, sample_random_displacements(40, 0.3, 4, rng=1))
 
 
 def test_mixture_variance(cu3au):
@@ -205,7 +206,8 @@ def test_mixture_variance(cu3au):
     weights = (0.3, 0.7)
     target = weights[0] * thermal_msd(modes, 600.0) + weights[1] * thermal_msd(soft, 600.0)
     mix = [(modes, weights[0]), (soft, weights[1])]
-    for distribution, fraction, rel in (('uniform', 1 / 3, np.sqrt(0.8 / N_SAMPLES)), ('gaussian', 1.0, np.sqrt(2 / N_SAMPLES))):
+    cases = (('uniform', 1 / 3, np.sqrt(0.8 / N_SAMPLES)), ('gaussian', 1.0, np.sqrt(2 / N_SAMPLES)))
+    for distribution, fraction, rel in cases:
         u = sample_mixed_phonon_displacements(mix, 600.0, N_SAMPLES, distribution, rng=3)
         assert np.array_equal(u, sample_phonon_displacements(mix, 600.0, N_SAMPLES, distribution, rng=3))
         variance = np.mean(u**2, axis=0)

@@ -23,7 +23,8 @@ def test_prototype_cell_and_space_group():
     assert np.allclose(atoms.get_scaled_positions(), expected)
     assert all(atoms.pbc)
     for cell in (atoms, atoms.repeat((2, 2, 2))):
-        dataset = spglib.get_symmetry_dataset((cell.cell.array, cell.get_scaled_positions(), cell.numbers), symprec=1e-3)
+        spglib_cell = (cell.cell.array, cell.get_scaled_positions(), cell.numbers)
+        dataset = spglib.get_symmetry_dataset(spglib_cell, symprec=1e-3)
         assert dataset.number == 221
         check_cubic_prototype(cell)
     assert len(atoms.repeat((2, 2, 2))) == 40
