@@ -229,6 +229,10 @@ class LabelledSet:
         frames = []
         for i in indices:
             atoms = self.atoms(i, with_labels=False)
+            # An empty string (``origin=``) makes ASE's extxyz reader swallow the next key, and NaN metadata
+            # carries no information: leave both out of the file.
+            for key in [k for k, v in atoms.info.items() if v == '' or (isinstance(v, float) and not np.isfinite(v))]:
+                del atoms.info[key]
             start, stop = self.offsets[i], self.offsets[i + 1]
             if np.isfinite(self.energy[i]):
                 atoms.info[energy_key] = float(self.energy[i])

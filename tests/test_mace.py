@@ -1,0 +1,218 @@
+"""FinetuneMaceCalcJob, its parser and workchain, MaceEvaluateCalcJob and ``capthermo-mace``: real tiny MACE runs.
+
+The data: 8-atom Cu/Ag fcc cells, randomly strained and displaced, labelled with ASE's EMT calculator (energy,
+forces, stress). A tiny MACE (8 channels, max_L 0, r_max 4 Å) is trained from scratch through the CalcJob on
+Cu-rich cells (module-scoped, shared), then fine-tuned through the CalcJob on Ag-richer cells with that model node as
+the foundation.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+from aiida import engine, orm
+
+from aiida_capthermo.calculations.mace import (DEFAULT_FOUNDATION, FinetuneMaceCalcJob, MaceHyperParameters,
+                                               build_mace_config)
+from aiida_capthermo.core.dataset import LabelledSet
+from aiida_capthermo.data.dataset import DatasetData
+from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.parsers.mace import detect_failure, parse_architecture, parse_error_table, parse_results_lines
+
+VENV_BIN = pathlib.Path(sys.executable).parent
+TINY = {'num_channels': 8, 'max_L': 0, 'r_max': 4.0, 'num_interactions': 2, 'correlation': 2, 'batch_size': 4,
+        'device': 'cpu', 'default_dtype': 'float64', 'seed': 1}
+
+
+def emt_set(n: int, ag_max: int, seed: int) -> LabelledSet:
+    """``n`` 8-atom Cu/Ag fcc cells (0..ag_max Ag), strained by up to 2 %, displaced by up to 0.1 Å, EMT labels."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = bulk('Cu', 'fcc', a=3.61, cubic=True).repeat((2, 1, 1))
+        symbols = atoms.get_chemical_symbols()
+        for j in rng.choice(8, size=rng.integers(0, ag_max + 1), replace=False):
+            symbols[j] = 'Ag'
+        atoms.set_chemical_symbols(symbols)
+        atoms.set_cell(atoms.cell * (1 + rng.uniform(-0.02, 0.02)), scale_atoms=True)
+        atoms.positions += rng.uniform(-0.1, 0.1, atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        atoms.get_stress()
+        frames.append(atoms)
+    return LabelledSet.from_atoms_list(frames, origin=np.array(['random'] * n))
+
+
+@pytest.fixture(scope='module')
+def mace_code(aiida_profile, tmp_path_factory):
+    """Localhost computer (direct scheduler) and the venv's ``mace_run_train`` as an InstalledCode."""
+    workdir = tmp_path_factory.mktemp('mace_work')
+    computer = orm.Computer(label='localhost-mace-tests', hostname='localhost', transport_type='core.local',
+                            scheduler_type='core.direct', workdir=str(workdir)).store()
+    computer.configure()
+    computer.set_minimum_job_poll_interval(0.0)
+    code = orm.InstalledCode(computer=computer, filepath_executable=str(VENV_BIN / 'mace_run_train'),
+                             label='mace_run_train', default_calc_job_plugin='capthermo.mace_finetune',
+                             prepend_text='export OMP_NUM_THREADS=1').store()
+    eval_code = orm.InstalledCode(computer=computer, filepath_executable=str(VENV_BIN / 'capthermo-mace'),
+                                  label='capthermo_mace', default_calc_job_plugin='capthermo.mace_evaluate',
+                                  prepend_text='export OMP_NUM_THREADS=1').store()
+    return {'train': code, 'evaluate': eval_code}
+
+
+@pytest.fixture(scope='module')
+def scratch_run(mace_code):
+    """Train the tiny foundation from scratch through the CalcJob (no foundation input) on Cu-rich cells."""
+    train = DatasetData.from_labelled_set(emt_set(24, ag_max=2, seed=0), method='EMT').store()
+    builder = FinetuneMaceCalcJob.get_builder()
+    builder.code = mace_code['train']
+    builder.train = train
+    builder.hyperparameters = orm.Dict({**TINY, 'max_num_epochs': 4, 'valid_fraction': 0.2})
+    builder.metadata.options.max_wallclock_seconds = 600
+    results, node = engine.run_get_node(builder)
+    return results, node
+
+
+def test_hyperparameters_validated_with_paper_defaults():
+    params = MaceHyperParameters()
+    assert (params.energy_weight, params.forces_weight, params.stress_weight) == (1.0, 150.0, 10.0)
+    assert params.valid_fraction == 0.05 and params.loss == 'stress'
+    with pytest.raises(ValueError, match='extra'):
+        MaceHyperParameters(forces_weigth=100.0)
+    with pytest.raises(ValueError, match='pt_train_file'):
+        MaceHyperParameters(multiheads_finetuning=True)
+    config = build_mace_config(params, foundation='foundation.model', has_valid=False, has_test=False)
+    assert config['foundation_model'] == 'foundation.model' and config['E0s'] == 'foundation'
+    assert 'num_channels' not in config and config['valid_fraction'] == 0.05
+    assert config['stress_key'] == 'REF_stress' and config['multiheads_finetuning'] is False
+    scratch = build_mace_config(params.model_copy(update={'swa': True, 'start_swa': 3}), foundation=None,
+                                has_valid=True, has_test=True)
+    assert scratch['E0s'] == 'average' and scratch['num_channels'] == 128 and scratch['valid_file'] == 'valid.xyz'
+    assert scratch['swa'] is True and scratch['start_swa'] == 3 and 'valid_fraction' not in scratch
+
+
+def test_training_set_without_stress_rejected(aiida_profile, mace_code):
+    ls = emt_set(3, ag_max=1, seed=5)
+    ls.stress[:] = np.nan
+    builder = FinetuneMaceCalcJob.get_builder()
+    builder.code = mace_code['train']
+    with pytest.raises(ValueError, match='lacks the labels'):
+        builder.train = DatasetData.from_labelled_set(ls)
+
+
+def test_scratch_training_outputs(scratch_run):
+    results, node = scratch_run
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    model = results['model']
+    assert model.kind == 'mace' and model.main_file == 'mace_model.model'
+    assert 'mace_model_compiled.model' in model.base.attributes.get('files')
+    assert model.base.attributes.get('foundation') is None
+    arch = model.base.attributes.get('architecture')
+    assert (arch['num_channels'], arch['max_L'], arch['num_interactions']) == (8, 0, 2)
+    assert model.base.attributes.get('r_max') == 4.0 and model.base.attributes.get('dtype') == 'float64'
+    assert len(model.sha256) == 64
+    metrics = results['metrics'].get_dict()
+    assert {'train', 'valid'} <= set(metrics)
+    for split in ('train', 'valid'):
+        assert metrics[split]['mae_e_per_atom'] > 0 and metrics[split]['mae_f'] > 0 and metrics[split]['mae_stress'] > 0
+    curve = results['training_curve']
+    assert list(curve.get_array('train_epoch')) == [0, 1, 2, 3]
+    assert curve.get_array('eval_epoch')[0] == -1 and np.all(np.isfinite(curve.get_array('valid_loss')))
+    assert 'Training complete' in results['log'].get_content()
+    # The training data went with the job: the extxyz in the input folder holds the dataset's labels.
+    from ase.io import read
+    with node.base.repository.open('train.xyz') as handle:
+        frames = read(handle, index=':', format='extxyz')
+    ls = node.inputs.train.get_labelled_set()
+    assert len(frames) == len(ls)
+    assert np.isclose(frames[3].info['REF_energy'], ls.energy[3])
+    np.testing.assert_allclose(frames[3].info['REF_stress'], ls.stress[3])
+
+
+def test_finetune_from_model_node(scratch_run, mace_code):
+    """Fine-tune the tiny model on Ag-richer cells: foundation link in the graph, validation error goes down."""
+    foundation = scratch_run[0]['model']
+    train = DatasetData.from_labelled_set(emt_set(20, ag_max=5, seed=11), method='EMT').store()
+    valid = DatasetData.from_labelled_set(emt_set(6, ag_max=5, seed=12), method='EMT').store()
+    builder = FinetuneMaceCalcJob.get_builder()
+    builder.code = mace_code['train']
+    builder.train = train
+    builder.valid = valid
+    builder.foundation_model = foundation
+    builder.hyperparameters = orm.Dict({**TINY, 'max_num_epochs': 5, 'lr': 0.005, 'device': 'auto'})
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    model = results['model']
+    assert model.base.attributes.get('foundation') == {'uuid': foundation.uuid, 'sha256': foundation.sha256}
+    assert model.base.attributes.get('architecture')['num_channels'] == 8  # the foundation's architecture
+    # provenance: foundation -> calcjob -> model
+    incoming = {link.link_label: link.node.uuid for link in node.base.links.get_incoming().all()}
+    assert incoming['foundation_model'] == foundation.uuid and incoming['valid'] == valid.uuid
+    assert model.base.links.get_incoming().one().node.uuid == node.uuid
+    assert node.outputs.summary['remote_resolution']['device'] == 'cpu'
+    metrics = results['metrics'].get_dict()
+    initial, best = metrics['valid_initial'], metrics['valid_best_epoch']
+    # MACE evaluates the foundation on the validation set before the first epoch: fine-tuning must beat it.
+    assert best['loss'] < initial['loss']
+    assert best['mae_f'] < initial['mae_f']
+    assert metrics['valid']['mae_f'] < initial['mae_f']
+
+
+def test_named_foundation_fails_fast_offline(mace_code):
+    """``medium-mpa-0`` is resolved on the remote side; here it is neither cached nor downloadable: exit code 330."""
+    import time
+
+    builder = FinetuneMaceCalcJob.get_builder()
+    builder.code = mace_code['train']
+    builder.train = DatasetData.from_labelled_set(emt_set(4, ag_max=1, seed=3))
+    builder.foundation_name = orm.Str(DEFAULT_FOUNDATION)
+    builder.hyperparameters = orm.Dict({'max_num_epochs': 1, 'device': 'cpu'})
+    builder.settings = orm.Dict({'download_timeout': 5.0, 'foundation_search_paths': ['/nonexistent']})
+    start = time.time()
+    _, node = engine.run_get_node(builder)
+    assert node.exit_status == FinetuneMaceCalcJob.exit_codes.ERROR_FOUNDATION_NOT_OBTAINABLE.status
+    assert 'medium-mpa-0' in node.exit_message and 'cannot be downloaded' in node.exit_message
+    assert time.time() - start < 120
+    # the config asked for the named model; the job never reached mace_run_train
+    assert 'foundation_model: medium-mpa-0' in node.base.repository.get_object_content('config.yaml')
+    assert 'mace_model_compiled.model' not in node.outputs.retrieved.base.repository.list_object_names()
+
+
+# ---------------------------------------------------------------------------------------------- parser functions
+LOG = """2026-11-23 09:24:11.880 INFO: Message passing with 8 channels and max_L=0 (8x0e)
+2026-11-23 09:24:11.880 INFO: 2 layers, each with correlation order: 2 (body order: 3) and spherical harmonics up to: l=3
+2026-11-23 09:24:11.880 INFO: Radial cutoff: 4.0 A (total receptive field for each atom: 8.0 A)
+2026-11-23 09:24:16.432 INFO: Error-table on TRAIN and VALID:
++---------------+--------------------+-----------------+------------------+--------------------------------------+
+|  config_type  | MAE E / meV / atom | MAE F / meV / A | relative F MAE % | MAE Stress (Virials) / meV / A (A^3) |
++---------------+--------------------+-----------------+------------------+--------------------------------------+
+| train_Default |         363.4      |        625.7    |        57.48     |                   41.8               |
+| valid_Default |         304.5      |        662.4    |        58.64     |                   44.2               |
++---------------+--------------------+-----------------+------------------+--------------------------------------+
+"""
+
+
+def test_parse_log_functions():
+    table = parse_error_table(LOG)
+    assert table['train_Default']['mae_e_per_atom'] == pytest.approx(0.3634)
+    assert table['valid_Default']['mae_f'] == pytest.approx(0.6624)
+    assert table['valid_Default']['mae_stress'] == pytest.approx(0.0442)
+    arch = parse_architecture(LOG)
+    assert arch == {'num_channels': 8, 'max_L': 0, 'hidden_irreps': '8x0e', 'num_interactions': 2, 'correlation': 2,
+                    'r_max': 4.0}
+    evals, opts = parse_results_lines('{"loss": NaN, "mode": "eval", "epoch": 0}\n{"loss": 1.5, "mode": "opt", '
+                                      '"epoch": 0}\n')
+    assert np.isnan(evals[0]['loss']) and opts[0]['loss'] == 1.5
+    assert detect_failure('torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB')[0] == 'out_of_memory'
+    assert detect_failure("WARNING: No forces found with key 'REF_forces' in 'train.xyz'.")[0] == 'missing_labels'
+    assert detect_failure('Traceback (most recent call last):\n  x\nValueError: bad\n') == ('failed', 'ValueError: bad')
+    assert detect_failure(LOG) is None
+    finetune_arch = parse_architecture('INFO: Message passing with hidden irreps 128x0e+128x1o)\n')
+    assert (finetune_arch['num_channels'], finetune_arch['max_L']) == (128, 1)
