@@ -118,8 +118,9 @@ def vegard_lattice_parameter(
 def check_cubic_prototype(atoms: ase.Atoms, symprec: float = 1e-3) -> None:
     """Raise ``ValueError`` unless ``atoms`` is a cubic Pm-3m (221) A3BX structure.
 
-    Both the 5-atom cell and its (ordered) supercells pass. The stoichiometry check requires exactly
-    three species with counts in the ratio 3 : 1 : 1.
+    Both the 5-atom cell and its (ordered) supercells of any shape pass, since spglib reduces them to
+    the primitive cell; chemically disordered configurations (lower symmetry, four species) fail.
+    The stoichiometry check requires exactly three species with counts in the ratio 3 : 1 : 1.
 
     Parameters
     ----------
