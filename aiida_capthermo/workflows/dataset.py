@@ -1,0 +1,409 @@
+"""``PhononInformedDatasetWorkChain``: from a prototype to labelled, phonon-informed training sets in the graph."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
+from aiida.plugins import DataFactory
+
+from aiida_capthermo.core.dataset import LabelledSet
+from aiida_capthermo.data.dataset import DatasetData
+from aiida_capthermo.data.structures import set_structure_metadata
+from aiida_capthermo.workflows.engines import engine_namespace, label_batch_inputs
+from aiida_capthermo.workflows.phonons import ParentPhononsWorkChain
+from aiida_capthermo.workflows.protocols import ProtocolMixin
+
+__all__ = ['PhononInformedDatasetWorkChain', 'build_parent', 'generate_structures', 'assemble_dataset']
+
+ForceConstantsData = DataFactory('phonopy.force_constants')
+
+SCHEMES = ('phonon', 'random')
+DISTRIBUTIONS = ('uniform', 'gaussian')
+COMPOSITION_MODES = ('grid', 'binomial')
+
+
+# ---------------------------------------------------------------------------------------------- calcfunctions
+@calcfunction
+def build_parent(prototype: orm.Dict, species: orm.Str) -> orm.StructureData:
+    """The cubic A3BX parent with halide ``species`` and its end-member lattice parameter from ``prototype``."""
+    from aiida_capthermo.core.structures import antiperovskite
+
+    p = prototype.get_dict()
+    lattice = p['a_host'] if species.value == p['host'] else p['a_guest']
+    atoms = antiperovskite(a=p['a'], b=p['b'], x=species.value, lattice_parameter=lattice)
+    return orm.StructureData(ase=atoms)
+
+
+def _reference_supercell(parent: orm.StructureData, supercell: list):
+    """The parent supercell in phonopy's atom order (the order of the force constants)."""
+    import ase
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    atoms = parent.get_ase()
+    unitcell = PhonopyAtoms(symbols=atoms.get_chemical_symbols(), cell=atoms.cell[:], positions=atoms.positions)
+    sc = Phonopy(unitcell, supercell_matrix=np.diag(supercell)).supercell
+    return ase.Atoms(symbols=sc.symbols, positions=sc.positions, cell=sc.cell, pbc=True)
+
+
+@calcfunction
+def generate_structures(host_parent: orm.StructureData, settings: orm.Dict, **force_constants) -> dict:
+    """Make ``settings['n_structures']`` disordered, displaced supercells (see ``core.generation``).
+
+    ``settings``: host, guest, a_host, a_guest (Å), supercell, n_structures, seed, scheme (phonon|random|equilibrium),
+    distribution, temperature (K), amplitude (Å), composition_mode, frequency_cutoff (THz). ``force_constants``
+    may hold ``host`` and/or ``guest`` ForceConstantsData for the phonon scheme. Every output structure records
+    x, temperature and origin.
+    """
+    from aiida_capthermo.core.displacements import SupercellModes
+    from aiida_capthermo.core.generation import GenerationSpec, generate_structures as generate
+
+    s = settings.get_dict()
+    reference = _reference_supercell(host_parent, s['supercell'])
+    modes = {key: SupercellModes.from_phonopy(node.get_phonopy_instance(), frequency_cutoff=s['frequency_cutoff'])
+             for key, node in force_constants.items()}
+    spec = GenerationSpec(host=s['host'], guest=s['guest'], a_host=s['a_host'], a_guest=s['a_guest'],
+                          n_structures=s['n_structures'], seed=s['seed'], scheme=s['scheme'],
+                          distribution=s['distribution'], temperature=s.get('temperature', 0.0),
+                          amplitude=s.get('amplitude', 0.1), composition_mode=s['composition_mode'])
+    outputs = {}
+    for index, item in enumerate(generate(spec, reference, modes.get('host'), modes.get('guest'))):
+        structure = orm.StructureData(ase=item.atoms)
+        set_structure_metadata(structure, x=item.x, temperature=item.temperature, origin=item.origin)
+        outputs[f'structure_{index:05d}'] = structure
+    return outputs
+
+
+@calcfunction
+def assemble_dataset(attributes: orm.Dict, **labels) -> DatasetData:
+    """Join the labelled batches of one fidelity into a dataset; ``attributes`` become its attributes."""
+    nodes = [labels[key] for key in sorted(labels)]
+    labelled = LabelledSet.concatenate([node.get_labelled_set() for node in nodes])
+    failed = sorted(key for node in nodes for key in node.base.attributes.get('failed'))
+    first = nodes[0].base.attributes
+    return DatasetData.from_labelled_set(labelled, engine=first.get('engine'), method=first.get('method'),
+                                         n_failed=len(failed), failed_structures=failed, **attributes.get_dict())
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def validate_inputs(inputs, _) -> str | None:
+    from aiida_capthermo.core.structures import check_cubic_prototype
+
+    prototype = inputs['prototype'].get_dict()
+    missing = {'a', 'b', 'host', 'guest', 'a_host', 'a_guest'} - set(prototype)
+    if missing:
+        return f'the prototype misses {sorted(missing)}'
+    from ase.data import atomic_numbers
+
+    for key in ('a', 'b', 'host', 'guest'):
+        if prototype[key] not in atomic_numbers:
+            return f'prototype {key!r} is {prototype[key]!r}, which is not a chemical element'
+    if prototype['host'] == prototype['guest']:
+        return 'host and guest species of the solid solution must differ'
+    if min(prototype['a_host'], prototype['a_guest']) <= 0:
+        return 'prototype lattice parameters must be positive (Å)'
+    supercell = inputs['supercell'].get_list()
+    if len(supercell) != 3 or any(not isinstance(n, int) or n < 1 for n in supercell):
+        return f'supercell must be three positive integers, got {supercell}'
+    parents = inputs.get('parents', {})
+    for role in ('host', 'guest'):
+        if role in parents:
+            atoms = parents[role].get_ase()
+            try:
+                check_cubic_prototype(atoms)
+            except ValueError as exception:
+                return f'parents.{role}: {exception}'
+            if prototype[role] not in atoms.get_chemical_symbols():
+                return f'parents.{role} contains no {prototype[role]} (the {role} species of the prototype)'
+    scheme = inputs['scheme'].value
+    if scheme not in SCHEMES:
+        return f'scheme must be one of {SCHEMES}, got {scheme!r}'
+    if inputs['distribution'].value not in DISTRIBUTIONS:
+        return f'distribution must be one of {DISTRIBUTIONS}'
+    if inputs['composition_mode'].value not in COMPOSITION_MODES:
+        return f'composition_mode must be one of {COMPOSITION_MODES}'
+    temperatures = inputs['temperatures'].get_list()
+    if scheme == 'phonon':
+        if not temperatures:
+            return 'the temperature list is empty'
+        if any(not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0 for t in temperatures):
+            return f'temperatures must be positive numbers in K, got {temperatures}'
+    amplitudes = inputs['random_amplitudes'].get_list()
+    if scheme == 'random' and (not amplitudes or any(a <= 0 for a in amplitudes)):
+        return f'random_amplitudes must be a non-empty list of positive numbers (Å), got {amplitudes}'
+    if inputs['structures_per_temperature'].value < 1:
+        return 'structures_per_temperature must be at least 1: a dataset with zero structures is empty'
+    for key in ('n_equilibrium', 'high_structures'):
+        if inputs[key].value < 0:
+            return f'{key} must be >= 0'
+    if inputs['high_structures'].value > 0 and 'high' not in inputs:
+        return 'high_structures > 0 needs a `high` engine namespace'
+    if inputs['batch_size'].value < 1 or inputs['max_concurrent'].value < 1:
+        return 'batch_size and max_concurrent must be at least 1'
+    force_constants = inputs.get('force_constants', {})
+    for role, node in force_constants.items():
+        matrix = np.asarray(node.supercell_matrix)
+        if not np.array_equal(matrix, np.diag(supercell)):
+            return f'force_constants.{role} were computed in supercell {matrix.tolist()}, not diag({supercell})'
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the workchain
+class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
+    """Build labelled training sets of thermally displaced, chemically disordered supercells.
+
+    Outputs ``low`` (energies, forces, stresses, gaps of displaced structures: the MLIP and GNN set),
+    ``equilibrium`` (undisplaced structures, labelled like ``low``: for the GNN only) and ``high``
+    (gaps of further, distinct structures with the high-fidelity engine).
+    """
+
+    _protocol_file = 'dataset'
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input('prototype', valid_type=orm.Dict,
+                   help='Cubic A3BX solid solution: species a (face centres), b (body centre), host (x=0) and guest '
+                        '(x=1) on the corner sublattice, end-member primitive lattice parameters a_host, a_guest (Å).')
+        spec.input_namespace('parents', valid_type=orm.StructureData, required=False,
+                             help='Optional relaxed parent unit cells `host` (x=0) and `guest` (x=1); built from the '
+                                  'prototype when absent. Must be cubic Pm-3m A3BX.')
+        spec.input_namespace('force_constants', valid_type=ForceConstantsData, required=False,
+                             help='Optional harmonic force constants `host` and/or `guest` in the chosen supercell; '
+                                  'computed with the low engine when absent (phonon scheme).')
+        spec.input('supercell', valid_type=orm.List, default=lambda: orm.List([2, 2, 2]),
+                   help='Diagonal supercell of the primitive cell, e.g. [2, 2, 2] (40 atoms).')
+        spec.input('temperatures', valid_type=orm.List,
+                   default=lambda: orm.List([100.0, 200.0, 300.0, 400.0, 500.0, 600.0]),
+                   help='Temperatures in K of the phonon-informed displacements.')
+        spec.input('structures_per_temperature', valid_type=orm.Int, default=lambda: orm.Int(10),
+                   help='Low-fidelity structures per temperature (per amplitude for the random scheme).')
+        spec.input('scheme', valid_type=orm.Str, default=lambda: orm.Str('phonon'),
+                   help="'phonon' (paper eq. 1 / normal modes) or 'random' (uniform displacements, second paper eq. 2).")
+        spec.input('distribution', valid_type=orm.Str, default=lambda: orm.Str('uniform'),
+                   help="Phonon scheme: 'uniform' (eq. 1, eps ~ U[-1, 1]) or 'gaussian' (canonical normal modes).")
+        spec.input('random_amplitudes', valid_type=orm.List, default=lambda: orm.List([0.1, 0.2, 0.3, 0.4]),
+                   help='Random scheme: displacement amplitudes a in Å (u = eps * a).')
+        spec.input('composition_mode', valid_type=orm.Str, default=lambda: orm.Str('grid'),
+                   help="How guest counts are drawn per structure: 'grid' (cycle k = 0..n_sites) or 'binomial'.")
+        spec.input('n_equilibrium', valid_type=orm.Int, default=lambda: orm.Int(2),
+                   help='Undisplaced structures (random compositions) for the GNN set; not in the MLIP set.')
+        spec.input('high_structures', valid_type=orm.Int, default=lambda: orm.Int(0),
+                   help='Number of further displaced structures labelled (gap only) by the `high` engine.')
+        spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(20251119),
+                   help='Seed of all random draws: the same inputs give the same structures.')
+        spec.input('phonon_displacement', valid_type=orm.Float, default=lambda: orm.Float(0.01),
+                   help='Finite displacement (Å) for the parent force constants.')
+        spec.input('frequency_cutoff', valid_type=orm.Float, default=lambda: orm.Float(0.1),
+                   help='Modes with |frequency| below this (THz) or imaginary are skipped by the sampler.')
+        spec.input('batch_size', valid_type=orm.Int, default=lambda: orm.Int(20),
+                   help='Structures per labelling job.')
+        spec.input('max_concurrent', valid_type=orm.Int, default=lambda: orm.Int(4),
+                   help='Labelling jobs running at the same time.')
+        engine_namespace(spec, 'low', help='Low-fidelity engine (energy, forces, stress, gap; PBEsol-like).')
+        engine_namespace(spec, 'high', required=False, help='High-fidelity engine (gap only; HSEsol-like).')
+        spec.inputs.validator = validate_inputs
+
+        spec.outline(
+            cls.setup,
+            if_(cls.should_compute_phonons)(cls.run_phonons, cls.inspect_phonons),
+            cls.generate,
+            while_(cls.has_pending_batches)(cls.run_batches),
+            cls.inspect_batches,
+            cls.results,
+        )
+        spec.output('low', valid_type=DatasetData, help='Low-fidelity dataset of displaced structures.')
+        spec.output('equilibrium', valid_type=DatasetData, required=False,
+                    help='Undisplaced structures labelled by the low engine (GNN training only).')
+        spec.output('high', valid_type=DatasetData, required=False, help='High-fidelity band gaps.')
+        spec.output_namespace('force_constants', valid_type=ForceConstantsData, required=False,
+                              help='The parent force constants that informed the displacements.')
+        spec.exit_code(402, 'ERROR_PHONONS_FAILED', message='The parent phonons could not be computed: {message}')
+        spec.exit_code(410, 'ERROR_NO_STRUCTURE_LABELLED',
+                       message='No structure of the {fidelity} set could be labelled.')
+
+    # ------------------------------------------------------------------ steps
+    def setup(self):
+        self.ctx.prototype = self.inputs.prototype.get_dict()
+        parents = dict(self.inputs.get('parents', {}))
+        for role in ('host', 'guest'):
+            if role not in parents:
+                parents[role] = build_parent(self.inputs.prototype, orm.Str(self.ctx.prototype[role]))
+        self.ctx.parents = parents
+        self.ctx.lattice = {role: float(np.cbrt(abs(np.linalg.det(parents[role].cell)))) for role in parents}
+        self.ctx.force_constants = dict(self.inputs.get('force_constants', {}))
+        self.ctx.labelled = {'low': [], 'equilibrium': [], 'high': []}
+
+    def should_compute_phonons(self):
+        return self.inputs.scheme.value == 'phonon' and set(self.ctx.force_constants) != {'host', 'guest'}
+
+    def run_phonons(self):
+        futures = {}
+        for role in ('host', 'guest'):
+            if role in self.ctx.force_constants:
+                continue
+            inputs = AttributeDict({
+                'structure': self.ctx.parents[role], 'supercell_matrix': self.inputs.supercell,
+                'displacement': self.inputs.phonon_displacement, 'engine': dict(self.inputs.low),
+                'metadata': {'call_link_label': f'phonons_{role}'}})
+            futures[f'phonons_{role}'] = self.submit(ParentPhononsWorkChain, **inputs)
+            self.report(f'computing the force constants of the {role} parent')
+        return ToContext(**futures)
+
+    def inspect_phonons(self):
+        for role in ('host', 'guest'):
+            key = f'phonons_{role}'
+            if key not in self.ctx:
+                continue
+            node = self.ctx[key]
+            if not node.is_finished_ok:
+                return self.exit_codes.ERROR_PHONONS_FAILED.format(message=f'{role}: {node.exit_message}')
+            self.ctx.force_constants[role] = node.outputs.force_constants
+        return None
+
+    def _settings(self, **kwargs) -> orm.Dict:
+        p = self.ctx.prototype
+        settings = {
+            'host': p['host'], 'guest': p['guest'], 'a_host': self.ctx.lattice['host'],
+            'a_guest': self.ctx.lattice['guest'], 'supercell': self.inputs.supercell.get_list(),
+            'distribution': self.inputs.distribution.value, 'composition_mode': self.inputs.composition_mode.value,
+            'frequency_cutoff': self.inputs.frequency_cutoff.value}
+        settings.update(kwargs)
+        return orm.Dict(settings)
+
+    def generate(self):
+        """Create every structure by calcfunction and queue them in labelling batches."""
+        seed = self.inputs.seed.value
+        n_per = self.inputs.structures_per_temperature.value
+        fc = {key: self.ctx.force_constants[key] for key in self.ctx.force_constants} \
+            if self.inputs.scheme.value == 'phonon' else {}
+        host = self.ctx.parents['host']
+        structures = {'low': [], 'equilibrium': [], 'high': []}
+        if self.inputs.scheme.value == 'phonon':
+            points = [('temperature', float(t)) for t in self.inputs.temperatures.get_list()]
+        else:
+            points = [('amplitude', float(a)) for a in self.inputs.random_amplitudes.get_list()]
+        for index, (key, value) in enumerate(points):
+            settings = self._settings(scheme=self.inputs.scheme.value, n_structures=n_per, seed=seed + index,
+                                      **{key: value})
+            outputs = generate_structures(host, settings, **fc)
+            structures['low'].extend(outputs[k] for k in sorted(outputs))
+        if self.inputs.n_equilibrium.value > 0:
+            settings = self._settings(scheme='equilibrium', n_structures=self.inputs.n_equilibrium.value,
+                                      seed=seed + 10_000)
+            outputs = generate_structures(host, settings)
+            structures['equilibrium'].extend(outputs[k] for k in sorted(outputs))
+        n_high = self.inputs.high_structures.value
+        if n_high > 0:
+            # Distinct structures: their own seeds, spread over the same temperatures/amplitudes.
+            share = np.array_split(np.arange(n_high), len(points))
+            for index, ((key, value), part) in enumerate(zip(points, share)):
+                if len(part) == 0:
+                    continue
+                settings = self._settings(scheme=self.inputs.scheme.value, n_structures=len(part),
+                                          seed=seed + 20_000 + index, **{key: value})
+                outputs = generate_structures(host, settings, **fc)
+                structures['high'].extend(outputs[k] for k in sorted(outputs))
+        batch_size = self.inputs.batch_size.value
+        self.ctx.pending = []
+        for name, nodes in structures.items():
+            for start in range(0, len(nodes), batch_size):
+                batch = {f'structure_{start + i:05d}': node for i, node in enumerate(nodes[start:start + batch_size])}
+                self.ctx.pending.append((name, start // batch_size, [n.pk for n in batch.values()], list(batch)))
+        counts = {name: len(nodes) for name, nodes in structures.items()}
+        self.report(f'generated {counts} structures in {len(self.ctx.pending)} labelling batches')
+
+    def has_pending_batches(self):
+        return bool(self.ctx.pending)
+
+    def run_batches(self):
+        """Submit up to ``max_concurrent`` batches and wait for them."""
+        futures = {}
+        for _ in range(min(self.inputs.max_concurrent.value, len(self.ctx.pending))):
+            name, index, pks, keys = self.ctx.pending.pop(0)
+            structures = {key: orm.load_node(pk) for key, pk in zip(keys, pks)}
+            engine = self.inputs.high if name == 'high' else self.inputs.low
+            fidelity = 'high' if name == 'high' else 'low'
+            process, inputs = label_batch_inputs(dict(engine), structures, fidelity)
+            inputs['metadata'] = {'call_link_label': f'label_{name}_{index:04d}'}
+            futures[f'label_{name}_{index:04d}'] = self.submit(process, **inputs)
+        return ToContext(**futures)
+
+    def inspect_batches(self):
+        """Collect what each batch labelled; a failed batch is reported and left out."""
+        for key in sorted(k for k in self.ctx if isinstance(k, str) and k.startswith('label_')):
+            node = self.ctx[key]
+            name = key.split('_')[1]
+            if node.is_finished_ok:
+                self.ctx.labelled[name].append(node.outputs.labels)
+                failed = node.outputs.labels.base.attributes.get('failed')
+                if failed:
+                    self.report(f'{key}: {len(failed)} structures could not be labelled and are left out')
+            else:
+                self.report(f'{key} failed ({node.exit_status}: {node.exit_message}); its structures are left out')
+        if not self.ctx.labelled['low']:
+            return self.exit_codes.ERROR_NO_STRUCTURE_LABELLED.format(fidelity='low')
+        if self.inputs.high_structures.value > 0 and not self.ctx.labelled['high']:
+            return self.exit_codes.ERROR_NO_STRUCTURE_LABELLED.format(fidelity='high')
+        return None
+
+    def results(self):
+        scheme = self.inputs.scheme.value
+        common = {'scheme': scheme, 'seed': self.inputs.seed.value,
+                  'composition_mode': self.inputs.composition_mode.value,
+                  'supercell': self.inputs.supercell.get_list(), 'prototype': self.ctx.prototype}
+        if scheme == 'phonon':
+            common['distribution'] = self.inputs.distribution.value
+        else:
+            common['random_amplitudes'] = self.inputs.random_amplitudes.get_list()
+        for name, fidelity in (('low', 'low'), ('equilibrium', 'low'), ('high', 'high')):
+            nodes = self.ctx.labelled[name]
+            if not nodes:
+                continue
+            attributes = orm.Dict({**common, 'fidelity': fidelity, 'subset': name})
+            self.out(name, assemble_dataset(attributes, **{f'batch_{i:04d}': n for i, n in enumerate(nodes)}))
+        for role, node in self.ctx.force_constants.items():
+            if scheme == 'phonon':
+                self.out(f'force_constants.{role}', node)
+        self.report(f'datasets: low {self.outputs["low"].n_structures} structures')
+
+    # ------------------------------------------------------------------ protocol
+    @classmethod
+    def get_builder_from_protocol(cls, code: orm.AbstractCode, high_code: orm.AbstractCode | None = None,
+                                  protocol: str | None = None, overrides: dict | None = None,
+                                  options: dict | None = None, engine: str = 'local'):
+        """Return a builder filled from the protocol (``demo``, ``fast``, ``balanced``) and ``overrides``.
+
+        ``code`` labels the low-fidelity set (and the parent phonons), ``high_code`` (default: ``code``) the
+        high-fidelity gaps; ``options`` are the scheduler options of every labelling job.
+        """
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        builder = cls.get_builder()
+        simple = {'prototype': orm.Dict, 'supercell': orm.List, 'temperatures': orm.List,
+                  'structures_per_temperature': orm.Int, 'scheme': orm.Str, 'distribution': orm.Str,
+                  'random_amplitudes': orm.List, 'composition_mode': orm.Str, 'n_equilibrium': orm.Int,
+                  'high_structures': orm.Int, 'seed': orm.Int, 'phonon_displacement': orm.Float,
+                  'frequency_cutoff': orm.Float, 'batch_size': orm.Int, 'max_concurrent': orm.Int}
+        unknown = set(inputs) - set(simple) - {'low', 'high'}
+        if unknown:
+            raise ValueError(f'unknown inputs in protocol or overrides: {sorted(unknown)}')
+        for key, value in inputs.items():
+            if key in simple:
+                builder[key] = simple[key](value)
+        for fidelity, fidelity_code in (('low', code), ('high', high_code or code)):
+            if fidelity == 'high' and inputs.get('high_structures', 0) == 0:
+                continue
+            namespace = inputs.get(fidelity, {})
+            builder[fidelity]['engine'] = orm.Str(namespace.get('engine', engine))
+            builder[fidelity]['code'] = fidelity_code
+            for key in ('calculator', 'vasp'):
+                if key in namespace and (key == 'vasp') == (builder[fidelity]['engine'].value == 'vasp'):
+                    builder[fidelity][key] = orm.Dict(namespace[key])
+            merged_options = {**namespace.get('options', {}), **(options or {})}
+            if merged_options:
+                builder[fidelity]['options'] = orm.Dict(merged_options)
+        return builder

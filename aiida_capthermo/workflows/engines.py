@@ -1,0 +1,71 @@
+"""Labelling engines behind one namespace: which process labels a batch, and with what inputs.
+
+A workchain that labels structures declares ``engine_namespace(spec, 'low')`` and calls
+:func:`label_batch_inputs` with a batch of structures; both engines return a ``labels`` DatasetData
+(see ``LocalLabelWorkChain`` for the contract).
+"""
+
+from __future__ import annotations
+
+from aiida import orm
+from aiida.plugins import WorkflowFactory
+
+__all__ = ['ENGINES', 'engine_namespace', 'label_batch_inputs', 'validate_engine_namespace']
+
+ENGINES = ('local', 'vasp')
+
+
+def validate_engine_namespace(value, _) -> str | None:
+    if not value:
+        return None
+    engine = value['engine'].value if 'engine' in value else 'local'
+    if engine not in ENGINES:
+        return f'unknown engine {engine!r}; choose one of {ENGINES}'
+    if 'code' not in value:
+        return f'the {engine} engine needs a `code`'
+    if engine == 'vasp':
+        settings = value['vasp'].get_dict() if 'vasp' in value else {}
+        missing = [key for key in ('potential_family', 'potential_mapping') if key not in settings]
+        if missing:
+            return f'the vasp engine needs {missing} in its `vasp` settings'
+    if engine == 'local' and 'calculator' in value:
+        from pydantic import ValidationError
+
+        from aiida_capthermo.ml.labelling import CalculatorSpec
+
+        try:
+            CalculatorSpec.model_validate(value['calculator'].get_dict())
+        except ValidationError as exception:
+            return f'invalid calculator specification: {exception}'
+    return None
+
+
+def engine_namespace(spec, name: str, help: str, required: bool = True) -> None:
+    """Declare the ports of one labelling engine under namespace ``name``."""
+    spec.input_namespace(name, required=required, validator=validate_engine_namespace, help=help)
+    spec.input(f'{name}.engine', valid_type=orm.Str, default=lambda: orm.Str('local'),
+               help="Who labels the structures: 'local' (ASE calculator via capthermo-label) or 'vasp' (aiida-vasp).")
+    spec.input(f'{name}.code', valid_type=orm.AbstractCode, required=False,
+               help='local: a capthermo-label code on the target computer; vasp: a VASP code.')
+    spec.input(f'{name}.calculator', valid_type=orm.Dict, required=False,
+               help='local engine: calculator spec (name, method, accuracy, electronic_temperature K, ...).')
+    spec.input(f'{name}.vasp', valid_type=orm.Dict, required=False,
+               help='vasp engine: potential_family, potential_mapping, preset (PBEsol|HSEsol), parameters '
+                    'overrides, kpoints_density (1/Å).')
+    spec.input(f'{name}.options', valid_type=orm.Dict, required=False,
+               help='Scheduler options of every labelling job (resources, max_wallclock_seconds, queue_name, '
+                    'custom_scheduler_commands ...).')
+
+
+def label_batch_inputs(namespace: dict, structures: dict, fidelity: str) -> tuple[type, dict]:
+    """Return the process class and its inputs that label ``structures`` with the engine of ``namespace``."""
+    engine = namespace['engine'].value if 'engine' in namespace else 'local'
+    options = namespace['options'].get_dict() if 'options' in namespace else {}
+    if engine == 'local':
+        process = WorkflowFactory('capthermo.label_local')
+        label = {'code': namespace['code'], 'structures': structures, 'metadata': {'options': options}}
+        if 'calculator' in namespace:
+            label['calculator'] = namespace['calculator']
+        return process, {'label': label, 'fidelity': orm.Str(fidelity)}
+    process = WorkflowFactory('capthermo.label_vasp')
+    return process, process.inputs_from_engine_namespace(namespace, structures, fidelity, options)
