@@ -54,7 +54,7 @@ def test_presets_carry_the_papers_incar():
     pbesol, hsesol = presets['presets']['PBEsol']['incar'], presets['presets']['HSEsol']['incar']
     for incar in (pbesol, hsesol):
         assert incar['gga'] == 'ps' and incar['encut'] == 550 and incar['ediff'] == 1e-7
-        assert incar['ismear'] == 0 and incar['lreal'] is False and incar['sigma'] == 0.05
+        assert incar['ismear'] == 0 and incar['lreal'] is False and incar['sigma'] == 0.01
     assert 'lhfcalc' not in pbesol
     assert hsesol['lhfcalc'] is True and hsesol['hfscreen'] == 0.2 and hsesol['algo'] == 'all'
     assert presets['default_preset'] == {'low': 'PBEsol', 'high': 'HSEsol'}
@@ -169,7 +169,7 @@ def test_replay_pbesol_from_committed_registry(vasp_engine):
         calc = _vasp_calculations(child)[-1]
         assert f'pbesol-{key}' in calc.outputs.retrieved.get_object_content('vasp_output')
         incar = calc.base.repository.get_object_content('INCAR')
-        for line in ('GGA = ps', 'ENCUT = 550', 'EDIFF = 1e-07', 'ISMEAR = 0', 'SIGMA = 0.05', 'LREAL = .FALSE.'):
+        for line in ('GGA = ps', 'ENCUT = 550', 'EDIFF = 1e-07', 'ISMEAR = 0', 'SIGMA = 0.01', 'LREAL = .FALSE.'):
             assert line in incar
         assert 'LHFCALC' not in incar
     failed_child = node.base.links.get_outgoing(link_label_filter='vasp_unregistered').one().node
