@@ -216,3 +216,122 @@ def test_parse_log_functions():
     assert detect_failure(LOG) is None
     finetune_arch = parse_architecture('INFO: Message passing with hidden irreps 128x0e+128x1o)\n')
     assert (finetune_arch['num_channels'], finetune_arch['max_L']) == (128, 1)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def test_evaluate_job_matches_numpy(scratch_run, mace_code):
+    """MaceEvaluateCalcJob (capthermo-mace evaluate + phonons): metrics recomputed with numpy from its parity arrays;
+    one prediction checked against MACE's own ASE calculator; phonons against EMT force constants of Cu."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    from aiida_capthermo.calculations.mace import MaceEvaluateCalcJob
+
+    model = scratch_run[0]['model']
+    dataset = DatasetData.from_labelled_set(emt_set(5, ag_max=3, seed=21)).store()
+    unit = bulk('Cu', 'fcc', a=3.6)
+    phonon = Phonopy(PhonopyAtoms(numbers=unit.numbers, positions=unit.positions, cell=unit.cell[:]),
+                     supercell_matrix=2 * np.eye(3, dtype=int))
+    phonon.generate_displacements(distance=0.01)
+    forces = []
+    for sc in phonon.supercells_with_displacements:
+        from ase import Atoms
+        atoms = Atoms(numbers=sc.numbers, positions=sc.positions, cell=sc.cell, pbc=True)
+        atoms.calc = EMT()
+        forces.append(atoms.get_forces())
+    phonon.forces = forces
+    phonon.produce_force_constants()
+    fc = orm.ArrayData()
+    fc.set_array('force_constants', phonon.force_constants)
+    fc.set_array('supercell_matrix', 2 * np.eye(3))
+
+    builder = MaceEvaluateCalcJob.get_builder()
+    builder.code = mace_code['evaluate']
+    builder.model = model
+    builder.dataset = dataset
+    builder.phonon_structure = orm.StructureData(ase=unit)
+    builder.reference_force_constants = fc
+    builder.settings = orm.Dict({'device': 'cpu', 'mesh': [2, 2, 2], 'batch_size': 2})
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    metrics, parity = results['metrics'].get_dict(), results['parity']
+    e_ref, e_pred = parity.get_array('energy_ref'), parity.get_array('energy_pred')
+    np.testing.assert_allclose(e_ref, dataset.get_labelled_set().energy)
+    for key, ref, pred in (('energy', e_ref, e_pred), ('forces', parity.get_array('forces_ref'),
+                                                          parity.get_array('forces_pred')),
+                           ('stress', parity.get_array('stress_ref'), parity.get_array('stress_pred'))):
+        err = (pred - ref).ravel()
+        assert metrics[key]['mae'] == pytest.approx(np.abs(err).mean(), rel=1e-10)
+        assert metrics[key]['rmse'] == pytest.approx(np.sqrt((err ** 2).mean()), rel=1e-10)
+        r2 = 1 - (err ** 2).sum() / ((ref.ravel() - ref.mean()) ** 2).sum()
+        assert metrics[key]['r2'] == pytest.approx(r2, rel=1e-10)
+    per_atom = np.abs(e_pred - e_ref) / parity.get_array('n_atoms')
+    assert metrics['energy_per_atom']['mae'] == pytest.approx(per_atom.mean(), rel=1e-10)
+    # independent: MACE's ASE calculator on structure 2 of the set
+    from mace.calculators import MACECalculator
+    with __import__('tempfile').TemporaryDirectory() as tmp:
+        path = model.export_files(tmp)[model.main_file]
+        calc = MACECalculator(model_paths=str(path), device='cpu', default_dtype='float64')
+        atoms = dataset.get_labelled_set().atoms(2, with_labels=False)
+        atoms.calc = calc
+        assert atoms.get_potential_energy() == pytest.approx(e_pred[2], abs=1e-8)
+        np.testing.assert_allclose(atoms.get_stress(), parity.get_array('stress_pred')[2], atol=1e-8)
+        offsets = dataset.get_labelled_set().offsets
+        np.testing.assert_allclose(atoms.get_forces(), parity.get_array('forces_pred')[offsets[2]:offsets[3]],
+                                   atol=1e-8)
+    # phonons: MAE recomputed from the returned frequencies; reference = EMT frequencies of phonopy here
+    freq = results['phonon_frequencies']
+    phonon.run_mesh([2, 2, 2], is_gamma_center=True)
+    np.testing.assert_allclose(freq.get_array('frequencies_reference'), phonon.get_mesh_dict()['frequencies'],
+                               atol=1e-8)
+    mae = np.abs(freq.get_array('frequencies_model') - freq.get_array('frequencies_reference')).mean()
+    assert metrics['phonons']['frequency_mae_thz'] == pytest.approx(mae, rel=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------- restart workchain
+def _workchain_with_failed_child(aiida_profile, mace_code, exit_code, hyperparameters):
+    from aiida.common import LinkType
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+    from plumpy import ProcessState
+
+    from aiida_capthermo.workflows.mace import FinetuneMaceWorkChain
+
+    inputs = {'mace': {'code': mace_code['train'], 'train': DatasetData.from_labelled_set(emt_set(2, 1, seed=9)),
+                       'hyperparameters': orm.Dict(hyperparameters)}}
+    process = instantiate_process(get_manager().get_runner(), FinetuneMaceWorkChain, **inputs)
+    process.setup()
+    # a mock of a failed FinetuneMaceCalcJob (named as such): a CalcJobNode with the exit code and a remote folder
+    child = orm.CalcJobNode(computer=mace_code['train'].computer, process_type='aiida.calculations:capthermo.mace_finetune')
+    child.set_process_state(ProcessState.FINISHED)
+    child.set_exit_status(exit_code.status)
+    child.set_exit_message(exit_code.message)
+    child.store()
+    remote = orm.RemoteData(computer=mace_code['train'].computer, remote_path='/tmp/mock-mace-run')
+    remote.base.links.add_incoming(child, link_type=LinkType.CREATE, link_label='remote_folder')
+    remote.store()
+    process.ctx.children = [child]
+    process.ctx.iteration = 1
+    return process, child
+
+
+def test_workchain_walltime_restarts_from_checkpoint(aiida_profile, mace_code):
+    codes = FinetuneMaceCalcJob.exit_codes
+    process, child = _workchain_with_failed_child(aiida_profile, mace_code, codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
+                                                  {'batch_size': 8})
+    assert process.inspect_process().status == 0
+    assert process.ctx.inputs['parent_folder'].uuid == child.outputs.remote_folder.uuid
+    assert process.ctx.inputs['hyperparameters']['restart_latest'] is True
+
+
+def test_workchain_oom_halves_batch_size(aiida_profile, mace_code):
+    codes = FinetuneMaceCalcJob.exit_codes
+    process, _ = _workchain_with_failed_child(aiida_profile, mace_code, codes.ERROR_OUT_OF_MEMORY, {'batch_size': 8})
+    assert process.inspect_process().status == 0
+    assert process.ctx.inputs['hyperparameters']['batch_size'] == 4
+    process, _ = _workchain_with_failed_child(aiida_profile, mace_code, codes.ERROR_OUT_OF_MEMORY, {'batch_size': 1})
+    assert process.inspect_process() == process.exit_codes.ERROR_UNRECOVERABLE_FAILURE
+    process, _ = _workchain_with_failed_child(aiida_profile, mace_code, codes.ERROR_NAN_LOSS, {'batch_size': 8})
+    assert process.inspect_process() == process.exit_codes.ERROR_UNHANDLED_FAILURE

@@ -16,6 +16,7 @@ import tempfile
 
 import numpy as np
 from aiida import orm
+from aiida.engine import ExitCode
 
 from aiida_capthermo.calculations.mace import MODEL_NAME, RESOLVE_RESULT
 from aiida_capthermo.data.model import ModelData
@@ -257,7 +258,7 @@ class MaceEvaluateParser(SummaryParser):
     def parse(self, **kwargs):
         """Read the summaries and arrays through the retrieved folder."""
         summary = self.read_summary()
-        if isinstance(summary, orm.ExitCode):
+        if isinstance(summary, ExitCode):
             return summary
         names = self.retrieved.base.repository.list_object_names()
         from aiida_capthermo.calculations.mace import MaceEvaluateCalcJob as Job
