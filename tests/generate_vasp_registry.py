@@ -21,6 +21,7 @@ REGISTRY = pathlib.Path(__file__).parent / 'fixtures' / 'vasp_registry'
 if __name__ == '__main__':
     shutil.rmtree(REGISTRY, ignore_errors=True)
     env = dict(os.environ, CAPTHERMO_RECORD_VASP_REGISTRY=str(REGISTRY))
-    command = [sys.executable, '-m', 'pytest', f'{pathlib.Path(__file__).parent / "test_vasp.py"}::test_generate_registry',
+    test = pathlib.Path(__file__).parent / 'test_vasp.py'
+    command = [sys.executable, '-m', 'pytest', f'{test}::test_generate_registry',
                '-q', '-p', 'no:cacheprovider']
     sys.exit(subprocess.call(command, env=env))

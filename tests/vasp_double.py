@@ -146,7 +146,8 @@ def _structure_xml(name: str | None, cell: np.ndarray, scaled: np.ndarray) -> li
     header = f' <structure name="{name}" >' if name else '  <structure>'
     lines = [header, '  <crystal>', '   <varray name="basis" >']
     lines += ['    ' + _v(row) for row in cell]
-    lines += ['   </varray>', f'   <i name="volume">{abs(np.linalg.det(cell)):16.8f} </i>', '   <varray name="rec_basis" >']
+    lines += ['   </varray>', f'   <i name="volume">{abs(np.linalg.det(cell)):16.8f} </i>',
+              '   <varray name="rec_basis" >']
     lines += ['    ' + _v(row) for row in np.linalg.inv(cell).T]
     lines += ['   </varray>', '  </crystal>', '  <varray name="positions" >']
     lines += ['   ' + _v(row) for row in scaled]
@@ -243,7 +244,8 @@ def write_outcar(path: pathlib.Path, atoms, incar: dict, n_kpoints: int, labels:
              '', f'   k-points           NKPTS = {n_kpoints:6d}   k-points in BZ     NKDIM = {n_kpoints:6d}'
              f'   number of bands    NBANDS= {N_BANDS:6d}',
              f'   NELM   = {nelm:6d};   NELMIN=  2; NELMDL= -5     # of ELM steps',
-             '   NSW    =      0    number of steps for IOM', '   IBRION =     -1    ionic relax: 0-MD 1-quasi-New 2-CG',
+             '   NSW    =      0    number of steps for IOM',
+             '   IBRION =     -1    ionic relax: 0-MD 1-quasi-New 2-CG',
              '']
     for step in range(1, 4):
         lines += [f'--------------------------------------- Iteration      1({step:4d})  '

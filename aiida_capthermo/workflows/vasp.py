@@ -245,7 +245,7 @@ class VaspLabelWorkChain(WorkChain):
         spec.input('code', valid_type=orm.AbstractCode,
                    help='The VASP code (aiida-vasp plugin `vasp.vasp`) on the computer that runs the jobs.')
         spec.input('potential_family', valid_type=orm.Str,
-                   help='Label of the POTCAR family uploaded with `verdi data vasp-potcar uploadfamily`.')
+                   help='Label of the POTCAR family uploaded with `aiida-vasp potcar uploadfamily`.')
         spec.input('potential_mapping', valid_type=orm.Dict,
                    help='POTCAR symbol per kind name, e.g. {"Ag": "Ag", "S": "S", "I": "I", "Br": "Br"}.')
         spec.input('preset', valid_type=orm.Str, required=False, validator=validate_preset,
@@ -311,7 +311,8 @@ class VaspLabelWorkChain(WorkChain):
         self.ctx.kpoints_length = (self.inputs.kpoints_length.value if 'kpoints_length' in self.inputs
                                    else float(presets['kpoints_length']))
         self.ctx.structure_keys = sorted(self.inputs.structures)
-        self.report(f'labelling {len(self.ctx.structure_keys)} structures with VASP, preset {preset}, fidelity {fidelity}, '
+        self.report(f'labelling {len(self.ctx.structure_keys)} structures with VASP, preset {preset}, '
+                    f'fidelity {fidelity}, '
                     f'k-point length {self.ctx.kpoints_length} Å')
 
     def run_vasp(self):
@@ -349,8 +350,8 @@ class VaspLabelWorkChain(WorkChain):
         for key in self.ctx.structure_keys:
             node = self.ctx[f'vasp_{key}']
             if not node.is_finished_ok:
-                self.ctx.failure_reasons[key] = f'VaspWorkChain<{node.pk}> failed with exit status {node.exit_status}: ' \
-                                                f'{node.exit_message}'
+                self.ctx.failure_reasons[key] = (f'VaspWorkChain<{node.pk}> failed with exit status '
+                                                 f'{node.exit_status}: {node.exit_message}')
                 continue
             if 'misc' not in node.outputs:
                 self.ctx.failure_reasons[key] = f'VaspWorkChain<{node.pk}> has no misc output'
