@@ -8,7 +8,7 @@ from ase import Atoms
 from ase.neighborlist import neighbor_list
 
 from aiida_capthermo.core.graphs import (
-    MinMaxScaler, bond_types, node_features, radius_graph_pbc, radius_graph_pbc_loop,
+    MinMaxScaler, bond_types, node_features, radius_graph_pbc, radius_graph_pbc_loop, radius_graphs_pbc,
 )
 
 A_AG3SI = 4.869  # Å, cubic Ag3SI
@@ -116,3 +116,11 @@ def test_bond_types():
     graph = radius_graph_pbc(atoms.positions, atoms.cell[:], 3.0)  # Ag-S (2.43 Å) and Ag-I (3.44 Å) > 3: only Ag-S
     assert set(bond_types(atoms.numbers, graph.edge_index)) == {'Ag-S'}
     assert graph.n_edges == 12  # 6 Ag around S, each Ag with 2 S, both directions
+
+
+def test_batched_graphs_equal_single_graphs():
+    """Mixed sizes and cells in one call, tiny chunks: every graph equals its own single-structure graph."""
+    frames = list(cases().values()) + [ag3si(2, rattle=0.2, seed=s) for s in range(5)]
+    batched = radius_graphs_pbc([a.positions for a in frames], [a.cell[:] for a in frames], 5.5, max_elements=20_000)
+    for atoms, graph in zip(frames, batched):
+        assert graph.edge_set() == ase_edges(atoms, 5.5)

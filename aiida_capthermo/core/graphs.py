@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    'PeriodicGraph', 'radius_graph_pbc', 'radius_graph_pbc_loop', 'image_range', 'NODE_FEATURE_NAMES',
+    'PeriodicGraph', 'radius_graph_pbc', 'radius_graphs_pbc', 'radius_graph_pbc_loop', 'image_range', 'NODE_FEATURE_NAMES',
     'node_features', 'MinMaxScaler', 'bond_types',
 ]
 
@@ -88,7 +88,7 @@ def _validate(positions, cell, cutoff) -> tuple[np.ndarray, np.ndarray]:
 
 def radius_graph_pbc(positions: np.ndarray, cell: np.ndarray, cutoff: float = DEFAULT_CUTOFF,
                      pbc: Sequence[bool] = (True, True, True)) -> PeriodicGraph:
-    """All edges within ``cutoff`` with periodic images, vectorised over atom pairs and images.
+    """All edges within ``cutoff`` of one structure with periodic images (see :func:`radius_graphs_pbc`).
 
     Parameters
     ----------
@@ -96,43 +96,81 @@ def radius_graph_pbc(positions: np.ndarray, cell: np.ndarray, cutoff: float = DE
     cell : [3, 3] array, Å, lattice vectors as rows.
     cutoff : float, Å; an edge has distance strictly below it.
     pbc : periodicity along each cell vector.
+    """
+    return radius_graphs_pbc([positions], [cell], cutoff, pbc)[0]
+
+
+def radius_graphs_pbc(positions: Sequence[np.ndarray], cells: Sequence[np.ndarray], cutoff: float = DEFAULT_CUTOFF,
+                      pbc: Sequence[bool] = (True, True, True), max_elements: int = 1_000_000) -> list[PeriodicGraph]:
+    """Periodic radius graphs of many structures, vectorised over structures, atom pairs and images.
+
+    Structures with the same number of atoms and the same image range are processed together in chunks of
+    about ``max_elements`` candidate (pair, image) distances. Candidates are screened with
+    ``|d + T|^2 = |d|^2 + 2 d.T + |T|^2`` (one matrix product) and every survivor is re-checked with its
+    explicit vector, so the edge set is exact.
+
+    Parameters
+    ----------
+    positions : per structure an [n_atoms, 3] array, Å.
+    cells : per structure a [3, 3] array, Å, lattice vectors as rows.
+    cutoff : float, Å.
+    pbc : periodicity along each cell vector (same for all structures).
+    max_elements : memory bound of a chunk (8 bytes each, a few arrays of this size).
 
     Returns
     -------
-    PeriodicGraph with edges sorted by ``(i, j, shift)``.
+    One :class:`PeriodicGraph` per structure; edges ordered by ``i``, then ``j``, then image.
     """
-    positions, cell = _validate(positions, cell, cutoff)
+    if len(positions) != len(cells):
+        raise ValueError(f'{len(positions)} position arrays for {len(cells)} cells')
+    checked = [_validate(p, c, cutoff) for p, c in zip(positions, cells)]
     pbc = np.asarray(pbc, dtype=bool)
-    n_atoms = len(positions)
-    fractional = positions @ np.linalg.inv(cell)  # [n_atoms, 3]
-    wrap = np.where(pbc, np.floor(fractional), 0.0)  # [n_atoms, 3] translation that brings each atom into the cell
-    wrapped = (fractional - wrap) @ cell  # [n_atoms, 3] Å
-    n_images = image_range(cell, cutoff, pbc)
-    images = np.array(list(itertools.product(*(range(-n, n + 1) for n in n_images))), dtype=np.int64)  # [n_img, 3]
-    translations = images @ cell  # [n_img, 3] Å
+    groups: dict[tuple, list[int]] = {}
+    for index, (pos, cell) in enumerate(checked):
+        groups.setdefault((len(pos), tuple(image_range(cell, cutoff, pbc))), []).append(index)
+    graphs: list[PeriodicGraph | None] = [None] * len(checked)
+    for (n_atoms, n_images), indices in groups.items():
+        images = np.array(list(itertools.product(*(range(-n, n + 1) for n in n_images))), dtype=np.int64)  # [M, 3]
+        chunk = max(1, max_elements // max(1, n_atoms * n_atoms * len(images)))
+        for start in range(0, len(indices), chunk):
+            selected = indices[start:start + chunk]
+            batch = _graphs_same_shape(np.stack([checked[i][0] for i in selected]),
+                                       np.stack([checked[i][1] for i in selected]), images, cutoff, pbc)
+            for index, graph in zip(selected, batch):
+                graphs[index] = graph
+    return graphs
 
+
+def _graphs_same_shape(positions: np.ndarray, cells: np.ndarray, images: np.ndarray, cutoff: float,
+                       pbc: np.ndarray) -> list[PeriodicGraph]:
+    """Graphs of B structures with the same atom count and image set (see :func:`radius_graphs_pbc`)."""
+    n_batch, n_atoms = positions.shape[:2]
+    fractional = positions @ np.linalg.inv(cells)  # [B, n, 3]
+    wrap = np.where(pbc, np.floor(fractional), 0.0)  # [B, n, 3] translation that brings each atom into the cell
+    wrapped = (fractional - wrap) @ cells  # [B, n, 3] Å
+    pair = wrapped[:, None, :, :] - wrapped[:, :, None, :]  # [B, i, j, 3]  r_j - r_i
+    translations = np.einsum('mk,bkl->bml', images.astype(float), cells)  # [B, M, 3] Å
+    pair_flat = pair.reshape(n_batch, n_atoms * n_atoms, 3)  # [B, n*n, 3]
+    # screening in single precision (half the memory traffic); the margin covers its rounding
+    pair32, translations32 = pair_flat.astype(np.float32), translations.astype(np.float32)
+    distance2 = (np.einsum('bpk,bpk->bp', pair32, pair32)[:, :, None]
+                 + 2.0 * pair32 @ translations32.transpose(0, 2, 1)
+                 + np.einsum('bmk,bmk->bm', translations32, translations32)[:, None, :])  # [B, n*n, M]
     cutoff2 = cutoff * cutoff
-    pair_vectors = wrapped[None, :, :] - wrapped[:, None, :]  # [n_atoms(i), n_atoms(j), 3]
-    centre, neighbour, image = [], [], []
-    # Chunk over images so that memory stays at ~n_atoms^2 * chunk doubles.
-    chunk = max(1, int(2_000_000 // max(1, n_atoms * n_atoms)))
-    for start in range(0, len(images), chunk):
-        vectors = pair_vectors[None, :, :, :] + translations[start:start + chunk, None, None, :]  # [c, i, j, 3]
-        distance2 = np.einsum('cijk,cijk->cij', vectors, vectors)  # [c, i, j]
-        c, i, j = np.nonzero(distance2 < cutoff2)
-        centre.append(i)
-        neighbour.append(j)
-        image.append(c + start)
-    i = np.concatenate(centre)
-    j = np.concatenate(neighbour)
-    shift = images[np.concatenate(image)]  # [n_candidates, 3]
-    keep = ~((i == j) & np.all(shift == 0, axis=1))  # drop the atom itself
-    i, j, shift = i[keep], j[keep], shift[keep]
-    shift = shift + (wrap[i] - wrap[j]).astype(np.int64)  # express the shift for the positions as given
-    vectors = positions[j] + shift @ cell - positions[i]  # [n_edges, 3]
-    order = np.lexsort((shift[:, 2], shift[:, 1], shift[:, 0], j, i))
-    return PeriodicGraph(edge_index=np.stack([i[order], j[order]]).astype(np.int64), shifts=shift[order],
-                         distances=np.linalg.norm(vectors[order], axis=1), vectors=vectors[order])
+    scale = float(np.max(np.abs(pair_flat))) + float(np.max(np.abs(translations))) + cutoff
+    b, p, m = np.nonzero(distance2 < cutoff2 + 1e-5 * scale * scale)
+    i, j = np.divmod(p, n_atoms)
+    candidate = pair_flat[b, p] + translations[b, m]  # [n_candidates, 3] explicit vectors
+    zero_image = int(np.flatnonzero(np.all(images == 0, axis=1))[0])
+    keep = (np.einsum('ek,ek->e', candidate, candidate) < cutoff2) & ~((i == j) & (m == zero_image))
+    b, i, j, m = b[keep], i[keep], j[keep], m[keep]
+    shifts = images[m] + (wrap[b, i] - wrap[b, j]).astype(np.int64)  # [E, 3] shift for the positions as given
+    vectors = positions[b, j] + np.einsum('ek,ekl->el', shifts.astype(float), cells[b]) - positions[b, i]
+    distances = np.linalg.norm(vectors, axis=1)
+    bounds = np.searchsorted(b, np.arange(n_batch + 1))
+    return [PeriodicGraph(edge_index=np.stack([i[lo:hi], j[lo:hi]]).astype(np.int64), shifts=shifts[lo:hi],
+                          distances=distances[lo:hi], vectors=vectors[lo:hi])
+            for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def radius_graph_pbc_loop(positions: np.ndarray, cell: np.ndarray, cutoff: float = DEFAULT_CUTOFF) -> PeriodicGraph:

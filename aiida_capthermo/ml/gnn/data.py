@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from aiida_capthermo.core.dataset import LabelledSet
-from aiida_capthermo.core.graphs import MinMaxScaler, node_features, radius_graph_pbc
+from aiida_capthermo.core.graphs import MinMaxScaler, node_features, radius_graphs_pbc
 
 __all__ = ['target_values', 'RawGraph', 'build_graphs', 'Normalisation', 'to_pyg']
 
@@ -43,9 +43,10 @@ def build_graphs(labelled: LabelledSet, cutoff: float) -> list[RawGraph]:
     offsets = labelled.offsets
     table_numbers = labelled.numbers
     all_features = node_features(table_numbers)  # [n_atoms_total, 4], one table lookup for the whole set
-    for index in range(len(labelled)):
+    periodic = radius_graphs_pbc([labelled.positions[offsets[i]:offsets[i + 1]] for i in range(len(labelled))],
+                                 labelled.cells, cutoff)
+    for index, graph in enumerate(periodic):
         start, stop = offsets[index], offsets[index + 1]
-        graph = radius_graph_pbc(labelled.positions[start:stop], labelled.cells[index], cutoff)
         graphs.append(RawGraph(features=all_features[start:stop], edge_index=graph.edge_index,
                                distances=graph.distances, numbers=labelled.numbers[start:stop]))
     return graphs
