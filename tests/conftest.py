@@ -47,3 +47,20 @@ def _single_thread_torch():
     """Keep numerical libraries to one thread per test process for reproducible CPU timings."""
     os.environ.setdefault('OMP_NUM_THREADS', '1')
     yield
+
+
+@pytest.fixture(scope='session')
+def localhost_session(aiida_profile, tmp_path_factory):
+    """A session-scoped localhost computer (core.local transport, core.direct scheduler) for module-scoped runs."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    try:
+        return orm.load_computer('localhost-session')
+    except NotExistent:
+        computer = orm.Computer(label='localhost-session', hostname='localhost', transport_type='core.local',
+                                scheduler_type='core.direct',
+                                workdir=str(tmp_path_factory.mktemp('aiida-workdir'))).store()
+        computer.configure(safe_interval=0.0)
+        computer.set_minimum_job_poll_interval(0.0)
+        return computer

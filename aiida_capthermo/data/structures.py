@@ -21,11 +21,11 @@ _PREFIX = 'capthermo_'
 
 def set_structure_metadata(structure: orm.StructureData, *, x: float | None = None, temperature: float | None = None,
                            origin: str | None = None) -> orm.StructureData:
-    """Record composition ``x``, temperature (K) and origin on an unstored structure; return it."""
+    """Record composition ``x``, temperature (K) and origin on an unstored structure; return it (NaN is left out)."""
     if structure.is_stored:
         raise ValueError('metadata must be set before the structure is stored')
     for key, value in (('x', x), ('temperature', temperature), ('origin', origin)):
-        if value is not None:
+        if value is not None and not (isinstance(value, float) and np.isnan(value)):  # NaN: not recorded
             structure.base.attributes.set(_PREFIX + key, value)
     return structure
 

@@ -140,7 +140,7 @@ def validate_inputs(inputs, _) -> str | None:
     for key in ('n_equilibrium', 'high_structures'):
         if inputs[key].value < 0:
             return f'{key} must be >= 0'
-    if inputs['high_structures'].value > 0 and 'high' not in inputs:
+    if inputs['high_structures'].value > 0 and 'code' not in inputs.get('high', {}):
         return 'high_structures > 0 needs a `high` engine namespace'
     if inputs['batch_size'].value < 1 or inputs['max_concurrent'].value < 1:
         return 'batch_size and max_concurrent must be at least 1'

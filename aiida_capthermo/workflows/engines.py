@@ -16,7 +16,8 @@ ENGINES = ('local', 'vasp')
 
 
 def validate_engine_namespace(value, _) -> str | None:
-    if not value:
+    """Check one engine namespace; a namespace with nothing but the default ``engine`` counts as not given."""
+    if not value or set(value) <= {'engine'}:
         return None
     engine = value['engine'].value if 'engine' in value else 'local'
     if engine not in ENGINES:
@@ -28,6 +29,9 @@ def validate_engine_namespace(value, _) -> str | None:
         missing = [key for key in ('potential_family', 'potential_mapping') if key not in settings]
         if missing:
             return f'the vasp engine needs {missing} in its `vasp` settings'
+        unknown = set(settings) - set(_VASP_SETTINGS)
+        if unknown:
+            return f'unknown vasp engine settings {sorted(unknown)}; known: {sorted(_VASP_SETTINGS)}'
     if engine == 'local' and 'calculator' in value:
         from pydantic import ValidationError
 
@@ -40,9 +44,16 @@ def validate_engine_namespace(value, _) -> str | None:
     return None
 
 
+def _validate_required_engine_namespace(value, port) -> str | None:
+    if not value or 'code' not in value:
+        return 'the engine needs a `code`'
+    return validate_engine_namespace(value, port)
+
+
 def engine_namespace(spec, name: str, help: str, required: bool = True) -> None:
     """Declare the ports of one labelling engine under namespace ``name``."""
-    spec.input_namespace(name, required=required, validator=validate_engine_namespace, help=help)
+    spec.input_namespace(name, required=required, validator=validate_engine_namespace if not required else
+                         _validate_required_engine_namespace, help=help)
     spec.input(f'{name}.engine', valid_type=orm.Str, default=lambda: orm.Str('local'),
                help="Who labels the structures: 'local' (ASE calculator via capthermo-label) or 'vasp' (aiida-vasp).")
     spec.input(f'{name}.code', valid_type=orm.AbstractCode, required=False,
@@ -51,7 +62,7 @@ def engine_namespace(spec, name: str, help: str, required: bool = True) -> None:
                help='local engine: calculator spec (name, method, accuracy, electronic_temperature K, ...).')
     spec.input(f'{name}.vasp', valid_type=orm.Dict, required=False,
                help='vasp engine: potential_family, potential_mapping, preset (PBEsol|HSEsol), parameters '
-                    'overrides, kpoints_density (1/Å).')
+                    'overrides, kpoints_length (Å), energy_type.')
     spec.input(f'{name}.options', valid_type=orm.Dict, required=False,
                help='Scheduler options of every labelling job (resources, max_wallclock_seconds, queue_name, '
                     'custom_scheduler_commands ...).')
@@ -68,4 +79,20 @@ def label_batch_inputs(namespace: dict, structures: dict, fidelity: str) -> tupl
             label['calculator'] = namespace['calculator']
         return process, {'label': label, 'fidelity': orm.Str(fidelity)}
     process = WorkflowFactory('capthermo.label_vasp')
-    return process, process.inputs_from_engine_namespace(namespace, structures, fidelity, options)
+    settings = namespace['vasp'].get_dict()
+    unknown = set(settings) - set(_VASP_SETTINGS)
+    if unknown:
+        raise ValueError(f'unknown vasp engine settings {sorted(unknown)}; known: {sorted(_VASP_SETTINGS)}')
+    inputs = {'structures': structures, 'fidelity': orm.Str(fidelity), 'code': namespace['code']}
+    for key, value in settings.items():
+        inputs[key] = _VASP_SETTINGS[key](value)
+    if options:
+        inputs['options'] = orm.Dict(options)
+    return process, inputs
+
+
+_VASP_SETTINGS = {
+    'potential_family': orm.Str, 'potential_mapping': orm.Dict, 'preset': orm.Str, 'parameters': orm.Dict,
+    'kpoints_length': orm.Float, 'energy_type': orm.Str, 'settings': orm.Dict, 'max_iterations': orm.Int,
+    'clean_workdir': orm.Bool,
+}

@@ -1,0 +1,190 @@
+"""PhononInformedDatasetWorkChain run for real on localhost with the local engine (tblite GFN1-xTB)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import engine, orm
+from aiida.common.links import LinkType
+from aiida.plugins import DataFactory, WorkflowFactory
+
+from aiida_capthermo.core.displacements import SupercellModes, thermal_msd
+from aiida_capthermo.core.generation import GenerationSpec, generate_structures
+from aiida_capthermo.workflows.dataset import _reference_supercell
+
+Workflow = WorkflowFactory('capthermo.dataset')
+ForceConstantsData = DataFactory('phonopy.force_constants')
+
+
+@pytest.fixture(scope='module')
+def label_code(localhost_session):
+    import sys
+    import pathlib
+
+    executable = pathlib.Path(sys.executable).parent / 'capthermo-label'
+    return orm.InstalledCode(computer=localhost_session, filepath_executable=str(executable), label='label-dataset',
+                             default_calc_job_plugin='capthermo.label').store()
+
+
+@pytest.fixture(scope='module')
+def demo_run(label_code):
+    """One real run: parent phonons of Ag3SI and Ag3SBr, 2 temperatures x 2 structures, 1 equilibrium, 1 high."""
+    builder = Workflow.get_builder_from_protocol(
+        label_code, protocol='demo',
+        overrides={'temperatures': [150.0, 600.0], 'n_equilibrium': 1, 'high_structures': 1, 'batch_size': 3})
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    return results, node
+
+
+def test_datasets_counts_and_attributes(demo_run):
+    results, _ = demo_run
+    low, equilibrium, high = results['low'], results['equilibrium'], results['high']
+    assert (low.n_structures, equilibrium.n_structures, high.n_structures) == (4, 1, 1)
+    attributes = low.base.attributes
+    assert attributes.get('temperatures') == [150.0, 600.0]
+    assert attributes.get('scheme') == 'phonon' and attributes.get('distribution') == 'uniform'
+    assert attributes.get('fidelity') == 'low' and attributes.get('method') == 'GFN1-xTB'
+    assert attributes.get('labels') == ['cbm', 'energy', 'forces', 'gap', 'stress', 'vbm']
+    assert attributes.get('n_failed') == 0
+    # grid compositions: k = 0, 1 for the two structures of each temperature
+    assert sorted(low.get_labelled_set().x) == [0.0, 0.0, 0.125, 0.125]
+    assert high.base.attributes.get('labels') == ['cbm', 'gap', 'vbm']
+    assert high.base.attributes.get('method') == 'IPEA1-xTB'
+    assert equilibrium.get_labelled_set().origin.tolist() == ['equilibrium']
+    # The high-fidelity structures are distinct from the low ones.
+    assert not set(high.get_labelled_set().structure_uuid) & set(low.get_labelled_set().structure_uuid)
+    # The query a user makes: datasets of the low fidelity with 600 K among their temperatures.
+    query = orm.QueryBuilder().append(DataFactory('capthermo.dataset'), filters={
+        'attributes.fidelity': 'low', 'attributes.subset': 'low', 'id': low.pk})
+    assert query.count() == 1
+
+
+def test_structures_provenance_and_reproducibility(demo_run):
+    """Every structure was made by a calcfunction from parent, phonons and settings; rerunning the core gives it back."""
+    results, _ = demo_run
+    labelled = results['low'].get_labelled_set()
+    structure = orm.load_node(labelled.structure_uuid[-1])
+    creator = structure.creator
+    assert creator.process_label == 'generate_structures'
+    inputs = creator.inputs
+    assert set(creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all_link_labels()) == {'host_parent', 'settings', 'host', 'guest'}
+    assert isinstance(inputs.host, ForceConstantsData)
+    settings = inputs.settings.get_dict()
+    assert settings['temperature'] == structure.base.attributes.get('capthermo_temperature') == 600.0
+    reference = _reference_supercell(inputs.host_parent, settings['supercell'])
+    modes = [SupercellModes.from_phonopy(inputs[r].get_phonopy_instance(), settings['frequency_cutoff'])
+             for r in ('host', 'guest')]
+    spec = GenerationSpec(host='I', guest='Br', a_host=settings['a_host'], a_guest=settings['a_guest'],
+                          n_structures=settings['n_structures'], seed=settings['seed'], scheme='phonon',
+                          distribution='uniform', temperature=600.0, composition_mode='grid')
+    regenerated = generate_structures(spec, reference, *modes)
+    label = structure.base.links.get_incoming().all()[0].link_label
+    index = int(label.split('_')[-1])
+    np.testing.assert_allclose(regenerated[index].atoms.positions, structure.get_ase().positions, atol=1e-10)
+    # Displacements stay within the uniform bound |u| <= zeta (eq. 1) of the mixed phonon field.
+    x = structure.base.attributes.get('capthermo_x')
+    zeta = np.sqrt((1 - x) * thermal_msd(modes[0], 600.0) + x * thermal_msd(modes[1], 600.0))  # [N, 3]
+    a_x = (1 - x) * settings['a_host'] + x * settings['a_guest']
+    ideal = reference.get_scaled_positions() @ (np.asarray(reference.cell) * a_x / settings['a_host'])
+    displacement = structure.get_ase().positions - ideal
+    assert np.all(np.abs(displacement) <= zeta + 1e-9)
+    assert np.abs(displacement).max() > 0.01
+
+
+def test_labels_link_to_jobs_and_match_direct_calculation(demo_run):
+    from tblite.ase import TBLite
+
+    results, _ = demo_run
+    dataset = results['low']
+    batches = dataset.creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all_nodes()
+    labels = [node for node in batches if node.base.attributes.get('keys', None) is not None]
+    assert len(labels) == 2  # batch_size 3: four structures in two jobs
+    assert all(node.creator.process_type.endswith('capthermo.label') for node in labels)
+    labelled = dataset.get_labelled_set()
+    atoms = orm.load_node(labelled.structure_uuid[0]).get_ase()
+    atoms.calc = TBLite(method='GFN1-xTB', verbosity=0, electronic_temperature=300.0)
+    assert labelled.energy[0] == pytest.approx(atoms.get_potential_energy(), abs=1e-6)
+
+
+def test_parent_force_constants(demo_run):
+    """The computed force constants obey the acoustic sum rule; the cubic parents are reported with their supercell."""
+    results, _ = demo_run
+    for role in ('host', 'guest'):
+        fc = results['force_constants'][role].force_constants
+        assert fc.shape == (40, 40, 3, 3)
+        np.testing.assert_allclose(fc.sum(axis=1), 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'prototype': {'host': 'Xx'}}, 'not a chemical element'),
+    ({'temperatures': []}, 'temperature list is empty'),
+    ({'structures_per_temperature': 0}, 'zero structures'),
+    ({'supercell': [2, 0, 2]}, 'three positive integers'),
+    ({'scheme': 'thermal'}, 'scheme must be one of'),
+    ({'prototype': {'guest': 'I'}}, 'must differ'),
+])
+def test_invalid_inputs_rejected_before_submission(label_code, overrides, message):
+    builder = Workflow.get_builder_from_protocol(label_code, protocol='demo', overrides=overrides)
+    with pytest.raises(ValueError, match=message):
+        engine.run(builder)
+
+
+def test_non_cubic_parent_rejected(label_code):
+    from aiida_capthermo.core.structures import antiperovskite
+
+    atoms = antiperovskite(x='I')
+    atoms.set_cell(np.diag([4.869, 4.869, 5.2]), scale_atoms=True)
+    builder = Workflow.get_builder_from_protocol(label_code, protocol='demo')
+    builder.parents = {'host': orm.StructureData(ase=atoms)}
+    with pytest.raises(ValueError, match='parents.host'):
+        engine.run(builder)
+
+
+def test_force_constants_in_other_supercell_rejected(label_code, demo_run):
+    results, _ = demo_run
+    builder = Workflow.get_builder_from_protocol(label_code, protocol='demo', overrides={'supercell': [1, 1, 1]})
+    builder.force_constants = {'host': results['force_constants']['host']}
+    with pytest.raises(ValueError, match='computed in supercell'):
+        engine.run(builder)
+
+
+def test_protocol_overrides_land_in_builder(label_code):
+    overrides = {'temperatures': [123.0], 'structures_per_temperature': 7, 'seed': 5, 'distribution': 'gaussian',
+                 'low': {'calculator': {'method': 'GFN2-xTB'}}, 'batch_size': 9, 'max_concurrent': 3,
+                 'high_structures': 4, 'composition_mode': 'binomial', 'n_equilibrium': 0}
+    builder = Workflow.get_builder_from_protocol(label_code, protocol='fast', overrides=overrides,
+                                                 options={'max_wallclock_seconds': 600})
+    assert builder.temperatures.get_list() == [123.0]
+    assert builder.structures_per_temperature.value == 7 and builder.seed.value == 5
+    assert builder.distribution.value == 'gaussian' and builder.composition_mode.value == 'binomial'
+    assert builder.batch_size.value == 9 and builder.max_concurrent.value == 3 and builder.n_equilibrium.value == 0
+    assert builder.low.calculator['method'] == 'GFN2-xTB' and builder.low.calculator['name'] == 'tblite'
+    assert builder.high.calculator['method'] == 'IPEA1-xTB' and builder.high_structures.value == 4
+    assert builder.low.options['max_wallclock_seconds'] == 600
+    with pytest.raises(ValueError, match='unknown inputs'):
+        Workflow.get_builder_from_protocol(label_code, overrides={'temperatrues': [1.0]})
+    balanced = Workflow.get_protocol_inputs('balanced')
+    assert balanced['structures_per_temperature'] * len(balanced['temperatures']) + balanced['n_equilibrium'] == 2200
+    assert balanced['high_structures'] == 1000
+
+
+def test_failed_labelling_gives_exit_code(label_code):
+    """Every SCF fails (1 iteration, and 4 on the robust retry): the workchain says so with its exit code."""
+    builder = Workflow.get_builder_from_protocol(label_code, protocol='demo', overrides={
+        'scheme': 'random', 'random_amplitudes': [0.2], 'n_equilibrium': 0, 'high_structures': 0,
+        'structures_per_temperature': 1, 'low': {'calculator': {'max_iterations': 1}}})
+    _, node = engine.run_get_node(builder)
+    assert node.exit_status == Workflow.exit_codes.ERROR_NO_STRUCTURE_LABELLED.status
+
+
+def test_submit_through_daemon(label_code, submit_and_await):
+    """The random scheme (no phonons) submitted to the daemon of the test profile."""
+    builder = Workflow.get_builder_from_protocol(label_code, protocol='demo', overrides={
+        'scheme': 'random', 'random_amplitudes': [0.1, 0.3], 'n_equilibrium': 0, 'high_structures': 0,
+        'structures_per_temperature': 1})
+    node = submit_and_await(builder, timeout=240)
+    assert node.is_finished_ok, node.exit_message
+    low = node.outputs.low
+    assert low.n_structures == 2 and low.base.attributes.get('random_amplitudes') == [0.1, 0.3]
+    assert np.all(np.isnan(low.get_labelled_set().temperature))
