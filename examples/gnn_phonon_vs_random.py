@@ -2,7 +2,8 @@
 
 1. Harmonic phonons of cubic Ag3SI (a = 4.869 Å) in its 2x2x2 supercell (40 atoms) with tblite xTB forces
    (GFN2-xTB by default: tblite 0.8 GFN1-xTB gives forces of ~30-50 eV/Å on the ideal, symmetric Ag3SI cell
-   under periodic boundary conditions, so it cannot be used for phonons here) and phonopy (finite displacements of 0.01 Å); imaginary / near-zero modes are skipped by the sampler.
+   under periodic boundary conditions, so it cannot be used for phonons here) and phonopy (finite displacements
+   of 0.01 Å); imaginary / near-zero modes are skipped by the sampler.
 2. Two training sets of the same size on the same 40-atom supercell:
    phonon-informed (paper eq. 1, uniform eps, temperatures drawn from 100-600 K) and random
    (second paper eq. 2, u = eps * a with the amplitude a drawn per structure from 0.1-0.8 Å).

@@ -23,7 +23,8 @@ def train_code(script_code):
 
 
 def dataset_node(n=30, seed=0, **kwargs) -> DatasetData:
-    return DatasetData.from_labelled_set(synthetic_set(n, seed=seed, **kwargs), fidelity='low', method='synthetic').store()
+    labelled = synthetic_set(n, seed=seed, **kwargs)
+    return DatasetData.from_labelled_set(labelled, fidelity='low', method='synthetic').store()
 
 
 def test_train_finetune_predict_on_localhost(train_code, tmp_path):

@@ -106,7 +106,8 @@ class GnnTrainCalcJob(CapthermoCalcJob):
                    help='GnnHyperparameters (target, cutoff Å, conv_layers, hidden_channels, dropout, pooling, '
                         'learning_rate, batch_size, max_epochs, patience, split, seed, ...); unknown keys rejected.')
         spec.input('parent_model', valid_type=ModelData, required=False, validator=validate_gnn_model,
-                   help='First-stage GNN to fine-tune (all weights) on these data: the two-stage PBEsol -> HSEsol path.')
+                   help='First-stage GNN to fine-tune (all weights) on these data: the two-stage PBEsol -> HSEsol '
+                        'path.')
         spec.input('checkpoint', valid_type=orm.SinglefileData, required=False,
                    help='checkpoint.pt of a run stopped at its walltime, to continue from.')
         spec.inputs.validator = validate_train_inputs

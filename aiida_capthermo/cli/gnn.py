@@ -159,7 +159,6 @@ def run_explain(args, summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    import torch  # noqa: F401  (heavy import only once a command runs)
 
     summary: dict = {'task': f'gnn.{args.command}', 'inputs': {k: v for k, v in vars(args).items()},
                      'host': platform.node(), 'python': sys.version.split()[0], 'error': None}

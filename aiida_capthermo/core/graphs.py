@@ -26,7 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    'PeriodicGraph', 'radius_graph_pbc', 'radius_graphs_pbc', 'radius_graph_pbc_loop', 'image_range', 'NODE_FEATURE_NAMES',
+    'PeriodicGraph', 'radius_graph_pbc', 'radius_graphs_pbc', 'radius_graph_pbc_loop', 'image_range',
+    'NODE_FEATURE_NAMES',
     'node_features', 'MinMaxScaler', 'bond_types',
 ]
 
@@ -153,12 +154,12 @@ def _graphs_same_shape(positions: np.ndarray, cells: np.ndarray, images: np.ndar
     pair_flat = pair.reshape(n_batch, n_atoms * n_atoms, 3)  # [B, n*n, 3]
     # screening in single precision (half the memory traffic); the margin covers its rounding
     pair32, translations32 = pair_flat.astype(np.float32), translations.astype(np.float32)
-    distance2 = (np.einsum('bpk,bpk->bp', pair32, pair32)[:, :, None]
-                 + 2.0 * pair32 @ translations32.transpose(0, 2, 1)
-                 + np.einsum('bmk,bmk->bm', translations32, translations32)[:, None, :])  # [B, n*n, M]
+    distance2 = pair32 @ (2.0 * translations32).transpose(0, 2, 1)  # [B, n*n, M], in place from here on
+    distance2 += np.einsum('bpk,bpk->bp', pair32, pair32)[:, :, None]
+    distance2 += np.einsum('bmk,bmk->bm', translations32, translations32)[:, None, :]
     cutoff2 = cutoff * cutoff
     scale = float(np.max(np.abs(pair_flat))) + float(np.max(np.abs(translations))) + cutoff
-    b, p, m = np.nonzero(distance2 < cutoff2 + 1e-5 * scale * scale)
+    b, p, m = np.nonzero(distance2 < np.float32(cutoff2 + 1e-5 * scale * scale))
     i, j = np.divmod(p, n_atoms)
     candidate = pair_flat[b, p] + translations[b, m]  # [n_candidates, 3] explicit vectors
     zero_image = int(np.flatnonzero(np.all(images == 0, axis=1))[0])

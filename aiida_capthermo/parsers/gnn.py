@@ -104,7 +104,8 @@ class GnnTrainParser(_GnnParser):
 
 
 class GnnPredictParser(_GnnParser):
-    """Outputs ``predictions`` (ArrayData ``values``, ``x``, ``temperature``) and, when explained, the bond importance."""
+    """Outputs ``predictions`` (ArrayData ``values``, ``x``, ``temperature``) and, when explained, the bond
+    importance."""
 
     def parse(self, **kwargs):
         summary = self.summary_or_exit_code()
@@ -126,6 +127,7 @@ class GnnPredictParser(_GnnParser):
                 explain_summary = json.loads(pathlib.Path(explained['explain_summary.json']).read_text())
                 if explain_summary.get('error'):
                     return self.exit_codes.ERROR_SCRIPT_FAILED.format(error=explain_summary['error'])
-                self.out('bond_importance', orm.Dict(json.loads(pathlib.Path(explained['explanation.json']).read_text())))
+                importance = json.loads(pathlib.Path(explained['explanation.json']).read_text())
+                self.out('bond_importance', orm.Dict(importance))
                 self.out('bond_importance_plot', orm.SinglefileData(explained['explanation.png']))
         return None

@@ -50,7 +50,8 @@ class GnnHyperparameters(BaseModel):
     @classmethod
     def _split_sums_to_one(cls, value):
         if any(v < 0 for v in value) or abs(sum(value) - 1) > 1e-6 or value[0] <= 0 or value[1] <= 0:
-            raise ValueError(f'split fractions must be non-negative, train and validation > 0, and sum to 1; got {value}')
+            raise ValueError('split fractions must be non-negative, train and validation > 0, and sum to 1; '
+                             f'got {value}')
         return value
 
     def architecture(self, in_channels: int = 4) -> dict:

@@ -82,7 +82,10 @@ class Normalisation:
 
 
 def to_pyg(graphs: list[RawGraph], normalisation: Normalisation, targets: np.ndarray | None = None) -> list:
-    """Normalised ``torch_geometric.data.Data`` objects (``x``, ``edge_index``, ``edge_weight``, ``y``, ``structure_id``)."""
+    """Normalised ``torch_geometric.data.Data`` objects.
+
+    Each has ``x``, ``edge_index``, ``edge_weight``, ``y`` (when ``targets`` are given) and ``structure_id``.
+    """
     import torch
     from torch_geometric.data import Data
 

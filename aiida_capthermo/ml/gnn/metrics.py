@@ -15,8 +15,8 @@ def regression_metrics(true: np.ndarray, predicted: np.ndarray) -> dict:
     residual = predicted - true
     ss_tot = float(np.sum((true - true.mean()) ** 2))
     r2 = 1.0 - float(np.sum(residual ** 2)) / ss_tot if ss_tot > 0 else None
-    return {'n': int(true.size), 'mae': float(np.mean(np.abs(residual))), 'rmse': float(np.sqrt(np.mean(residual ** 2))),
-            'r2': r2}
+    return {'n': int(true.size), 'mae': float(np.mean(np.abs(residual))),
+            'rmse': float(np.sqrt(np.mean(residual ** 2))), 'r2': r2}
 
 
 def plot_parity(parity: dict, metrics: dict, path: str, target: str = 'gap', units: str = 'eV') -> None:

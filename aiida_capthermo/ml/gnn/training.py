@@ -136,7 +136,8 @@ def _predict_normalised(model, loader, device) -> tuple[np.ndarray, np.ndarray]:
 
 def _architecture_from_parent(hp: GnnHyperparameters, parent: LoadedModel) -> GnnHyperparameters:
     """Hyper-parameters with architecture and cutoff from the parent; explicit conflicting values are an error."""
-    fixed = {'cutoff': parent.cutoff, **{k: v for k, v in parent.metadata['architecture'].items() if k != 'in_channels'}}
+    architecture = {k: v for k, v in parent.metadata['architecture'].items() if k != 'in_channels'}
+    fixed = {'cutoff': parent.cutoff, **architecture}
     conflicts = {key: (getattr(hp, key), value) for key, value in fixed.items()
                  if key in hp.model_fields_set and getattr(hp, key) != value}
     if conflicts:
@@ -191,7 +192,8 @@ def train_gnn(labelled: LabelledSet, hyperparameters: GnnHyperparameters | dict,
     if parent is None:
         normalisation, source = fitted, 'fitted on the training split'
     elif hp.fine_tune_target_normalisation == 'refit':
-        normalisation = Normalisation(node=parent.normalisation.node, edge=parent.normalisation.edge, target=fitted.target)
+        normalisation = Normalisation(node=parent.normalisation.node, edge=parent.normalisation.edge,
+                                      target=fitted.target)
         source = 'node and edge from the parent model, target refitted on the training split'
     else:
         normalisation, source = parent.normalisation, 'all from the parent model'
