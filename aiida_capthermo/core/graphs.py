@@ -144,30 +144,43 @@ def radius_graphs_pbc(positions: Sequence[np.ndarray], cells: Sequence[np.ndarra
 
 def _graphs_same_shape(positions: np.ndarray, cells: np.ndarray, images: np.ndarray, cutoff: float,
                        pbc: np.ndarray) -> list[PeriodicGraph]:
-    """Graphs of B structures with the same atom count and image set (see :func:`radius_graphs_pbc`)."""
+    """Graphs of B structures with the same atom count and image set (see :func:`radius_graphs_pbc`).
+
+    Only pairs ``i <= j`` are searched (the image set is symmetric, ``S`` and ``-S`` both in it); the edges
+    ``(j, i, -S)`` of ``i < j`` are added by mirroring, which halves the work.
+    """
     n_batch, n_atoms = positions.shape[:2]
     fractional = positions @ np.linalg.inv(cells)  # [B, n, 3]
     wrap = np.where(pbc, np.floor(fractional), 0.0)  # [B, n, 3] translation that brings each atom into the cell
     wrapped = (fractional - wrap) @ cells  # [B, n, 3] Å
-    pair = wrapped[:, None, :, :] - wrapped[:, :, None, :]  # [B, i, j, 3]  r_j - r_i
+    upper_i, upper_j = np.triu_indices(n_atoms)  # [P] pairs i <= j
+    pair = wrapped[:, upper_j, :] - wrapped[:, upper_i, :]  # [B, P, 3]  r_j - r_i
     translations = np.einsum('mk,bkl->bml', images.astype(float), cells)  # [B, M, 3] Å
-    pair_flat = pair.reshape(n_batch, n_atoms * n_atoms, 3)  # [B, n*n, 3]
     # screening in single precision (half the memory traffic); the margin covers its rounding
-    pair32, translations32 = pair_flat.astype(np.float32), translations.astype(np.float32)
-    distance2 = pair32 @ (2.0 * translations32).transpose(0, 2, 1)  # [B, n*n, M], in place from here on
+    pair32, translations32 = pair.astype(np.float32), translations.astype(np.float32)
+    distance2 = pair32 @ (2.0 * translations32).transpose(0, 2, 1)  # [B, P, M], in place from here on
     distance2 += np.einsum('bpk,bpk->bp', pair32, pair32)[:, :, None]
     distance2 += np.einsum('bmk,bmk->bm', translations32, translations32)[:, None, :]
     cutoff2 = cutoff * cutoff
-    scale = float(np.max(np.abs(pair_flat))) + float(np.max(np.abs(translations))) + cutoff
+    scale = float(np.max(np.abs(pair))) + float(np.max(np.abs(translations))) + cutoff
     b, p, m = np.nonzero(distance2 < np.float32(cutoff2 + 1e-5 * scale * scale))
-    i, j = np.divmod(p, n_atoms)
-    candidate = pair_flat[b, p] + translations[b, m]  # [n_candidates, 3] explicit vectors
+    i, j = upper_i[p], upper_j[p]
+    candidate = pair[b, p] + translations[b, m]  # [n_candidates, 3] explicit float64 vectors
     zero_image = int(np.flatnonzero(np.all(images == 0, axis=1))[0])
-    keep = (np.einsum('ek,ek->e', candidate, candidate) < cutoff2) & ~((i == j) & (m == zero_image))
-    b, i, j, m = b[keep], i[keep], j[keep], m[keep]
-    shifts = images[m] + (wrap[b, i] - wrap[b, j]).astype(np.int64)  # [E, 3] shift for the positions as given
-    vectors = positions[b, j] + np.einsum('ek,ekl->el', shifts.astype(float), cells[b]) - positions[b, i]
-    distances = np.linalg.norm(vectors, axis=1)
+    length2 = np.einsum('ek,ek->e', candidate, candidate)
+    keep = (length2 < cutoff2) & ~((i == j) & (m == zero_image))
+    b, i, j, image = b[keep], i[keep], j[keep], images[m[keep]]
+    vectors, length2 = candidate[keep], length2[keep]
+    mirror = i != j  # (i, i, S) and (i, i, -S) were both searched; (j, i, -S) of i < j were not
+    b = np.concatenate([b, b[mirror]])
+    i, j = np.concatenate([i, j[mirror]]), np.concatenate([j, i[mirror]])
+    image = np.concatenate([image, -image[mirror]])
+    vectors = np.concatenate([vectors, -vectors[mirror]])  # [E, 3]; equal to r_j + S.cell - r_i as given
+    length2 = np.concatenate([length2, length2[mirror]])
+    order = np.argsort((b * n_atoms + i) * n_atoms + j, kind='stable')  # by structure, then i, then j
+    b, i, j, image, vectors = b[order], i[order], j[order], image[order], vectors[order]
+    distances = np.sqrt(length2[order])
+    shifts = image + (wrap[b, i] - wrap[b, j]).astype(np.int64)  # [E, 3] shift for the positions as given
     bounds = np.searchsorted(b, np.arange(n_batch + 1))
     return [PeriodicGraph(edge_index=np.stack([i[lo:hi], j[lo:hi]]).astype(np.int64), shifts=shifts[lo:hi],
                           distances=distances[lo:hi], vectors=vectors[lo:hi])
