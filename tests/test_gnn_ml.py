@@ -136,8 +136,10 @@ def test_explanation_per_bond_type(stage_one):
 def test_console_script_train_predict_explain(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     synthetic_set(24, seed=5).save('data.npz')
-    (tmp_path / 'hp.json').write_text(json.dumps(dict(TINY, max_epochs=5)))
-    assert gnn_main(['train', '--dataset', 'data.npz', '--hyperparameters', 'hp.json', '--output-dir', 'out']) == 0
+    import yaml
+
+    (tmp_path / 'hp.yaml').write_text(yaml.safe_dump(dict(TINY, max_epochs=5)))  # YAML here, JSON below
+    assert gnn_main(['train', '--dataset', 'data.npz', '--hyperparameters', 'hp.yaml', '--output-dir', 'out']) == 0
     summary = json.loads((tmp_path / 'summary.json').read_text())
     assert summary['error'] is None
     for name in summary['outputs']:
