@@ -62,7 +62,8 @@ def antiperovskite_set(n: int, seed: int = 0):
     return LabelledSet.from_atoms_list(frames)
 
 
-def time_training(labelled, arch: dict, workdir: pathlib.Path, epochs: int = 2, batch_size: int = 4) -> dict:
+def time_training(labelled, arch: dict, workdir: pathlib.Path, epochs: int = 2, batch_size: int = 4,
+                  device: str = 'cpu') -> dict:
     """Train for ``epochs`` with ``mace_run_train``; return seconds per epoch (last epoch) and per structure."""
     import yaml
 
@@ -72,7 +73,7 @@ def time_training(labelled, arch: dict, workdir: pathlib.Path, epochs: int = 2, 
               'energy_key': 'REF_energy', 'forces_key': 'REF_forces', 'stress_key': 'REF_stress',
               'compute_stress': True, 'loss': 'stress', 'energy_weight': 1.0, 'forces_weight': 150.0,
               'stress_weight': 10.0, 'E0s': 'average', 'model': 'MACE', **arch, 'max_num_epochs': epochs,
-              'batch_size': batch_size, 'valid_batch_size': batch_size, 'default_dtype': 'float64', 'device': 'cpu',
+              'batch_size': batch_size, 'valid_batch_size': batch_size, 'default_dtype': 'float64', 'device': device,
               'save_cpu': True, 'plot': False, 'error_table': 'PerAtomMAEstressvirials'}
     (workdir / 'config.yaml').write_text(yaml.safe_dump(config))
     executable = pathlib.Path(sys.executable).parent / 'mace_run_train'
@@ -90,11 +91,11 @@ def time_training(labelled, arch: dict, workdir: pathlib.Path, epochs: int = 2, 
             'model_file': str(workdir / 'bench.model')}
 
 
-def time_evaluation(model_file: str, labelled, batch_size: int = 8) -> dict:
+def time_evaluation(model_file: str, labelled, batch_size: int = 8, device: str = 'cpu') -> dict:
     """Structures per second of batched prediction (energy, forces, stress), after one warm-up batch."""
     from aiida_capthermo.ml.mace import load_mace_model, predict
 
-    model = load_mace_model(model_file, 'cpu', 'float64')
+    model = load_mace_model(model_file, device, 'float64')
     atoms_list = labelled.to_atoms_list(with_labels=False)
     predict(model, atoms_list[:batch_size], batch_size=batch_size)
     start = time.perf_counter()
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument('--n-medium', type=int, default=40)
     parser.add_argument('--n-tiny', type=int, default=200)
     parser.add_argument('--out', default='benchmarks/results')
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     args = parser.parse_args()
     import torch
 
@@ -119,12 +121,12 @@ def main() -> None:
                            'cuda': torch.cuda.is_available(), 'platform': platform.platform(),
                            'processor': platform.processor()},
                'structure': '40-atom Ag3S(Br,I) 2x2x2, LJ labels (timing only)', 'dtype': 'float64',
-               'batch_size': 4}
+               'batch_size': 4, 'device': args.device}
     with tempfile.TemporaryDirectory() as tmp:
         for name, n in (('tiny', args.n_tiny), ('medium', args.n_medium)):
             labelled = antiperovskite_set(n, seed=1)
-            train = time_training(labelled, ARCHITECTURES[name], pathlib.Path(tmp) / name)
-            evaluation = time_evaluation(train.pop('model_file'), labelled)
+            train = time_training(labelled, ARCHITECTURES[name], pathlib.Path(tmp) / name, device=args.device)
+            evaluation = time_evaluation(train.pop('model_file'), labelled, device=args.device)
             results[name] = {'architecture': ARCHITECTURES[name], 'n_structures': n, 'training': train,
                              'evaluation': evaluation}
             print(name, json.dumps(results[name], indent=1), flush=True)
