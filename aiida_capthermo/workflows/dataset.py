@@ -206,6 +206,8 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
                    help='Labelling jobs running at the same time.')
         engine_namespace(spec, 'low', help='Low-fidelity engine (energy, forces, stress, gap; PBEsol-like).')
         engine_namespace(spec, 'high', required=False, help='High-fidelity engine (gap only; HSEsol-like).')
+        engine_namespace(spec, 'phonons', required=False,
+                         help='Engine for the parent force constants (finite displacements); default: the low engine.')
         spec.inputs.validator = validate_inputs
 
         spec.outline(
@@ -248,11 +250,15 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
                 continue
             inputs = AttributeDict({
                 'structure': self.ctx.parents[role], 'supercell_matrix': self.inputs.supercell,
-                'displacement': self.inputs.phonon_displacement, 'engine': dict(self.inputs.low),
+                'displacement': self.inputs.phonon_displacement, 'engine': self._phonon_engine(),
                 'metadata': {'call_link_label': f'phonons_{role}'}})
             futures[f'phonons_{role}'] = self.submit(ParentPhononsWorkChain, **inputs)
             self.report(f'computing the force constants of the {role} parent')
         return ToContext(**futures)
+
+    def _phonon_engine(self) -> dict:
+        engine = self.inputs.get('phonons', {})
+        return dict(engine) if 'code' in engine else dict(self.inputs.low)
 
     def inspect_phonons(self):
         for role in ('host', 'guest'):
@@ -388,14 +394,16 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
                   'random_amplitudes': orm.List, 'composition_mode': orm.Str, 'n_equilibrium': orm.Int,
                   'high_structures': orm.Int, 'seed': orm.Int, 'phonon_displacement': orm.Float,
                   'frequency_cutoff': orm.Float, 'batch_size': orm.Int, 'max_concurrent': orm.Int}
-        unknown = set(inputs) - set(simple) - {'low', 'high'}
+        unknown = set(inputs) - set(simple) - {'low', 'high', 'phonons'}
         if unknown:
             raise ValueError(f'unknown inputs in protocol or overrides: {sorted(unknown)}')
         for key, value in inputs.items():
             if key in simple:
                 builder[key] = simple[key](value)
-        for fidelity, fidelity_code in (('low', code), ('high', high_code or code)):
+        for fidelity, fidelity_code in (('low', code), ('high', high_code or code), ('phonons', code)):
             if fidelity == 'high' and inputs.get('high_structures', 0) == 0:
+                continue
+            if fidelity == 'phonons' and (inputs.get('scheme') == 'random' or 'phonons' not in inputs):
                 continue
             namespace = inputs.get(fidelity, {})
             builder[fidelity]['engine'] = orm.Str(namespace.get('engine', engine))
