@@ -45,24 +45,37 @@ def main() -> int:
     args = parser.parse_args()
     load_profile()
 
-    from aiida_capthermo.workflows.dataset import PhononInformedDatasetWorkChain
+    from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
 
     label_code = get_code('capthermo-label', 'capthermo-label', 'capthermo.label')
-    builder = PhononInformedDatasetWorkChain.get_builder_from_protocol(label_code, protocol=args.protocol)
+    gnn_code = get_code('capthermo-gnn', 'capthermo-gnn', 'capthermo.gnn_train')
+    mace_code = get_code('mace_run_train', 'mace_run_train', 'capthermo.mace_finetune')
+    builder = CapthermoStudyWorkChain.get_builder_from_protocol(label_code, gnn_code, mace_code,
+                                                                protocol=args.protocol)
     start = time.monotonic()
     node = submit(builder)
-    print(f'Submitted PhononInformedDatasetWorkChain<{node.pk}> ({args.protocol}); waiting for the daemon...')
+    print(f'Submitted CapthermoStudyWorkChain<{node.pk}> ({args.protocol}); waiting for the daemon...')
     wait(node, args.timeout)
-    print(f'Dataset finished in {time.monotonic() - start:.0f} s')
+    print(f'Study finished in {time.monotonic() - start:.0f} s')
     for name in ('low', 'equilibrium', 'high'):
-        if name in node.outputs:
-            dataset = node.outputs[name]
-            stats = dataset.base.attributes.get('statistics')
-            gap = stats['gap']
-            print(f'  {name:12s} DatasetData<{dataset.pk}>: {dataset.n_structures} structures, '
-                  f'method {dataset.base.attributes.get("method")}, x {dataset.base.attributes.get("compositions")}, '
+        if name in node.outputs.dataset:
+            dataset = node.outputs.dataset[name]
+            gap = dataset.base.attributes.get('statistics')['gap']
+            print(f'  dataset.{name:12s} DatasetData<{dataset.pk}>: {dataset.n_structures} structures, '
+                  f'{dataset.base.attributes.get("method")}, x {dataset.base.attributes.get("compositions")}, '
                   f'T {dataset.base.attributes.get("temperatures")} K, gap {gap.get("mean", float("nan")):.3f} '
-                  f'± {gap.get("std", float("nan")):.3f} eV')
+                  f'+- {gap.get("std", float("nan")):.3f} eV')
+    for stage in ('metrics_low', 'metrics'):
+        if stage in node.outputs.gnn:
+            metrics = node.outputs.gnn[stage].get_dict()
+            print(f'  gnn.{stage}: ' + ', '.join(f'{split} MAE {values["mae"]:.4f} eV'
+                                                 for split, values in metrics.items()
+                                                 if isinstance(values, dict) and 'mae' in values))
+    if 'model' in node.outputs.mace:
+        model = node.outputs.mace.model
+        valid = node.outputs.mace.metrics.get_dict().get('valid', {})
+        print(f'  mace.model ModelData<{model.pk}> sha256 {model.sha256[:12]}; validation MAE: '
+              + ', '.join(f'{key} {value:.4g}' for key, value in valid.items()))
     print(f'Provenance: verdi node graph generate {node.pk}; share: verdi archive create --all study.aiida')
     return 0
 

@@ -47,8 +47,9 @@ def test_datasets_counts_and_attributes(demo_run):
     assert attributes.get('fidelity') == 'low' and attributes.get('method') == 'GFN1-xTB'
     assert attributes.get('labels') == ['cbm', 'energy', 'forces', 'gap', 'stress', 'vbm']
     assert attributes.get('n_failed') == 0
-    # grid compositions: k = 0, 1 for the two structures of each temperature
-    assert sorted(low.get_labelled_set().x) == [0.0, 0.0, 0.125, 0.125]
+    # grid compositions continue across temperatures: k = 0, 1 at 150 K and k = 2, 3 at 600 K
+    labelled = low.get_labelled_set()
+    assert labelled.x.tolist() == [0.0, 0.125, 0.25, 0.375] and labelled.temperature.tolist() == [150.0] * 2 + [600.0] * 2
     assert high.base.attributes.get('labels') == ['cbm', 'gap', 'vbm']
     assert high.base.attributes.get('method') == 'IPEA1-xTB'
     assert equilibrium.get_labelled_set().origin.tolist() == ['equilibrium']
@@ -77,7 +78,8 @@ def test_structures_provenance_and_reproducibility(demo_run):
              for r in ('host', 'guest')]
     spec = GenerationSpec(host='I', guest='Br', a_host=settings['a_host'], a_guest=settings['a_guest'],
                           n_structures=settings['n_structures'], seed=settings['seed'], scheme='phonon',
-                          distribution='uniform', temperature=600.0, composition_mode='grid')
+                          distribution='uniform', temperature=600.0, composition_mode='grid',
+                          grid_offset=settings['grid_offset'])
     regenerated = generate_structures(spec, reference, *modes)
     label = structure.base.links.get_incoming().all()[0].link_label
     index = int(label.split('_')[-1])

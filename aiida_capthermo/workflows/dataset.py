@@ -69,7 +69,8 @@ def generate_structures(host_parent: orm.StructureData, settings: orm.Dict, **fo
     spec = GenerationSpec(host=s['host'], guest=s['guest'], a_host=s['a_host'], a_guest=s['a_guest'],
                           n_structures=s['n_structures'], seed=s['seed'], scheme=s['scheme'],
                           distribution=s['distribution'], temperature=s.get('temperature', 0.0),
-                          amplitude=s.get('amplitude', 0.1), composition_mode=s['composition_mode'])
+                          amplitude=s.get('amplitude', 0.1), composition_mode=s['composition_mode'],
+                          grid_offset=s.get('grid_offset', 0))
     outputs = {}
     for index, item in enumerate(generate(spec, reference, modes.get('host'), modes.get('guest'))):
         structure = orm.StructureData(ase=item.atoms)
@@ -295,7 +296,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
             points = [('amplitude', float(a)) for a in self.inputs.random_amplitudes.get_list()]
         for index, (key, value) in enumerate(points):
             settings = self._settings(scheme=self.inputs.scheme.value, n_structures=n_per, seed=seed + index,
-                                      **{key: value})
+                                      grid_offset=index * n_per, **{key: value})
             outputs = generate_structures(host, settings, **fc)
             structures['low'].extend(outputs[k] for k in sorted(outputs))
         if self.inputs.n_equilibrium.value > 0:
@@ -311,7 +312,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
                 if len(part) == 0:
                     continue
                 settings = self._settings(scheme=self.inputs.scheme.value, n_structures=len(part),
-                                          seed=seed + 20_000 + index, **{key: value})
+                                          seed=seed + 20_000 + index, grid_offset=int(part[0]), **{key: value})
                 outputs = generate_structures(host, settings, **fc)
                 structures['high'].extend(outputs[k] for k in sorted(outputs))
         batch_size = self.inputs.batch_size.value
