@@ -244,3 +244,32 @@ def test_generate_registry(vasp_engine, tmp_path):
         entry.rename(named)
         for name in ('_aiidasubmit.sh', '_scheduler-stdout.txt', '_scheduler-stderr.txt'):
             (named / 'out' / name).unlink(missing_ok=True)
+
+
+def test_dataset_workchain_with_vasp_engine(vasp_engine, tmp_path):
+    """PhononInformedDatasetWorkChain labelling through the vasp engine (mock-vasp recording the test double)."""
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_capthermo.workflows.dataset import PhononInformedDatasetWorkChain
+
+    registry = tmp_path / 'registry'
+    registry.mkdir()
+    options = vasp_setup.mock_options(registry, vasp_setup.double_command(tmp_path))
+    builder = PhononInformedDatasetWorkChain.get_builder_from_protocol(
+        vasp_engine['code'], protocol='demo', engine='vasp', options=options, overrides={
+            'supercell': [1, 1, 1], 'scheme': 'random', 'random_amplitudes': [0.05], 'structures_per_temperature': 2,
+            'n_equilibrium': 0, 'high_structures': 0,
+            'low': {'vasp': {'potential_family': vasp_engine['family'], 'potential_mapping': vasp_setup.MAPPING,
+                             'kpoints_length': vasp_setup.KPOINTS_LENGTH, 'clean_workdir': False}}})
+    assert builder.low.engine.value == 'vasp' and 'calculator' not in builder.low
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    dataset = results['low']
+    assert dataset.base.attributes.get('engine') == 'vasp' and dataset.base.attributes.get('method') == 'PBEsol'
+    labelled = dataset.get_labelled_set()
+    assert len(labelled) == 2
+    for row, uuid in enumerate(labelled.structure_uuid):
+        model = vasp_double.model_labels(orm.load_node(uuid).get_ase(), hybrid=False)
+        assert labelled.energy[row] == pytest.approx(model['energy_extrapolated'], abs=1e-7)
+        assert labelled.gap[row] == pytest.approx(model['gap'], abs=1.1e-4)
