@@ -9,9 +9,20 @@ from __future__ import annotations
 
 from aiida import engine, orm
 
-__all__ = ['CapthermoCalcJob', 'SUMMARY_FILE']
+__all__ = ['CapthermoCalcJob', 'SUMMARY_FILE', 'pydantic_error']
 
 SUMMARY_FILE = 'summary.json'
+
+
+def pydantic_error(model, data: dict, what: str) -> str | None:
+    """Validate ``data`` against the pydantic ``model``; return a port-validator message, or None when valid."""
+    from pydantic import ValidationError
+
+    try:
+        model.model_validate(data)
+    except ValidationError as exception:
+        return f'invalid {what}: {exception}'
+    return None
 
 
 class CapthermoCalcJob(engine.CalcJob):

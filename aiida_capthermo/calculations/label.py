@@ -7,23 +7,17 @@ import json
 from aiida import orm
 from aiida.common import CalcInfo, CodeInfo
 
-from aiida_capthermo.calculations.base import CapthermoCalcJob
+from aiida_capthermo.calculations.base import CapthermoCalcJob, pydantic_error
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.structures import labelled_set_from_structures
 
 __all__ = ['LabelCalcJob']
 
 
-def validate_calculator(value: orm.Dict, _) -> str | None:
-    from pydantic import ValidationError
-
+def validate_calculator(value: orm.Dict, _=None) -> str | None:
     from aiida_capthermo.ml.labelling import CalculatorSpec
 
-    try:
-        CalculatorSpec.model_validate(value.get_dict())
-    except ValidationError as exception:
-        return f'invalid calculator specification: {exception}'
-    return None
+    return pydantic_error(CalculatorSpec, value.get_dict(), 'calculator specification')
 
 
 def validate_structures(value, _) -> str | None:

@@ -33,14 +33,9 @@ def validate_engine_namespace(value, _) -> str | None:
         if unknown:
             return f'unknown vasp engine settings {sorted(unknown)}; known: {sorted(_VASP_SETTINGS)}'
     if engine == 'local' and 'calculator' in value:
-        from pydantic import ValidationError
+        from aiida_capthermo.calculations.label import validate_calculator
 
-        from aiida_capthermo.ml.labelling import CalculatorSpec
-
-        try:
-            CalculatorSpec.model_validate(value['calculator'].get_dict())
-        except ValidationError as exception:
-            return f'invalid calculator specification: {exception}'
+        return validate_calculator(value['calculator'])
     return None
 
 
