@@ -62,9 +62,17 @@ def phonon_modes(a: float, method: str, log):
     return modes, base
 
 
-def make_sets(modes, base, n: int, seed: int):
+def make_sets(modes, base, n: int, seed: int, random_amplitude: str = 'paper'):
+    """Phonon-informed and random sets of ``n`` structures each.
+
+    ``random_amplitude='paper'`` draws the random amplitude a from U[0.1, 0.8] Å (second paper);
+    ``'matched'`` sets a = sqrt(mean_j zeta_j^2(T)) for a temperature T drawn like the phonon set's, so that both
+    sets have the same mean-square displacement per structure (uniform eps: <u^2> = a^2/3 vs zeta^2/3).
+    """
     from aiida_capthermo.core.dataset import LabelledSet
-    from aiida_capthermo.core.displacements import sample_phonon_displacements, sample_random_displacements
+    from aiida_capthermo.core.displacements import (
+        sample_phonon_displacements, sample_random_displacements, thermal_msd,
+    )
 
     rng = np.random.default_rng(seed)
     temperatures = rng.uniform(100, 600, size=n)
@@ -74,7 +82,10 @@ def make_sets(modes, base, n: int, seed: int):
         atoms = base.copy()
         atoms.positions += u
         phonon_frames.append(atoms)
-    amplitudes = rng.uniform(0.1, 0.8, size=n)
+    if random_amplitude == 'paper':
+        amplitudes = rng.uniform(0.1, 0.8, size=n)
+    else:
+        amplitudes = np.array([np.sqrt(thermal_msd(modes, t).mean()) for t in rng.uniform(100, 600, size=n)])
     random_frames = []
     for amplitude in amplitudes:
         atoms = base.copy()
@@ -94,6 +105,8 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=0, help='Seed of sampling, split and training.')
     parser.add_argument('--phonon-method', default='GFN2-xTB', choices=('GFN1-xTB', 'GFN2-xTB'),
                         help='tblite method of the phonon forces.')
+    parser.add_argument('--random-amplitude', default='paper', choices=('paper', 'matched'),
+                        help='paper: a ~ U[0.1, 0.8] Å; matched: same mean-square displacement as the phonon set.')
     parser.add_argument('--label-method', default='GFN1-xTB', choices=('GFN1-xTB', 'GFN2-xTB'),
                         help='tblite method of the band-gap labels.')
     parser.add_argument('--output', default='examples/output', help='Output directory.')
@@ -112,11 +125,13 @@ def main() -> None:
     log = lambda line: print(line, flush=True)  # noqa: E731
     start = time.perf_counter()
     modes, base = phonon_modes(4.869, args.phonon_method, log)
-    phonon_set, random_set, amplitudes = make_sets(modes, base, args.n_per_set, args.seed)
+    phonon_set, random_set, amplitudes = make_sets(modes, base, args.n_per_set, args.seed, args.random_amplitude)
+    log(f'random amplitudes {amplitudes.min():.3f}..{amplitudes.max():.3f} Å')
     spec = CalculatorSpec(method=args.label_method, properties=['gap'])
     labelled = {}
     for name, structures in (('phonon', phonon_set), ('random', random_set)):
-        cache = out / f'{name}_{args.label_method}.npz'
+        suffix = f'_{args.random_amplitude}' if name == 'random' else ''
+        cache = out / f'{name}{suffix}_{args.label_method}.npz'
         if cache.is_file() and len(LabelledSet.load(cache)) == args.n_per_set:
             labelled[name] = LabelledSet.load(cache)
         else:
@@ -140,12 +155,13 @@ def main() -> None:
         results[train_name][f'cross_test_on_{test_name}'] = regression_metrics(test_set.gap, prediction)
     summary = {
         'engine': f'tblite {args.label_method} Γ-point gaps, {args.phonon_method} phonons', 'supercell': 'Ag3SI 2x2x2, 40 atoms, a = 4.869 Å',
-        'n_per_set': args.n_per_set, 'hyperparameters': hp, 'n_imaginary_modes_skipped': int(modes.n_imaginary),
+        'n_per_set': args.n_per_set, 'hyperparameters': hp, 'random_amplitude': args.random_amplitude,
+        'random_amplitude_range_A': [float(amplitudes.min()), float(amplitudes.max())], 'n_imaginary_modes_skipped': int(modes.n_imaginary),
         'gap_statistics_eV': {name: {'mean': float(np.nanmean(ls.gap)), 'std': float(np.nanstd(ls.gap))}
                               for name, ls in labelled.items()},
         'results': results, 'wall_time_s': time.perf_counter() - start,
     }
-    (out / 'gnn_phonon_vs_random.json').write_text(json.dumps(summary, indent=2))
+    (out / f'gnn_phonon_vs_random_{args.random_amplitude}.json').write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
 
