@@ -31,7 +31,8 @@ def demo_run(label_code):
     """One real run: parent phonons of Ag3SI and Ag3SBr, 2 temperatures x 2 structures, 1 equilibrium, 1 high."""
     builder = Workflow.get_builder_from_protocol(
         label_code, protocol='demo',
-        overrides={'temperatures': [150.0, 600.0], 'n_equilibrium': 1, 'high_structures': 1, 'batch_size': 3})
+        overrides={'temperatures': [150.0, 600.0], 'structures_per_temperature': 2, 'n_equilibrium': 1,
+                   'high_structures': 1, 'batch_size': 3})
     results, node = engine.run_get_node(builder)
     assert node.is_finished_ok, node.exit_message
     return results, node
