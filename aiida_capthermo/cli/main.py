@@ -1,0 +1,142 @@
+"""``capthermo`` (also ``verdi data capthermo``): set up codes, submit workchains from protocols, query results."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import click
+
+VALUE_TYPES = (int, float)
+
+
+def _parse_override(items: tuple[str, ...]) -> dict:
+    """``key.sub=value`` pairs into a nested dict; values parsed as YAML (numbers, lists, booleans)."""
+    import yaml
+
+    overrides: dict = {}
+    for item in items:
+        if '=' not in item:
+            raise click.BadParameter(f'{item!r} is not of the form key=value', param_hint='--override')
+        key, value = item.split('=', 1)
+        target = overrides
+        *parents, last = key.split('.')
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[last] = yaml.safe_load(value)
+    return overrides
+
+
+@click.group('capthermo')
+@click.option('-p', '--profile', default=None, help='AiiDA profile to use (default: the default profile).')
+def cli(profile):
+    """aiida-capthermo: phonon-informed datasets, MACE and band-gap GNNs as AiiDA provenance."""
+    from aiida import load_profile
+    from aiida.manage import get_manager
+
+    if get_manager().get_profile() is None or profile:
+        load_profile(profile, allow_switch=True)
+
+
+CODES = {
+    'capthermo-label': 'capthermo.label',
+    'capthermo-gnn': 'capthermo.gnn_train',
+    'capthermo-mace': 'capthermo.mace_evaluate',
+    'mace_run_train': 'capthermo.mace_finetune',
+}
+
+
+@cli.command('setup-codes')
+@click.option('--computer', default='localhost', show_default=True, help='Computer (label) the codes run on.')
+@click.option('--bin-dir', default=None, help='Folder of the executables on that computer (default: this Python).')
+def setup_codes(computer, bin_dir):
+    """Create InstalledCodes for the package's console scripts and mace_run_train (label: name@computer)."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    node = orm.load_computer(computer)
+    folder = pathlib.Path(bin_dir) if bin_dir else pathlib.Path(sys.executable).parent
+    for name, plugin in CODES.items():
+        try:
+            code = orm.load_code(f'{name}@{computer}')
+            click.echo(f'exists   {code.full_label} (pk {code.pk})')
+        except NotExistent:
+            code = orm.InstalledCode(computer=node, filepath_executable=str(folder / name), label=name,
+                                     default_calc_job_plugin=plugin).store()
+            click.echo(f'created  {code.full_label} (pk {code.pk}) -> {folder / name}')
+
+
+@cli.command('submit')
+@click.argument('workflow', type=click.Choice(['dataset', 'study']))
+@click.option('--protocol', default=None, help='demo, fast or balanced (default: the workchain default).')
+@click.option('--computer', default='localhost', show_default=True, help='Computer of the codes set up by '
+              '`capthermo setup-codes`.')
+@click.option('--override', '-o', multiple=True, help='Override a protocol input: key.sub=value (YAML value), '
+              'e.g. -o temperatures=[300,600] -o low.calculator.method=GFN2-xTB.')
+@click.option('--dry-run', is_flag=True, help='Build and validate the inputs, submit nothing.')
+def submit_workflow(workflow, protocol, computer, override, dry_run):
+    """Submit the dataset or the study workchain to the daemon, built from a protocol."""
+    from aiida import orm
+    from aiida.engine import submit
+
+    overrides = _parse_override(override)
+    label_code = orm.load_code(f'capthermo-label@{computer}')
+    if workflow == 'dataset':
+        from aiida_capthermo.workflows.dataset import PhononInformedDatasetWorkChain
+
+        builder = PhononInformedDatasetWorkChain.get_builder_from_protocol(label_code, protocol=protocol,
+                                                                           overrides=overrides)
+    else:
+        from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
+
+        builder = CapthermoStudyWorkChain.get_builder_from_protocol(
+            label_code, orm.load_code(f'capthermo-gnn@{computer}'), orm.load_code(f'mace_run_train@{computer}'),
+            protocol=protocol, overrides=overrides)
+    if dry_run:
+        error = builder._process_class.spec().inputs.validate(builder._inputs(prune=True))
+        if error is not None:
+            raise click.ClickException(f'invalid inputs: {error}')
+        click.echo('inputs are valid; nothing submitted')
+        return
+    node = submit(builder)
+    click.echo(f'submitted {node.process_label}<{node.pk}>; follow with `verdi process status {node.pk}`')
+
+
+@cli.command('datasets')
+@click.option('--fidelity', type=click.Choice(['low', 'high']), default=None, help='Only this fidelity.')
+def list_datasets(fidelity):
+    """List the datasets: size, fidelity, method, scheme, temperatures, compositions, gap statistics."""
+    from aiida import orm
+    from aiida.plugins import DataFactory
+
+    filters = {'attributes.fidelity': fidelity} if fidelity else {}
+    query = orm.QueryBuilder().append(DataFactory('capthermo.dataset'), filters=filters, project='*',
+                                      tag='dataset').order_by({'dataset': {'id': 'asc'}})
+    click.echo(f'{"pk":>6} {"n":>6} {"fidelity":8} {"subset":12} {"method":10} {"scheme":7} {"gap (eV)":>16}  T (K)')
+    for (node,) in query.iterall():
+        attributes = node.base.attributes
+        gap = attributes.get('statistics', {}).get('gap', {})
+        gap_text = f'{gap["mean"]:.3f}+-{gap["std"]:.3f}' if 'mean' in gap else '-'
+        click.echo(f'{node.pk:>6} {attributes.get("n_structures"):>6} {str(attributes.get("fidelity", "-")):8} '
+                   f'{str(attributes.get("subset", "-")):12} {str(attributes.get("method", "-")):10} '
+                   f'{str(attributes.get("scheme", "-")):7} {gap_text:>16}  {attributes.get("temperatures")}')
+
+
+@cli.command('models')
+@click.option('--kind', type=click.Choice(['gnn', 'mace']), default=None, help='Only this kind of model.')
+def list_models(kind):
+    """List the trained models with the job that made them and their hash."""
+    from aiida import orm
+    from aiida.plugins import DataFactory
+
+    filters = {'attributes.kind': kind} if kind else {}
+    query = orm.QueryBuilder().append(DataFactory('capthermo.model'), filters=filters, tag='model').order_by(
+        {'model': {'id': 'asc'}})
+    click.echo(f'{"pk":>6} {"kind":5} {"created by":28} sha256')
+    for (node,) in query.iterall():
+        creator = node.creator
+        made_by = f'{creator.process_label}<{creator.pk}>' if creator else '-'
+        click.echo(f'{node.pk:>6} {node.kind:5} {made_by:28} {node.sha256[:16]}')
+
+
+data_cli = cli

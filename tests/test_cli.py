@@ -1,0 +1,37 @@
+"""The user-facing ``capthermo`` command (also ``verdi data capthermo``)."""
+
+from __future__ import annotations
+
+import numpy as np
+from aiida import orm
+from click.testing import CliRunner
+
+from aiida_capthermo.cli.main import _parse_override, cli
+from aiida_capthermo.core.dataset import LabelledSet
+from aiida_capthermo.data.dataset import DatasetData
+
+
+def test_parse_override_nests_and_types_values():
+    assert _parse_override(('temperatures=[300, 600]', 'low.calculator.method=GFN2-xTB', 'seed=5')) == {
+        'temperatures': [300, 600], 'low': {'calculator': {'method': 'GFN2-xTB'}}, 'seed': 5}
+
+
+def test_setup_codes_submit_dry_run_and_queries(aiida_localhost):
+    runner = CliRunner()
+    result = runner.invoke(cli, ['setup-codes', '--computer', aiida_localhost.label])
+    assert result.exit_code == 0, result.output
+    assert orm.load_code(f'capthermo-label@{aiida_localhost.label}').default_calc_job_plugin == 'capthermo.label'
+    result = runner.invoke(cli, ['submit', 'dataset', '--protocol', 'demo', '--computer', aiida_localhost.label,
+                                 '--dry-run', '-o', 'temperatures=[300]'])
+    assert result.exit_code == 0 and 'inputs are valid' in result.output, result.output
+    result = runner.invoke(cli, ['submit', 'dataset', '--computer', aiida_localhost.label, '--dry-run',
+                                 '-o', 'temperatures=[]'])
+    assert result.exit_code != 0 and 'temperature list is empty' in result.output
+
+    labelled = LabelledSet(numbers=[1, 1], positions=np.zeros((2, 3)), cells=np.stack([np.eye(3)] * 2),
+                           n_atoms=[1, 1], gap=[1.0, 2.0], temperature=[300.0, 600.0])
+    node = DatasetData.from_labelled_set(labelled, fidelity='high', method='HSEsol').store()
+    result = runner.invoke(cli, ['datasets', '--fidelity', 'high'])
+    assert result.exit_code == 0 and f'{node.pk:>6}' in result.output and '1.500+-0.500' in result.output
+    result = runner.invoke(cli, ['models', '--kind', 'gnn'])
+    assert result.exit_code == 0 and 'sha256' in result.output
