@@ -48,6 +48,11 @@ def test_datasets_counts_and_attributes(demo_run):
     assert attributes.get('fidelity') == 'low' and attributes.get('method') == 'GFN1-xTB'
     assert attributes.get('labels') == ['cbm', 'energy', 'forces', 'gap', 'stress', 'vbm']
     assert attributes.get('n_failed') == 0
+    # The parents' phonons: the sampler's skipped (imaginary / near-zero) modes are reported per parent.
+    for role in ('host', 'guest'):
+        report = attributes.get('phonon_modes')[role]
+        assert report['n_modes'] == 120 and report['n_skipped'] >= 3 + report['n_imaginary']
+        assert report['max_frequency_thz'] > 0
     # grid compositions continue across temperatures: k = 0, 1 at 150 K and k = 2, 3 at 600 K
     labelled = low.get_labelled_set()
     assert labelled.x.tolist() == [0.0, 0.125, 0.25, 0.375] and labelled.temperature.tolist() == [150.0] * 2 + [600.0] * 2
@@ -126,6 +131,7 @@ def test_parent_force_constants(demo_run):
     ({'supercell': [2, 0, 2]}, 'three positive integers'),
     ({'scheme': 'thermal'}, 'scheme must be one of'),
     ({'prototype': {'guest': 'I'}}, 'must differ'),
+    ({'x_values': [0.3]}, 'multiples of 1/8'),
 ])
 def test_invalid_inputs_rejected_before_submission(label_code, overrides, message):
     builder = Workflow.get_builder_from_protocol(label_code, protocol='demo', overrides=overrides)
@@ -179,15 +185,19 @@ def test_failed_labelling_gives_exit_code(label_code):
         'structures_per_temperature': 1, 'low': {'calculator': {'max_iterations': 1}}})
     _, node = engine.run_get_node(builder)
     assert node.exit_status == Workflow.exit_codes.ERROR_NO_STRUCTURE_LABELLED.status
+    (labelling,) = [child for child in node.called if child.process_label == 'LocalLabelWorkChain']
+    assert labelling.exit_status == 410  # handled: robust retry, then the engine's own exit code (not an exception)
+    assert [c.inputs.calculator['max_iterations'] for c in labelling.called] == [1, 4]
 
 
 def test_submit_through_daemon(label_code, submit_and_await):
     """The random scheme (no phonons) submitted to the daemon of the test profile."""
     builder = Workflow.get_builder_from_protocol(label_code, protocol='demo', overrides={
         'scheme': 'random', 'random_amplitudes': [0.1, 0.3], 'n_equilibrium': 0, 'high_structures': 0,
-        'structures_per_temperature': 1})
+        'structures_per_temperature': 1, 'x_values': [0.5, 1.0]})
     node = submit_and_await(builder, timeout=240)
     assert node.is_finished_ok, node.exit_message
     low = node.outputs.low
     assert low.n_structures == 2 and low.base.attributes.get('random_amplitudes') == [0.1, 0.3]
     assert np.all(np.isnan(low.get_labelled_set().temperature))
+    assert low.get_labelled_set().x.tolist() == [0.5, 1.0]  # the composition range given by x_values

@@ -99,7 +99,7 @@ def test_walltime_stop_and_restart_from_checkpoint(train_code):
     hp = orm.Dict({**TINY, 'max_epochs': 3})
     _, node = engine.run_get_node(GnnTrainCalcJob, code=train_code, dataset=data, hyperparameters=hp,
                                   metadata={'options': {'max_wallclock_seconds': 1}})
-    assert node.exit_status == GnnTrainCalcJob.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status
+    assert node.exit_status == GnnTrainCalcJob.exit_codes.ERROR_OUT_OF_WALLTIME.status
     checkpoint = node.outputs.checkpoint
     results, node = engine.run_get_node(GnnTrainCalcJob, code=train_code, dataset=data, hyperparameters=hp,
                                         checkpoint=checkpoint)

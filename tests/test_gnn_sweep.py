@@ -43,3 +43,8 @@ def test_sweep_rejects_bad_grid(script_code):
     data = DatasetData.from_labelled_set(synthetic_set(4, seed=9)).store()
     with pytest.raises(ValueError, match='invalid'):
         engine.run(GnnSweepWorkChain, train={'code': code, 'dataset': data}, grid=orm.Dict({'hidden_chanels': [8]}))
+    with pytest.raises(ValueError, match='invalid hyper-parameters'):  # a typo in the shared hyper-parameters
+        engine.run(GnnSweepWorkChain, train={'code': code, 'dataset': data}, grid=orm.Dict({'hidden_channels': [8]}),
+                   hyperparameters=orm.Dict({'learning_rat': 1e-3}))
+    with pytest.raises(ValueError, match='non-empty list'):
+        engine.run(GnnSweepWorkChain, train={'code': code, 'dataset': data}, grid=orm.Dict({'hidden_channels': []}))

@@ -101,3 +101,69 @@ def test_label_calcjob_rejects_bad_calculator(script_code):
     with pytest.raises(ValueError, match='invalid calculator'):
         engine.run(CalculationFactory('capthermo.label'), code=code, structures=_structures(1),
                    calculator=orm.Dict({'method': 'DFT-D4'}))
+
+
+def test_scheduler_walltime_maps_to_restartable_exit_code(aiida_localhost):
+    """A job the scheduler killed at walltime (aiida-core sets status 120 before parsing) without a summary -> 400."""
+    from aiida.common.links import LinkType
+
+    from aiida_capthermo.parsers.label import LabelParser
+
+    node = orm.CalcJobNode(computer=aiida_localhost, process_type='aiida.calculations:capthermo.label')
+    node.set_option('resources', {'num_machines': 1, 'num_mpiprocs_per_machine': 1})
+    node.store()
+    retrieved = orm.FolderData()
+    retrieved.base.links.add_incoming(node, link_type=LinkType.CREATE, link_label='retrieved')
+    retrieved.store()
+    node.set_exit_status(CalculationFactory('capthermo.label').exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status)
+    _, calcfunction = LabelParser.parse_from_node(node, store_provenance=False)
+    assert calcfunction.exit_status == CalculationFactory('capthermo.label').exit_codes.ERROR_OUT_OF_WALLTIME.status
+    node.set_exit_status(None)
+    _, calcfunction = LabelParser.parse_from_node(node, store_provenance=False)
+    assert calcfunction.exit_status == CalculationFactory('capthermo.label').exit_codes.ERROR_SUMMARY_MISSING.status
+
+
+def test_local_label_workchain_walltime_handler(aiida_localhost, script_code):
+    """Handler fed a MOCK failed child (status 400): resubmit the batch with twice the walltime."""
+    from aiida.engine import ProcessHandlerReport
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+    from aiida.plugins import WorkflowFactory
+
+    code = script_code('capthermo-label', 'capthermo.label')
+    inputs = {'label': {'code': code, 'structures': _structures(1),
+                        'metadata': {'options': {'max_wallclock_seconds': 600}}}}
+    process = instantiate_process(get_manager().get_runner(), WorkflowFactory('capthermo.label_local'), **inputs)
+    process.setup()
+    child = orm.CalcJobNode(computer=aiida_localhost, process_type='aiida.calculations:capthermo.label')
+    child.set_option('resources', {'num_machines': 1, 'num_mpiprocs_per_machine': 1})
+    child.set_option('max_wallclock_seconds', 600)
+    child.set_process_state(engine.ProcessState.FINISHED)
+    child.set_exit_status(CalculationFactory('capthermo.label').exit_codes.ERROR_OUT_OF_WALLTIME.status)
+    child.store()
+    report = process.handle_out_of_walltime(child)
+    assert isinstance(report, ProcessHandlerReport) and report.do_break
+    assert process.ctx.inputs['metadata']['options']['max_wallclock_seconds'] == 1200
+
+
+def test_local_label_workchain_relabels_failed_structures(script_code):
+    """Real run: an SCF budget of 6 iterations fails the structures; the robust retry (4x iterations, damping 0.1)
+    relabels them, and the merged labels equal a direct calculation."""
+    from aiida.plugins import WorkflowFactory
+
+    code = script_code('capthermo-label', 'capthermo.label')
+    structures = _structures(2)
+    results, node = engine.run_get_node(
+        WorkflowFactory('capthermo.label_local'),
+        label={'code': code, 'structures': structures,
+               'calculator': orm.Dict({'name': 'tblite', 'method': 'GFN1-xTB', 'max_iterations': 6})})
+    assert node.is_finished_ok, node.exit_message
+    attempts = [child for child in node.called if child.process_label == 'LabelCalcJob']
+    first_failed = attempts[0].outputs.labels.base.attributes.get('failed') if 'labels' in attempts[0].outputs \
+        else sorted(structures)
+    assert first_failed, 'the first attempt was meant to fail some SCFs'
+    assert len(attempts) == 2
+    assert attempts[1].inputs.calculator['mixer_damping'] == 0.1
+    assert attempts[1].inputs.calculator['max_iterations'] == 24
+    labels = results['labels']
+    assert labels.base.attributes.get('keys') == sorted(structures) and labels.base.attributes.get('failed') == []

@@ -167,7 +167,18 @@ def test_finetune_from_model_node(scratch_run, mace_code):
 
 def test_named_foundation_fails_fast_offline(mace_code):
     """``medium-mpa-0`` is resolved on the remote side; here it is neither cached nor downloadable: exit code 330."""
+    import socket
     import time
+    import urllib.parse
+
+    from mace.calculators import foundations_models
+
+    host = urllib.parse.urlsplit(foundations_models.mace_mp_urls[DEFAULT_FOUNDATION]).netloc
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        pytest.skip(f'{host} is reachable from this machine: the offline failure cannot be shown here')
+    except OSError:
+        pass
 
     builder = FinetuneMaceCalcJob.get_builder()
     builder.code = mace_code['train']
@@ -319,7 +330,7 @@ def _workchain_with_failed_child(aiida_profile, mace_code, exit_code, hyperparam
 
 def test_workchain_walltime_restarts_from_checkpoint(aiida_profile, mace_code):
     codes = FinetuneMaceCalcJob.exit_codes
-    process, child = _workchain_with_failed_child(aiida_profile, mace_code, codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
+    process, child = _workchain_with_failed_child(aiida_profile, mace_code, codes.ERROR_OUT_OF_WALLTIME,
                                                   {'batch_size': 8})
     assert process.inspect_process().status == 0
     assert process.ctx.inputs['parent_folder'].uuid == child.outputs.remote_folder.uuid
@@ -335,3 +346,23 @@ def test_workchain_oom_halves_batch_size(aiida_profile, mace_code):
     assert process.inspect_process() == process.exit_codes.ERROR_UNRECOVERABLE_FAILURE
     process, _ = _workchain_with_failed_child(aiida_profile, mace_code, codes.ERROR_NAN_LOSS, {'batch_size': 8})
     assert process.inspect_process() == process.exit_codes.ERROR_UNHANDLED_FAILURE
+
+
+def test_reference_force_constants_from_aiida_phonopy_node():
+    """The phonon check accepts the package's own phonon node (aiida-phonopy ForceConstantsData)."""
+    from aiida.plugins import DataFactory
+    from ase.build import bulk
+
+    from aiida_capthermo.calculations.mace import _reference_force_constants
+
+    ForceConstantsData = DataFactory('phonopy.force_constants')
+    unit = orm.StructureData(ase=bulk('Cu', 'fcc', a=3.6, cubic=True))
+    node = ForceConstantsData(structure=unit, supercell_matrix=[[2, 0, 0], [0, 2, 0], [0, 0, 2]])
+    fc = np.random.default_rng(0).normal(size=(32, 32, 3, 3))
+    node.set_force_constants(fc)
+    arrays = _reference_force_constants(node)
+    np.testing.assert_array_equal(arrays['supercell_matrix'], 2 * np.eye(3))
+    np.testing.assert_array_equal(arrays['force_constants'], fc)
+    node.set_force_constants(fc[:len(node.get_phonopy_instance().primitive)])  # compact format: not accepted
+    with pytest.raises(ValueError, match='full format'):
+        _reference_force_constants(node)

@@ -51,7 +51,8 @@ class CapthermoCalcJob(engine.CalcJob):
                        message='An output file named in the summary is missing from the retrieved folder: {filename}')
         spec.exit_code(310, 'ERROR_SCRIPT_FAILED',
                        message='The console script reported an error: {error}')
-        spec.exit_code(400, 'ERROR_SCHEDULER_OUT_OF_WALLTIME',
-                       message='The job ran out of walltime before the console script finished.')
+        spec.exit_code(400, 'ERROR_OUT_OF_WALLTIME',
+                       message='The job ran out of walltime (the scheduler killed it, or the script stopped at its '
+                               'own time limit): restart from its checkpoint.')
         spec.exit_code(401, 'ERROR_OUT_OF_MEMORY',
                        message='The job ran out of (GPU or host) memory: {error}')

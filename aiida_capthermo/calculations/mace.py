@@ -381,6 +381,18 @@ class FinetuneMaceCalcJob(CapthermoCalcJob):
         return f'"$(head -n1 {executable} | sed -e \'s/^#!//\' -e \'s/ .*//\')"'
 
 
+def _reference_force_constants(node: orm.ArrayData) -> dict:
+    """Supercell matrix and full force constants from a ForceConstantsData or a plain ArrayData."""
+    if 'supercell_matrix' in node.get_arraynames():
+        return {'supercell_matrix': node.get_array('supercell_matrix'), 'force_constants': node.get_array('force_constants')}
+    force_constants = node.force_constants  # aiida-phonopy ForceConstantsData: matrix is an attribute
+    matrix = np.asarray(node.supercell_matrix)
+    n_supercell = int(round(abs(np.linalg.det(matrix)))) * len(node.get_unitcell().sites)
+    if force_constants is None or force_constants.shape != (n_supercell, n_supercell, 3, 3):
+        raise ValueError(f'reference force constants must be in full format [{n_supercell}, {n_supercell}, 3, 3]')
+    return {'supercell_matrix': matrix, 'force_constants': force_constants}
+
+
 class MaceEvaluateCalcJob(CapthermoCalcJob):
     """Evaluate a MACE model node on a dataset node (and optionally phonons vs reference force constants).
 
@@ -407,8 +419,9 @@ class MaceEvaluateCalcJob(CapthermoCalcJob):
         spec.input('phonon_structure', valid_type=orm.StructureData, required=False,
                    help='Unit cell for the phonon check (Å).')
         spec.input('reference_force_constants', valid_type=orm.ArrayData, required=False,
-                   help='Reference force constants: arrays `force_constants` [n_s, n_s, 3, 3] (eV/Å^2) of the '
-                        'supercell `supercell_matrix` [3, 3] of `phonon_structure`.')
+                   help='Reference force constants of the supercell of `phonon_structure`: aiida-phonopy '
+                        '`ForceConstantsData` (full format), or ArrayData with arrays `force_constants` '
+                        '[n_s, n_s, 3, 3] (eV/Å^2) and `supercell_matrix` [3, 3].')
         spec.input('settings', valid_type=orm.Dict, required=False,
                    help='`device` (auto/cpu/cuda), `dtype` (float64/float32), `batch_size`, `mesh` ([3] q-mesh of '
                         'the phonon check), `displacement` (Å).')
@@ -456,8 +469,7 @@ class MaceEvaluateCalcJob(CapthermoCalcJob):
             with folder.open(self._PHONON_INPUT, 'wb') as handle:
                 buffer = io.BytesIO()
                 np.savez(buffer, numbers=ase_cell.numbers, positions=ase_cell.positions, cell=np.asarray(ase_cell.cell),
-                         supercell_matrix=fc_node.get_array('supercell_matrix'),
-                         force_constants=fc_node.get_array('force_constants'))
+                         **_reference_force_constants(fc_node))
                 handle.write(buffer.getvalue())
             phonons = datastructures.CodeInfo()
             phonons.code_uuid = self.inputs.code.uuid

@@ -18,10 +18,16 @@ class SummaryParser(Parser):
     Files are read through ``self.retrieved`` only, so parsing works the same for a remote cluster.
     """
 
+    def scheduler_ran_out_of_walltime(self) -> bool:
+        """True when the scheduler reported a walltime kill (aiida-core sets its exit status 120 before parsing)."""
+        return self.node.exit_status == self.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status
+
     def read_summary(self) -> dict | orm.ExitCode:
         """Return the parsed summary, or the exit code that says why it is not there."""
         names = self.retrieved.base.repository.list_object_names()
         if SUMMARY_FILE not in names:
+            if self.scheduler_ran_out_of_walltime():
+                return self.exit_codes.ERROR_OUT_OF_WALLTIME
             return self.exit_codes.ERROR_SUMMARY_MISSING
         try:
             summary = json.loads(self.retrieved.base.repository.get_object_content(SUMMARY_FILE))

@@ -29,7 +29,7 @@ class _GnnParser(SummaryParser):
     """Map the script's ``error_kind`` to the job's exit codes."""
 
     ERROR_KINDS = {'no_data': 'ERROR_NO_TRAINING_DATA', 'invalid_input': 'ERROR_INVALID_INPUT',
-                   'nan_loss': 'ERROR_NAN_LOSS', 'walltime': 'ERROR_SCHEDULER_OUT_OF_WALLTIME',
+                   'nan_loss': 'ERROR_NAN_LOSS', 'walltime': 'ERROR_OUT_OF_WALLTIME',
                    'out_of_memory': 'ERROR_OUT_OF_MEMORY'}
 
     def summary_or_exit_code(self):
@@ -62,7 +62,7 @@ class GnnTrainParser(_GnnParser):
     def parse(self, **kwargs):
         summary = self.summary_or_exit_code()
         if not isinstance(summary, dict):
-            if summary.status == self.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status:
+            if summary.status == self.exit_codes.ERROR_OUT_OF_WALLTIME.status:
                 self._output_checkpoint(kwargs.get('retrieved_temporary_folder'))
             return summary
         files = ('model.pt', 'model.json', 'metrics.json', 'parity.npz', 'parity.png', 'training_curve.json')

@@ -153,8 +153,8 @@ class FinetuneMaceParser(SummaryParser):
     def parse(self, **kwargs):
         """Map MACE's output files to output nodes and failures to exit codes."""
         node = self.node
-        if node.exit_status == self.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status:
-            return self.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME
+        if self.scheduler_ran_out_of_walltime():
+            return self.exit_codes.ERROR_OUT_OF_WALLTIME
         names = self.retrieved.base.repository.list_object_names()
         summary = {}
 

@@ -70,7 +70,8 @@ def generate_structures(host_parent: orm.StructureData, settings: orm.Dict, **fo
                           n_structures=s['n_structures'], seed=s['seed'], scheme=s['scheme'],
                           distribution=s['distribution'], temperature=s.get('temperature', 0.0),
                           amplitude=s.get('amplitude', 0.1), composition_mode=s['composition_mode'],
-                          grid_offset=s.get('grid_offset', 0))
+                          grid_offset=s.get('grid_offset', 0),
+                          x_values=tuple(s['x_values']) if s.get('x_values') else None)
     outputs = {}
     for index, item in enumerate(generate(spec, reference, modes.get('host'), modes.get('guest'))):
         structure = orm.StructureData(ase=item.atoms)
@@ -81,13 +82,19 @@ def generate_structures(host_parent: orm.StructureData, settings: orm.Dict, **fo
 
 @calcfunction
 def assemble_dataset(attributes: orm.Dict, **labels) -> DatasetData:
-    """Join the labelled batches of one fidelity into a dataset; ``attributes`` become its attributes."""
+    """Join the labelled batches of one fidelity into a dataset; ``attributes`` become its attributes.
+
+    ``attributes['failed_in_failed_jobs']`` lists the structures of batches whose whole labelling job failed; they
+    count as failed together with the structures the successful jobs could not label.
+    """
     nodes = [labels[key] for key in sorted(labels)]
     labelled = LabelledSet.concatenate([node.get_labelled_set() for node in nodes])
-    failed = sorted(key for node in nodes for key in node.base.attributes.get('failed'))
+    extra = attributes.get_dict()
+    failed = sorted({key for node in nodes for key in node.base.attributes.get('failed')}
+                    | set(extra.pop('failed_in_failed_jobs', [])))
     first = nodes[0].base.attributes
     return DatasetData.from_labelled_set(labelled, engine=first.get('engine'), method=first.get('method'),
-                                         n_failed=len(failed), failed_structures=failed, **attributes.get_dict())
+                                         n_failed=len(failed), failed_structures=failed, **extra)
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -136,6 +143,13 @@ def validate_inputs(inputs, _) -> str | None:
     amplitudes = inputs['random_amplitudes'].get_list()
     if scheme == 'random' and (not amplitudes or any(a <= 0 for a in amplitudes)):
         return f'random_amplitudes must be a non-empty list of positive numbers (Å), got {amplitudes}'
+    if 'x_values' in inputs:
+        n_sites = int(np.prod(supercell))  # one halide per primitive cell
+        x_values = inputs['x_values'].get_list()
+        if inputs['composition_mode'].value != 'grid':
+            return "x_values is used by composition_mode 'grid' only"
+        if not x_values or any(not 0 <= x <= 1 or abs(x * n_sites - round(x * n_sites)) > 1e-6 for x in x_values):
+            return f'x_values must be a non-empty list of multiples of 1/{n_sites} in [0, 1], got {x_values}'
     if inputs['structures_per_temperature'].value < 1:
         return 'structures_per_temperature must be at least 1: a dataset with zero structures is empty'
     for key in ('n_equilibrium', 'high_structures'):
@@ -191,6 +205,9 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
                    help='Random scheme: displacement amplitudes a in Å (u = eps * a).')
         spec.input('composition_mode', valid_type=orm.Str, default=lambda: orm.Str('grid'),
                    help="How guest counts are drawn per structure: 'grid' (cycle k = 0..n_sites) or 'binomial'.")
+        spec.input('x_values', valid_type=orm.List, required=False,
+                   help="Composition range for the 'grid' mode: the x values (multiples of 1/n_sites) to cycle through; "
+                        'default: every k/n_sites from 0 to 1.')
         spec.input('n_equilibrium', valid_type=orm.Int, default=lambda: orm.Int(2),
                    help='Undisplaced structures (random compositions) for the GNN set; not in the MLIP set.')
         spec.input('high_structures', valid_type=orm.Int, default=lambda: orm.Int(0),
@@ -240,6 +257,8 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         self.ctx.lattice = {role: float(np.cbrt(abs(np.linalg.det(parents[role].cell)))) for role in parents}
         self.ctx.force_constants = dict(self.inputs.get('force_constants', {}))
         self.ctx.labelled = {'low': [], 'equilibrium': [], 'high': []}
+        self.ctx.failed_in_failed_jobs = {'low': [], 'equilibrium': [], 'high': []}
+        self.ctx.batch_keys = {}
 
     def should_compute_phonons(self):
         return self.inputs.scheme.value == 'phonon' and set(self.ctx.force_constants) != {'host', 'guest'}
@@ -279,6 +298,8 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
             'a_guest': self.ctx.lattice['guest'], 'supercell': self.inputs.supercell.get_list(),
             'distribution': self.inputs.distribution.value, 'composition_mode': self.inputs.composition_mode.value,
             'frequency_cutoff': self.inputs.frequency_cutoff.value}
+        if 'x_values' in self.inputs:
+            settings['x_values'] = self.inputs.x_values.get_list()
         settings.update(kwargs)
         return orm.Dict(settings)
 
@@ -338,6 +359,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
             process, inputs = label_batch_inputs(dict(engine), structures, fidelity)
             inputs['metadata'] = {'call_link_label': f'label_{name}_{index:04d}'}
             futures[f'label_{name}_{index:04d}'] = self.submit(process, **inputs)
+            self.ctx.batch_keys[f'label_{name}_{index:04d}'] = keys
         return ToContext(**futures)
 
     def inspect_batches(self):
@@ -352,6 +374,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
                     self.report(f'{key}: {len(failed)} structures could not be labelled and are left out')
             else:
                 self.report(f'{key} failed ({node.exit_status}: {node.exit_message}); its structures are left out')
+                self.ctx.failed_in_failed_jobs[name].extend(self.ctx.batch_keys[key])
         if not self.ctx.labelled['low']:
             return self.exit_codes.ERROR_NO_STRUCTURE_LABELLED.format(fidelity='low')
         if self.inputs.high_structures.value > 0 and not self.ctx.labelled['high']:
@@ -365,18 +388,35 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
                   'supercell': self.inputs.supercell.get_list(), 'prototype': self.ctx.prototype}
         if scheme == 'phonon':
             common['distribution'] = self.inputs.distribution.value
+            common['phonon_modes'] = self._phonon_mode_report()
         else:
             common['random_amplitudes'] = self.inputs.random_amplitudes.get_list()
         for name, fidelity in (('low', 'low'), ('equilibrium', 'low'), ('high', 'high')):
             nodes = self.ctx.labelled[name]
             if not nodes:
                 continue
-            attributes = orm.Dict({**common, 'fidelity': fidelity, 'subset': name})
+            attributes = orm.Dict({**common, 'fidelity': fidelity, 'subset': name,
+                                   'failed_in_failed_jobs': self.ctx.failed_in_failed_jobs[name]})
             self.out(name, assemble_dataset(attributes, **{f'batch_{i:04d}': n for i, n in enumerate(nodes)}))
         for role, node in self.ctx.force_constants.items():
             if scheme == 'phonon':
                 self.out(f'force_constants.{role}', node)
         self.report(f'datasets: low {self.outputs["low"].n_structures} structures')
+
+    def _phonon_mode_report(self) -> dict:
+        """Per parent: how many supercell modes the sampler skipped (imaginary, near zero) and the softest one."""
+        from aiida_capthermo.core.displacements import SupercellModes
+
+        report = {}
+        for role, node in self.ctx.force_constants.items():
+            modes = SupercellModes.from_phonopy(node.get_phonopy_instance(), self.inputs.frequency_cutoff.value)
+            report[role] = {'n_modes': int(len(modes.frequencies)), 'n_imaginary': int(modes.n_imaginary),
+                            'n_skipped': int(len(modes.skipped)), 'min_frequency_thz': float(modes.frequencies.min()),
+                            'max_frequency_thz': float(modes.frequencies.max())}
+            if modes.n_imaginary:
+                self.report(f'{role} parent: {modes.n_imaginary} of {len(modes.frequencies)} supercell modes are '
+                            f'imaginary (softest {modes.frequencies.min():.2f} THz); the sampler skips them')
+        return report
 
     # ------------------------------------------------------------------ protocol
     @classmethod
@@ -393,7 +433,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         simple = {'prototype': orm.Dict, 'supercell': orm.List, 'temperatures': orm.List,
                   'structures_per_temperature': orm.Int, 'scheme': orm.Str, 'distribution': orm.Str,
                   'random_amplitudes': orm.List, 'composition_mode': orm.Str, 'n_equilibrium': orm.Int,
-                  'high_structures': orm.Int, 'seed': orm.Int, 'phonon_displacement': orm.Float,
+                  'high_structures': orm.Int, 'seed': orm.Int, 'phonon_displacement': orm.Float, 'x_values': orm.List,
                   'frequency_cutoff': orm.Float, 'batch_size': orm.Int, 'max_concurrent': orm.Int}
         unknown = set(inputs) - set(simple) - {'low', 'high', 'phonons'}
         if unknown:

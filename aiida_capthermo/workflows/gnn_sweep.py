@@ -23,21 +23,25 @@ def expand_grid(base: dict, grid: dict) -> list[dict]:
 
 
 def validate_grid(value: orm.Dict, _) -> str | None:
-    from pydantic import ValidationError
-
-    from aiida_capthermo.ml.gnn.config import GnnHyperparameters
-
     grid = value.get_dict()
     if not grid:
         return 'the grid is empty'
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             return f'grid entry {key!r} must be a non-empty list of values'
-    for point in expand_grid({}, grid):
-        try:
-            GnnHyperparameters.model_validate(point)
-        except ValidationError as exception:
-            return f'grid point {point} is invalid: {exception}'
+    return None
+
+
+def validate_inputs(inputs, _) -> str | None:
+    """Every run's hyper-parameters (the shared ones merged with its grid point) must be valid."""
+    from aiida_capthermo.calculations.base import pydantic_error
+    from aiida_capthermo.ml.gnn.config import GnnHyperparameters
+
+    base = inputs['hyperparameters'].get_dict() if 'hyperparameters' in inputs else {}
+    for point in expand_grid(base, inputs['grid'].get_dict()):
+        error = pydantic_error(GnnHyperparameters, point, f'hyper-parameters of grid point {point}')
+        if error:
+            return error
     return None
 
 
@@ -76,6 +80,7 @@ class GnnSweepWorkChain(WorkChain):
         spec.input('score', valid_type=orm.Str, default=lambda: orm.Str('val_mae'),
                    validator=lambda value, _: None if value.value in SCORES else f'score must be one of {SCORES}',
                    help='Validation score to minimise: val_mae or val_rmse (target units) or best_val_loss.')
+        spec.inputs.validator = validate_inputs
         spec.outline(cls.setup, cls.run_training, cls.inspect_training, cls.results)
         spec.output('best_model', valid_type=ModelData, help='The model of the run with the lowest validation score.')
         spec.output('best_metrics', valid_type=orm.Dict, help='Metrics of the best run.')

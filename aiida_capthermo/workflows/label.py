@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, calcfunction, process_handler, while_
+from aiida.engine import ProcessHandlerReport, calcfunction, process_handler, while_
 from aiida.plugins import CalculationFactory
 
 from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.data.dataset import DatasetData
+from aiida_capthermo.workflows.base import CapthermoBaseRestartWorkChain
 
 __all__ = ['LocalLabelWorkChain', 'merge_labels']
 
@@ -31,7 +32,7 @@ def merge_labels(**labels) -> DatasetData:
         failed_errors={k: v for k, v in nodes[-1].base.attributes.get('failed_errors').items() if k in still_failed})
 
 
-class LocalLabelWorkChain(BaseRestartWorkChain):
+class LocalLabelWorkChain(CapthermoBaseRestartWorkChain):
     """Label a batch with ``LabelCalcJob``; structures whose SCF failed are retried with a more robust SCF.
 
     Output contract of every labelling engine (shared with ``VaspLabelWorkChain``): ``labels``, a ``DatasetData``
@@ -43,6 +44,7 @@ class LocalLabelWorkChain(BaseRestartWorkChain):
     defaults = {
         'robust_mixer_damping': 0.1,  # a smaller Broyden damping converges the xTB SCF of distorted cells
         'robust_max_iterations_factor': 4,
+        'walltime_factor': 2,
     }
 
     @classmethod
@@ -115,6 +117,18 @@ class LocalLabelWorkChain(BaseRestartWorkChain):
             self.report('the robust retry converged none of the remaining structures; keeping the earlier labels')
             return ProcessHandlerReport(True)
         return ProcessHandlerReport(True, self.exit_codes.ERROR_NO_STRUCTURE_LABELLED)
+
+    @process_handler(priority=550, exit_codes=[LabelCalcJob.exit_codes.ERROR_OUT_OF_WALLTIME,
+                                               LabelCalcJob.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
+    def handle_out_of_walltime(self, node):
+        """The batch ran out of walltime before writing its labels: resubmit it with twice the walltime."""
+        options = self.ctx.inputs.setdefault('metadata', {}).setdefault('options', {})
+        walltime = options.get('max_wallclock_seconds') or node.get_option('max_wallclock_seconds')
+        if walltime:
+            options['max_wallclock_seconds'] = int(walltime * self.defaults['walltime_factor'])
+        self.report_error_handled(node, f'out of walltime: resubmitting with max_wallclock_seconds '
+                                  f'{options.get("max_wallclock_seconds")}')
+        return ProcessHandlerReport(True)
 
     def should_run_process(self):
         return not self.ctx.stop and super().should_run_process()

@@ -8,14 +8,15 @@ Handled: out of walltime -> restart from the last checkpoint of the failed run (
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
+from aiida.engine import ProcessHandlerReport, process_handler, while_
 
 from aiida_capthermo.calculations.mace import FinetuneMaceCalcJob, MaceHyperParameters
+from aiida_capthermo.workflows.base import CapthermoBaseRestartWorkChain
 
 __all__ = ['FinetuneMaceWorkChain']
 
 
-class FinetuneMaceWorkChain(BaseRestartWorkChain):
+class FinetuneMaceWorkChain(CapthermoBaseRestartWorkChain):
     """Fine-tune a MACE potential, restarting from checkpoints after a walltime kill and shrinking batches on OOM."""
 
     _process_class = FinetuneMaceCalcJob
@@ -49,13 +50,9 @@ class FinetuneMaceWorkChain(BaseRestartWorkChain):
         MaceHyperParameters(**self.ctx.hyperparameters)  # still valid
         self.ctx.inputs['hyperparameters'] = orm.Dict(self.ctx.hyperparameters)
 
-    def report_error_handled(self, calculation, action: str) -> None:
-        """Say which failure was handled and how."""
-        self.report(f'{calculation.process_label}<{calculation.pk}> failed with exit status '
-                    f'{calculation.exit_status}: {calculation.exit_message}')
-        self.report(f'Action taken: {action}')
 
-    @process_handler(priority=600, exit_codes=[FinetuneMaceCalcJob.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
+    @process_handler(priority=600, exit_codes=[FinetuneMaceCalcJob.exit_codes.ERROR_OUT_OF_WALLTIME,
+                                              FinetuneMaceCalcJob.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
     def handle_out_of_walltime(self, calculation) -> ProcessHandlerReport:
         """Restart from the latest checkpoint of the killed run."""
         self.ctx.inputs['parent_folder'] = calculation.outputs.remote_folder
