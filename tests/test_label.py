@@ -167,3 +167,17 @@ def test_local_label_workchain_relabels_failed_structures(script_code):
     assert attempts[1].inputs.calculator['max_iterations'] == 24
     labels = results['labels']
     assert labels.base.attributes.get('keys') == sorted(structures) and labels.base.attributes.get('failed') == []
+
+
+def test_emt_engine_labels_metals_without_gap():
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    atoms = bulk('Cu', 'fcc', a=3.6, cubic=True)
+    atoms.rattle(0.05, seed=2)
+    labelled, records = label_structures(LabelledSet.from_atoms_list([atoms.copy()]), CalculatorSpec(name='emt'))
+    atoms.calc = EMT()
+    assert records[0]['status'] == 'ok'
+    assert labelled.energy[0] == pytest.approx(atoms.get_potential_energy())
+    np.testing.assert_allclose(labelled.forces, atoms.get_forces())
+    assert np.isnan(labelled.gap[0])

@@ -17,9 +17,6 @@ from aiida_capthermo.core.dataset import LabelledSet
 
 __all__ = ['CalculatorSpec', 'label_structures', 'gap_from_orbitals']
 
-HARTREE_TO_EV = 27.211386245988
-
-
 class CalculatorSpec(BaseModel):
     """Which calculator labels the structures, and how. Unknown keys are rejected."""
 
@@ -33,16 +30,6 @@ class CalculatorSpec(BaseModel):
     mixer_damping: float = Field(0.4, gt=0, le=1, description='Broyden mixer damping.')
     properties: list[Literal['energy', 'forces', 'stress', 'gap']] = Field(
         default_factory=lambda: ['energy', 'forces', 'stress', 'gap'], description='Labels to compute.')
-
-    def make_calculator(self):
-        if self.name == 'emt':
-            from ase.calculators.emt import EMT
-
-            return EMT()
-        from tblite.ase import TBLite
-
-        return TBLite(method=self.method, accuracy=self.accuracy, electronic_temperature=self.electronic_temperature,
-                      max_iterations=self.max_iterations, mixer_damping=self.mixer_damping, verbosity=0)
 
 
 def gap_from_orbitals(orbital_energies: np.ndarray, occupations: np.ndarray) -> tuple[float, float, float]:
@@ -60,44 +47,69 @@ def gap_from_orbitals(orbital_energies: np.ndarray, occupations: np.ndarray) -> 
     return float(cbm - vbm), float(vbm), float(cbm)
 
 
+def _tblite_single_point(atoms, spec: CalculatorSpec) -> dict:
+    """One tblite single point through its public ``interface``: energy (eV), forces (eV/Å), stress (eV/Å^3, Voigt,
+    ASE sign), and the Γ-point gap, VBM and CBM (eV) from the orbital energies and occupations."""
+    from ase.units import Bohr, Hartree, kB
+    from tblite.interface import Calculator
+
+    calculator = Calculator(spec.method, atoms.numbers, atoms.positions / Bohr, lattice=np.asarray(atoms.cell) / Bohr,
+                            periodic=np.asarray(atoms.pbc))
+    calculator.set('accuracy', spec.accuracy)
+    calculator.set('temperature', spec.electronic_temperature * kB / Hartree)
+    calculator.set('max-iter', spec.max_iterations)
+    calculator.set('mixer-damping', spec.mixer_damping)
+    calculator.set('verbosity', 0)
+    result = calculator.singlepoint()
+    virial = result.get('virial') * Hartree / atoms.get_volume()  # [3, 3]
+    gap, vbm, cbm = gap_from_orbitals(result.get('orbital-energies') * Hartree, result.get('orbital-occupations'))
+    return {'energy': float(result.get('energy')) * Hartree, 'forces': -result.get('gradient') * Hartree / Bohr,
+            'stress': virial.flat[[0, 4, 8, 5, 2, 1]], 'gap': gap, 'vbm': vbm, 'cbm': cbm}
+
+
+def _emt_single_point(atoms, spec: CalculatorSpec) -> dict:
+    """Energy, forces and stress from ASE's EMT (metals only, no band edges)."""
+    from ase.calculators.emt import EMT
+
+    atoms.calc = EMT()
+    return {'energy': atoms.get_potential_energy(), 'forces': atoms.get_forces(),
+            'stress': atoms.get_stress(voigt=True)}
+
+
 def label_structures(structures: LabelledSet, spec: CalculatorSpec) -> tuple[LabelledSet, list[dict]]:
     """Label every structure of ``structures``; return the labelled set (NaN rows for failures) and per-structure records.
 
-    Each record is ``{'index', 'status': 'ok'|'failed', 'error', 'seconds'}``.
+    Each record is ``{'index', 'status': 'ok'|'failed', 'error', 'seconds'}``. Only the requested properties are
+    stored; the others stay NaN.
     """
     n = len(structures)
-    energy, gap, vbm, cbm = (np.full(n, np.nan) for _ in range(4))
+    labels = {name: np.full(n, np.nan) for name in ('energy', 'gap', 'vbm', 'cbm')}
     stress = np.full((n, 6), np.nan)
     forces = np.full((int(structures.n_atoms.sum()), 3), np.nan)
     offsets = structures.offsets
+    single_point = _tblite_single_point if spec.name == 'tblite' else _emt_single_point
+    wanted = set(spec.properties) | ({'vbm', 'cbm'} if 'gap' in spec.properties else set())
     records = []
     for index in range(n):
         atoms = structures.atoms(index, with_labels=False)
-        atoms.calc = spec.make_calculator()
         start = time.perf_counter()
         record = {'index': index, 'status': 'ok', 'error': None}
         try:
-            if 'energy' in spec.properties:
-                energy[index] = atoms.get_potential_energy()
-            if 'forces' in spec.properties:
-                forces[offsets[index]:offsets[index + 1]] = atoms.get_forces()
-            if 'stress' in spec.properties:
-                stress[index] = atoms.get_stress(voigt=True)
-            if 'gap' in spec.properties and spec.name == 'tblite':
-                if atoms.calc._res is None:  # gap only requested: run the single point
-                    atoms.get_potential_energy()
-                result = atoms.calc._res
-                gap[index], vbm[index], cbm[index] = gap_from_orbitals(
-                    result.get('orbital-energies') * HARTREE_TO_EV, result.get('orbital-occupations'))
+            result = single_point(atoms, spec)
         except Exception as exception:  # noqa: BLE001 - a failed structure is recorded, the batch goes on
             record.update(status='failed', error=f'{type(exception).__name__}: {exception}')
-            energy[index] = gap[index] = vbm[index] = cbm[index] = np.nan
-            stress[index] = np.nan
-            forces[offsets[index]:offsets[index + 1]] = np.nan
+        else:
+            for name in labels:
+                if name in wanted and name in result:
+                    labels[name][index] = result[name]
+            if 'forces' in wanted:
+                forces[offsets[index]:offsets[index + 1]] = result['forces']
+            if 'stress' in wanted:
+                stress[index] = result['stress']
         record['seconds'] = time.perf_counter() - start
         records.append(record)
     labelled = LabelledSet(numbers=structures.numbers, positions=structures.positions, cells=structures.cells,
-                           n_atoms=structures.n_atoms, energy=energy, forces=forces, stress=stress, gap=gap, vbm=vbm,
-                           cbm=cbm, x=structures.x, temperature=structures.temperature, origin=structures.origin,
-                           structure_uuid=structures.structure_uuid)
+                           n_atoms=structures.n_atoms, forces=forces, stress=stress, x=structures.x,
+                           temperature=structures.temperature, origin=structures.origin,
+                           structure_uuid=structures.structure_uuid, **labels)
     return labelled, records
