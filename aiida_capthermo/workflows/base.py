@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
-from aiida.engine import BaseRestartWorkChain
+from aiida import orm
+from aiida.engine import BaseRestartWorkChain, while_
 
 __all__ = ['CapthermoBaseRestartWorkChain']
 
 
 class CapthermoBaseRestartWorkChain(BaseRestartWorkChain):
-    """``BaseRestartWorkChain`` with :meth:`report_error_handled` for the process handlers."""
+    """``BaseRestartWorkChain`` with the standard restart outline, unhandled failures aborting, and
+    :meth:`report_error_handled` for the process handlers."""
 
     _process_class = None
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.outline(
+            cls.setup,
+            while_(cls.should_run_process)(
+                cls.run_process,
+                cls.inspect_process,
+            ),
+            cls.results,
+        )
+        spec.inputs['on_unhandled_failure'].default = lambda: orm.Str('abort')
+        spec.exit_code(300, 'ERROR_UNRECOVERABLE_FAILURE', message='The job failed with an unrecoverable error.')
 
     def report_error_handled(self, node, action: str) -> None:
         """Report the failure of ``node`` and what the handler does about it."""

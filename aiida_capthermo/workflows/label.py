@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine import ProcessHandlerReport, calcfunction, process_handler, while_
+from aiida.engine import ProcessHandlerReport, calcfunction, process_handler
 from aiida.plugins import CalculationFactory
 
 from aiida_capthermo.core.dataset import LabelledSet
@@ -53,20 +53,10 @@ class LocalLabelWorkChain(CapthermoBaseRestartWorkChain):
         spec.expose_inputs(LabelCalcJob, namespace='label')
         spec.input('fidelity', valid_type=orm.Str, default=lambda: orm.Str('low'),
                    help="'low': energy, forces, stress and gap; 'high': gap only.")
-        spec.outline(
-            cls.setup,
-            while_(cls.should_run_process)(
-                cls.run_process,
-                cls.inspect_process,
-            ),
-            cls.results,
-        )
         spec.output('labels', valid_type=DatasetData,
                     help='The labelled structures (DatasetData) with the keys of those that failed in `failed`.')
-        spec.exit_code(300, 'ERROR_UNRECOVERABLE_FAILURE', message='The labelling job failed: {message}')
         spec.exit_code(410, 'ERROR_NO_STRUCTURE_LABELLED',
                        message='No structure of the batch could be labelled, even with a robust SCF.')
-        spec.inputs['on_unhandled_failure'].default = lambda: orm.Str('abort')
 
     def setup(self):
         super().setup()

@@ -8,7 +8,7 @@ Handled: out of walltime -> restart from the last checkpoint of the failed run (
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine import ProcessHandlerReport, process_handler, while_
+from aiida.engine import ProcessHandlerReport, process_handler
 
 from aiida_capthermo.calculations.mace import FinetuneMaceCalcJob, MaceHyperParameters
 from aiida_capthermo.workflows.base import CapthermoBaseRestartWorkChain
@@ -27,16 +27,6 @@ class FinetuneMaceWorkChain(CapthermoBaseRestartWorkChain):
         super().define(spec)
         spec.expose_inputs(FinetuneMaceCalcJob, namespace='mace')
         spec.expose_outputs(FinetuneMaceCalcJob)
-        spec.inputs['on_unhandled_failure'].default = lambda: orm.Str('abort')
-        spec.outline(
-            cls.setup,
-            while_(cls.should_run_process)(
-                cls.run_process,
-                cls.inspect_process,
-            ),
-            cls.results,
-        )
-        spec.exit_code(300, 'ERROR_UNRECOVERABLE_FAILURE', message='The calculation failed with an unrecoverable error.')
 
     def setup(self) -> None:
         """Copy the exposed inputs into the context, where the handlers change them."""
