@@ -1,0 +1,96 @@
+"""``MlipScreenCalcJob``: relax a set of structures with a MACE model node through ``capthermo-mlip screen``."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from aiida import engine, orm
+from aiida.common import datastructures
+
+from aiida_capthermo.calculations.base import CapthermoCalcJob, pydantic_error
+from aiida_capthermo.data.model import ModelData
+
+__all__ = ['MlipScreenCalcJob']
+
+
+def validate_mace_model(model: ModelData, _) -> str | None:
+    """The model must be a MACE potential node (``kind == 'mace'``) with its main file in the repository."""
+    if model.kind != 'mace':
+        return f'the model node has kind {model.kind!r}; the screen needs a MACE potential (kind "mace")'
+    if model.main_file not in model.base.repository.list_object_names():
+        return f'the model node lacks its main file {model.main_file!r}'
+    return None
+
+
+def validate_parameters(parameters: orm.Dict, _) -> str | None:
+    """Validate the screen settings against :class:`aiida_capthermo.ml.mlip.ScreenConfig`."""
+    from aiida_capthermo.ml.mlip import ScreenConfig
+
+    return pydantic_error(ScreenConfig, parameters.get_dict(), 'parameters')
+
+
+def validate_structures(structures, _) -> str | None:
+    """At least one structure."""
+    if not structures:
+        return 'give at least one structure in `structures`'
+    return None
+
+
+class MlipScreenCalcJob(CapthermoCalcJob):
+    """Relax every input structure with a MACE potential (BFGS, cell filter) and optionally check its phonons.
+
+    The structures go to the compute side as one LabelledSet (sorted by key), the model files are copied into
+    the working directory; ``capthermo-mlip screen`` writes the relaxed set, one record per structure and the
+    summary.
+    """
+
+    _STRUCTURES = 'structures.npz'
+    _CONFIG = 'config.json'
+    _RELAXED = 'relaxed.npz'
+    _SCREEN = 'screen.json'
+
+    @classmethod
+    def define(cls, spec: engine.CalcJobProcessSpec) -> None:
+        super().define(spec)
+        spec.input('metadata.options.parser_name', valid_type=str, default='capthermo.mlip_screen')
+        spec.input('model', valid_type=ModelData, validator=validate_mace_model,
+                   help='The MACE potential (ModelData of kind "mace").')
+        spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, validator=validate_structures,
+                             help='The structures to relax, by key (Å).')
+        spec.input('parameters', valid_type=orm.Dict, required=False, validator=validate_parameters,
+                   help='Screen settings: fmax (eV/Å), max_steps, relax_cell, phonons, supercell, displacement (Å), '
+                        'mesh, imaginary_threshold (THz), device (auto/cpu/cuda), dtype (float64/float32).')
+        spec.output_namespace('relaxed', valid_type=orm.StructureData, dynamic=True,
+                              help='Relaxed structures, same keys as `structures` (those that relaxed).')
+        spec.output('energies', valid_type=orm.ArrayData,
+                    help='Arrays over the relaxed structures in sorted-key order: `energy` (eV), `energy_per_atom` '
+                         '(eV/atom), `converged`, `steps`.')
+        spec.output('results', valid_type=orm.Dict,
+                    help='Per key: energy (eV), energy_per_atom (eV/atom), converged, steps, max_force (eV/Å), '
+                         'n_imaginary, min_frequency (THz), or error.')
+        spec.default_output_node = 'results'
+        spec.exit_code(311, 'ERROR_NO_STRUCTURE_RELAXED', message='No structure could be relaxed: {error}')
+
+    def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
+        from aiida_capthermo.data.structures import labelled_set_from_structures
+
+        structures = dict(self.inputs.structures)
+        with folder.open(self._STRUCTURES, 'wb') as handle:
+            buffer = io.BytesIO()
+            labelled_set_from_structures(structures).save(buffer)
+            handle.write(buffer.getvalue())
+        parameters = self.inputs.parameters.get_dict() if 'parameters' in self.inputs else {}
+        with folder.open(self._CONFIG, 'w') as handle:
+            json.dump(parameters, handle, indent=1)
+        self.inputs.model.export_files(folder.abspath)
+        codeinfo = datastructures.CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = ['screen', self.inputs.model.main_file, self._STRUCTURES, '--config', self._CONFIG,
+                                   '--relaxed', self._RELAXED, '--screen', self._SCREEN, '--summary', self._SUMMARY]
+        codeinfo.stdout_name = self.metadata.options.output_filename
+        codeinfo.join_files = True
+        calcinfo = datastructures.CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        calcinfo.retrieve_list = [self.metadata.options.output_filename, self._SUMMARY, self._RELAXED, self._SCREEN]
+        return calcinfo

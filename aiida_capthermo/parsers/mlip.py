@@ -1,0 +1,75 @@
+"""Parser of ``MlipScreenCalcJob``: relaxed structures (same keys), energies array and per-structure results."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+
+import numpy as np
+from aiida import orm
+from aiida.engine import ExitCode
+
+from aiida_capthermo.parsers.base import SummaryParser
+
+__all__ = ['MlipScreenParser']
+
+
+class MlipScreenParser(SummaryParser):
+    """Read ``summary.json``, ``screen.json`` and ``relaxed.npz`` through the retrieved folder."""
+
+    def parse(self, **kwargs):
+        """Map the records (sorted-key order of the input structures) back to the input keys."""
+        from aiida_capthermo.calculations.mlip import MlipScreenCalcJob as Job
+        from aiida_capthermo.core.dataset import LabelledSet
+        from aiida_capthermo.data.structures import get_structure_metadata, set_structure_metadata
+
+        summary = self.read_summary()
+        if isinstance(summary, ExitCode):
+            if summary.status == self.exit_codes.ERROR_SCRIPT_FAILED.status and 'no structure was relaxed' in (
+                    summary.message or ''):
+                return self.exit_codes.ERROR_NO_STRUCTURE_RELAXED.format(error=summary.message)
+            return summary
+        names = self.retrieved.base.repository.list_object_names()
+        for filename in (Job._SCREEN, Job._RELAXED):
+            if filename not in names:
+                return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=filename)
+        records = json.loads(self.retrieved.base.repository.get_object_content(Job._SCREEN))
+        with tempfile.TemporaryDirectory() as tmpdir:
+            relaxed = LabelledSet.load(self.retrieved_path(Job._RELAXED, tmpdir))
+        inputs = self.node.inputs.structures
+        keys = sorted(inputs)
+        if len(records) != len(keys):
+            return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=f'{Job._SCREEN} (records != inputs)')
+        results, rows = {}, []
+        for record in records:
+            key = keys[record['index']]
+            if record['structure_uuid'] and record['structure_uuid'] != inputs[key].uuid:
+                return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=f'{Job._SCREEN} (order)')
+            results[key] = {name: _clean(value) for name, value in record.items() if name != 'gamma_frequencies'}
+            if 'error' not in record:
+                rows.append(key)
+        if not rows:
+            return self.exit_codes.ERROR_NO_STRUCTURE_RELAXED.format(error='every relaxation failed')
+        for row, key in enumerate(rows):
+            atoms = relaxed.atoms(row, with_labels=False)
+            atoms.calc = None
+            structure = orm.StructureData(ase=atoms)
+            metadata = get_structure_metadata(inputs[key])
+            set_structure_metadata(structure, x=metadata['x'], origin='mlip_relaxed')
+            self.out(f'relaxed.{key}', structure)
+        energies = orm.ArrayData()
+        energies.set_array('energy', np.array([results[k]['energy'] for k in rows], float))
+        energies.set_array('energy_per_atom', np.array([results[k]['energy_per_atom'] for k in rows], float))
+        energies.set_array('converged', np.array([results[k]['converged'] for k in rows], bool))
+        energies.set_array('steps', np.array([results[k]['steps'] for k in rows], int))
+        energies.base.attributes.set('keys', rows)
+        self.out('energies', energies)
+        self.out('results', orm.Dict(results))
+        return None
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
