@@ -213,6 +213,28 @@ def test_calcjob_on_localhost(model_node, script_code):
     assert results['summary']['outputs']['n_converged'] == 2
 
 
+def test_calcjob_failed_structures(model_node, script_code):
+    """An element the model does not know fails its structure only; when all fail the job exits 311."""
+    from ase.build import bulk
+
+    from aiida_capthermo.calculations.mlip import MlipScreenCalcJob
+
+    alien = orm.StructureData(ase=bulk('Cu', 'fcc', a=3.6, cubic=True))
+    builder = MlipScreenCalcJob.get_builder()
+    builder.code = script_code('capthermo-mlip', 'capthermo.mlip_screen')
+    builder.model = model_node
+    builder.structures = {'alien': alien, 'ok': orm.StructureData(ase=small_cell(False, seed=5))}
+    builder.parameters = orm.Dict({'max_steps': 100, 'device': 'cpu'})
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok
+    assert set(results['relaxed']) == {'ok'} and 'error' in results['results']['alien']
+    assert results['energies'].base.attributes.get('keys') == ['ok']
+    builder.structures = {'alien': alien}
+    _, node = engine.run_get_node(builder)
+    assert node.exit_status == MlipScreenCalcJob.exit_codes.ERROR_NO_STRUCTURE_RELAXED.status
+    assert 'no structure was relaxed' in node.exit_message
+
+
 def test_calcjob_input_validation(aiida_profile, model_node, tmp_path, script_code):
     from aiida_capthermo.calculations.mlip import MlipScreenCalcJob
 
@@ -269,6 +291,34 @@ def test_screen_workchain_2x2x2(model_node, script_code):
     for structure in job.inputs.structures.values():
         assert np.allclose(structure.cell, np.eye(3) * 2 * vegard_lattice_parameter(0.25, 4.869, 4.793))
         assert structure.base.attributes.get('capthermo_multiplicity') in (4, 12)
+
+
+def test_enumeration_sampling_and_parent(aiida_profile):
+    """More classes than ``max_configurations``: a seeded sample of distinct classes; a given parent is rescaled."""
+    from aiida_capthermo.core.solid_solution import count_inequivalent
+    from aiida_capthermo.core.structures import vegard_lattice_parameter
+    from aiida_capthermo.workflows.screen import enumerate_structures
+
+    settings = {**PROTOTYPE, 'supercell': [2, 2, 2], 'x': 0.5, 'max_configurations': 3, 'seed': 4}
+    parent = orm.StructureData(ase=antiperovskite('Ag', 'S', 'I', 5.0))
+    first = enumerate_structures(orm.Dict(settings), parent=parent)
+    again = enumerate_structures(orm.Dict(settings), parent=parent)
+    table = first['configurations'].get_dict()
+    assert table['n_classes'] > 3 and table['sampled'] and len(table['configurations']) == 3
+    assert table == again['configurations'].get_dict()  # same seed, same sample
+    assert table['n_arrangements'] == 70
+    for key in table['configurations']:
+        atoms = first[key].get_ase()
+        assert atoms.get_chemical_symbols().count('Br') == 4
+        assert np.allclose(atoms.cell.lengths(), 2 * vegard_lattice_parameter(0.5, 4.869, 4.793))
+    # multiplicities of the sample are true orbit sizes: all 70 arrangements split into the Burnside count
+    full = enumerate_structures(orm.Dict({**settings, 'max_configurations': 100}))
+    full_table = full['configurations'].get_dict()
+    assert not full_table['sampled'] and len(full_table['configurations']) == table['n_classes']
+    assert sum(c['multiplicity'] for c in full_table['configurations'].values()) == 70
+    by_sites = {tuple(c['occupied_sites']): c['multiplicity'] for c in full_table['configurations'].values()}
+    for c in table['configurations'].values():
+        assert by_sites[tuple(c['occupied_sites'])] == c['multiplicity']
 
 
 def test_screen_workchain_validation(model_node, script_code, tmp_path):
