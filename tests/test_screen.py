@@ -350,3 +350,19 @@ def test_screen_workchain_validation(model_node, script_code, tmp_path):
     gnn = ModelData.from_files(kind='gnn', files={'state.pt': tmp_path / 'state.pt'}, main_file='state.pt').store()
     with pytest.raises(ValueError, match='needs a MACE potential'):
         engine.run(builder_with(model=gnn))
+
+
+def test_screen_workchain_job_failure(model_node, script_code):
+    """A species the model does not know: the job fails (311) and the workchain says which composition (400)."""
+    from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
+
+    builder = SolidSolutionScreenWorkChain.get_builder()
+    builder.model = model_node
+    builder.prototype = orm.Dict({**PROTOTYPE, 'a': 'Cu'})
+    builder.supercell = orm.List([1, 1, 1])
+    builder.compositions = orm.List([1.0])
+    builder.code = script_code('capthermo-mlip', 'capthermo.mlip_screen')
+    builder.parameters = orm.Dict({'device': 'cpu'})
+    _, node = engine.run_get_node(builder)
+    assert node.exit_status == SolidSolutionScreenWorkChain.exit_codes.ERROR_SCREEN_FAILED.status
+    assert 'x_1p000' in node.exit_message and '311' in node.exit_message
