@@ -197,7 +197,8 @@ def test_calcjob_on_localhost(model_node, script_code):
     builder.code = script_code('capthermo-mlip', 'capthermo.mlip_screen')
     builder.model = model_node
     builder.structures = structures
-    builder.parameters = orm.Dict({'fmax': 0.01, 'max_steps': 200, 'device': 'cpu'})
+    builder.parameters = orm.Dict({'fmax': 0.01, 'max_steps': 200, 'device': 'cpu', 'phonons': True,
+                                   'imaginary_threshold': -0.1})
     builder.metadata.options.max_wallclock_seconds = 300
     results, node = engine.run_get_node(builder)
     assert node.is_finished_ok, node.exit_status
@@ -205,6 +206,9 @@ def test_calcjob_on_localhost(model_node, script_code):
     records = results['results'].get_dict()
     for key, structure in results['relaxed'].items():
         assert records[key]['converged'] and records[key]['max_force'] < 0.01
+        assert isinstance(records[key]['n_imaginary'], int) and 'gamma_frequencies' not in records[key]
+        assert records[key]['n_imaginary'] == records[key]['n_imaginary_gamma']  # no mesh: Γ only
+        assert (records[key]['min_frequency'] < -0.1) == (records[key]['n_imaginary'] > 0)
         assert structure.get_formula() == structures[key].get_formula()
         assert structure.base.attributes.get('capthermo_x') == structures[key].base.attributes.get('capthermo_x')
     energies = results['energies']
@@ -295,7 +299,6 @@ def test_screen_workchain_2x2x2(model_node, script_code):
 
 def test_enumeration_sampling_and_parent(aiida_profile):
     """More classes than ``max_configurations``: a seeded sample of distinct classes; a given parent is rescaled."""
-    from aiida_capthermo.core.solid_solution import count_inequivalent
     from aiida_capthermo.core.structures import vegard_lattice_parameter
     from aiida_capthermo.workflows.screen import enumerate_structures
 
