@@ -16,6 +16,7 @@ from aiida_capthermo.data.structures import set_structure_metadata
 from aiida_capthermo.workflows.engines import engine_namespace, label_batch_inputs
 from aiida_capthermo.workflows.phonons import ParentPhononsWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin
+from aiida_capthermo.workflows.validation import prototype_error, supercell_error
 
 __all__ = ['PhononInformedDatasetWorkChain', 'build_parent', 'generate_structures', 'assemble_dataset']
 
@@ -102,21 +103,10 @@ def validate_inputs(inputs, _) -> str | None:
     from aiida_capthermo.core.structures import check_cubic_prototype
 
     prototype = inputs['prototype'].get_dict()
-    missing = {'a', 'b', 'host', 'guest', 'a_host', 'a_guest'} - set(prototype)
-    if missing:
-        return f'the prototype misses {sorted(missing)}'
-    from ase.data import atomic_numbers
-
-    for key in ('a', 'b', 'host', 'guest'):
-        if prototype[key] not in atomic_numbers:
-            return f'prototype {key!r} is {prototype[key]!r}, which is not a chemical element'
-    if prototype['host'] == prototype['guest']:
-        return 'host and guest species of the solid solution must differ'
-    if min(prototype['a_host'], prototype['a_guest']) <= 0:
-        return 'prototype lattice parameters must be positive (Å)'
     supercell = inputs['supercell'].get_list()
-    if len(supercell) != 3 or any(not isinstance(n, int) or n < 1 for n in supercell):
-        return f'supercell must be three positive integers, got {supercell}'
+    error = prototype_error(prototype) or supercell_error(supercell)
+    if error:
+        return error
     parents = inputs.get('parents', {})
     for role in ('host', 'guest'):
         if role in parents:

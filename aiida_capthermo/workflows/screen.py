@@ -17,10 +17,10 @@ from aiida.engine import ToContext, WorkChain, calcfunction
 from aiida_capthermo.calculations.mlip import MlipScreenCalcJob, validate_mace_model
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.data.structures import set_structure_metadata
+from aiida_capthermo.workflows.validation import prototype_error, supercell_error
 
 __all__ = ['SolidSolutionScreenWorkChain', 'enumerate_structures', 'rank_configurations', 'composition_key']
 
-PROTOTYPE_KEYS = ('a', 'b', 'host', 'guest', 'a_host', 'a_guest')
 MULTIPLICITY_ATTRIBUTE = 'capthermo_multiplicity'
 TOLERANCE = 1e-6
 
@@ -108,24 +108,13 @@ def rank_configurations(configurations: orm.Dict, results: orm.Dict) -> orm.Dict
 
 def validate_inputs(inputs, _) -> str | None:
     """Prototype keys and species, supercell, compositions on the sublattice grid, cubic parent."""
-    from ase.data import atomic_numbers
-
     from aiida_capthermo.core.structures import check_cubic_prototype
 
     prototype = inputs['prototype'].get_dict()
-    missing = set(PROTOTYPE_KEYS) - set(prototype)
-    if missing:
-        return f'the prototype misses {sorted(missing)}'
-    for key in ('a', 'b', 'host', 'guest'):
-        if prototype[key] not in atomic_numbers:
-            return f'prototype {key!r} is {prototype[key]!r}, which is not a chemical element'
-    if prototype['host'] == prototype['guest']:
-        return 'host and guest species of the solid solution must differ'
-    if min(prototype['a_host'], prototype['a_guest']) <= 0:
-        return 'prototype lattice parameters must be positive (Å)'
     supercell = inputs['supercell'].get_list()
-    if len(supercell) != 3 or any(not isinstance(n, int) or n < 1 for n in supercell):
-        return f'supercell must be three positive integers, got {supercell}'
+    error = prototype_error(prototype) or supercell_error(supercell)
+    if error:
+        return error
     if 'parent' in inputs:
         atoms = inputs['parent'].get_ase()
         try:

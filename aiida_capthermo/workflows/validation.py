@@ -1,0 +1,33 @@
+"""Input checks shared by the workchains that build A3BX solid solutions from a prototype."""
+
+from __future__ import annotations
+
+__all__ = ['PROTOTYPE_KEYS', 'prototype_error', 'supercell_error']
+
+#: Keys of the ``prototype`` Dict: species a (face centres), b (body centre), host (x = 0) and guest (x = 1) on the
+#: corner sublattice, and the end members' primitive lattice parameters in Å.
+PROTOTYPE_KEYS = ('a', 'b', 'host', 'guest', 'a_host', 'a_guest')
+
+
+def prototype_error(prototype: dict) -> str | None:
+    """Why ``prototype`` is not a valid A3BX solid-solution prototype, or None."""
+    from ase.data import atomic_numbers
+
+    missing = set(PROTOTYPE_KEYS) - set(prototype)
+    if missing:
+        return f'the prototype misses {sorted(missing)}'
+    for key in ('a', 'b', 'host', 'guest'):
+        if prototype[key] not in atomic_numbers:
+            return f'prototype {key!r} is {prototype[key]!r}, which is not a chemical element'
+    if prototype['host'] == prototype['guest']:
+        return 'host and guest species of the solid solution must differ'
+    if min(prototype['a_host'], prototype['a_guest']) <= 0:
+        return 'prototype lattice parameters must be positive (Å)'
+    return None
+
+
+def supercell_error(supercell: list) -> str | None:
+    """Why ``supercell`` is not a diagonal supercell of three positive integers, or None."""
+    if len(supercell) != 3 or any(not isinstance(n, int) or n < 1 for n in supercell):
+        return f'supercell must be three positive integers, got {supercell}'
+    return None
