@@ -42,4 +42,5 @@ def test_study_end_to_end(localhost_session):
     # The MACE potential was trained on the low set (its extxyz went up with the job).
     mace_job = results['mace']['model'].creator
     assert mace_job.inputs.train.uuid == results['dataset']['low'].uuid
+    assert mace_job.caller.process_label == 'FinetuneMaceWorkChain'  # the restart wrapper ran it
     assert np.isfinite(results['mace']['metrics']['valid']['mae_f'])

@@ -3,6 +3,8 @@
 dataset (PhononInformedDatasetWorkChain) -> MACE potential (FinetuneMaceCalcJob on the low set, from a
 foundation model node, a named foundation, or from scratch) and, in parallel, the band-gap GNN in two stages
 (GnnTrainCalcJob on the low + equilibrium sets, then fine-tuned on the high-fidelity gaps from that model).
+MACE runs in FinetuneMaceWorkChain, which restarts from checkpoints after a walltime kill and halves the batch
+size after running out of memory.
 The screening and thermal-gap stages join here as they are built.
 """
 
@@ -14,12 +16,12 @@ from aiida.plugins import CalculationFactory
 
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.workflows.dataset import PhononInformedDatasetWorkChain
+from aiida_capthermo.workflows.mace import FinetuneMaceWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin
 
 __all__ = ['CapthermoStudyWorkChain']
 
 GnnTrainCalcJob = CalculationFactory('capthermo.gnn_train')
-FinetuneMaceCalcJob = CalculationFactory('capthermo.mace_finetune')
 
 
 class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
@@ -95,13 +97,13 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             gnn['datasets']['equilibrium'] = outputs.equilibrium
         futures['gnn_low'] = self.submit(GnnTrainCalcJob, **gnn)
         if 'code' in self.inputs.mace:
-            mace = {'code': self.inputs.mace.code, 'train': outputs.low, 'metadata': {'call_link_label': 'mace'}}
+            mace = {'code': self.inputs.mace.code, 'train': outputs.low}
             for key in ('hyperparameters', 'foundation_model', 'foundation_name'):
                 if key in self.inputs.mace:
                     mace[key] = self.inputs.mace[key]
             if 'options' in self.inputs.mace:
-                mace['metadata']['options'] = self.inputs.mace.options.get_dict()
-            futures['mace'] = self.submit(FinetuneMaceCalcJob, **mace)
+                mace['metadata'] = {'options': self.inputs.mace.options.get_dict()}
+            futures['mace'] = self.submit(FinetuneMaceWorkChain, mace=mace, metadata={'call_link_label': 'mace'})
         self.report(f'training {", ".join(futures)}')
         return ToContext(**futures)
 
