@@ -7,23 +7,10 @@ with a running daemon: ``python examples/demo.py [--protocol demo] [--timeout 18
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 import time
 
 from aiida import load_profile, orm
 from aiida.engine import submit
-
-
-def get_code(label: str, executable: str, plugin: str | None) -> orm.InstalledCode:
-    """Load code ``label@localhost`` or set it up for an executable of this environment."""
-    try:
-        return orm.load_code(f'{label}@localhost')
-    except Exception:  # noqa: BLE001 - NotExistent or MultipleObjectsError: make our own
-        computer = orm.load_computer('localhost')
-        path = pathlib.Path(sys.executable).parent / executable
-        return orm.InstalledCode(computer=computer, filepath_executable=str(path), label=label,
-                                 default_calc_job_plugin=plugin).store()
 
 
 def wait(node: orm.ProcessNode, timeout: float) -> orm.ProcessNode:
@@ -47,9 +34,10 @@ def main() -> int:
 
     from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
 
-    label_code = get_code('capthermo-label', 'capthermo-label', 'capthermo.label')
-    gnn_code = get_code('capthermo-gnn', 'capthermo-gnn', 'capthermo.gnn_train')
-    mace_code = get_code('mace_run_train', 'mace_run_train', 'capthermo.mace_finetune')
+    from aiida_capthermo.cli.main import ensure_codes
+
+    codes = {name: code for name, (code, _) in ensure_codes('localhost').items()}
+    label_code, gnn_code, mace_code = codes['capthermo-label'], codes['capthermo-gnn'], codes['mace_run_train']
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(label_code, gnn_code, mace_code,
                                                                 protocol=args.protocol)
     start = time.monotonic()

@@ -39,10 +39,6 @@ class CapthermoCalcJob(engine.CalcJob):
         spec.inputs['metadata']['options']['output_filename'].default = cls._STDOUT
         spec.output('summary', valid_type=orm.Dict, required=False,
                     help='The machine-readable summary the console script wrote: inputs, units, timings, outputs.')
-        spec.exit_code(301, 'ERROR_NO_RETRIEVED_TEMPORARY_FOLDER',
-                       message='The retrieved temporary folder could not be accessed.')
-        spec.exit_code(302, 'ERROR_OUTPUT_STDOUT_MISSING',
-                       message='The standard output file of the console script was not retrieved.')
         spec.exit_code(303, 'ERROR_SUMMARY_MISSING',
                        message='The console script did not write `summary.json`: it crashed before finishing.')
         spec.exit_code(304, 'ERROR_SUMMARY_UNPARSABLE',

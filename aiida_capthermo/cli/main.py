@@ -46,24 +46,31 @@ CODES = {
 }
 
 
-@cli.command('setup-codes')
-@click.option('--computer', default='localhost', show_default=True, help='Computer (label) the codes run on.')
-@click.option('--bin-dir', default=None, help='Folder of the executables on that computer (default: this Python).')
-def setup_codes(computer, bin_dir):
-    """Create InstalledCodes for the package's console scripts and mace_run_train (label: name@computer)."""
+def ensure_codes(computer: str = 'localhost', bin_dir: str | None = None) -> dict:
+    """Load or create the InstalledCodes ``name@computer`` of :data:`CODES`; return name -> (code, created)."""
     from aiida import orm
     from aiida.common.exceptions import NotExistent
 
     node = orm.load_computer(computer)
     folder = pathlib.Path(bin_dir) if bin_dir else pathlib.Path(sys.executable).parent
+    codes = {}
     for name, plugin in CODES.items():
         try:
-            code = orm.load_code(f'{name}@{computer}')
-            click.echo(f'exists   {code.full_label} (pk {code.pk})')
+            codes[name] = (orm.load_code(f'{name}@{computer}'), False)
         except NotExistent:
-            code = orm.InstalledCode(computer=node, filepath_executable=str(folder / name), label=name,
-                                     default_calc_job_plugin=plugin).store()
-            click.echo(f'created  {code.full_label} (pk {code.pk}) -> {folder / name}')
+            codes[name] = (orm.InstalledCode(computer=node, filepath_executable=str(folder / name), label=name,
+                                             default_calc_job_plugin=plugin).store(), True)
+    return codes
+
+
+@cli.command('setup-codes')
+@click.option('--computer', default='localhost', show_default=True, help='Computer (label) the codes run on.')
+@click.option('--bin-dir', default=None, help='Folder of the executables on that computer (default: this Python).')
+def setup_codes(computer, bin_dir):
+    """Create InstalledCodes for the package's console scripts and mace_run_train (label: name@computer)."""
+    for code, created in ensure_codes(computer, bin_dir).values():
+        click.echo(f'{"created " if created else "exists  "} {code.full_label} (pk {code.pk}) -> '
+                   f'{code.filepath_executable}')
 
 
 @cli.command('submit')

@@ -44,8 +44,6 @@ def labelled_set_from_structures(structures: Mapping[str, orm.StructureData] | l
     """Unlabelled :class:`LabelledSet` of structures (mapping: sorted by key), with metadata and node UUIDs."""
     nodes = [structures[key] for key in sorted(structures)] if isinstance(structures, Mapping) else list(structures)
     atoms_list = [node.get_ase() for node in nodes]
-    for atoms in atoms_list:
-        atoms.calc = None
     metadata = [get_structure_metadata(node) for node in nodes]
     return LabelledSet.from_atoms_list(
         atoms_list,

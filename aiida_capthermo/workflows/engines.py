@@ -74,10 +74,7 @@ def label_batch_inputs(namespace: dict, structures: dict, fidelity: str) -> tupl
             label['calculator'] = namespace['calculator']
         return process, {'label': label, 'fidelity': orm.Str(fidelity)}
     process = WorkflowFactory('capthermo.label_vasp')
-    settings = namespace['vasp'].get_dict()
-    unknown = set(settings) - set(_VASP_SETTINGS)
-    if unknown:
-        raise ValueError(f'unknown vasp engine settings {sorted(unknown)}; known: {sorted(_VASP_SETTINGS)}')
+    settings = namespace['vasp'].get_dict()  # keys checked by validate_engine_namespace
     inputs = {'structures': structures, 'fidelity': orm.Str(fidelity), 'code': namespace['code']}
     for key, value in settings.items():
         inputs[key] = _VASP_SETTINGS[key](value)

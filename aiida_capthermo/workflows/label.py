@@ -19,7 +19,7 @@ LabelCalcJob = CalculationFactory('capthermo.label')
 def merge_labels(**labels) -> DatasetData:
     """Join the label sets of several attempts into one, in the order of their keys; record what still failed."""
     nodes = [labels[key] for key in sorted(labels)]
-    merged_keys, order = [], []
+    merged_keys = []
     for node in nodes:
         merged_keys.extend(node.base.attributes.get('keys'))
     order = sorted(range(len(merged_keys)), key=merged_keys.__getitem__)

@@ -30,7 +30,7 @@ def composition_key(x: float) -> str:
     return 'x_' + f'{x:.3f}'.replace('.', 'p')
 
 
-def _parent_cell(prototype: dict, parent) -> 'ase.Atoms':  # noqa: F821
+def _parent_cell(prototype: dict, parent):
     from aiida_capthermo.core.structures import antiperovskite
 
     if parent is not None:
