@@ -9,7 +9,7 @@ import numpy as np
 from aiida import orm
 from aiida.common import CalcInfo, CodeInfo
 
-from aiida_capthermo.calculations.base import CapthermoCalcJob
+from aiida_capthermo.calculations.base import CapthermoCalcJob, pydantic_error
 from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
@@ -23,15 +23,9 @@ PARENT_DIR = 'parent_model'
 
 
 def validate_hyperparameters(value: orm.Dict, _) -> str | None:
-    from pydantic import ValidationError
-
     from aiida_capthermo.ml.gnn.config import GnnHyperparameters
 
-    try:
-        GnnHyperparameters.model_validate(value.get_dict())
-    except ValidationError as exception:
-        return f'invalid GNN hyper-parameters: {exception}'
-    return None
+    return pydantic_error(GnnHyperparameters, value.get_dict(), 'GNN hyper-parameters')
 
 
 def validate_gnn_model(value: ModelData, _) -> str | None:

@@ -23,7 +23,7 @@ import yaml
 from aiida import engine, orm
 from aiida.common import datastructures
 
-from aiida_capthermo.calculations.base import CapthermoCalcJob
+from aiida_capthermo.calculations.base import CapthermoCalcJob, pydantic_error
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
 
@@ -228,13 +228,7 @@ sys.exit(1 if result['error'] else 0)
 
 
 def _validate_hyperparameters(value: orm.Dict | None, _) -> str | None:
-    if value is None:
-        return None
-    try:
-        MaceHyperParameters(**value.get_dict())
-    except pydantic.ValidationError as exception:
-        return f'invalid MACE hyper-parameters: {exception}'
-    return None
+    return None if value is None else pydantic_error(MaceHyperParameters, value.get_dict(), 'MACE hyper-parameters')
 
 
 def _validate_training_set(value: DatasetData | None, _) -> str | None:

@@ -46,12 +46,10 @@ def _parser() -> argparse.ArgumentParser:
 def run_evaluate(args) -> dict:
     """Evaluate the model on the dataset; write the parity arrays; return the summary outputs."""
     import numpy as np
-    import torch
 
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.ml.mace import evaluate_model, load_mace_model
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_mace_model(args.model, args.device, args.dtype)
     metrics, parity = evaluate_model(model, LabelledSet.load(args.dataset), batch_size=args.batch_size)
     np.savez(args.parity, **parity)

@@ -40,13 +40,11 @@ def run_screen(model: str, structures: str, config: dict, relaxed_path: str, scr
     the run fails only when no structure was relaxed.
     """
     import numpy as np
-    import torch
 
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.ml.mlip import ScreenConfig, harmonic_phonons, load_calculator, relax
 
     settings = ScreenConfig.model_validate(config)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     calc = load_calculator(model, settings.device, settings.dtype)
     inputs = LabelledSet.load(structures)
     records, relaxed, kept = [], [], []

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from aiida_capthermo.core.dataset import LabelledSet
+from aiida_capthermo.ml.gnn.metrics import regression_metrics  # MAE, RMSE, R^2 over all components
 
 __all__ = ['resolve_device', 'load_mace_model', 'predict', 'regression_metrics', 'evaluate_model',
            'phonon_frequency_check']
@@ -73,15 +74,6 @@ def predict(model, atoms_list: Sequence, batch_size: int = 8, device: str | None
         stress = output['stress'].detach().cpu().numpy()  # [n_graphs, 3, 3]
         stresses.append(stress[:, [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]])
     return {'energy': np.concatenate(energies), 'forces': np.concatenate(forces), 'stress': np.concatenate(stresses)}
-
-
-def regression_metrics(reference: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """MAE, RMSE and R^2 (coefficient of determination) over all components; ``n`` the number of values."""
-    reference, predicted = np.ravel(reference), np.ravel(predicted)
-    error = predicted - reference
-    ss_tot = float(np.sum((reference - reference.mean()) ** 2))
-    return {'mae': float(np.mean(np.abs(error))), 'rmse': float(np.sqrt(np.mean(error ** 2))),
-            'r2': float(1.0 - np.sum(error ** 2) / ss_tot) if ss_tot > 0 else float('nan'), 'n': int(reference.size)}
 
 
 def evaluate_model(model, labelled: LabelledSet, batch_size: int = 8) -> tuple[dict, dict[str, np.ndarray]]:
@@ -153,8 +145,8 @@ def phonon_frequency_check(model, numbers: np.ndarray, positions: np.ndarray, ce
     phonon.forces = forces
     phonon.produce_force_constants()
     phonon.run_mesh(list(mesh), is_gamma_center=True)
-    model_freq = phonon.get_mesh_dict()['frequencies']  # [n_q, 3 n_atoms] THz
-    qpoints = phonon.get_mesh_dict()['qpoints']
+    mesh_result = phonon.get_mesh_dict()
+    model_freq, qpoints = mesh_result['frequencies'], mesh_result['qpoints']  # [n_q, 3 n_atoms] THz, [n_q, 3]
     phonon.force_constants = np.asarray(reference_force_constants, dtype=float)
     phonon.run_mesh(list(mesh), is_gamma_center=True)
     ref_freq = phonon.get_mesh_dict()['frequencies']
