@@ -38,11 +38,84 @@ def test_calculator_spec_rejects_unknown_keys():
         CalculatorSpec.model_validate({'method': 'GFN1-xTB', 'electronic_temprature': 300})
 
 
+def ideal_supercell(halide: str) -> Atoms:
+    """The ideal cubic 40-atom (2x2x2) cell of an end member at its experimental-like lattice parameter."""
+    from aiida_capthermo.core.structures import antiperovskite
+
+    lattice = {'I': 4.869, 'Br': 4.793}[halide]
+    return antiperovskite(a='Ag', b='S', x=halide, lattice_parameter=lattice).repeat((2, 2, 2))
+
+
+@pytest.mark.parametrize('halide', ['I', 'Br'])
+def test_default_method_gives_zero_forces_on_ideal_cubic_cells(halide):
+    """Pm-3m symmetry puts every atom on a site where the force vanishes and makes the stress isotropic; the default
+    (GFN1-xTB without its halogen-bond term) obeys it, stock GFN1-xTB does not (the artefact it removes)."""
+    structures = LabelledSet.from_atoms_list([ideal_supercell(halide)])
+    labelled, _ = label_structures(structures, CalculatorSpec())
+    assert CalculatorSpec().describe() == {'method': 'GFN1-xTB-noXB', 'gap_method': 'GFN1-xTB-noXB'}
+    assert np.abs(labelled.forces).max() < 1e-3
+    xx, yy, zz, yz, xz, xy = labelled.stress[0]
+    assert xx == pytest.approx(yy, abs=1e-6) and xx == pytest.approx(zz, abs=1e-6)
+    assert max(abs(yz), abs(xz), abs(xy)) < 1e-6
+    assert 0.1 < labelled.gap[0] < 5.0
+    stock, _ = label_structures(structures, CalculatorSpec(halogen_bond=True, properties=['forces', 'gap']))
+    assert np.abs(stock.forces).max() > 1.0  # tens to hundreds of eV/Å
+    assert stock.gap[0] == pytest.approx(labelled.gap[0], abs=1e-6)  # the term is classical: same electrons
+
+
+def test_forces_rotate_with_the_structure():
+    """A displaced, mixed cell and its copy rotated by a cubic symmetry operation (90° about z, which maps the
+    cubic cell onto itself) have the same energy and gap, and rotated forces F' = R F."""
+    atoms = ideal_supercell('I')
+    symbols = np.array(atoms.get_chemical_symbols())
+    halides = np.flatnonzero(symbols == 'I')
+    symbols[halides[[0, 3, 5]]] = 'Br'
+    atoms.set_chemical_symbols(symbols.tolist())
+    atoms.rattle(0.08, seed=4)
+    rotation = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    rotated = atoms.copy()
+    rotated.positions = atoms.positions @ rotation.T
+    rotated.wrap()
+    structures = LabelledSet.from_atoms_list([atoms, rotated])
+    labelled, records = label_structures(structures, CalculatorSpec())
+    assert [r['status'] for r in records] == ['ok', 'ok']
+    forces, forces_rotated = labelled.forces[:40], labelled.forces[40:]
+    assert np.abs(forces).max() > 0.1  # a displaced cell has real forces
+    np.testing.assert_allclose(forces_rotated, forces @ rotation.T, atol=1e-5)
+    assert labelled.energy[1] == pytest.approx(labelled.energy[0], abs=1e-6)
+    assert labelled.gap[1] == pytest.approx(labelled.gap[0], abs=1e-6)
+
+
+def test_chgnet_labels_with_the_tblite_gap():
+    """CHGNet (weights from the installed package) gives E/F/stress; the gap comes from tblite on the same structure.
+    Physics: zero forces on the ideal cubic cell, restoring forces summing to zero on a rattled one, and the
+    stress sign of ASE (a compressed cell pushes outwards: negative diagonal stress)."""
+    pytest.importorskip('chgnet', reason='chgnet (the `universal` extra) is not installed')
+    ideal = ideal_supercell('Br')
+    displaced = ideal.copy()
+    displaced.rattle(0.05, seed=2)
+    compressed = ideal.copy()
+    compressed.set_cell(ideal.cell * 0.95, scale_atoms=True)
+    spec = CalculatorSpec(name='chgnet')
+    assert spec.describe() == {'method': 'CHGNet-0.3.0', 'gap_method': 'GFN1-xTB-noXB'}
+    labelled, records = label_structures(LabelledSet.from_atoms_list([ideal, displaced, compressed]), spec)
+    assert [r['status'] for r in records] == ['ok'] * 3
+    assert np.abs(labelled.forces[:40]).max() < 1e-3
+    assert np.abs(labelled.forces[40:80]).max() > 0.05
+    np.testing.assert_allclose(labelled.forces[40:80].sum(axis=0), 0.0, atol=1e-3)
+    assert np.all(labelled.stress[2, :3] < 0)
+    tblite_only, _ = label_structures(LabelledSet.from_atoms_list([displaced]), CalculatorSpec(properties=['gap']))
+    assert labelled.gap[1] == pytest.approx(tblite_only.gap[0], abs=1e-8)
+
+
 def test_label_structures_matches_direct_tblite():
+    """With the halogen-bond term kept, the labels are tblite's stock GFN1-xTB through its ASE calculator."""
     from tblite.ase import TBLite
 
     structures = LabelledSet.from_atoms_list([rattled(1), rattled(2)])
-    labelled, records = label_structures(structures, CalculatorSpec())
+    spec = CalculatorSpec(halogen_bond=True)
+    assert spec.describe()['method'] == 'GFN1-xTB'
+    labelled, records = label_structures(structures, spec)
     assert [r['status'] for r in records] == ['ok', 'ok']
     reference = rattled(2)
     reference.calc = TBLite(method='GFN1-xTB', verbosity=0, electronic_temperature=300.0)
@@ -79,7 +152,7 @@ def test_label_calcjob_localhost(script_code):
     dataset = results['labels']
     assert dataset.n_structures == 3
     assert dataset.base.attributes.get('failed') == []
-    assert dataset.base.attributes.get('method') == 'GFN1-xTB'
+    assert dataset.base.attributes.get('method') == 'GFN1-xTB-noXB'
     labelled = dataset.get_labelled_set()
     assert set(labelled.structure_uuid) == {s.uuid for s in node.inputs.structures.values()}
     assert np.all(labelled.temperature == 300.0) and list(labelled.origin) == ['phonon'] * 3

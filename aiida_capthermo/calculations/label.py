@@ -44,8 +44,10 @@ class LabelCalcJob(CapthermoCalcJob):
                              help='The structures to label, keyed by a label that is kept in the output records.')
         spec.input('calculator', valid_type=orm.Dict, default=lambda: orm.Dict({'name': 'tblite', 'method': 'GFN1-xTB'}),
                    validator=validate_calculator,
-                   help='Calculator spec: name (tblite|emt), method (GFN1-xTB|GFN2-xTB|IPEA1-xTB), accuracy, '
-                        'electronic_temperature (K), max_iterations, mixer_damping, properties.')
+                   help='Calculator spec: name (tblite|chgnet|emt), method (GFN1-xTB|GFN2-xTB|IPEA1-xTB), '
+                        'halogen_bond (default false: GFN1/IPEA1 without the halogen-bond term, `GFN1-xTB-noXB`), '
+                        'chgnet_model, accuracy, electronic_temperature (K), max_iterations, mixer_damping, '
+                        'properties (energy, forces, stress, gap).')
         spec.inputs['metadata']['options']['parser_name'].default = 'capthermo.label'
         spec.output('labels', valid_type=DatasetData,
                     help='DatasetData of the structures that were labelled (energies eV, forces eV/Å, stress eV/Å^3, '

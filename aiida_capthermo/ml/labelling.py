@@ -1,13 +1,18 @@
-"""Label structures with an ASE calculator on the compute side: energy, forces, stress and a Γ-point band gap.
+"""Label structures on the compute side: energy, forces, stress and a Γ-point band gap.
 
-This is the ``local`` labelling engine (DESIGN.md §3): tblite's GFN1-xTB / GFN2-xTB / IPEA1-xTB, or ASE's EMT
-for quick mechanics checks. A structure whose SCF does not converge is recorded as failed with its error and
-does not stop the batch.
+This is the ``local`` labelling engine (DESIGN.md §3). The default is tblite's GFN1-xTB *without* its classical
+halogen-bond correction: that term puts 28-550 eV/Å on the ideal cubic Ag3S(Br,I) cells (where symmetry makes the
+forces zero) and does not touch the electronic structure, so dropping it gives physical forces and the same gap
+(docs/dataset.md has the measurements). GFN2-xTB and IPEA1-xTB are there too; CHGNet (weights shipped in its wheel,
+never downloaded) is the universal-potential option for energies, forces and stresses, with the gap from tblite on
+the same structure when asked for; ASE's EMT is for quick mechanics checks. A structure whose calculation fails is
+recorded as failed with its error and does not stop the batch.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -15,21 +20,47 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aiida_capthermo.core.dataset import LabelledSet
 
-__all__ = ['CalculatorSpec', 'label_structures', 'gap_from_orbitals']
+__all__ = ['CalculatorSpec', 'label_structures', 'gap_from_orbitals', 'tblite_parameters', 'single_point_function']
+
+#: tblite methods whose parameter table carries the classical halogen-bond correction.
+HALOGEN_BOND_METHODS = ('GFN1-xTB', 'IPEA1-xTB')
 
 class CalculatorSpec(BaseModel):
     """Which calculator labels the structures, and how. Unknown keys are rejected."""
 
     model_config = ConfigDict(extra='forbid')
 
-    name: Literal['tblite', 'emt'] = Field('tblite', description='ASE calculator: tblite (xTB) or emt (metals only, no gap).')
-    method: Literal['GFN1-xTB', 'GFN2-xTB', 'IPEA1-xTB'] = Field('GFN1-xTB', description='tblite Hamiltonian.')
+    name: Literal['tblite', 'chgnet', 'emt'] = Field(
+        'tblite', description='tblite (xTB: energy, forces, stress, gap), chgnet (universal potential: energy, forces, '
+                              'stress; the gap from tblite `method`) or emt (metals only, no gap).')
+    method: Literal['GFN1-xTB', 'GFN2-xTB', 'IPEA1-xTB'] = Field(
+        'GFN1-xTB', description='tblite Hamiltonian (with chgnet: the one that gives the gap).')
+    halogen_bond: bool = Field(
+        False, description="Keep GFN1/IPEA1-xTB's classical halogen-bond correction. Off by default: it puts tens to "
+                           'hundreds of eV/Å on the ideal cubic Ag3S(Br,I) cells and leaves the gap unchanged.')
+    chgnet_model: str = Field('0.3.0', description='CHGNet weights shipped in the chgnet package (0.3.0, 0.2.0, r2scan).')
     accuracy: float = Field(1.0, gt=0, description='tblite numerical accuracy (smaller is tighter).')
     electronic_temperature: float = Field(300.0, gt=0, description='Fermi smearing temperature in K.')
     max_iterations: int = Field(250, gt=0, description='Maximum number of SCF iterations.')
     mixer_damping: float = Field(0.4, gt=0, le=1, description='Broyden mixer damping.')
     properties: list[Literal['energy', 'forces', 'stress', 'gap']] = Field(
         default_factory=lambda: ['energy', 'forces', 'stress', 'gap'], description='Labels to compute.')
+
+    @property
+    def tblite_method(self) -> str:
+        """The tblite Hamiltonian's name as recorded in datasets: ``GFN1-xTB-noXB`` without the halogen-bond term."""
+        if self.method in HALOGEN_BOND_METHODS and not self.halogen_bond:
+            return f'{self.method}-noXB'
+        return self.method
+
+    def describe(self) -> dict[str, str | None]:
+        """``method`` (who gave energies/forces/stress, or the gap alone) and ``gap_method`` (who gave the gap)."""
+        gap = 'gap' in self.properties and self.name != 'emt'
+        if self.name == 'tblite':
+            return {'method': self.tblite_method, 'gap_method': self.tblite_method if gap else None}
+        if self.name == 'chgnet':
+            return {'method': f'CHGNet-{self.chgnet_model}', 'gap_method': self.tblite_method if gap else None}
+        return {'method': 'EMT', 'gap_method': None}
 
 
 def gap_from_orbitals(orbital_energies: np.ndarray, occupations: np.ndarray) -> tuple[float, float, float]:
@@ -47,13 +78,30 @@ def gap_from_orbitals(orbital_energies: np.ndarray, occupations: np.ndarray) -> 
     return float(cbm - vbm), float(vbm), float(cbm)
 
 
-def _tblite_single_point(atoms, spec: CalculatorSpec) -> dict:
+def tblite_parameters(method: str, halogen_bond: bool = False) -> str | dict:
+    """The tblite parametrisation: the method's name, or its exported parameter table without the ``halogen`` section.
+
+    Uses tblite's public parameter export (the same table tblite builds the method from), so nothing else changes.
+    """
+    if method not in HALOGEN_BOND_METHODS or halogen_bond:
+        return method
+    from tblite import library
+
+    param, table = library.new_param(), library.new_table()
+    {'GFN1-xTB': library.export_gfn1_param, 'IPEA1-xTB': library.export_ipea1_param}[method](param)
+    library.dump_param(param, table)
+    parameters = library.table_to_dict(table)
+    parameters.pop('halogen')
+    return parameters
+
+
+def _tblite_single_point(atoms, spec: CalculatorSpec, parameters: str | dict) -> dict:
     """One tblite single point through its public ``interface``: energy (eV), forces (eV/Å), stress (eV/Å^3, Voigt,
     ASE sign), and the Γ-point gap, VBM and CBM (eV) from the orbital energies and occupations."""
     from ase.units import Bohr, Hartree, kB
     from tblite.interface import Calculator
 
-    calculator = Calculator(spec.method, atoms.numbers, atoms.positions / Bohr, lattice=np.asarray(atoms.cell) / Bohr,
+    calculator = Calculator(parameters, atoms.numbers, atoms.positions / Bohr, lattice=np.asarray(atoms.cell) / Bohr,
                             periodic=np.asarray(atoms.pbc))
     calculator.set('accuracy', spec.accuracy)
     calculator.set('temperature', spec.electronic_temperature * kB / Hartree)
@@ -67,13 +115,38 @@ def _tblite_single_point(atoms, spec: CalculatorSpec) -> dict:
             'stress': virial.flat[[0, 4, 8, 5, 2, 1]], 'gap': gap, 'vbm': vbm, 'cbm': cbm}
 
 
-def _emt_single_point(atoms, spec: CalculatorSpec) -> dict:
-    """Energy, forces and stress from ASE's EMT (metals only, no band edges)."""
-    from ase.calculators.emt import EMT
+def _ase_single_point(atoms, calculator) -> dict:
+    """Energy (eV), forces (eV/Å) and stress (eV/Å^3, Voigt, ASE sign) from an ASE calculator."""
+    atoms.calc = calculator
+    return {'energy': float(atoms.get_potential_energy()), 'forces': np.array(atoms.get_forces()),
+            'stress': np.array(atoms.get_stress(voigt=True))}
 
-    atoms.calc = EMT()
-    return {'energy': atoms.get_potential_energy(), 'forces': atoms.get_forces(),
-            'stress': atoms.get_stress(voigt=True)}
+
+def single_point_function(spec: CalculatorSpec) -> Callable:
+    """Return ``f(atoms) -> dict`` of labels for ``spec``; models and parameter tables are loaded once, here."""
+    wants_gap = 'gap' in spec.properties
+    parameters = tblite_parameters(spec.method, spec.halogen_bond) if spec.name != 'emt' else None
+    if spec.name == 'tblite':
+        return lambda atoms: _tblite_single_point(atoms, spec, parameters)
+    if spec.name == 'emt':
+        from ase.calculators.emt import EMT
+
+        return lambda atoms: _ase_single_point(atoms, EMT())
+    from chgnet.model import CHGNet
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    # The weights are read from the installed package; CHGNet never downloads these.
+    calculator = CHGNetCalculator(CHGNet.load(model_name=spec.chgnet_model, use_device='cpu', verbose=False),
+                                  use_device='cpu')
+
+    def chgnet_single_point(atoms) -> dict:
+        result = _ase_single_point(atoms, calculator)
+        if wants_gap:
+            edges = _tblite_single_point(atoms, spec, parameters)
+            result.update(gap=edges['gap'], vbm=edges['vbm'], cbm=edges['cbm'])
+        return result
+
+    return chgnet_single_point
 
 
 def label_structures(structures: LabelledSet, spec: CalculatorSpec) -> tuple[LabelledSet, list[dict]]:
@@ -87,7 +160,7 @@ def label_structures(structures: LabelledSet, spec: CalculatorSpec) -> tuple[Lab
     stress = np.full((n, 6), np.nan)
     forces = np.full((int(structures.n_atoms.sum()), 3), np.nan)
     offsets = structures.offsets
-    single_point = _tblite_single_point if spec.name == 'tblite' else _emt_single_point
+    single_point = single_point_function(spec)
     wanted = set(spec.properties) | ({'vbm', 'cbm'} if 'gap' in spec.properties else set())
     records = []
     for index in range(n):
@@ -95,7 +168,7 @@ def label_structures(structures: LabelledSet, spec: CalculatorSpec) -> tuple[Lab
         start = time.perf_counter()
         record = {'index': index, 'status': 'ok', 'error': None}
         try:
-            result = single_point(atoms, spec)
+            result = single_point(atoms)
         except Exception as exception:  # noqa: BLE001 - a failed structure is recorded, the batch goes on
             record.update(status='failed', error=f'{type(exception).__name__}: {exception}')
         else:

@@ -35,10 +35,11 @@ class LabelParser(SummaryParser):
                 return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename='labels.npz')
             labelled = LabelledSet.load(path)
         labelled = labelled.subset(ok)
-        calculator = summary['calculator']
-        method = calculator['method'] if calculator['name'] == 'tblite' else calculator['name'].upper()
+        from aiida_capthermo.ml.labelling import CalculatorSpec  # pydantic only: no tblite/torch import
+
+        calculator = CalculatorSpec.model_validate(summary['calculator'])
         dataset = DatasetData.from_labelled_set(
-            labelled, engine='local', method=method, keys=[keys[i] for i in ok], failed=failed, n_failed=len(failed),
+            labelled, engine='local', **calculator.describe(), calculator=calculator.model_dump(), keys=[keys[i] for i in ok], failed=failed, n_failed=len(failed),
             failed_errors={keys[r['index']]: r['error'] for r in records if r['status'] != 'ok'},
             seconds_per_structure=float(np.mean([r['seconds'] for r in records])))
         self.out('labels', dataset)
