@@ -48,6 +48,7 @@ _ANGSTROM = 1e-10  # m
 
 #: sqrt(eV / (Å² amu)) / (2 pi) in THz: eigenvalue of the mass-weighted dynamical matrix -> frequency.
 EV_PER_A2_AMU_TO_THZ = float(np.sqrt(_EV / (_ANGSTROM**2 * _AMU)) / (2 * np.pi) / 1e12)  # 15.633302...
+IMAGINARY_TREATMENTS = ('skip', 'absolute')  # what the samplers do with imaginary modes
 #: hbar / (amu * 2 pi THz) in Å²: hbar / (m omega) for m = 1 amu, f = 1 THz.
 _HBAR_OVER_AMU_THZ_A2 = _HBAR / (_AMU * 2 * np.pi * 1e12) / _ANGSTROM**2
 #: hbar * 2 pi THz / kB in K.
@@ -82,12 +83,18 @@ class SupercellModes:
         [N] atomic numbers.
     skipped
         Indices of the modes left out of every thermal quantity: the three acoustic translations,
-        modes with ``|f| < frequency_cutoff`` and imaginary modes (``f <= -frequency_cutoff``).
+        modes with ``|f| < frequency_cutoff`` and, with ``imaginary='skip'``, imaginary modes
+        (``f <= -frequency_cutoff``).
     n_imaginary
         Number of imaginary modes with ``|f| >= frequency_cutoff`` that are not translations (they
         signal a dynamical instability of the reference structure).
     frequency_cutoff
         THz.
+    imaginary
+        ``'skip'``: imaginary modes carry no displacement; ``'absolute'``: they are sampled as real modes of
+        frequency ``|f|`` (hiPhive's phonon rattle does the same), so the directions along which the
+        reference is unstable, and which a strongly anharmonic crystal explores most at finite T, are in
+        the training set.
     """
 
     frequencies: np.ndarray
@@ -97,6 +104,7 @@ class SupercellModes:
     skipped: np.ndarray
     n_imaginary: int
     frequency_cutoff: float
+    imaginary: str = 'skip'
 
     @property
     def n_atoms(self) -> int:
@@ -118,6 +126,7 @@ class SupercellModes:
         numbers: Sequence[int] | None = None,
         frequency_cutoff: float = 0.1,
         skip_translations: bool = True,
+        imaginary: str = 'skip',
     ) -> SupercellModes:
         """Diagonalise the mass-weighted supercell force constants.
 
@@ -130,13 +139,17 @@ class SupercellModes:
         numbers
             [N] atomic numbers (zeros if not given).
         frequency_cutoff
-            Modes with ``|f|`` below this (THz) are skipped, as are imaginary modes.
+            Modes with ``|f|`` below this (THz) are skipped.
         skip_translations
             Project the three rigid translations out of the dynamical matrix (this imposes the
             acoustic sum rule that finite-difference force constants satisfy only approximately, so
             the remaining modes move no centre of mass) and skip them. Set ``False`` only for a
             system pinned in space (e.g. an Einstein oscillator).
+        imaginary
+            ``'skip'`` or ``'absolute'``: what the samplers do with imaginary modes (see the class).
         """
+        if imaginary not in IMAGINARY_TREATMENTS:
+            raise ValueError(f'imaginary must be one of {IMAGINARY_TREATMENTS}, got {imaginary!r}.')
         fc = np.asarray(force_constants, dtype=float)
         masses = np.asarray(masses, dtype=float).reshape(-1)
         n_atoms = masses.size
@@ -174,29 +187,32 @@ class SupercellModes:
             overlap = np.sum((translations.T @ eigenvectors) ** 2, axis=0)  # [3N]
             translation_modes = np.argsort(-overlap, kind='stable')[:3]
             skip[translation_modes] = True
-        imaginary = frequencies <= -frequency_cutoff
-        imaginary[translation_modes] = False
-        skip |= imaginary
+        is_imaginary = frequencies <= -frequency_cutoff
+        is_imaginary[translation_modes] = False
+        if imaginary == 'skip':
+            skip |= is_imaginary
         return cls(
             frequencies=frequencies,
             eigenvectors=eigenvectors,
             masses=masses,
             numbers=numbers,
             skipped=np.flatnonzero(skip),
-            n_imaginary=int(np.count_nonzero(imaginary)),
+            n_imaginary=int(np.count_nonzero(is_imaginary)),
             frequency_cutoff=frequency_cutoff,
+            imaginary=imaginary,
         )
 
     @classmethod
-    def from_phonopy(cls, phonon: phonopy.Phonopy, frequency_cutoff: float = 0.1) -> SupercellModes:
+    def from_phonopy(cls, phonon: phonopy.Phonopy, frequency_cutoff: float = 0.1,
+                     imaginary: str = 'skip') -> SupercellModes:
         """Modes of ``phonon.supercell`` (same atom order) from phonopy's supercell force constants.
 
         Parameters
         ----------
         phonon
             A ``phonopy.Phonopy`` with force constants set (full or compact).
-        frequency_cutoff
-            THz, see :meth:`from_force_constants`.
+        frequency_cutoff, imaginary
+            See :meth:`from_force_constants`.
         """
         fc = phonon.force_constants
         if fc is None:
@@ -211,6 +227,7 @@ class SupercellModes:
             masses=phonon.supercell.masses,
             numbers=phonon.supercell.numbers,
             frequency_cutoff=frequency_cutoff,
+            imaginary=imaginary,
         )
 
 
@@ -225,7 +242,7 @@ def mode_amplitudes(modes: SupercellModes, temperature: float) -> np.ndarray:
     temperature = _check_temperature(temperature)
     variance = np.zeros(len(modes.frequencies))
     active = modes.active
-    f = modes.frequencies[active]  # THz, all >= cutoff > 0 or > 0
+    f = np.abs(modes.frequencies[active])  # THz, all >= cutoff (imaginary ones at |f| when sampled)
     if temperature > 0:
         coth = 1.0 / np.tanh(_HBAR_THZ_OVER_KB * f / (2.0 * temperature))
     else:

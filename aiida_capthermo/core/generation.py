@@ -43,7 +43,7 @@ class GenerationSpec:
     amplitude: float = 0.1  # Å, for the random scheme
     composition_mode: Literal['grid', 'binomial'] = 'grid'
     x_values: tuple[float, ...] | None = None  # grid of compositions (default: every k/n_sites)
-    grid_offset: int = 0  # start position in the composition grid (batches continue where the last one ended)
+    stratum: int = 0  # index of this batch (temperature) in the stratified (x, T) design of the composition grid
 
     def __post_init__(self) -> None:
         if self.n_structures < 1:
@@ -99,8 +99,8 @@ def generate_structures(spec: GenerationSpec, reference: ase.Atoms, modes_host: 
             raise ValueError(f'phonon modes are for {modes.n_atoms} atoms, the reference supercell has {len(reference)}')
 
     rng = np.random.default_rng(spec.seed)
-    counts = draw_compositions(spec.n_structures + spec.grid_offset, len(sites), spec.composition_mode, rng,
-                               spec.x_values)[spec.grid_offset:]
+    counts = draw_compositions(spec.n_structures, len(sites), spec.composition_mode, rng, spec.x_values,
+                               stratum=spec.stratum)
     fractional = reference.get_scaled_positions(wrap=False)  # [N, 3]
     symbols = np.array(reference.get_chemical_symbols())
     generated = []

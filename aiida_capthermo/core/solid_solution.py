@@ -334,6 +334,7 @@ def draw_compositions(
     mode: str = 'grid',
     rng: np.random.Generator | int | None = None,
     x_values: Sequence[float] | None = None,
+    stratum: int = 0,
 ) -> np.ndarray:
     """Number of guest atoms for each of ``n_structures`` structures.
 
@@ -344,9 +345,12 @@ def draw_compositions(
     n_sites
         Number of sites of the disordered sublattice (8 for the 2x2x2 halide sublattice).
     mode
-        ``'grid'``: cycle evenly through the fixed grid k = 0, 1, ..., n_sites (or through
-        ``round(x * n_sites)`` of the given ``x_values``), so every grid point appears
-        ``n_structures / len(grid)`` times (the first ones once more when it does not divide).
+        ``'grid'``: stratified over the fixed grid k = 0, 1, ..., n_sites (or ``round(x * n_sites)`` of the
+        given ``x_values``): every grid point appears ``n_structures // len(grid)`` times; the remaining
+        ``r = n_structures % len(grid)`` structures take ``r`` points spread evenly over the grid, so the
+        batch spans the whole composition range even when it is smaller than the grid. Which points rotates
+        with ``stratum``: ``len(grid)`` consecutive strata (the temperatures of a dataset) use every grid
+        point exactly equally often.
         ``'binomial'``: for each structure draw x ~ U[0, 1], then k ~ Binomial(n_sites, x). Marginally
         this makes every k in 0..n_sites equally likely (a Beta(1, 1)-binomial) while the sites of a
         structure are filled as in a random alloy of composition x.
@@ -354,6 +358,8 @@ def draw_compositions(
         Generator or seed (used by ``'binomial'`` only).
     x_values
         Grid of compositions in [0, 1] for ``'grid'``; each must be a multiple of ``1 / n_sites``.
+    stratum
+        Index of the batch (e.g. the temperature) in a stratified design over (x, T), ``'grid'`` only.
 
     Returns
     -------
@@ -373,7 +379,13 @@ def draw_compositions(
             grid = np.rint(x * n_sites).astype(np.int64)
             if np.any(np.abs(grid - x * n_sites) > 1e-6):
                 raise ValueError(f'x_values must be multiples of 1/{n_sites}, got {x.tolist()}.')
-        return np.resize(grid, n_structures)
+        size = len(grid)
+        full, rest = divmod(n_structures, size)
+        # The remainder: points (j * size + c) // rest, j < rest, are spread over the whole grid; the phase
+        # c = stratum * rest mod size walks through the residues, so `size` consecutive strata use every grid
+        # point equally often.
+        extra = (np.arange(rest) * size + (int(stratum) * rest) % size) // rest if rest else np.zeros(0, int)
+        return np.concatenate([np.tile(grid, full), grid[extra]]).astype(np.int64)
     if mode == 'binomial':
         if x_values is not None:
             raise ValueError("x_values is only used with mode='grid'.")

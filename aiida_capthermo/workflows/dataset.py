@@ -25,6 +25,7 @@ ForceConstantsData = DataFactory('phonopy.force_constants')
 SCHEMES = ('phonon', 'random')
 DISTRIBUTIONS = ('uniform', 'gaussian')
 COMPOSITION_MODES = ('grid', 'binomial')
+IMAGINARY_TREATMENTS = ('skip', 'absolute')  # == core.displacements.IMAGINARY_TREATMENTS (no phonopy import here)
 
 
 # ---------------------------------------------------------------------------------------------- calcfunctions
@@ -56,7 +57,9 @@ def generate_structures(host_parent: orm.StructureData, settings: orm.Dict, **fo
     """Make ``settings['n_structures']`` disordered, displaced supercells (see ``core.generation``).
 
     ``settings``: host, guest, a_host, a_guest (Å), supercell, n_structures, seed, scheme (phonon|random|equilibrium),
-    distribution, temperature (K), amplitude (Å), composition_mode, frequency_cutoff (THz). ``force_constants``
+    distribution, temperature (K), amplitude (Å), composition_mode, frequency_cutoff (THz), imaginary_modes
+    (skip|absolute), stratum (index of the
+    temperature or amplitude: the compositions are stratified over (x, T), see ``draw_compositions``). ``force_constants``
     may hold ``host`` and/or ``guest`` ForceConstantsData for the phonon scheme. Every output structure records
     x, temperature and origin.
     """
@@ -65,13 +68,14 @@ def generate_structures(host_parent: orm.StructureData, settings: orm.Dict, **fo
 
     s = settings.get_dict()
     reference = _reference_supercell(host_parent, s['supercell'])
-    modes = {key: SupercellModes.from_phonopy(node.get_phonopy_instance(), frequency_cutoff=s['frequency_cutoff'])
+    modes = {key: SupercellModes.from_phonopy(node.get_phonopy_instance(), frequency_cutoff=s['frequency_cutoff'],
+                                              imaginary=s.get('imaginary_modes', 'skip'))
              for key, node in force_constants.items()}
     spec = GenerationSpec(host=s['host'], guest=s['guest'], a_host=s['a_host'], a_guest=s['a_guest'],
                           n_structures=s['n_structures'], seed=s['seed'], scheme=s['scheme'],
                           distribution=s['distribution'], temperature=s.get('temperature', 0.0),
                           amplitude=s.get('amplitude', 0.1), composition_mode=s['composition_mode'],
-                          grid_offset=s.get('grid_offset', 0),
+                          stratum=s.get('stratum', 0),
                           x_values=tuple(s['x_values']) if s.get('x_values') else None)
     outputs = {}
     for index, item in enumerate(generate(spec, reference, modes.get('host'), modes.get('guest'))):
@@ -122,6 +126,8 @@ def validate_inputs(inputs, _) -> str | None:
         return f'scheme must be one of {SCHEMES}, got {scheme!r}'
     if inputs['distribution'].value not in DISTRIBUTIONS:
         return f'distribution must be one of {DISTRIBUTIONS}'
+    if inputs['imaginary_modes'].value not in IMAGINARY_TREATMENTS:
+        return f'imaginary_modes must be one of {IMAGINARY_TREATMENTS}, got {inputs["imaginary_modes"].value!r}'
     if inputs['composition_mode'].value not in COMPOSITION_MODES:
         return f'composition_mode must be one of {COMPOSITION_MODES}'
     temperatures = inputs['temperatures'].get_list()
@@ -207,7 +213,11 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         spec.input('phonon_displacement', valid_type=orm.Float, default=lambda: orm.Float(0.01),
                    help='Finite displacement (Å) for the parent force constants.')
         spec.input('frequency_cutoff', valid_type=orm.Float, default=lambda: orm.Float(0.1),
-                   help='Modes with |frequency| below this (THz) or imaginary are skipped by the sampler.')
+                   help='Modes with |frequency| below this (THz) are skipped by the sampler (see imaginary_modes).')
+        spec.input('imaginary_modes', valid_type=orm.Str, default=lambda: orm.Str('absolute'),
+                   help="Imaginary parent modes (the cubic phase is unstable at 0 K): 'absolute' samples them as real "
+                        "modes of frequency |f| so that the soft directions MD explores are in the training set; "
+                        "'skip' leaves them out (eq. 1 over the stable modes only). Counted and reported either way.")
         spec.input('batch_size', valid_type=orm.Int, default=lambda: orm.Int(20),
                    help='Structures per labelling job.')
         spec.input('max_concurrent', valid_type=orm.Int, default=lambda: orm.Int(4),
@@ -287,7 +297,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
             'host': p['host'], 'guest': p['guest'], 'a_host': self.ctx.lattice['host'],
             'a_guest': self.ctx.lattice['guest'], 'supercell': self.inputs.supercell.get_list(),
             'distribution': self.inputs.distribution.value, 'composition_mode': self.inputs.composition_mode.value,
-            'frequency_cutoff': self.inputs.frequency_cutoff.value}
+            'frequency_cutoff': self.inputs.frequency_cutoff.value, 'imaginary_modes': self.inputs.imaginary_modes.value}
         if 'x_values' in self.inputs:
             settings['x_values'] = self.inputs.x_values.get_list()
         settings.update(kwargs)
@@ -307,7 +317,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
             points = [('amplitude', float(a)) for a in self.inputs.random_amplitudes.get_list()]
         for index, (key, value) in enumerate(points):
             settings = self._settings(scheme=self.inputs.scheme.value, n_structures=n_per, seed=seed + index,
-                                      grid_offset=index * n_per, **{key: value})
+                                      stratum=index, **{key: value})
             outputs = generate_structures(host, settings, **fc)
             structures['low'].extend(outputs[k] for k in sorted(outputs))
         if self.inputs.n_equilibrium.value > 0:
@@ -323,7 +333,8 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
                 if len(part) == 0:
                     continue
                 settings = self._settings(scheme=self.inputs.scheme.value, n_structures=len(part),
-                                          seed=seed + 20_000 + index, grid_offset=int(part[0]), **{key: value})
+                                          seed=seed + 20_000 + index, stratum=index + len(points),
+                                          **{key: value})
                 outputs = generate_structures(host, settings, **fc)
                 structures['high'].extend(outputs[k] for k in sorted(outputs))
         batch_size = self.inputs.batch_size.value
@@ -399,13 +410,16 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
 
         report = {}
         for role, node in self.ctx.force_constants.items():
-            modes = SupercellModes.from_phonopy(node.get_phonopy_instance(), self.inputs.frequency_cutoff.value)
+            modes = SupercellModes.from_phonopy(node.get_phonopy_instance(), self.inputs.frequency_cutoff.value,
+                                                self.inputs.imaginary_modes.value)
             report[role] = {'n_modes': int(len(modes.frequencies)), 'n_imaginary': int(modes.n_imaginary),
+                            'imaginary_modes': modes.imaginary,
                             'n_skipped': int(len(modes.skipped)), 'min_frequency_thz': float(modes.frequencies.min()),
                             'max_frequency_thz': float(modes.frequencies.max())}
             if modes.n_imaginary:
+                treatment = 'skips them' if modes.imaginary == 'skip' else 'samples them at |f|'
                 self.report(f'{role} parent: {modes.n_imaginary} of {len(modes.frequencies)} supercell modes are '
-                            f'imaginary (softest {modes.frequencies.min():.2f} THz); the sampler skips them')
+                            f'imaginary (softest {modes.frequencies.min():.2f} THz); the sampler {treatment}')
         return report
 
     # ------------------------------------------------------------------ protocol
@@ -424,6 +438,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
                   'structures_per_temperature': orm.Int, 'scheme': orm.Str, 'distribution': orm.Str,
                   'random_amplitudes': orm.List, 'composition_mode': orm.Str, 'n_equilibrium': orm.Int,
                   'high_structures': orm.Int, 'seed': orm.Int, 'phonon_displacement': orm.Float, 'x_values': orm.List,
+                  'imaginary_modes': orm.Str,
                   'frequency_cutoff': orm.Float, 'batch_size': orm.Int, 'max_concurrent': orm.Int}
         unknown = set(inputs) - set(simple) - {'low', 'high', 'phonons'}
         if unknown:

@@ -157,7 +157,7 @@ def test_burnside_on_a_cyclic_group():
 
 def test_draw_compositions():
     grid = draw_compositions(20, 8, mode='grid')
-    assert grid.tolist() == list(range(9)) + list(range(9)) + [0, 1]
+    assert grid.tolist() == list(range(9)) + list(range(9)) + [0, 4]  # the remainder spans the range
     custom = draw_compositions(5, 8, mode='grid', x_values=[0.0, 0.5, 1.0])
     assert custom.tolist() == [0, 4, 8, 0, 4]
     with pytest.raises(ValueError, match='multiples'):
@@ -170,6 +170,23 @@ def test_draw_compositions():
     assert np.all(np.abs(frequencies - 1 / 9) < 5 * np.sqrt((1 / 9) * (8 / 9) / 9000))
     with pytest.raises(ValueError, match='mode'):
         draw_compositions(3, 8, mode='uniform')
+
+
+@pytest.mark.parametrize('n_per', [1, 3, 5, 9, 12, 20])
+def test_grid_compositions_stratified_over_temperature(n_per):
+    """Each temperature's batch spans the composition range; together the temperatures cover every grid point
+    as evenly as the sizes allow (counts per (x, T) cell differ by at most one)."""
+    n_t = 9
+    counts = np.array([np.bincount(draw_compositions(n_per, 8, mode='grid', stratum=t), minlength=9)
+                       for t in range(n_t)])  # [T, x]
+    assert np.all(counts.sum(axis=1) == n_per)
+    assert np.all(counts.max(axis=1) - counts.min(axis=1) <= 1)  # balanced within every temperature
+    drawn = [np.flatnonzero(row) for row in counts]
+    if n_per >= 2:  # every temperature reaches both halves of the composition range
+        assert all(k.min() <= 4 and k.max() >= 4 for k in drawn)
+    if n_per >= 9:
+        assert np.all(counts >= n_per // 9)  # every x at every T
+    assert np.all(counts.sum(axis=0) == n_per)  # nine temperatures use every x equally often
 
 
 def test_random_configuration():
