@@ -39,7 +39,8 @@ def main() -> int:
     codes = {name: code for name, (code, _) in ensure_codes('localhost').items()}
     label_code, gnn_code, mace_code = codes['capthermo-label'], codes['capthermo-gnn'], codes['mace_run_train']
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(label_code, gnn_code, mace_code,
-                                                                protocol=args.protocol)
+                                                                protocol=args.protocol,
+                                                                mlip_code=codes['capthermo-mlip'])
     start = time.monotonic()
     node = submit(builder)
     print(f'Submitted CapthermoStudyWorkChain<{node.pk}> ({args.protocol}); waiting for the daemon...')
@@ -64,6 +65,16 @@ def main() -> int:
         valid = node.outputs.mace.metrics.get_dict().get('valid', {})
         print(f'  mace.model ModelData<{model.pk}> sha256 {model.sha256[:12]}; validation MAE: '
               + ', '.join(f'{key} {value:.4g}' for key, value in valid.items()))
+    if 'training_set' in node.outputs.mace:
+        origins = node.outputs.mace.training_set.base.attributes.get('origins')
+        print(f'  mace.training_set: {node.outputs.mace.training_set.n_structures} structures {origins}')
+    if 'md_check' in node.outputs.mace:
+        check = node.outputs.mace.md_check.get_dict()
+        print(f'  mace.md_check: stable={check["stable"]} ({check["n_stable"]}/{check["n_replicas"]} replicas)')
+        for r in check['replicas']:
+            print(f'    x={r["x"]:.3f} T={r["temperature"]:.0f} K, {r.get("time_ps", 0):.1f} ps: mean T '
+                  f'{r.get("mean_temperature", float("nan")):.0f} K, closest pair {r.get("closest_pair")} '
+                  f'{r.get("min_distance", float("nan")):.2f} Å' + (f', broke: {r["broke"]}' if r.get('broke') else ''))
     print(f'Provenance: verdi node graph generate {node.pk}; share: verdi archive create --all study.aiida')
     return 0
 

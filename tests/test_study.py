@@ -1,4 +1,5 @@
-"""CapthermoStudyWorkChain run for real on localhost: dataset -> MACE from scratch and two-stage GNN."""
+"""CapthermoStudyWorkChain run for real on localhost: dataset -> MACE from scratch (refined with labelled MD frames,
+then checked by MD) and two-stage GNN."""
 
 from __future__ import annotations
 
@@ -27,20 +28,53 @@ def test_study_end_to_end(localhost_session):
         overrides={'dataset': {'scheme': 'random', 'random_amplitudes': [0.05, 0.1], 'structures_per_temperature': 3,
                                'n_equilibrium': 1, 'high_structures': 3},
                    'gnn': {'hyperparameters': {'max_epochs': 5}, 'finetune_hyperparameters': {'max_epochs': 3}},
-                   'mace': {'hyperparameters': {'max_num_epochs': 1}}})
+                   'mace': {'hyperparameters': {'max_num_epochs': 1, 'num_channels': 8, 'max_L': 0},
+                            'refine': {'compositions': [0.5], 'temperatures': [300.0], 'steps': 40,
+                                       'frame_stride': 20, 'max_frame_force': 1000.0},
+                            'md_check': {'compositions': [0.25, 0.75], 'temperatures': [300.0], 'steps': 40}}},
+        mlip_code=code(localhost_session, 'capthermo-mlip', 'capthermo.mlip_md'))
     assert builder.gnn.hyperparameters['max_epochs'] == 5 and builder.gnn.hyperparameters['batch_size'] == 8
     assert builder.dataset.structures_per_temperature.value == 3
     results, node = engine.run_get_node(builder)
     assert node.is_finished_ok, node.exit_message
-    assert results['dataset']['low'].n_structures == 6
+    low = results['dataset']['low']
+    assert low.n_structures == 6
     # The second GNN stage starts from the first: parent link in the graph, hash and weights differ.
     model_low, model = results['gnn']['model_low'], results['gnn']['model']
     high_job = model.creator
     assert high_job.inputs.parent_model.uuid == model_low.uuid
     assert high_job.inputs.datasets.high.uuid == results['dataset']['high'].uuid
     assert model.sha256 != model_low.sha256
-    # The MACE potential was trained on the low set (its extxyz went up with the job).
-    mace_job = results['mace']['model'].creator
-    assert mace_job.inputs.train.uuid == results['dataset']['low'].uuid
-    assert mace_job.caller.process_label == 'FinetuneMaceWorkChain'  # the restart wrapper ran it
+    # The final MACE potential was trained on the low set plus the labelled MD frames of the first potential,
+    # which was trained on the low set alone; every link of that chain is in the graph.
+    final_job = results['mace']['model'].creator
+    assert final_job.caller.process_label == 'FinetuneMaceWorkChain'  # the restart wrapper ran it
+    training_set = results['mace']['training_set']
+    assert final_job.inputs.train.uuid == training_set.uuid
+    assert training_set.n_structures == 6 + 2  # two frames (steps 20 and 40) of the one refinement replica
+    assert training_set.base.attributes.get('origins') == {'md': 2, 'random': 6}
+    assert training_set.base.attributes.get('method') == low.base.attributes.get('method') == 'GFN1-xTB-noXB'
+    merge = training_set.creator
+    assert merge.process_label == 'merge_datasets'
+    sources = {link.link_label: link.node for link in merge.base.links.get_incoming().all()}
+    assert sources['a_train'].uuid == low.uuid
+    frames_labels = sources['b_frames_0000']
+    label_job = frames_labels.creator
+    assert label_job.process_label == 'LabelCalcJob'  # every frame labelled on the first attempt
+    frame_structure = next(iter(label_job.inputs.structures.values()))
+    md_frames = frame_structure.creator.inputs.frames
+    md_job = md_frames.creator
+    assert md_job.process_label == 'MlipMdCalcJob'
+    first_model = md_job.inputs.model
+    assert first_model.uuid != results['mace']['model'].uuid
+    assert first_model.creator.inputs.train.uuid == low.uuid
+    # Labels of the frames are the low engine's: the same method, computed on the frames' own geometry.
+    labelled_frames = frames_labels.get_labelled_set()
+    assert np.all(np.isfinite(labelled_frames.energy)) and np.all(np.isfinite(labelled_frames.forces))
+    # The check ran the final potential at both compositions and reports a verdict per replica.
+    check = results['mace']['md_check'].get_dict()
+    assert check['n_replicas'] == 2 and sorted(r['x'] for r in check['replicas']) == [0.25, 0.75]
+    check_job = results['mace']['md_check'].creator.base.links.get_incoming().all_nodes()[0].creator
+    assert check_job.inputs.model.uuid == results['mace']['model'].uuid
+    assert all(r['steps'] == 40 and r['temperature'] == 300.0 for r in check['replicas'])
     assert np.isfinite(results['mace']['metrics']['valid']['mae_f'])

@@ -48,7 +48,8 @@ class MaceHyperParameters(pydantic.BaseModel):
 
     Defaults follow the paper: loss weights energy 1 / forces 150 / stress 10 (MACE's ``stress`` loss),
     95 % train / 5 % validation split drawn with ``seed`` when no validation set is given.
-    Architecture keys (``num_channels``, ``max_L``, ``num_interactions``, ``correlation``, ``r_max``) are used only
+    Architecture keys (``num_channels``, ``max_L``, ``num_interactions``, ``correlation``, ``r_max``,
+    ``pair_repulsion``) are used only
     when training from scratch: a foundation model fixes its own architecture and cutoff.
     """
 
@@ -89,6 +90,8 @@ class MaceHyperParameters(pydantic.BaseModel):
     num_interactions: int = pydantic.Field(2, ge=1)
     correlation: int = pydantic.Field(3, ge=1)
     r_max: float = pydantic.Field(5.0, gt=0.0, description='Cutoff radius in Å (from the foundation when fine-tuning).')
+    pair_repulsion: bool = pydantic.Field(False, description='Add a ZBL pair repulsion to the learned energy (from '
+                                                             'scratch only): keeps MD from collapsing atoms.')
     # replay fine-tuning: needs MACE's pre-training data on the remote computer
     multiheads_finetuning: bool = pydantic.Field(False, description='Multi-head replay fine-tuning (needs pt_train_file).')
     pt_train_file: str | None = pydantic.Field(None, description='Remote path of the replay (pre-training) data.')
@@ -146,6 +149,8 @@ def build_mace_config(params: MaceHyperParameters, *, foundation: str | None, ha
     else:
         config.update({key: p[key] for key in ('model', 'num_channels', 'max_L', 'num_interactions', 'correlation',
                                                'r_max')})
+        if p['pair_repulsion']:
+            config['pair_repulsion'] = True
     if p['swa']:
         config['swa'] = True
         for key in ('start_swa', 'swa_lr', 'swa_energy_weight', 'swa_forces_weight', 'swa_stress_weight'):

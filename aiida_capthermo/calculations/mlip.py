@@ -9,9 +9,10 @@ from aiida import engine, orm
 from aiida.common import datastructures
 
 from aiida_capthermo.calculations.base import CapthermoCalcJob, pydantic_error
+from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
 
-__all__ = ['MlipScreenCalcJob']
+__all__ = ['MlipScreenCalcJob', 'MlipMdCalcJob']
 
 
 def validate_mace_model(model: ModelData, _) -> str | None:
@@ -93,4 +94,70 @@ class MlipScreenCalcJob(CapthermoCalcJob):
         calcinfo = datastructures.CalcInfo()
         calcinfo.codes_info = [codeinfo]
         calcinfo.retrieve_list = [self.metadata.options.output_filename, self._SUMMARY, self._RELAXED, self._SCREEN]
+        return calcinfo
+
+
+def validate_md_parameters(parameters: orm.Dict, _) -> str | None:
+    """Validate the MD settings against :class:`aiida_capthermo.ml.md.MdConfig`."""
+    from aiida_capthermo.ml.md import MdConfig
+
+    return pydantic_error(MdConfig, parameters.get_dict(), 'parameters')
+
+
+class MlipMdCalcJob(CapthermoCalcJob):
+    """Langevin NVT molecular dynamics with a MACE model node through ``capthermo-mlip md``.
+
+    Every structure runs at every temperature of ``parameters`` (one replica each, seeds recorded). Each replica's
+    verdict (stable: finished, mean temperature within tolerance, no pair closer than ``stable_distance``) and its
+    temperature, energy and shortest-distance series come back; with ``frame_stride`` the frames come back as a
+    DatasetData (unlabelled) to be labelled by an engine. A replica that breaks does not fail the others.
+    """
+
+    _STRUCTURES = 'structures.npz'
+    _CONFIG = 'config.json'
+    _FRAMES = 'frames.npz'
+    _MD = 'md.json'
+
+    @classmethod
+    def define(cls, spec: engine.CalcJobProcessSpec) -> None:
+        super().define(spec)
+        spec.input('metadata.options.parser_name', valid_type=str, default='capthermo.mlip_md')
+        spec.input('model', valid_type=ModelData, validator=validate_mace_model,
+                   help='The MACE potential (ModelData of kind "mace").')
+        spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, validator=validate_structures,
+                             help='Starting structures by key (Å); each runs at every temperature.')
+        spec.input('parameters', valid_type=orm.Dict, required=False, validator=validate_md_parameters,
+                   help='MD settings: temperatures (K), steps, timestep (fs), friction (1/fs), seed, stride, '
+                        'frame_stride, stop_distance and stable_distance (Å), temperature_tolerance (relative), '
+                        'max_frame_force (eV/Å), device, dtype.')
+        spec.output('results', valid_type=orm.Dict,
+                    help='`stable` (every replica stable), `n_stable`, `n_replicas` and per replica: key, x, '
+                         'temperature (K), seed, stable, mean_temperature (K), min_distance (Å), closest_pair, broke.')
+        spec.output('trajectories', valid_type=orm.ArrayData,
+                    help='Per replica i: time_fs_i, temperature_i (K), potential_energy_i (eV), min_distance_i (Å).')
+        spec.output('frames', valid_type=DatasetData, required=False,
+                    help='Frames kept every frame_stride steps (unlabelled; x, temperature, origin "md").')
+        spec.default_output_node = 'results'
+        spec.exit_code(312, 'ERROR_NO_REPLICA_RAN', message='No MD replica could run: {error}')
+
+    def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
+        from aiida_capthermo.data.structures import labelled_set_from_structures
+
+        with folder.open(self._STRUCTURES, 'wb') as handle:
+            buffer = io.BytesIO()
+            labelled_set_from_structures(dict(self.inputs.structures)).save(buffer)
+            handle.write(buffer.getvalue())
+        parameters = self.inputs.parameters.get_dict() if 'parameters' in self.inputs else {}
+        with folder.open(self._CONFIG, 'w') as handle:
+            json.dump(parameters, handle, indent=1)
+        self.inputs.model.export_files(folder.abspath)
+        codeinfo = datastructures.CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = ['md', self.inputs.model.main_file, self._STRUCTURES, '--config', self._CONFIG,
+                                   '--frames', self._FRAMES, '--md', self._MD, '--summary', self._SUMMARY]
+        codeinfo.stdout_name = self.metadata.options.output_filename
+        codeinfo.join_files = True
+        calcinfo = datastructures.CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        calcinfo.retrieve_list = [self.metadata.options.output_filename, self._SUMMARY, self._FRAMES, self._MD]
         return calcinfo

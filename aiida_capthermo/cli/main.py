@@ -42,6 +42,7 @@ CODES = {
     'capthermo-label': 'capthermo.label',
     'capthermo-gnn': 'capthermo.gnn_train',
     'capthermo-mace': 'capthermo.mace_evaluate',
+    'capthermo-mlip': 'capthermo.mlip_md',
     'mace_run_train': 'capthermo.mace_finetune',
 }
 
@@ -98,7 +99,7 @@ def submit_workflow(workflow, protocol, computer, override, dry_run):
 
         builder = CapthermoStudyWorkChain.get_builder_from_protocol(
             label_code, orm.load_code(f'capthermo-gnn@{computer}'), orm.load_code(f'mace_run_train@{computer}'),
-            protocol=protocol, overrides=overrides)
+            protocol=protocol, overrides=overrides, mlip_code=orm.load_code(f'capthermo-mlip@{computer}'))
     if dry_run:
         error = builder._process_class.spec().inputs.validate(builder._inputs(prune=True))
         if error is not None:

@@ -1,7 +1,7 @@
-"""``capthermo-mlip``: relax structures with a MACE potential and (optionally) check their harmonic phonons.
+"""``capthermo-mlip``: relax structures with a MACE potential (optionally with harmonic phonons), or run Langevin MD.
 
-Thin console script run on the compute side: parse arguments, call :func:`run_screen`, which uses
-:mod:`aiida_capthermo.ml.mlip`, and write ``summary.json`` (inputs, units, outputs, timings, ``error`` on failure).
+Thin console script run on the compute side: parse arguments, call :func:`run_screen` (``screen``, which uses
+:mod:`aiida_capthermo.ml.mlip`) or :func:`run_md` (``md``, :mod:`aiida_capthermo.ml.md`), and write ``summary.json`` (inputs, units, outputs, timings, ``error`` on failure).
 Heavy imports happen inside the function so ``--help`` is instant.
 """
 
@@ -13,7 +13,7 @@ import sys
 
 from aiida_capthermo.cli.summary import summary_writer
 
-__all__ = ['main', 'run_screen']
+__all__ = ['main', 'run_screen', 'run_md']
 
 UNITS = {'energy': 'eV', 'energy_per_atom': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3', 'length': 'Å',
          'frequency': 'THz'}
@@ -29,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     screen.add_argument('--relaxed', default='relaxed.npz', help='output LabelledSet of the relaxed structures')
     screen.add_argument('--screen', default='screen.json', help='output JSON: one record per structure')
     screen.add_argument('--summary', default='summary.json', help='where to write the JSON summary')
+    md = sub.add_parser('md', help='Langevin MD of every structure at every temperature: stability and frames')
+    md.add_argument('model', help='MACE .model file')
+    md.add_argument('structures', help='LabelledSet .npz of the starting structures')
+    md.add_argument('--config', default=None, help='JSON settings (see MdConfig); defaults when absent')
+    md.add_argument('--frames', default='frames.npz', help='output LabelledSet of the kept frames (if frame_stride)')
+    md.add_argument('--md', default='md.json', help='output JSON: one record per replica, with its series')
+    md.add_argument('--summary', default='summary.json', help='where to write the JSON summary')
     return parser
 
 
@@ -83,6 +90,64 @@ def run_screen(model: str, structures: str, config: dict, relaxed_path: str, scr
             'settings': settings.model_dump(), 'files': {'relaxed': relaxed_path, 'screen': screen_path}}
 
 
+def run_md(model: str, structures: str, config: dict, frames_path: str, md_path: str) -> dict:
+    """Run one Langevin replica per (structure, temperature) with the MACE ``model``; write records and frames.
+
+    Each record holds the replica's verdict (stable, mean temperature K, closest pair Å, why it broke) and its
+    series (time fs, temperature K, potential energy eV, shortest distance Å). A replica that raises is recorded
+    with its ``error``; the others go on. The run fails only when no replica ran.
+    """
+    import numpy as np
+
+    from aiida_capthermo.core.dataset import LabelledSet
+    from aiida_capthermo.ml.md import MdConfig, langevin_stability
+    from aiida_capthermo.ml.mlip import load_calculator
+
+    settings = MdConfig.model_validate(config)
+    if settings.frame_stride is not None and settings.frame_stride % settings.stride:
+        raise ValueError(f'frame_stride {settings.frame_stride} must be a multiple of stride {settings.stride}')
+    calc = load_calculator(model, settings.device, settings.dtype)
+    inputs = LabelledSet.load(structures)
+    records, frames, frame_x, frame_t = [], [], [], []
+    for index in range(len(inputs)):
+        for temperature in settings.temperatures:
+            replica = len(records)
+            record = {'replica': replica, 'index': index, 'structure_uuid': str(inputs.structure_uuid[index]),
+                      'x': float(inputs.x[index]), 'temperature': float(temperature), 'seed': settings.seed + replica}
+            try:
+                result = langevin_stability(
+                    inputs.atoms(index, with_labels=False), calc, temperature, steps=settings.steps,
+                    timestep=settings.timestep, friction=settings.friction, seed=record['seed'], stride=settings.stride,
+                    min_distance=settings.stop_distance, keep_frames=settings.frame_stride is not None)
+            except Exception as exception:  # noqa: BLE001 -- recorded per replica; the others go on
+                record.update(stable=False, error=f'{type(exception).__name__}: {exception}')
+                records.append(record)
+                continue
+            record.update(result.verdict(settings.temperature_tolerance, settings.stable_distance))
+            record['series'] = {'time_fs': result.time_fs, 'temperature': result.temperature,
+                                'potential_energy': result.potential_energy, 'min_distance': result.min_distance}
+            every = (settings.frame_stride or settings.stride) // settings.stride
+            kept = [frame for frame in result.frames[every - 1::every] if settings.max_frame_force is None
+                    or np.abs(frame.get_forces()).max() <= settings.max_frame_force]
+            record['n_frames'] = len(kept)
+            frames.extend(kept)
+            frame_x.extend([record['x']] * len(kept))
+            frame_t.extend([float(temperature)] * len(kept))
+            records.append(record)
+    if all('error' in record for record in records):
+        raise RuntimeError(f'no replica ran: {[record["error"] for record in records]}')
+    if frames:
+        for frame in frames:
+            frame.calc = None
+        LabelledSet.from_atoms_list(frames, x=np.array(frame_x), temperature=np.array(frame_t),
+                                    origin=np.array(['md'] * len(frames))).save(frames_path)
+    with open(md_path, 'w') as handle:
+        json.dump(records, handle, default=lambda value: value.tolist() if hasattr(value, 'tolist') else str(value))
+    return {'n_replicas': len(records), 'n_stable': sum(bool(r.get('stable')) for r in records),
+            'stable': all(bool(r.get('stable')) for r in records), 'n_frames': len(frames),
+            'settings': settings.model_dump(), 'files': {'frames': frames_path if frames else None, 'md': md_path}}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``capthermo-mlip``; returns 1 (after writing the summary) when the run failed."""
     args = _parser().parse_args(argv)
@@ -95,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                 with open(args.config) as handle:
                     config = json.load(handle)
             summary['config'] = config
-            summary['outputs'] = run_screen(args.model, args.structures, config, args.relaxed, args.screen)
+            if args.command == 'screen':
+                summary['outputs'] = run_screen(args.model, args.structures, config, args.relaxed, args.screen)
+            else:
+                summary['outputs'] = run_md(args.model, args.structures, config, args.frames, args.md)
     except Exception as exception:  # noqa: BLE001 -- already in the summary
         print(f'{type(exception).__name__}: {exception}', file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ from aiida.engine import ExitCode
 
 from aiida_capthermo.parsers.base import SummaryParser
 
-__all__ = ['MlipScreenParser']
+__all__ = ['MlipScreenParser', 'MlipMdParser']
 
 
 class MlipScreenParser(SummaryParser):
@@ -73,3 +73,43 @@ def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+class MlipMdParser(SummaryParser):
+    """Read ``summary.json``, ``md.json`` and (when written) ``frames.npz``: verdicts, series and frames."""
+
+    def parse(self, **kwargs):
+        from aiida_capthermo.calculations.mlip import MlipMdCalcJob as Job
+        from aiida_capthermo.core.dataset import LabelledSet
+        from aiida_capthermo.data.dataset import DatasetData
+
+        summary = self.read_summary()
+        if isinstance(summary, ExitCode):
+            if summary.status == self.exit_codes.ERROR_SCRIPT_FAILED.status and 'no replica ran' in (
+                    summary.message or ''):
+                return self.exit_codes.ERROR_NO_REPLICA_RAN.format(error=summary.message)
+            return summary
+        if Job._MD not in self.retrieved.base.repository.list_object_names():
+            return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=Job._MD)
+        records = json.loads(self.retrieved.base.repository.get_object_content(Job._MD))
+        keys = sorted(self.node.inputs.structures)
+        trajectories = orm.ArrayData()
+        replicas = []
+        for record in records:
+            series = record.pop('series', {})
+            for name, values in series.items():
+                trajectories.set_array(f'{name}_{record["replica"]}', np.asarray(values, dtype=float))
+            record['key'] = keys[record['index']]
+            replicas.append({name: _clean(value) for name, value in record.items()})
+        self.out('trajectories', trajectories)
+        outputs = summary['outputs']
+        self.out('results', orm.Dict({'stable': outputs['stable'], 'n_stable': outputs['n_stable'],
+                                      'n_replicas': outputs['n_replicas'], 'replicas': replicas}))
+        if outputs['files']['frames']:
+            with tempfile.TemporaryDirectory() as tmpdir:
+                path = self.retrieved_path(Job._FRAMES, tmpdir)
+                if path is None:
+                    return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=Job._FRAMES)
+                frames = LabelledSet.load(path)
+            self.out('frames', DatasetData.from_labelled_set(frames, origin='md', model_uuid=self.node.inputs.model.uuid))
+        return None

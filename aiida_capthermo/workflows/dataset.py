@@ -18,7 +18,8 @@ from aiida_capthermo.workflows.phonons import ParentPhononsWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin
 from aiida_capthermo.workflows.validation import prototype_error, supercell_error
 
-__all__ = ['PhononInformedDatasetWorkChain', 'build_parent', 'generate_structures', 'assemble_dataset']
+__all__ = ['PhononInformedDatasetWorkChain', 'build_parent', 'generate_structures', 'assemble_dataset',
+           'frames_to_structures', 'merge_datasets']
 
 ForceConstantsData = DataFactory('phonopy.force_constants')
 
@@ -99,7 +100,41 @@ def assemble_dataset(attributes: orm.Dict, **labels) -> DatasetData:
                     | set(extra.pop('failed_in_failed_jobs', [])))
     first = nodes[0].base.attributes
     return DatasetData.from_labelled_set(labelled, engine=first.get('engine'), method=first.get('method'),
+                                         gap_method=first.get('gap_method', None),
+                                         calculator=first.get('calculator', None),
                                          n_failed=len(failed), failed_structures=failed, **extra)
+
+
+@calcfunction
+def frames_to_structures(frames: DatasetData) -> dict:
+    """One StructureData per frame of an (unlabelled) MD frames dataset, with its x, temperature and origin."""
+    labelled = frames.get_labelled_set()
+    outputs = {}
+    for index in range(len(labelled)):
+        structure = orm.StructureData(ase=labelled.atoms(index, with_labels=False))
+        set_structure_metadata(structure, x=float(labelled.x[index]), temperature=float(labelled.temperature[index]),
+                               origin=str(labelled.origin[index]))
+        outputs[f'structure_{index:05d}'] = structure
+    return outputs
+
+
+@calcfunction
+def merge_datasets(attributes: orm.Dict, **datasets) -> DatasetData:
+    """Concatenate labelled datasets (sorted by key) into one; ``attributes`` and the sources' uuids become attributes.
+
+    The first dataset's ``engine``, ``method``, ``gap_method`` and ``fidelity`` are kept: merge only sets labelled
+    the same way.
+    """
+    nodes = [datasets[key] for key in sorted(datasets)]
+    first = nodes[0].base.attributes
+    methods = {node.base.attributes.get('method', None) for node in nodes}
+    if len(methods) > 1:
+        raise ValueError(f'cannot merge datasets labelled by different methods: {sorted(map(str, methods))}')
+    labelled = LabelledSet.concatenate([node.get_labelled_set() for node in nodes])
+    return DatasetData.from_labelled_set(
+        labelled, engine=first.get('engine', None), method=first.get('method', None),
+        gap_method=first.get('gap_method', None), fidelity=first.get('fidelity', None),
+        sources=[node.uuid for node in nodes], **attributes.get_dict())
 
 
 # ---------------------------------------------------------------------------------------------- validation

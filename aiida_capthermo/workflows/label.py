@@ -27,7 +27,8 @@ def merge_labels(**labels) -> DatasetData:
     still_failed = sorted(set(nodes[-1].base.attributes.get('failed')))
     first = nodes[0].base.attributes
     return DatasetData.from_labelled_set(
-        labelled, engine=first.get('engine'), method=first.get('method'), keys=[merged_keys[i] for i in order],
+        labelled, engine=first.get('engine'), method=first.get('method'), gap_method=first.get('gap_method', None),
+        calculator=first.get('calculator', None), keys=[merged_keys[i] for i in order],
         failed=still_failed, n_failed=len(still_failed),
         failed_errors={k: v for k, v in nodes[-1].base.attributes.get('failed_errors').items() if k in still_failed})
 

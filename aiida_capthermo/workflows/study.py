@@ -5,23 +5,103 @@ foundation model node, a named foundation, or from scratch) and, in parallel, th
 (GnnTrainCalcJob on the low + equilibrium sets, then fine-tuned on the high-fidelity gaps from that model).
 MACE runs in FinetuneMaceWorkChain, which restarts from checkpoints after a walltime kill and halves the batch
 size after running out of memory.
+
+A low validation error does not make a potential that MD can run with, so two optional MD stages follow
+(``capthermo-mlip md`` through MlipMdCalcJob):
+
+* ``mace.refine``: rounds of active learning. Langevin MD with the current potential from Vegard cells at the given
+  compositions and temperatures; the frames (each a StructureData made by calcfunction) are labelled by the
+  dataset's low engine and added to the training set; the potential is trained again on the merged set.
+* ``mace.md_check``: Langevin MD of mixed cells with the final potential; the verdict (stable, mean temperature,
+  closest pair) is the ``mace.md_check`` output.
+
 The screening and thermal-gap stages join here as they are built.
 """
 
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, if_
+from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from aiida.plugins import CalculationFactory
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from aiida_capthermo.calculations.base import pydantic_error
+from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
-from aiida_capthermo.workflows.dataset import PhononInformedDatasetWorkChain
+from aiida_capthermo.workflows.dataset import (
+    PhononInformedDatasetWorkChain,
+    build_parent,
+    frames_to_structures,
+    generate_structures,
+    merge_datasets,
+)
+from aiida_capthermo.workflows.engines import label_batch_inputs
 from aiida_capthermo.workflows.mace import FinetuneMaceWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin
 
 __all__ = ['CapthermoStudyWorkChain']
 
 GnnTrainCalcJob = CalculationFactory('capthermo.gnn_train')
+MlipMdCalcJob = CalculationFactory('capthermo.mlip_md')
+
+
+class MdStageSettings(BaseModel):
+    """Settings of an MD stage of the study (``mace.refine`` or ``mace.md_check``); unknown keys are rejected.
+
+    ``compositions`` are the x of the starting Vegard cells (multiples of 1/n_sites), one MD job each, run at every
+    temperature; the other keys go to ``capthermo-mlip md`` (see ``MdConfig``).
+    """
+
+    model_config = ConfigDict(extra='forbid')
+
+    rounds: int = Field(1, ge=1, description='Refinement rounds (refine only).')
+    compositions: list[float] = Field(default_factory=lambda: [0.5], min_length=1)
+    temperatures: list[float] = Field(default_factory=lambda: [600.0], min_length=1)
+    steps: int = Field(5000, ge=1)
+    timestep: float = Field(1.0, gt=0)
+    friction: float = Field(0.01, gt=0)
+    seed: int = 0
+    stride: int = Field(10, ge=1)
+    frame_stride: int | None = Field(None, ge=1)
+    stop_distance: float = Field(1.0, gt=0)
+    stable_distance: float = Field(1.8, gt=0)
+    temperature_tolerance: float = Field(0.2, gt=0)
+    max_frame_force: float | None = Field(None, gt=0)
+    device: str = 'auto'
+    dtype: str = 'float64'
+
+    def md_parameters(self, seed_offset: int = 0) -> dict:
+        """The ``MdConfig`` of one MD job (the seed shifted so that every job draws its own noise)."""
+        return {**self.model_dump(exclude={'rounds', 'compositions'}), 'seed': self.seed + seed_offset}
+
+
+def validate_md_stage(value: orm.Dict, _) -> str | None:
+    error = pydantic_error(MdStageSettings, value.get_dict(), 'MD stage settings')
+    if error:
+        return error
+    from aiida_capthermo.ml.md import MdConfig
+
+    try:
+        MdConfig.model_validate(MdStageSettings.model_validate(value.get_dict()).md_parameters())
+    except ValidationError as exception:
+        return f'MD stage settings: {exception}'
+    return None
+
+
+@calcfunction
+def collect_md_results(**results) -> orm.Dict:
+    """Join the ``results`` of several MD jobs: ``stable`` only when every replica is."""
+    replicas = [{**replica, 'job': key} for key in sorted(results) for replica in results[key]['replicas']]
+    return orm.Dict({'stable': all(bool(r.get('stable')) for r in replicas),
+                     'n_stable': sum(bool(r.get('stable')) for r in replicas), 'n_replicas': len(replicas),
+                     'replicas': replicas})
+
+
+def validate_study(inputs, _) -> str | None:
+    mace = inputs.get('mace', {})
+    if ('refine' in mace or 'md_check' in mace) and not ('mlip_code' in mace and 'code' in mace):
+        return 'mace.refine and mace.md_check need mace.code and mace.mlip_code (a capthermo-mlip code)'
+    return None
 
 
 class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
@@ -49,12 +129,33 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         spec.input('mace.foundation_name', valid_type=orm.Str, required=False,
                    help='Named MACE foundation (e.g. medium-mpa-0) resolved on the computer; none: from scratch.')
         spec.input('mace.options', valid_type=orm.Dict, required=False, help='Scheduler options of the MACE job.')
+        spec.input('mace.mlip_code', valid_type=orm.AbstractCode, required=False,
+                   help='A capthermo-mlip code: runs the MD of mace.refine and mace.md_check.')
+        spec.input('mace.refine', valid_type=orm.Dict, required=False, validator=validate_md_stage,
+                   help='Active learning: rounds, compositions (x), temperatures (K), steps, frame_stride, '
+                        'max_frame_force (eV/Å) ... (MdConfig keys). Frames of MD with the potential are labelled '
+                        'by the low engine and the potential is trained again on the merged set.')
+        spec.input('mace.md_check', valid_type=orm.Dict, required=False, validator=validate_md_stage,
+                   help='MD stability check of the final potential: compositions, temperatures (K), steps, '
+                        'stable_distance (Å), temperature_tolerance ... (MdConfig keys).')
+        spec.input('mace.md_options', valid_type=orm.Dict, required=False,
+                   help='Scheduler options of the MD jobs (default: those of the MACE job).')
+        spec.inputs.validator = validate_study
         spec.outline(
             cls.run_dataset,
             cls.inspect_dataset,
             cls.run_models,
             cls.inspect_models,
             if_(cls.should_finetune_gnn)(cls.run_gnn_high, cls.inspect_gnn_high),
+            while_(cls.should_refine)(
+                cls.run_refine_md,
+                cls.inspect_refine_md,
+                cls.run_refine_labels,
+                cls.inspect_refine_labels,
+                cls.run_mace_refined,
+                cls.inspect_mace_refined,
+            ),
+            if_(cls.should_check_md)(cls.run_md_check, cls.inspect_md_check),
             cls.results,
         )
         spec.expose_outputs(PhononInformedDatasetWorkChain, namespace='dataset')
@@ -65,9 +166,16 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         spec.output('gnn.metrics', valid_type=orm.Dict, required=False, help='Metrics of the second stage.')
         spec.output('mace.model', valid_type=ModelData, required=False, help='The fine-tuned MACE potential.')
         spec.output('mace.metrics', valid_type=orm.Dict, required=False, help='MACE errors on train/validation.')
+        spec.output('mace.training_set', valid_type=DatasetData, required=False,
+                    help='The set the final potential was trained on (low set plus labelled MD frames).')
+        spec.output('mace.md_check', valid_type=orm.Dict, required=False,
+                    help='MD stability of the final potential: stable, n_stable, per replica x, T (K), mean '
+                         'temperature (K), closest pair and distance (Å).')
         spec.exit_code(410, 'ERROR_DATASET_FAILED', message='The dataset stage failed: {message}')
         spec.exit_code(420, 'ERROR_GNN_FAILED', message='GNN training failed: {message}')
         spec.exit_code(430, 'ERROR_MACE_FAILED', message='MACE fine-tuning failed: {message}')
+        spec.exit_code(440, 'ERROR_MD_FAILED', message='An MD job failed: {message}')
+        spec.exit_code(450, 'ERROR_REFINE_LABELS_FAILED', message='No MD frame could be labelled: {message}')
 
     def run_dataset(self):
         inputs = self.exposed_inputs(PhononInformedDatasetWorkChain, 'dataset')
@@ -97,15 +205,19 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             gnn['datasets']['equilibrium'] = outputs.equilibrium
         futures['gnn_low'] = self.submit(GnnTrainCalcJob, **gnn)
         if 'code' in self.inputs.mace:
-            mace = {'code': self.inputs.mace.code, 'train': outputs.low}
-            for key in ('hyperparameters', 'foundation_model', 'foundation_name'):
-                if key in self.inputs.mace:
-                    mace[key] = self.inputs.mace[key]
-            if 'options' in self.inputs.mace:
-                mace['metadata'] = {'options': self.inputs.mace.options.get_dict()}
-            futures['mace'] = self.submit(FinetuneMaceWorkChain, mace=mace, metadata={'call_link_label': 'mace'})
+            futures['mace'] = self._submit_mace(outputs.low, 'mace')
         self.report(f'training {", ".join(futures)}')
         return ToContext(**futures)
+
+    def _submit_mace(self, train: DatasetData, label: str):
+        mace = {'code': self.inputs.mace.code, 'train': train}
+        for key in ('hyperparameters', 'foundation_model', 'foundation_name'):
+            if key in self.inputs.mace:
+                mace[key] = self.inputs.mace[key]
+        if 'options' in self.inputs.mace:
+            mace['metadata'] = {'options': self.inputs.mace.options.get_dict()}
+        self.ctx.mace_train = train
+        return self.submit(FinetuneMaceWorkChain, mace=mace, metadata={'call_link_label': label})
 
     def inspect_models(self):
         node = self.ctx.gnn_low
@@ -114,11 +226,132 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         self.out('gnn.model_low', node.outputs.model)
         self.out('gnn.metrics_low', node.outputs.metrics)
         if 'mace' in self.ctx:
-            mace = self.ctx.mace
-            if not mace.is_finished_ok:
-                return self.exit_codes.ERROR_MACE_FAILED.format(message=f'[{mace.exit_status}] {mace.exit_message}')
-            self.out('mace.model', mace.outputs.model)
-            self.out('mace.metrics', mace.outputs.metrics)
+            return self._take_mace(self.ctx.mace)
+        return None
+
+    def _take_mace(self, mace):
+        if not mace.is_finished_ok:
+            return self.exit_codes.ERROR_MACE_FAILED.format(message=f'[{mace.exit_status}] {mace.exit_message}')
+        self.ctx.mace_model = mace.outputs.model
+        self.ctx.mace_metrics = mace.outputs.metrics
+        valid = mace.outputs.metrics.get_dict().get('valid', {})
+        self.report(f'MACE potential {mace.outputs.model.pk}: validation force MAE {valid.get("mae_f", float("nan")):.4g}')
+        return None
+
+    # ------------------------------------------------------------------ MD stages
+    def _md_settings(self, name: str) -> MdStageSettings:
+        return MdStageSettings.model_validate(self.inputs.mace[name].get_dict())
+
+    def _submit_md(self, settings: MdStageSettings, label: str, seed_offset: int) -> dict:
+        """One MlipMdCalcJob per composition (they run side by side), each at every temperature."""
+        p = self.inputs.dataset.prototype.get_dict()
+        if 'md_parent' not in self.ctx:
+            self.ctx.md_parent = build_parent(self.inputs.dataset.prototype, orm.Str(p['host']))
+        start_settings = {
+            'host': p['host'], 'guest': p['guest'], 'a_host': p['a_host'], 'a_guest': p['a_guest'],
+            'supercell': self.inputs.dataset.supercell.get_list(), 'n_structures': len(settings.compositions),
+            'seed': settings.seed + 40_000 + seed_offset, 'scheme': 'equilibrium', 'distribution': 'uniform',
+            'composition_mode': 'grid', 'frequency_cutoff': 0.1, 'x_values': settings.compositions}
+        starts = generate_structures(self.ctx.md_parent, orm.Dict(start_settings))
+        options = self.inputs.mace.get('md_options', self.inputs.mace.get('options', orm.Dict({}))).get_dict()
+        futures = {}
+        for index, key in enumerate(sorted(starts)):
+            inputs = {'code': self.inputs.mace.mlip_code, 'model': self.ctx.mace_model,
+                      'structures': {'start': starts[key]},
+                      'parameters': orm.Dict(settings.md_parameters(seed_offset + 1000 * index)),
+                      'metadata': {'call_link_label': f'{label}_{index:02d}', 'options': options}}
+            futures[f'{label}_{index:02d}'] = self.submit(MlipMdCalcJob, **inputs)
+        return futures
+
+    def _md_nodes(self, label: str) -> list:
+        return [self.ctx[key] for key in sorted(k for k in self.ctx if isinstance(k, str) and k.startswith(label))]
+
+    def should_refine(self) -> bool:
+        if 'refine' not in self.inputs.mace or 'mace_model' not in self.ctx:
+            return False
+        self.ctx.setdefault('refine_round', 0)
+        return self.ctx.refine_round < self._md_settings('refine').rounds
+
+    def run_refine_md(self):
+        settings = self._md_settings('refine')
+        label = f'refine{self.ctx.refine_round}_md'
+        self.report(f'refinement round {self.ctx.refine_round}: MD with the potential at x {settings.compositions}, '
+                    f'T {settings.temperatures} K')
+        return ToContext(**self._submit_md(settings, label, seed_offset=100 * self.ctx.refine_round))
+
+    def inspect_refine_md(self):
+        self.ctx.refine_frames = []
+        for node in self._md_nodes(f'refine{self.ctx.refine_round}_md'):
+            if not node.is_finished_ok:
+                return self.exit_codes.ERROR_MD_FAILED.format(message=f'{node.pk} [{node.exit_status}] '
+                                                                      f'{node.exit_message}')
+            results = node.outputs.results.get_dict()
+            broken = [r.get('broke') for r in results['replicas'] if r.get('broke')]
+            self.report(f'MD {node.pk}: {results["n_stable"]}/{results["n_replicas"]} replicas stable'
+                        + (f' (broke: {broken})' if broken else ''))
+            if 'frames' in node.outputs:
+                self.ctx.refine_frames.append(node.outputs.frames)
+        if not self.ctx.refine_frames:
+            return self.exit_codes.ERROR_MD_FAILED.format(message='no MD frame to label (set frame_stride)')
+        return None
+
+    def run_refine_labels(self):
+        structures = {}
+        for index, frames in enumerate(self.ctx.refine_frames):
+            for key, node in frames_to_structures(frames).items():
+                structures[f'md{index:02d}_{key}'] = node
+        keys = sorted(structures)
+        # As many jobs as the dataset stage runs at once, each at most its batch size.
+        dataset = self.inputs.dataset
+        batch_size = min(dataset.batch_size.value, -(-len(keys) // dataset.max_concurrent.value))
+        futures = {}
+        for start in range(0, len(keys), batch_size):
+            batch = {key: structures[key] for key in keys[start:start + batch_size]}
+            process, inputs = label_batch_inputs(dict(self.inputs.dataset.low), batch, 'low')
+            label = f'refine{self.ctx.refine_round}_label_{start // batch_size:04d}'
+            inputs['metadata'] = {'call_link_label': label}
+            futures[label] = self.submit(process, **inputs)
+        self.report(f'labelling {len(keys)} MD frames in {len(futures)} jobs')
+        return ToContext(**futures)
+
+    def inspect_refine_labels(self):
+        labelled = [node.outputs.labels for node in self._md_nodes(f'refine{self.ctx.refine_round}_label_')
+                    if node.is_finished_ok]
+        if not labelled:
+            return self.exit_codes.ERROR_REFINE_LABELS_FAILED.format(message='every labelling job failed')
+        sources = {'a_train': self.ctx.mace_train}
+        sources.update({f'b_frames_{index:04d}': node for index, node in enumerate(labelled)})
+        self.ctx.refined_train = merge_datasets(
+            orm.Dict({'subset': 'low+md', 'refine_round': self.ctx.refine_round}), **sources)
+        self.report(f'training set {self.ctx.mace_train.n_structures} -> {self.ctx.refined_train.n_structures} '
+                    'structures')
+        return None
+
+    def run_mace_refined(self):
+        return ToContext(mace_refined=self._submit_mace(self.ctx.refined_train,
+                                                        f'mace_refine{self.ctx.refine_round}'))
+
+    def inspect_mace_refined(self):
+        self.ctx.refine_round += 1
+        return self._take_mace(self.ctx.mace_refined)
+
+    def should_check_md(self) -> bool:
+        return 'md_check' in self.inputs.mace and 'mace_model' in self.ctx
+
+    def run_md_check(self):
+        return ToContext(**self._submit_md(self._md_settings('md_check'), 'md_check', seed_offset=10_000))
+
+    def inspect_md_check(self):
+        nodes = self._md_nodes('md_check')
+        for node in nodes:
+            if not node.is_finished_ok:
+                return self.exit_codes.ERROR_MD_FAILED.format(message=f'{node.pk} [{node.exit_status}] '
+                                                                      f'{node.exit_message}')
+        self.ctx.md_check = collect_md_results(**{f'job_{i:02d}': n.outputs.results for i, n in enumerate(nodes)})
+        for r in self.ctx.md_check['replicas']:
+            self.report(f'MD check x={r["x"]:.3f} T={r["temperature"]:.0f} K: stable={r.get("stable")}, mean T '
+                        f'{r.get("mean_temperature", float("nan")):.0f} K, closest {r.get("closest_pair")} '
+                        f'{r.get("min_distance", float("nan")):.2f} Å')
         return None
 
     def should_finetune_gnn(self):
@@ -140,15 +373,23 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         return None
 
     def results(self):
+        if 'mace_model' in self.ctx:
+            self.out('mace.model', self.ctx.mace_model)
+            self.out('mace.metrics', self.ctx.mace_metrics)
+            self.out('mace.training_set', self.ctx.mace_train)
+        if 'md_check' in self.ctx:
+            self.out('mace.md_check', self.ctx.md_check)
         self.report('study finished')
 
     @classmethod
     def get_builder_from_protocol(cls, label_code: orm.AbstractCode, gnn_code: orm.AbstractCode,
                                   mace_code: orm.AbstractCode | None = None, protocol: str | None = None,
-                                  overrides: dict | None = None, options: dict | None = None):
+                                  overrides: dict | None = None, options: dict | None = None,
+                                  mlip_code: orm.AbstractCode | None = None):
         """Builder for the whole study: the dataset protocol of the same name plus the GNN/MACE settings.
 
-        ``overrides`` may hold ``dataset`` (overrides of the dataset protocol), ``gnn`` and ``mace``.
+        ``overrides`` may hold ``dataset`` (overrides of the dataset protocol), ``gnn`` and ``mace``. The MD stages
+        of the protocol (``mace.refine``, ``mace.md_check``) are set when ``mlip_code`` (capthermo-mlip) is given.
         """
         overrides = dict(overrides or {})
         inputs = cls.get_protocol_inputs(protocol, {k: v for k, v in overrides.items() if k != 'dataset'})
@@ -169,6 +410,14 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             for key in ('foundation_name',):
                 if key in inputs['mace']:
                     builder.mace[key] = orm.Str(inputs['mace'][key])
+            unknown = set(inputs['mace']) - {'hyperparameters', 'foundation_name', 'refine', 'md_check'}
+            if unknown:
+                raise ValueError(f'unknown mace inputs in protocol or overrides: {sorted(unknown)}')
+            if mlip_code is not None:
+                builder.mace.mlip_code = mlip_code
+                for key in ('refine', 'md_check'):
+                    if inputs['mace'].get(key):
+                        builder.mace[key] = orm.Dict(inputs['mace'][key])
         if options:
             builder.gnn.options = orm.Dict(options)
             if mace_code is not None:

@@ -169,7 +169,7 @@ def collect_vasp_labels(attributes: orm.Dict, **nodes: orm.Data) -> DatasetData:
         if 'stress' in labels:
             labelled.stress[row] = labels['stress']
     return DatasetData.from_labelled_set(
-        labelled, engine=meta['engine'], method=meta['method'], fidelity=meta['fidelity'],
+        labelled, engine=meta['engine'], method=meta['method'], gap_method=meta['method'], fidelity=meta['fidelity'],
         energy_type=meta['energy_type'], keys=keys, n_failed=len(meta['failed']), failed=list(meta['failed']),
         failure_reasons=meta['failure_reasons'])
 
