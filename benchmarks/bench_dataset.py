@@ -8,7 +8,7 @@ Times, in one run on the same machine:
 Force constants: a nearest-neighbour spring model of the 40-atom Ag3SI cell (the timing depends on the atom count,
 not on the physics). Writes ``benchmarks/results/bench_dataset.json`` and prints a Markdown table.
 
-    python benchmarks/bench_dataset.py [--n 1000] [--n-label 4] [--method GFN2-xTB]
+    python benchmarks/bench_dataset.py [--n 1000] [--n-label 4] [--method GFN1-xTB]
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--n', type=int, default=1000, help='Structures to generate.')
     parser.add_argument('--n-label', type=int, default=4, help='Structures to label with the local engine.')
-    parser.add_argument('--method', default='GFN2-xTB', help='tblite method for the labelling throughput.')
+    parser.add_argument('--method', default='GFN1-xTB', help='tblite method for the labelling throughput '
+                        '(GFN1/IPEA1 without the halogen-bond term, the local engine default).')
     args = parser.parse_args()
 
     from aiida_capthermo.core.displacements import SupercellModes

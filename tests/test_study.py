@@ -49,15 +49,21 @@ def test_study_end_to_end(localhost_session):
     # which was trained on the low set alone; every link of that chain is in the graph.
     final_job = results['mace']['model'].creator
     assert final_job.caller.process_label == 'FinetuneMaceWorkChain'  # the restart wrapper ran it
-    training_set = results['mace']['training_set']
-    assert final_job.inputs.train.uuid == training_set.uuid
-    assert training_set.n_structures == 6 + 2  # two frames (steps 20 and 40) of the one refinement replica
-    assert training_set.base.attributes.get('origins') == {'md': 2, 'random': 6}
+    training_set, validation_set = results['mace']['training_set'], results['mace']['validation_set']
+    assert final_job.inputs.train.uuid == training_set.uuid and final_job.inputs.valid.uuid == validation_set.uuid
+    # One of the six low structures is held out (valid_fraction 0.1), the rest plus two frames (steps 20 and 40
+    # of the one refinement replica) train the final potential.
+    assert validation_set.n_structures == 1 and training_set.n_structures == 5 + 2
+    assert training_set.base.attributes.get('origins') == {'md': 2, 'random': 5}
+    assert not set(validation_set.get_labelled_set().structure_uuid) & set(
+        training_set.get_labelled_set().structure_uuid)
     assert training_set.base.attributes.get('method') == low.base.attributes.get('method') == 'GFN1-xTB-noXB'
     merge = training_set.creator
     assert merge.process_label == 'merge_datasets'
     sources = {link.link_label: link.node for link in merge.base.links.get_incoming().all()}
-    assert sources['a_train'].uuid == low.uuid
+    split = sources['a_train'].creator
+    assert split.process_label == 'split_dataset' and split.inputs.dataset.uuid == low.uuid
+    assert validation_set.creator.uuid == split.uuid
     frames_labels = sources['b_frames_0000']
     label_job = frames_labels.creator
     assert label_job.process_label == 'LabelCalcJob'  # every frame labelled on the first attempt
@@ -67,7 +73,8 @@ def test_study_end_to_end(localhost_session):
     assert md_job.process_label == 'MlipMdCalcJob'
     first_model = md_job.inputs.model
     assert first_model.uuid != results['mace']['model'].uuid
-    assert first_model.creator.inputs.train.uuid == low.uuid
+    assert first_model.creator.inputs.train.uuid == sources['a_train'].uuid
+    assert first_model.creator.inputs.valid.uuid == validation_set.uuid
     # Labels of the frames are the low engine's: the same method, computed on the frames' own geometry.
     labelled_frames = frames_labels.get_labelled_set()
     assert np.all(np.isfinite(labelled_frames.energy)) and np.all(np.isfinite(labelled_frames.forces))

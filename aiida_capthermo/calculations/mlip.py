@@ -12,7 +12,7 @@ from aiida_capthermo.calculations.base import CapthermoCalcJob, pydantic_error
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
 
-__all__ = ['MlipScreenCalcJob', 'MlipMdCalcJob']
+__all__ = ['MlipCalcJob', 'MlipScreenCalcJob', 'MlipMdCalcJob']
 
 
 def validate_mace_model(model: ModelData, _) -> str | None:
@@ -38,7 +38,51 @@ def validate_structures(structures, _) -> str | None:
     return None
 
 
-class MlipScreenCalcJob(CapthermoCalcJob):
+class MlipCalcJob(CapthermoCalcJob):
+    """Base of the jobs that run a ``capthermo-mlip`` task with a MACE model node on a set of structures.
+
+    The structures go to the compute side as one LabelledSet (sorted by key), ``parameters`` as a JSON config and the
+    model files into the working directory; a subclass names the task (``_TASK``) and its output files
+    (``_OUTPUTS``: command-line option -> file name, all retrieved).
+    """
+
+    _STRUCTURES = 'structures.npz'
+    _CONFIG = 'config.json'
+    _TASK: str
+    _OUTPUTS: dict[str, str]
+
+    @classmethod
+    def define(cls, spec: engine.CalcJobProcessSpec) -> None:
+        super().define(spec)
+        spec.input('model', valid_type=ModelData, validator=validate_mace_model,
+                   help='The MACE potential (ModelData of kind "mace").')
+
+    def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
+        from aiida_capthermo.data.structures import labelled_set_from_structures
+
+        with folder.open(self._STRUCTURES, 'wb') as handle:
+            buffer = io.BytesIO()
+            labelled_set_from_structures(dict(self.inputs.structures)).save(buffer)
+            handle.write(buffer.getvalue())
+        parameters = self.inputs.parameters.get_dict() if 'parameters' in self.inputs else {}
+        with folder.open(self._CONFIG, 'w') as handle:
+            json.dump(parameters, handle, indent=1)
+        self.inputs.model.export_files(folder.abspath)
+        codeinfo = datastructures.CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = [self._TASK, self.inputs.model.main_file, self._STRUCTURES, '--config', self._CONFIG]
+        for option, filename in self._OUTPUTS.items():
+            codeinfo.cmdline_params += [option, filename]
+        codeinfo.cmdline_params += ['--summary', self._SUMMARY]
+        codeinfo.stdout_name = self.metadata.options.output_filename
+        codeinfo.join_files = True
+        calcinfo = datastructures.CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        calcinfo.retrieve_list = [self.metadata.options.output_filename, self._SUMMARY, *self._OUTPUTS.values()]
+        return calcinfo
+
+
+class MlipScreenCalcJob(MlipCalcJob):
     """Relax every input structure with a MACE potential (BFGS, cell filter) and optionally check its phonons.
 
     The structures go to the compute side as one LabelledSet (sorted by key), the model files are copied into
@@ -46,17 +90,15 @@ class MlipScreenCalcJob(CapthermoCalcJob):
     summary.
     """
 
-    _STRUCTURES = 'structures.npz'
-    _CONFIG = 'config.json'
+    _TASK = 'screen'
     _RELAXED = 'relaxed.npz'
     _SCREEN = 'screen.json'
+    _OUTPUTS = {'--relaxed': _RELAXED, '--screen': _SCREEN}
 
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:
         super().define(spec)
         spec.input('metadata.options.parser_name', valid_type=str, default='capthermo.mlip_screen')
-        spec.input('model', valid_type=ModelData, validator=validate_mace_model,
-                   help='The MACE potential (ModelData of kind "mace").')
         spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, validator=validate_structures,
                              help='The structures to relax, by key (Å).')
         spec.input('parameters', valid_type=orm.Dict, required=False, validator=validate_parameters,
@@ -73,29 +115,6 @@ class MlipScreenCalcJob(CapthermoCalcJob):
         spec.default_output_node = 'results'
         spec.exit_code(311, 'ERROR_NO_STRUCTURE_RELAXED', message='No structure could be relaxed: {error}')
 
-    def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
-        from aiida_capthermo.data.structures import labelled_set_from_structures
-
-        structures = dict(self.inputs.structures)
-        with folder.open(self._STRUCTURES, 'wb') as handle:
-            buffer = io.BytesIO()
-            labelled_set_from_structures(structures).save(buffer)
-            handle.write(buffer.getvalue())
-        parameters = self.inputs.parameters.get_dict() if 'parameters' in self.inputs else {}
-        with folder.open(self._CONFIG, 'w') as handle:
-            json.dump(parameters, handle, indent=1)
-        self.inputs.model.export_files(folder.abspath)
-        codeinfo = datastructures.CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = ['screen', self.inputs.model.main_file, self._STRUCTURES, '--config', self._CONFIG,
-                                   '--relaxed', self._RELAXED, '--screen', self._SCREEN, '--summary', self._SUMMARY]
-        codeinfo.stdout_name = self.metadata.options.output_filename
-        codeinfo.join_files = True
-        calcinfo = datastructures.CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.retrieve_list = [self.metadata.options.output_filename, self._SUMMARY, self._RELAXED, self._SCREEN]
-        return calcinfo
-
 
 def validate_md_parameters(parameters: orm.Dict, _) -> str | None:
     """Validate the MD settings against :class:`aiida_capthermo.ml.md.MdConfig`."""
@@ -104,7 +123,7 @@ def validate_md_parameters(parameters: orm.Dict, _) -> str | None:
     return pydantic_error(MdConfig, parameters.get_dict(), 'parameters')
 
 
-class MlipMdCalcJob(CapthermoCalcJob):
+class MlipMdCalcJob(MlipCalcJob):
     """Langevin NVT molecular dynamics with a MACE model node through ``capthermo-mlip md``.
 
     Every structure runs at every temperature of ``parameters`` (one replica each, seeds recorded). Each replica's
@@ -113,17 +132,15 @@ class MlipMdCalcJob(CapthermoCalcJob):
     DatasetData (unlabelled) to be labelled by an engine. A replica that breaks does not fail the others.
     """
 
-    _STRUCTURES = 'structures.npz'
-    _CONFIG = 'config.json'
+    _TASK = 'md'
     _FRAMES = 'frames.npz'
     _MD = 'md.json'
+    _OUTPUTS = {'--frames': _FRAMES, '--md': _MD}
 
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:
         super().define(spec)
         spec.input('metadata.options.parser_name', valid_type=str, default='capthermo.mlip_md')
-        spec.input('model', valid_type=ModelData, validator=validate_mace_model,
-                   help='The MACE potential (ModelData of kind "mace").')
         spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, validator=validate_structures,
                              help='Starting structures by key (Å); each runs at every temperature.')
         spec.input('parameters', valid_type=orm.Dict, required=False, validator=validate_md_parameters,
@@ -139,25 +156,3 @@ class MlipMdCalcJob(CapthermoCalcJob):
                     help='Frames kept every frame_stride steps (unlabelled; x, temperature, origin "md").')
         spec.default_output_node = 'results'
         spec.exit_code(312, 'ERROR_NO_REPLICA_RAN', message='No MD replica could run: {error}')
-
-    def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
-        from aiida_capthermo.data.structures import labelled_set_from_structures
-
-        with folder.open(self._STRUCTURES, 'wb') as handle:
-            buffer = io.BytesIO()
-            labelled_set_from_structures(dict(self.inputs.structures)).save(buffer)
-            handle.write(buffer.getvalue())
-        parameters = self.inputs.parameters.get_dict() if 'parameters' in self.inputs else {}
-        with folder.open(self._CONFIG, 'w') as handle:
-            json.dump(parameters, handle, indent=1)
-        self.inputs.model.export_files(folder.abspath)
-        codeinfo = datastructures.CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = ['md', self.inputs.model.main_file, self._STRUCTURES, '--config', self._CONFIG,
-                                   '--frames', self._FRAMES, '--md', self._MD, '--summary', self._SUMMARY]
-        codeinfo.stdout_name = self.metadata.options.output_filename
-        codeinfo.join_files = True
-        calcinfo = datastructures.CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.retrieve_list = [self.metadata.options.output_filename, self._SUMMARY, self._FRAMES, self._MD]
-        return calcinfo

@@ -106,6 +106,10 @@ def run_md(model: str, structures: str, config: dict, frames_path: str, md_path:
     settings = MdConfig.model_validate(config)
     if settings.frame_stride is not None and settings.frame_stride % settings.stride:
         raise ValueError(f'frame_stride {settings.frame_stride} must be a multiple of stride {settings.stride}')
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
     calc = load_calculator(model, settings.device, settings.dtype)
     inputs = LabelledSet.load(structures)
     records, frames, frame_x, frame_t = [], [], [], []

@@ -40,6 +40,7 @@ class MdConfig(BaseModel):
                                                                   'are not written (collapsed geometries).')
     device: Literal['auto', 'cpu', 'cuda'] = 'auto'
     dtype: Literal['float64', 'float32'] = 'float64'
+    threads: int | None = Field(None, ge=1, description='CPU threads of the model (torch); default: torch decides.')
 
 
 def min_pair_distance(atoms) -> tuple[float, str]:

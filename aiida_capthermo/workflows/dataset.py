@@ -19,7 +19,7 @@ from aiida_capthermo.workflows.protocols import ProtocolMixin
 from aiida_capthermo.workflows.validation import prototype_error, supercell_error
 
 __all__ = ['PhononInformedDatasetWorkChain', 'build_parent', 'generate_structures', 'assemble_dataset',
-           'frames_to_structures', 'merge_datasets']
+           'frames_to_structures', 'merge_datasets', 'split_dataset']
 
 ForceConstantsData = DataFactory('phonopy.force_constants')
 
@@ -126,15 +126,37 @@ def merge_datasets(attributes: orm.Dict, **datasets) -> DatasetData:
     the same way.
     """
     nodes = [datasets[key] for key in sorted(datasets)]
-    first = nodes[0].base.attributes
     methods = {node.base.attributes.get('method', None) for node in nodes}
     if len(methods) > 1:
         raise ValueError(f'cannot merge datasets labelled by different methods: {sorted(map(str, methods))}')
     labelled = LabelledSet.concatenate([node.get_labelled_set() for node in nodes])
+    return _dataset_like(nodes[0], labelled, sources=[node.uuid for node in nodes], **attributes.get_dict())
+
+
+def _dataset_like(node: DatasetData, labelled: LabelledSet, **attributes) -> DatasetData:
+    """A new dataset labelled like ``node`` (engine, method, gap_method, fidelity kept), with ``attributes``."""
+    source = node.base.attributes
     return DatasetData.from_labelled_set(
-        labelled, engine=first.get('engine', None), method=first.get('method', None),
-        gap_method=first.get('gap_method', None), fidelity=first.get('fidelity', None),
-        sources=[node.uuid for node in nodes], **attributes.get_dict())
+        labelled, engine=source.get('engine', None), method=source.get('method', None),
+        gap_method=source.get('gap_method', None), fidelity=source.get('fidelity', None), **attributes)
+
+
+@calcfunction
+def split_dataset(dataset: DatasetData, settings: orm.Dict) -> dict:
+    """Split a dataset at random into ``train`` and ``valid`` (``settings``: valid_fraction, seed).
+
+    At least one structure goes to each part; the same seed gives the same split.
+    """
+    s = settings.get_dict()
+    labelled = dataset.get_labelled_set()
+    if len(labelled) < 2:
+        raise ValueError(f'cannot split a dataset of {len(labelled)} structure(s) into train and validation')
+    n_valid = min(len(labelled) - 1, max(1, int(round(s['valid_fraction'] * len(labelled)))))
+    order = np.random.default_rng(s['seed']).permutation(len(labelled))
+    parts = {'valid': np.sort(order[:n_valid]), 'train': np.sort(order[n_valid:])}
+    return {name: _dataset_like(dataset, labelled.subset(indices), split=name, source=dataset.uuid,
+                                subset=dataset.base.attributes.get('subset', None))
+            for name, indices in parts.items()}
 
 
 # ---------------------------------------------------------------------------------------------- validation

@@ -34,6 +34,7 @@ from aiida_capthermo.workflows.dataset import (
     frames_to_structures,
     generate_structures,
     merge_datasets,
+    split_dataset,
 )
 from aiida_capthermo.workflows.engines import label_batch_inputs
 from aiida_capthermo.workflows.mace import FinetuneMaceWorkChain
@@ -69,6 +70,7 @@ class MdStageSettings(BaseModel):
     max_frame_force: float | None = Field(None, gt=0)
     device: str = 'auto'
     dtype: str = 'float64'
+    threads: int | None = Field(None, ge=1)
 
     def md_parameters(self, seed_offset: int = 0) -> dict:
         """The ``MdConfig`` of one MD job (the seed shifted so that every job draws its own noise)."""
@@ -167,7 +169,10 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         spec.output('mace.model', valid_type=ModelData, required=False, help='The fine-tuned MACE potential.')
         spec.output('mace.metrics', valid_type=orm.Dict, required=False, help='MACE errors on train/validation.')
         spec.output('mace.training_set', valid_type=DatasetData, required=False,
-                    help='The set the final potential was trained on (low set plus labelled MD frames).')
+                    help='The set the final potential was trained on (low set less the validation set, plus '
+                         'labelled MD frames).')
+        spec.output('mace.validation_set', valid_type=DatasetData, required=False,
+                    help='Held-out low-set structures that validate every MACE round (mace.metrics `valid`).')
         spec.output('mace.md_check', valid_type=orm.Dict, required=False,
                     help='MD stability of the final potential: stable, n_stable, per replica x, T (K), mean '
                          'temperature (K), closest pair and distance (Å).')
@@ -205,12 +210,18 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             gnn['datasets']['equilibrium'] = outputs.equilibrium
         futures['gnn_low'] = self.submit(GnnTrainCalcJob, **gnn)
         if 'code' in self.inputs.mace:
-            futures['mace'] = self._submit_mace(outputs.low, 'mace')
+            # One held-out set of thermal (phonon-informed) structures validates every MACE round: the training
+            # sets of later rounds add MD frames, whose forces would otherwise dominate a random validation split.
+            hyper = self.inputs.mace.get('hyperparameters', orm.Dict({})).get_dict()
+            split = split_dataset(outputs.low, orm.Dict({'valid_fraction': hyper.get('valid_fraction', 0.05),
+                                                         'seed': hyper.get('seed', 123)}))
+            self.ctx.mace_valid = split['valid']
+            futures['mace'] = self._submit_mace(split['train'], 'mace')
         self.report(f'training {", ".join(futures)}')
         return ToContext(**futures)
 
     def _submit_mace(self, train: DatasetData, label: str):
-        mace = {'code': self.inputs.mace.code, 'train': train}
+        mace = {'code': self.inputs.mace.code, 'train': train, 'valid': self.ctx.mace_valid}
         for key in ('hyperparameters', 'foundation_model', 'foundation_name'):
             if key in self.inputs.mace:
                 mace[key] = self.inputs.mace[key]
@@ -319,7 +330,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                     if node.is_finished_ok]
         if not labelled:
             return self.exit_codes.ERROR_REFINE_LABELS_FAILED.format(message='every labelling job failed')
-        sources = {'a_train': self.ctx.mace_train}
+        sources = {'a_train': self.ctx.mace_train}  # the low set's training part (or the last round's set)
         sources.update({f'b_frames_{index:04d}': node for index, node in enumerate(labelled)})
         self.ctx.refined_train = merge_datasets(
             orm.Dict({'subset': 'low+md', 'refine_round': self.ctx.refine_round}), **sources)
@@ -377,6 +388,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             self.out('mace.model', self.ctx.mace_model)
             self.out('mace.metrics', self.ctx.mace_metrics)
             self.out('mace.training_set', self.ctx.mace_train)
+            self.out('mace.validation_set', self.ctx.mace_valid)
         if 'md_check' in self.ctx:
             self.out('mace.md_check', self.ctx.md_check)
         self.report('study finished')
@@ -410,16 +422,21 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             for key in ('foundation_name',):
                 if key in inputs['mace']:
                     builder.mace[key] = orm.Str(inputs['mace'][key])
-            unknown = set(inputs['mace']) - {'hyperparameters', 'foundation_name', 'refine', 'md_check'}
+            unknown = set(inputs['mace']) - {'hyperparameters', 'foundation_name', 'refine', 'md_check', 'options',
+                                             'md_options'}
             if unknown:
                 raise ValueError(f'unknown mace inputs in protocol or overrides: {sorted(unknown)}')
+            mace_options = {**inputs['mace'].get('options', {}), **(options or {})}
+            if mace_options:
+                builder.mace.options = orm.Dict(mace_options)
             if mlip_code is not None:
                 builder.mace.mlip_code = mlip_code
                 for key in ('refine', 'md_check'):
                     if inputs['mace'].get(key):
                         builder.mace[key] = orm.Dict(inputs['mace'][key])
+                md_options = {**inputs['mace'].get('md_options', {}), **(options or {})}
+                if md_options:
+                    builder.mace.md_options = orm.Dict(md_options)
         if options:
             builder.gnn.options = orm.Dict(options)
-            if mace_code is not None:
-                builder.mace.options = orm.Dict(options)
         return builder
