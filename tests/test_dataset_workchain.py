@@ -57,6 +57,15 @@ def test_datasets_counts_and_attributes(demo_run):
         assert report['n_modes'] == 120 and report['imaginary_modes'] == 'absolute'
         assert report['n_imaginary'] > 0 and 3 <= report['n_skipped'] < report['n_imaginary']
         assert report['min_frequency_thz'] < 0 < report['max_frequency_thz']
+    assert high.base.attributes.get('labels') == ['cbm', 'gap', 'vbm']
+    assert high.base.attributes.get('method') == 'IPEA1-xTB-noXB'
+    assert equilibrium.get_labelled_set().origin.tolist() == ['equilibrium']
+    # The high-fidelity structures are distinct from the low ones.
+    assert not set(high.get_labelled_set().structure_uuid) & set(low.get_labelled_set().structure_uuid)
+    # The query a user makes: datasets of the low fidelity with 600 K among their temperatures.
+    query = orm.QueryBuilder().append(DataFactory('capthermo.dataset'), filters={
+        'attributes.fidelity': 'low', 'attributes.subset': 'low', 'id': low.pk})
+    assert query.count() == 1
 
 
 def test_every_composition_at_every_temperature(demo_run):
@@ -67,15 +76,6 @@ def test_every_composition_at_every_temperature(demo_run):
     for x, t in zip(labelled.x.tolist(), labelled.temperature.tolist()):
         counts[(x, t)] += 1
     assert set(counts.values()) == {1}, counts
-    assert high.base.attributes.get('labels') == ['cbm', 'gap', 'vbm']
-    assert high.base.attributes.get('method') == 'IPEA1-xTB'
-    assert equilibrium.get_labelled_set().origin.tolist() == ['equilibrium']
-    # The high-fidelity structures are distinct from the low ones.
-    assert not set(high.get_labelled_set().structure_uuid) & set(low.get_labelled_set().structure_uuid)
-    # The query a user makes: datasets of the low fidelity with 600 K among their temperatures.
-    query = orm.QueryBuilder().append(DataFactory('capthermo.dataset'), filters={
-        'attributes.fidelity': 'low', 'attributes.subset': 'low', 'id': low.pk})
-    assert query.count() == 1
 
 
 def test_structures_provenance_and_reproducibility(demo_run):

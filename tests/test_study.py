@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 from aiida import engine, orm
+from aiida.common.links import LinkType
 
 from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
 
@@ -81,7 +82,9 @@ def test_study_end_to_end(localhost_session):
     # The check ran the final potential at both compositions and reports a verdict per replica.
     check = results['mace']['md_check'].get_dict()
     assert check['n_replicas'] == 2 and sorted(r['x'] for r in check['replicas']) == [0.25, 0.75]
-    check_job = results['mace']['md_check'].creator.base.links.get_incoming().all_nodes()[0].creator
-    assert check_job.inputs.model.uuid == results['mace']['model'].uuid
+    check_results = results['mace']['md_check'].creator.base.links.get_incoming(
+        link_type=LinkType.INPUT_CALC).all_nodes()
+    assert len(check_results) == 2  # one MD job per composition
+    assert all(node.creator.inputs.model.uuid == results['mace']['model'].uuid for node in check_results)
     assert all(r['steps'] == 40 and r['temperature'] == 300.0 for r in check['replicas'])
     assert np.isfinite(results['mace']['metrics']['valid']['mae_f'])
