@@ -88,3 +88,28 @@ def test_study_end_to_end(localhost_session):
     assert all(node.creator.inputs.model.uuid == results['mace']['model'].uuid for node in check_results)
     assert all(r['steps'] == 40 and r['temperature'] == 300.0 for r in check['replicas'])
     assert np.isfinite(results['mace']['metrics']['valid']['mae_f'])
+
+
+def test_study_rejects_bad_md_stages(localhost_session):
+    """MD stages need the capthermo-mlip code and compositions the supercell can hold; caught before submission."""
+    import pytest
+
+    def own_code(name, plugin):  # labels of their own: the end-to-end test stores the study-* codes
+        return orm.InstalledCode(computer=localhost_session, filepath_executable=str(BIN / name),
+                                 label=f'validation-{name}', default_calc_job_plugin=plugin).store()
+
+    codes = [own_code(name, plugin) for name, plugin in (
+        ('capthermo-label', 'capthermo.label'), ('capthermo-gnn', 'capthermo.gnn_train'),
+        ('mace_run_train', 'capthermo.mace_finetune'))]
+    mlip = own_code('capthermo-mlip', 'capthermo.mlip_md')
+    builder = CapthermoStudyWorkChain.get_builder_from_protocol(
+        *codes, protocol='demo', mlip_code=mlip, overrides={'mace': {'md_check': {'compositions': [0.3]}}})
+    with pytest.raises(ValueError, match='multiples of 1/8'):
+        engine.run(builder)
+    with pytest.raises(ValueError, match='stepz'):  # refused as the builder is filled
+        CapthermoStudyWorkChain.get_builder_from_protocol(
+            *codes, protocol='demo', mlip_code=mlip, overrides={'mace': {'refine': {'stepz': 10}}})
+    builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='demo', mlip_code=mlip)
+    del builder.mace['mlip_code']
+    with pytest.raises(ValueError, match='mlip_code'):
+        engine.run(builder)

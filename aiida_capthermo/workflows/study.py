@@ -20,6 +20,7 @@ The screening and thermal-gap stages join here as they are built.
 
 from __future__ import annotations
 
+import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from aiida.plugins import CalculationFactory
@@ -103,6 +104,13 @@ def validate_study(inputs, _) -> str | None:
     mace = inputs.get('mace', {})
     if ('refine' in mace or 'md_check' in mace) and not ('mlip_code' in mace and 'code' in mace):
         return 'mace.refine and mace.md_check need mace.code and mace.mlip_code (a capthermo-mlip code)'
+    supercell = inputs['dataset']['supercell'].get_list() if 'supercell' in inputs.get('dataset', {}) else [2, 2, 2]
+    n_sites = int(np.prod(supercell))  # one site of the disordered sublattice per primitive cell
+    for name in ('refine', 'md_check'):
+        if name in mace:
+            compositions = mace[name].get_dict().get('compositions', [0.5])
+            if any(not 0 <= x <= 1 or abs(x * n_sites - round(x * n_sites)) > 1e-6 for x in compositions):
+                return f'mace.{name}.compositions must be multiples of 1/{n_sites} in [0, 1], got {compositions}'
     return None
 
 
