@@ -74,6 +74,8 @@ def test_collapse_stops_the_run_and_fails_the_verdict():
 def test_md_config_rejects_unknown_keys():
     with pytest.raises(Exception, match='extra'):
         MdConfig.model_validate({'temperatures': [300.0], 'frictoin': 0.1})
+    with pytest.raises(Exception, match='multiple of stride'):  # frames only on recorded steps
+        MdConfig.model_validate({'stride': 10, 'frame_stride': 25})
 
 
 def test_cli_md_runs_replicas_and_writes_frames(mace_model_file, tmp_path, monkeypatch):

@@ -104,8 +104,6 @@ def run_md(model: str, structures: str, config: dict, frames_path: str, md_path:
     from aiida_capthermo.ml.mlip import load_calculator
 
     settings = MdConfig.model_validate(config)
-    if settings.frame_stride is not None and settings.frame_stride % settings.stride:
-        raise ValueError(f'frame_stride {settings.frame_stride} must be a multiple of stride {settings.stride}')
     if settings.threads:
         import torch
 
@@ -122,7 +120,7 @@ def run_md(model: str, structures: str, config: dict, frames_path: str, md_path:
                 result = langevin_stability(
                     inputs.atoms(index, with_labels=False), calc, temperature, steps=settings.steps,
                     timestep=settings.timestep, friction=settings.friction, seed=record['seed'], stride=settings.stride,
-                    min_distance=settings.stop_distance, keep_frames=settings.frame_stride is not None)
+                    min_distance=settings.stop_distance, frame_stride=settings.frame_stride)
             except Exception as exception:  # noqa: BLE001 -- recorded per replica; the others go on
                 record.update(stable=False, error=f'{type(exception).__name__}: {exception}')
                 records.append(record)
@@ -130,8 +128,7 @@ def run_md(model: str, structures: str, config: dict, frames_path: str, md_path:
             record.update(result.verdict(settings.temperature_tolerance, settings.stable_distance))
             record['series'] = {'time_fs': result.time_fs, 'temperature': result.temperature,
                                 'potential_energy': result.potential_energy, 'min_distance': result.min_distance}
-            every = (settings.frame_stride or settings.stride) // settings.stride
-            kept = [frame for frame in result.frames[every - 1::every] if settings.max_frame_force is None
+            kept = [frame for frame in result.frames if settings.max_frame_force is None
                     or np.abs(frame.get_forces()).max() <= settings.max_frame_force]
             record['n_frames'] = len(kept)
             frames.extend(kept)

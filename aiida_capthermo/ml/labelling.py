@@ -131,7 +131,8 @@ def single_point_function(spec: CalculatorSpec) -> Callable:
     if spec.name == 'emt':
         from ase.calculators.emt import EMT
 
-        return lambda atoms: _ase_single_point(atoms, EMT())
+        emt = EMT()
+        return lambda atoms: _ase_single_point(atoms, emt)
     from chgnet.model import CHGNet
     from chgnet.model.dynamics import CHGNetCalculator
 

@@ -12,7 +12,7 @@ import dataclasses
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ['MdConfig', 'MdStability', 'langevin_stability', 'min_pair_distance']
 
@@ -42,6 +42,12 @@ class MdConfig(BaseModel):
     dtype: Literal['float64', 'float32'] = 'float64'
     threads: int | None = Field(None, ge=1, description='CPU threads of the model (torch); default: torch decides.')
 
+    @model_validator(mode='after')
+    def _frames_on_recorded_steps(self) -> 'MdConfig':
+        if self.frame_stride is not None and self.frame_stride % self.stride:
+            raise ValueError(f'frame_stride {self.frame_stride} must be a multiple of stride {self.stride}')
+        return self
+
 
 def min_pair_distance(atoms) -> tuple[float, str]:
     """Shortest distance between two atoms of ``atoms`` (Å, minimum image) and their species (``'Ag-Ag'``)."""
@@ -66,7 +72,7 @@ class MdStability:
     closest_pair: list  # [n_frames] species of the closest pair, e.g. 'Ag-Ag'
     steps_done: int
     broke: str | None  # why the run was stopped early (NaN energy, atoms too close), else None
-    frames: list = dataclasses.field(default_factory=list)  # ase.Atoms every `stride` steps, when asked for
+    frames: list = dataclasses.field(default_factory=list)  # ase.Atoms every `frame_stride` steps, when asked for
 
     def mean_temperature(self, discard_fraction: float = 0.5) -> float:
         """Mean kinetic temperature (K) after discarding the first ``discard_fraction`` of the frames."""
@@ -89,7 +95,7 @@ class MdStability:
 
 def langevin_stability(atoms, calculator, temperature: float, steps: int = 5000, timestep: float = 1.0,
                        friction: float = 0.01, seed: int = 0, stride: int = 10,
-                       min_distance: float = 1.0, keep_frames: bool = False) -> MdStability:
+                       min_distance: float = 1.0, frame_stride: int | None = None) -> MdStability:
     """Run NVT Langevin MD of a copy of ``atoms`` and record temperature, energy and shortest distance.
 
     Parameters
@@ -110,8 +116,9 @@ def langevin_stability(atoms, calculator, temperature: float, steps: int = 5000,
         Record every ``stride`` steps.
     min_distance
         Stop early (``broke``) when two atoms come closer than this (Å); energies that are not finite stop it too.
-    keep_frames
-        Keep a copy of the structure (no calculator) at every recorded step in ``frames``.
+    frame_stride
+        Keep a copy of the structure every ``frame_stride`` steps (a multiple of ``stride``) in ``frames``, with
+        the calculator's energy and forces attached as a single-point calculator; none kept when None.
     """
     from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -138,7 +145,7 @@ def langevin_stability(atoms, calculator, temperature: float, steps: int = 5000,
         energy = float(atoms.get_potential_energy())
         closest, pair = min_pair_distance(atoms)
         pairs.append(pair)
-        if keep_frames:
+        if frame_stride and done % frame_stride == 0:
             frame = atoms.copy()
             frame.set_constraint()
             frame.calc = SinglePointCalculator(frame, energy=energy, forces=atoms.get_forces())

@@ -16,7 +16,7 @@ from aiida_capthermo.data.structures import set_structure_metadata
 from aiida_capthermo.workflows.engines import engine_namespace, label_batch_inputs
 from aiida_capthermo.workflows.phonons import ParentPhononsWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin
-from aiida_capthermo.workflows.validation import prototype_error, supercell_error
+from aiida_capthermo.workflows.validation import compositions_error, prototype_error, supercell_error
 
 __all__ = ['PhononInformedDatasetWorkChain', 'build_parent', 'generate_structures', 'assemble_dataset',
            'frames_to_structures', 'merge_datasets', 'split_dataset']
@@ -98,11 +98,7 @@ def assemble_dataset(attributes: orm.Dict, **labels) -> DatasetData:
     extra = attributes.get_dict()
     failed = sorted({key for node in nodes for key in node.base.attributes.get('failed')}
                     | set(extra.pop('failed_in_failed_jobs', [])))
-    first = nodes[0].base.attributes
-    return DatasetData.from_labelled_set(labelled, engine=first.get('engine'), method=first.get('method'),
-                                         gap_method=first.get('gap_method', None),
-                                         calculator=first.get('calculator', None),
-                                         n_failed=len(failed), failed_structures=failed, **extra)
+    return _dataset_like(nodes[0], labelled, n_failed=len(failed), failed_structures=failed, **extra)
 
 
 @calcfunction
@@ -134,11 +130,11 @@ def merge_datasets(attributes: orm.Dict, **datasets) -> DatasetData:
 
 
 def _dataset_like(node: DatasetData, labelled: LabelledSet, **attributes) -> DatasetData:
-    """A new dataset labelled like ``node`` (engine, method, gap_method, fidelity kept), with ``attributes``."""
+    """A new dataset labelled like ``node`` (engine, method, gap_method, calculator, fidelity kept; ``attributes``
+    add to or override them)."""
     source = node.base.attributes
-    return DatasetData.from_labelled_set(
-        labelled, engine=source.get('engine', None), method=source.get('method', None),
-        gap_method=source.get('gap_method', None), fidelity=source.get('fidelity', None), **attributes)
+    kept = {key: source.get(key, None) for key in ('engine', 'method', 'gap_method', 'calculator', 'fidelity')}
+    return DatasetData.from_labelled_set(labelled, **{**kept, **attributes})
 
 
 @calcfunction
@@ -197,12 +193,11 @@ def validate_inputs(inputs, _) -> str | None:
     if scheme == 'random' and (not amplitudes or any(a <= 0 for a in amplitudes)):
         return f'random_amplitudes must be a non-empty list of positive numbers (Å), got {amplitudes}'
     if 'x_values' in inputs:
-        n_sites = int(np.prod(supercell))  # one halide per primitive cell
-        x_values = inputs['x_values'].get_list()
         if inputs['composition_mode'].value != 'grid':
             return "x_values is used by composition_mode 'grid' only"
-        if not x_values or any(not 0 <= x <= 1 or abs(x * n_sites - round(x * n_sites)) > 1e-6 for x in x_values):
-            return f'x_values must be a non-empty list of multiples of 1/{n_sites} in [0, 1], got {x_values}'
+        error = compositions_error(inputs['x_values'].get_list(), supercell)
+        if error:
+            return f'x_values {error}'
     if inputs['structures_per_temperature'].value < 1:
         return 'structures_per_temperature must be at least 1: a dataset with zero structures is empty'
     for key in ('n_equilibrium', 'high_structures'):

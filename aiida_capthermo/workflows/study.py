@@ -20,15 +20,15 @@ The screening and thermal-gap stages join here as they are built.
 
 from __future__ import annotations
 
-import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from aiida.plugins import CalculationFactory
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from aiida_capthermo.calculations.base import pydantic_error
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.ml.md import MdConfig
 from aiida_capthermo.workflows.dataset import (
     PhononInformedDatasetWorkChain,
     build_parent,
@@ -40,6 +40,7 @@ from aiida_capthermo.workflows.dataset import (
 from aiida_capthermo.workflows.engines import label_batch_inputs
 from aiida_capthermo.workflows.mace import FinetuneMaceWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin
+from aiida_capthermo.workflows.validation import compositions_error
 
 __all__ = ['CapthermoStudyWorkChain']
 
@@ -47,31 +48,17 @@ GnnTrainCalcJob = CalculationFactory('capthermo.gnn_train')
 MlipMdCalcJob = CalculationFactory('capthermo.mlip_md')
 
 
-class MdStageSettings(BaseModel):
-    """Settings of an MD stage of the study (``mace.refine`` or ``mace.md_check``); unknown keys are rejected.
+class MdStageSettings(MdConfig):
+    """Settings of an MD stage of the study (``mace.refine`` or ``mace.md_check``): ``MdConfig`` (what each
+    ``capthermo-mlip md`` job runs) plus where the jobs start and how often the stage repeats.
 
     ``compositions`` are the x of the starting Vegard cells (multiples of 1/n_sites), one MD job each, run at every
-    temperature; the other keys go to ``capthermo-mlip md`` (see ``MdConfig``).
+    temperature. Unknown keys are rejected.
     """
 
-    model_config = ConfigDict(extra='forbid')
-
     rounds: int = Field(1, ge=1, description='Refinement rounds (refine only).')
-    compositions: list[float] = Field(default_factory=lambda: [0.5], min_length=1)
-    temperatures: list[float] = Field(default_factory=lambda: [600.0], min_length=1)
-    steps: int = Field(5000, ge=1)
-    timestep: float = Field(1.0, gt=0)
-    friction: float = Field(0.01, gt=0)
-    seed: int = 0
-    stride: int = Field(10, ge=1)
-    frame_stride: int | None = Field(None, ge=1)
-    stop_distance: float = Field(1.0, gt=0)
-    stable_distance: float = Field(1.8, gt=0)
-    temperature_tolerance: float = Field(0.2, gt=0)
-    max_frame_force: float | None = Field(None, gt=0)
-    device: str = 'auto'
-    dtype: str = 'float64'
-    threads: int | None = Field(None, ge=1)
+    compositions: list[float] = Field(default_factory=lambda: [0.5], min_length=1,
+                                      description='Compositions x of the starting cells, one MD job each.')
 
     def md_parameters(self, seed_offset: int = 0) -> dict:
         """The ``MdConfig`` of one MD job (the seed shifted so that every job draws its own noise)."""
@@ -79,16 +66,7 @@ class MdStageSettings(BaseModel):
 
 
 def validate_md_stage(value: orm.Dict, _) -> str | None:
-    error = pydantic_error(MdStageSettings, value.get_dict(), 'MD stage settings')
-    if error:
-        return error
-    from aiida_capthermo.ml.md import MdConfig
-
-    try:
-        MdConfig.model_validate(MdStageSettings.model_validate(value.get_dict()).md_parameters())
-    except ValidationError as exception:
-        return f'MD stage settings: {exception}'
-    return None
+    return pydantic_error(MdStageSettings, value.get_dict(), 'MD stage settings')
 
 
 @calcfunction
@@ -105,12 +83,11 @@ def validate_study(inputs, _) -> str | None:
     if ('refine' in mace or 'md_check' in mace) and not ('mlip_code' in mace and 'code' in mace):
         return 'mace.refine and mace.md_check need mace.code and mace.mlip_code (a capthermo-mlip code)'
     supercell = inputs['dataset']['supercell'].get_list() if 'supercell' in inputs.get('dataset', {}) else [2, 2, 2]
-    n_sites = int(np.prod(supercell))  # one site of the disordered sublattice per primitive cell
     for name in ('refine', 'md_check'):
         if name in mace:
-            compositions = mace[name].get_dict().get('compositions', [0.5])
-            if any(not 0 <= x <= 1 or abs(x * n_sites - round(x * n_sites)) > 1e-6 for x in compositions):
-                return f'mace.{name}.compositions must be multiples of 1/{n_sites} in [0, 1], got {compositions}'
+            error = compositions_error(mace[name].get_dict().get('compositions', [0.5]), supercell)
+            if error:
+                return f'mace.{name}.compositions: {error}'
     return None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ['PROTOTYPE_KEYS', 'prototype_error', 'supercell_error']
+__all__ = ['PROTOTYPE_KEYS', 'compositions_error', 'prototype_error', 'supercell_error']
 
 #: Keys of the ``prototype`` Dict: species a (face centres), b (body centre), host (x = 0) and guest (x = 1) on the
 #: corner sublattice, and the end members' primitive lattice parameters in Å.
@@ -30,4 +30,15 @@ def supercell_error(supercell: list) -> str | None:
     """Why ``supercell`` is not a diagonal supercell of three positive integers, or None."""
     if len(supercell) != 3 or any(not isinstance(n, int) or n < 1 for n in supercell):
         return f'supercell must be three positive integers, got {supercell}'
+    return None
+
+
+def compositions_error(x_values: list, supercell: list) -> str | None:
+    """Why ``x_values`` are not compositions the supercell can hold (multiples of 1/n_sites in [0, 1]), or None.
+
+    The disordered sublattice has one site per primitive cell, so ``n_sites`` is the product of the diagonal.
+    """
+    n_sites = supercell[0] * supercell[1] * supercell[2]
+    if not x_values or any(not 0 <= x <= 1 or abs(x * n_sites - round(x * n_sites)) > 1e-6 for x in x_values):
+        return f'must be a non-empty list of multiples of 1/{n_sites} in [0, 1], got {x_values}'
     return None
