@@ -12,7 +12,7 @@ from aiida_capthermo.calculations.base import CapthermoCalcJob, pydantic_error
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
 
-__all__ = ['MlipCalcJob', 'MlipScreenCalcJob', 'MlipMdCalcJob']
+__all__ = ['MlipCalcJob', 'MlipScreenCalcJob', 'MlipMdCalcJob', 'MlipThermalCalcJob', 'MlipModesCalcJob']
 
 
 def validate_mace_model(model: ModelData, _) -> str | None:
@@ -156,3 +156,86 @@ class MlipMdCalcJob(MlipCalcJob):
                     help='Frames kept every frame_stride steps (unlabelled; x, temperature, origin "md").')
         spec.default_output_node = 'results'
         spec.exit_code(312, 'ERROR_NO_REPLICA_RAN', message='No MD replica could run: {error}')
+
+
+def validate_thermal_parameters(parameters: orm.Dict, _) -> str | None:
+    """Validate the thermal MD settings against :class:`aiida_capthermo.ml.thermal.ThermalMdConfig`."""
+    from aiida_capthermo.ml.thermal import ThermalMdConfig
+
+    return pydantic_error(ThermalMdConfig, parameters.get_dict(), 'parameters')
+
+
+def validate_modes_parameters(parameters: orm.Dict, _) -> str | None:
+    """Validate the frozen-mode settings against :class:`aiida_capthermo.ml.thermal.ModesConfig`."""
+    from aiida_capthermo.ml.thermal import ModesConfig
+
+    return pydantic_error(ModesConfig, parameters.get_dict(), 'parameters')
+
+
+class MlipThermalCalcJob(MlipCalcJob):
+    """Batched Langevin MD with a MACE model node through ``capthermo-mlip thermal`` (TorchSim).
+
+    Every (structure, temperature, seed) replica runs in one batched simulation, the model loaded once. The frames
+    of the replicas that finished come back as one DatasetData (replica by replica; x, target temperature and the
+    potential energy per frame) for the band-gap model, the series per replica as ArrayData. Replicas that blew up
+    are named in ``results`` and the job exits with 313 after attaching the outputs of the others.
+    """
+
+    _TASK = 'thermal'
+    _FRAMES = 'frames.npz'
+    _SERIES = 'series.npz'
+    _MD = 'md.json'
+    _OUTPUTS = {'--frames': _FRAMES, '--series': _SERIES, '--md': _MD}
+
+    @classmethod
+    def define(cls, spec: engine.CalcJobProcessSpec) -> None:
+        super().define(spec)
+        spec.input('metadata.options.parser_name', valid_type=str, default='capthermo.mlip_thermal')
+        spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, validator=validate_structures,
+                             help='Starting (relaxed) structures by key (Å); each runs at every temperature, '
+                                  '`replicas` times.')
+        spec.input('parameters', valid_type=orm.Dict, required=False, validator=validate_thermal_parameters,
+                   help='ThermalMdConfig: temperatures (K), replicas, steps, timestep (fs), friction (1/fs), '
+                        'ensemble (nvt/npt), pressure (GPa), seed, stride, store_velocities, fix_com, '
+                        'stop_distance (Å), max_temperature_ratio, max_batch, select, device, dtype, threads.')
+        spec.output('results', valid_type=orm.Dict,
+                    help='`replicas` (per replica: replica id, key, x, temperature K, seed, steps, timestep fs, '
+                         'broke, frame_offset, n_frames, mean_temperature K, min_distance Å), `broken`, `n_broken`, '
+                         '`wall_time_s`, `replica_steps_per_s`.')
+        spec.output('series', valid_type=orm.ArrayData,
+                    help='Per replica r: time_fs_r, temperature_r (K), potential_energy_r (eV), min_distance_r (Å), '
+                         'volume_r (Å^3), and velocities_r (Å/fs) when stored.')
+        spec.output('frames', valid_type=DatasetData, required=False,
+                    help='Recorded frames of the replicas that finished (positions Å, cells Å, potential energy '
+                         'eV, x, target temperature K, origin "md").')
+        spec.default_output_node = 'results'
+        spec.exit_code(312, 'ERROR_NO_REPLICA_RAN', message='No MD replica could run: {error}')
+        spec.exit_code(313, 'ERROR_REPLICAS_BROKE',
+                       message='Replicas {broken} blew up ({reasons}); the others finished and are attached.')
+
+
+class MlipModesCalcJob(MlipCalcJob):
+    """Γ phonons of every input cell with a MACE model node, each mode frozen at its thermal amplitude
+    ``sqrt(hbar (1 + 2n) / (2 omega))`` at each temperature with both signs (``capthermo-mlip modes``)."""
+
+    _TASK = 'modes'
+    _DISTORTED = 'distorted.npz'
+    _MODES = 'modes.json'
+    _OUTPUTS = {'--distorted': _DISTORTED, '--modes': _MODES}
+
+    @classmethod
+    def define(cls, spec: engine.CalcJobProcessSpec) -> None:
+        super().define(spec)
+        spec.input('metadata.options.parser_name', valid_type=str, default='capthermo.mlip_modes')
+        spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, validator=validate_structures,
+                             help='Relaxed cells by key (Å); the modes are those of each cell at its Γ point.')
+        spec.input('parameters', valid_type=orm.Dict, required=False, validator=validate_modes_parameters,
+                   help='ModesConfig: temperatures (K), displacement (Å), frequency_cutoff (THz), imaginary '
+                        '(skip/absolute), device, dtype, threads.')
+        spec.output('modes', valid_type=orm.Dict,
+                    help='Per structure (key, x): frequencies (THz), active modes, amplitudes per temperature '
+                         '(amu^1/2 Å), share of each species per mode, n_imaginary.')
+        spec.output('distorted', valid_type=DatasetData,
+                    help='The frozen-mode cells: structure by structure, temperature by temperature, active mode '
+                         'by mode, + then -.')
+        spec.default_output_node = 'modes'

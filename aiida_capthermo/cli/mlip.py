@@ -1,7 +1,10 @@
-"""``capthermo-mlip``: relax structures with a MACE potential (optionally with harmonic phonons), or run Langevin MD.
+"""``capthermo-mlip``: relax structures with a MACE potential (optionally with harmonic phonons), run Langevin MD
+(a stability check, or batched thermal sampling), or freeze Γ phonons at their thermal amplitudes.
 
 Thin console script run on the compute side: parse arguments, call :func:`run_screen` (``screen``, which uses
-:mod:`aiida_capthermo.ml.mlip`) or :func:`run_md` (``md``, :mod:`aiida_capthermo.ml.md`), and write ``summary.json`` (inputs, units, outputs, timings, ``error`` on failure).
+:mod:`aiida_capthermo.ml.mlip`), :func:`run_md` (``md``, ASE, :mod:`aiida_capthermo.ml.md`), :func:`run_thermal`
+(``thermal``, many replicas in one TorchSim simulation, :mod:`aiida_capthermo.ml.thermal`) or :func:`run_modes`
+(``modes``), and write ``summary.json`` (inputs, units, outputs, timings, ``error`` on failure).
 Heavy imports happen inside the function so ``--help`` is instant.
 """
 
@@ -13,10 +16,10 @@ import sys
 
 from aiida_capthermo.cli.summary import summary_writer
 
-__all__ = ['main', 'run_screen', 'run_md']
+__all__ = ['main', 'run_screen', 'run_md', 'run_thermal', 'run_modes']
 
 UNITS = {'energy': 'eV', 'energy_per_atom': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3', 'length': 'Å',
-         'frequency': 'THz'}
+         'frequency': 'THz', 'time': 'fs', 'temperature': 'K', 'velocity': 'Å/fs', 'amplitude': 'amu^1/2 Å'}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +39,24 @@ def _parser() -> argparse.ArgumentParser:
     md.add_argument('--frames', default='frames.npz', help='output LabelledSet of the kept frames (if frame_stride)')
     md.add_argument('--md', default='md.json', help='output JSON: one record per replica, with its series')
     md.add_argument('--summary', default='summary.json', help='where to write the JSON summary')
+    thermal = sub.add_parser('thermal', help='batched Langevin MD: every structure x temperature x seed in one '
+                                             'TorchSim simulation; frames for the band-gap model')
+    thermal.add_argument('model', help='MACE .model file')
+    thermal.add_argument('structures', help='LabelledSet .npz of the starting (relaxed) structures')
+    thermal.add_argument('--config', default=None, help='JSON settings (see ThermalMdConfig); defaults when absent')
+    thermal.add_argument('--frames', default='frames.npz', help='output LabelledSet of the recorded frames of the '
+                                                                'replicas that finished, replica by replica')
+    thermal.add_argument('--series', default='series.npz', help='output arrays per replica (time, T, E, ...)')
+    thermal.add_argument('--md', default='md.json', help='output JSON: one record per replica')
+    thermal.add_argument('--summary', default='summary.json', help='where to write the JSON summary')
+    modes = sub.add_parser('modes', help='Γ phonons of each structure with the MLIP, every mode frozen at its '
+                                         'thermal amplitude with both signs')
+    modes.add_argument('model', help='MACE .model file')
+    modes.add_argument('structures', help='LabelledSet .npz of the (relaxed) structures')
+    modes.add_argument('--config', default=None, help='JSON settings (see ModesConfig); defaults when absent')
+    modes.add_argument('--distorted', default='distorted.npz', help='output LabelledSet of the frozen-mode cells')
+    modes.add_argument('--modes', default='modes.json', help='output JSON: modes per structure')
+    modes.add_argument('--summary', default='summary.json', help='where to write the JSON summary')
     return parser
 
 
@@ -104,10 +125,7 @@ def run_md(model: str, structures: str, config: dict, frames_path: str, md_path:
     from aiida_capthermo.ml.mlip import load_calculator
 
     settings = MdConfig.model_validate(config)
-    if settings.threads:
-        import torch
-
-        torch.set_num_threads(settings.threads)
+    _set_threads(settings.threads)
     calc = load_calculator(model, settings.device, settings.dtype)
     inputs = LabelledSet.load(structures)
     records, frames, frame_x, frame_t = [], [], [], []
@@ -149,6 +167,143 @@ def run_md(model: str, structures: str, config: dict, frames_path: str, md_path:
             'settings': settings.model_dump(), 'files': {'frames': frames_path if frames else None, 'md': md_path}}
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def run_thermal(model: str, structures: str, config: dict, frames_path: str, series_path: str, md_path: str) -> dict:
+    """Run every (structure, temperature, seed) replica with the MACE ``model`` in batched TorchSim simulations.
+
+    Writes the frames of the replicas that finished (replica by replica, in id order) as a LabelledSet (x, target
+    temperature, potential energy per frame), the per-replica series and one record per replica (id, structure,
+    x, temperature, seed, steps, why it broke, its frames' offset and count). Broken replicas keep their series
+    for diagnosis but contribute no frames.
+    """
+    import time
+
+    import numpy as np
+
+    from aiida_capthermo.core.dataset import LabelledSet
+    from aiida_capthermo.ml.mace import resolve_device
+    from aiida_capthermo.ml.thermal import ThermalMdConfig, load_torchsim_model, run_replicas
+
+    settings = ThermalMdConfig.model_validate(config)
+    _set_threads(settings.threads)
+    device = resolve_device(settings.device)
+    potential = load_torchsim_model(model, device, settings.dtype, compute_stress=settings.ensemble == 'npt')
+    inputs = LabelledSet.load(structures)
+    table = settings.replica_table(len(inputs))
+    size = settings.max_batch or len(table)
+    series, start = {}, time.perf_counter()
+    for first in range(0, len(table), size):
+        chunk = table[first:first + size]
+        batch_seed = settings.seed + 7919 * (first // size)
+        trajectories = run_replicas(
+            potential, [inputs.atoms(row['index'], with_labels=False) for row in chunk],
+            [row['temperature'] for row in chunk], [row['seed'] for row in chunk], steps=settings.steps,
+            timestep=settings.timestep, friction=settings.friction, stride=settings.stride,
+            ensemble=settings.ensemble, pressure=settings.pressure, fix_com=settings.fix_com,
+            store_velocities=settings.store_velocities, stop_distance=settings.stop_distance,
+            max_temperature_ratio=settings.max_temperature_ratio, batch_seed=batch_seed)
+        for row, trajectory in zip(chunk, trajectories):
+            row.update(structure_uuid=str(inputs.structure_uuid[row['index']]), x=float(inputs.x[row['index']]),
+                       batch_seed=batch_seed, timestep=settings.timestep, steps=trajectory.steps_done,
+                       broke=trajectory.broke, time_ps=trajectory.steps_done * settings.timestep / 1000.0,
+                       mean_temperature=float(np.mean(trajectory.temperature[len(trajectory.temperature) // 2:])),
+                       min_distance=float(trajectory.min_distance.min()))
+            series[row['replica']] = trajectory
+    wall = time.perf_counter() - start
+    frames, offset = [], 0
+    for row in table:
+        trajectory = series[row['replica']]
+        kept = trajectory.broke is None
+        row.update(frame_offset=offset, n_frames=len(trajectory.time_fs) if kept else 0)
+        offset += row['n_frames']
+        if kept:
+            frames.append((row, trajectory))
+    if frames:
+        n_per_frame = [len(t.positions[0]) for _, t in frames for _ in t.positions]
+        LabelledSet(
+            numbers=np.concatenate([np.tile(inputs.atoms(r['index']).numbers, len(t.positions)) for r, t in frames]),
+            positions=np.concatenate([t.positions.reshape(-1, 3) for _, t in frames]),
+            cells=np.concatenate([t.cells for _, t in frames]), n_atoms=np.array(n_per_frame),
+            energy=np.concatenate([t.potential_energy for _, t in frames]),
+            x=np.concatenate([np.full(len(t.time_fs), r['x']) for r, t in frames]),
+            temperature=np.concatenate([np.full(len(t.time_fs), r['temperature']) for r, t in frames]),
+            origin=np.array(['md'] * len(n_per_frame)),
+        ).save(frames_path)
+    arrays = {}
+    for replica, trajectory in series.items():
+        for name in ('time_fs', 'temperature', 'potential_energy', 'min_distance', 'volume'):
+            arrays[f'{name}_{replica}'] = getattr(trajectory, name)
+        if trajectory.velocities is not None:
+            arrays[f'velocities_{replica}'] = trajectory.velocities
+    np.savez_compressed(series_path, **arrays)
+    with open(md_path, 'w') as handle:
+        json.dump(table, handle, indent=1)
+    replica_steps = sum(row['steps'] for row in table)
+    broken = [row['replica'] for row in table if row['broke']]
+    return {'n_replicas': len(table), 'n_broken': len(broken), 'broken': broken, 'n_frames': offset,
+            'wall_time_s': wall, 'replica_steps_per_s': replica_steps / wall if wall > 0 else None,
+            'settings': settings.model_dump(),
+            'files': {'frames': frames_path if frames else None, 'series': series_path, 'md': md_path}}
+
+
+def run_modes(model: str, structures: str, config: dict, distorted_path: str, modes_path: str) -> dict:
+    """Γ modes of every structure with the MACE ``model`` (phonopy finite displacements of the cell itself), each
+    active mode frozen at its thermal amplitude at every temperature with both signs.
+
+    The distorted cells are written structure by structure, temperature by temperature, mode by mode, ``+`` then
+    ``-``; the records give per structure the frequencies (THz), the active modes, their amplitudes per temperature
+    (amu^1/2 Å) and the share of each species in each mode.
+    """
+    import numpy as np
+
+    from aiida_capthermo.core.dataset import LabelledSet
+    from aiida_capthermo.core.displacements import SupercellModes
+    from aiida_capthermo.core.thermal import frozen_mode_displacements, species_participation
+    from aiida_capthermo.ml.mlip import harmonic_phonons, load_calculator
+    from aiida_capthermo.ml.thermal import ModesConfig
+
+    settings = ModesConfig.model_validate(config)
+    _set_threads(settings.threads)
+    calc = load_calculator(model, settings.device, settings.dtype)
+    inputs = LabelledSet.load(structures)
+    records, distorted, x, temperature = [], [], [], []
+    for index in range(len(inputs)):
+        atoms = inputs.atoms(index, with_labels=False)
+        phonons = harmonic_phonons(atoms, calc, displacement=settings.displacement)
+        modes = SupercellModes.from_force_constants(phonons['force_constants'], atoms.get_masses(), atoms.numbers,
+                                                    frequency_cutoff=settings.frequency_cutoff,
+                                                    imaginary=settings.imaginary)
+        record = {'index': index, 'structure_uuid': str(inputs.structure_uuid[index]), 'x': float(inputs.x[index]),
+                  'frequencies': modes.frequencies.tolist(), 'n_imaginary': modes.n_imaginary,
+                  'participation': {k: v.tolist() for k, v in species_participation(
+                      modes, atoms.get_chemical_symbols()).items()}, 'amplitudes': {}}
+        for value in settings.temperatures:
+            indices, amplitudes, displacements = frozen_mode_displacements(modes, value)
+            record['active'] = indices.tolist()
+            record['amplitudes'][str(float(value))] = amplitudes.tolist()
+            for displacement in displacements:
+                for sign in (1.0, -1.0):
+                    frozen = atoms.copy()
+                    frozen.positions += sign * displacement
+                    distorted.append(frozen)
+                    x.append(record['x'])
+                    temperature.append(float(value))
+        records.append(record)
+    LabelledSet.from_atoms_list(distorted, x=np.array(x), temperature=np.array(temperature),
+                                origin=np.array(['mode'] * len(distorted))).save(distorted_path)
+    with open(modes_path, 'w') as handle:
+        json.dump(records, handle)
+    return {'n_structures': len(inputs), 'n_distorted': len(distorted), 'settings': settings.model_dump(),
+            'n_imaginary': [r['n_imaginary'] for r in records],
+            'files': {'distorted': distorted_path, 'modes': modes_path}}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``capthermo-mlip``; returns 1 (after writing the summary) when the run failed."""
     args = _parser().parse_args(argv)
@@ -163,8 +318,13 @@ def main(argv: list[str] | None = None) -> int:
             summary['config'] = config
             if args.command == 'screen':
                 summary['outputs'] = run_screen(args.model, args.structures, config, args.relaxed, args.screen)
-            else:
+            elif args.command == 'md':
                 summary['outputs'] = run_md(args.model, args.structures, config, args.frames, args.md)
+            elif args.command == 'thermal':
+                summary['outputs'] = run_thermal(args.model, args.structures, config, args.frames, args.series,
+                                                 args.md)
+            else:
+                summary['outputs'] = run_modes(args.model, args.structures, config, args.distorted, args.modes)
     except Exception as exception:  # noqa: BLE001 -- already in the summary
         print(f'{type(exception).__name__}: {exception}', file=sys.stderr)
         return 1

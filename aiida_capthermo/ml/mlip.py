@@ -116,7 +116,8 @@ def harmonic_phonons(atoms, calc, supercell: Sequence[int] = (1, 1, 1), displace
     -------
     dict
         ``gamma_frequencies`` [3N] (THz, sorted), ``mesh_frequencies`` [n_q, 3N] or None, ``n_imaginary`` (Γ plus
-        mesh when given), ``n_imaginary_gamma``, ``min_frequency`` (THz), ``n_displacements``.
+        mesh when given), ``n_imaginary_gamma``, ``min_frequency`` (THz), ``n_displacements``, ``force_constants``
+        [N, N, 3, 3] (eV/Å², of the supercell, symmetrised).
     """
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
@@ -139,7 +140,8 @@ def harmonic_phonons(atoms, calc, supercell: Sequence[int] = (1, 1, 1), displace
     gamma = np.sort(np.asarray(phonon.get_frequencies([0.0, 0.0, 0.0])))
     n_gamma = int(np.sum(gamma < imaginary_threshold))
     result = {'gamma_frequencies': gamma, 'mesh_frequencies': None, 'n_imaginary_gamma': n_gamma,
-              'n_imaginary': n_gamma, 'min_frequency': float(gamma.min()), 'n_displacements': len(forces)}
+              'n_imaginary': n_gamma, 'min_frequency': float(gamma.min()), 'n_displacements': len(forces),
+              'force_constants': np.asarray(phonon.force_constants)}
     if mesh is not None:
         phonon.run_mesh([int(m) for m in mesh], is_gamma_center=True)
         frequencies = np.asarray(phonon.get_mesh_dict()['frequencies'])

@@ -12,7 +12,7 @@ from aiida.engine import ExitCode
 
 from aiida_capthermo.parsers.base import SummaryParser
 
-__all__ = ['MlipScreenParser', 'MlipMdParser']
+__all__ = ['MlipScreenParser', 'MlipMdParser', 'MlipThermalParser', 'MlipModesParser']
 
 
 class MlipScreenParser(SummaryParser):
@@ -112,4 +112,73 @@ class MlipMdParser(SummaryParser):
                     return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=Job._FRAMES)
                 frames = LabelledSet.load(path)
             self.out('frames', DatasetData.from_labelled_set(frames, origin='md', model_uuid=self.node.inputs.model.uuid))
+        return None
+
+
+class MlipThermalParser(SummaryParser):
+    """Read ``summary.json``, ``md.json``, ``series.npz`` and ``frames.npz`` of ``capthermo-mlip thermal``."""
+
+    def parse(self, **kwargs):
+        from aiida_capthermo.calculations.mlip import MlipThermalCalcJob as Job
+        from aiida_capthermo.core.dataset import LabelledSet
+        from aiida_capthermo.data.dataset import DatasetData
+
+        summary = self.read_summary()
+        if isinstance(summary, ExitCode):
+            return summary
+        names = self.retrieved.base.repository.list_object_names()
+        for filename in (Job._MD, Job._SERIES):
+            if filename not in names:
+                return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=filename)
+        records = json.loads(self.retrieved.base.repository.get_object_content(Job._MD))
+        keys = sorted(self.node.inputs.structures)
+        for record in records:
+            record['key'] = keys[record.pop('index')]
+        series = orm.ArrayData()
+        with self.retrieved.base.repository.open(Job._SERIES, 'rb') as handle, np.load(handle) as arrays:
+            for name in arrays.files:
+                series.set_array(name, arrays[name])
+        self.out('series', series)
+        outputs = summary['outputs']
+        self.out('results', orm.Dict({
+            'replicas': [{name: _clean(value) for name, value in record.items()} for record in records],
+            'broken': outputs['broken'], 'n_broken': outputs['n_broken'], 'n_replicas': outputs['n_replicas'],
+            'wall_time_s': outputs['wall_time_s'], 'replica_steps_per_s': outputs['replica_steps_per_s']}))
+        if outputs['files']['frames']:
+            with tempfile.TemporaryDirectory() as tmpdir:
+                path = self.retrieved_path(Job._FRAMES, tmpdir)
+                if path is None:
+                    return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=Job._FRAMES)
+                frames = LabelledSet.load(path)
+            self.out('frames', DatasetData.from_labelled_set(frames, origin='md', model_uuid=self.node.inputs.model.uuid))
+        if outputs['n_broken']:
+            reasons = '; '.join(f'{r["replica"]}: {r["broke"]}' for r in records if r['broke'])
+            return self.exit_codes.ERROR_REPLICAS_BROKE.format(broken=outputs['broken'], reasons=reasons)
+        return None
+
+
+class MlipModesParser(SummaryParser):
+    """Read ``summary.json``, ``modes.json`` and ``distorted.npz`` of ``capthermo-mlip modes``."""
+
+    def parse(self, **kwargs):
+        from aiida_capthermo.calculations.mlip import MlipModesCalcJob as Job
+        from aiida_capthermo.core.dataset import LabelledSet
+        from aiida_capthermo.data.dataset import DatasetData
+
+        summary = self.read_summary()
+        if isinstance(summary, ExitCode):
+            return summary
+        names = self.retrieved.base.repository.list_object_names()
+        for filename in (Job._MODES, Job._DISTORTED):
+            if filename not in names:
+                return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=filename)
+        records = json.loads(self.retrieved.base.repository.get_object_content(Job._MODES))
+        keys = sorted(self.node.inputs.structures)
+        for record in records:
+            record['key'] = keys[record.pop('index')]
+        self.out('modes', orm.Dict({'structures': records}))
+        with tempfile.TemporaryDirectory() as tmpdir:
+            distorted = LabelledSet.load(self.retrieved_path(Job._DISTORTED, tmpdir))
+        self.out('distorted', DatasetData.from_labelled_set(distorted, origin='mode',
+                                                            model_uuid=self.node.inputs.model.uuid))
         return None

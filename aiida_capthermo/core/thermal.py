@@ -1,0 +1,143 @@
+"""Thermal averages of correlated MD series and frozen-phonon displacements (paper eqs. 5-6, Figure 8).
+
+Statistics of a time series ``A(t)`` sampled every ``stride`` MD steps: the start of the equilibrated region is
+detected (pymbar's ``timeseries.detect_equilibration``, which maximises the number of effectively uncorrelated
+samples), the statistical inefficiency ``g`` of the production region is estimated
+(``timeseries.statistical_inefficiency``), the mean comes from the production region and its standard error is
+``std(A) sqrt(g / N)``; ``N / g`` is the number of independent samples. Replicas with independent seeds are
+combined in :func:`combine_replicas`, which reports both the error propagated from the decorrelated samples and the
+spread over the seeds.
+
+Frozen phonons: mode ``nu`` of the mass-weighted dynamical matrix, frequency ``f`` (THz, ``omega = 2 pi f``), is
+displaced by its thermal amplitude ``Q = sqrt(hbar (1 + 2 n(omega, T)) / (2 omega))`` (amu^1/2 Å), which is the
+root-mean-square of the normal coordinate in the harmonic quantum canonical ensemble; atom ``j`` moves by
+``Q e_nu(j) / sqrt(m_j)`` (Å). ``1 + 2n = coth(hbar omega / 2 kT)``.
+
+No AiiDA and no torch here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+from collections.abc import Sequence
+
+import numpy as np
+
+from aiida_capthermo.core.displacements import SupercellModes, mode_amplitudes
+
+__all__ = ['SeriesStatistics', 'series_statistics', 'combine_replicas', 'frozen_mode_displacements',
+           'species_participation']
+
+
+def _timeseries():
+    """pymbar's ``timeseries`` module (its import prints a banner about optional JAX acceleration; swallowed)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        from pymbar import timeseries
+    return timeseries
+
+
+@dataclasses.dataclass
+class SeriesStatistics:
+    """Mean of a correlated series after its equilibration, with its standard error.
+
+    ``start`` is the first sample of the production region, ``n_samples`` its length, ``inefficiency`` the
+    statistical inefficiency g (>= 1; samples ``g`` apart are uncorrelated), ``n_independent = n_samples / g``.
+    """
+
+    mean: float
+    stderr: float
+    std: float
+    start: int
+    n_samples: int
+    inefficiency: float
+    n_independent: float
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def series_statistics(series: Sequence[float], start: int | None = None, max_start_fraction: float = 0.5) -> SeriesStatistics:
+    """Statistics of a correlated series.
+
+    Parameters
+    ----------
+    series
+        [n] samples in time order (e.g. the GNN gap of every recorded MD frame).
+    start
+        First sample of the production region; detected when None.
+    max_start_fraction
+        The detected equilibration never discards more than this fraction of the series (a drifting series
+        would otherwise be cut to a few samples that look converged).
+    """
+    values = np.asarray(series, dtype=float).reshape(-1)
+    if values.size < 4:
+        raise ValueError(f'a series needs at least 4 samples for its statistics, got {values.size}')
+    if not np.all(np.isfinite(values)):
+        raise ValueError('the series contains NaN or inf')
+    timeseries = _timeseries()
+    if start is None:
+        if np.ptp(values) == 0:
+            start = 0
+        else:
+            nskip = max(1, values.size // 200)
+            start = int(timeseries.detect_equilibration(values, fast=True, nskip=nskip)[0])
+        start = min(start, int(values.size * max_start_fraction))
+    production = values[start:]
+    n = production.size
+    if np.ptp(production) == 0:
+        inefficiency = 1.0
+    else:
+        inefficiency = max(1.0, float(timeseries.statistical_inefficiency(production, fast=False, mintime=3)))
+    std = float(np.std(production, ddof=1))
+    return SeriesStatistics(mean=float(np.mean(production)), stderr=std * float(np.sqrt(inefficiency / n)), std=std,
+                            start=int(start), n_samples=int(n), inefficiency=inefficiency,
+                            n_independent=float(n / inefficiency))
+
+
+def combine_replicas(statistics: Sequence[SeriesStatistics]) -> dict:
+    """Combine independent replicas (seeds) of one (composition, temperature).
+
+    The mean weights each replica by its number of independent samples. ``stderr_decorrelated`` propagates the
+    replicas' own standard errors; ``stderr_seeds`` is the standard error from the spread of the replica means
+    (None for a single replica); ``stderr`` is the larger of the two, so an error bar is never smaller than either
+    estimate says.
+    """
+    if not statistics:
+        raise ValueError('no replica to combine')
+    means = np.array([s.mean for s in statistics])
+    errors = np.array([s.stderr for s in statistics])
+    weights = np.array([s.n_independent for s in statistics])
+    weights = weights / weights.sum()
+    mean = float(np.sum(weights * means))
+    decorrelated = float(np.sqrt(np.sum(weights**2 * errors**2)))
+    seeds = float(np.std(means, ddof=1) / np.sqrt(len(means))) if len(means) > 1 else None
+    return {'mean': mean, 'stderr': max(decorrelated, seeds or 0.0), 'stderr_decorrelated': decorrelated,
+            'stderr_seeds': seeds, 'n_independent': float(sum(s.n_independent for s in statistics)),
+            'n_replicas': len(statistics), 'replica_means': means.tolist()}
+
+
+def frozen_mode_displacements(modes: SupercellModes, temperature: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Displacement pattern of every active mode frozen at its thermal amplitude at ``temperature``.
+
+    Returns
+    -------
+    tuple
+        ``indices`` [n] of the active modes (skipped ones, e.g. translations, are left out), ``amplitudes`` [n]
+        the root-mean-square normal coordinates ``sqrt(hbar (1 + 2n) / (2 omega))`` in amu^1/2 Å, and
+        ``displacements`` [n, N, 3] in Å (add or subtract them from the reference positions).
+    """
+    indices = modes.active
+    amplitudes = np.sqrt(mode_amplitudes(modes, temperature)[indices])  # [n] amu^1/2 Å
+    vectors = modes.eigenvectors[:, indices].T.reshape(len(indices), modes.n_atoms, 3)  # [n, N, 3]
+    displacements = amplitudes[:, None, None] * vectors / np.sqrt(modes.masses)[None, :, None]
+    return indices, amplitudes, displacements
+
+
+def species_participation(modes: SupercellModes, symbols: Sequence[str]) -> dict[str, np.ndarray]:
+    """Share of each mode's (mass-weighted) eigenvector norm carried by each species: ``{symbol: [3N]}``,
+    summing to one over the species for every mode (which atoms move in the mode)."""
+    weights = (modes.eigenvectors**2).reshape(modes.n_atoms, 3, -1).sum(axis=1)  # [N, 3N]
+    symbols = np.asarray(symbols)
+    return {symbol: weights[symbols == symbol].sum(axis=0) for symbol in sorted(set(symbols.tolist()))}
