@@ -34,8 +34,9 @@ ARCHITECTURES = {
 }
 
 
-def antiperovskite_set(n: int, seed: int = 0):
-    """``n`` 40-atom Ag3S(Br_x I_1-x) 2x2x2 cells with random Br/I and displacements, LJ labels (timing only)."""
+def antiperovskite_set(n: int, seed: int = 0, labels: bool = True):
+    """``n`` 40-atom Ag3S(Br_x I_1-x) 2x2x2 cells with random Br/I and displacements, LJ labels unless ``labels``
+    is False (timing only)."""
     from ase import Atoms
     from ase.calculators.lj import LennardJones
 
@@ -55,9 +56,10 @@ def antiperovskite_set(n: int, seed: int = 0):
             symbols[i] = 'Br'
         atoms.set_chemical_symbols(symbols)
         atoms.positions += rng.uniform(-0.1, 0.1, atoms.positions.shape)
-        atoms.calc = LennardJones(sigma=2.5, epsilon=0.05, rc=6.0, smooth=True)
-        atoms.get_potential_energy()
-        atoms.get_stress()
+        if labels:
+            atoms.calc = LennardJones(sigma=2.5, epsilon=0.05, rc=6.0, smooth=True)
+            atoms.get_potential_energy()
+            atoms.get_stress()
         frames.append(atoms)
     return LabelledSet.from_atoms_list(frames)
 

@@ -155,3 +155,162 @@ def test_batched_md_broken_replica_does_not_sink_the_others():
     for good in (trajectories[0], trajectories[2]):
         assert good.broke is None and good.steps_done == 200 and len(good.time_fs) == 20
         assert np.all(np.isfinite(good.positions))
+
+
+# ---------------------------------------------------------------------------------------------- the workchain
+@pytest.fixture(scope='module')
+def trained_models(aiida_profile, tmp_path_factory):
+    """A band-gap GNN (GnnTrainCalcJob) and a MACE potential (FinetuneMaceCalcJob, trained from scratch on LJ
+    labels of rattled 10-atom Ag3S(I,Br) cells), both with their datasets in the provenance graph."""
+    import os
+    import sys
+
+    from aiida import engine, orm
+    from ase.calculators.lj import LennardJones
+
+    from aiida_capthermo.calculations.gnn import GnnTrainCalcJob
+    from aiida_capthermo.calculations.mace import FinetuneMaceCalcJob
+    from aiida_capthermo.core.dataset import LabelledSet
+    from aiida_capthermo.data.dataset import DatasetData
+    from gnn_helpers import synthetic_set
+    from mlip_helpers import small_cell
+
+    bin_dir = os.path.dirname(sys.executable)
+    computer = orm.Computer(label='localhost-thermal', hostname='localhost', transport_type='core.local',
+                            scheduler_type='core.direct', workdir=str(tmp_path_factory.mktemp('thermal'))).store()
+    computer.configure(safe_interval=0.0)
+    computer.set_minimum_job_poll_interval(0.0)
+    codes = {name: orm.InstalledCode(computer=computer, filepath_executable=os.path.join(bin_dir, executable),
+                                     label=name, prepend_text='export OMP_NUM_THREADS=1').store()
+             for name, executable in (('gnn_code', 'capthermo-gnn'), ('mace_code', 'mace_run_train'),
+                                      ('mlip_code', 'capthermo-mlip'))}
+    gnn_data = DatasetData.from_labelled_set(synthetic_set(60, seed=0), fidelity='low', method='synthetic').store()
+    gnn, _ = engine.run_get_node(GnnTrainCalcJob, code=codes['gnn_code'], datasets={'low': gnn_data},
+                                 hyperparameters=orm.Dict({'max_epochs': 15, 'hidden_channels': 16, 'batch_size': 8,
+                                                           'learning_rate': 5e-3, 'dropout': 0.0, 'patience': None}))
+    rng = np.random.default_rng(0)
+    frames = []
+    for index in range(16):
+        atoms = small_cell(bool(index % 2), seed=100 + index, rattle=0.1)
+        atoms.set_cell(atoms.cell * (1 + rng.uniform(-0.03, 0.03)), scale_atoms=True)
+        atoms.calc = LennardJones(sigma=2.3, epsilon=0.1, rc=4.5, smooth=True)
+        atoms.get_potential_energy()
+        atoms.get_stress()
+        frames.append(atoms)
+    mace_data = DatasetData.from_labelled_set(LabelledSet.from_atoms_list(frames), method='LJ').store()
+    mace, _ = engine.run_get_node(FinetuneMaceCalcJob, code=codes['mace_code'], train=mace_data, hyperparameters=orm.Dict(
+        {'num_channels': 8, 'max_L': 0, 'r_max': 4.0, 'num_interactions': 2, 'correlation': 2, 'batch_size': 4,
+         'device': 'cpu', 'default_dtype': 'float64', 'seed': 1, 'max_num_epochs': 3, 'valid_fraction': 0.2,
+         'pair_repulsion': True}))
+    return {'gnn': gnn['model'], 'mace': mace['model'], 'gnn_data': gnn_data, 'mace_data': mace_data, **codes}
+
+
+def test_thermal_gap_workchain_on_localhost(trained_models):
+    from aiida import engine, orm
+
+    from aiida_capthermo.data.structures import set_structure_metadata
+    from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
+    from mlip_helpers import small_cell
+
+    structures = {}
+    for key, bromide in (('x000', False), ('x050', True)):
+        atoms = small_cell(bromide, seed=0, rattle=0.0)
+        structures[key] = set_structure_metadata(orm.StructureData(ase=atoms), x=0.5 if bromide else 0.0)
+    builder = ThermalGapWorkChain.get_builder_from_protocol(
+        trained_models['mlip_code'], trained_models['gnn_code'], trained_models['mace'], trained_models['gnn'], structures,
+        protocol='demo', overrides={'md': {'steps': 800, 'stride': 5, 'threads': 1, 'dtype': 'float64'},
+                                    'relax': {'dtype': 'float64'},
+                                    'coupling': {'structures': ['x050'], 'temperatures': [300.0], 'threads': 1,
+                                                 'dtype': 'float64'}})
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    assert set(results['gaps']) == {f'{k}_T{t}' for k in structures for t in (0, 300, 600)}
+    table = results['table']['rows']
+    assert len(table) == 6
+    for row in table:
+        gap = results['gaps'][f'{row["key"]}_T{row["temperature"]:.0f}']
+        assert gap['x'] == row['x'] and gap['gap'] == pytest.approx(row['gap'])
+        assert gap['delta_gap'] == pytest.approx(gap['gap'] - gap['eg0'])
+        if row['temperature'] > 0:
+            assert row['n_replicas'] == 2 and row['n_independent'] > 2 and row['stderr'] > 0
+            # the GNN learnt gaps that fall with disorder (synthetic labels: -1.5 eV per Å of rms displacement)
+            assert row['delta_gap'] < -3 * row['stderr']
+    curve = results['curves']['x050']
+    np.testing.assert_allclose(curve.get_x()[1], [0.0, 300.0, 600.0])
+
+    # the replica statistics are those of the GNN gaps of its frames, recomputed here
+    md = node.base.links.get_outgoing(link_label_filter='md_0').one().node
+    predictions = md.outputs.frames.base.links.get_outgoing(link_label_filter='CALL%').all()  # none: data node
+    assert predictions == []
+    replica = md.outputs.results['replicas'][0]
+    predict = [c for c in md.outputs.frames.base.links.get_outgoing().all_nodes()
+               if c.process_label == 'GnnPredictCalcJob'][0]
+    gaps = predict.outputs.predictions.get_array('values')[replica['frame_offset']:][:replica['n_frames']]
+    from aiida_capthermo.core.thermal import series_statistics
+
+    own = [r for r in results['replicas']['replicas'] if r['replica'] == replica['replica']][0]
+    assert own['mean'] == pytest.approx(series_statistics(gaps).mean)
+
+    # QueryBuilder finds the gap by x and T
+    qb = orm.QueryBuilder().append(orm.Dict, filters={'attributes.x': 0.5, 'attributes.temperature': 600.0},
+                                   tag='gap').append(ThermalGapWorkChain, with_outgoing='gap',
+                                                     filters={'id': node.pk})
+    assert qb.count() == 1
+
+    # provenance: the 600 K gap goes back to the MD, both models and their datasets
+    gap = results['gaps']['x050_T600']
+    ancestors = orm.QueryBuilder().append(orm.Dict, filters={'id': gap.pk}, tag='gap').append(
+        orm.Node, with_descendants='gap', project='uuid').all(flat=True)
+    for required in (trained_models['gnn'], trained_models['mace'], trained_models['gnn_data'],
+                     trained_models['mace_data'], md, md.outputs.frames):
+        assert required.uuid in ancestors, required
+
+    # mode coupling: the table of the chosen structure, its amplitudes those of the modes job
+    coupling = results['coupling']
+    assert set(coupling) == {'table_x050', 'plot_x050'}
+    table = coupling['table_x050']
+    n_imaginary = table.base.attributes.get('n_imaginary')
+    assert len(table.get_array('frequency')) == 27 - n_imaginary  # 30 modes - 3 translations - imaginary (skipped)
+    assert np.all(table.get_array('frequency') > 0)
+    shares = sum(table.get_array(f'share_{s}') for s in ('Ag', 'S', 'I', 'Br'))
+    np.testing.assert_allclose(shares, 1.0, atol=1e-8)
+    assert coupling['plot_x050'].filename.endswith('.png')
+    for row in table_rows(results):
+        print(row)
+
+
+def table_rows(results) -> list[str]:
+    return [f'{r["key"]} T={r["temperature"]:.0f} K: {r["gap"]:.4f} ± {r["stderr"]:.4f} eV (ΔEg {r["delta_gap"]:+.4f})'
+            for r in results['table']['rows']]
+
+
+def test_thermal_gap_workchain_reruns_broken_replicas(trained_models):
+    """Replicas stopped at a closest-pair threshold the crystal crosses at 600 K: the workchain reruns them with half
+    the time step, twice the steps, new seeds; when they break again it exits 450 with the rest attached."""
+    from aiida import engine, orm
+
+    from aiida_capthermo.data.structures import set_structure_metadata
+    from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
+    from mlip_helpers import small_cell
+
+    structure = set_structure_metadata(orm.StructureData(ase=small_cell(True, seed=0, rattle=0.0)), x=0.5)
+    builder = ThermalGapWorkChain.get_builder_from_protocol(
+        trained_models['mlip_code'], trained_models['gnn_code'], trained_models['mace'], trained_models['gnn'],
+        {'x050': structure}, protocol='demo',
+        overrides={'temperatures': [0.0, 600.0], 'max_md_restarts': 1,
+                   'md': {'steps': 300, 'stride': 5, 'threads': 1, 'dtype': 'float64', 'stop_distance': 2.3}})
+    del builder.coupling
+    results, node = engine.run_get_node(builder)
+    md = {link.link_label: link.node for link in node.base.links.get_outgoing().all()
+          if link.link_label.startswith('md_')}
+    assert set(md) == {'md_0', 'md_1'}
+    assert md['md_0'].exit_status == 313
+    first, second = md['md_0'].inputs.parameters.get_dict(), md['md_1'].inputs.parameters.get_dict()
+    assert second['select'] == md['md_0'].outputs.results['broken']
+    assert second['timestep'] == first.get('timestep', 1.0) / 2 and second['steps'] == 2 * first['steps']
+    assert second['seed'] != first.get('seed', 0)
+    if md['md_1'].is_finished_ok:
+        assert node.is_finished_ok
+    else:
+        assert node.exit_status == 450
+    assert 'x050_T0' in results['gaps']  # Eg(0) whatever the MD did

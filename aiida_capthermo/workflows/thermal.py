@@ -410,7 +410,7 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
         if restarts >= self.inputs.max_md_restarts.value:
             self.report(f'replicas {broken} still broke after {restarts} restarts; going on without them')
             return False
-        self.report(f'replicas {broken} blew up ({node.exit_message}); rerunning them with half the time step')
+        self.report(f'{node.exit_message} Rerunning replicas {broken} with half the time step.')
         return True
 
     def restart_md(self):
@@ -421,9 +421,9 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
         parameters = {**previous, 'select': node.outputs.results['broken'],
                       'timestep': previous.get('timestep', 1.0) / 2, 'steps': 2 * previous.get('steps', 50000),
                       'stride': 2 * previous.get('stride', 20), 'seed': previous.get('seed', 0) + 100003 * attempt}
-        key = f'md_{attempt}'
-        self.ctx.md_attempts.append(key)
-        return ToContext(**{key: self._submit_md(parameters)})
+        future = self._submit_md(parameters)  # link label md_<attempt>
+        self.ctx.md_attempts.append(f'md_{attempt}')
+        return ToContext(**{f'md_{attempt}': future})
 
     def predict(self):
         """GNN gaps of every MD frame (one job per MD job) and of the frozen-mode cells."""

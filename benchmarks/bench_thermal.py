@@ -1,0 +1,110 @@
+"""Benchmark of the thermal-gap stage: MD replica-steps per second, one ASE Langevin run vs TorchSim batches of 1, 8
+and 63 replicas (same MACE, same 40-atom Ag3S(Br,I) cells, same run), and GNN gap predictions per second including
+graph building.
+
+The MACE has the demo's size (16 channels, max_L 1, r_max 5 Å, 2 interactions), trained for one epoch on LJ labels
+(timing only; its physics is irrelevant here). The GNN has the papers' architecture (64 hidden channels, 2 GraphConv
+layers) with random weights. Writes ``results/thermal.json``. Usage:
+``python benchmarks/bench_thermal.py [--threads 1] [--device cpu] [--n-gnn 5000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from bench_mace import antiperovskite_set, time_training  # noqa: E402
+
+DEMO = {'num_channels': 16, 'max_L': 1, 'correlation': 2, 'num_interactions': 2, 'r_max': 5.0}
+
+
+def time_ase(model_file: str, atoms, steps: int, device: str) -> float:
+    """Seconds per step of one ASE Langevin run with the MACE calculator (the single-replica baseline)."""
+    from aiida_capthermo.ml.md import langevin_stability
+    from aiida_capthermo.ml.mlip import load_calculator
+
+    calc = load_calculator(model_file, device, 'float64')
+    langevin_stability(atoms, calc, 300.0, steps=5, stride=5)  # warm-up
+    start = time.perf_counter()
+    langevin_stability(atoms, calc, 300.0, steps=steps, stride=steps)
+    return (time.perf_counter() - start) / steps
+
+
+def time_torchsim(model_file: str, cells: list, replicas: int, steps: int, device: str) -> float:
+    """Seconds per step of one batched TorchSim simulation of ``replicas`` replicas."""
+    from aiida_capthermo.ml.thermal import load_torchsim_model, run_replicas
+
+    model = load_torchsim_model(model_file, device, 'float64')
+    systems = [cells[i % len(cells)] for i in range(replicas)]
+    temperatures = [300.0 + 300.0 * (i % 2) for i in range(replicas)]
+    run_replicas(model, systems, temperatures, list(range(replicas)), steps=3, stride=3)  # warm-up
+    start = time.perf_counter()
+    run_replicas(model, systems, temperatures, list(range(replicas)), steps=steps, stride=10)
+    return (time.perf_counter() - start) / steps
+
+
+def time_gnn(n: int, device: str) -> dict:
+    """GNN gap predictions per second of ``n`` 40-atom structures, graphs built inside the timing."""
+    import torch
+
+    from aiida_capthermo.ml.gnn.data import Normalisation, build_graphs
+    from aiida_capthermo.ml.gnn.model import BandGapGNN
+    from aiida_capthermo.ml.gnn.predict import predict
+    from aiida_capthermo.ml.gnn.training import LoadedModel
+
+    labelled = antiperovskite_set(n, seed=1, labels=False)
+    torch.manual_seed(0)
+    graphs = build_graphs(labelled.subset(range(50)), 5.5)
+    normalisation = Normalisation.fit(graphs, np.linspace(1.0, 2.0, 50), np.arange(50))
+    loaded = LoadedModel(model=BandGapGNN(hidden_channels=64, conv_layers=2), normalisation=normalisation,
+                         metadata={'cutoff': 5.5, 'target': 'gap'})
+    predict(loaded, labelled.subset(range(100)), batch_size=1024, device=device)  # warm-up
+    start = time.perf_counter()
+    values = predict(loaded, labelled, batch_size=1024, device=device)
+    seconds = time.perf_counter() - start
+    assert np.all(np.isfinite(values))
+    return {'n_structures': n, 'seconds': seconds, 'structures_per_second': n / seconds}
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--threads', type=int, default=1, help='torch threads (same for every variant)')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--n-gnn', type=int, default=5000)
+    parser.add_argument('--output', default='benchmarks/results/thermal.json')
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cells = antiperovskite_set(8, seed=0).to_atoms_list(with_labels=False)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        model_file = time_training(antiperovskite_set(8, seed=2), DEMO, pathlib.Path(tmpdir) / 'train', epochs=1,
+                                   device=args.device)['model_file']
+        ase_step = time_ase(model_file, cells[0], 60, args.device)
+        batched = {replicas: time_torchsim(model_file, cells, replicas, steps, args.device)
+                   for replicas, steps in ((1, 60), (8, 30), (63, 10))}
+    md = {'ase_one_replica': {'seconds_per_step': ase_step, 'replica_steps_per_s': 1.0 / ase_step}}
+    for replicas, seconds in batched.items():
+        md[f'torchsim_{replicas}'] = {'replicas': replicas, 'seconds_per_step': seconds,
+                                      'replica_steps_per_s': replicas / seconds,
+                                      'speedup_per_replica_step_vs_ase': replicas / seconds * ase_step}
+    result = {'machine': {'platform': platform.platform(), 'processor': platform.processor(),
+                          'python': platform.python_version(), 'torch': torch.__version__, 'threads': args.threads,
+                          'device': args.device},
+              'mace': DEMO, 'atoms_per_replica': 40, 'md': md, 'gnn': time_gnn(args.n_gnn, args.device)}
+    path = pathlib.Path(args.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == '__main__':
+    main()
