@@ -221,7 +221,7 @@ def validate_inputs(inputs, _) -> str | None:
         error = pydantic_error(ModesConfig, coupling, 'coupling')
         if error:
             return error
-    target = inputs['gnn_model'].base.attributes.get('target', 'gap')
+    target = inputs['gnn_model'].base.attributes.get('target', 'gap') if 'gnn_model' in inputs else 'gap'
     if target != 'gap':
         return f'the GNN model predicts {target!r}; the thermal gaps need a band-gap model (target "gap")'
     if inputs['max_md_restarts'].value < 0:
