@@ -33,24 +33,30 @@ def small_cell(bromide: bool, seed: int, rattle: float = 0.05) -> 'ase.Atoms':  
     return atoms
 
 
-@pytest.fixture(scope='module')
-def mace_model_file(tmp_path_factory) -> pathlib.Path:
-    """Train the tiny MACE with ``mace_run_train`` (about 10 s) and return the ``.model`` path."""
+def lj_labelled_cells(n: int, rattle: float) -> LabelledSet:
+    """``n`` small cells (Br in every other one), rattled by ``rattle`` Å and strained by up to 3 %, labelled by
+    ASE's smooth Lennard-Jones (energy, forces, stress): training data of the tiny test potentials."""
     from ase.calculators.lj import LennardJones
 
-    from aiida_capthermo.calculations.mace import MaceHyperParameters, build_mace_config
-
-    workdir = tmp_path_factory.mktemp('mlip_train')
     rng = np.random.default_rng(0)
     frames = []
-    for index in range(12):
-        atoms = small_cell(bool(index % 2), seed=100 + index, rattle=0.08)
+    for index in range(n):
+        atoms = small_cell(bool(index % 2), seed=100 + index, rattle=rattle)
         atoms.set_cell(atoms.cell * (1 + rng.uniform(-0.03, 0.03)), scale_atoms=True)
         atoms.calc = LennardJones(sigma=2.3, epsilon=0.1, rc=4.5, smooth=True)
         atoms.get_potential_energy()
         atoms.get_stress()
         frames.append(atoms)
-    LabelledSet.from_atoms_list(frames).write_extxyz(workdir / 'train.xyz')
+    return LabelledSet.from_atoms_list(frames)
+
+
+@pytest.fixture(scope='module')
+def mace_model_file(tmp_path_factory) -> pathlib.Path:
+    """Train the tiny MACE with ``mace_run_train`` (about 10 s) and return the ``.model`` path."""
+    from aiida_capthermo.calculations.mace import MaceHyperParameters, build_mace_config
+
+    workdir = tmp_path_factory.mktemp('mlip_train')
+    lj_labelled_cells(12, rattle=0.08).write_extxyz(workdir / 'train.xyz')
     params = MaceHyperParameters(num_channels=8, max_L=0, r_max=4.0, num_interactions=2, correlation=2, batch_size=4,
                                  device='cpu', default_dtype='float64', seed=1, max_num_epochs=2, valid_fraction=0.2)
     config = build_mace_config(params, foundation=None, has_valid=False, has_test=False)

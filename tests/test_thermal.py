@@ -166,14 +166,11 @@ def trained_models(aiida_profile, tmp_path_factory):
     import sys
 
     from aiida import engine, orm
-    from ase.calculators.lj import LennardJones
-
     from aiida_capthermo.calculations.gnn import GnnTrainCalcJob
     from aiida_capthermo.calculations.mace import FinetuneMaceCalcJob
-    from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.data.dataset import DatasetData
     from gnn_helpers import synthetic_set
-    from mlip_helpers import small_cell
+    from mlip_helpers import lj_labelled_cells
 
     bin_dir = os.path.dirname(sys.executable)
     computer = orm.Computer(label='localhost-thermal', hostname='localhost', transport_type='core.local',
@@ -188,16 +185,7 @@ def trained_models(aiida_profile, tmp_path_factory):
     gnn, _ = engine.run_get_node(GnnTrainCalcJob, code=codes['gnn_code'], datasets={'low': gnn_data},
                                  hyperparameters=orm.Dict({'max_epochs': 15, 'hidden_channels': 16, 'batch_size': 8,
                                                            'learning_rate': 5e-3, 'dropout': 0.0, 'patience': None}))
-    rng = np.random.default_rng(0)
-    frames = []
-    for index in range(16):
-        atoms = small_cell(bool(index % 2), seed=100 + index, rattle=0.1)
-        atoms.set_cell(atoms.cell * (1 + rng.uniform(-0.03, 0.03)), scale_atoms=True)
-        atoms.calc = LennardJones(sigma=2.3, epsilon=0.1, rc=4.5, smooth=True)
-        atoms.get_potential_energy()
-        atoms.get_stress()
-        frames.append(atoms)
-    mace_data = DatasetData.from_labelled_set(LabelledSet.from_atoms_list(frames), method='LJ').store()
+    mace_data = DatasetData.from_labelled_set(lj_labelled_cells(16, rattle=0.1), method='LJ').store()
     mace, _ = engine.run_get_node(FinetuneMaceCalcJob, code=codes['mace_code'], train=mace_data, hyperparameters=orm.Dict(
         {'num_channels': 8, 'max_L': 0, 'r_max': 4.0, 'num_interactions': 2, 'correlation': 2, 'batch_size': 4,
          'device': 'cpu', 'default_dtype': 'float64', 'seed': 1, 'max_num_epochs': 3, 'valid_fraction': 0.2,

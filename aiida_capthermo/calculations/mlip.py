@@ -24,13 +24,6 @@ def validate_mace_model(model: ModelData, _) -> str | None:
     return None
 
 
-def validate_parameters(parameters: orm.Dict, _) -> str | None:
-    """Validate the screen settings against :class:`aiida_capthermo.ml.mlip.ScreenConfig`."""
-    from aiida_capthermo.ml.mlip import ScreenConfig
-
-    return pydantic_error(ScreenConfig, parameters.get_dict(), 'parameters')
-
-
 def validate_structures(structures, _) -> str | None:
     """At least one structure."""
     if not structures:
@@ -43,19 +36,39 @@ class MlipCalcJob(CapthermoCalcJob):
 
     The structures go to the compute side as one LabelledSet (sorted by key), ``parameters`` as a JSON config and the
     model files into the working directory; a subclass names the task (``_TASK``) and its output files
-    (``_OUTPUTS``: command-line option -> file name, all retrieved).
+    (``_OUTPUTS``: command-line option -> file name, all retrieved), its settings model (``_SETTINGS``:
+    ``'module:Class'`` of the pydantic model that validates ``parameters`` at submission) and the help strings of
+    ``structures`` and ``parameters``.
     """
 
     _STRUCTURES = 'structures.npz'
     _CONFIG = 'config.json'
     _TASK: str
     _OUTPUTS: dict[str, str]
+    _SETTINGS: str
+    _STRUCTURES_HELP: str
+    _PARAMETERS_HELP: str
 
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:
         super().define(spec)
         spec.input('model', valid_type=ModelData, validator=validate_mace_model,
                    help='The MACE potential (ModelData of kind "mace").')
+        if not hasattr(cls, '_TASK'):
+            return
+        spec.input('metadata.options.parser_name', valid_type=str, default=f'capthermo.mlip_{cls._TASK}')
+        spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, validator=validate_structures,
+                             help=cls._STRUCTURES_HELP)
+        spec.input('parameters', valid_type=orm.Dict, required=False, validator=cls._validate_parameters,
+                   help=cls._PARAMETERS_HELP)
+
+    @classmethod
+    def _validate_parameters(cls, parameters: orm.Dict, _) -> str | None:
+        """Validate ``parameters`` against the task's settings model (unknown keys and bad values are errors)."""
+        import importlib
+
+        module, name = cls._SETTINGS.split(':')
+        return pydantic_error(getattr(importlib.import_module(module), name), parameters.get_dict(), 'parameters')
 
     def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
         from aiida_capthermo.data.structures import labelled_set_from_structures
@@ -91,6 +104,10 @@ class MlipScreenCalcJob(MlipCalcJob):
     """
 
     _TASK = 'screen'
+    _SETTINGS = 'aiida_capthermo.ml.mlip:ScreenConfig'
+    _STRUCTURES_HELP = 'The structures to relax, by key (Å).'
+    _PARAMETERS_HELP = ('Screen settings: fmax (eV/Å), max_steps, relax_cell, phonons, supercell, displacement (Å), '
+                        'mesh, imaginary_threshold (THz), device (auto/cpu/cuda), dtype (float64/float32).')
     _RELAXED = 'relaxed.npz'
     _SCREEN = 'screen.json'
     _OUTPUTS = {'--relaxed': _RELAXED, '--screen': _SCREEN}
@@ -98,12 +115,6 @@ class MlipScreenCalcJob(MlipCalcJob):
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:
         super().define(spec)
-        spec.input('metadata.options.parser_name', valid_type=str, default='capthermo.mlip_screen')
-        spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, validator=validate_structures,
-                             help='The structures to relax, by key (Å).')
-        spec.input('parameters', valid_type=orm.Dict, required=False, validator=validate_parameters,
-                   help='Screen settings: fmax (eV/Å), max_steps, relax_cell, phonons, supercell, displacement (Å), '
-                        'mesh, imaginary_threshold (THz), device (auto/cpu/cuda), dtype (float64/float32).')
         spec.output_namespace('relaxed', valid_type=orm.StructureData, dynamic=True,
                               help='Relaxed structures, same keys as `structures` (those that relaxed).')
         spec.output('energies', valid_type=orm.ArrayData,
@@ -116,13 +127,6 @@ class MlipScreenCalcJob(MlipCalcJob):
         spec.exit_code(311, 'ERROR_NO_STRUCTURE_RELAXED', message='No structure could be relaxed: {error}')
 
 
-def validate_md_parameters(parameters: orm.Dict, _) -> str | None:
-    """Validate the MD settings against :class:`aiida_capthermo.ml.md.MdConfig`."""
-    from aiida_capthermo.ml.md import MdConfig
-
-    return pydantic_error(MdConfig, parameters.get_dict(), 'parameters')
-
-
 class MlipMdCalcJob(MlipCalcJob):
     """Langevin NVT molecular dynamics with a MACE model node through ``capthermo-mlip md``.
 
@@ -133,6 +137,11 @@ class MlipMdCalcJob(MlipCalcJob):
     """
 
     _TASK = 'md'
+    _SETTINGS = 'aiida_capthermo.ml.md:MdConfig'
+    _STRUCTURES_HELP = 'Starting structures by key (Å); each runs at every temperature.'
+    _PARAMETERS_HELP = ('MD settings: temperatures (K), steps, timestep (fs), friction (1/fs), seed, stride, '
+                        'frame_stride, stop_distance and stable_distance (Å), temperature_tolerance (relative), '
+                        'max_frame_force (eV/Å), device, dtype.')
     _FRAMES = 'frames.npz'
     _MD = 'md.json'
     _OUTPUTS = {'--frames': _FRAMES, '--md': _MD}
@@ -140,13 +149,6 @@ class MlipMdCalcJob(MlipCalcJob):
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:
         super().define(spec)
-        spec.input('metadata.options.parser_name', valid_type=str, default='capthermo.mlip_md')
-        spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, validator=validate_structures,
-                             help='Starting structures by key (Å); each runs at every temperature.')
-        spec.input('parameters', valid_type=orm.Dict, required=False, validator=validate_md_parameters,
-                   help='MD settings: temperatures (K), steps, timestep (fs), friction (1/fs), seed, stride, '
-                        'frame_stride, stop_distance and stable_distance (Å), temperature_tolerance (relative), '
-                        'max_frame_force (eV/Å), device, dtype.')
         spec.output('results', valid_type=orm.Dict,
                     help='`stable` (every replica stable), `n_stable`, `n_replicas` and per replica: key, x, '
                          'temperature (K), seed, stable, mean_temperature (K), min_distance (Å), closest_pair, broke.')
@@ -156,20 +158,6 @@ class MlipMdCalcJob(MlipCalcJob):
                     help='Frames kept every frame_stride steps (unlabelled; x, temperature, origin "md").')
         spec.default_output_node = 'results'
         spec.exit_code(312, 'ERROR_NO_REPLICA_RAN', message='No MD replica could run: {error}')
-
-
-def validate_thermal_parameters(parameters: orm.Dict, _) -> str | None:
-    """Validate the thermal MD settings against :class:`aiida_capthermo.ml.thermal.ThermalMdConfig`."""
-    from aiida_capthermo.ml.thermal import ThermalMdConfig
-
-    return pydantic_error(ThermalMdConfig, parameters.get_dict(), 'parameters')
-
-
-def validate_modes_parameters(parameters: orm.Dict, _) -> str | None:
-    """Validate the frozen-mode settings against :class:`aiida_capthermo.ml.thermal.ModesConfig`."""
-    from aiida_capthermo.ml.thermal import ModesConfig
-
-    return pydantic_error(ModesConfig, parameters.get_dict(), 'parameters')
 
 
 class MlipThermalCalcJob(MlipCalcJob):
@@ -182,6 +170,12 @@ class MlipThermalCalcJob(MlipCalcJob):
     """
 
     _TASK = 'thermal'
+    _SETTINGS = 'aiida_capthermo.ml.thermal:ThermalMdConfig'
+    _STRUCTURES_HELP = ('Starting (relaxed) structures by key (Å); each runs at every temperature, '
+                        '`replicas` times.')
+    _PARAMETERS_HELP = ('ThermalMdConfig: temperatures (K), replicas, steps, timestep (fs), friction (1/fs), '
+                        'ensemble (nvt/npt), pressure (GPa), seed, stride, store_velocities, fix_com, '
+                        'stop_distance (Å), max_temperature_ratio, max_batch, select, device, dtype, threads.')
     _FRAMES = 'frames.npz'
     _SERIES = 'series.npz'
     _MD = 'md.json'
@@ -190,14 +184,6 @@ class MlipThermalCalcJob(MlipCalcJob):
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:
         super().define(spec)
-        spec.input('metadata.options.parser_name', valid_type=str, default='capthermo.mlip_thermal')
-        spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, validator=validate_structures,
-                             help='Starting (relaxed) structures by key (Å); each runs at every temperature, '
-                                  '`replicas` times.')
-        spec.input('parameters', valid_type=orm.Dict, required=False, validator=validate_thermal_parameters,
-                   help='ThermalMdConfig: temperatures (K), replicas, steps, timestep (fs), friction (1/fs), '
-                        'ensemble (nvt/npt), pressure (GPa), seed, stride, store_velocities, fix_com, '
-                        'stop_distance (Å), max_temperature_ratio, max_batch, select, device, dtype, threads.')
         spec.output('results', valid_type=orm.Dict,
                     help='`replicas` (per replica: replica id, key, x, temperature K, seed, steps, timestep fs, '
                          'broke, frame_offset, n_frames, mean_temperature K, min_distance Å), `broken`, `n_broken`, '
@@ -209,7 +195,6 @@ class MlipThermalCalcJob(MlipCalcJob):
                     help='Recorded frames of the replicas that finished (positions Å, cells Å, potential energy '
                          'eV, x, target temperature K, origin "md").')
         spec.default_output_node = 'results'
-        spec.exit_code(312, 'ERROR_NO_REPLICA_RAN', message='No MD replica could run: {error}')
         spec.exit_code(313, 'ERROR_REPLICAS_BROKE',
                        message='Replicas {broken} blew up ({reasons}); the others finished and are attached.')
 
@@ -219,6 +204,10 @@ class MlipModesCalcJob(MlipCalcJob):
     ``sqrt(hbar (1 + 2n) / (2 omega))`` at each temperature with both signs (``capthermo-mlip modes``)."""
 
     _TASK = 'modes'
+    _SETTINGS = 'aiida_capthermo.ml.thermal:ModesConfig'
+    _STRUCTURES_HELP = 'Relaxed cells by key (Å); the modes are those of each cell at its Γ point.'
+    _PARAMETERS_HELP = ('ModesConfig: temperatures (K), displacement (Å), frequency_cutoff (THz), imaginary '
+                        '(skip/absolute), device, dtype, threads.')
     _DISTORTED = 'distorted.npz'
     _MODES = 'modes.json'
     _OUTPUTS = {'--distorted': _DISTORTED, '--modes': _MODES}
@@ -226,12 +215,6 @@ class MlipModesCalcJob(MlipCalcJob):
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:
         super().define(spec)
-        spec.input('metadata.options.parser_name', valid_type=str, default='capthermo.mlip_modes')
-        spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, validator=validate_structures,
-                             help='Relaxed cells by key (Å); the modes are those of each cell at its Γ point.')
-        spec.input('parameters', valid_type=orm.Dict, required=False, validator=validate_modes_parameters,
-                   help='ModesConfig: temperatures (K), displacement (Å), frequency_cutoff (THz), imaginary '
-                        '(skip/absolute), device, dtype, threads.')
         spec.output('modes', valid_type=orm.Dict,
                     help='Per structure (key, x): frequencies (THz), active modes, amplitudes per temperature '
                          '(amu^1/2 Å), share of each species per mode, n_imaginary.')

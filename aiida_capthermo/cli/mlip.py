@@ -22,41 +22,39 @@ UNITS = {'energy': 'eV', 'energy_per_atom': 'eV/atom', 'forces': 'eV/Å', 'stres
          'frequency': 'THz', 'time': 'fs', 'temperature': 'K', 'velocity': 'Å/fs', 'amplitude': 'amu^1/2 Å'}
 
 
+#: Task -> (help, what the structures are, settings model, output files (option, default, help) in the order the
+#: task's ``run_*`` function takes them).
+TASKS = {
+    'screen': ('relax every structure of a LabelledSet and rank them by energy', 'the structures to relax',
+               'ScreenConfig', [('relaxed', 'relaxed.npz', 'output LabelledSet of the relaxed structures'),
+                                ('screen', 'screen.json', 'output JSON: one record per structure')]),
+    'md': ('Langevin MD of every structure at every temperature: stability and frames', 'the starting structures',
+           'MdConfig', [('frames', 'frames.npz', 'output LabelledSet of the kept frames (if frame_stride)'),
+                        ('md', 'md.json', 'output JSON: one record per replica, with its series')]),
+    'thermal': ('batched Langevin MD: every structure x temperature x seed in one TorchSim simulation; frames for '
+                'the band-gap model', 'the starting (relaxed) structures', 'ThermalMdConfig',
+                [('frames', 'frames.npz', 'output LabelledSet of the recorded frames of the replicas that finished, '
+                                          'replica by replica'),
+                 ('series', 'series.npz', 'output arrays per replica (time, T, E, ...)'),
+                 ('md', 'md.json', 'output JSON: one record per replica')]),
+    'modes': ('Γ phonons of each structure with the MLIP, every mode frozen at its thermal amplitude with both signs',
+              'the (relaxed) structures', 'ModesConfig',
+              [('distorted', 'distorted.npz', 'output LabelledSet of the frozen-mode cells'),
+               ('modes', 'modes.json', 'output JSON: modes per structure')]),
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='capthermo-mlip', description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='command', required=True)
-    screen = sub.add_parser('screen', help='relax every structure of a LabelledSet and rank them by energy')
-    screen.add_argument('model', help='MACE .model file')
-    screen.add_argument('structures', help='LabelledSet .npz of the structures to relax')
-    screen.add_argument('--config', default=None, help='JSON settings (see ScreenConfig); defaults when absent')
-    screen.add_argument('--relaxed', default='relaxed.npz', help='output LabelledSet of the relaxed structures')
-    screen.add_argument('--screen', default='screen.json', help='output JSON: one record per structure')
-    screen.add_argument('--summary', default='summary.json', help='where to write the JSON summary')
-    md = sub.add_parser('md', help='Langevin MD of every structure at every temperature: stability and frames')
-    md.add_argument('model', help='MACE .model file')
-    md.add_argument('structures', help='LabelledSet .npz of the starting structures')
-    md.add_argument('--config', default=None, help='JSON settings (see MdConfig); defaults when absent')
-    md.add_argument('--frames', default='frames.npz', help='output LabelledSet of the kept frames (if frame_stride)')
-    md.add_argument('--md', default='md.json', help='output JSON: one record per replica, with its series')
-    md.add_argument('--summary', default='summary.json', help='where to write the JSON summary')
-    thermal = sub.add_parser('thermal', help='batched Langevin MD: every structure x temperature x seed in one '
-                                             'TorchSim simulation; frames for the band-gap model')
-    thermal.add_argument('model', help='MACE .model file')
-    thermal.add_argument('structures', help='LabelledSet .npz of the starting (relaxed) structures')
-    thermal.add_argument('--config', default=None, help='JSON settings (see ThermalMdConfig); defaults when absent')
-    thermal.add_argument('--frames', default='frames.npz', help='output LabelledSet of the recorded frames of the '
-                                                                'replicas that finished, replica by replica')
-    thermal.add_argument('--series', default='series.npz', help='output arrays per replica (time, T, E, ...)')
-    thermal.add_argument('--md', default='md.json', help='output JSON: one record per replica')
-    thermal.add_argument('--summary', default='summary.json', help='where to write the JSON summary')
-    modes = sub.add_parser('modes', help='Γ phonons of each structure with the MLIP, every mode frozen at its '
-                                         'thermal amplitude with both signs')
-    modes.add_argument('model', help='MACE .model file')
-    modes.add_argument('structures', help='LabelledSet .npz of the (relaxed) structures')
-    modes.add_argument('--config', default=None, help='JSON settings (see ModesConfig); defaults when absent')
-    modes.add_argument('--distorted', default='distorted.npz', help='output LabelledSet of the frozen-mode cells')
-    modes.add_argument('--modes', default='modes.json', help='output JSON: modes per structure')
-    modes.add_argument('--summary', default='summary.json', help='where to write the JSON summary')
+    for name, (help_text, structures, settings, outputs) in TASKS.items():
+        task = sub.add_parser(name, help=help_text)
+        task.add_argument('model', help='MACE .model file')
+        task.add_argument('structures', help=f'LabelledSet .npz of {structures}')
+        task.add_argument('--config', default=None, help=f'JSON settings (see {settings}); defaults when absent')
+        for option, default, option_help in outputs:
+            task.add_argument(f'--{option}', default=default, help=option_help)
+        task.add_argument('--summary', default='summary.json', help='where to write the JSON summary')
     return parser
 
 
@@ -225,15 +223,16 @@ def run_thermal(model: str, structures: str, config: dict, frames_path: str, ser
         if kept:
             frames.append((row, trajectory))
     if frames:
-        n_per_frame = [len(t.positions[0]) for _, t in frames for _ in t.positions]
+        counts = [len(t.time_fs) for _, t in frames]  # frames per replica; a frame has the replica's atoms
         LabelledSet(
-            numbers=np.concatenate([np.tile(inputs.atoms(r['index']).numbers, len(t.positions)) for r, t in frames]),
+            numbers=np.concatenate([np.tile(inputs.atoms(r['index']).numbers, n) for (r, _), n in zip(frames, counts)]),
             positions=np.concatenate([t.positions.reshape(-1, 3) for _, t in frames]),
-            cells=np.concatenate([t.cells for _, t in frames]), n_atoms=np.array(n_per_frame),
+            cells=np.concatenate([t.cells for _, t in frames]),
+            n_atoms=np.concatenate([np.full(n, t.positions.shape[1]) for (_, t), n in zip(frames, counts)]),
             energy=np.concatenate([t.potential_energy for _, t in frames]),
-            x=np.concatenate([np.full(len(t.time_fs), r['x']) for r, t in frames]),
-            temperature=np.concatenate([np.full(len(t.time_fs), r['temperature']) for r, t in frames]),
-            origin=np.array(['md'] * len(n_per_frame)),
+            x=np.repeat([r['x'] for r, _ in frames], counts),
+            temperature=np.repeat([r['temperature'] for r, _ in frames], counts),
+            origin=np.array(['md'] * sum(counts)),
         ).save(frames_path)
     arrays = {}
     for replica, trajectory in series.items():
@@ -316,15 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                 with open(args.config) as handle:
                     config = json.load(handle)
             summary['config'] = config
-            if args.command == 'screen':
-                summary['outputs'] = run_screen(args.model, args.structures, config, args.relaxed, args.screen)
-            elif args.command == 'md':
-                summary['outputs'] = run_md(args.model, args.structures, config, args.frames, args.md)
-            elif args.command == 'thermal':
-                summary['outputs'] = run_thermal(args.model, args.structures, config, args.frames, args.series,
-                                                 args.md)
-            else:
-                summary['outputs'] = run_modes(args.model, args.structures, config, args.distorted, args.modes)
+            run = {'screen': run_screen, 'md': run_md, 'thermal': run_thermal, 'modes': run_modes}[args.command]
+            files = [getattr(args, option) for option, _, _ in TASKS[args.command][3]]
+            summary['outputs'] = run(args.model, args.structures, config, *files)
     except Exception as exception:  # noqa: BLE001 -- already in the summary
         print(f'{type(exception).__name__}: {exception}', file=sys.stderr)
         return 1

@@ -158,17 +158,19 @@ class HarmonicModel(ModelInterface):
 
 
 def load_torchsim_model(model_path: str, device: str, dtype: str, compute_stress: bool = False):
-    """The MACE ``.model`` file as a TorchSim model: TorchSim 0.3's own ``torch_sim.models.mace.MaceModel``
-    (mace-torch 0.3.16's ``MaceTorchSimModel`` needs a newer TorchSim's neighbour list), else mace-torch's."""
+    """A MACE model (a ``.model`` file, or a named foundation: :func:`aiida_capthermo.ml.mace.load_mace_model`) as a
+    TorchSim model: TorchSim 0.3's own ``torch_sim.models.mace.MaceModel`` (mace-torch 0.3.16's
+    ``MaceTorchSimModel`` needs a newer TorchSim's neighbour list), else mace-torch's."""
     try:
         from torch_sim.models.mace import MaceModel as TorchSimMace
     except ImportError:  # TorchSim releases that moved the MACE wrapper into mace-torch
         from mace.calculators.mace_torchsim import MaceTorchSimModel as TorchSimMace
 
-    torch_dtype = getattr(torch, dtype)
-    module = torch.load(str(model_path), map_location=device, weights_only=False)
-    return TorchSimMace(model=module, device=torch.device(device), dtype=torch_dtype,
-                             compute_forces=True, compute_stress=compute_stress)
+    from aiida_capthermo.ml.mace import load_mace_model, resolve_device
+
+    device = resolve_device(device)
+    return TorchSimMace(model=load_mace_model(str(model_path), device, dtype), device=torch.device(device),
+                        dtype=getattr(torch, dtype), compute_forces=True, compute_stress=compute_stress)
 
 
 def _initial_momenta(masses: np.ndarray, temperature: float, seed: int) -> np.ndarray:
@@ -207,10 +209,11 @@ def _set_momenta(state, momenta: torch.Tensor) -> None:
 def _restore_centre_of_mass(state, before: torch.Tensor) -> None:
     """Shift every system back by the centre-of-mass displacement of the last step (minimum image per atom: the
     positions are wrapped into the cell), so the noise of the Langevin step does not make the crystal diffuse."""
-    cell = state.row_vector_cell[state.system_idx]  # [n_atoms, 3, 3]
+    cell = state.row_vector_cell  # [S, 3, 3]
+    inverse = torch.linalg.inv(cell)[state.system_idx]  # one 3x3 inverse per system, not per atom
     delta = state.positions - before
-    fractional = torch.linalg.solve(cell.transpose(1, 2), delta.unsqueeze(-1)).squeeze(-1)
-    delta = torch.einsum('ni,nij->nj', fractional - torch.round(fractional), cell)
+    fractional = torch.einsum('ni,nij->nj', delta, inverse)
+    delta = torch.einsum('ni,nij->nj', fractional - torch.round(fractional), cell[state.system_idx])
     n_systems = state.n_systems
     weighted = torch.zeros((n_systems, 3), device=delta.device, dtype=delta.dtype).index_add_(
         0, state.system_idx, state.masses.unsqueeze(-1) * delta)

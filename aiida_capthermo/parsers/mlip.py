@@ -1,4 +1,5 @@
-"""Parser of ``MlipScreenCalcJob``: relaxed structures (same keys), energies array and per-structure results."""
+"""Parsers of the ``capthermo-mlip`` jobs: screen (relaxed structures, energies, per-structure results), md
+(stability verdicts, series, frames), thermal (replica records, series, frames) and modes (modes, distorted cells)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,44 @@ from aiida.engine import ExitCode
 
 from aiida_capthermo.parsers.base import SummaryParser
 
-__all__ = ['MlipScreenParser', 'MlipMdParser', 'MlipThermalParser', 'MlipModesParser']
+__all__ = ['MlipParser', 'MlipScreenParser', 'MlipMdParser', 'MlipThermalParser', 'MlipModesParser']
 
 
-class MlipScreenParser(SummaryParser):
+class MlipParser(SummaryParser):
+    """What the parsers of ``capthermo-mlip`` tasks share: required files, records keyed by input structure,
+    LabelledSet files as DatasetData outputs."""
+
+    def missing_file(self, *filenames: str) -> ExitCode | None:
+        """ERROR_OUTPUT_FILES_MISSING for the first of ``filenames`` that was not retrieved."""
+        names = self.retrieved.base.repository.list_object_names()
+        for filename in filenames:
+            if filename not in names:
+                return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=filename)
+        return None
+
+    def read_records(self, filename: str) -> list[dict]:
+        """The JSON records of ``filename`` with their structure ``index`` (sorted-key order) replaced by ``key``."""
+        records = json.loads(self.retrieved.base.repository.get_object_content(filename))
+        keys = sorted(self.node.inputs.structures)
+        for record in records:
+            record['key'] = keys[record.pop('index')]
+        return records
+
+    def out_dataset(self, link: str, filename: str, origin: str) -> ExitCode | None:
+        """Attach the LabelledSet file ``filename`` as DatasetData ``link`` (the model's uuid recorded)."""
+        from aiida_capthermo.core.dataset import LabelledSet
+        from aiida_capthermo.data.dataset import DatasetData
+
+        with tempfile.TemporaryDirectory() as tmpdir:
+            path = self.retrieved_path(filename, tmpdir)
+            if path is None:
+                return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=filename)
+            labelled = LabelledSet.load(path)
+        self.out(link, DatasetData.from_labelled_set(labelled, origin=origin, model_uuid=self.node.inputs.model.uuid))
+        return None
+
+
+class MlipScreenParser(MlipParser):
     """Read ``summary.json``, ``screen.json`` and ``relaxed.npz`` through the retrieved folder."""
 
     def parse(self, **kwargs):
@@ -30,10 +65,9 @@ class MlipScreenParser(SummaryParser):
                     summary.message or ''):
                 return self.exit_codes.ERROR_NO_STRUCTURE_RELAXED.format(error=summary.message)
             return summary
-        names = self.retrieved.base.repository.list_object_names()
-        for filename in (Job._SCREEN, Job._RELAXED):
-            if filename not in names:
-                return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=filename)
+        missing = self.missing_file(Job._SCREEN, Job._RELAXED)
+        if missing:
+            return missing
         records = json.loads(self.retrieved.base.repository.get_object_content(Job._SCREEN))
         with tempfile.TemporaryDirectory() as tmpdir:
             relaxed = LabelledSet.load(self.retrieved_path(Job._RELAXED, tmpdir))
@@ -75,13 +109,11 @@ def _clean(value):
     return value
 
 
-class MlipMdParser(SummaryParser):
+class MlipMdParser(MlipParser):
     """Read ``summary.json``, ``md.json`` and (when written) ``frames.npz``: verdicts, series and frames."""
 
     def parse(self, **kwargs):
         from aiida_capthermo.calculations.mlip import MlipMdCalcJob as Job
-        from aiida_capthermo.core.dataset import LabelledSet
-        from aiida_capthermo.data.dataset import DatasetData
 
         summary = self.read_summary()
         if isinstance(summary, ExitCode):
@@ -89,51 +121,38 @@ class MlipMdParser(SummaryParser):
                     summary.message or ''):
                 return self.exit_codes.ERROR_NO_REPLICA_RAN.format(error=summary.message)
             return summary
-        if Job._MD not in self.retrieved.base.repository.list_object_names():
-            return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=Job._MD)
-        records = json.loads(self.retrieved.base.repository.get_object_content(Job._MD))
-        keys = sorted(self.node.inputs.structures)
+        missing = self.missing_file(Job._MD)
+        if missing:
+            return missing
         trajectories = orm.ArrayData()
         replicas = []
-        for record in records:
+        for record in self.read_records(Job._MD):
             series = record.pop('series', {})
             for name, values in series.items():
                 trajectories.set_array(f'{name}_{record["replica"]}', np.asarray(values, dtype=float))
-            record['key'] = keys[record['index']]
             replicas.append({name: _clean(value) for name, value in record.items()})
         self.out('trajectories', trajectories)
         outputs = summary['outputs']
         self.out('results', orm.Dict({'stable': outputs['stable'], 'n_stable': outputs['n_stable'],
                                       'n_replicas': outputs['n_replicas'], 'replicas': replicas}))
         if outputs['files']['frames']:
-            with tempfile.TemporaryDirectory() as tmpdir:
-                path = self.retrieved_path(Job._FRAMES, tmpdir)
-                if path is None:
-                    return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=Job._FRAMES)
-                frames = LabelledSet.load(path)
-            self.out('frames', DatasetData.from_labelled_set(frames, origin='md', model_uuid=self.node.inputs.model.uuid))
+            return self.out_dataset('frames', Job._FRAMES, 'md')
         return None
 
 
-class MlipThermalParser(SummaryParser):
+class MlipThermalParser(MlipParser):
     """Read ``summary.json``, ``md.json``, ``series.npz`` and ``frames.npz`` of ``capthermo-mlip thermal``."""
 
     def parse(self, **kwargs):
         from aiida_capthermo.calculations.mlip import MlipThermalCalcJob as Job
-        from aiida_capthermo.core.dataset import LabelledSet
-        from aiida_capthermo.data.dataset import DatasetData
 
         summary = self.read_summary()
         if isinstance(summary, ExitCode):
             return summary
-        names = self.retrieved.base.repository.list_object_names()
-        for filename in (Job._MD, Job._SERIES):
-            if filename not in names:
-                return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=filename)
-        records = json.loads(self.retrieved.base.repository.get_object_content(Job._MD))
-        keys = sorted(self.node.inputs.structures)
-        for record in records:
-            record['key'] = keys[record.pop('index')]
+        missing = self.missing_file(Job._MD, Job._SERIES)
+        if missing:
+            return missing
+        records = self.read_records(Job._MD)
         series = orm.ArrayData()
         with self.retrieved.base.repository.open(Job._SERIES, 'rb') as handle, np.load(handle) as arrays:
             for name in arrays.files:
@@ -145,40 +164,26 @@ class MlipThermalParser(SummaryParser):
             'broken': outputs['broken'], 'n_broken': outputs['n_broken'], 'n_replicas': outputs['n_replicas'],
             'wall_time_s': outputs['wall_time_s'], 'replica_steps_per_s': outputs['replica_steps_per_s']}))
         if outputs['files']['frames']:
-            with tempfile.TemporaryDirectory() as tmpdir:
-                path = self.retrieved_path(Job._FRAMES, tmpdir)
-                if path is None:
-                    return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=Job._FRAMES)
-                frames = LabelledSet.load(path)
-            self.out('frames', DatasetData.from_labelled_set(frames, origin='md', model_uuid=self.node.inputs.model.uuid))
+            missing = self.out_dataset('frames', Job._FRAMES, 'md')
+            if missing:
+                return missing
         if outputs['n_broken']:
             reasons = '; '.join(f'{r["replica"]}: {r["broke"]}' for r in records if r['broke'])
             return self.exit_codes.ERROR_REPLICAS_BROKE.format(broken=outputs['broken'], reasons=reasons)
         return None
 
 
-class MlipModesParser(SummaryParser):
+class MlipModesParser(MlipParser):
     """Read ``summary.json``, ``modes.json`` and ``distorted.npz`` of ``capthermo-mlip modes``."""
 
     def parse(self, **kwargs):
         from aiida_capthermo.calculations.mlip import MlipModesCalcJob as Job
-        from aiida_capthermo.core.dataset import LabelledSet
-        from aiida_capthermo.data.dataset import DatasetData
 
         summary = self.read_summary()
         if isinstance(summary, ExitCode):
             return summary
-        names = self.retrieved.base.repository.list_object_names()
-        for filename in (Job._MODES, Job._DISTORTED):
-            if filename not in names:
-                return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=filename)
-        records = json.loads(self.retrieved.base.repository.get_object_content(Job._MODES))
-        keys = sorted(self.node.inputs.structures)
-        for record in records:
-            record['key'] = keys[record.pop('index')]
-        self.out('modes', orm.Dict({'structures': records}))
-        with tempfile.TemporaryDirectory() as tmpdir:
-            distorted = LabelledSet.load(self.retrieved_path(Job._DISTORTED, tmpdir))
-        self.out('distorted', DatasetData.from_labelled_set(distorted, origin='mode',
-                                                            model_uuid=self.node.inputs.model.uuid))
-        return None
+        missing = self.missing_file(Job._MODES, Job._DISTORTED)
+        if missing:
+            return missing
+        self.out('modes', orm.Dict({'structures': self.read_records(Job._MODES)}))
+        return self.out_dataset('distorted', Job._DISTORTED, 'mode')
