@@ -302,3 +302,44 @@ def test_thermal_gap_workchain_reruns_broken_replicas(trained_models):
     else:
         assert node.exit_status == 450
     assert 'x050_T0' in results['gaps']  # Eg(0) whatever the MD did
+
+
+def test_thermal_gap_inputs_rejected_with_a_clear_message(aiida_profile, tmp_path):
+    """Bad input stops at submission with a message that names what to change."""
+    from aiida import orm
+
+    from aiida_capthermo.data.model import ModelData
+    from aiida_capthermo.data.structures import set_structure_metadata
+    from aiida_capthermo.workflows.thermal import validate_inputs
+    from mlip_helpers import small_cell
+
+    (tmp_path / 'state.pt').write_bytes(b'0')
+    gnn = ModelData.from_files(kind='gnn', files={'state.pt': tmp_path / 'state.pt'}, main_file='state.pt',
+                               target='gap')
+    energy_gnn = ModelData.from_files(kind='gnn', files={'state.pt': tmp_path / 'state.pt'}, main_file='state.pt',
+                                      target='energy_per_atom')
+    good = set_structure_metadata(orm.StructureData(ase=small_cell(False, 0)), x=0.0)
+    no_x = orm.StructureData(ase=small_cell(False, 0))
+
+    def inputs(**changes):
+        base = {'structures': {'a': good}, 'temperatures': orm.List([0.0, 300.0]), 'gnn_model': gnn,
+                'max_md_restarts': orm.Int(2)}
+        return {**base, **changes}
+
+    assert validate_inputs(inputs(), None) is None
+    cases = [
+        (inputs(structures={}), 'at least one structure'),
+        (inputs(structures={'a': no_x}), "'a' has no composition x"),
+        (inputs(temperatures=orm.List([-10.0, 300.0])), '>= 0 K'),
+        (inputs(temperatures=orm.List([300.0, 300.0])), 'repeat'),
+        (inputs(md=orm.Dict({'temperatures': [300.0]})), "must not set ['temperatures']"),
+        (inputs(md=orm.Dict({'stepz': 10})), 'stepz'),
+        (inputs(md=orm.Dict({'timestep': -1.0})), 'timestep'),
+        (inputs(coupling=orm.Dict({'structures': ['b']})), 'coupling.structures'),
+        (inputs(coupling=orm.Dict({'temperatures': [-5.0]})), '>= 0 K'),
+        (inputs(gnn_model=energy_gnn), 'band-gap model'),
+        (inputs(max_md_restarts=orm.Int(-1)), 'max_md_restarts'),
+    ]
+    for case, expected in cases:
+        message = validate_inputs(case, None)
+        assert message is not None and expected in message, (expected, message)
