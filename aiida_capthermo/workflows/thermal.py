@@ -263,9 +263,10 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
         spec.input('gnn_batch_size', valid_type=orm.Int, default=lambda: orm.Int(1024),
                    help='Structures per GNN inference batch.')
         spec.input('options', valid_type=orm.Dict, required=False,
-                   help='Scheduler options of the GNN and relaxation jobs (resources, max_wallclock_seconds, ...).')
+                   help='Scheduler options of the GNN jobs (resources, max_wallclock_seconds, ...).')
         spec.input('md_options', valid_type=orm.Dict, required=False,
-                   help='Scheduler options of the MD and modes jobs (e.g. a GPU queue); default: `options`.')
+                   help='Scheduler options of the MACE jobs: relaxation, MD and modes (e.g. a GPU queue); default: '
+                        '`options`.')
         spec.inputs.validator = validate_inputs
         spec.outline(
             cls.relax,
