@@ -58,7 +58,8 @@ def mace_model_file(tmp_path_factory) -> pathlib.Path:
     workdir = tmp_path_factory.mktemp('mlip_train')
     lj_labelled_cells(12, rattle=0.08).write_extxyz(workdir / 'train.xyz')
     params = MaceHyperParameters(num_channels=8, max_L=0, r_max=4.0, num_interactions=2, correlation=2, batch_size=4,
-                                 device='cpu', default_dtype='float64', seed=1, max_num_epochs=2, valid_fraction=0.2)
+                                 device='cpu', default_dtype='float64', seed=1, max_num_epochs=2, valid_fraction=0.2,
+                                 pair_repulsion=True)  # ZBL core: MD of the toy cannot collapse atoms
     config = build_mace_config(params, foundation=None, has_valid=False, has_test=False)
     (workdir / 'config.yaml').write_text(yaml.safe_dump(config))
     run = subprocess.run([str(VENV_BIN / 'mace_run_train'), '--config', 'config.yaml'], cwd=workdir,

@@ -1,4 +1,5 @@
-"""Solid-solution screen: MLIP relaxation/phonons, ``capthermo-mlip screen``, MlipScreenCalcJob and the workchain.
+"""Solid-solution screen: batched MLIP relaxation and phonons, ``capthermo-mlip screen``, the screen CalcJob, its
+restart workchain and SolidSolutionScreenWorkChain.
 
 The potential is a real tiny MACE (8 channels, max_L 0, r_max 4 Å, 2 epochs, float64, CPU), trained once per
 module by ``mace_run_train`` on twelve rattled 10-atom Ag3S(I,Br) cells labelled with ASE's Lennard-Jones
@@ -55,19 +56,48 @@ def test_relax_lowers_energy_and_forces(calc, mace_model_file):
     check.calc = load_calculator(str(mace_model_file), 'cpu')
     assert check.get_potential_energy() == pytest.approx(info['energy'], abs=1e-8)
     assert np.linalg.norm(check.get_forces(), axis=1).max() < 0.01
-    # cell degrees of freedom: |stress| * volume bounded by fmax as well
-    assert np.abs(check.get_stress()).max() * check.get_volume() < 0.01 * 1.01
+    # cell degrees of freedom: the cell force |stress| * volume / N (FrechetCellFilter) bounded by fmax as well
+    assert np.abs(check.get_stress()).max() * check.get_volume() / len(check) < 0.01 * 1.01
     assert not np.allclose(relaxed.cell.array, start.cell.array)
     fixed, fixed_info = relax(start, calc, fmax=0.01, steps=300, cell=False)
     assert np.allclose(fixed.cell.array, start.cell.array) and fixed_info['converged']
 
 
-def test_harmonic_phonons_against_hand_made_hessian(calc):
-    from aiida_capthermo.ml.mlip import harmonic_phonons, relax
+def test_relax_batch_against_single_points(calc, mace_model_file):
+    """Batched FIRE: every structure converged by an independent re-evaluation, energies of ASE BFGS; too few steps:
+    reported unconverged, not dropped; a fixed cell stays fixed."""
+    from aiida_capthermo.ml.mlip import relax, relax_batch
+    from aiida_capthermo.ml.thermal import load_torchsim_model
+
+    model = load_torchsim_model(str(mace_model_file), 'cpu', 'float64', compute_stress=True)
+    cells = [small_cell(bool(i % 2), seed=30 + i) for i in range(4)]
+    results = relax_batch(model, cells, fmax=0.01, steps=1000, cell=True)
+    assert len(results) == 4
+    for start, (relaxed, info) in zip(cells, results):
+        assert info['converged'] and 0 < info['steps'] < 1000 and info['energy'] < info['initial_energy']
+        check = relaxed.copy()
+        check.calc = calc
+        assert check.get_potential_energy() == pytest.approx(info['energy'], abs=1e-8)
+        assert np.linalg.norm(check.get_forces(), axis=1).max() < 0.01
+        # cell force = virial / N (ASE's FrechetCellFilter convention) below fmax
+        assert np.abs(check.get_stress(voigt=False)).max() * check.get_volume() / len(check) < 0.01 * np.sqrt(3)
+        _, bfgs = relax(start, calc, fmax=0.01, steps=500)  # the same minimum by another optimiser
+        assert info['energy_per_atom'] == pytest.approx(bfgs['energy_per_atom'], abs=2e-4)
+    short = relax_batch(model, cells[:2], fmax=1e-4, steps=3, cell=False)
+    assert [info['converged'] for _, info in short] == [False, False] and [i['steps'] for _, i in short] == [3, 3]
+    assert all(np.allclose(relaxed.cell.array, start.cell.array) for (relaxed, _), start in zip(short, cells))
+
+
+def test_harmonic_phonons_against_hand_made_hessian(calc, mace_model_file):
+    from aiida_capthermo.ml.mlip import batched_forces, calculator_forces, harmonic_phonons, relax
+    from aiida_capthermo.ml.thermal import load_torchsim_model
 
     relaxed, _ = relax(small_cell(True, seed=3), calc, fmax=0.005, steps=300)
-    phonons = harmonic_phonons(relaxed, calc, supercell=(1, 1, 1), displacement=0.01, mesh=(2, 1, 1),
-                               imaginary_threshold=-0.1)
+    phonons = harmonic_phonons(relaxed, calculator_forces(calc), supercell=(1, 1, 1), displacement=0.01,
+                               mesh=(2, 1, 1), imaginary_threshold=-0.1)
+    batched = harmonic_phonons(relaxed, batched_forces(load_torchsim_model(str(mace_model_file), 'cpu', 'float64'),
+                                                       batch_size=7), supercell=(1, 1, 1), displacement=0.01)
+    assert np.allclose(batched['force_constants'], phonons['force_constants'], atol=1e-8)  # batches of 7 cells
     gamma = phonons['gamma_frequencies']
     assert gamma.shape == (30,)
     assert np.sort(np.abs(gamma))[:3].max() < 0.01  # three acoustic modes at zero
@@ -101,11 +131,13 @@ def test_screen_config_validation():
 
     from aiida_capthermo.ml.mlip import ScreenConfig
 
-    assert ScreenConfig().fmax == 0.01 and ScreenConfig().relax_cell is True
+    assert ScreenConfig().fmax == 0.01 and ScreenConfig().relax_cell is True and ScreenConfig().max_batch is None
     with pytest.raises(ValidationError, match='extra'):
         ScreenConfig(fmaxx=0.1)
-    with pytest.raises(ValidationError, match='three positive integers'):
-        ScreenConfig(supercell=[2, 2])
+    with pytest.raises(ValidationError, match='phonons'):
+        ScreenConfig(phonons=True)  # phonons are their own task now
+    with pytest.raises(ValidationError):
+        ScreenConfig(max_batch=0)
     with pytest.raises(ValidationError):
         ScreenConfig(device='tpu')
 
@@ -113,26 +145,35 @@ def test_screen_config_validation():
 # ---------------------------------------------------------------------------------------------- console script
 def test_console_script_screen(mace_model_file, calc, tmp_path, monkeypatch):
     from aiida_capthermo.cli.mlip import main
-    from aiida_capthermo.ml.mlip import relax
 
     monkeypatch.chdir(tmp_path)
-    cells = [small_cell(False, seed=11), small_cell(True, seed=12)]
-    LabelledSet.from_atoms_list(cells, x=np.array([0.0, 0.5]), origin=np.array(['a', 'b'])).save('in.npz')
-    pathlib.Path('config.json').write_text(json.dumps({'fmax': 0.01, 'max_steps': 200, 'phonons': True,
-                                                       'device': 'cpu'}))
+    cells = [small_cell(False, seed=11), small_cell(True, seed=12), small_cell(False, seed=13)]
+    LabelledSet.from_atoms_list(cells, x=np.array([0.0, 0.5, 0.0]), origin=np.array(['a', 'b', 'c'])).save('in.npz')
+    pathlib.Path('config.json').write_text(json.dumps({'fmax': 0.01, 'max_steps': 500, 'device': 'cpu'}))
     assert main(['screen', str(mace_model_file), 'in.npz', '--config', 'config.json']) == 0
     summary = json.loads(pathlib.Path('summary.json').read_text())
-    assert summary['error'] is None and summary['outputs']['n_relaxed'] == 2 and summary['units']['frequency'] == 'THz'
+    outputs = summary['outputs']
+    assert summary['error'] is None and outputs['n_relaxed'] == 3 and outputs['complete'] and outputs['batch_size'] == 3
     records = json.loads(pathlib.Path('screen.json').read_text())
     relaxed = LabelledSet.load('relaxed.npz')
-    assert len(relaxed) == 2 and np.allclose(relaxed.x, [0.0, 0.5])
+    assert len(relaxed) == 3 and np.allclose(relaxed.x, [0.0, 0.5, 0.0])
     for index, record in enumerate(records):
-        assert record['converged'] and record['n_imaginary'] is not None and len(record['gamma_frequencies']) == 30
-        _, direct = relax(cells[index], calc, fmax=0.01, steps=200)  # the same relaxation in-process
-        assert record['energy'] == pytest.approx(direct['energy'], abs=1e-6)
+        assert record['converged']
+        check = relaxed.atoms(index, with_labels=False)
+        check.calc = calc
+        assert check.get_potential_energy() == pytest.approx(record['energy'], abs=1e-8)  # a direct single point
         assert relaxed.energy[index] == pytest.approx(record['energy'], abs=1e-10)
         assert record['energy_per_atom'] == pytest.approx(record['energy'] / 10)
-    assert summary['outputs']['lowest_energy_per_atom'] == pytest.approx(min(r['energy_per_atom'] for r in records))
+    assert outputs['lowest_energy_per_atom'] == pytest.approx(min(r['energy_per_atom'] for r in records))
+    # a time limit: one structure per batch, no batch after the first -> the rest is `remaining`, checkpoint written
+    pathlib.Path('limit.json').write_text(json.dumps({'max_batch': 1, 'max_seconds': 1e-6, 'device': 'cpu'}))
+    assert main(['screen', str(mace_model_file), 'in.npz', '--config', 'limit.json', '--summary', 'limit.out',
+                 '--screen', 'limit_screen.json', '--relaxed', 'limit.npz']) == 0
+    limited = json.loads(pathlib.Path('limit.out').read_text())['outputs']
+    assert not limited['complete'] and limited['remaining'] == [1, 2] and limited['n_relaxed'] == 1
+    assert len(LabelledSet.load('limit.npz')) == 1
+    assert json.loads(pathlib.Path('limit_screen.json').read_text())[0]['energy'] == pytest.approx(
+        records[0]['energy'], abs=1e-8)  # batch of one: the same minimum
     # failures: unknown config key, missing model -> exit 1 with the error in the summary
     pathlib.Path('bad.json').write_text(json.dumps({'fmax': 0.01, 'stepz': 3}))
     assert main(['screen', str(mace_model_file), 'in.npz', '--config', 'bad.json', '--summary', 'bad.json.out']) == 1
@@ -152,8 +193,7 @@ def test_calcjob_on_localhost(model_node, script_code):
     builder.code = script_code('capthermo-mlip', 'capthermo.mlip_screen')
     builder.model = model_node
     builder.structures = structures
-    builder.parameters = orm.Dict({'fmax': 0.01, 'max_steps': 200, 'device': 'cpu', 'phonons': True,
-                                   'imaginary_threshold': -0.1})
+    builder.parameters = orm.Dict({'fmax': 0.01, 'max_steps': 500, 'device': 'cpu'})
     builder.metadata.options.max_wallclock_seconds = 300
     results, node = engine.run_get_node(builder)
     assert node.is_finished_ok, node.exit_status
@@ -161,15 +201,40 @@ def test_calcjob_on_localhost(model_node, script_code):
     records = results['results'].get_dict()
     for key, structure in results['relaxed'].items():
         assert records[key]['converged'] and records[key]['max_force'] < 0.01
-        assert isinstance(records[key]['n_imaginary'], int) and 'gamma_frequencies' not in records[key]
-        assert records[key]['n_imaginary'] == records[key]['n_imaginary_gamma']  # no mesh: Γ only
-        assert (records[key]['min_frequency'] < -0.1) == (records[key]['n_imaginary'] > 0)
         assert structure.get_formula() == structures[key].get_formula()
         assert structure.base.attributes.get('capthermo_x') == structures[key].base.attributes.get('capthermo_x')
     energies = results['energies']
     assert energies.base.attributes.get('keys') == ['a_first', 'b_second']
     assert np.allclose(energies.get_array('energy'), [records['a_first']['energy'], records['b_second']['energy']])
     assert results['summary']['outputs']['n_converged'] == 2
+    assert results['summary']['config']['max_seconds'] == pytest.approx(0.8 * 300)  # from the walltime
+
+
+def test_restart_relaxes_the_rest_after_the_time_limit(model_node, script_code):
+    """MlipScreenWorkChain: each job stops after one batch of one (its time limit), the next relaxes the rest; the
+    merged results equal one uninterrupted job's."""
+    from aiida_capthermo.calculations.mlip import MlipScreenCalcJob
+    from aiida_capthermo.workflows.screen import MlipScreenWorkChain
+
+    structures = {f's{i}': orm.StructureData(ase=small_cell(bool(i % 2), seed=40 + i)) for i in range(3)}
+    builder = MlipScreenWorkChain.get_builder()
+    builder.screen.code = script_code('capthermo-mlip', 'capthermo.mlip_screen')
+    builder.screen.model = model_node
+    builder.screen.structures = structures
+    builder.screen.parameters = orm.Dict({'max_batch': 1, 'max_seconds': 1e-6, 'device': 'cpu'})
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok, node.exit_status
+    jobs = [child for child in node.called if isinstance(child, orm.CalcJobNode)]
+    assert [job.exit_status for job in jobs] == [MlipScreenCalcJob.exit_codes.ERROR_OUT_OF_WALLTIME.status] * 2 + [0]
+    assert [len(job.inputs.structures) for job in jobs] == [3, 2, 1]
+    assert set(results['relaxed']) == set(structures)
+    merged = results['results'].get_dict()
+    single = MlipScreenCalcJob.get_builder()
+    single.code, single.model, single.structures = builder.screen.code, model_node, structures
+    single.parameters = orm.Dict({'device': 'cpu'})
+    direct = engine.run(single)['results'].get_dict()
+    for key in structures:
+        assert merged[key]['energy'] == pytest.approx(direct[key]['energy'], abs=1e-6)
 
 
 def test_calcjob_failed_structures(model_node, script_code):
@@ -211,8 +276,9 @@ def test_calcjob_input_validation(aiida_profile, model_node, tmp_path, script_co
 
 
 # ---------------------------------------------------------------------------------------------- workchain
-def test_screen_workchain_2x2x2(model_node, script_code):
+def test_screen_workchain_2x2x2(model_node, script_code, mace_model_file):
     from aiida_capthermo.core.structures import vegard_lattice_parameter
+    from aiida_capthermo.ml.mlip import load_calculator
     from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
 
     builder = SolidSolutionScreenWorkChain.get_builder()
@@ -221,12 +287,18 @@ def test_screen_workchain_2x2x2(model_node, script_code):
     builder.supercell = orm.List([2, 2, 2])
     builder.compositions = orm.List([0.125, 0.25])
     builder.code = script_code('capthermo-mlip', 'capthermo.mlip_screen')
-    builder.parameters = orm.Dict({'fmax': 0.05, 'max_steps': 100, 'device': 'cpu'})
+    builder.parameters = orm.Dict({'fmax': 0.02, 'max_steps': 300, 'device': 'cpu'})
+    builder.batch_size = orm.Int(2)  # x = 0.25 (3 classes) needs two relaxation jobs
+    builder.phonons = orm.Dict({'device': 'cpu'})
+    builder.temperatures = orm.List([])  # harmonic only here; the finite-temperature path has its own test
     builder.options = orm.Dict({'max_wallclock_seconds': 600, 'resources': {'num_machines': 1}})
     results, node = engine.run_get_node(builder)
     assert node.is_finished_ok, node.exit_status
     compositions = results['compositions']
     assert set(compositions) == {'x_0p125', 'x_0p250'}
+    relax_jobs = [c for c in node.called if c.process_label == 'MlipScreenWorkChain']
+    assert sorted(len(job.inputs.screen.structures) for job in relax_jobs) == [1, 1, 2]
+    calc = load_calculator(str(mace_model_file), 'cpu')
     expected = {'x_0p125': (0.125, [8], 8), 'x_0p250': (0.25, [4, 12, 12], 28)}
     for key, (x, multiplicities, arrangements) in expected.items():
         table = compositions[key]['configurations'].get_dict()
@@ -235,21 +307,81 @@ def test_screen_workchain_2x2x2(model_node, script_code):
         assert table['n_arrangements'] == arrangements == sum(multiplicities)
         assert table['lattice_parameter'] == pytest.approx(vegard_lattice_parameter(x, 4.869, 4.793))
         ranking = compositions[key]['ranking'].get_dict()
-        assert len(ranking['keys']) == len(multiplicities)
+        assert len(ranking['keys']) == len(multiplicities) and not ranking['missing'] and not ranking['failed']
         assert ranking['energy_per_atom'] == sorted(ranking['energy_per_atom'])
         assert sorted(ranking['multiplicity']) == multiplicities
+        # the ranking agrees with direct single points of the relaxed structures (an independent ASE calculator)
+        jobs = [link.node for link in node.base.links.get_outgoing(link_label_filter=f'relax_{key}_%').all()]
+        relaxed = {k: v for job in jobs for k, v in job.outputs.relaxed.items()}
+        direct = []
+        for name in ranking['keys']:
+            atoms = relaxed[name].get_ase()
+            atoms.calc = calc
+            direct.append(atoms.get_potential_energy() / len(atoms))
+        assert np.allclose(direct, ranking['energy_per_atom'], atol=1e-7) and direct == sorted(direct)
+        # Boltzmann weights: g_i exp(-dE_cell / kT) / Z by hand
+        for temperature in (300.0, 600.0):
+            weights = np.array(ranking['multiplicity']) * np.exp(
+                -40 * np.array(ranking['relative_energy_per_atom']) / (8.617333262e-5 * temperature))
+            average = ranking['boltzmann'][f'T{temperature:.0f}']
+            assert np.allclose(average['probability'], weights / weights.sum())
+            assert average['energy_per_atom'] == pytest.approx(np.dot(weights / weights.sum(), direct))
         lowest = compositions[key]['lowest']
         symbols = lowest.get_ase().get_chemical_symbols()
         assert len(symbols) == 40 and symbols.count('Br') == round(8 * x) and symbols.count('I') == 8 - round(8 * x)
         assert lowest.base.attributes.get('capthermo_x') == pytest.approx(x)
-        # the lowest structure is the relaxed output of the job, with the energy the ranking reports
         job = lowest.base.links.get_incoming(link_type=LinkType.CREATE).one().node
         assert job.outputs.results[ranking['lowest']]['energy_per_atom'] == ranking['energy_per_atom'][0]
-    # the enumerated inputs of the job: Vegard cell and multiplicity attribute
+        # harmonic phonons of the kept (lowest) configuration: bands, 0 K stability, plot
+        kept = compositions[key][ranking['lowest']]
+        bands = kept['bands']
+        assert bands.get_bands().shape == (bands.get_kpoints().shape[0], 120)
+        assert [name for _, name in bands.labels][:3] == ['Γ', 'X', 'X']
+        gamma = np.array(kept['phonons']['commensurate_frequencies'][0])  # supercell [1, 1, 1]: Γ only
+        assert np.sort(np.abs(gamma))[:3].max() < 0.05  # three acoustic modes
+        assert kept['phonons']['n_imaginary'] == int(np.sum(gamma < -0.1))
+        assert kept['phonons']['stable_0K'] == (kept['phonons']['n_imaginary'] == 0)
+        assert kept['phonon_plot'].get_content('rb')[:8] == b'\x89PNG\r\n\x1a\n'
     job = compositions['x_0p250']['lowest'].base.links.get_incoming(link_type=LinkType.CREATE).one().node
     for structure in job.inputs.structures.values():
         assert np.allclose(structure.cell, np.eye(3) * 2 * vegard_lattice_parameter(0.25, 4.869, 4.793))
         assert structure.base.attributes.get('capthermo_multiplicity') in (4, 12)
+
+
+def test_screen_finite_temperature_phonons_of_an_unstable_configuration(model_node, script_code):
+    """An expanded fixed cell (4.8 Å) of the toy potential has imaginary modes at 0 K: the workchain runs MD at 200 K
+    and outputs the renormalised phonons, the bands and whether the instability is stabilised."""
+    from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
+
+    builder = SolidSolutionScreenWorkChain.get_builder()
+    builder.model = model_node
+    builder.prototype = orm.Dict({**PROTOTYPE, 'a_host': 4.8, 'a_guest': 4.8})
+    builder.compositions = orm.List([0.0])
+    builder.code = script_code('capthermo-mlip', 'capthermo.mlip_screen')
+    builder.parameters = orm.Dict({'relax_cell': False, 'device': 'cpu'})
+    builder.phonons = orm.Dict({'steps': 2000, 'equilibration_steps': 300, 'timestep': 4.0, 'sample_stride': 2,
+                                'device': 'cpu'})
+    builder.temperatures = orm.List([200.0])
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok, node.exit_status
+    kept = results['compositions']['x_0p000']['c000']
+    summary = kept['phonons'].get_dict()
+    assert summary['n_imaginary'] > 0 and not summary['stable_0K']
+    finite = summary['temperatures']['T200']
+    assert finite['broke'] is None and isinstance(finite['stabilised'], bool)
+    assert finite['stabilised'] == (not finite['unresolved'])
+    assert finite['resolution'] == pytest.approx(1 / (2000 * 4e-3))
+    # the mode projections are complete: their kinetic energy is the atoms' (mean <v_s^2> / k_B T = T_kin / T)
+    assert finite['equipartition'] == pytest.approx(finite['mean_temperature'] / 200.0, rel=1e-6)
+    assert 0.7 < finite['equipartition'] < 1.3
+    assert len(finite['imaginary_harmonic']) == summary['n_imaginary']
+    renormalised = kept['renormalised_bands']['T200']
+    assert renormalised.get_bands().shape == kept['bands'].get_bands().shape
+    assert renormalised.base.attributes.get('temperature') == 200.0
+    # the renormalised Γ frequencies of the MD cell are the fitted peaks: real, not imaginary
+    assert min(finite['commensurate_frequencies'][0]) > -0.05
+    finite_job = node.base.links.get_outgoing(link_label_filter='phonons_finite_temperature').one().node
+    assert finite_job.outputs.spectra.get_array('x_0p000_c000_T200').shape[1] == 120
 
 
 def test_enumeration_sampling_and_parent(aiida_profile):
@@ -323,4 +455,4 @@ def test_screen_workchain_job_failure(model_node, script_code):
     builder.parameters = orm.Dict({'device': 'cpu'})
     _, node = engine.run_get_node(builder)
     assert node.exit_status == SolidSolutionScreenWorkChain.exit_codes.ERROR_SCREEN_FAILED.status
-    assert 'x_1p000' in node.exit_message and '311' in node.exit_message
+    assert 'x_1p000' in node.exit_message and 'status 311' in node.exit_message

@@ -1,4 +1,5 @@
-"""``MlipScreenCalcJob``: relax a set of structures with a MACE model node through ``capthermo-mlip screen``."""
+"""CalcJobs of the ``capthermo-mlip`` tasks: batched relaxation (screen), phonons (harmonic and finite-temperature),
+Langevin MD (stability check, batched thermal sampling) and frozen Γ modes, each with a MACE model node."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from aiida_capthermo.calculations.base import CapthermoCalcJob, pydantic_error
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
 
-__all__ = ['MlipCalcJob', 'MlipScreenCalcJob', 'MlipMdCalcJob', 'MlipThermalCalcJob', 'MlipModesCalcJob']
+__all__ = ['MlipCalcJob', 'MlipScreenCalcJob', 'MlipPhononsCalcJob', 'MlipMdCalcJob', 'MlipThermalCalcJob',
+           'MlipModesCalcJob']
 
 
 def validate_mace_model(model: ModelData, _) -> str | None:
@@ -70,6 +72,10 @@ class MlipCalcJob(CapthermoCalcJob):
         module, name = cls._SETTINGS.split(':')
         return pydantic_error(getattr(importlib.import_module(module), name), parameters.get_dict(), 'parameters')
 
+    def _complete_parameters(self, parameters: dict) -> dict:
+        """Hook: the config the compute side gets (a task may derive settings from the job's options)."""
+        return parameters
+
     def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
         from aiida_capthermo.data.structures import labelled_set_from_structures
 
@@ -78,6 +84,7 @@ class MlipCalcJob(CapthermoCalcJob):
             labelled_set_from_structures(dict(self.inputs.structures)).save(buffer)
             handle.write(buffer.getvalue())
         parameters = self.inputs.parameters.get_dict() if 'parameters' in self.inputs else {}
+        parameters = self._complete_parameters(parameters)
         with folder.open(self._CONFIG, 'w') as handle:
             json.dump(parameters, handle, indent=1)
         self.inputs.model.export_files(folder.abspath)
@@ -96,21 +103,27 @@ class MlipCalcJob(CapthermoCalcJob):
 
 
 class MlipScreenCalcJob(MlipCalcJob):
-    """Relax every input structure with a MACE potential (BFGS, cell filter) and optionally check its phonons.
+    """Relax every input structure with a MACE potential: all of them (or ``max_batch`` at a time) in one batched
+    TorchSim FIRE simulation with a Fréchet cell filter, the model loaded once.
 
     The structures go to the compute side as one LabelledSet (sorted by key), the model files are copied into
     the working directory; ``capthermo-mlip screen`` writes the relaxed set, one record per structure and the
-    summary.
+    summary, and checkpoints both after every batch. Unless ``parameters`` set ``max_seconds``, the script starts no
+    batch after 80 % of ``max_wallclock_seconds``; a job stopped that way, or killed by the scheduler for walltime,
+    attaches what it relaxed and exits with ERROR_OUT_OF_WALLTIME (``MlipScreenWorkChain`` relaxes the rest).
     """
 
     _TASK = 'screen'
     _SETTINGS = 'aiida_capthermo.ml.mlip:ScreenConfig'
     _STRUCTURES_HELP = 'The structures to relax, by key (Å).'
-    _PARAMETERS_HELP = ('Screen settings: fmax (eV/Å), max_steps, relax_cell, phonons, supercell, displacement (Å), '
-                        'mesh, imaginary_threshold (THz), device (auto/cpu/cuda), dtype (float64/float32).')
+    _PARAMETERS_HELP = ('ScreenConfig: fmax (eV/Å, atomic and cell forces), max_steps, relax_cell, max_batch '
+                        '(structures per batched simulation), max_seconds, device (auto/cpu/cuda), dtype '
+                        '(float64/float32), threads.')
     _RELAXED = 'relaxed.npz'
     _SCREEN = 'screen.json'
     _OUTPUTS = {'--relaxed': _RELAXED, '--screen': _SCREEN}
+    #: Share of the job's walltime after which the script starts no new batch.
+    WALLTIME_FRACTION = 0.8
 
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:
@@ -121,10 +134,53 @@ class MlipScreenCalcJob(MlipCalcJob):
                     help='Arrays over the relaxed structures in sorted-key order: `energy` (eV), `energy_per_atom` '
                          '(eV/atom), `converged`, `steps`.')
         spec.output('results', valid_type=orm.Dict,
-                    help='Per key: energy (eV), energy_per_atom (eV/atom), converged, steps, max_force (eV/Å), '
-                         'n_imaginary, min_frequency (THz), or error.')
+                    help='Per key reached: energy (eV), initial_energy, energy_per_atom (eV/atom), converged, steps, '
+                         'max_force (eV/Å), max_stress (eV/Å^3), or error.')
         spec.default_output_node = 'results'
         spec.exit_code(311, 'ERROR_NO_STRUCTURE_RELAXED', message='No structure could be relaxed: {error}')
+
+    def _complete_parameters(self, parameters: dict) -> dict:
+        walltime = self.inputs.metadata.options.get('max_wallclock_seconds')
+        if walltime and 'max_seconds' not in parameters:
+            parameters = {**parameters, 'max_seconds': self.WALLTIME_FRACTION * walltime}
+        return parameters
+
+
+class MlipPhononsCalcJob(MlipCalcJob):
+    """Harmonic phonons of every input cell with a MACE model node (phonopy finite displacements, the displaced
+    supercells evaluated in batches; bands along the cubic path) and, with ``temperatures`` in ``parameters``,
+    finite-temperature phonons from batched Langevin MD by normal-mode decomposition of the velocities
+    (``capthermo-mlip phonons``)."""
+
+    _TASK = 'phonons'
+    _SETTINGS = 'aiida_capthermo.ml.phonons:PhononConfig'
+    _STRUCTURES_HELP = 'Relaxed cells by key (Å); each is its own unit cell for phonopy.'
+    _PARAMETERS_HELP = ('PhononConfig: supercell, displacement (Å), imaginary_threshold (THz), band_points, '
+                        'batch_size; finite temperature: temperatures (K), replicas, equilibration_steps, '
+                        'equilibration_friction and friction (1/fs), steps, timestep (fs), sample_stride, segments, '
+                        'fit_window (THz), seed, stop_distance (Å); device, dtype, threads.')
+    _BANDS = 'bands.npz'
+    _PHONONS = 'phonons.json'
+    _OUTPUTS = {'--bands': _BANDS, '--phonons': _PHONONS}
+
+    @classmethod
+    def define(cls, spec: engine.CalcJobProcessSpec) -> None:
+        super().define(spec)
+        spec.output('results', valid_type=orm.Dict,
+                    help='Per key: commensurate q points and harmonic frequencies there (THz), n_imaginary, '
+                         'min_frequency; per temperature (`300.0`): harmonic and renormalised frequencies of the '
+                         'supercell modes, linewidths (FWHM THz), renormalised commensurate frequencies, '
+                         'imaginary_harmonic modes, unresolved modes, stabilised, equipartition, mean_temperature.')
+        spec.output_namespace('bands', valid_type=orm.BandsData, dynamic=True,
+                              help='Harmonic phonon bands (THz) per key along Γ-X-M-Γ-R-X|M-R.')
+        spec.output_namespace('renormalised_bands', valid_type=orm.BandsData, dynamic=True,
+                              help='Renormalised phonon bands (THz) per key and temperature (`c003_T300`).')
+        spec.output('spectra', valid_type=orm.ArrayData, required=False,
+                    help='Power spectra of the supercell modes per key and temperature (`c003_T300`, [K, 3N]) and '
+                         'their frequency grids (`frequency_c003_T300`, THz).')
+        spec.default_output_node = 'results'
+        spec.exit_code(314, 'ERROR_MD_BROKE',
+                       message='The phonon MD of {runs} broke; the harmonic results are attached.')
 
 
 class MlipMdCalcJob(MlipCalcJob):

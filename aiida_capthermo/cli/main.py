@@ -75,21 +75,29 @@ def setup_codes(computer, bin_dir):
 
 
 @cli.command('submit')
-@click.argument('workflow', type=click.Choice(['dataset', 'study']))
-@click.option('--protocol', default=None, help='demo, fast or balanced (default: the workchain default).')
+@click.argument('workflow', type=click.Choice(['dataset', 'study', 'screen']))
+@click.option('--protocol', default=None, help='demo, fast or paper (default: the workchain default).')
+@click.option('--model', 'model_pk', type=int, default=None, help='screen: pk of the MACE model node (default: the '
+              'newest MACE model).')
 @click.option('--computer', default='localhost', show_default=True, help='Computer of the codes set up by '
               '`capthermo setup-codes`.')
 @click.option('--override', '-o', multiple=True, help='Override a protocol input: key.sub=value (YAML value), '
               'e.g. -o temperatures=[300,600] -o low.calculator.method=GFN2-xTB.')
 @click.option('--dry-run', is_flag=True, help='Build and validate the inputs, submit nothing.')
-def submit_workflow(workflow, protocol, computer, override, dry_run):
-    """Submit the dataset or the study workchain to the daemon, built from a protocol."""
+def submit_workflow(workflow, protocol, computer, override, dry_run, model_pk):
+    """Submit the dataset, study or screen workchain to the daemon, built from a protocol."""
     from aiida import orm
     from aiida.engine import submit
 
     overrides = _parse_override(override)
     label_code = orm.load_code(f'capthermo-label@{computer}')
-    if workflow == 'dataset':
+    if workflow == 'screen':
+        from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
+
+        builder = SolidSolutionScreenWorkChain.get_builder_from_protocol(
+            orm.load_code(f'capthermo-mlip@{computer}'), _mace_model(model_pk), protocol=protocol,
+            overrides=overrides)
+    elif workflow == 'dataset':
         from aiida_capthermo.workflows.dataset import PhononInformedDatasetWorkChain
 
         builder = PhononInformedDatasetWorkChain.get_builder_from_protocol(label_code, protocol=protocol,
@@ -108,6 +116,23 @@ def submit_workflow(workflow, protocol, computer, override, dry_run):
         return
     node = submit(builder)
     click.echo(f'submitted {node.process_label}<{node.pk}>; follow with `verdi process status {node.pk}`')
+
+
+def _mace_model(pk: int | None):
+    """The MACE model node ``pk``, or the newest one."""
+    from aiida import orm
+    from aiida.plugins import DataFactory
+
+    if pk is not None:
+        node = orm.load_node(pk)
+        if getattr(node, 'kind', None) != 'mace':
+            raise click.ClickException(f'node {pk} is not a MACE model (ModelData of kind "mace")')
+        return node
+    query = orm.QueryBuilder().append(DataFactory('capthermo.model'), filters={'attributes.kind': 'mace'},
+                                      tag='model').order_by({'model': {'id': 'desc'}}).limit(1)
+    if not query.count():
+        raise click.ClickException('no MACE model in this profile: train one (capthermo submit study) or give --model')
+    return query.first()[0]
 
 
 @cli.command('datasets')

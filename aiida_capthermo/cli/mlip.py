@@ -1,9 +1,10 @@
-"""``capthermo-mlip``: relax structures with a MACE potential (optionally with harmonic phonons), run Langevin MD
-(a stability check, or batched thermal sampling), or freeze Γ phonons at their thermal amplitudes.
+"""``capthermo-mlip``: relax structures with a MACE potential (batched), compute their harmonic and finite-temperature
+phonons, run Langevin MD (a stability check, or batched thermal sampling), or freeze Γ phonons at their thermal
+amplitudes.
 
 Thin console script run on the compute side: parse arguments, call :func:`run_screen` (``screen``, which uses
-:mod:`aiida_capthermo.ml.mlip`), :func:`run_md` (``md``, ASE, :mod:`aiida_capthermo.ml.md`), :func:`run_thermal`
-(``thermal``, many replicas in one TorchSim simulation, :mod:`aiida_capthermo.ml.thermal`) or :func:`run_modes`
+:mod:`aiida_capthermo.ml.mlip`), :func:`run_phonons` (``phonons``, :mod:`aiida_capthermo.ml.phonons`),
+:func:`run_md` (``md``, ASE, :mod:`aiida_capthermo.ml.md`), :func:`run_thermal` (``thermal``, many replicas in one TorchSim simulation, :mod:`aiida_capthermo.ml.thermal`) or :func:`run_modes`
 (``modes``), and write ``summary.json`` (inputs, units, outputs, timings, ``error`` on failure).
 Heavy imports happen inside the function so ``--help`` is instant.
 """
@@ -16,7 +17,7 @@ import sys
 
 from aiida_capthermo.cli.summary import summary_writer
 
-__all__ = ['main', 'run_screen', 'run_md', 'run_thermal', 'run_modes']
+__all__ = ['main', 'run_screen', 'run_md', 'run_thermal', 'run_phonons', 'run_modes']
 
 UNITS = {'energy': 'eV', 'energy_per_atom': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3', 'length': 'Å',
          'frequency': 'THz', 'time': 'fs', 'temperature': 'K', 'velocity': 'Å/fs', 'amplitude': 'amu^1/2 Å'}
@@ -37,6 +38,11 @@ TASKS = {
                                           'replica by replica'),
                  ('series', 'series.npz', 'output arrays per replica (time, T, E, ...)'),
                  ('md', 'md.json', 'output JSON: one record per replica')]),
+    'phonons': ('harmonic phonons of each structure (batched displaced supercells, bands along the cubic path) and, '
+                'with temperatures, renormalised phonons from MD by normal-mode decomposition of the velocities',
+                'the (relaxed) structures', 'PhononConfig',
+                [('bands', 'bands.npz', 'output arrays: bands, commensurate frequencies and spectra per structure'),
+                 ('phonons', 'phonons.json', 'output JSON: one record per structure')]),
     'modes': ('Γ phonons of each structure with the MLIP, every mode frozen at its thermal amplitude with both signs',
               'the (relaxed) structures', 'ModesConfig',
               [('distorted', 'distorted.npz', 'output LabelledSet of the frozen-mode cells'),
@@ -59,54 +65,86 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_screen(model: str, structures: str, config: dict, relaxed_path: str, screen_path: str) -> dict:
-    """Relax every structure of ``structures`` with the MACE ``model``; write the relaxed set and the records.
+    """Relax every structure of ``structures`` with the MACE ``model`` in batched TorchSim FIRE simulations.
 
-    Returns the summary outputs: number relaxed/converged, lowest energy per atom and the file names.
-    A structure whose relaxation raises is recorded with its ``error`` and left out of ``relaxed_path``;
-    the run fails only when no structure was relaxed.
+    Structures are relaxed ``max_batch`` at a time (all at once when unset); after every batch the relaxed set and
+    the records written so far are saved, so a job killed by the scheduler leaves a checkpoint. With ``max_seconds``
+    no batch starts after that time: the structures not reached are listed in ``remaining`` and the summary says
+    ``complete: false`` (the CalcJob then exits with ERROR_OUT_OF_WALLTIME and a restart relaxes the rest).
+    When a batch raises, its structures are relaxed one by one and those that still raise are recorded with their
+    ``error``; running out of memory is fatal (the summary's ``error_kind`` says so, and a restart uses smaller
+    batches).
     """
-    import numpy as np
+    import time
 
     from aiida_capthermo.core.dataset import LabelledSet
-    from aiida_capthermo.ml.mlip import ScreenConfig, harmonic_phonons, load_calculator, relax
+    from aiida_capthermo.ml.mlip import ScreenConfig, relax_batch
+    from aiida_capthermo.ml.thermal import load_torchsim_model
 
+    start = time.perf_counter()
     settings = ScreenConfig.model_validate(config)
-    calc = load_calculator(model, settings.device, settings.dtype)
+    _set_threads(settings.threads)
+    potential = load_torchsim_model(model, settings.device, settings.dtype, compute_stress=settings.relax_cell)
     inputs = LabelledSet.load(structures)
-    records, relaxed, kept = [], [], []
-    for index in range(len(inputs)):
-        atoms = inputs.atoms(index, with_labels=False)
-        record = {'index': index, 'structure_uuid': str(inputs.structure_uuid[index]), 'n_atoms': len(atoms)}
+    size = settings.max_batch or len(inputs)
+    records, relaxed, kept, remaining = [], [], [], []
+    for first in range(0, len(inputs), size):
+        indices = list(range(first, min(first + size, len(inputs))))
+        if settings.max_seconds is not None and first and time.perf_counter() - start > settings.max_seconds:
+            remaining.extend(range(first, len(inputs)))
+            break
+        systems = [inputs.atoms(index, with_labels=False) for index in indices]
         try:
-            final, info = relax(atoms, calc, fmax=settings.fmax, steps=settings.max_steps, cell=settings.relax_cell)
-            record.update(info)
-            if settings.phonons:
-                phonons = harmonic_phonons(final, calc, supercell=settings.supercell,
-                                           displacement=settings.displacement, mesh=settings.mesh,
-                                           imaginary_threshold=settings.imaginary_threshold)
-                record.update(n_imaginary=phonons['n_imaginary'], n_imaginary_gamma=phonons['n_imaginary_gamma'],
-                              min_frequency=phonons['min_frequency'],
-                              gamma_frequencies=phonons['gamma_frequencies'].tolist())
-            else:
-                record.update(n_imaginary=None, min_frequency=None)
-            relaxed.append(final)
-            kept.append(index)
-        except Exception as exception:  # noqa: BLE001 -- recorded per structure; the others go on
-            record['error'] = f'{type(exception).__name__}: {exception}'
-        records.append(record)
+            outcome = relax_batch(potential, systems, fmax=settings.fmax, steps=settings.max_steps,
+                                  cell=settings.relax_cell)
+        except Exception as exception:  # noqa: BLE001 -- the batch's structures are retried one by one
+            if 'out of memory' in str(exception).lower():
+                raise
+            outcome = [_relax_alone(potential, atoms, settings) for atoms in systems]
+        for index, (final, info) in zip(indices, outcome):
+            records.append({'index': index, 'structure_uuid': str(inputs.structure_uuid[index]),
+                            'n_atoms': len(systems[index - first]), **info})
+            if final is not None:
+                relaxed.append(final)
+                kept.append(index)
+        _write_screen(inputs, relaxed, kept, records, relaxed_path, screen_path)
     if not relaxed:
         raise RuntimeError(f'no structure was relaxed: {[r.get("error") for r in records]}')
-    kept = np.array(kept)
-    result = LabelledSet.from_atoms_list(relaxed, x=inputs.x[kept], temperature=inputs.temperature[kept],
-                                         origin=inputs.origin[kept], structure_uuid=inputs.structure_uuid[kept])
-    result.save(relaxed_path)
-    with open(screen_path, 'w') as handle:
-        json.dump(records, handle, indent=1)
     energies = [r['energy_per_atom'] for r in records if 'energy_per_atom' in r]
     return {'n_structures': len(inputs), 'n_relaxed': len(relaxed),
             'n_converged': sum(bool(r.get('converged')) for r in records),
-            'lowest_energy_per_atom': min(energies), 'relaxed_indices': kept.tolist(),
-            'settings': settings.model_dump(), 'files': {'relaxed': relaxed_path, 'screen': screen_path}}
+            'lowest_energy_per_atom': min(energies), 'relaxed_indices': kept, 'remaining': remaining,
+            'complete': not remaining, 'batch_size': size, 'settings': settings.model_dump(),
+            'relaxations_per_minute': 60.0 * len(records) / (time.perf_counter() - start),
+            'files': {'relaxed': relaxed_path, 'screen': screen_path}}
+
+
+def _relax_alone(potential, atoms, settings) -> tuple:
+    """Relax one structure of a batch that raised; (None, {'error': ...}) when it raises on its own too."""
+    from aiida_capthermo.ml.mlip import relax_batch
+
+    try:
+        return relax_batch(potential, [atoms], fmax=settings.fmax, steps=settings.max_steps,
+                           cell=settings.relax_cell)[0]
+    except Exception as exception:  # noqa: BLE001 -- recorded per structure
+        if 'out of memory' in str(exception).lower():
+            raise
+        return None, {'error': f'{type(exception).__name__}: {exception}'}
+
+
+def _write_screen(inputs, relaxed: list, kept: list, records: list, relaxed_path: str, screen_path: str) -> None:
+    """Checkpoint of ``run_screen``: the relaxed structures and the records so far."""
+    import numpy as np
+
+    from aiida_capthermo.core.dataset import LabelledSet
+
+    if relaxed:
+        index = np.array(kept)
+        LabelledSet.from_atoms_list(relaxed, x=inputs.x[index], temperature=inputs.temperature[index],
+                                    origin=inputs.origin[index],
+                                    structure_uuid=inputs.structure_uuid[index]).save(relaxed_path)
+    with open(screen_path, 'w') as handle:
+        json.dump(records, handle, indent=1)
 
 
 def run_md(model: str, structures: str, config: dict, frames_path: str, md_path: str) -> dict:
@@ -264,17 +302,17 @@ def run_modes(model: str, structures: str, config: dict, distorted_path: str, mo
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.core.displacements import SupercellModes
     from aiida_capthermo.core.thermal import frozen_mode_displacements, species_participation
-    from aiida_capthermo.ml.mlip import harmonic_phonons, load_calculator
-    from aiida_capthermo.ml.thermal import ModesConfig
+    from aiida_capthermo.ml.mlip import batched_forces, harmonic_phonons
+    from aiida_capthermo.ml.thermal import ModesConfig, load_torchsim_model
 
     settings = ModesConfig.model_validate(config)
     _set_threads(settings.threads)
-    calc = load_calculator(model, settings.device, settings.dtype)
+    forces = batched_forces(load_torchsim_model(model, settings.device, settings.dtype))
     inputs = LabelledSet.load(structures)
     records, distorted, x, temperature = [], [], [], []
     for index in range(len(inputs)):
         atoms = inputs.atoms(index, with_labels=False)
-        phonons = harmonic_phonons(atoms, calc, displacement=settings.displacement)
+        phonons = harmonic_phonons(atoms, forces, displacement=settings.displacement)
         modes = SupercellModes.from_force_constants(phonons['force_constants'], atoms.get_masses(), atoms.numbers,
                                                     frequency_cutoff=settings.frequency_cutoff,
                                                     imaginary=settings.imaginary)
@@ -303,6 +341,75 @@ def run_modes(model: str, structures: str, config: dict, distorted_path: str, mo
             'files': {'distorted': distorted_path, 'modes': modes_path}}
 
 
+def run_phonons(model: str, structures: str, config: dict, bands_path: str, phonons_path: str) -> dict:
+    """Harmonic phonons of every structure and, at the configured temperatures, renormalised phonons from MD.
+
+    ``phonons.json`` holds one record per structure (harmonic commensurate frequencies, number of imaginary modes,
+    band labels; per temperature: harmonic and renormalised supercell-mode frequencies, linewidths, the
+    renormalised commensurate frequencies, whether the 0 K instabilities are stabilised); ``bands.npz`` the bands
+    (``distance_i``, ``qpoints_i``, ``harmonic_i``, ``T300.0_i``) and the mode spectra (``spectrum_i_T300.0``,
+    ``spectrum_frequency_i_T300.0``) of structure i.
+    """
+    import time
+
+    import numpy as np
+
+    from aiida_capthermo.core.dataset import LabelledSet
+    from aiida_capthermo.ml.mlip import band_structure, batched_forces, phonopy_from_forces
+    from aiida_capthermo.ml.phonons import PhononConfig, commensurate_frequencies, finite_temperature_phonons
+    from aiida_capthermo.ml.thermal import load_torchsim_model
+
+    start = time.perf_counter()
+    settings = PhononConfig.model_validate(config)
+    _set_threads(settings.threads)
+    potential = load_torchsim_model(model, settings.device, settings.dtype)
+    forces = batched_forces(potential, settings.batch_size)
+    inputs = LabelledSet.load(structures)
+    records, arrays, phonons = [], {}, []
+    for index in range(len(inputs)):
+        phonon = phonopy_from_forces(inputs.atoms(index, with_labels=False), forces, settings.supercell,
+                                     settings.displacement)
+        phonons.append(phonon)
+        points, frequencies = commensurate_frequencies(phonon)
+        bands = band_structure(phonon, settings.band_points)
+        arrays.update({f'distance_{index}': bands['distances'], f'qpoints_{index}': bands['qpoints'],
+                       f'harmonic_{index}': bands['frequencies']})
+        records.append({
+            'index': index, 'structure_uuid': str(inputs.structure_uuid[index]), 'x': float(inputs.x[index]),
+            'n_atoms': int(inputs.n_atoms[index]), 'supercell': settings.supercell,
+            'n_displacements': len(phonon.supercells_with_displacements),
+            'commensurate_points': points.tolist(), 'commensurate_frequencies': frequencies.tolist(),
+            'n_imaginary': int(np.sum(frequencies < settings.imaginary_threshold)),
+            'min_frequency': float(frequencies.min()), 'band_labels': bands['labels'], 'temperatures': {}})
+    harmonic_s = time.perf_counter() - start
+    for index, (record, by_temperature) in enumerate(zip(records, finite_temperature_phonons(potential, phonons,
+                                                                                           settings))):
+        for key, result in by_temperature.items():
+            if result['broke']:
+                record['temperatures'][key] = {'broke': result['broke']}
+                continue
+            arrays[f'T{key}_{index}'] = band_structure(result['phonopy'], settings.band_points)['frequencies']
+            arrays[f'spectrum_frequency_{index}_T{key}'], arrays[f'spectrum_{index}_T{key}'] = result['spectrum']
+            imaginary = [int(m) for m in np.flatnonzero(result['harmonic'] < settings.imaginary_threshold)]
+            record['temperatures'][key] = {
+                'broke': None, 'stabilised': result['stabilised'], 'unresolved': result['unresolved'],
+                'harmonic': result['harmonic'].tolist(), 'renormalised': result['renormalised'].tolist(),
+                'linewidth': result['linewidth'].tolist(), 'fitted': result['fitted'].tolist(),
+                'acoustic': result['acoustic'].tolist(), 'imaginary_harmonic': imaginary,
+                'imaginary_renormalised': [result['renormalised'][m] for m in imaginary],
+                'commensurate_frequencies': result['commensurate_frequencies'].tolist(),
+                'equipartition': result['equipartition'], 'mean_temperature': result['mean_temperature'],
+                'resolution': result['resolution']}
+    np.savez_compressed(bands_path, **arrays)
+    with open(phonons_path, 'w') as handle:
+        json.dump(records, handle)
+    return {'n_structures': len(inputs), 'n_imaginary': [r['n_imaginary'] for r in records],
+            'settings': settings.model_dump(), 'harmonic_wall_time_s': harmonic_s,
+            'wall_time_s': time.perf_counter() - start,
+            'broken': [[r['index'], key] for r in records for key, t in r['temperatures'].items() if t['broke']],
+            'files': {'bands': bands_path, 'phonons': phonons_path}}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``capthermo-mlip``; returns 1 (after writing the summary) when the run failed."""
     args = _parser().parse_args(argv)
@@ -315,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                 with open(args.config) as handle:
                     config = json.load(handle)
             summary['config'] = config
-            run = {'screen': run_screen, 'md': run_md, 'thermal': run_thermal, 'modes': run_modes}[args.command]
+            run = {'screen': run_screen, 'md': run_md, 'thermal': run_thermal, 'phonons': run_phonons,
+                   'modes': run_modes}[args.command]
             files = [getattr(args, option) for option, _, _ in TASKS[args.command][3]]
             summary['outputs'] = run(args.model, args.structures, config, *files)
     except Exception as exception:  # noqa: BLE001 -- already in the summary

@@ -1,4 +1,6 @@
-"""MLIP screening on the compute side: load a MACE model as an ASE calculator, relax structures, harmonic phonons.
+"""MLIP screening on the compute side: relax many structures in one batched TorchSim simulation (FIRE with a
+Fréchet cell filter), or one at a time with ASE BFGS (the baseline), and harmonic phonons by phonopy finite
+displacements whose displaced supercells are evaluated in batches.
 
 No AiiDA here. torch/mace are imported inside the functions, so importing this module (for :class:`ScreenConfig`)
 is cheap. Units: energies eV, forces eV/Å, lengths Å, frequencies THz.
@@ -12,7 +14,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ['ScreenConfig', 'load_calculator', 'relax', 'harmonic_phonons']
+__all__ = ['ScreenConfig', 'load_calculator', 'relax', 'relax_batch', 'batched_forces', 'calculator_forces',
+           'harmonic_phonons']
 
 
 class ScreenConfig(BaseModel):
@@ -20,23 +23,17 @@ class ScreenConfig(BaseModel):
 
     model_config = ConfigDict(extra='forbid')
 
-    fmax: float = Field(0.01, gt=0, description='Force convergence criterion of BFGS (eV/Å), stress included.')
-    max_steps: int = Field(500, ge=1, description='Maximum number of BFGS steps per structure.')
-    relax_cell: bool = Field(True, description='Relax the cell (FrechetCellFilter) as well as the positions.')
-    phonons: bool = Field(False, description='Compute harmonic phonons of every relaxed structure.')
-    supercell: list[int] = Field(default_factory=lambda: [1, 1, 1], description='Diagonal phonon supercell.')
-    displacement: float = Field(0.01, gt=0, description='Finite displacement of the phonon calculation (Å).')
-    mesh: list[int] | None = Field(None, description='Optional q-mesh for phonon frequencies besides Γ.')
-    imaginary_threshold: float = Field(-0.1, le=0, description='Frequencies below this (THz) count as imaginary.')
+    fmax: float = Field(0.01, gt=0, description='Convergence: largest atomic force and cell force (eV/Å) below this.')
+    max_steps: int = Field(1000, ge=1, description='Maximum number of FIRE steps per structure.')
+    relax_cell: bool = Field(True, description='Relax the cell (Fréchet cell filter) as well as the positions.')
+    max_batch: int | None = Field(None, ge=1, description='Structures relaxed together in one batched simulation '
+                                                          '(memory); all at once when unset.')
+    max_seconds: float | None = Field(None, gt=0, description='Start no new batch after this many seconds; the '
+                                                              'structures not reached are reported as remaining '
+                                                              '(set from the job walltime by the CalcJob).')
     device: Literal['auto', 'cpu', 'cuda'] = 'auto'
     dtype: Literal['float64', 'float32'] = 'float64'
-
-    @field_validator('supercell', 'mesh')
-    @classmethod
-    def _three_positive(cls, value):
-        if value is not None and (len(value) != 3 or min(value) < 1):
-            raise ValueError(f'expected three positive integers, got {value}')
-        return value
+    threads: int | None = Field(None, ge=1, description='torch threads on the CPU (unset: torch default).')
 
 
 def load_calculator(model_path: str, device: str = 'auto', dtype: str = 'float64'):
@@ -93,16 +90,145 @@ def relax(atoms, calc, fmax: float = 0.01, steps: int = 500, cell: bool = True) 
     }
 
 
-def harmonic_phonons(atoms, calc, supercell: Sequence[int] = (1, 1, 1), displacement: float = 0.01,
+def relax_batch(model, systems: Sequence, fmax: float = 0.01, steps: int = 1000, cell: bool = True) -> list[tuple]:
+    """Relax every structure of ``systems`` together in one batched TorchSim FIRE simulation.
+
+    Every structure is one system of a single state (the model is evaluated once per step for all of them); with
+    ``cell`` the cell relaxes too through TorchSim's Fréchet cell filter (cell forces = virial / number of atoms,
+    as ASE's ``FrechetCellFilter``). A structure leaves the batch when its largest atomic force and (with ``cell``)
+    its largest cell force are below ``fmax``; structures still in the batch after ``steps`` steps are returned
+    unconverged, not dropped.
+
+    Returns
+    -------
+    list of tuple
+        Per input structure, in order: the relaxed ``ase.Atoms`` (a single-point calculator holds its energy,
+        forces and stress) and a dict as :func:`relax` returns.
+    """
+    import ase
+    import torch
+    import torch_sim as ts
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from torch_sim.quantities import systemwise_max_force
+
+    if not systems:
+        return []
+    device, dtype = model.device, model.dtype
+    state = ts.io.atoms_to_state(list(systems), device, dtype)
+    if cell:
+        init, update = ts.optimizers.frechet_cell_fire(model)
+    else:
+        init, update = ts.optimizers.fire(model)
+    state = init(state)
+    initial = state.energy.detach().cpu().numpy().copy()
+    active = list(range(len(systems)))
+    results: list = [None] * len(systems)
+
+    def converged(current) -> torch.Tensor:
+        done = systemwise_max_force(current) < fmax
+        if cell:
+            done &= current.cell_forces.norm(dim=2).max(dim=1).values < fmax
+        return done
+
+    def finish(popped, index: int, step: int, is_converged: bool) -> None:
+        forces = popped.forces.detach().cpu().numpy()
+        energy = float(popped.energy.detach().cpu().numpy()[0])
+        stress = popped.stress.detach().cpu().numpy()[0] if getattr(popped, 'stress', None) is not None else None
+        atoms = ase.Atoms(numbers=systems[index].numbers, positions=popped.positions.detach().cpu().numpy(),
+                          cell=popped.row_vector_cell.detach().cpu().numpy()[0], pbc=True)
+        voigt = None if stress is None else np.array([stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2],
+                                                      stress[0, 2], stress[0, 1]])
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, stress=voigt)
+        results[index] = (atoms, {
+            'energy': energy, 'initial_energy': float(initial[index]), 'energy_per_atom': energy / len(atoms),
+            'converged': bool(is_converged), 'steps': step, 'max_force': float(np.linalg.norm(forces, axis=1).max()),
+            'max_stress': None if stress is None else float(np.abs(stress).max()),
+        })
+
+    step = 0
+    while active:
+        done = converged(state).cpu().numpy()
+        last = step == steps
+        leaving = [system for system in range(len(active)) if done[system] or last]
+        if leaving:
+            for system, popped in zip(leaving, state.pop(leaving) if len(leaving) < len(active) else _split(state)):
+                finish(popped, active[system], step, bool(done[system]))
+            active = [index for system, index in enumerate(active) if system not in set(leaving)]
+            if not active:
+                break
+        state = update(state)
+        step += 1
+    return results
+
+
+def _split(state) -> list:
+    """Every system of ``state`` as its own state (``pop`` cannot empty a state)."""
+    return state.split()
+
+
+def batched_forces(model, batch_size: int = 64):
+    """A forces function ``f(list of ase.Atoms) -> list of [N, 3] arrays`` (eV/Å) that evaluates the structures
+    ``batch_size`` at a time in one call of the TorchSim ``model`` each."""
+    import torch_sim as ts
+
+    def forces(cells: Sequence) -> list[np.ndarray]:
+        result = []
+        for first in range(0, len(cells), batch_size):
+            chunk = list(cells[first:first + batch_size])
+            state = ts.io.atoms_to_state(chunk, model.device, model.dtype)
+            output = model(state)
+            values = output['forces'].detach().cpu().numpy()
+            system = state.system_idx.cpu().numpy()
+            result.extend(values[system == index] for index in range(len(chunk)))
+        return result
+
+    return forces
+
+
+def calculator_forces(calc):
+    """A forces function (as :func:`batched_forces`) that evaluates the structures one by one with an ASE
+    calculator (the baseline of the benchmarks)."""
+
+    def forces(cells: Sequence) -> list[np.ndarray]:
+        result = []
+        for cell in cells:
+            cell = cell.copy()
+            cell.calc = calc
+            result.append(np.array(cell.get_forces()))
+        return result
+
+    return forces
+
+
+def phonopy_from_forces(atoms, forces, supercell: Sequence[int] = (1, 1, 1), displacement: float = 0.01):
+    """A ``Phonopy`` object of ``atoms`` (its own primitive cell) with symmetrised force constants of the diagonal
+    ``supercell`` from finite ``displacement`` (Å); ``forces`` evaluates all displaced supercells in one call."""
+    import ase
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    unitcell = PhonopyAtoms(symbols=atoms.get_chemical_symbols(), cell=np.asarray(atoms.cell),
+                            scaled_positions=atoms.get_scaled_positions())
+    phonon = Phonopy(unitcell, supercell_matrix=np.diag([int(s) for s in supercell]), primitive_matrix=np.eye(3))
+    phonon.generate_displacements(distance=float(displacement))
+    displaced = [ase.Atoms(symbols=cell.symbols, cell=cell.cell, scaled_positions=cell.scaled_positions, pbc=True)
+                 for cell in phonon.supercells_with_displacements]
+    phonon.forces = np.array(forces(displaced))
+    phonon.produce_force_constants()
+    phonon.symmetrize_force_constants()
+    return phonon
+
+
+def harmonic_phonons(atoms, forces, supercell: Sequence[int] = (1, 1, 1), displacement: float = 0.01,
                      mesh: Sequence[int] | None = None, imaginary_threshold: float = -0.1) -> dict:
-    """Harmonic phonons of ``atoms`` by phonopy finite displacements with forces from ``calc``.
+    """Harmonic phonons of ``atoms`` by phonopy finite displacements.
 
     Parameters
     ----------
     atoms
         The (relaxed) cell.
-    calc
-        The ASE calculator giving forces.
+    forces
+        Forces function of the displaced supercells (:func:`batched_forces`, :func:`calculator_forces`).
     supercell
         Diagonal supercell of ``atoms`` for the force constants.
     displacement
@@ -117,34 +243,46 @@ def harmonic_phonons(atoms, calc, supercell: Sequence[int] = (1, 1, 1), displace
     dict
         ``gamma_frequencies`` [3N] (THz, sorted), ``mesh_frequencies`` [n_q, 3N] or None, ``n_imaginary`` (Γ plus
         mesh when given), ``n_imaginary_gamma``, ``min_frequency`` (THz), ``n_displacements``, ``force_constants``
-        [N, N, 3, 3] (eV/Å², of the supercell, symmetrised).
+        [N, N, 3, 3] (eV/Å², of the supercell, symmetrised), ``phonopy`` (the Phonopy object).
     """
-    from phonopy import Phonopy
-    from phonopy.structure.atoms import PhonopyAtoms
-
-    unitcell = PhonopyAtoms(symbols=atoms.get_chemical_symbols(), cell=np.asarray(atoms.cell),
-                            scaled_positions=atoms.get_scaled_positions())
-    phonon = Phonopy(unitcell, supercell_matrix=np.diag([int(s) for s in supercell]), primitive_matrix=np.eye(3))
-    phonon.generate_displacements(distance=float(displacement))
-    forces = []
-    import ase
-
-    for displaced in phonon.supercells_with_displacements:
-        cell = ase.Atoms(symbols=displaced.symbols, cell=displaced.cell, scaled_positions=displaced.scaled_positions,
-                         pbc=True)
-        cell.calc = calc
-        forces.append(np.array(cell.get_forces()))
-    phonon.forces = np.array(forces)
-    phonon.produce_force_constants()
-    phonon.symmetrize_force_constants()
+    phonon = phonopy_from_forces(atoms, forces, supercell, displacement)
     gamma = np.sort(np.asarray(phonon.get_frequencies([0.0, 0.0, 0.0])))
     n_gamma = int(np.sum(gamma < imaginary_threshold))
     result = {'gamma_frequencies': gamma, 'mesh_frequencies': None, 'n_imaginary_gamma': n_gamma,
-              'n_imaginary': n_gamma, 'min_frequency': float(gamma.min()), 'n_displacements': len(forces),
-              'force_constants': np.asarray(phonon.force_constants)}
+              'n_imaginary': n_gamma, 'min_frequency': float(gamma.min()),
+              'n_displacements': len(phonon.supercells_with_displacements),
+              'force_constants': np.asarray(phonon.force_constants), 'phonopy': phonon}
     if mesh is not None:
         phonon.run_mesh([int(m) for m in mesh], is_gamma_center=True)
         frequencies = np.asarray(phonon.get_mesh_dict()['frequencies'])
         result.update(mesh_frequencies=frequencies, n_imaginary=int(np.sum(frequencies < imaginary_threshold)),
                       min_frequency=float(min(frequencies.min(), gamma.min())))
     return result
+
+
+#: The standard path of the simple-cubic Brillouin zone (Setyawan-Curtarolo) Γ-X-M-Γ-R-X | M-R: its special points
+#: in reciprocal lattice coordinates of the (near-)cubic cell, and the two continuous pieces.
+CUBIC_POINTS = {'Γ': [0.0, 0.0, 0.0], 'X': [0.0, 0.5, 0.0], 'M': [0.5, 0.5, 0.0], 'R': [0.5, 0.5, 0.5]}
+CUBIC_PATH = [['Γ', 'X', 'M', 'Γ', 'R', 'X'], ['M', 'R']]
+
+
+def band_structure(phonon, npoints: int = 31) -> dict:
+    """Phonon bands of ``phonon`` along :data:`CUBIC_PATH` (``npoints`` per segment).
+
+    Returns ``qpoints`` [n_q, 3] (reciprocal lattice coordinates), ``distances`` [n_q] (1/Å, cumulative, as
+    phonopy), ``frequencies`` [n_q, 3N] (THz) and ``labels``: (index of the q point, name) at both ends of every
+    segment (a break such as X|M shows as two consecutive labelled points).
+    """
+    from phonopy.phonon.band_structure import get_band_qpoints_and_path_connections
+
+    path = [[CUBIC_POINTS[name] for name in piece] for piece in CUBIC_PATH]
+    qpoints, connections = get_band_qpoints_and_path_connections(path, npoints=npoints)
+    phonon.run_band_structure(qpoints, path_connections=connections)
+    bands = phonon.get_band_structure_dict()
+    labels, start = [], 0
+    segments = [(piece[i], piece[i + 1]) for piece in CUBIC_PATH for i in range(len(piece) - 1)]
+    for (first, last), segment in zip(segments, bands['qpoints']):
+        labels += [(start, first), (start + len(segment) - 1, last)]
+        start += len(segment)
+    return {'qpoints': np.concatenate(bands['qpoints']), 'distances': np.concatenate(bands['distances']),
+            'frequencies': np.concatenate(bands['frequencies']), 'labels': labels}

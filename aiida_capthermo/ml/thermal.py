@@ -129,12 +129,16 @@ class HarmonicModel(ModelInterface):
     """Harmonic crystal ``E = 1/2 u^T Phi u`` for TorchSim: every system is a copy of one reference structure.
 
     ``u`` is the minimum-image displacement from the reference positions (Å), ``Phi`` [3N, 3N] the force constants
-    (eV/Å²). It is a real potential, not a stand-in: the known-answer tests of the MD statistics run it through the
+    (eV/Å²). With ``bonds`` [B, 2] (atom pairs), ``directions`` [B, 3] (unit vectors from the first atom to the
+    second) and ``quartic`` k4 (eV/Å⁴) a translation-invariant anharmonic term ``k4/4 sum_b (n_b . (u_j - u_i))^4``
+    is added (k4 > 0 stiffens every bond: frequencies rise with temperature). It is a real potential, not a
+    stand-in: the known-answer tests of the MD statistics and of the finite-temperature phonons run it through the
     same integrator as MACE.
     """
 
     def __init__(self, reference_positions: np.ndarray, force_constants: np.ndarray,
-                 device: str | torch.device = 'cpu', dtype: torch.dtype = torch.float64) -> None:
+                 device: str | torch.device = 'cpu', dtype: torch.dtype = torch.float64,
+                 bonds: np.ndarray | None = None, directions: np.ndarray | None = None, quartic: float = 0.0) -> None:
         super().__init__()
         self._device, self._dtype = torch.device(device), dtype
         self._compute_forces, self._compute_stress = True, False
@@ -143,6 +147,12 @@ class HarmonicModel(ModelInterface):
         n = self.reference.shape[0]
         if self.phi.shape != (3 * n, 3 * n):
             raise ValueError(f'force constants must be [3N, 3N] = {(3 * n, 3 * n)}, got {tuple(self.phi.shape)}')
+        self.quartic = float(quartic)
+        if self.quartic and (bonds is None or directions is None):
+            raise ValueError('a quartic term needs bonds and their directions')
+        if self.quartic:
+            self.bonds = torch.as_tensor(np.asarray(bonds), dtype=torch.long, device=self._device)
+            self.directions = torch.as_tensor(np.asarray(directions), dtype=dtype, device=self._device)
 
     def forward(self, state, **kwargs) -> dict[str, torch.Tensor]:
         n_systems = state.n_systems
@@ -154,6 +164,13 @@ class HarmonicModel(ModelInterface):
         u = delta.reshape(n_systems, -1)  # [S, 3N]
         force = -(u @ self.phi)  # Phi symmetric
         energy = -0.5 * torch.sum(u * force, dim=1)
+        force = force.reshape(n_systems, -1, 3)
+        if self.quartic:
+            stretch = torch.einsum('sbk,bk->sb', delta[:, self.bonds[:, 1]] - delta[:, self.bonds[:, 0]],
+                                   self.directions)  # [S, B]
+            energy = energy + 0.25 * self.quartic * torch.sum(stretch**4, dim=1)
+            pull = self.quartic * stretch[..., None] ** 3 * self.directions[None]  # dE/du_j of each bond [S, B, 3]
+            force = force.index_add(1, self.bonds[:, 0], pull).index_add(1, self.bonds[:, 1], -pull)
         return {'energy': energy, 'forces': force.reshape(-1, 3)}
 
 

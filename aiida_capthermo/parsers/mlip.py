@@ -13,7 +13,8 @@ from aiida.engine import ExitCode
 
 from aiida_capthermo.parsers.base import SummaryParser
 
-__all__ = ['MlipParser', 'MlipScreenParser', 'MlipMdParser', 'MlipThermalParser', 'MlipModesParser']
+__all__ = ['MlipParser', 'MlipScreenParser', 'MlipPhononsParser', 'MlipMdParser', 'MlipThermalParser',
+           'MlipModesParser', 'phonon_bands']
 
 
 class MlipParser(SummaryParser):
@@ -51,16 +52,21 @@ class MlipParser(SummaryParser):
 
 
 class MlipScreenParser(MlipParser):
-    """Read ``summary.json``, ``screen.json`` and ``relaxed.npz`` through the retrieved folder."""
+    """Read ``summary.json``, ``screen.json`` and ``relaxed.npz`` through the retrieved folder.
+
+    A run that stopped at its time limit (``complete: false``), or that the scheduler killed for walltime after a
+    checkpoint, gets the structures relaxed so far attached and ERROR_OUT_OF_WALLTIME.
+    """
 
     def parse(self, **kwargs):
         """Map the records (sorted-key order of the input structures) back to the input keys."""
         from aiida_capthermo.calculations.mlip import MlipScreenCalcJob as Job
-        from aiida_capthermo.core.dataset import LabelledSet
-        from aiida_capthermo.data.structures import get_structure_metadata, set_structure_metadata
 
         summary = self.read_summary()
+        checkpoint = Job._SCREEN in self.retrieved.base.repository.list_object_names()
         if isinstance(summary, ExitCode):
+            if summary.status == self.exit_codes.ERROR_OUT_OF_WALLTIME.status and checkpoint:
+                return self._attach(Job) or summary
             if summary.status == self.exit_codes.ERROR_SCRIPT_FAILED.status and 'no structure was relaxed' in (
                     summary.message or ''):
                 return self.exit_codes.ERROR_NO_STRUCTURE_RELAXED.format(error=summary.message)
@@ -68,29 +74,43 @@ class MlipScreenParser(MlipParser):
         missing = self.missing_file(Job._SCREEN, Job._RELAXED)
         if missing:
             return missing
+        error = self._attach(Job)
+        if error:
+            return error
+        if not summary['outputs'].get('complete', True):
+            return self.exit_codes.ERROR_OUT_OF_WALLTIME
+        return None
+
+    def _attach(self, Job) -> ExitCode | None:  # noqa: N803 -- the job class
+        """Attach the relaxed structures, their energies and the records written so far."""
+        from aiida_capthermo.core.dataset import LabelledSet
+        from aiida_capthermo.data.structures import get_structure_metadata, set_structure_metadata
+
         records = json.loads(self.retrieved.base.repository.get_object_content(Job._SCREEN))
-        with tempfile.TemporaryDirectory() as tmpdir:
-            relaxed = LabelledSet.load(self.retrieved_path(Job._RELAXED, tmpdir))
         inputs = self.node.inputs.structures
         keys = sorted(inputs)
-        if len(records) != len(keys):
-            return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=f'{Job._SCREEN} (records != inputs)')
         results, rows = {}, []
         for record in records:
             key = keys[record['index']]
             if record['structure_uuid'] and record['structure_uuid'] != inputs[key].uuid:
                 return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=f'{Job._SCREEN} (order)')
-            results[key] = {name: _clean(value) for name, value in record.items() if name != 'gamma_frequencies'}
+            results[key] = {name: _clean(value) for name, value in record.items()}
             if 'error' not in record:
                 rows.append(key)
         if not rows:
             return self.exit_codes.ERROR_NO_STRUCTURE_RELAXED.format(error='every relaxation failed')
+        with tempfile.TemporaryDirectory() as tmpdir:
+            path = self.retrieved_path(Job._RELAXED, tmpdir)
+            if path is None:
+                return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=Job._RELAXED)
+            relaxed = LabelledSet.load(path)
+        if len(relaxed) != len(rows):
+            return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=f'{Job._RELAXED} (records != set)')
         for row, key in enumerate(rows):
             atoms = relaxed.atoms(row, with_labels=False)
             atoms.calc = None
             structure = orm.StructureData(ase=atoms)
-            metadata = get_structure_metadata(inputs[key])
-            set_structure_metadata(structure, x=metadata['x'], origin='mlip_relaxed')
+            set_structure_metadata(structure, x=get_structure_metadata(inputs[key])['x'], origin='mlip_relaxed')
             self.out(f'relaxed.{key}', structure)
         energies = orm.ArrayData()
         energies.set_array('energy', np.array([results[k]['energy'] for k in rows], float))
@@ -101,6 +121,58 @@ class MlipScreenParser(MlipParser):
         self.out('energies', energies)
         self.out('results', orm.Dict(results))
         return None
+
+
+class MlipPhononsParser(MlipParser):
+    """Read ``summary.json``, ``phonons.json`` and ``bands.npz`` of ``capthermo-mlip phonons``: results per key,
+    harmonic and renormalised BandsData, mode spectra."""
+
+    def parse(self, **kwargs):
+        from aiida_capthermo.calculations.mlip import MlipPhononsCalcJob as Job
+
+        summary = self.read_summary()
+        if isinstance(summary, ExitCode):
+            return summary
+        missing = self.missing_file(Job._PHONONS, Job._BANDS)
+        if missing:
+            return missing
+        records = self.read_records(Job._PHONONS)
+        spectra = orm.ArrayData()
+        with self.retrieved.base.repository.open(Job._BANDS, 'rb') as handle, np.load(handle) as arrays:
+            for number, record in enumerate(records):
+                key = record['key']
+                self.out(f'bands.{key}', phonon_bands(arrays[f'qpoints_{number}'], arrays[f'harmonic_{number}'],
+                                                      record, self.node.inputs.structures[key]))
+                for temperature, result in record['temperatures'].items():
+                    if result['broke']:
+                        continue
+                    link = f'{key}_T{float(temperature):.0f}'
+                    self.out(f'renormalised_bands.{link}', phonon_bands(
+                        arrays[f'qpoints_{number}'], arrays[f'T{temperature}_{number}'], record,
+                        self.node.inputs.structures[key], temperature=float(temperature)))
+                    spectra.set_array(link, arrays[f'spectrum_{number}_T{temperature}'])
+                    spectra.set_array(f'frequency_{link}', arrays[f'spectrum_frequency_{number}_T{temperature}'])
+        if spectra.get_arraynames():
+            self.out('spectra', spectra)
+        self.out('results', orm.Dict({record.pop('key'): record for record in records}))
+        broken = summary['outputs']['broken']
+        if broken:
+            keys = sorted(self.node.inputs.structures)
+            return self.exit_codes.ERROR_MD_BROKE.format(runs=', '.join(f'{keys[i]} at {t} K' for i, t in broken))
+        return None
+
+
+def phonon_bands(qpoints: np.ndarray, frequencies: np.ndarray, record: dict, structure: orm.StructureData,
+                 temperature: float | None = None) -> orm.BandsData:
+    """BandsData (THz) of one structure's bands along the cubic path, labels at the segment ends."""
+    bands = orm.BandsData()
+    bands.set_cell_from_structure(structure)
+    bands.set_kpoints(np.asarray(qpoints))
+    bands.labels = [(int(index), name) for index, name in record['band_labels']]
+    bands.set_bands(np.asarray(frequencies), units='THz')
+    if temperature is not None:
+        bands.base.attributes.set('temperature', temperature)
+    return bands
 
 
 def _clean(value):

@@ -1,28 +1,37 @@
-"""``SolidSolutionScreenWorkChain``: enumerate the inequivalent configurations per composition, relax, rank.
+"""``SolidSolutionScreenWorkChain``: enumerate the inequivalent configurations per composition, relax them in batched
+jobs, rank them, and check the vibrational stability of the lowest at 0 K and at finite temperature.
 
 For each composition x of the halide sublattice of a cubic A3BX supercell, a calcfunction enumerates the
 symmetry-inequivalent decorations (all classes when there are at most ``max_configurations``, otherwise a seeded
 random sample of that many distinct classes) and emits them as StructureData at the Vegard lattice parameter,
-recording x and the class multiplicity. One ``MlipScreenCalcJob`` per composition relaxes them with the MACE
-model; a calcfunction ranks them by energy per atom. Outputs per composition (``compositions.x_0p250``): the
-lowest-energy relaxed structure and the ranking.
+recording x and the class multiplicity. ``MlipScreenWorkChain`` (a restart workchain around ``MlipScreenCalcJob``:
+walltime -> relax the rest, out of memory -> smaller batches) relaxes them ``batch_size`` per job in one batched
+simulation each; a calcfunction ranks them by energy per atom and gives Boltzmann-weighted configurational averages
+from the multiplicities. The ``keep`` lowest of every composition get harmonic phonons (one ``MlipPhononsCalcJob``),
+and those with imaginary modes get finite-temperature phonons from MD at ``temperatures`` (a second one): whether
+the 0 K instability is dynamically stabilised (the paper's Figure 6).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, calcfunction
+from aiida.engine import ProcessHandlerReport, ToContext, WorkChain, calcfunction, if_, process_handler
 
-from aiida_capthermo.calculations.mlip import MlipScreenCalcJob, validate_mace_model
+from aiida_capthermo.calculations.base import pydantic_error
+from aiida_capthermo.calculations.mlip import MlipPhononsCalcJob, MlipScreenCalcJob, validate_mace_model
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.data.structures import set_structure_metadata
+from aiida_capthermo.workflows.base import CapthermoBaseRestartWorkChain
+from aiida_capthermo.workflows.protocols import ProtocolMixin
 from aiida_capthermo.workflows.validation import prototype_error, supercell_error
 
-__all__ = ['SolidSolutionScreenWorkChain', 'enumerate_structures', 'rank_configurations', 'composition_key']
+__all__ = ['SolidSolutionScreenWorkChain', 'MlipScreenWorkChain', 'enumerate_structures', 'rank_configurations',
+           'merge_screen_results', 'phonon_summary', 'composition_key']
 
 MULTIPLICITY_ATTRIBUTE = 'capthermo_multiplicity'
 TOLERANCE = 1e-6
+KB_EV = 8.617333262e-5  # Boltzmann constant, eV/K
 
 
 def composition_key(x: float) -> str:
@@ -86,29 +95,117 @@ def enumerate_structures(settings: orm.Dict, parent: orm.StructureData | None = 
 
 
 @calcfunction
-def rank_configurations(configurations: orm.Dict, results: orm.Dict) -> orm.Dict:
-    """Rank the relaxed configurations of one composition by MLIP energy per atom (lowest first)."""
+def merge_screen_results(**results: orm.Dict) -> orm.Dict:
+    """The per-structure records of several screen jobs (restarts of one batch) as one Dict."""
+    merged = {}
+    for key in sorted(results):
+        merged.update(results[key].get_dict())
+    return orm.Dict(merged)
+
+
+@calcfunction
+def rank_configurations(configurations: orm.Dict, temperatures: orm.List, **results: orm.Dict) -> orm.Dict:
+    """Rank the relaxed configurations of one composition by MLIP energy per atom (lowest first), with
+    Boltzmann-weighted configurational averages at ``temperatures``.
+
+    ``results``: the per-structure records of the screen jobs of this composition. The probability of class i at T
+    is ``g_i exp(-(E_i - E_min) / k_B T) / Z`` with g_i its multiplicity and E_i its energy per cell; reported per T:
+    the probabilities (ranking order), the average energy per atom, and the probability of the lowest class. When
+    the classes were sampled (``configurations['sampled']``) the averages cover the sample only.
+    """
     table = configurations.get_dict()['configurations']
-    records = results.get_dict()
+    records = {}
+    for key in sorted(results):
+        records.update(results[key].get_dict())
     relaxed = sorted((key for key in records if 'energy_per_atom' in records[key]),
                      key=lambda key: records[key]['energy_per_atom'])
     lowest = records[relaxed[0]]['energy_per_atom']
+    per_atom = np.array([records[k]['energy_per_atom'] for k in relaxed])
+    per_cell = np.array([records[k]['energy'] for k in relaxed])
+    multiplicity = np.array([table[k]['multiplicity'] for k in relaxed], dtype=float)
+    boltzmann = {}
+    for temperature in temperatures.get_list():
+        if temperature > 0:
+            weights = multiplicity * np.exp(-(per_cell - per_cell.min()) / (KB_EV * temperature))
+        else:
+            weights = (per_cell == per_cell.min()).astype(float)
+        probability = weights / weights.sum()
+        boltzmann[f'T{temperature:.0f}'] = {
+            'temperature': float(temperature), 'probability': probability.tolist(),
+            'energy_per_atom': float(probability @ per_atom), 'probability_lowest': float(probability[0]),
+        }
     return orm.Dict({
         'keys': relaxed,
-        'energy_per_atom': [records[k]['energy_per_atom'] for k in relaxed],
-        'relative_energy_per_atom': [records[k]['energy_per_atom'] - lowest for k in relaxed],
-        'multiplicity': [table[k]['multiplicity'] for k in relaxed],
+        'energy_per_atom': per_atom.tolist(),
+        'relative_energy_per_atom': (per_atom - lowest).tolist(),
+        'multiplicity': [int(m) for m in multiplicity],
         'converged': [bool(records[k]['converged']) for k in relaxed],
-        'n_imaginary': [records[k].get('n_imaginary') for k in relaxed],
+        'steps': [int(records[k]['steps']) for k in relaxed],
         'failed': sorted(k for k in records if 'energy_per_atom' not in records[k]),
+        'missing': sorted(set(table) - set(records)),
         'lowest': relaxed[0],
+        'boltzmann': boltzmann,
+        'sampled': bool(configurations['sampled']),
         'units': {'energy_per_atom': 'eV/atom'},
     })
 
 
+@calcfunction
+def phonon_summary(key: orm.Str, harmonic: orm.Dict, bands: orm.BandsData, finite: orm.Dict | None = None,
+                   **renormalised: orm.BandsData) -> dict:
+    """One structure's vibrational stability: ``summary`` (Dict) and ``plot`` (PNG of the harmonic bands and the
+    renormalised bands at each temperature, the paper's Figure 6b-c).
+
+    ``key``: the structure's key in the results of the harmonic phonons job (``harmonic``) and of the
+    finite-temperature job (``finite``, optional); ``bands``: its harmonic bands; ``renormalised``: its renormalised
+    BandsData by temperature key (``T200``).
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    record = harmonic[key.value]
+    summary = {'n_imaginary': record['n_imaginary'], 'min_frequency': record['min_frequency'],
+               'commensurate_points': record['commensurate_points'],
+               'commensurate_frequencies': record['commensurate_frequencies'], 'stable_0K': record['n_imaginary'] == 0,
+               'temperatures': {}}
+    for temperature, result in (finite[key.value]['temperatures'] if finite is not None else {}).items():
+        summary['temperatures'][f'T{float(temperature):.0f}'] = {
+            name: result.get(name) for name in ('broke', 'stabilised', 'unresolved', 'imaginary_harmonic',
+                                                'imaginary_renormalised', 'equipartition', 'mean_temperature',
+                                                'resolution', 'commensurate_frequencies')}
+    panels = [('0 K (harmonic)', bands)] + [(f'{key[1:]} K (renormalised)', renormalised[key])
+                                           for key in sorted(renormalised, key=lambda k: float(k[1:]))]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), sharey=True, squeeze=False)
+    for axis, (title, node) in zip(axes[0], panels):
+        frequencies = node.get_bands()
+        labels = node.labels
+        path = np.arange(len(frequencies))
+        axis.plot(path, frequencies, color='tab:blue' if node is bands else 'tab:red', lw=0.8)
+        axis.axhline(0.0, color='k', lw=0.5)
+        axis.set_xticks([index for index, _ in labels], [name for _, name in labels])
+        for index, _ in labels:
+            axis.axvline(index, color='0.8', lw=0.5)
+        axis.set_xlim(0, len(frequencies) - 1)
+        axis.set_title(title)
+    axes[0][0].set_ylabel('frequency (THz; < 0: imaginary)')
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format='png', dpi=120)
+    plt.close(figure)
+    return {'summary': orm.Dict(summary), 'plot': orm.SinglefileData(io.BytesIO(buffer.getvalue()),
+                                                                       filename='phonon_bands.png')}
+
+
 def validate_inputs(inputs, _) -> str | None:
-    """Prototype keys and species, supercell, compositions on the sublattice grid, cubic parent."""
+    """Prototype keys and species, supercell, compositions on the sublattice grid, cubic parent, the settings of the
+    relaxation and phonon jobs (through their pydantic models), temperatures."""
     from aiida_capthermo.core.structures import check_cubic_prototype
+    from aiida_capthermo.ml.mlip import ScreenConfig
+    from aiida_capthermo.ml.phonons import PhononConfig
 
     prototype = inputs['prototype'].get_dict()
     supercell = inputs['supercell'].get_list()
@@ -137,13 +234,118 @@ def validate_inputs(inputs, _) -> str | None:
     keys = [composition_key(x) for x in compositions]
     if len(set(keys)) != len(keys):
         return f'compositions repeat: {compositions}'
-    if inputs['max_configurations'].value < 1:
-        return 'max_configurations must be a positive integer'
+    for name in ('max_configurations', 'batch_size', 'keep'):
+        if inputs[name].value < 1:
+            return f'{name} must be a positive integer, got {inputs[name].value}'
+    if 'parameters' in inputs:
+        error = pydantic_error(ScreenConfig, inputs['parameters'].get_dict(), 'parameters (ScreenConfig)')
+        if error:
+            return error
+    phonons = inputs['phonons'].get_dict() if 'phonons' in inputs else {}
+    if 'temperatures' in phonons:
+        return 'give the finite-temperature phonon temperatures in `temperatures`, not in `phonons`'
+    temperatures = inputs['temperatures'].get_list()
+    error = pydantic_error(PhononConfig, {**phonons, 'temperatures': temperatures}, 'phonons with temperatures')
+    if error:
+        return error
+    for temperature in inputs['boltzmann_temperatures'].get_list():
+        if not isinstance(temperature, (int, float)) or temperature < 0:
+            return f'boltzmann_temperatures must be numbers >= 0 K, got {temperature!r}'
     return None
 
 
-class SolidSolutionScreenWorkChain(WorkChain):
-    """Screen the symmetry-inequivalent configurations of a cubic A3B(X,Y) solid solution with a MACE potential."""
+class MlipScreenWorkChain(CapthermoBaseRestartWorkChain):
+    """Relax a batch of structures with ``MlipScreenCalcJob``, restarting what a failed job did not finish.
+
+    - out of walltime (the script's own time limit or the scheduler's): the structures already relaxed are kept
+      and the rest are relaxed by the next job; a job that relaxed none gets twice the walltime;
+    - out of memory: the same structures with half the batch size (``max_batch``), down to one.
+
+    Outputs: every relaxed structure (``relaxed``) and one ``results`` Dict of all jobs.
+    """
+
+    _process_class = MlipScreenCalcJob
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.expose_inputs(MlipScreenCalcJob, namespace='screen')
+        spec.input('max_iterations', valid_type=orm.Int, default=lambda: orm.Int(10),
+                   help='Maximum number of jobs (each restart relaxes what the previous ones did not).')
+        spec.output_namespace('relaxed', valid_type=orm.StructureData, dynamic=True,
+                              help='Relaxed structures by input key.')
+        spec.output('results', valid_type=orm.Dict,
+                    help='Per input key: the record of the job that relaxed it (energies, converged, steps, ...).')
+        spec.exit_code(410, 'ERROR_BATCH_SIZE_ONE_OUT_OF_MEMORY',
+                       message='A batch of one structure ran out of memory: the model or the cell is too large.')
+
+    def setup(self):
+        super().setup()
+        self.ctx.inputs = self.exposed_inputs(MlipScreenCalcJob, 'screen')
+        self.ctx.done = []  # (results Dict, relaxed namespace) of every job that relaxed something
+
+    def _collect(self, node) -> int:
+        """Keep what ``node`` relaxed; return how many structures it reached."""
+        if 'results' not in node.outputs:
+            return 0
+        self.ctx.done.append(node.pk)
+        return len(node.outputs.results.get_dict())
+
+    @process_handler(priority=600, exit_codes=[MlipScreenCalcJob.exit_codes.ERROR_OUT_OF_WALLTIME,
+                                               MlipScreenCalcJob.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
+    def handle_out_of_walltime(self, node):
+        """Relax the structures not reached; with no progress at all, double the walltime."""
+        reached = set(node.outputs.results.get_dict()) if 'results' in node.outputs else set()
+        if reached:
+            self._collect(node)
+            self.ctx.inputs['structures'] = {key: value for key, value in self.ctx.inputs['structures'].items()
+                                             if key not in reached}
+            self.report_error_handled(node, f'{len(reached)} structures relaxed before the time limit: relaxing '
+                                      f'the remaining {len(self.ctx.inputs["structures"])}')
+            return ProcessHandlerReport(True)
+        options = self.ctx.inputs.setdefault('metadata', {}).setdefault('options', {})
+        walltime = options.get('max_wallclock_seconds') or node.get_option('max_wallclock_seconds')
+        if walltime:
+            options['max_wallclock_seconds'] = int(2 * walltime)
+        self.report_error_handled(node, f'no structure relaxed in time: resubmitting with max_wallclock_seconds '
+                                  f'{options.get("max_wallclock_seconds")}')
+        return ProcessHandlerReport(True)
+
+    @process_handler(priority=500, exit_codes=[MlipScreenCalcJob.exit_codes.ERROR_OUT_OF_MEMORY,
+                                               MlipScreenCalcJob.exit_codes.ERROR_SCHEDULER_OUT_OF_MEMORY])
+    def handle_out_of_memory(self, node):
+        """Halve the batch size (the structures relaxed together), down to one."""
+        parameters = self.ctx.inputs['parameters'].get_dict() if 'parameters' in self.ctx.inputs else {}
+        batch = parameters.get('max_batch') or len(self.ctx.inputs['structures'])
+        if batch <= 1:
+            return ProcessHandlerReport(True, self.exit_codes.ERROR_BATCH_SIZE_ONE_OUT_OF_MEMORY)
+        parameters['max_batch'] = batch // 2
+        self.ctx.inputs['parameters'] = orm.Dict(parameters)
+        self.report_error_handled(node, f'out of memory with {batch} structures per batch: retrying with '
+                                  f'{parameters["max_batch"]}')
+        return ProcessHandlerReport(True)
+
+    def results(self):
+        node = self.ctx.children[self.ctx.iteration - 1]
+        if node.is_finished_ok:
+            self._collect(node)
+        nodes = [orm.load_node(pk) for pk in self.ctx.done]
+        for done in nodes:
+            for key, structure in done.outputs.relaxed.items():
+                self.out(f'relaxed.{key}', structure)
+        if len(nodes) == 1:
+            self.out('results', nodes[0].outputs.results)
+        else:
+            self.out('results', merge_screen_results(**{f'job_{i}': n.outputs.results for i, n in enumerate(nodes)}))
+        return None
+
+
+class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
+    """Screen the symmetry-inequivalent configurations of a cubic A3B(X,Y) solid solution with a MACE potential:
+    relax (batched), rank, Boltzmann averages, harmonic phonons of the lowest, finite-temperature phonons of those
+    unstable at 0 K."""
+
+    _protocol_file = 'screen'
 
     @classmethod
     def define(cls, spec):
@@ -165,16 +367,69 @@ class SolidSolutionScreenWorkChain(WorkChain):
         spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0), help='Seed of the class sampling.')
         spec.input('code', valid_type=orm.AbstractCode, help='The `capthermo-mlip` code.')
         spec.input('parameters', valid_type=orm.Dict, required=False,
-                   help='Screen settings of MlipScreenCalcJob (fmax, max_steps, relax_cell, phonons, ...).')
+                   help='Relaxation settings (ScreenConfig): fmax (eV/Å), max_steps, relax_cell, max_batch, device, '
+                        'dtype, threads. Checked at submission.')
+        spec.input('batch_size', valid_type=orm.Int, default=lambda: orm.Int(100),
+                   help='Structures per relaxation job (each job relaxes them together in one batched simulation).')
+        spec.input('keep', valid_type=orm.Int, default=lambda: orm.Int(1),
+                   help='How many of the lowest configurations per composition get phonons.')
+        spec.input('phonons', valid_type=orm.Dict, required=False,
+                   help='Phonon settings (PhononConfig without temperatures): supercell, displacement (Å), '
+                        'imaginary_threshold (THz), MD length and friction of the finite-temperature phonons, ...')
+        spec.input('temperatures', valid_type=orm.List, default=lambda: orm.List([200.0]),
+                   help='Temperatures (K) of the finite-temperature phonons of the configurations with imaginary '
+                        'modes at 0 K; empty: harmonic phonons only.')
+        spec.input('boltzmann_temperatures', valid_type=orm.List, default=lambda: orm.List([300.0, 600.0]),
+                   help='Temperatures (K) of the Boltzmann-weighted configurational averages of the ranking.')
+        spec.input('max_iterations', valid_type=orm.Int, default=lambda: orm.Int(10),
+                   help='Maximum number of jobs per relaxation batch (restarts after walltime or memory errors).')
         spec.input('options', valid_type=orm.Dict, required=False,
-                   help='Scheduler options of the MlipScreenCalcJobs (resources, max_wallclock_seconds, ...).')
+                   help='Scheduler options of the relaxation jobs (resources, max_wallclock_seconds, ...).')
+        spec.input('phonon_options', valid_type=orm.Dict, required=False,
+                   help='Scheduler options of the phonon jobs (e.g. a GPU queue); default: `options`.')
         spec.inputs.validator = validate_inputs
-        spec.outline(cls.setup, cls.run_screens, cls.results)
+        spec.outline(cls.setup, cls.run_relaxations, cls.rank, cls.run_harmonic, cls.inspect_harmonic,
+                     if_(cls.needs_finite_temperature)(cls.run_finite_temperature), cls.results)
         spec.output_namespace('compositions', dynamic=True,
-                              help='Per composition (`x_0p250`): `lowest` relaxed StructureData, `ranking` Dict, '
-                                   '`configurations` Dict (classes, multiplicities, sampled or not).')
+                              help='Per composition (`x_0p250`): `lowest` relaxed StructureData, `ranking` Dict (with '
+                                   'Boltzmann averages), `configurations` Dict (classes, multiplicities, sampled or '
+                                   'not), and per kept configuration (`c003`): `phonons` Dict (0 K stability; '
+                                   'finite-T stabilisation), `bands` and `renormalised_bands.T200` BandsData, '
+                                   '`phonon_plot` PNG.')
         spec.exit_code(400, 'ERROR_SCREEN_FAILED',
-                       message='The MlipScreenCalcJob of composition {x} failed with exit status {status}.')
+                       message='The relaxations of composition {x} failed in {batch}: {reason}.')
+        spec.exit_code(410, 'ERROR_PHONONS_FAILED',
+                       message='The harmonic phonon job failed with exit status {status}.')
+        spec.exit_code(420, 'ERROR_FINITE_TEMPERATURE_FAILED',
+                       message='The finite-temperature phonon job failed with exit status {status}.')
+
+    @classmethod
+    def get_builder_from_protocol(cls, code: orm.AbstractCode, model: ModelData, protocol: str | None = None,
+                                  overrides: dict | None = None, options: dict | None = None):
+        """Builder with the protocol's compositions, relaxation and phonon settings (``demo``, ``fast``, ``paper``);
+        ``overrides`` is merged into the protocol; ``options`` go to every job."""
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        builder = cls.get_builder()
+        builder.code, builder.model = code, model
+        known = {'prototype': orm.Dict, 'supercell': orm.List, 'compositions': orm.List, 'max_configurations': orm.Int,
+                 'seed': orm.Int, 'parameters': orm.Dict, 'batch_size': orm.Int, 'keep': orm.Int,
+                 'phonons': orm.Dict, 'temperatures': orm.List, 'boltzmann_temperatures': orm.List,
+                 'max_iterations': orm.Int, 'options': orm.Dict, 'phonon_options': orm.Dict}
+        unknown = set(inputs) - set(known)
+        if unknown:
+            raise ValueError(f'unknown inputs in protocol or overrides: {sorted(unknown)}; known: {sorted(known)}')
+        for key, value in inputs.items():
+            builder[key] = known[key](value)
+        for key in ('options', 'phonon_options'):
+            if options:
+                builder[key] = orm.Dict({**(inputs.get(key) or {}), **options})
+        return builder
+
+    # ------------------------------------------------------------------ steps
+    def _options(self, phonons: bool = False) -> dict:
+        if phonons and 'phonon_options' in self.inputs:
+            return self.inputs.phonon_options.get_dict()
+        return self.inputs.options.get_dict() if 'options' in self.inputs else {}
 
     def setup(self):
         """Enumerate the configurations of every composition (one calcfunction call each)."""
@@ -189,33 +444,118 @@ class SolidSolutionScreenWorkChain(WorkChain):
             self.report(f'x = {x}: {len(table["configurations"])} of {table["n_classes"]} inequivalent classes '
                         f'({table["n_arrangements"]} arrangements, {table["n_permutations"]} site permutations)')
 
-    def run_screens(self):
-        """One MlipScreenCalcJob per composition."""
-        futures = {}
+    def run_relaxations(self):
+        """One ``MlipScreenWorkChain`` per batch of ``batch_size`` structures of each composition."""
+        size = self.inputs.batch_size.value
+        futures, self.ctx.batches = {}, {}
         for key, outputs in self.ctx.enumerated.items():
-            builder = MlipScreenCalcJob.get_builder()
-            builder.code = self.inputs.code
-            builder.model = self.inputs.model
-            builder.structures = {k: v for k, v in outputs.items() if k != 'configurations'}
-            if 'parameters' in self.inputs:
-                builder.parameters = self.inputs.parameters
-            if 'options' in self.inputs:
-                builder.metadata.options = self.inputs.options.get_dict()
-            builder.metadata.call_link_label = f'screen_{key}'
-            futures[key] = self.submit(builder)
-        return ToContext(**{f'screen_{key}': future for key, future in futures.items()})
+            names = sorted(k for k in outputs if k != 'configurations')
+            self.ctx.batches[key] = []
+            for number, first in enumerate(range(0, len(names), size)):
+                builder = MlipScreenWorkChain.get_builder()
+                builder.screen.code = self.inputs.code
+                builder.screen.model = self.inputs.model
+                builder.screen.structures = {k: outputs[k] for k in names[first:first + size]}
+                if 'parameters' in self.inputs:
+                    builder.screen.parameters = self.inputs.parameters
+                builder.screen.metadata.options = self._options()
+                builder.max_iterations = self.inputs.max_iterations
+                label = f'relax_{key}_{number}'
+                builder.metadata.call_link_label = label
+                futures[label] = self.submit(builder)
+                self.ctx.batches[key].append(label)
+        self.report(f'{len(futures)} relaxation jobs for {sum(len(o) - 1 for o in self.ctx.enumerated.values())} '
+                    f'structures')
+        return ToContext(**futures)
+
+    def rank(self):
+        """Rank each composition, keep its ``keep`` lowest configurations."""
+        self.ctx.kept, self.ctx.rankings = {}, {}
+        for key, enumerated in self.ctx.enumerated.items():
+            results = {}
+            for label in self.ctx.batches[key]:
+                node = self.ctx[label]
+                if not node.is_finished_ok:
+                    jobs = [child for child in node.called if isinstance(child, orm.CalcJobNode)]
+                    reason = (f'its last job {jobs[-1].process_label}<{jobs[-1].pk}> exited with status '
+                              f'{jobs[-1].exit_status}: {jobs[-1].exit_message}' if jobs else 'no job ran')
+                    return self.exit_codes.ERROR_SCREEN_FAILED.format(x=key, batch=label, reason=reason)
+                results[label] = node.outputs.results
+            ranking = rank_configurations(enumerated['configurations'], self.inputs.boltzmann_temperatures,
+                                          **results)
+            self.ctx.rankings[key] = ranking
+            relaxed = {k: v for label in self.ctx.batches[key] for k, v in self.ctx[label].outputs.relaxed.items()}
+            self.ctx.kept[key] = {k: relaxed[k] for k in ranking['keys'][:self.inputs.keep.value]}
+            self.report(f'{key}: lowest {ranking["lowest"]} at {ranking["energy_per_atom"][0]:.5f} eV/atom of '
+                        f'{len(ranking["keys"])} relaxed ({sum(ranking["converged"])} converged)')
+        return None
+
+    def _phonon_job(self, structures: dict, temperatures: list, label: str):
+        builder = MlipPhononsCalcJob.get_builder()
+        builder.code, builder.model = self.inputs.code, self.inputs.model
+        builder.structures = structures
+        phonons = self.inputs.phonons.get_dict() if 'phonons' in self.inputs else {}
+        builder.parameters = orm.Dict({**phonons, 'temperatures': temperatures})
+        builder.metadata.options = self._options(phonons=True)
+        builder.metadata.call_link_label = label
+        return self.submit(builder)
+
+    def run_harmonic(self):
+        """Harmonic phonons of every kept configuration (one job)."""
+        structures = {f'{key}_{k}': v for key, kept in self.ctx.kept.items() for k, v in kept.items()}
+        return ToContext(harmonic=self._phonon_job(structures, [], 'phonons_harmonic'))
+
+    def inspect_harmonic(self):
+        """Which kept configurations have imaginary modes at 0 K."""
+        node = self.ctx.harmonic
+        if 'results' not in node.outputs:
+            return self.exit_codes.ERROR_PHONONS_FAILED.format(status=node.exit_status)
+        results = node.outputs.results.get_dict()
+        self.ctx.unstable = sorted(key for key, record in results.items() if record['n_imaginary'])
+        for key, record in sorted(results.items()):
+            self.report(f'{key}: {record["n_imaginary"]} imaginary modes at 0 K (lowest {record["min_frequency"]:.2f}'
+                        f' THz)')
+        return None
+
+    def needs_finite_temperature(self) -> bool:
+        return bool(self.ctx.unstable and self.inputs.temperatures.get_list())
+
+    def run_finite_temperature(self):
+        """Finite-temperature phonons of the configurations unstable at 0 K (one job)."""
+        structures = {key: self.ctx.harmonic.inputs.structures[key] for key in self.ctx.unstable}
+        temperatures = [float(t) for t in self.inputs.temperatures.get_list()]
+        self.report(f'finite-temperature phonons of {self.ctx.unstable} at {temperatures} K')
+        return ToContext(finite=self._phonon_job(structures, temperatures, 'phonons_finite_temperature'))
 
     def results(self):
-        """Rank each composition; expose the lowest relaxed structure, the ranking and the configurations."""
+        """Expose per composition the ranking, the lowest structure and the phonons of every kept configuration."""
+        finite = self.ctx.get('finite')
+        if finite is not None and 'results' not in finite.outputs:
+            return self.exit_codes.ERROR_FINITE_TEMPERATURE_FAILED.format(status=finite.exit_status)
+        harmonic = self.ctx.harmonic.outputs
         for key, enumerated in self.ctx.enumerated.items():
-            node = self.ctx[f'screen_{key}']
-            if not node.is_finished_ok:
-                return self.exit_codes.ERROR_SCREEN_FAILED.format(x=key, status=node.exit_status)
-            ranking = rank_configurations(enumerated['configurations'], node.outputs.results)
-            lowest = ranking['lowest']
-            self.out(f'compositions.{key}.lowest', node.outputs.relaxed[lowest])
+            ranking = self.ctx.rankings[key]
+            self.out(f'compositions.{key}.lowest', self.ctx.kept[key][ranking['lowest']])
             self.out(f'compositions.{key}.ranking', ranking)
             self.out(f'compositions.{key}.configurations', enumerated['configurations'])
-            self.report(f'{key}: lowest {lowest} at {ranking["energy_per_atom"][0]:.5f} eV/atom of '
-                        f'{len(ranking["keys"])} relaxed')
+            for name in self.ctx.kept[key]:
+                link = f'{key}_{name}'
+                kwargs = {}
+                if finite is not None and link in finite.outputs.results.get_dict():
+                    kwargs['finite'] = finite.outputs.results
+                    renormalised = finite.outputs.renormalised_bands if 'renormalised_bands' in finite.outputs else {}
+                    kwargs.update({bands.split('_')[-1]: node for bands, node in renormalised.items()
+                                   if bands.startswith(f'{link}_T')})
+                summary = phonon_summary(orm.Str(link), harmonic.results, harmonic.bands[link], **kwargs)
+                prefix = f'compositions.{key}.{name}'
+                self.out(f'{prefix}.phonons', summary['summary'])
+                self.out(f'{prefix}.bands', harmonic.bands[link])
+                self.out(f'{prefix}.phonon_plot', summary['plot'])
+                for temperature, node in kwargs.items():
+                    if temperature.startswith('T'):
+                        self.out(f'{prefix}.renormalised_bands.{temperature}', node)
+                stabilised = {t: r['stabilised'] for t, r in summary['summary']['temperatures'].items()}
+                self.report(f'{link}: stable at 0 K: {summary["summary"]["stable_0K"]}; stabilised at {stabilised}')
+        if finite is not None and not finite.is_finished_ok:
+            return self.exit_codes.ERROR_FINITE_TEMPERATURE_FAILED.format(status=finite.exit_status)
         return None
