@@ -35,3 +35,28 @@ def test_setup_codes_submit_dry_run_and_queries(aiida_localhost):
     assert result.exit_code == 0 and f'{node.pk:>6}' in result.output and '1.500+-0.500' in result.output
     result = runner.invoke(cli, ['models', '--kind', 'gnn'])
     assert result.exit_code == 0 and 'sha256' in result.output
+
+
+def test_submit_screen_from_protocols(aiida_localhost, tmp_path):
+    """`capthermo submit screen`: every protocol builds valid inputs; a typo in the relaxation or phonon settings, or
+    no MACE model, is an error before anything runs."""
+    from aiida_capthermo.data.model import ModelData
+    from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
+
+    runner = CliRunner()
+    assert runner.invoke(cli, ['setup-codes', '--computer', aiida_localhost.label]).exit_code == 0
+    result = runner.invoke(cli, ['submit', 'screen', '--computer', aiida_localhost.label, '--dry-run'])
+    assert result.exit_code != 0 and 'no MACE model' in result.output
+    (tmp_path / 'tiny.model').write_bytes(b'weights')
+    model = ModelData.from_files(kind='mace', files={'tiny.model': tmp_path / 'tiny.model'},
+                                 main_file='tiny.model').store()
+    for protocol in SolidSolutionScreenWorkChain.get_available_protocols():
+        result = runner.invoke(cli, ['submit', 'screen', '--protocol', protocol, '--computer', aiida_localhost.label,
+                                     '--dry-run'])
+        assert result.exit_code == 0 and 'inputs are valid' in result.output, (protocol, result.output)
+    for override, message in (('parameters.fmaxx=0.1', 'fmaxx'), ('phonons.stepz=10', 'stepz'),
+                              ('temperatures=[-5]', 'temperatures must be > 0'), ('keep=0', 'keep must be'),
+                              ('compositions=[0.3]', 'not a multiple of 1/8')):
+        result = runner.invoke(cli, ['submit', 'screen', '--computer', aiida_localhost.label, '--dry-run',
+                                     '--model', str(model.pk), '-o', override])
+        assert result.exit_code != 0 and message in result.output, (override, result.output)
