@@ -34,6 +34,22 @@ ARCHITECTURES = {
 }
 
 
+def machine(threads: int, device: str) -> dict:
+    """The facts of the machine a benchmark ran on."""
+    import torch
+
+    return {'platform': platform.platform(), 'processor': platform.processor(), 'python': platform.python_version(),
+            'torch': torch.__version__, 'threads': threads, 'device': device}
+
+
+def write_result(result: dict, output: str) -> None:
+    """Write ``result`` as JSON to ``output`` (folders created) and print it."""
+    path = pathlib.Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
 def antiperovskite_set(n: int, seed: int = 0, labels: bool = True):
     """``n`` 40-atom Ag3S(Br_x I_1-x) 2x2x2 cells with random Br/I and displacements, LJ labels unless ``labels``
     is False (timing only)."""

@@ -11,9 +11,7 @@ layers) with random weights. Writes ``results/thermal.json``. Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -21,7 +19,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from bench_mace import antiperovskite_set, time_training  # noqa: E402
+from bench_mace import antiperovskite_set, machine, time_training, write_result  # noqa: E402
 
 DEMO = {'num_channels': 16, 'max_L': 1, 'correlation': 2, 'num_interactions': 2, 'r_max': 5.0}
 
@@ -96,14 +94,9 @@ def main() -> None:
         md[f'torchsim_{replicas}'] = {'replicas': replicas, 'seconds_per_step': seconds,
                                       'replica_steps_per_s': replicas / seconds,
                                       'speedup_per_replica_step_vs_ase': replicas / seconds * ase_step}
-    result = {'machine': {'platform': platform.platform(), 'processor': platform.processor(),
-                          'python': platform.python_version(), 'torch': torch.__version__, 'threads': args.threads,
-                          'device': args.device},
+    result = {'machine': machine(args.threads, args.device),
               'mace': DEMO, 'atoms_per_replica': 40, 'md': md, 'gnn': time_gnn(args.n_gnn, args.device)}
-    path = pathlib.Path(args.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    write_result(result, args.output)
 
 
 if __name__ == '__main__':

@@ -341,8 +341,7 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
         builder = MlipScreenCalcJob.get_builder()
         builder.code, builder.model = self.inputs.mlip_code, self.inputs.mace_model
         builder.structures = dict(self.inputs.structures)
-        builder.parameters = orm.Dict({'phonons': False, **(self.inputs.relax.get_dict() if 'relax' in self.inputs
-                                                            else {})})
+        builder.parameters = orm.Dict(self.inputs.relax.get_dict() if 'relax' in self.inputs else {})
         builder.metadata.options = self._options(md=True)
         builder.metadata.call_link_label = 'relax'
         return ToContext(relax=self.submit(builder))
