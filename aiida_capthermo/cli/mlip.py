@@ -4,8 +4,8 @@ amplitudes.
 
 Thin console script run on the compute side: parse arguments, call :func:`run_screen` (``screen``, which uses
 :mod:`aiida_capthermo.ml.mlip`), :func:`run_phonons` (``phonons``, :mod:`aiida_capthermo.ml.phonons`),
-:func:`run_md` (``md``, ASE, :mod:`aiida_capthermo.ml.md`), :func:`run_thermal` (``thermal``, many replicas in one TorchSim simulation, :mod:`aiida_capthermo.ml.thermal`) or :func:`run_modes`
-(``modes``), and write ``summary.json`` (inputs, units, outputs, timings, ``error`` on failure).
+:func:`run_md` (``md``, ASE, :mod:`aiida_capthermo.ml.md`), :func:`run_thermal` (``thermal``, many replicas in one
+TorchSim simulation, :mod:`aiida_capthermo.ml.thermal`) or :func:`run_modes` (``modes``), and write ``summary.json`` (inputs, units, outputs, timings, ``error`` on failure).
 Heavy imports happen inside the function so ``--help`` is instant.
 """
 
