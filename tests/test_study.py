@@ -3,10 +3,13 @@ then checked by MD) and two-stage GNN."""
 
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
+import pytest
 from aiida import engine, orm
 from aiida.common.links import LinkType
 
@@ -20,19 +23,29 @@ def code(computer, name, plugin):
                              default_calc_job_plugin=plugin).store()
 
 
-def test_study_end_to_end(localhost_session):
+def test_study_end_to_end(localhost_session, tmp_path):
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(
         code(localhost_session, 'capthermo-label', 'capthermo.label'),
         code(localhost_session, 'capthermo-gnn', 'capthermo.gnn_train'),
         code(localhost_session, 'mace_run_train', 'capthermo.mace_finetune'),
         protocol='demo',
-        overrides={'dataset': {'scheme': 'random', 'random_amplitudes': [0.05, 0.1], 'structures_per_temperature': 3,
+        overrides={'dataset': {'temperatures': [300.0, 600.0], 'structures_per_temperature': 3,
                                'n_equilibrium': 1, 'high_structures': 3},
                    'gnn': {'hyperparameters': {'max_epochs': 5}, 'finetune_hyperparameters': {'max_epochs': 3}},
                    'mace': {'hyperparameters': {'max_num_epochs': 1, 'num_channels': 8, 'max_L': 0},
                             'refine': {'compositions': [0.5], 'temperatures': [300.0], 'steps': 40,
                                        'frame_stride': 20, 'max_frame_force': 1000.0},
-                            'md_check': {'compositions': [0.25, 0.75], 'temperatures': [300.0], 'steps': 40}}},
+                            'md_check': {'compositions': [0.25, 0.75], 'temperatures': [300.0], 'steps': 40}},
+                   'screen': {'protocol': 'demo', 'compositions': [0.0, 0.5], 'max_configurations': 2,
+                              'parameters': {'fmax': 0.05, 'max_steps': 100, 'device': 'cpu'},
+                              'phonons': {'steps': 200, 'equilibration_steps': 50, 'sample_stride': 2,
+                                          'device': 'cpu', 'dtype': 'float32', 'threads': 1},
+                              'temperatures': [100.0]},
+                   'thermal': {'protocol': 'demo', 'temperatures': [0.0, 300.0],
+                               'md': {'replicas': 2, 'steps': 300, 'stride': 5, 'friction': 0.01, 'device': 'cpu',
+                                      'dtype': 'float32', 'threads': 1},
+                               'relax': {'fmax': 0.05, 'max_steps': 100, 'device': 'cpu'},
+                               'coupling': {'structures': ['x_0p500'], 'temperatures': [300.0], 'device': 'cpu'}}},
         mlip_code=code(localhost_session, 'capthermo-mlip', 'capthermo.mlip_md'))
     assert builder.gnn.hyperparameters['max_epochs'] == 5 and builder.gnn.hyperparameters['batch_size'] == 8
     assert builder.dataset.structures_per_temperature.value == 3
@@ -55,7 +68,8 @@ def test_study_end_to_end(localhost_session):
     # One of the six low structures is held out (valid_fraction 0.1), the rest plus two frames (steps 20 and 40
     # of the one refinement replica) train the final potential.
     assert validation_set.n_structures == 1 and training_set.n_structures == 5 + 2
-    assert training_set.base.attributes.get('origins') == {'md': 2, 'random': 5}
+    origins = training_set.base.attributes.get('origins')
+    assert origins['md'] == 2 and sum(origins.values()) == 7
     assert not set(validation_set.get_labelled_set().structure_uuid) & set(
         training_set.get_labelled_set().structure_uuid)
     assert training_set.base.attributes.get('method') == low.base.attributes.get('method') == 'GFN1-xTB-noXB'
@@ -88,6 +102,73 @@ def test_study_end_to_end(localhost_session):
     assert all(node.creator.inputs.model.uuid == results['mace']['model'].uuid for node in check_results)
     assert all(r['steps'] == 40 and r['temperature'] == 300.0 for r in check['replicas'])
     assert np.isfinite(results['mace']['metrics']['valid']['mae_f'])
+    check_screen_thermal_and_report(node, results, tmp_path)
+
+
+def check_screen_thermal_and_report(node, results, tmp_path):
+    """The screen and thermal stages: Table I, figures, the provenance of a gap, `capthermo report`."""
+    from click.testing import CliRunner
+
+    from aiida_capthermo.cli.main import cli
+
+    rows = results['table']['rows']
+    assert [row['x'] for row in rows] == [0.0, 0.5] and all(row['temperatures'] == [0.0, 300.0] for row in rows)
+    for row in rows:
+        assert row['stderr'][0] == 0.0 and row['stderr'][1] > 0  # Eg(0) of the relaxed cell; MD carries an error
+        assert row['delta_gap'][1] == pytest.approx(row['gap'][1] - row['gap'][0], abs=1e-12)
+    csv = results['table_csv'].get_content().splitlines()
+    assert csv[0].startswith('x,temperature_K,gap_eV') and len(csv) == 1 + 4
+    figures = results['figures']
+    assert {'eg_vs_x', 'eg_vs_t', 'relative_change', 'coupling_x_0p500', 'phonons_x_0p000', 'phonons_x_0p500',
+            'gnn_parity_low', 'gnn_parity'} <= set(figures)
+    assert all(f.get_content('rb')[:4] == b'\x89PNG' for f in figures.values())
+    # The thermal structures are the screen's ground states, relaxed with the study's final potential.
+    lowest = results['screen']['compositions']['x_0p500']['lowest']
+    thermal = node.base.links.get_outgoing(link_label_filter='thermal').one().node
+    assert thermal.inputs.structures['x_0p500'].uuid == lowest.uuid
+    assert thermal.inputs.mace_model.uuid == results['mace']['model'].uuid
+    assert thermal.inputs.gnn_model.uuid == results['gnn']['model'].uuid
+    # Walk the provenance back from the 300 K gap of x = 0.5: MD, both models, their datasets, the labelling jobs
+    # and the parent phonons must all be ancestors.
+    gap = results['thermal']['gaps']['x_0p500_T300']
+    seen, stack, labels = set(), [gap], set()
+    while stack:
+        current = stack.pop()
+        for link in current.base.links.get_incoming().all():
+            if link.node.pk not in seen and link.link_type.value in ('create', 'input_calc', 'input_work'):
+                seen.add(link.node.pk)
+                stack.append(link.node)
+                labels.add(getattr(link.node, 'process_label', None) or type(link.node).__name__)
+    for expected in ('thermal_gaps', 'GnnPredictCalcJob', 'MlipThermalCalcJob', 'FinetuneMaceCalcJob',
+                     'GnnTrainCalcJob', 'LabelCalcJob', 'force_constants_from_labels', 'MlipScreenCalcJob'):
+        assert expected in labels, (expected, sorted(labels))
+    assert {results['mace']['model'].pk, results['gnn']['model'].pk, results['dataset']['low'].pk,
+            results['dataset']['high'].pk} <= seen
+    # `capthermo report` prints Table I and writes the CSV and the figures, from the stored nodes only.
+    result = CliRunner().invoke(cli, ['report', str(node.pk), '-o', str(tmp_path / 'report')])
+    assert result.exit_code == 0, result.output
+    assert '0.500' in result.output and 'Eg(300 K)' in result.output
+    written = sorted(path.name for path in (tmp_path / 'report').iterdir())
+    assert 'table_i.csv' in written and 'eg_vs_x.png' in written and len(written) == 1 + len(figures)
+    # An archive of the study imported into a fresh profile gives the same report.
+    from aiida.tools.archive import create_archive
+
+    archive = tmp_path / 'study.aiida'
+    create_archive([node], filename=archive)
+    env = {**os.environ, 'AIIDA_PATH': str(tmp_path / 'fresh')}
+    verdi = str(BIN / 'verdi')
+    subprocess.run([verdi, 'presto', '--profile-name', 'fresh'], env=env, check=True, capture_output=True)
+    subprocess.run([verdi, '-p', 'fresh', 'archive', 'import', str(archive)], env=env, check=True,
+                   capture_output=True)
+    imported = subprocess.run([str(BIN / 'capthermo'), '-p', 'fresh', 'report', node.uuid, '-o',
+                               str(tmp_path / 'imported')], env=env, check=True, capture_output=True, text=True)
+    first = [line for line in result.output.splitlines() if not line.startswith(('Table I', '1', '2', '3', '4', '5',
+                                                                                  '6', '7', '8', '9'))]
+    again = [line for line in imported.stdout.splitlines() if not line.startswith(('Table I', '1', '2', '3', '4',
+                                                                                    '5', '6', '7', '8', '9'))]
+    assert first == again  # the table itself (the header names the pk, the file line the folder)
+    for name in written:
+        assert (tmp_path / 'imported' / name).read_bytes() == (tmp_path / 'report' / name).read_bytes()
 
 
 def test_study_rejects_bad_md_stages(localhost_session):

@@ -135,6 +135,35 @@ def _mace_model(pk: int | None):
     return query.first()[0]
 
 
+@cli.command('report')
+@click.argument('identifier')
+@click.option('-o', '--output', 'output', default=None, help='Folder for the CSV and the figures (default: '
+              'capthermo-report-<pk>).')
+def report(identifier, output):
+    """Print the study's Table I and write its CSV and figures (IDENTIFIER: pk or UUID of the study); reads stored
+    nodes only (also after an archive import), nothing is re-run."""
+    from aiida import orm
+
+    from aiida_capthermo.workflows.report import table_text
+
+    node = orm.load_node(identifier)
+    pk = node.pk
+    outputs = node.outputs
+    if 'table' not in outputs:
+        raise click.ClickException(f'{node.process_label}<{pk}> has no `table` output (state: '
+                                   f'{node.process_state.value if node.process_state else "?"}, exit status '
+                                   f'{node.exit_status}): the thermal stage has not finished')
+    click.echo(f'Table I of {node.process_label}<{pk}> (Eg in eV, error bars = standard errors):')
+    click.echo(table_text(outputs.table['rows']))
+    folder = pathlib.Path(output or f'capthermo-report-{pk}')
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {'table_i.csv': outputs.table_csv} if 'table_csv' in outputs else {}
+    files.update({f'{name}.png': value for name, value in (outputs.figures.items() if 'figures' in outputs else [])})
+    for filename, value in sorted(files.items()):
+        (folder / filename).write_bytes(value.get_content('rb'))
+    click.echo(f'{len(files)} files in {folder}/: {", ".join(sorted(files))}')
+
+
 @cli.command('datasets')
 @click.option('--fidelity', type=click.Choice(['low', 'high']), default=None, help='Only this fidelity.')
 def list_datasets(fidelity):

@@ -15,7 +15,15 @@ A low validation error does not make a potential that MD can run with, so two op
 * ``mace.md_check``: Langevin MD of mixed cells with the final potential; the verdict (stable, mean temperature,
   closest pair) is the ``mace.md_check`` output.
 
-The screening and thermal-gap stages join here as they are built.
+Then, when their namespaces are given, the solid-solution screen (SolidSolutionScreenWorkChain with the final
+potential: ground state per composition, its 0 K and finite-temperature phonons) and the thermal band gaps
+(ThermalGapWorkChain on the screen's lowest configurations with the potential and the fine-tuned GNN: Eg(x, T) with
+error bars and the mode-resolved coupling). A calcfunction turns the gaps into the paper's Table I (Dict and CSV)
+and Figure 7b-d (PNG); the stages' own figures (GNN parity, phonon bands at 0 K and T, coupling per Γ mode) are
+re-exposed under ``figures``.
+
+Every stage can start from given nodes instead (``given``): datasets, either model, or the structures of the thermal
+stage; what is given is not recomputed.
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ from aiida_capthermo.workflows.dataset import (
 from aiida_capthermo.workflows.engines import label_batch_inputs
 from aiida_capthermo.workflows.mace import FinetuneMaceWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin
+from aiida_capthermo.workflows.report import table_one
+from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
+from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
 from aiida_capthermo.workflows.validation import compositions_error
 
 __all__ = ['CapthermoStudyWorkChain']
@@ -78,7 +89,39 @@ def collect_md_results(**results) -> orm.Dict:
                      'replicas': replicas})
 
 
+def _with_defaults(process, given: dict, extra: dict) -> dict:
+    """The inputs of a stage as its validator sees them: ``given`` (the study's namespace), ``extra`` (what the
+    study supplies) and the defaults of the ports neither sets."""
+    inputs = {**given, **extra}
+    for name, port in process.spec().inputs.items():
+        if name not in inputs and getattr(port, 'has_default', lambda: False)():
+            default = port.default
+            inputs[name] = default() if callable(default) else default
+    return inputs
+
+
 def validate_study(inputs, _) -> str | None:
+    from aiida_capthermo.workflows import screen, thermal
+
+    given = inputs.get('given', {})
+    if 'screen' in inputs:
+        if 'mace_model' not in given and 'code' not in inputs.get('mace', {}):
+            return 'the screen needs a potential: give mace.code (train one) or given.mace_model'
+        dataset = inputs.get('dataset', {})
+        extra = {'prototype': dataset['prototype']} if 'prototype' in dataset else {}
+        if 'supercell' in dataset:
+            extra['supercell'] = dataset['supercell']
+        error = screen.validate_inputs(_with_defaults(SolidSolutionScreenWorkChain, dict(inputs['screen']), extra),
+                                       None)
+        if error:
+            return f'screen: {error}'
+    if 'thermal' in inputs:
+        if 'screen' not in inputs and not given.get('structures'):
+            return 'the thermal stage needs structures: the screen namespace, or given.structures'
+        error = thermal.settings_error(_with_defaults(ThermalGapWorkChain, dict(inputs['thermal']), {}),
+                                       sorted(given['structures']) if given.get('structures') else None)
+        if error:
+            return f'thermal: {error}'
     mace = inputs.get('mace', {})
     if ('refine' in mace or 'md_check' in mace) and not ('mlip_code' in mace and 'code' in mace):
         return 'mace.refine and mace.md_check need mace.code and mace.mlip_code (a capthermo-mlip code)'
@@ -127,10 +170,34 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                         'stable_distance (Å), temperature_tolerance ... (MdConfig keys).')
         spec.input('mace.md_options', valid_type=orm.Dict, required=False,
                    help='Scheduler options of the MD jobs (default: those of the MACE job).')
+        spec.input('given.low', valid_type=DatasetData, required=False,
+                   help='An existing low-fidelity dataset (energies, forces, stresses, gaps): no dataset stage.')
+        spec.input('given.high', valid_type=DatasetData, required=False,
+                   help='An existing high-fidelity gap dataset (with given.low).')
+        spec.input('given.equilibrium', valid_type=DatasetData, required=False,
+                   help='An existing set of equilibrium structures for the GNN (with given.low).')
+        spec.input('given.mace_model', valid_type=ModelData, required=False,
+                   help='An existing MACE potential: no MACE training, refinement or MD check.')
+        spec.input('given.gnn_model', valid_type=ModelData, required=False,
+                   help='An existing band-gap GNN (the one the thermal stage uses): no GNN training.')
+        spec.input_namespace('given.structures', valid_type=orm.StructureData, dynamic=True, required=False,
+                             help='Structures of the thermal stage by key (each with its x): no screen.')
+        spec.expose_inputs(SolidSolutionScreenWorkChain, namespace='screen',
+                           exclude=('model', 'prototype', 'parent', 'supercell'),
+                           namespace_options={'required': False, 'populate_defaults': False,
+                                              'help': 'The solid-solution screen with the final potential (the '
+                                                      'prototype and supercell are the dataset\'s); none: no screen.'})
+        spec.expose_inputs(ThermalGapWorkChain, namespace='thermal',
+                           exclude=('structures', 'mace_model', 'gnn_model', 'gnn_code'),
+                           namespace_options={'required': False, 'populate_defaults': False,
+                                              'help': 'Thermal band gaps of the screen\'s lowest configurations '
+                                                      '(or given.structures) with the potential and the GNN (its '
+                                                      'code is gnn.code); none: no thermal stage.'})
+        for namespace in ('screen', 'thermal'):
+            spec.inputs[namespace].validator = None  # their checks need what the study supplies: validate_study
         spec.inputs.validator = validate_study
         spec.outline(
-            cls.run_dataset,
-            cls.inspect_dataset,
+            if_(cls.should_run_dataset)(cls.run_dataset, cls.inspect_dataset),
             cls.run_models,
             cls.inspect_models,
             if_(cls.should_finetune_gnn)(cls.run_gnn_high, cls.inspect_gnn_high),
@@ -143,9 +210,26 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                 cls.inspect_mace_refined,
             ),
             if_(cls.should_check_md)(cls.run_md_check, cls.inspect_md_check),
+            if_(cls.should_screen)(cls.run_screen, cls.inspect_screen),
+            if_(cls.should_thermal)(cls.run_thermal, cls.inspect_thermal),
             cls.results,
         )
-        spec.expose_outputs(PhononInformedDatasetWorkChain, namespace='dataset')
+        spec.expose_outputs(PhononInformedDatasetWorkChain, namespace='dataset',
+                            namespace_options={'required': False})
+        for port in spec.outputs['dataset'].values():
+            port.required = False  # the dataset stage is skipped when datasets are given
+        spec.expose_outputs(SolidSolutionScreenWorkChain, namespace='screen', namespace_options={'required': False})
+        spec.expose_outputs(ThermalGapWorkChain, namespace='thermal', namespace_options={'required': False})
+        for namespace in ('screen', 'thermal'):
+            for port in spec.outputs[namespace].values():
+                port.required = False
+        spec.output('table', valid_type=orm.Dict, required=False,
+                    help='The paper\'s Table I: per composition x, Eg at each T with its error bar, ΔEg and the '
+                         'relative change (eV), from the thermal stage.')
+        spec.output('table_csv', valid_type=orm.SinglefileData, required=False, help='Table I as CSV.')
+        spec.output_namespace('figures', valid_type=orm.SinglefileData, dynamic=True,
+                              help='PNG figures: eg_vs_x, eg_vs_t, relative_change (Figure 7b-d), coupling_<key> '
+                                   '(Figure 8a), phonons_<key> (Figure 6), gnn_parity_low / gnn_parity.')
         spec.output('gnn.model_low', valid_type=ModelData, help='Band-gap GNN trained on the low-fidelity gaps.')
         spec.output('gnn.metrics_low', valid_type=orm.Dict, help='Metrics per split of the first stage.')
         spec.output('gnn.model', valid_type=ModelData, required=False,
@@ -166,6 +250,21 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         spec.exit_code(430, 'ERROR_MACE_FAILED', message='MACE fine-tuning failed: {message}')
         spec.exit_code(440, 'ERROR_MD_FAILED', message='An MD job failed: {message}')
         spec.exit_code(450, 'ERROR_REFINE_LABELS_FAILED', message='No MD frame could be labelled: {message}')
+        spec.exit_code(460, 'ERROR_SCREEN_FAILED', message='The screen failed: {message}')
+        spec.exit_code(470, 'ERROR_THERMAL_FAILED', message='The thermal-gap stage failed: {message}')
+
+    def _given(self) -> dict:
+        return self.inputs.get('given', {})
+
+    def should_run_dataset(self) -> bool:
+        given = self._given()
+        if 'low' in given:
+            self.ctx.datasets = {k: given[k] for k in ('low', 'high', 'equilibrium') if k in given}
+            return False
+        if 'mace_model' in given and 'gnn_model' in given:
+            self.ctx.datasets = {}
+            return False
+        return True
 
     def run_dataset(self):
         inputs = self.exposed_inputs(PhononInformedDatasetWorkChain, 'dataset')
@@ -177,6 +276,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_DATASET_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
         self.out_many(self.exposed_outputs(node, PhononInformedDatasetWorkChain, namespace='dataset'))
+        self.ctx.datasets = {k: node.outputs[k] for k in ('low', 'high', 'equilibrium') if k in node.outputs}
         return None
 
     def _gnn_inputs(self, hyperparameters: orm.Dict, label: str) -> dict:
@@ -187,22 +287,28 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         return inputs
 
     def run_models(self):
-        outputs = self.ctx.dataset.outputs
+        outputs = self.ctx.datasets
+        given = self._given()
         futures = {}
-        gnn = self._gnn_inputs(self.inputs.gnn.hyperparameters, 'gnn_low')
-        gnn['datasets'] = {'low': outputs.low}
-        if 'equilibrium' in outputs:
-            gnn['datasets']['equilibrium'] = outputs.equilibrium
-        futures['gnn_low'] = self.submit(GnnTrainCalcJob, **gnn)
-        if 'code' in self.inputs.mace:
+        if 'gnn_model' in given:
+            self.ctx.gnn_model = given['gnn_model']
+        else:
+            gnn = self._gnn_inputs(self.inputs.gnn.hyperparameters, 'gnn_low')
+            gnn['datasets'] = {'low': outputs['low']}
+            if 'equilibrium' in outputs:
+                gnn['datasets']['equilibrium'] = outputs['equilibrium']
+            futures['gnn_low'] = self.submit(GnnTrainCalcJob, **gnn)
+        if 'mace_model' in given:
+            self.ctx.mace_model = given['mace_model']
+        elif 'code' in self.inputs.mace:
             # One held-out set of thermal (phonon-informed) structures validates every MACE round: the training
             # sets of later rounds add MD frames, whose forces would otherwise dominate a random validation split.
             hyper = self.inputs.mace.get('hyperparameters', orm.Dict({})).get_dict()
-            split = split_dataset(outputs.low, orm.Dict({'valid_fraction': hyper.get('valid_fraction', 0.05),
+            split = split_dataset(outputs['low'], orm.Dict({'valid_fraction': hyper.get('valid_fraction', 0.05),
                                                          'seed': hyper.get('seed', 123)}))
             self.ctx.mace_valid = split['valid']
             futures['mace'] = self._submit_mace(split['train'], 'mace')
-        self.report(f'training {", ".join(futures)}')
+        self.report(f'training {", ".join(futures) or "nothing (models given)"}')
         return ToContext(**futures)
 
     def _submit_mace(self, train: DatasetData, label: str):
@@ -216,11 +322,13 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         return self.submit(FinetuneMaceWorkChain, mace=mace, metadata={'call_link_label': label})
 
     def inspect_models(self):
-        node = self.ctx.gnn_low
-        if not node.is_finished_ok:
-            return self.exit_codes.ERROR_GNN_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
-        self.out('gnn.model_low', node.outputs.model)
-        self.out('gnn.metrics_low', node.outputs.metrics)
+        if 'gnn_low' in self.ctx:
+            node = self.ctx.gnn_low
+            if not node.is_finished_ok:
+                return self.exit_codes.ERROR_GNN_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
+            self.out('gnn.model_low', node.outputs.model)
+            self.out('gnn.metrics_low', node.outputs.metrics)
+            self.ctx.gnn_model = node.outputs.model
         if 'mace' in self.ctx:
             return self._take_mace(self.ctx.mace)
         return None
@@ -263,7 +371,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         return [self.ctx[key] for key in sorted(k for k in self.ctx if isinstance(k, str) and k.startswith(label))]
 
     def should_refine(self) -> bool:
-        if 'refine' not in self.inputs.mace or 'mace_model' not in self.ctx:
+        if 'refine' not in self.inputs.mace or 'mace' not in self.ctx:
             return False
         self.ctx.setdefault('refine_round', 0)
         return self.ctx.refine_round < self._md_settings('refine').rounds
@@ -332,7 +440,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         return self._take_mace(self.ctx.mace_refined)
 
     def should_check_md(self) -> bool:
-        return 'md_check' in self.inputs.mace and 'mace_model' in self.ctx
+        return 'md_check' in self.inputs.mace and 'mace' in self.ctx
 
     def run_md_check(self):
         return ToContext(**self._submit_md(self._md_settings('md_check'), 'md_check', seed_offset=10_000))
@@ -351,12 +459,12 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         return None
 
     def should_finetune_gnn(self):
-        return 'high' in self.ctx.dataset.outputs
+        return 'high' in self.ctx.datasets and 'gnn_low' in self.ctx
 
     def run_gnn_high(self):
         hyperparameters = self.inputs.gnn.get('finetune_hyperparameters', self.inputs.gnn.hyperparameters)
         inputs = self._gnn_inputs(hyperparameters, 'gnn_high')
-        inputs['datasets'] = {'high': self.ctx.dataset.outputs.high}
+        inputs['datasets'] = {'high': self.ctx.datasets['high']}
         inputs['parent_model'] = self.ctx.gnn_low.outputs.model
         return ToContext(gnn_high=self.submit(GnnTrainCalcJob, **inputs))
 
@@ -366,10 +474,76 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             return self.exit_codes.ERROR_GNN_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
         self.out('gnn.model', node.outputs.model)
         self.out('gnn.metrics', node.outputs.metrics)
+        self.ctx.gnn_model = node.outputs.model
+        return None
+
+    # ------------------------------------------------------------------ screen and thermal gaps
+    def should_screen(self) -> bool:
+        return 'screen' in self.inputs and not self._given().get('structures')
+
+    def run_screen(self):
+        inputs = self.exposed_inputs(SolidSolutionScreenWorkChain, 'screen')
+        inputs.update(model=self.ctx.mace_model, prototype=self.inputs.dataset.prototype,
+                      metadata={'call_link_label': 'screen'})
+        if 'supercell' in self.inputs.dataset:
+            inputs['supercell'] = self.inputs.dataset.supercell
+        self.report(f'screen of x = {inputs["compositions"].get_list()} with MACE potential {self.ctx.mace_model.pk}')
+        return ToContext(screen=self.submit(SolidSolutionScreenWorkChain, **inputs))
+
+    def inspect_screen(self):
+        node = self.ctx.screen
+        finite_failed = SolidSolutionScreenWorkChain.exit_codes.ERROR_FINITE_TEMPERATURE_FAILED.status
+        if not node.is_finished_ok and not (node.exit_status == finite_failed and 'compositions' in node.outputs):
+            return self.exit_codes.ERROR_SCREEN_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
+        if not node.is_finished_ok:  # ground states and 0 K phonons are there; the finite-T MD broke
+            self.report(f'screen: {node.exit_message}; going on with the ground states')
+        self.out_many(self.exposed_outputs(node, SolidSolutionScreenWorkChain, namespace='screen'))
+        compositions = node.outputs.compositions
+        self.ctx.structures = {key: compositions[key]['lowest'] for key in compositions}
+        for key in compositions:
+            for name, value in compositions[key].items():
+                if isinstance(value, dict) and 'phonon_plot' in value:
+                    self.out(f'figures.phonons_{key}', value['phonon_plot'])
+        return None
+
+    def should_thermal(self) -> bool:
+        return 'thermal' in self.inputs
+
+    def run_thermal(self):
+        inputs = self.exposed_inputs(ThermalGapWorkChain, 'thermal')
+        structures = self.ctx.get('structures') or dict(self._given()['structures'])
+        inputs.update(structures=structures, mace_model=self.ctx.mace_model, gnn_model=self.ctx.gnn_model,
+                      gnn_code=self.inputs.gnn.code, metadata={'call_link_label': 'thermal'})
+        self.report(f'thermal gaps of {sorted(structures)} at {inputs["temperatures"].get_list()} K')
+        return ToContext(thermal=self.submit(ThermalGapWorkChain, **inputs))
+
+    def inspect_thermal(self):
+        node = self.ctx.thermal
+        if 'table' not in node.outputs:
+            return self.exit_codes.ERROR_THERMAL_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
+        self.out_many(self.exposed_outputs(node, ThermalGapWorkChain, namespace='thermal'))
+        report = table_one(node.outputs.table)
+        self.out('table', report['table'])
+        self.out('table_csv', report['csv'])
+        for name in ('eg_vs_x', 'eg_vs_t', 'relative_change'):
+            self.out(f'figures.{name}', report[name])
+        for label, value in (node.outputs.coupling.items() if 'coupling' in node.outputs else []):
+            if label.startswith('plot_'):
+                self.out(f'figures.coupling_{label[5:]}', value)
+        for row in report['table']['rows']:
+            gaps = ', '.join(f'{t} K {g:.3f}±{e:.3f}' for t, g, e in zip(row['temperatures'], row['gap'], row['stderr']))
+            self.report(f'x = {row["x"]:.3f}: Eg {gaps} eV')
+        if node.exit_status == ThermalGapWorkChain.exit_codes.ERROR_REPLICAS_LOST.status:
+            self.report(f'thermal: {node.exit_message}; Table I holds the gaps of the replicas that finished')
+        elif not node.is_finished_ok:
+            return self.exit_codes.ERROR_THERMAL_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
         return None
 
     def results(self):
-        if 'mace_model' in self.ctx:
+        for label, stage in (('gnn_parity_low', 'gnn_low'), ('gnn_parity', 'gnn_high')):
+            if stage in self.ctx and 'parity_plot' in self.ctx[stage].outputs:
+                self.out(f'figures.{label}', self.ctx[stage].outputs.parity_plot)
+        if 'mace' in self.ctx:
             self.out('mace.model', self.ctx.mace_model)
             self.out('mace.metrics', self.ctx.mace_metrics)
             self.out('mace.training_set', self.ctx.mace_train)
@@ -390,7 +564,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         """
         overrides = dict(overrides or {})
         inputs = cls.get_protocol_inputs(protocol, {k: v for k, v in overrides.items() if k != 'dataset'})
-        unknown = set(inputs) - {'gnn', 'mace'}
+        unknown = set(inputs) - {'gnn', 'mace', 'screen', 'thermal'}
         if unknown:
             raise ValueError(f'unknown inputs in protocol or overrides: {sorted(unknown)}')
         dataset = PhononInformedDatasetWorkChain.get_builder_from_protocol(
@@ -424,4 +598,31 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                     builder.mace.md_options = orm.Dict(md_options)
         if options:
             builder.gnn.options = orm.Dict(options)
+        for name, process in (('screen', SolidSolutionScreenWorkChain), ('thermal', ThermalGapWorkChain)):
+            if inputs.get(name) is None:
+                continue
+            if mlip_code is None:
+                raise ValueError(f'the {name} stage of the protocol needs mlip_code (a capthermo-mlip code)')
+            stage = dict(inputs[name])
+            stage_inputs = process.get_protocol_inputs(stage.pop('protocol', None), stage)
+            namespace = builder[name]
+            for key, value in stage_inputs.items():
+                if key in ('prototype', 'supercell'):
+                    continue  # the dataset's
+                if key not in process.spec().inputs:
+                    raise ValueError(f'unknown {name} input {key!r} in protocol or overrides')
+                namespace[key] = _to_node(process.spec().inputs[key], value)
+            namespace['code' if name == 'screen' else 'mlip_code'] = mlip_code
+            if options:
+                for key in ('options', 'phonon_options') if name == 'screen' else ('options', 'md_options'):
+                    namespace[key] = orm.Dict({**stage_inputs.get(key, {}), **options})
         return builder
+
+
+def _to_node(port, value):
+    """``value`` as the node type ``port`` takes (Dict, List, Int, Float, Bool, Str)."""
+    valid = port.valid_type if isinstance(port.valid_type, tuple) else (port.valid_type,)
+    for node_class in (orm.Dict, orm.List, orm.Bool, orm.Int, orm.Float, orm.Str):
+        if node_class in valid:
+            return node_class(value)
+    raise ValueError(f'cannot set {port.name} from a protocol value {value!r}')

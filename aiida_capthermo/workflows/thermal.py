@@ -191,7 +191,6 @@ def _coupling_plot(columns: dict, shares: dict, temperatures: list, record: dict
 def validate_inputs(inputs, _) -> str | None:
     """Structures with a composition, temperatures, the MD and coupling settings, a gap GNN."""
     from aiida_capthermo.data.structures import get_structure_metadata
-    from aiida_capthermo.ml.thermal import ModesConfig, ThermalMdConfig
 
     structures = inputs.get('structures') or {}
     if not structures:
@@ -199,6 +198,14 @@ def validate_inputs(inputs, _) -> str | None:
     for key, structure in structures.items():
         if not math.isfinite(get_structure_metadata(structure)['x']):
             return f'structure {key!r} has no composition x (set it with data.structures.set_structure_metadata)'
+    return settings_error(inputs, sorted(structures))
+
+
+def settings_error(inputs, keys: list[str] | None) -> str | None:
+    """Temperatures, MD and coupling settings, GNN target, restarts; ``keys`` of the structures when known (the
+    study checks the settings before the screen has made the structures)."""
+    from aiida_capthermo.ml.thermal import ModesConfig, ThermalMdConfig
+
     temperatures = inputs['temperatures'].get_list()
     if not temperatures or any(not isinstance(t, (int, float)) or t < 0 for t in temperatures):
         return f'temperatures must be a non-empty list of numbers >= 0 K, got {temperatures}'
@@ -215,9 +222,9 @@ def validate_inputs(inputs, _) -> str | None:
             return error
     if 'coupling' in inputs:
         coupling = inputs['coupling'].get_dict()
-        keys = coupling.pop('structures', 'all')
-        if keys != 'all' and (not isinstance(keys, list) or set(keys) - set(structures)):
-            return f'coupling.structures must be "all" or a list of keys of `structures` {sorted(structures)}, got {keys}'
+        chosen = coupling.pop('structures', 'all')
+        if chosen != 'all' and (not isinstance(chosen, list) or (keys is not None and set(chosen) - set(keys))):
+            return f'coupling.structures must be "all" or a list of keys of `structures` {keys}, got {chosen}'
         error = pydantic_error(ModesConfig, coupling, 'coupling')
         if error:
             return error

@@ -1,0 +1,104 @@
+"""The paper's Table I and Figure 7b-d from the thermal stage's gap table: a calcfunction for the provenance graph
+and plain functions for ``capthermo report`` (which reads the stored nodes and re-runs nothing)."""
+
+from __future__ import annotations
+
+import io
+
+from aiida import orm
+from aiida.engine import calcfunction
+
+__all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'figure_png']
+
+
+def table_rows(rows: list[dict]) -> list[dict]:
+    """Group the thermal stage's rows (one per structure and T) into one row per composition, sorted by x: ``x``,
+    ``key``, ``temperatures`` (K), ``gap`` and ``stderr`` (eV), ``delta_gap`` (eV) and ``relative_change`` per T,
+    ``eg0`` (eV)."""
+    grouped: dict[str, dict] = {}
+    for row in sorted(rows, key=lambda r: (r['x'], r['temperature'])):
+        entry = grouped.setdefault(row['key'], {'key': row['key'], 'x': row['x'], 'eg0': row['eg0'],
+                                                'temperatures': [], 'gap': [], 'stderr': [], 'delta_gap': [],
+                                                'relative_change': []})
+        entry['temperatures'].append(row['temperature'])
+        for name in ('gap', 'stderr', 'delta_gap', 'relative_change'):
+            entry[name].append(row[name])
+    return sorted(grouped.values(), key=lambda r: r['x'])
+
+
+def table_text(rows: list[dict]) -> str:
+    """Table I as aligned text: x, then Eg ± error at each T (eV), then ΔEg/Eg(0) at each T > 0."""
+    temperatures = sorted({t for row in rows for t in row['temperatures']})
+    hot = [t for t in temperatures if t > 0]
+    header = f'{"x":>6} ' + ' '.join(f'{f"Eg({t:.0f} K)":>15}' for t in temperatures) + ' ' + ' '.join(
+        f'{f"dEg/Eg({t:.0f} K)":>15}' for t in hot)
+    lines = [header, '-' * len(header)]
+    for row in rows:
+        by_t = dict(zip(row['temperatures'], zip(row['gap'], row['stderr'], row['relative_change'])))
+        cells = [f'{by_t[t][0]:.3f} ± {by_t[t][1]:.3f}' if t in by_t else '-' for t in temperatures]
+        relative = [f'{100 * by_t[t][2]:+.1f} %' if t in by_t and by_t[t][2] is not None else '-' for t in hot]
+        lines.append(f'{row["x"]:>6.3f} ' + ' '.join(f'{c:>15}' for c in cells) + ' '
+                     + ' '.join(f'{c:>15}' for c in relative))
+    return '\n'.join(lines)
+
+
+def table_csv(rows: list[dict]) -> str:
+    """Table I as CSV: one line per (x, T) with gap, stderr, ΔEg (eV) and the relative change."""
+    lines = ['x,temperature_K,gap_eV,stderr_eV,eg0_eV,delta_gap_eV,relative_change']
+    for row in rows:
+        for index, temperature in enumerate(row['temperatures']):
+            relative = row['relative_change'][index]
+            lines.append(f'{row["x"]:.4f},{temperature:.1f},{row["gap"][index]:.6f},{row["stderr"][index]:.6f},'
+                         f'{row["eg0"]:.6f},{row["delta_gap"][index]:.6f},'
+                         f'{"" if relative is None else f"{relative:.6f}"}')
+    return '\n'.join(lines) + '\n'
+
+
+def figure_png(rows: list[dict], name: str) -> bytes:
+    """Figure 7b (``eg_vs_x``: Eg vs x per T), 7c (``eg_vs_t``: Eg vs T per x) or 7d (``relative_change``:
+    ΔEg/Eg(0) vs x per T > 0), with error bars, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.8, 3.6))
+    temperatures = sorted({t for row in rows for t in row['temperatures']})
+    if name == 'eg_vs_t':
+        for row in rows:
+            axis.errorbar(row['temperatures'], row['gap'], yerr=row['stderr'], marker='o', capsize=3,
+                          label=f'x = {row["x"]:.3f}')
+        axis.set_xlabel('T (K)')
+        axis.set_ylabel('Eg (eV)')
+    else:
+        for temperature in temperatures if name == 'eg_vs_x' else [t for t in temperatures if t > 0]:
+            x, y, error = [], [], []
+            for row in rows:
+                if temperature in row['temperatures']:
+                    index = row['temperatures'].index(temperature)
+                    value = row['gap'][index] if name == 'eg_vs_x' else 100 * (row['relative_change'][index] or 0)
+                    scale = 1.0 if name == 'eg_vs_x' else 100 / row['eg0']
+                    x.append(row['x'])
+                    y.append(value)
+                    error.append(row['stderr'][index] * scale)
+            axis.errorbar(x, y, yerr=error, marker='o', capsize=3, label=f'{temperature:.0f} K')
+        axis.set_xlabel('x (guest fraction)')
+        axis.set_ylabel('Eg (eV)' if name == 'eg_vs_x' else 'ΔEg / Eg(0 K) (%)')
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format='png', dpi=120)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+@calcfunction
+def table_one(table: orm.Dict) -> dict:
+    """Table I (``table`` Dict: one row per composition; ``csv``) and Figure 7b-d (``eg_vs_x``, ``eg_vs_t``,
+    ``relative_change`` PNG) from the thermal stage's ``table``."""
+    rows = table_rows(table['rows'])
+    outputs = {'table': orm.Dict({'rows': rows, 'units': {'gap': 'eV', 'temperature': 'K', 'x': 'guest fraction'}}),
+               'csv': orm.SinglefileData(io.BytesIO(table_csv(rows).encode()), filename='table_i.csv')}
+    for name in ('eg_vs_x', 'eg_vs_t', 'relative_change'):
+        outputs[name] = orm.SinglefileData(io.BytesIO(figure_png(rows, name)), filename=f'{name}.png')
+    return outputs
