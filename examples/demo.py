@@ -13,12 +13,29 @@ from aiida import load_profile, orm
 from aiida.engine import submit
 
 
+STAGES = ('dataset', 'gnn_low', 'mace', 'gnn_high', 'refine', 'md_check', 'screen', 'thermal')
+
+
+def progress(node: orm.ProcessNode) -> str:
+    """Stage reached (the newest stage the study has called) and jobs done/total below the study."""
+    stages = [link.link_label for link in node.base.links.get_outgoing().all()
+              if link.link_type.value in ('call_work', 'call_calc')]
+    reached = [label for label in stages if label.startswith(STAGES)]
+    jobs = [child for child in node.called_descendants if isinstance(child, orm.CalcJobNode)]
+    done = sum(job.is_terminated for job in jobs)
+    return f'stage {reached[-1] if reached else "starting"}; jobs {done}/{len(jobs)} done'
+
+
 def wait(node: orm.ProcessNode, timeout: float) -> orm.ProcessNode:
-    start = time.monotonic()
+    start, last = time.monotonic(), None
     while not node.is_terminated:
         if time.monotonic() - start > timeout:
             raise TimeoutError(f'{node.process_label}<{node.pk}> did not finish within {timeout} s')
-        time.sleep(2)
+        line = progress(node)
+        if line != last:
+            print(f'  [{time.monotonic() - start:5.0f} s] {line}', flush=True)
+            last = line
+        time.sleep(3)
     if not node.is_finished_ok:
         raise RuntimeError(f'{node.process_label}<{node.pk}> failed: [{node.exit_status}] {node.exit_message}; '
                            f'see `verdi process report {node.pk}`')
@@ -28,7 +45,8 @@ def wait(node: orm.ProcessNode, timeout: float) -> orm.ProcessNode:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--protocol', default='demo', help='Protocol of the workchains (demo, fast, balanced).')
-    parser.add_argument('--timeout', type=float, default=3600.0, help='Seconds to wait for each stage.')
+    parser.add_argument('--timeout', type=float, default=3600.0, help='Seconds to wait for the study.')
+    parser.add_argument('--figures', default='demo-output', help='Folder for Table I (CSV) and the figures.')
     args = parser.parse_args()
     load_profile()
 
@@ -75,6 +93,13 @@ def main() -> int:
             print(f'    x={r["x"]:.3f} T={r["temperature"]:.0f} K, {r.get("time_ps", 0):.1f} ps: mean T '
                   f'{r.get("mean_temperature", float("nan")):.0f} K, closest pair {r.get("closest_pair")} '
                   f'{r.get("min_distance", float("nan")):.2f} Å' + (f', broke: {r["broke"]}' if r.get('broke') else ''))
+    if 'table' in node.outputs:
+        from aiida_capthermo.workflows.report import write_report
+
+        text, files = write_report(node, args.figures)
+        print(f'\nTable I (Eg in eV, error bars = standard errors of the decorrelated MD samples):\n{text}')
+        print(f'Table I (CSV) and {len(files) - 1} figures in {args.figures}/: {", ".join(files)}')
+        print(f'Again at any time, also from an archive: capthermo report {node.pk}')
     print(f'Provenance: verdi node graph generate {node.pk}; share: verdi archive create --all study.aiida')
     return 0
 

@@ -144,7 +144,7 @@ def report(identifier, output):
     nodes only (also after an archive import), nothing is re-run."""
     from aiida import orm
 
-    from aiida_capthermo.workflows.report import table_text
+    from aiida_capthermo.workflows.report import write_report
 
     node = orm.load_node(identifier)
     pk = node.pk
@@ -153,15 +153,10 @@ def report(identifier, output):
         raise click.ClickException(f'{node.process_label}<{pk}> has no `table` output (state: '
                                    f'{node.process_state.value if node.process_state else "?"}, exit status '
                                    f'{node.exit_status}): the thermal stage has not finished')
+    text, files = write_report(node, output or f'capthermo-report-{pk}')
     click.echo(f'Table I of {node.process_label}<{pk}> (Eg in eV, error bars = standard errors):')
-    click.echo(table_text(outputs.table['rows']))
-    folder = pathlib.Path(output or f'capthermo-report-{pk}')
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {'table_i.csv': outputs.table_csv} if 'table_csv' in outputs else {}
-    files.update({f'{name}.png': value for name, value in (outputs.figures.items() if 'figures' in outputs else [])})
-    for filename, value in sorted(files.items()):
-        (folder / filename).write_bytes(value.get_content('rb'))
-    click.echo(f'{len(files)} files in {folder}/: {", ".join(sorted(files))}')
+    click.echo(text)
+    click.echo(f'{len(files)} files in {output or f"capthermo-report-{pk}"}/: {", ".join(files)}')
 
 
 @cli.command('datasets')

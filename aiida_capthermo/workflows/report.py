@@ -8,7 +8,7 @@ import io
 from aiida import orm
 from aiida.engine import calcfunction
 
-__all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'figure_png']
+__all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'figure_png', 'write_report']
 
 
 def table_rows(rows: list[dict]) -> list[dict]:
@@ -102,3 +102,19 @@ def table_one(table: orm.Dict) -> dict:
     for name in ('eg_vs_x', 'eg_vs_t', 'relative_change'):
         outputs[name] = orm.SinglefileData(io.BytesIO(figure_png(rows, name)), filename=f'{name}.png')
     return outputs
+
+
+def write_report(node: orm.ProcessNode, folder) -> tuple[str, list[str]]:
+    """Table I of a finished study ``node`` as text, and its CSV and figures written to ``folder``; returns the text
+    and the file names. Reads stored nodes only, so it works the same on a study imported from an archive."""
+    import pathlib
+
+    outputs = node.outputs
+    text = table_text(outputs.table['rows'])
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {'table_i.csv': outputs.table_csv} if 'table_csv' in outputs else {}
+    files.update({f'{name}.png': value for name, value in (outputs.figures.items() if 'figures' in outputs else [])})
+    for filename, value in files.items():
+        (folder / filename).write_bytes(value.get_content('rb'))
+    return text, sorted(files)
