@@ -186,8 +186,15 @@ def phonon_summary(key: orm.Str, harmonic: orm.Dict, bands: orm.BandsData, finit
         path = np.arange(len(frequencies))
         axis.plot(path, frequencies, color='tab:blue' if node is bands else 'tab:red', lw=0.8)
         axis.axhline(0.0, color='k', lw=0.5)
-        axis.set_xticks([index for index, _ in labels], [name for _, name in labels])
-        for index, _ in labels:
+        ticks: list[list] = []  # the two ends of consecutive segments are adjacent points: one tick, X or X|M
+        for index, name in labels:
+            if ticks and index - ticks[-1][0] <= 1:
+                if name != ticks[-1][1]:
+                    ticks[-1][1] = f'{ticks[-1][1]}|{name}'
+            else:
+                ticks.append([index, name])
+        axis.set_xticks([index for index, _ in ticks], [name for _, name in ticks])
+        for index, _ in ticks:
             axis.axvline(index, color='0.8', lw=0.5)
         axis.set_xlim(0, len(frequencies) - 1)
         axis.set_title(title)
