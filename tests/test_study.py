@@ -1,5 +1,6 @@
-"""CapthermoStudyWorkChain run for real on localhost: dataset -> MACE from scratch (refined with labelled MD frames,
-then checked by MD) and two-stage GNN."""
+"""CapthermoStudyWorkChain run for real on localhost through the daemon of the test profile: dataset -> MACE from
+scratch (refined with labelled MD frames, then checked by MD) and two-stage GNN -> screen -> thermal gaps and
+mode coupling -> Table I, figures, `capthermo report`, archive round trip."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def code(computer, name, plugin):
                              default_calc_job_plugin=plugin).store()
 
 
-def test_study_end_to_end(localhost_session, tmp_path):
+def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(
         code(localhost_session, 'capthermo-label', 'capthermo.label'),
         code(localhost_session, 'capthermo-gnn', 'capthermo.gnn_train'),
@@ -49,8 +50,9 @@ def test_study_end_to_end(localhost_session, tmp_path):
         mlip_code=code(localhost_session, 'capthermo-mlip', 'capthermo.mlip_md'))
     assert builder.gnn.hyperparameters['max_epochs'] == 5 and builder.gnn.hyperparameters['batch_size'] == 8
     assert builder.dataset.structures_per_temperature.value == 3
-    results, node = engine.run_get_node(builder)
+    node = submit_and_await(builder, timeout=1200)  # through the daemon, as the README's demo
     assert node.is_finished_ok, node.exit_message
+    results = node.outputs
     low = results['dataset']['low']
     assert low.n_structures == 6
     # The second GNN stage starts from the first: parent link in the graph, hash and weights differ.
