@@ -196,3 +196,42 @@ def test_study_rejects_bad_md_stages(localhost_session):
     del builder.mace['mlip_code']
     with pytest.raises(ValueError, match='mlip_code'):
         engine.run(builder)
+
+
+def test_study_stage_settings_checked_at_submission(localhost_session, tmp_path):
+    """Screen and thermal settings are checked by the stages' own rules before anything runs, also when the study
+    starts from given models and structures."""
+    from aiida_capthermo.data.model import ModelData
+    from aiida_capthermo.data.structures import set_structure_metadata
+    from aiida_capthermo.core.structures import antiperovskite
+
+    def own_code(name, plugin):
+        return orm.InstalledCode(computer=localhost_session, filepath_executable=str(BIN / name),
+                                 label=f'given-{name}', default_calc_job_plugin=plugin).store()
+
+    codes = [own_code(name, plugin) for name, plugin in (
+        ('capthermo-label', 'capthermo.label'), ('capthermo-gnn', 'capthermo.gnn_train'),
+        ('mace_run_train', 'capthermo.mace_finetune'))]
+    mlip = own_code('capthermo-mlip', 'capthermo.mlip_md')
+    for override, message in (({'screen': {'compositions': [0.3]}}, 'screen: composition 0.3'),
+                              ({'screen': {'parameters': {'fmaxx': 1}}}, 'fmaxx'),
+                              ({'thermal': {'md': {'stepz': 5}}}, 'thermal: invalid md'),
+                              ({'thermal': {'coupling': {'structures': 'some'}}}, 'coupling.structures')):
+        builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='demo', mlip_code=mlip,
+                                                                    overrides=override)
+        with pytest.raises(ValueError, match=message):
+            engine.run(builder)
+    # given models and structures: the thermal stage alone; without structures or a screen it is refused
+    (tmp_path / 'm.model').write_bytes(b'weights')
+    mace = ModelData.from_files(kind='mace', files={'m.model': tmp_path / 'm.model'}, main_file='m.model').store()
+    gnn = ModelData.from_files(kind='gnn', files={'m.model': tmp_path / 'm.model'}, main_file='m.model').store()
+    builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='demo', mlip_code=mlip)
+    del builder['screen']
+    builder.given = {'mace_model': mace, 'gnn_model': gnn}
+    with pytest.raises(ValueError, match='the thermal stage needs structures'):
+        engine.run(builder)
+    structure = set_structure_metadata(orm.StructureData(ase=antiperovskite('Ag', 'S', 'I', 4.869).repeat(2)), x=0.0)
+    builder.given = {'mace_model': mace, 'gnn_model': gnn, 'structures': {'x_0p000': structure}}
+    builder.thermal.md = orm.Dict({'stepz': 5})
+    with pytest.raises(ValueError, match='thermal: invalid md'):
+        engine.run(builder)

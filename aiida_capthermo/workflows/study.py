@@ -230,8 +230,9 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         spec.output_namespace('figures', valid_type=orm.SinglefileData, dynamic=True,
                               help='PNG figures: eg_vs_x, eg_vs_t, relative_change (Figure 7b-d), coupling_<key> '
                                    '(Figure 8a), phonons_<key> (Figure 6), gnn_parity_low / gnn_parity.')
-        spec.output('gnn.model_low', valid_type=ModelData, help='Band-gap GNN trained on the low-fidelity gaps.')
-        spec.output('gnn.metrics_low', valid_type=orm.Dict, help='Metrics per split of the first stage.')
+        spec.output('gnn.model_low', valid_type=ModelData, required=False,
+                    help='Band-gap GNN trained on the low-fidelity gaps (absent with given.gnn_model).')
+        spec.output('gnn.metrics_low', valid_type=orm.Dict, required=False, help='Metrics per split of the first stage.')
         spec.output('gnn.model', valid_type=ModelData, required=False,
                     help='Band-gap GNN fine-tuned on the high-fidelity gaps (the model to use).')
         spec.output('gnn.metrics', valid_type=orm.Dict, required=False, help='Metrics of the second stage.')
