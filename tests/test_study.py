@@ -19,17 +19,19 @@ from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
 BIN = pathlib.Path(sys.executable).parent
 
 
-def code(computer, name, plugin):
-    return orm.InstalledCode(computer=computer, filepath_executable=str(BIN / name), label=f'study-{name}',
-                             default_calc_job_plugin=plugin).store()
+def study_codes(computer, prefix: str) -> list:
+    """The label, GNN, MACE-training and MLIP codes of the study under labels of their own (``prefix``-name):
+    each test stores its codes in the one session profile."""
+    return [orm.InstalledCode(computer=computer, filepath_executable=str(BIN / name), label=f'{prefix}-{name}',
+                              default_calc_job_plugin=plugin).store()
+            for name, plugin in (('capthermo-label', 'capthermo.label'), ('capthermo-gnn', 'capthermo.gnn_train'),
+                                 ('mace_run_train', 'capthermo.mace_finetune'), ('capthermo-mlip', 'capthermo.mlip_md'))]
 
 
 def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
+    *codes, mlip = study_codes(localhost_session, 'study')
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(
-        code(localhost_session, 'capthermo-label', 'capthermo.label'),
-        code(localhost_session, 'capthermo-gnn', 'capthermo.gnn_train'),
-        code(localhost_session, 'mace_run_train', 'capthermo.mace_finetune'),
-        protocol='demo',
+        *codes, protocol='demo',
         overrides={'dataset': {'temperatures': [300.0, 600.0], 'structures_per_temperature': 3,
                                'n_equilibrium': 1, 'high_structures': 3},
                    'gnn': {'hyperparameters': {'max_epochs': 5}, 'finetune_hyperparameters': {'max_epochs': 3}},
@@ -47,7 +49,7 @@ def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
                                       'dtype': 'float32', 'threads': 1},
                                'relax': {'fmax': 0.05, 'max_steps': 100, 'device': 'cpu'},
                                'coupling': {'structures': ['x_0p500'], 'temperatures': [300.0], 'device': 'cpu'}}},
-        mlip_code=code(localhost_session, 'capthermo-mlip', 'capthermo.mlip_md'))
+        mlip_code=mlip)
     assert builder.gnn.hyperparameters['max_epochs'] == 5 and builder.gnn.hyperparameters['batch_size'] == 8
     assert builder.dataset.structures_per_temperature.value == 3
     node = submit_and_await(builder, timeout=1200)  # through the daemon, as the README's demo
@@ -177,14 +179,7 @@ def test_study_rejects_bad_md_stages(localhost_session):
     """MD stages need the capthermo-mlip code and compositions the supercell can hold; caught before submission."""
     import pytest
 
-    def own_code(name, plugin):  # labels of their own: the end-to-end test stores the study-* codes
-        return orm.InstalledCode(computer=localhost_session, filepath_executable=str(BIN / name),
-                                 label=f'validation-{name}', default_calc_job_plugin=plugin).store()
-
-    codes = [own_code(name, plugin) for name, plugin in (
-        ('capthermo-label', 'capthermo.label'), ('capthermo-gnn', 'capthermo.gnn_train'),
-        ('mace_run_train', 'capthermo.mace_finetune'))]
-    mlip = own_code('capthermo-mlip', 'capthermo.mlip_md')
+    *codes, mlip = study_codes(localhost_session, 'validation')
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(
         *codes, protocol='demo', mlip_code=mlip, overrides={'mace': {'md_check': {'compositions': [0.3]}}})
     with pytest.raises(ValueError, match='multiples of 1/8'):
@@ -205,14 +200,7 @@ def test_study_stage_settings_checked_at_submission(localhost_session, tmp_path)
     from aiida_capthermo.data.structures import set_structure_metadata
     from aiida_capthermo.core.structures import antiperovskite
 
-    def own_code(name, plugin):
-        return orm.InstalledCode(computer=localhost_session, filepath_executable=str(BIN / name),
-                                 label=f'given-{name}', default_calc_job_plugin=plugin).store()
-
-    codes = [own_code(name, plugin) for name, plugin in (
-        ('capthermo-label', 'capthermo.label'), ('capthermo-gnn', 'capthermo.gnn_train'),
-        ('mace_run_train', 'capthermo.mace_finetune'))]
-    mlip = own_code('capthermo-mlip', 'capthermo.mlip_md')
+    *codes, mlip = study_codes(localhost_session, 'given')
     for override, message in (({'screen': {'compositions': [0.3]}}, 'screen: composition 0.3'),
                               ({'screen': {'parameters': {'fmaxx': 1}}}, 'fmaxx'),
                               ({'thermal': {'md': {'stepz': 5}}}, 'thermal: invalid md'),

@@ -83,7 +83,7 @@ def run_screen(model: str, structures: str, config: dict, relaxed_path: str, scr
 
     start = time.perf_counter()
     settings = ScreenConfig.model_validate(config)
-    _set_threads(settings.threads)
+    settings.apply_threads()
     potential = load_torchsim_model(model, settings.device, settings.dtype, compute_stress=settings.relax_cell)
     inputs = LabelledSet.load(structures)
     size = settings.max_batch or len(inputs)
@@ -161,7 +161,7 @@ def run_md(model: str, structures: str, config: dict, frames_path: str, md_path:
     from aiida_capthermo.ml.mlip import load_calculator
 
     settings = MdConfig.model_validate(config)
-    _set_threads(settings.threads)
+    settings.apply_threads()
     calc = load_calculator(model, settings.device, settings.dtype)
     inputs = LabelledSet.load(structures)
     records, frames, frame_x, frame_t = [], [], [], []
@@ -203,13 +203,6 @@ def run_md(model: str, structures: str, config: dict, frames_path: str, md_path:
             'settings': settings.model_dump(), 'files': {'frames': frames_path if frames else None, 'md': md_path}}
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def run_thermal(model: str, structures: str, config: dict, frames_path: str, series_path: str, md_path: str) -> dict:
     """Run every (structure, temperature, seed) replica with the MACE ``model`` in batched TorchSim simulations.
 
@@ -227,7 +220,7 @@ def run_thermal(model: str, structures: str, config: dict, frames_path: str, ser
     from aiida_capthermo.ml.thermal import ThermalMdConfig, load_torchsim_model, run_replicas
 
     settings = ThermalMdConfig.model_validate(config)
-    _set_threads(settings.threads)
+    settings.apply_threads()
     device = resolve_device(settings.device)
     potential = load_torchsim_model(model, device, settings.dtype, compute_stress=settings.ensemble == 'npt')
     inputs = LabelledSet.load(structures)
@@ -306,7 +299,7 @@ def run_modes(model: str, structures: str, config: dict, distorted_path: str, mo
     from aiida_capthermo.ml.thermal import ModesConfig, load_torchsim_model
 
     settings = ModesConfig.model_validate(config)
-    _set_threads(settings.threads)
+    settings.apply_threads()
     forces = batched_forces(load_torchsim_model(model, settings.device, settings.dtype))
     inputs = LabelledSet.load(structures)
     records, distorted, x, temperature = [], [], [], []
@@ -361,7 +354,7 @@ def run_phonons(model: str, structures: str, config: dict, bands_path: str, phon
 
     start = time.perf_counter()
     settings = PhononConfig.model_validate(config)
-    _set_threads(settings.threads)
+    settings.apply_threads()
     potential = load_torchsim_model(model, settings.device, settings.dtype)
     forces = batched_forces(potential, settings.batch_size)
     inputs = LabelledSet.load(structures)
@@ -422,8 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                 with open(args.config) as handle:
                     config = json.load(handle)
             summary['config'] = config
-            run = {'screen': run_screen, 'md': run_md, 'thermal': run_thermal, 'phonons': run_phonons,
-                   'modes': run_modes}[args.command]
+            run = globals()[f'run_{args.command}']  # one run_<task> per entry of TASKS
             files = [getattr(args, option) for option, _, _ in TASKS[args.command][3]]
             summary['outputs'] = run(args.model, args.structures, config, *files)
     except Exception as exception:  # noqa: BLE001 -- already in the summary

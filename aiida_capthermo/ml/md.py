@@ -9,19 +9,19 @@ image) along the run. Single-structure ASE dynamics; the batched many-replica en
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from aiida_capthermo.ml.settings import ModelRunSettings
 
 __all__ = ['MdConfig', 'MdStability', 'langevin_stability', 'min_pair_distance']
 
 
-class MdConfig(BaseModel):
+class MdConfig(ModelRunSettings):
     """Settings of ``capthermo-mlip md``: every structure runs at every temperature (one replica each); unknown keys
     are rejected."""
 
-    model_config = ConfigDict(extra='forbid')
 
     temperatures: list[float] = Field(default_factory=lambda: [600.0], min_length=1,
                                       description='Target temperatures (K), one replica per structure and T.')
@@ -38,9 +38,6 @@ class MdConfig(BaseModel):
                                                                 'within this relative deviation of the target.')
     max_frame_force: float | None = Field(None, gt=0, description='Frames whose model force exceeds this (eV/Å) '
                                                                   'are not written (collapsed geometries).')
-    device: Literal['auto', 'cpu', 'cuda'] = 'auto'
-    dtype: Literal['float64', 'float32'] = 'float64'
-    threads: int | None = Field(None, ge=1, description='CPU threads of the model (torch); default: torch decides.')
 
     @model_validator(mode='after')
     def _frames_on_recorded_steps(self) -> 'MdConfig':

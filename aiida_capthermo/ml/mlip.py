@@ -9,19 +9,19 @@ is cheap. Units: energies eV, forces eV/Å, lengths Å, frequencies THz.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
+
+from aiida_capthermo.ml.settings import ModelRunSettings
 
 __all__ = ['ScreenConfig', 'load_calculator', 'relax', 'relax_batch', 'batched_forces', 'calculator_forces',
            'harmonic_phonons']
 
 
-class ScreenConfig(BaseModel):
+class ScreenConfig(ModelRunSettings):
     """Settings of ``capthermo-mlip screen`` (unknown keys are rejected)."""
 
-    model_config = ConfigDict(extra='forbid')
 
     fmax: float = Field(0.01, gt=0, description='Convergence: largest atomic force and cell force (eV/Å) below this.')
     max_steps: int = Field(1000, ge=1, description='Maximum number of FIRE steps per structure.')
@@ -31,9 +31,6 @@ class ScreenConfig(BaseModel):
     max_seconds: float | None = Field(None, gt=0, description='Start no new batch after this many seconds; the '
                                                               'structures not reached are reported as remaining '
                                                               '(set from the job walltime by the CalcJob).')
-    device: Literal['auto', 'cpu', 'cuda'] = 'auto'
-    dtype: Literal['float64', 'float32'] = 'float64'
-    threads: int | None = Field(None, ge=1, description='torch threads on the CPU (unset: torch default).')
 
 
 def load_calculator(model_path: str, device: str = 'auto', dtype: str = 'float64'):
@@ -151,7 +148,7 @@ def relax_batch(model, systems: Sequence, fmax: float = 0.01, steps: int = 1000,
         last = step == steps
         leaving = [system for system in range(len(active)) if done[system] or last]
         if leaving:
-            for system, popped in zip(leaving, state.pop(leaving) if len(leaving) < len(active) else _split(state)):
+            for system, popped in zip(leaving, state.pop(leaving) if len(leaving) < len(active) else state.split()):
                 finish(popped, active[system], step, bool(done[system]))
             active = [index for system, index in enumerate(active) if system not in set(leaving)]
             if not active:
@@ -159,11 +156,6 @@ def relax_batch(model, systems: Sequence, fmax: float = 0.01, steps: int = 1000,
         state = update(state)
         step += 1
     return results
-
-
-def _split(state) -> list:
-    """Every system of ``state`` as its own state (``pop`` cannot empty a state)."""
-    return state.split()
 
 
 def batched_forces(model, batch_size: int = 64):

@@ -16,10 +16,11 @@ Units: Å, amu, fs, eV, K; frequencies THz (negative = imaginary).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from aiida_capthermo.ml.settings import ModelRunSettings
 
 __all__ = ['PhononConfig', 'commensurate_frequencies', 'finite_temperature_phonons',
            'EV_PER_AMU_A2_FS2']
@@ -28,10 +29,9 @@ __all__ = ['PhononConfig', 'commensurate_frequencies', 'finite_temperature_phono
 EV_PER_AMU_A2_FS2 = 103.642697
 
 
-class PhononConfig(BaseModel):
+class PhononConfig(ModelRunSettings):
     """Settings of ``capthermo-mlip phonons`` (unknown keys are rejected)."""
 
-    model_config = ConfigDict(extra='forbid')
 
     supercell: list[int] = Field(default_factory=lambda: [1, 1, 1],
                                  description='Diagonal phonon supercell of each structure; also the MD cell.')
@@ -57,9 +57,6 @@ class PhononConfig(BaseModel):
     fit_window: float = Field(1.0, gt=0, description='Half width (THz) of the Lorentzian fit around each peak.')
     seed: int = Field(0, ge=0, description='Seed of the velocities and of the Langevin noise.')
     stop_distance: float = Field(1.0, gt=0, description='A run with two atoms closer than this (Å) is broken.')
-    device: Literal['auto', 'cpu', 'cuda'] = 'auto'
-    dtype: Literal['float64', 'float32'] = 'float64'
-    threads: int | None = Field(None, ge=1, description='torch threads on the CPU (unset: torch default).')
 
     @field_validator('supercell')
     @classmethod

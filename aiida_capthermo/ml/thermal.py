@@ -24,20 +24,21 @@ from typing import Literal
 import numpy as np
 import torch
 from ase import units
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch_sim.models.interface import ModelInterface
+
+from aiida_capthermo.ml.settings import ModelRunSettings
 
 __all__ = ['ThermalMdConfig', 'ModesConfig', 'ReplicaTrajectory', 'HarmonicModel', 'load_torchsim_model', 'run_replicas']
 
 
-class ThermalMdConfig(BaseModel):
+class ThermalMdConfig(ModelRunSettings):
     """Settings of ``capthermo-mlip thermal`` (unknown keys are rejected).
 
     The defaults are the paper's: time step 1 fs, friction 1e-3 fs^-1, 50 ps (the authors' scripts used 5e-3 fs^-1
     and 40 ps; the weaker coupling perturbs the dynamics less, the stronger one equilibrates faster).
     """
 
-    model_config = ConfigDict(extra='forbid')
 
     temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1,
                                       description='Target temperatures (K, > 0): every structure runs at each.')
@@ -57,9 +58,6 @@ class ThermalMdConfig(BaseModel):
     max_batch: int | None = Field(None, ge=1, description='Replicas per batched simulation (memory); all at once '
                                                           'when unset.')
     select: list[int] | None = Field(None, description='Run only these replica ids (a restart of broken replicas).')
-    device: Literal['auto', 'cpu', 'cuda'] = 'auto'
-    dtype: Literal['float64', 'float32'] = 'float64'
-    threads: int | None = Field(None, ge=1, description='CPU threads of torch; default: torch decides.')
 
     @model_validator(mode='after')
     def _positive_temperatures(self) -> 'ThermalMdConfig':
@@ -84,11 +82,10 @@ class ThermalMdConfig(BaseModel):
         return table
 
 
-class ModesConfig(BaseModel):
+class ModesConfig(ModelRunSettings):
     """Settings of ``capthermo-mlip modes``: Γ phonons of each (relaxed) cell with the MLIP, every mode frozen at its
     thermal amplitude with both signs (unknown keys are rejected)."""
 
-    model_config = ConfigDict(extra='forbid')
 
     temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1,
                                       description='Temperatures (K, >= 0) of the thermal amplitudes.')
@@ -96,9 +93,6 @@ class ModesConfig(BaseModel):
     frequency_cutoff: float = Field(0.1, ge=0, description='Modes with |f| below this (THz) are left out.')
     imaginary: Literal['skip', 'absolute'] = Field('skip', description='Imaginary modes: left out, or frozen at '
                                                                        'the amplitude of |f|.')
-    device: Literal['auto', 'cpu', 'cuda'] = 'auto'
-    dtype: Literal['float64', 'float32'] = 'float64'
-    threads: int | None = Field(None, ge=1, description='CPU threads of torch; default: torch decides.')
 
     @model_validator(mode='after')
     def _temperatures(self) -> 'ModesConfig':

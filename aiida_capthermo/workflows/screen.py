@@ -289,14 +289,7 @@ class MlipScreenWorkChain(CapthermoBaseRestartWorkChain):
     def setup(self):
         super().setup()
         self.ctx.inputs = self.exposed_inputs(MlipScreenCalcJob, 'screen')
-        self.ctx.done = []  # (results Dict, relaxed namespace) of every job that relaxed something
-
-    def _collect(self, node) -> int:
-        """Keep what ``node`` relaxed; return how many structures it reached."""
-        if 'results' not in node.outputs:
-            return 0
-        self.ctx.done.append(node.pk)
-        return len(node.outputs.results.get_dict())
+        self.ctx.done = []  # pks of the jobs whose relaxed structures and results are kept
 
     @process_handler(priority=600, exit_codes=[MlipScreenCalcJob.exit_codes.ERROR_OUT_OF_WALLTIME,
                                                MlipScreenCalcJob.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
@@ -304,7 +297,7 @@ class MlipScreenWorkChain(CapthermoBaseRestartWorkChain):
         """Relax the structures not reached; with no progress at all, double the walltime."""
         reached = set(node.outputs.results.get_dict()) if 'results' in node.outputs else set()
         if reached:
-            self._collect(node)
+            self.ctx.done.append(node.pk)
             self.ctx.inputs['structures'] = {key: value for key, value in self.ctx.inputs['structures'].items()
                                              if key not in reached}
             self.report_error_handled(node, f'{len(reached)} structures relaxed before the time limit: relaxing '
@@ -335,7 +328,7 @@ class MlipScreenWorkChain(CapthermoBaseRestartWorkChain):
     def results(self):
         node = self.ctx.children[self.ctx.iteration - 1]
         if node.is_finished_ok:
-            self._collect(node)
+            self.ctx.done.append(node.pk)
         nodes = [orm.load_node(pk) for pk in self.ctx.done]
         for done in nodes:
             for key, structure in done.outputs.relaxed.items():
@@ -418,15 +411,8 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
         inputs = cls.get_protocol_inputs(protocol, overrides)
         builder = cls.get_builder()
         builder.code, builder.model = code, model
-        known = {'prototype': orm.Dict, 'supercell': orm.List, 'compositions': orm.List, 'max_configurations': orm.Int,
-                 'seed': orm.Int, 'parameters': orm.Dict, 'batch_size': orm.Int, 'keep': orm.Int,
-                 'phonons': orm.Dict, 'temperatures': orm.List, 'boltzmann_temperatures': orm.List,
-                 'max_iterations': orm.Int, 'options': orm.Dict, 'phonon_options': orm.Dict}
-        unknown = set(inputs) - set(known)
-        if unknown:
-            raise ValueError(f'unknown inputs in protocol or overrides: {sorted(unknown)}; known: {sorted(known)}')
-        for key, value in inputs.items():
-            builder[key] = known[key](value)
+        for key, node in cls.protocol_nodes(inputs).items():
+            builder[key] = node
         for key in ('options', 'phonon_options'):
             if options:
                 builder[key] = orm.Dict({**(inputs.get(key) or {}), **options})

@@ -324,12 +324,9 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
 
     def inspect_models(self):
         if 'gnn_low' in self.ctx:
-            node = self.ctx.gnn_low
-            if not node.is_finished_ok:
-                return self.exit_codes.ERROR_GNN_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
-            self.out('gnn.model_low', node.outputs.model)
-            self.out('gnn.metrics_low', node.outputs.metrics)
-            self.ctx.gnn_model = node.outputs.model
+            error = self._take_gnn(self.ctx.gnn_low, '_low')
+            if error:
+                return error
         if 'mace' in self.ctx:
             return self._take_mace(self.ctx.mace)
         return None
@@ -470,11 +467,15 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         return ToContext(gnn_high=self.submit(GnnTrainCalcJob, **inputs))
 
     def inspect_gnn_high(self):
-        node = self.ctx.gnn_high
+        return self._take_gnn(self.ctx.gnn_high, '')
+
+    def _take_gnn(self, node, suffix: str):
+        """Expose a GNN stage's model and metrics (``gnn.model<suffix>``); it becomes the model the thermal stage
+        uses (the second stage's replaces the first's)."""
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_GNN_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
-        self.out('gnn.model', node.outputs.model)
-        self.out('gnn.metrics', node.outputs.metrics)
+        self.out(f'gnn.model{suffix}', node.outputs.model)
+        self.out(f'gnn.metrics{suffix}', node.outputs.metrics)
         self.ctx.gnn_model = node.outputs.model
         return None
 
@@ -607,23 +608,11 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             stage = dict(inputs[name])
             stage_inputs = process.get_protocol_inputs(stage.pop('protocol', None), stage)
             namespace = builder[name]
-            for key, value in stage_inputs.items():
-                if key in ('prototype', 'supercell'):
-                    continue  # the dataset's
-                if key not in process.spec().inputs:
-                    raise ValueError(f'unknown {name} input {key!r} in protocol or overrides')
-                namespace[key] = _to_node(process.spec().inputs[key], value)
+            for key, node in process.protocol_nodes(stage_inputs, exclude=('prototype', 'supercell')).items():
+                namespace[key] = node  # the prototype and supercell are the dataset's
             namespace['code' if name == 'screen' else 'mlip_code'] = mlip_code
             if options:
                 for key in ('options', 'phonon_options') if name == 'screen' else ('options', 'md_options'):
                     namespace[key] = orm.Dict({**stage_inputs.get(key, {}), **options})
         return builder
 
-
-def _to_node(port, value):
-    """``value`` as the node type ``port`` takes (Dict, List, Int, Float, Bool, Str)."""
-    valid = port.valid_type if isinstance(port.valid_type, tuple) else (port.valid_type,)
-    for node_class in (orm.Dict, orm.List, orm.Bool, orm.Int, orm.Float, orm.Str):
-        if node_class in valid:
-            return node_class(value)
-    raise ValueError(f'cannot set {port.name} from a protocol value {value!r}')

@@ -311,21 +311,12 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
         """Builder with the protocol's temperatures, MD, relaxation and coupling settings (``demo``, ``fast``,
         ``paper``); ``overrides`` is merged into the protocol; ``options`` go to every job."""
         inputs = cls.get_protocol_inputs(protocol, overrides)
-        unknown = set(inputs) - {'temperatures', 'md', 'relax', 'coupling', 'max_md_restarts', 'gnn_batch_size',
-                                 'md_options', 'options'}
-        if unknown:
-            raise ValueError(f'unknown inputs in protocol or overrides: {sorted(unknown)}')
         builder = cls.get_builder()
         builder.mlip_code, builder.gnn_code = mlip_code, gnn_code
         builder.mace_model, builder.gnn_model = mace_model, gnn_model
         builder.structures = structures
-        builder.temperatures = orm.List([float(t) for t in inputs['temperatures']])
-        for key in ('md', 'relax', 'coupling'):
-            if inputs.get(key):
-                builder[key] = orm.Dict(inputs[key])
-        for key in ('max_md_restarts', 'gnn_batch_size'):
-            if key in inputs:
-                builder[key] = orm.Int(inputs[key])
+        for key, node in cls.protocol_nodes(inputs).items():
+            builder[key] = node
         job_options = {**inputs.get('options', {}), **(options or {})}
         if job_options:
             builder.options = orm.Dict(job_options)

@@ -7,7 +7,7 @@ import pathlib
 
 import yaml
 
-__all__ = ['ProtocolMixin', 'recursive_merge']
+__all__ = ['ProtocolMixin', 'recursive_merge', 'to_node']
 
 
 def recursive_merge(left: dict, right: dict) -> dict:
@@ -19,6 +19,17 @@ def recursive_merge(left: dict, right: dict) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def to_node(port, value):
+    """A protocol ``value`` as the node type ``port`` takes (Dict, List, Bool, Int, Float, Str)."""
+    from aiida import orm
+
+    valid = port.valid_type if isinstance(port.valid_type, tuple) else (port.valid_type,)
+    for node_class in (orm.Dict, orm.List, orm.Bool, orm.Int, orm.Float, orm.Str):
+        if node_class in valid:
+            return node_class(value)
+    raise ValueError(f'cannot set {port.name} from a protocol value {value!r}')
 
 
 class ProtocolMixin:
@@ -51,3 +62,13 @@ class ProtocolMixin:
         protocol_inputs = {k: v for k, v in data['protocols'][protocol].items() if k != 'description'}
         inputs = recursive_merge(data['default_inputs'], protocol_inputs)
         return recursive_merge(inputs, overrides or {})
+
+    @classmethod
+    def protocol_nodes(cls, inputs: dict, exclude: tuple[str, ...] = ()) -> dict:
+        """Protocol ``inputs`` (plain values) as nodes of the types of this process's ports, less ``exclude``;
+        a key that is no input port is an error."""
+        ports = cls.spec().inputs
+        unknown = sorted(set(inputs) - set(ports) - set(exclude))
+        if unknown:
+            raise ValueError(f'unknown inputs in protocol or overrides: {unknown}')
+        return {key: to_node(ports[key], value) for key, value in inputs.items() if key not in exclude}
