@@ -58,7 +58,8 @@ def main() -> int:
     label_code, gnn_code, mace_code = codes['capthermo-label'], codes['capthermo-gnn'], codes['mace_run_train']
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(label_code, gnn_code, mace_code,
                                                                 protocol=args.protocol,
-                                                                mlip_code=codes['capthermo-mlip'])
+                                                                mlip_code=codes['capthermo-mlip'],
+                                                                evaluate_code=codes['capthermo-mace'])
     start = time.monotonic()
     node = submit(builder)
     print(f'Submitted CapthermoStudyWorkChain<{node.pk}> ({args.protocol}); waiting for the daemon...')
@@ -83,6 +84,11 @@ def main() -> int:
         valid = node.outputs.mace.metrics.get_dict().get('valid', {})
         print(f'  mace.model ModelData<{model.pk}> sha256 {model.sha256[:12]}; validation MAE: '
               + ', '.join(f'{key} {value:.4g}' for key, value in valid.items()))
+    if 'evaluation' in node.outputs.mace:
+        evaluation = node.outputs.mace.evaluation.get_dict()
+        print(f'  mace.evaluation on {evaluation["n_structures"]} held-out structures: force MAE '
+              f'{evaluation["forces"]["mae"]:.4f} eV/Å, energy MAE {1000 * evaluation["energy_per_atom"]["mae"]:.2f} '
+              f'meV/atom ({args.figures}/mace_parity.png)')
     if 'training_set' in node.outputs.mace:
         origins = node.outputs.mace.training_set.base.attributes.get('origins')
         print(f'  mace.training_set: {node.outputs.mace.training_set.n_structures} structures {origins}')

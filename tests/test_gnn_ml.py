@@ -100,11 +100,17 @@ def test_two_stage_fine_tuning(stage_one):
     meta = second.loaded.metadata
     assert meta['parent']['sha256'] == parent.metadata['sha256']
     assert meta['architecture'] == parent.metadata['architecture']
-    # node/edge constants inherited, target constants refitted on the high-fidelity training split
+    # node/edge constants inherited; the target range is the union of the parent's and the high-fidelity
+    # training split's, so nothing the parent could predict is clipped
     np.testing.assert_array_equal(second.loaded.normalisation.node.minimum, parent.normalisation.node.minimum)
     np.testing.assert_array_equal(second.loaded.normalisation.edge.maximum, parent.normalisation.edge.maximum)
     train_gaps = high.gap[second.parity['train_index']]
-    assert second.loaded.normalisation.target.maximum[0] == pytest.approx(train_gaps.max())
+    target = second.loaded.normalisation.target
+    assert target.maximum[0] == pytest.approx(max(train_gaps.max(), parent.normalisation.target.maximum[0]))
+    assert target.minimum[0] == pytest.approx(min(train_gaps.min(), parent.normalisation.target.minimum[0]))
+    assert target.maximum[0] - target.minimum[0] > train_gaps.max() - train_gaps.min()
+    refit = train_gnn(high, dict(TINY, max_epochs=1, fine_tune_target_normalisation='refit'), parent=parent)
+    assert refit.loaded.normalisation.target.maximum[0] == pytest.approx(train_gaps.max())
     changed = [not torch.equal(v, parent.model.state_dict()[k]) for k, v in second.loaded.model.state_dict().items()
                if v.dtype.is_floating_point]
     assert all(changed)  # every weight tensor was fine-tuned

@@ -20,24 +20,23 @@ BIN = pathlib.Path(sys.executable).parent
 
 
 def study_codes(computer, prefix: str) -> list:
-    """The label, GNN, MACE-training and MLIP codes of the study under labels of their own (``prefix``-name):
-    each test stores its codes in the one session profile."""
+    """The label, GNN, MACE-training, MLIP and MACE-evaluation codes of the study under labels of their own
+    (``prefix``-name): each test stores its codes in the one session profile."""
     return [orm.InstalledCode(computer=computer, filepath_executable=str(BIN / name), label=f'{prefix}-{name}',
                               default_calc_job_plugin=plugin).store()
             for name, plugin in (('capthermo-label', 'capthermo.label'), ('capthermo-gnn', 'capthermo.gnn_train'),
-                                 ('mace_run_train', 'capthermo.mace_finetune'), ('capthermo-mlip', 'capthermo.mlip_md'))]
+                                 ('mace_run_train', 'capthermo.mace_finetune'), ('capthermo-mlip', 'capthermo.mlip_md'),
+                                 ('capthermo-mace', 'capthermo.mace_evaluate'))]
 
 
 def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
-    *codes, mlip = study_codes(localhost_session, 'study')
-    builder = CapthermoStudyWorkChain.get_builder_from_protocol(
-        *codes, protocol='demo',
-        overrides={'dataset': {'temperatures': [300.0, 600.0], 'structures_per_temperature': 3,
+    *codes, mlip, evaluate = study_codes(localhost_session, 'study')
+    overrides = {'dataset': {'temperatures': [300.0, 600.0], 'structures_per_temperature': 3,
                                'n_equilibrium': 1, 'high_structures': 3},
                    'gnn': {'hyperparameters': {'max_epochs': 5}, 'finetune_hyperparameters': {'max_epochs': 3}},
                    'mace': {'hyperparameters': {'max_num_epochs': 1, 'num_channels': 8, 'max_L': 0},
                             'refine': {'compositions': [0.5], 'temperatures': [300.0], 'steps': 40,
-                                       'frame_stride': 20, 'max_frame_force': 1000.0},
+                                       'frame_stride': 20, 'max_frame_force': 1000.0, 'finetune_epochs': 1},
                             'md_check': {'compositions': [0.25, 0.75], 'temperatures': [300.0], 'steps': 40}},
                    'screen': {'protocol': 'demo', 'compositions': [0.0, 0.5], 'max_configurations': 2,
                               'parameters': {'fmax': 0.05, 'max_steps': 100, 'device': 'cpu'},
@@ -48,8 +47,9 @@ def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
                                'md': {'replicas': 2, 'steps': 300, 'stride': 5, 'friction': 0.01, 'device': 'cpu',
                                       'dtype': 'float32', 'threads': 1},
                                'relax': {'fmax': 0.05, 'max_steps': 100, 'device': 'cpu'},
-                               'coupling': {'structures': ['x_0p500'], 'temperatures': [300.0], 'device': 'cpu'}}},
-        mlip_code=mlip)
+                               'coupling': {'structures': ['x_0p500'], 'temperatures': [300.0], 'device': 'cpu'}}}
+    builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='demo', overrides=overrides,
+                                                                mlip_code=mlip, evaluate_code=evaluate)
     assert builder.gnn.hyperparameters['max_epochs'] == 5 and builder.gnn.hyperparameters['batch_size'] == 8
     assert builder.dataset.structures_per_temperature.value == 3
     node = submit_and_await(builder, timeout=1200)  # through the daemon, as the README's demo
@@ -94,6 +94,16 @@ def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
     assert first_model.uuid != results['mace']['model'].uuid
     assert first_model.creator.inputs.train.uuid == sources['a_train'].uuid
     assert first_model.creator.inputs.valid.uuid == validation_set.uuid
+    # The refined potential continued from the first (finetune_epochs) instead of starting from scratch.
+    assert final_job.inputs.foundation_model.uuid == first_model.uuid
+    assert final_job.inputs.hyperparameters['max_num_epochs'] == 1
+    # The final potential evaluated on the held-out structure: errors equal to the training job's own validation.
+    evaluation = results['mace']['evaluation'].get_dict()
+    assert evaluation['n_structures'] == 1 and evaluation['forces']['mae'] > 0
+    assert evaluation['forces']['mae'] == pytest.approx(results['mace']['metrics']['valid']['mae_f'], rel=0.02,
+                                                        abs=2e-4)
+    assert results['mace']['evaluation'].creator.inputs.model.uuid == results['mace']['model'].uuid
+    assert results['mace']['evaluation'].creator.inputs.dataset.uuid == validation_set.uuid
     # Labels of the frames are the low engine's: the same method, computed on the frames' own geometry.
     labelled_frames = frames_labels.get_labelled_set()
     assert np.all(np.isfinite(labelled_frames.energy)) and np.all(np.isfinite(labelled_frames.forces))
@@ -107,6 +117,29 @@ def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
     assert all(r['steps'] == 40 and r['temperature'] == 300.0 for r in check['replicas'])
     assert np.isfinite(results['mace']['metrics']['valid']['mae_f'])
     check_screen_thermal_and_report(node, results, tmp_path)
+    check_rerun_from_given_nodes(node, results, codes, mlip, overrides)
+
+
+def check_rerun_from_given_nodes(node, results, codes, mlip, overrides):
+    """A second study from the first one's models and ground states runs the thermal stage alone; with caching on,
+    its jobs are the first study's (nothing recomputed) and its gaps are identical."""
+    from aiida.manage.caching import enable_caching
+
+    builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='demo', overrides=overrides,
+                                                                mlip_code=mlip)
+    del builder['screen']
+    compositions = results['screen']['compositions']
+    builder.given = {'mace_model': results['mace']['model'], 'gnn_model': results['gnn']['model'],
+                     'structures': {key: compositions[key]['lowest'] for key in compositions}}
+    with enable_caching():
+        outputs, rerun = engine.run_get_node(builder)
+    assert rerun.is_finished_ok, rerun.exit_message
+    called = [n for n in rerun.called_descendants if isinstance(n, orm.CalcJobNode)]
+    assert {n.process_label for n in called} == {'MlipScreenCalcJob', 'MlipThermalCalcJob', 'GnnPredictCalcJob',
+                                                 'MlipModesCalcJob'}  # no dataset, no training, no screen
+    assert all(n.base.caching.is_created_from_cache for n in called), [n.process_label for n in called
+                                                                       if not n.base.caching.is_created_from_cache]
+    assert outputs['table']['rows'] == results['table']['rows']
 
 
 def check_screen_thermal_and_report(node, results, tmp_path):
@@ -124,7 +157,7 @@ def check_screen_thermal_and_report(node, results, tmp_path):
     assert csv[0].startswith('x,temperature_K,gap_eV') and len(csv) == 1 + 4
     figures = results['figures']
     assert {'eg_vs_x', 'eg_vs_t', 'relative_change', 'coupling_x_0p500', 'phonons_x_0p000', 'phonons_x_0p500',
-            'gnn_parity_low', 'gnn_parity'} <= set(figures)
+            'gnn_parity_low', 'gnn_parity', 'mace_parity'} <= set(figures)
     assert all(f.get_content('rb')[:4] == b'\x89PNG' for f in figures.values())
     # The thermal structures are the screen's ground states, relaxed with the study's final potential.
     lowest = results['screen']['compositions']['x_0p500']['lowest']
@@ -179,7 +212,7 @@ def test_study_rejects_bad_md_stages(localhost_session):
     """MD stages need the capthermo-mlip code and compositions the supercell can hold; caught before submission."""
     import pytest
 
-    *codes, mlip = study_codes(localhost_session, 'validation')
+    *codes, mlip, _ = study_codes(localhost_session, 'validation')
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(
         *codes, protocol='demo', mlip_code=mlip, overrides={'mace': {'md_check': {'compositions': [0.3]}}})
     with pytest.raises(ValueError, match='multiples of 1/8'):
@@ -200,7 +233,7 @@ def test_study_stage_settings_checked_at_submission(localhost_session, tmp_path)
     from aiida_capthermo.data.structures import set_structure_metadata
     from aiida_capthermo.core.structures import antiperovskite
 
-    *codes, mlip = study_codes(localhost_session, 'given')
+    *codes, mlip, _ = study_codes(localhost_session, 'given')
     for override, message in (({'screen': {'compositions': [0.3]}}, 'screen: composition 0.3'),
                               ({'screen': {'parameters': {'fmaxx': 1}}}, 'fmaxx'),
                               ({'thermal': {'md': {'stepz': 5}}}, 'thermal: invalid md'),
@@ -223,3 +256,29 @@ def test_study_stage_settings_checked_at_submission(localhost_session, tmp_path)
     builder.thermal.md = orm.Dict({'stepz': 5})
     with pytest.raises(ValueError, match='thermal: invalid md'):
         engine.run(builder)
+
+
+def test_study_paper_protocol_labels_with_vasp(localhost_session):
+    """The `paper` protocol: the papers' dataset sizes through the VASP engine (PBEsol low, HSEsol high), the named
+    MACE foundation, every composition and the paper's MD; the POTCAR family is the user's and is asked for."""
+    *codes, mlip, evaluate = study_codes(localhost_session, 'paper')
+    vasp = orm.InstalledCode(computer=localhost_session, filepath_executable='/usr/bin/true', label='paper-vasp',
+                             default_calc_job_plugin='vasp.vasp').store()
+    with pytest.raises(ValueError, match='potential_family'):  # the POTCAR family is the user's
+        CapthermoStudyWorkChain.get_builder_from_protocol(vasp, *codes[1:], protocol='paper', mlip_code=mlip)
+    family = {'vasp': {'potential_family': 'PBE.54'}}
+    builder = CapthermoStudyWorkChain.get_builder_from_protocol(
+        vasp, *codes[1:], protocol='paper', mlip_code=mlip, evaluate_code=evaluate,
+        overrides={'dataset': {'low': family, 'high': family}})
+    dataset = builder.dataset
+    assert dataset.structures_per_temperature.value * len(dataset.temperatures.get_list()) \
+        + dataset.n_equilibrium.value == 2200 and dataset.high_structures.value == 1000
+    assert dataset.low.engine.value == dataset.high.engine.value == 'vasp'
+    assert dataset.low.vasp['preset'] == 'PBEsol' and dataset.high.vasp['preset'] == 'HSEsol'
+    assert dataset.low.vasp['potential_mapping'] == {'Ag': 'Ag', 'S': 'S', 'I': 'I', 'Br': 'Br'}
+    assert 'calculator' not in dataset.low and dataset.low.code.uuid == vasp.uuid
+    assert builder.mace.foundation_name.value == 'medium-mpa-0' and builder.mace.hyperparameters['swa']
+    assert builder.screen.compositions.get_list() == [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
+    assert builder.thermal.md['steps'] * builder.thermal.md.get('timestep', 1.0) == 50_000  # 50 ps
+    assert builder.thermal.temperatures.get_list() == [0.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
+    assert builder._process_class.spec().inputs.validate(builder._inputs(prune=True)) is None

@@ -107,7 +107,8 @@ def submit_workflow(workflow, protocol, computer, override, dry_run, model_pk):
 
         builder = CapthermoStudyWorkChain.get_builder_from_protocol(
             label_code, orm.load_code(f'capthermo-gnn@{computer}'), orm.load_code(f'mace_run_train@{computer}'),
-            protocol=protocol, overrides=overrides, mlip_code=orm.load_code(f'capthermo-mlip@{computer}'))
+            protocol=protocol, overrides=overrides, mlip_code=orm.load_code(f'capthermo-mlip@{computer}'),
+            evaluate_code=orm.load_code(f'capthermo-mace@{computer}'))
     if dry_run:
         error = builder._process_class.spec().inputs.validate(builder._inputs(prune=True))
         if error is not None:

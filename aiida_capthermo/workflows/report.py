@@ -8,7 +8,8 @@ import io
 from aiida import orm
 from aiida.engine import calcfunction
 
-__all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'figure_png', 'write_report']
+__all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'figure_png', 'mace_parity_png', 'mace_parity_plot',
+           'write_report']
 
 
 def table_rows(rows: list[dict]) -> list[dict]:
@@ -85,11 +86,54 @@ def figure_png(rows: list[dict], name: str) -> bytes:
         axis.set_xlabel('x (guest fraction)')
         axis.set_ylabel('Eg (eV)' if name == 'eg_vs_x' else 'ΔEg / Eg(0 K) (%)')
     axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def _png(figure) -> bytes:
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format='png', dpi=120)
     plt.close(figure)
     return buffer.getvalue()
+
+
+def mace_parity_png(parity: dict, title: str = '') -> bytes:
+    """Parity of a MACE evaluation (``capthermo-mace evaluate`` arrays): energy per atom (meV/atom, relative to the
+    reference mean) and force components (eV/Å), each with its MAE, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figure, axes = plt.subplots(1, 2, figsize=(8.0, 3.8))
+    n_atoms = np.asarray(parity['n_atoms'], dtype=float)
+    reference, predicted = parity['energy_ref'] / n_atoms, parity['energy_pred'] / n_atoms
+    shift = float(np.mean(reference))
+    panels = ((1000 * (reference - shift), 1000 * (predicted - shift), 'energy − mean (meV/atom)'),
+              (np.ravel(parity['forces_ref']), np.ravel(parity['forces_pred']), 'force component (eV/Å)'))
+    for axis, (true, pred, label) in zip(axes, panels):
+        finite = np.isfinite(true) & np.isfinite(pred)
+        true, pred = true[finite], pred[finite]
+        low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+        axis.plot([low, high], [low, high], 'k--', lw=1)
+        axis.scatter(true, pred, s=6, alpha=0.5)
+        axis.set_xlabel(f'reference {label}')
+        axis.set_ylabel(f'MACE {label}')
+        axis.set_title(f'MAE {np.mean(np.abs(pred - true)):.3g}', fontsize=9)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return _png(figure)
+
+
+@calcfunction
+def mace_parity_plot(parity: orm.ArrayData) -> orm.SinglefileData:
+    """The parity plot (PNG) of a MACE evaluation's ``parity`` arrays."""
+    arrays = {name: parity.get_array(name) for name in parity.get_arraynames()}
+    title = f'MACE on {len(arrays["energy_ref"])} held-out structures'
+    return orm.SinglefileData(io.BytesIO(mace_parity_png(arrays, title)), filename='mace_parity.png')
 
 
 @calcfunction

@@ -48,7 +48,7 @@ from aiida_capthermo.workflows.dataset import (
 from aiida_capthermo.workflows.engines import label_batch_inputs
 from aiida_capthermo.workflows.mace import FinetuneMaceWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin
-from aiida_capthermo.workflows.report import table_one
+from aiida_capthermo.workflows.report import mace_parity_plot, table_one
 from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
 from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
 from aiida_capthermo.workflows.validation import compositions_error
@@ -57,6 +57,7 @@ __all__ = ['CapthermoStudyWorkChain']
 
 GnnTrainCalcJob = CalculationFactory('capthermo.gnn_train')
 MlipMdCalcJob = CalculationFactory('capthermo.mlip_md')
+MaceEvaluateCalcJob = CalculationFactory('capthermo.mace_evaluate')
 
 
 class MdStageSettings(MdConfig):
@@ -70,10 +71,14 @@ class MdStageSettings(MdConfig):
     rounds: int = Field(1, ge=1, description='Refinement rounds (refine only).')
     compositions: list[float] = Field(default_factory=lambda: [0.5], min_length=1,
                                       description='Compositions x of the starting cells, one MD job each.')
+    finetune_epochs: int | None = Field(
+        None, ge=1, description='Refine only: each round continues from the previous potential (its foundation) '
+                                'for this many epochs on the enlarged set; None trains each round from scratch.')
 
     def md_parameters(self, seed_offset: int = 0) -> dict:
         """The ``MdConfig`` of one MD job (the seed shifted so that every job draws its own noise)."""
-        return {**self.model_dump(exclude={'rounds', 'compositions'}), 'seed': self.seed + seed_offset}
+        return {**self.model_dump(exclude={'rounds', 'compositions', 'finetune_epochs'}),
+                'seed': self.seed + seed_offset}
 
 
 def validate_md_stage(value: orm.Dict, _) -> str | None:
@@ -170,6 +175,9 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                         'stable_distance (Å), temperature_tolerance ... (MdConfig keys).')
         spec.input('mace.md_options', valid_type=orm.Dict, required=False,
                    help='Scheduler options of the MD jobs (default: those of the MACE job).')
+        spec.input('mace.evaluate_code', valid_type=orm.AbstractCode, required=False,
+                   help='A capthermo-mace code: evaluates the final potential on the held-out validation set '
+                        '(mace.evaluation, figures.mace_parity) beside the next stage.')
         spec.input('given.low', valid_type=DatasetData, required=False,
                    help='An existing low-fidelity dataset (energies, forces, stresses, gaps): no dataset stage.')
         spec.input('given.high', valid_type=DatasetData, required=False,
@@ -212,6 +220,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             if_(cls.should_check_md)(cls.run_md_check, cls.inspect_md_check),
             if_(cls.should_screen)(cls.run_screen, cls.inspect_screen),
             if_(cls.should_thermal)(cls.run_thermal, cls.inspect_thermal),
+            if_(cls.should_evaluate_mace)(cls.run_mace_evaluation),
             cls.results,
         )
         spec.expose_outputs(PhononInformedDatasetWorkChain, namespace='dataset',
@@ -229,7 +238,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         spec.output('table_csv', valid_type=orm.SinglefileData, required=False, help='Table I as CSV.')
         spec.output_namespace('figures', valid_type=orm.SinglefileData, dynamic=True,
                               help='PNG figures: eg_vs_x, eg_vs_t, relative_change (Figure 7b-d), coupling_<key> '
-                                   '(Figure 8a), phonons_<key> (Figure 6), gnn_parity_low / gnn_parity.')
+                                   '(Figure 8a), phonons_<key> (Figure 6), gnn_parity_low / gnn_parity, '
+                                   'mace_parity.')
         spec.output('gnn.model_low', valid_type=ModelData, required=False,
                     help='Band-gap GNN trained on the low-fidelity gaps (absent with given.gnn_model).')
         spec.output('gnn.metrics_low', valid_type=orm.Dict, required=False, help='Metrics per split of the first stage.')
@@ -243,6 +253,9 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                          'labelled MD frames).')
         spec.output('mace.validation_set', valid_type=DatasetData, required=False,
                     help='Held-out low-set structures that validate every MACE round (mace.metrics `valid`).')
+        spec.output('mace.evaluation', valid_type=orm.Dict, required=False,
+                    help='Errors of the final potential on mace.validation_set (energy, energy per atom, forces, '
+                         'stress: MAE, RMSE, R²), from MaceEvaluateCalcJob (with mace.evaluate_code).')
         spec.output('mace.md_check', valid_type=orm.Dict, required=False,
                     help='MD stability of the final potential: stable, n_stable, per replica x, T (K), mean '
                          'temperature (K), closest pair and distance (Å).')
@@ -253,6 +266,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         spec.exit_code(450, 'ERROR_REFINE_LABELS_FAILED', message='No MD frame could be labelled: {message}')
         spec.exit_code(460, 'ERROR_SCREEN_FAILED', message='The screen failed: {message}')
         spec.exit_code(470, 'ERROR_THERMAL_FAILED', message='The thermal-gap stage failed: {message}')
+        spec.exit_code(480, 'ERROR_MACE_EVALUATION_FAILED', message='The evaluation of the potential failed: {message}')
 
     def _given(self) -> dict:
         return self.inputs.get('given', {})
@@ -312,11 +326,18 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         self.report(f'training {", ".join(futures) or "nothing (models given)"}')
         return ToContext(**futures)
 
-    def _submit_mace(self, train: DatasetData, label: str):
+    def _submit_mace(self, train: DatasetData, label: str, continue_from: ModelData | None = None,
+                     epochs: int | None = None):
+        """Train the potential on ``train``; with ``continue_from``, fine-tune that model for ``epochs``."""
         mace = {'code': self.inputs.mace.code, 'train': train, 'valid': self.ctx.mace_valid}
         for key in ('hyperparameters', 'foundation_model', 'foundation_name'):
             if key in self.inputs.mace:
                 mace[key] = self.inputs.mace[key]
+        if continue_from is not None:
+            mace.pop('foundation_name', None)
+            mace['foundation_model'] = continue_from
+            hyper = mace.get('hyperparameters', orm.Dict({})).get_dict()
+            mace['hyperparameters'] = orm.Dict({**hyper, 'max_num_epochs': epochs})
         if 'options' in self.inputs.mace:
             mace['metadata'] = {'options': self.inputs.mace.options.get_dict()}
         self.ctx.mace_train = train
@@ -430,8 +451,12 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         return None
 
     def run_mace_refined(self):
-        return ToContext(mace_refined=self._submit_mace(self.ctx.refined_train,
-                                                        f'mace_refine{self.ctx.refine_round}'))
+        epochs = self._md_settings('refine').finetune_epochs
+        previous = self.ctx.mace_model if epochs else None
+        if previous is not None:
+            self.report(f'fine-tuning potential {previous.pk} for {epochs} epochs on the enlarged set')
+        return ToContext(mace_refined=self._submit_mace(self.ctx.refined_train, f'mace_refine{self.ctx.refine_round}',
+                                                        continue_from=previous, epochs=epochs))
 
     def inspect_mace_refined(self):
         self.ctx.refine_round += 1
@@ -490,7 +515,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         if 'supercell' in self.inputs.dataset:
             inputs['supercell'] = self.inputs.dataset.supercell
         self.report(f'screen of x = {inputs["compositions"].get_list()} with MACE potential {self.ctx.mace_model.pk}')
-        return ToContext(screen=self.submit(SolidSolutionScreenWorkChain, **inputs))
+        return ToContext(screen=self.submit(SolidSolutionScreenWorkChain, **inputs), **self._mace_evaluation())
 
     def inspect_screen(self):
         node = self.ctx.screen
@@ -517,7 +542,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         inputs.update(structures=structures, mace_model=self.ctx.mace_model, gnn_model=self.ctx.gnn_model,
                       gnn_code=self.inputs.gnn.code, metadata={'call_link_label': 'thermal'})
         self.report(f'thermal gaps of {sorted(structures)} at {inputs["temperatures"].get_list()} K')
-        return ToContext(thermal=self.submit(ThermalGapWorkChain, **inputs))
+        return ToContext(thermal=self.submit(ThermalGapWorkChain, **inputs), **self._mace_evaluation())
 
     def inspect_thermal(self):
         node = self.ctx.thermal
@@ -541,6 +566,24 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             return self.exit_codes.ERROR_THERMAL_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
         return None
 
+    # ------------------------------------------------------------------ evaluation of the final potential
+    def should_evaluate_mace(self) -> bool:
+        return 'evaluate_code' in self.inputs.mace and 'mace_valid' in self.ctx and \
+            not self.ctx.get('mace_evaluation_submitted')
+
+    def _mace_evaluation(self) -> dict:
+        """The evaluation of the final potential on the held-out set, submitted once, beside the next stage."""
+        if not self.should_evaluate_mace():
+            return {}
+        self.ctx.mace_evaluation_submitted = True
+        options = self.inputs.mace.get('md_options', self.inputs.mace.get('options', orm.Dict({}))).get_dict()
+        return {'mace_evaluation': self.submit(
+            MaceEvaluateCalcJob, code=self.inputs.mace.evaluate_code, model=self.ctx.mace_model,
+            dataset=self.ctx.mace_valid, metadata={'call_link_label': 'mace_evaluation', 'options': options})}
+
+    def run_mace_evaluation(self):
+        return ToContext(**self._mace_evaluation())
+
     def results(self):
         for label, stage in (('gnn_parity_low', 'gnn_low'), ('gnn_parity', 'gnn_high')):
             if stage in self.ctx and 'parity_plot' in self.ctx[stage].outputs:
@@ -552,25 +595,41 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             self.out('mace.validation_set', self.ctx.mace_valid)
         if 'md_check' in self.ctx:
             self.out('mace.md_check', self.ctx.md_check)
+        if 'mace_evaluation' in self.ctx:
+            node = self.ctx.mace_evaluation
+            if not node.is_finished_ok:
+                return self.exit_codes.ERROR_MACE_EVALUATION_FAILED.format(
+                    message=f'{node.pk} [{node.exit_status}] {node.exit_message}')
+            self.out('mace.evaluation', node.outputs.metrics)
+            self.out('figures.mace_parity', mace_parity_plot(node.outputs.parity))
+            forces = node.outputs.metrics.get_dict().get('forces', {})
+            self.report(f'potential on {node.inputs.dataset.n_structures} held-out structures: force MAE '
+                        f'{forces.get("mae", float("nan")):.4g} eV/Å')
         self.report('study finished')
+        return None
 
     @classmethod
     def get_builder_from_protocol(cls, label_code: orm.AbstractCode, gnn_code: orm.AbstractCode,
                                   mace_code: orm.AbstractCode | None = None, protocol: str | None = None,
                                   overrides: dict | None = None, options: dict | None = None,
-                                  mlip_code: orm.AbstractCode | None = None):
-        """Builder for the whole study: the dataset protocol of the same name plus the GNN/MACE settings.
+                                  mlip_code: orm.AbstractCode | None = None,
+                                  evaluate_code: orm.AbstractCode | None = None):
+        """Builder for the whole study from ``protocols/study.yaml`` (``demo``, ``fast``, ``paper``): each protocol
+        names the dataset, screen and thermal protocols it runs (with overrides) and sets the GNN and MACE stages.
 
-        ``overrides`` may hold ``dataset`` (overrides of the dataset protocol), ``gnn`` and ``mace``. The MD stages
-        of the protocol (``mace.refine``, ``mace.md_check``) are set when ``mlip_code`` (capthermo-mlip) is given.
+        ``overrides`` may hold ``dataset`` (overrides of the dataset protocol, e.g. ``low.vasp.potential_family``),
+        ``gnn``, ``mace``, ``screen`` and ``thermal``. ``label_code`` labels both fidelities and the parents'
+        phonons: a capthermo-label code for the local engine (``demo``, ``fast``) or a VASP code (``paper``). The MD stages
+        of the protocol (``mace.refine``, ``mace.md_check``) are set when ``mlip_code`` (capthermo-mlip) is given;
+        ``evaluate_code`` (capthermo-mace) adds the evaluation of the final potential on the held-out set.
         """
-        overrides = dict(overrides or {})
-        inputs = cls.get_protocol_inputs(protocol, {k: v for k, v in overrides.items() if k != 'dataset'})
-        unknown = set(inputs) - {'gnn', 'mace', 'screen', 'thermal'}
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        unknown = set(inputs) - {'dataset', 'gnn', 'mace', 'screen', 'thermal'}
         if unknown:
             raise ValueError(f'unknown inputs in protocol or overrides: {sorted(unknown)}')
+        dataset_inputs = dict(inputs.get('dataset') or {})
         dataset = PhononInformedDatasetWorkChain.get_builder_from_protocol(
-            label_code, protocol=protocol, overrides=overrides.get('dataset'), options=options)
+            label_code, protocol=dataset_inputs.pop('protocol', None), overrides=dataset_inputs, options=options)
         builder = cls.get_builder()
         builder.dataset = dataset._inputs(prune=True)
         builder.gnn.code = gnn_code
@@ -587,6 +646,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                                              'md_options'}
             if unknown:
                 raise ValueError(f'unknown mace inputs in protocol or overrides: {sorted(unknown)}')
+            if evaluate_code is not None:
+                builder.mace.evaluate_code = evaluate_code
             mace_options = {**inputs['mace'].get('options', {}), **(options or {})}
             if mace_options:
                 builder.mace.options = orm.Dict(mace_options)

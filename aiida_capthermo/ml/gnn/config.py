@@ -42,9 +42,11 @@ class GnnHyperparameters(BaseModel):
     seed: int = Field(0, description='Seed of the split, the initial weights and the batch order.')
     device: Literal['auto', 'cpu', 'cuda'] = Field('auto', description='auto = CUDA when present, else CPU.')
     checkpoint_every: int = Field(10, ge=1, description='Write checkpoint.pt every this many epochs.')
-    fine_tune_target_normalisation: Literal['refit', 'parent'] = Field(
-        'refit', description='Second stage: refit the target min/max on the new training split (default, the '
-                             'sigmoid then covers the high-fidelity range) or keep the parent model\'s.')
+    fine_tune_target_normalisation: Literal['union', 'refit', 'parent'] = Field(
+        'union', description='Second stage target min/max: the union of the parent\'s range and the new training '
+                             'split\'s (default: the sigmoid covers both, so a structure outside the few '
+                             'high-fidelity gaps, e.g. an undisplaced one, is not clipped to their range), refitted '
+                             'on the new training split alone, or the parent model\'s.')
 
     @field_validator('split')
     @classmethod

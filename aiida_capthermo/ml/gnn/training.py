@@ -2,9 +2,10 @@
 early stopping, checkpoints for restart, two-stage fine-tuning from a parent model, saving and loading.
 
 Normalisation across the two stages: a fine-tuned model keeps its parent's node-feature and edge-distance
-constants (the learned filters keep their meaning) and, by default, refits the target min/max on the new
-(high-fidelity) training split, so that the sigmoid output covers the new range; the choice is recorded in
-``model.json`` (``normalisation_source``).
+constants (the learned filters keep their meaning) and, by default, widens the target min/max to the union of
+the parent's range and the new (high-fidelity) training split's, so that the sigmoid output covers both: a refit
+on a few high-fidelity gaps of displaced structures alone would clip every prediction to their range (an
+undisplaced structure's larger gap included); the choice is recorded in ``model.json`` (``normalisation_source``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from aiida_capthermo.core.dataset import LabelledSet
+from aiida_capthermo.core.graphs import MinMaxScaler
 from aiida_capthermo.ml.gnn.config import TARGET_UNITS, GnnHyperparameters
 from aiida_capthermo.ml.gnn.data import Normalisation, build_graphs, target_values, to_pyg
 from aiida_capthermo.ml.gnn.metrics import regression_metrics
@@ -195,6 +197,11 @@ def train_gnn(labelled: LabelledSet, hyperparameters: GnnHyperparameters | dict,
         normalisation = Normalisation(node=parent.normalisation.node, edge=parent.normalisation.edge,
                                       target=fitted.target)
         source = 'node and edge from the parent model, target refitted on the training split'
+    elif hp.fine_tune_target_normalisation == 'union':
+        target = MinMaxScaler(minimum=np.minimum(parent.normalisation.target.minimum, fitted.target.minimum),
+                              maximum=np.maximum(parent.normalisation.target.maximum, fitted.target.maximum))
+        normalisation = Normalisation(node=parent.normalisation.node, edge=parent.normalisation.edge, target=target)
+        source = 'node and edge from the parent model, target range the union of the parent\'s and the training split\'s'
     else:
         normalisation, source = parent.normalisation, 'all from the parent model'
 
