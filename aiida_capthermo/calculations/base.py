@@ -9,9 +9,66 @@ from __future__ import annotations
 
 from aiida import engine, orm
 
-__all__ = ['CapthermoCalcJob', 'SUMMARY_FILE', 'pydantic_error']
+__all__ = ['CapthermoCalcJob', 'SUMMARY_FILE', 'EXECUTABLES', 'code_error', 'code_validator', 'options_error',
+           'pydantic_error', 'validate_options']
 
 SUMMARY_FILE = 'summary.json'
+
+#: The executable behind each CalcJob plugin (the package's console scripts, MACE's trainer, VASP): a code set up
+#: for one of them cannot run the jobs of another.
+EXECUTABLES = {
+    'capthermo-label': ('capthermo.label',),
+    'capthermo-gnn': ('capthermo.gnn_train', 'capthermo.gnn_predict'),
+    'capthermo-mace': ('capthermo.mace_evaluate',),
+    'capthermo-mlip': ('capthermo.mlip_screen', 'capthermo.mlip_phonons', 'capthermo.mlip_md', 'capthermo.mlip_thermal',
+                       'capthermo.mlip_modes'),
+    'mace_run_train': ('capthermo.mace_finetune',),
+    'vasp': ('vasp.vasp',),
+}
+
+
+def code_error(code: orm.AbstractCode, entry_point: str) -> str | None:
+    """Why ``code`` cannot run ``entry_point`` jobs, or None.
+
+    Decided by the code's default CalcJob plugin when it has one (``capthermo setup-codes`` sets it), else by the
+    name of its executable; a code with neither (e.g. a wrapper script without a default plugin) is accepted.
+    """
+    import pathlib
+
+    wanted = next((name for name, plugins in EXECUTABLES.items() if entry_point in plugins), entry_point)
+    plugin = code.default_calc_job_plugin
+    if plugin:
+        if plugin == entry_point or entry_point in next((p for p in EXECUTABLES.values() if plugin in p), ()):
+            return None
+        return f'code {code.full_label} is set up for {plugin} jobs, not {entry_point}: give a {wanted} code'
+    executable = pathlib.PurePath(str(getattr(code, 'filepath_executable', '') or '')).name
+    if executable in EXECUTABLES and entry_point not in EXECUTABLES[executable]:
+        return f'code {code.full_label} runs {executable}, not {wanted} ({entry_point} jobs)'
+    return None
+
+
+def options_error(options: dict) -> str | None:
+    """Why ``options`` are not valid scheduler options of a CalcJob (``metadata.options``), or None."""
+    known = set(engine.CalcJob.spec().inputs['metadata']['options'])
+    unknown = sorted(set(options) - known)
+    if unknown:
+        return f'unknown scheduler options {unknown}; see `metadata.options` of a CalcJob (e.g. queue_name, ' \
+               'max_wallclock_seconds, resources, custom_scheduler_commands, environment_variables)'
+    return None
+
+
+def validate_options(value: orm.Dict | None, _) -> str | None:
+    """Port validator of a Dict of scheduler options that a workchain passes to its jobs."""
+    return None if value is None else options_error(value.get_dict())
+
+
+def code_validator(entry_point: str):
+    """A port validator refusing codes that cannot run ``entry_point`` jobs (see :func:`code_error`)."""
+
+    def validate(value, _) -> str | None:
+        return None if value is None else code_error(value, entry_point)
+
+    return validate
 
 
 def pydantic_error(model, data: dict, what: str) -> str | None:
@@ -34,6 +91,11 @@ class CapthermoCalcJob(engine.CalcJob):
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:
         super().define(spec)
+        from aiida.plugins.entry_point import get_entry_point_from_class
+
+        _, entry_point = get_entry_point_from_class(cls.__module__, cls.__name__)
+        if entry_point is not None:
+            spec.inputs['code'].validator = code_validator(entry_point.name)
         spec.inputs['metadata']['options']['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
         spec.inputs['metadata']['options']['withmpi'].default = False
         spec.inputs['metadata']['options']['output_filename'].default = cls._STDOUT

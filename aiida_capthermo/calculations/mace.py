@@ -232,21 +232,55 @@ sys.exit(1 if result['error'] else 0)
 '''
 
 
-def _validate_hyperparameters(value: orm.Dict | None, _) -> str | None:
+def validate_hyperparameters(value: orm.Dict | None, _) -> str | None:
     return None if value is None else pydantic_error(MaceHyperParameters, value.get_dict(), 'MACE hyper-parameters')
 
 
 def _validate_training_set(value: DatasetData | None, _) -> str | None:
     if value is None:
         return None
-    labels = set(value.base.attributes.get('labels', []))
-    missing = {'energy', 'forces', 'stress'} - labels
     if value.n_structures == 0:
         return 'the training dataset has no structures'
-    if missing:
-        return f'the training dataset lacks the labels {sorted(missing)}: MACE with the stress loss needs energy, ' \
-               'forces and stress on every structure'
+    statistics = value.base.attributes.get('statistics', {})
+    keys = {'energy': 'energy_per_atom', 'forces': 'forces', 'stress': 'stress'}  # names in the statistics
+    lacking = {name: value.n_structures - statistics.get(key, {}).get('count', 0) for name, key in keys.items()}
+    lacking = {name: count for name, count in lacking.items() if count}
+    if lacking:
+        counts = ', '.join(f'{name} on {count} of {value.n_structures}' for name, count in lacking.items())
+        which = f'dataset {value.pk}' if value.is_stored else 'dataset'
+        return (f'the training {which} lacks finite labels ({counts} structures): MACE with the stress loss needs '
+                'energy, forces and stress on every structure; train on the labelled rows only')
     return None
+
+
+#: Keys of FinetuneMaceCalcJob ``settings``.
+FINETUNE_SETTINGS = ('foundation_search_paths', 'allow_download', 'download_timeout', 'python_executable')
+
+
+def known_foundations() -> list[str] | None:
+    """Names of the MACE foundation models this mace-torch can resolve (None when mace is not importable)."""
+    try:
+        from mace.calculators import foundations_models
+    except ImportError:
+        return None
+    return sorted(foundations_models.mace_mp_urls)
+
+
+def _validate_settings(value: orm.Dict | None, _) -> str | None:
+    unknown = set(value.get_dict()) - set(FINETUNE_SETTINGS) if value is not None else set()
+    return f'unknown settings {sorted(unknown)}; known: {list(FINETUNE_SETTINGS)}' if unknown else None
+
+
+def foundation_name_error(name: str) -> str | None:
+    """Why ``name`` is not a MACE foundation model name the remote side can resolve, or None."""
+    known = known_foundations()
+    if known is not None and name not in known:
+        return f'unknown MACE foundation model {name!r}; known names: {known}'
+    return None
+
+
+def validate_foundation_name(value: orm.Str | None, _) -> str | None:
+    return None if value is None else foundation_name_error(value.value)
 
 
 def _validate_inputs(inputs: dict, _) -> str | None:
@@ -275,12 +309,12 @@ class FinetuneMaceCalcJob(CapthermoCalcJob):
                    help='Optional test set, evaluated by MACE after training.')
         spec.input('foundation_model', valid_type=ModelData, required=False,
                    help='Foundation MACE model node (kind "mace"); copied into the job: the preferred provenance.')
-        spec.input('foundation_name', valid_type=orm.Str, required=False,
+        spec.input('foundation_name', valid_type=orm.Str, required=False, validator=validate_foundation_name,
                    help=f'Name of a MACE foundation model resolved on the remote side (e.g. {DEFAULT_FOUNDATION!r}): '
                         'a local copy, else a download; the job fails with exit code 330 when neither works.')
-        spec.input('hyperparameters', valid_type=orm.Dict, required=False, validator=_validate_hyperparameters,
+        spec.input('hyperparameters', valid_type=orm.Dict, required=False, validator=validate_hyperparameters,
                    help='Hyper-parameters (see MaceHyperParameters); unknown keys are rejected; defaults: the paper.')
-        spec.input('settings', valid_type=orm.Dict, required=False,
+        spec.input('settings', valid_type=orm.Dict, required=False, validator=_validate_settings,
                    help='Job settings: `foundation_search_paths` (remote folders holding foundation model files), '
                         '`allow_download` (bool, default True), `download_timeout` (s, default 20), '
                         '`python_executable` (remote python with torch+mace; default: the code\'s shebang).')

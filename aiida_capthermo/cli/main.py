@@ -23,19 +23,70 @@ def _parse_override(items: tuple[str, ...]) -> dict:
         *parents, last = key.split('.')
         for parent in parents:
             target = target.setdefault(parent, {})
-        target[last] = yaml.safe_load(value)
+            if not isinstance(target, dict):
+                raise click.BadParameter(f'{item!r}: {parent!r} was given a value above and cannot hold {last!r}',
+                                         param_hint='--override')
+        try:
+            target[last] = yaml.safe_load(value)
+        except yaml.YAMLError as exception:
+            reason = str(exception).splitlines()[0]
+            raise click.BadParameter(f'{item!r}: the value is not valid YAML ({reason})', param_hint='--override')
     return overrides
+
+
+def _protocol_files() -> dict:
+    """The protocol files of the workchains ``capthermo submit`` builds, read without loading a profile."""
+    import yaml
+
+    folder = pathlib.Path(__file__).parent.parent / 'workflows' / 'protocols'
+    return {workflow: yaml.safe_load((folder / f'{workflow}.yaml').read_text())
+            for workflow in ('study', 'dataset', 'screen')}
+
+
+def _protocols_help() -> str:
+    names = '; '.join(f'{workflow}: {", ".join(data["protocols"])} (default {data["default_protocol"]})'
+                      for workflow, data in _protocol_files().items())
+    return f'Protocol ({names}); `capthermo protocols` describes them.'
 
 
 @click.group('capthermo')
 @click.option('-p', '--profile', default=None, help='AiiDA profile to use (default: the default profile).')
 def cli(profile):
     """aiida-capthermo: phonon-informed datasets, MACE and band-gap GNNs as AiiDA provenance."""
-    from aiida import load_profile
-    from aiida.manage import get_manager
 
-    if get_manager().get_profile() is None or profile:
-        load_profile(profile, allow_switch=True)
+
+def needs_profile(function):
+    """Load the profile (``-p`` or the default) before the command runs, so that ``--help`` needs none; an unknown
+    profile is a one-line error."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        from aiida import load_profile
+        from aiida.common.exceptions import ConfigurationError
+        from aiida.manage import get_manager
+
+        group = click.get_current_context().parent  # the capthermo group (also under `verdi data`)
+        profile = group.params.get('profile') if group is not None else None
+        if get_manager().get_profile() is None or profile:
+            try:
+                load_profile(profile, allow_switch=True)
+            except ConfigurationError as exception:  # unknown profile, no default profile, unreadable config
+                raise click.ClickException(f'cannot load the AiiDA profile {profile or "(default)"}: {exception}')
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+@cli.command('protocols')
+@click.argument('workflow', required=False, type=click.Choice(['study', 'dataset', 'screen']))
+def list_protocols(workflow):
+    """The protocols of the study, dataset and screen workchains with their descriptions."""
+    for name, data in _protocol_files().items():
+        if workflow in (None, name):
+            click.echo(f'{name} (default: {data["default_protocol"]})')
+            for protocol, entry in data['protocols'].items():
+                click.echo(f'  {protocol:9s} {" ".join(entry["description"].split())}')
 
 
 CODES = {
@@ -67,6 +118,7 @@ def ensure_codes(computer: str = 'localhost', bin_dir: str | None = None) -> dic
 @cli.command('setup-codes')
 @click.option('--computer', default='localhost', show_default=True, help='Computer (label) the codes run on.')
 @click.option('--bin-dir', default=None, help='Folder of the executables on that computer (default: this Python).')
+@needs_profile
 def setup_codes(computer, bin_dir):
     """Create InstalledCodes for the package's console scripts and mace_run_train (label: name@computer)."""
     for code, created in ensure_codes(computer, bin_dir).values():
@@ -76,7 +128,7 @@ def setup_codes(computer, bin_dir):
 
 @cli.command('submit')
 @click.argument('workflow', type=click.Choice(['dataset', 'study', 'screen']))
-@click.option('--protocol', default=None, help='demo, fast or paper (default: the workchain default).')
+@click.option('--protocol', default=None, help=_protocols_help())
 @click.option('--model', 'model_pk', type=int, default=None, help='screen: pk of the MACE model node (default: the '
               'newest MACE model).')
 @click.option('--computer', default='localhost', show_default=True, help='Computer of the codes set up by '
@@ -84,19 +136,40 @@ def setup_codes(computer, bin_dir):
 @click.option('--override', '-o', multiple=True, help='Override a protocol input: key.sub=value (YAML value), '
               'e.g. -o temperatures=[300,600] -o low.calculator.method=GFN2-xTB.')
 @click.option('--dry-run', is_flag=True, help='Build and validate the inputs, submit nothing.')
+@needs_profile
 def submit_workflow(workflow, protocol, computer, override, dry_run, model_pk):
-    """Submit the dataset, study or screen workchain to the daemon, built from a protocol."""
-    from aiida import orm
+    """Submit the dataset, study or screen workchain to the daemon, built from a protocol. Every mistake (unknown
+    protocol, override or code, invalid input) is a one-line error before anything is submitted."""
     from aiida.engine import submit
 
     overrides = _parse_override(override)
-    label_code = orm.load_code(f'capthermo-label@{computer}')
+    try:
+        builder = _build(workflow, protocol, computer, overrides, model_pk)
+        error = builder._process_class.spec().inputs.validate(builder._inputs(prune=True))
+        if error is not None:
+            raise ValueError(str(error))
+        if dry_run:
+            click.echo('inputs are valid; nothing submitted')
+            return
+        node = submit(builder)
+    except ValueError as exception:
+        raise click.ClickException(f'invalid {workflow} inputs: {" ".join(str(exception).split())}')
+    click.echo(f'submitted {node.process_label}<{node.pk}>; follow with `verdi process status {node.pk}`')
+
+
+def _build(workflow, protocol, computer, overrides, model_pk):
+    """The builder of ``workflow`` from the protocol, the overrides and the codes set up on ``computer``."""
+    from aiida_capthermo.workflows.protocols import load_code
+
+    def code(name):
+        return load_code(f'{name}@{computer}')
+
+    label_code = code('capthermo-label')
     if workflow == 'screen':
         from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
 
         builder = SolidSolutionScreenWorkChain.get_builder_from_protocol(
-            orm.load_code(f'capthermo-mlip@{computer}'), _mace_model(model_pk), protocol=protocol,
-            overrides=overrides)
+            code('capthermo-mlip'), _mace_model(model_pk), protocol=protocol, overrides=overrides)
     elif workflow == 'dataset':
         from aiida_capthermo.workflows.dataset import PhononInformedDatasetWorkChain
 
@@ -106,17 +179,9 @@ def submit_workflow(workflow, protocol, computer, override, dry_run, model_pk):
         from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
 
         builder = CapthermoStudyWorkChain.get_builder_from_protocol(
-            label_code, orm.load_code(f'capthermo-gnn@{computer}'), orm.load_code(f'mace_run_train@{computer}'),
-            protocol=protocol, overrides=overrides, mlip_code=orm.load_code(f'capthermo-mlip@{computer}'),
-            evaluate_code=orm.load_code(f'capthermo-mace@{computer}'))
-    if dry_run:
-        error = builder._process_class.spec().inputs.validate(builder._inputs(prune=True))
-        if error is not None:
-            raise click.ClickException(f'invalid inputs: {error}')
-        click.echo('inputs are valid; nothing submitted')
-        return
-    node = submit(builder)
-    click.echo(f'submitted {node.process_label}<{node.pk}>; follow with `verdi process status {node.pk}`')
+            label_code, code('capthermo-gnn'), code('mace_run_train'), protocol=protocol, overrides=overrides,
+            mlip_code=code('capthermo-mlip'), evaluate_code=code('capthermo-mace'))
+    return builder
 
 
 def _mace_model(pk: int | None):
@@ -140,6 +205,7 @@ def _mace_model(pk: int | None):
 @click.argument('identifier')
 @click.option('-o', '--output', 'output', default=None, help='Folder for the CSV and the figures (default: '
               'capthermo-report-<pk>).')
+@needs_profile
 def report(identifier, output):
     """Print the study's Table I and write its CSV and figures (IDENTIFIER: pk or UUID of the study); reads stored
     nodes only (also after an archive import), nothing is re-run."""
@@ -162,6 +228,7 @@ def report(identifier, output):
 
 @cli.command('datasets')
 @click.option('--fidelity', type=click.Choice(['low', 'high']), default=None, help='Only this fidelity.')
+@needs_profile
 def list_datasets(fidelity):
     """List the datasets: size, fidelity, method, scheme, temperatures, compositions, gap statistics."""
     from aiida import orm
@@ -182,6 +249,7 @@ def list_datasets(fidelity):
 
 @cli.command('models')
 @click.option('--kind', type=click.Choice(['gnn', 'mace']), default=None, help='Only this kind of model.')
+@needs_profile
 def list_models(kind):
     """List the trained models with the job that made them and their hash."""
     from aiida import orm

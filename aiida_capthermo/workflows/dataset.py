@@ -15,7 +15,7 @@ from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.structures import set_structure_metadata
 from aiida_capthermo.workflows.engines import engine_namespace, label_batch_inputs
 from aiida_capthermo.workflows.phonons import ParentPhononsWorkChain
-from aiida_capthermo.workflows.protocols import ProtocolMixin
+from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, unlanded_overrides
 from aiida_capthermo.workflows.validation import compositions_error, prototype_error, supercell_error
 
 __all__ = ['PhononInformedDatasetWorkChain', 'build_parent', 'generate_structures', 'assemble_dataset',
@@ -156,6 +156,11 @@ def split_dataset(dataset: DatasetData, settings: orm.Dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- validation
+#: Largest frequency_cutoff accepted at submission (THz): above it most modes of these soft crystals (highest
+#: parent frequencies about 8 THz) would be left undisplaced; a cutoff that leaves none fails at generation (403).
+MAX_FREQUENCY_CUTOFF = 2.0
+
+
 def validate_inputs(inputs, _) -> str | None:
     from aiida_capthermo.core.structures import check_cubic_prototype
 
@@ -207,6 +212,18 @@ def validate_inputs(inputs, _) -> str | None:
         return 'high_structures > 0 needs a `high` engine namespace'
     if inputs['batch_size'].value < 1 or inputs['max_concurrent'].value < 1:
         return 'batch_size and max_concurrent must be at least 1'
+    # Ports with defaults may be absent here when the workchain is exposed in another (e.g. the study's validator).
+    seed = inputs['seed'].value if 'seed' in inputs else 0
+    if seed < 0:
+        return f'seed must be a non-negative integer (numpy seeds), got {seed}'
+    displacement = inputs['phonon_displacement'].value if 'phonon_displacement' in inputs else 0.01
+    if not 0.001 <= displacement <= 0.1:
+        return (f'phonon_displacement must lie in [0.001, 0.1] Å (finite displacements for the parent force '
+                f'constants; phonopy uses 0.01), got {displacement}')
+    cutoff = inputs['frequency_cutoff'].value if 'frequency_cutoff' in inputs else 0.1
+    if not 0 <= cutoff <= MAX_FREQUENCY_CUTOFF:
+        return (f'frequency_cutoff must lie in [0, {MAX_FREQUENCY_CUTOFF}] THz (modes below it are not displaced; '
+                f'the default 0.1 skips the acoustic modes at Γ), got {cutoff}')
     force_constants = inputs.get('force_constants', {})
     for role, node in force_constants.items():
         matrix = np.asarray(node.supercell_matrix)
@@ -295,6 +312,9 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         spec.output_namespace('force_constants', valid_type=ForceConstantsData, required=False,
                               help='The parent force constants that informed the displacements.')
         spec.exit_code(402, 'ERROR_PHONONS_FAILED', message='The parent phonons could not be computed: {message}')
+        spec.exit_code(403, 'ERROR_NO_MODE_TO_SAMPLE',
+                       message='The {role} parent has no mode above frequency_cutoff {cutoff} THz: every structure '
+                               'would be undisplaced.')
         spec.exit_code(410, 'ERROR_NO_STRUCTURE_LABELLED',
                        message='No structure of the {fidelity} set could be labelled.')
 
@@ -357,6 +377,15 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
 
     def generate(self):
         """Create every structure by calcfunction and queue them in labelling batches."""
+        from aiida_capthermo.core.displacements import SupercellModes
+
+        if self.inputs.scheme.value == 'phonon':
+            cutoff = self.inputs.frequency_cutoff.value
+            for role, node in self.ctx.force_constants.items():
+                modes = SupercellModes.from_phonopy(node.get_phonopy_instance(), cutoff,
+                                                    self.inputs.imaginary_modes.value)
+                if len(modes.active) == 0:
+                    return self.exit_codes.ERROR_NO_MODE_TO_SAMPLE.format(role=role, cutoff=cutoff)
         seed = self.inputs.seed.value
         n_per = self.inputs.structures_per_temperature.value
         fc = {key: self.ctx.force_constants[key] for key in self.ctx.force_constants} \
@@ -504,12 +533,18 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
             if fidelity == 'phonons' and (inputs.get('scheme') == 'random' or 'phonons' not in inputs):
                 continue
             namespace = inputs.get(fidelity, {})
+            unknown = set(namespace) - {'engine', 'code', 'calculator', 'vasp', 'options'}
+            if unknown:
+                raise ValueError(f'unknown {fidelity} engine inputs in protocol or overrides: {sorted(unknown)}')
             builder[fidelity]['engine'] = orm.Str(namespace.get('engine', engine))
-            builder[fidelity]['code'] = fidelity_code
+            builder[fidelity]['code'] = load_code(namespace.get('code', fidelity_code))
             for key in ('calculator', 'vasp'):
                 if key in namespace and (key == 'vasp') == (builder[fidelity]['engine'].value == 'vasp'):
                     builder[fidelity][key] = orm.Dict(namespace[key])
-            merged_options = {**namespace.get('options', {}), **(options or {})}
+            merged_options = {**(options or {}), **namespace.get('options', {})}  # the engine's own win
             if merged_options:
                 builder[fidelity]['options'] = orm.Dict(merged_options)
+        missing = unlanded_overrides(builder, overrides or {})
+        if missing:
+            raise ValueError(f'overrides that no input of the dataset workchain takes: {missing}')
         return builder

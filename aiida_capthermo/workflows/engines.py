@@ -24,6 +24,15 @@ def validate_engine_namespace(value, _) -> str | None:
         return f'unknown engine {engine!r}; choose one of {ENGINES}'
     if 'code' not in value:
         return f'the {engine} engine needs a `code`'
+    from aiida_capthermo.calculations.base import code_error, options_error
+
+    error = code_error(value['code'], 'vasp.vasp' if engine == 'vasp' else 'capthermo.label')
+    if error:
+        return f'{error} (the {engine} engine)'
+    if 'options' in value:
+        error = options_error(value['options'].get_dict())
+        if error:
+            return error
     if engine == 'vasp':
         settings = value['vasp'].get_dict() if 'vasp' in value else {}
         missing = [key for key in ('potential_family', 'potential_mapping') if key not in settings]

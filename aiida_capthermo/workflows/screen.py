@@ -18,7 +18,7 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ProcessHandlerReport, ToContext, WorkChain, calcfunction, if_, process_handler
 
-from aiida_capthermo.calculations.base import pydantic_error
+from aiida_capthermo.calculations.base import code_validator, pydantic_error, validate_options
 from aiida_capthermo.calculations.mlip import MlipPhononsCalcJob, MlipScreenCalcJob, validate_mace_model
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.data.structures import set_structure_metadata
@@ -365,7 +365,8 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
         spec.input('max_configurations', valid_type=orm.Int, default=lambda: orm.Int(100),
                    help='All inequivalent classes when there are at most this many, else a seeded random sample.')
         spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0), help='Seed of the class sampling.')
-        spec.input('code', valid_type=orm.AbstractCode, help='The `capthermo-mlip` code.')
+        spec.input('code', valid_type=orm.AbstractCode, validator=code_validator('capthermo.mlip_screen'),
+                   help='The `capthermo-mlip` code.')
         spec.input('parameters', valid_type=orm.Dict, required=False,
                    help='Relaxation settings (ScreenConfig): fmax (eV/Å), max_steps, relax_cell, max_batch, device, '
                         'dtype, threads. Checked at submission.')
@@ -383,9 +384,9 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
                    help='Temperatures (K) of the Boltzmann-weighted configurational averages of the ranking.')
         spec.input('max_iterations', valid_type=orm.Int, default=lambda: orm.Int(10),
                    help='Maximum number of jobs per relaxation batch (restarts after walltime or memory errors).')
-        spec.input('options', valid_type=orm.Dict, required=False,
+        spec.input('options', valid_type=orm.Dict, required=False, validator=validate_options,
                    help='Scheduler options of the relaxation jobs (resources, max_wallclock_seconds, ...).')
-        spec.input('phonon_options', valid_type=orm.Dict, required=False,
+        spec.input('phonon_options', valid_type=orm.Dict, required=False, validator=validate_options,
                    help='Scheduler options of the phonon jobs (e.g. a GPU queue); default: `options`.')
         spec.inputs.validator = validate_inputs
         spec.outline(cls.setup, cls.run_relaxations, cls.rank, cls.run_harmonic, cls.inspect_harmonic,
@@ -413,9 +414,9 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
         builder.code, builder.model = code, model
         for key, node in cls.protocol_nodes(inputs).items():
             builder[key] = node
-        for key in ('options', 'phonon_options'):
-            if options:
-                builder[key] = orm.Dict({**(inputs.get(key) or {}), **options})
+        for key in ('options', 'phonon_options'):  # the protocol's (or overrides') options of a job kind win
+            if options or inputs.get(key):
+                builder[key] = orm.Dict({**(options or {}), **(inputs.get(key) or {})})
         return builder
 
     # ------------------------------------------------------------------ steps

@@ -33,7 +33,10 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from aiida.plugins import CalculationFactory
 from pydantic import Field
 
-from aiida_capthermo.calculations.base import pydantic_error
+from aiida_capthermo.calculations.base import code_validator, pydantic_error, validate_options
+from aiida_capthermo.calculations.gnn import validate_hyperparameters as validate_gnn_hyperparameters
+from aiida_capthermo.calculations.mace import validate_foundation_name
+from aiida_capthermo.calculations.mace import validate_hyperparameters as validate_mace_hyperparameters
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.ml.md import MdConfig
@@ -47,7 +50,7 @@ from aiida_capthermo.workflows.dataset import (
 )
 from aiida_capthermo.workflows.engines import label_batch_inputs
 from aiida_capthermo.workflows.mace import FinetuneMaceWorkChain
-from aiida_capthermo.workflows.protocols import ProtocolMixin
+from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, unlanded_overrides
 from aiida_capthermo.workflows.report import mace_parity_plot, table_one
 from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
 from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
@@ -139,6 +142,16 @@ def validate_study(inputs, _) -> str | None:
     return None
 
 
+#: What the study's protocol entries may hold besides the dataset's (checked by the dataset builder); a code may be
+#: a code node or its label (``capthermo-gnn@gpu``), options are the scheduler options of that stage's jobs and win
+#: over the global ``options``.
+STAGE_KEYS = {
+    'gnn': {'code', 'hyperparameters', 'finetune_hyperparameters', 'options'},
+    'mace': {'code', 'mlip_code', 'evaluate_code', 'hyperparameters', 'foundation_name', 'refine', 'md_check',
+             'options', 'md_options'},
+}
+
+
 class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
     """Dataset -> fine-tuned MACE potential and two-stage band-gap GNN, every node in one graph."""
 
@@ -149,22 +162,30 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         super().define(spec)
         spec.expose_inputs(PhononInformedDatasetWorkChain, namespace='dataset',
                            namespace_options={'help': 'Inputs of the dataset stage.'})
-        spec.input('gnn.code', valid_type=orm.AbstractCode, help='A capthermo-gnn code (CPU or GPU computer).')
+        spec.input('gnn.code', valid_type=orm.AbstractCode, validator=code_validator('capthermo.gnn_train'), help='A capthermo-gnn code (CPU or GPU computer).')
         spec.input('gnn.hyperparameters', valid_type=orm.Dict, default=lambda: orm.Dict({}),
+                   validator=validate_gnn_hyperparameters,
                    help='Hyper-parameters of the first (low-fidelity) GNN stage; see docs/gnn.md.')
         spec.input('gnn.finetune_hyperparameters', valid_type=orm.Dict, required=False,
+                   validator=validate_gnn_hyperparameters,
                    help='Hyper-parameters of the second (high-fidelity) stage; default: those of the first stage.')
-        spec.input('gnn.options', valid_type=orm.Dict, required=False, help='Scheduler options of the GNN jobs.')
+        spec.input('gnn.options', valid_type=orm.Dict, required=False, validator=validate_options,
+                   help='Scheduler options of the GNN jobs.')
         spec.input('mace.code', valid_type=orm.AbstractCode, required=False,
+                   validator=code_validator('capthermo.mace_finetune'),
                    help='A mace_run_train code; without it the MACE stage is skipped.')
         spec.input('mace.hyperparameters', valid_type=orm.Dict, required=False,
+                   validator=validate_mace_hyperparameters,
                    help='FinetuneMaceCalcJob hyper-parameters (loss weights 1/150/10 by default).')
         spec.input('mace.foundation_model', valid_type=ModelData, required=False,
                    help='Foundation MACE model node to fine-tune (preferred for provenance).')
         spec.input('mace.foundation_name', valid_type=orm.Str, required=False,
+                   validator=validate_foundation_name,
                    help='Named MACE foundation (e.g. medium-mpa-0) resolved on the computer; none: from scratch.')
-        spec.input('mace.options', valid_type=orm.Dict, required=False, help='Scheduler options of the MACE job.')
+        spec.input('mace.options', valid_type=orm.Dict, required=False, validator=validate_options,
+                   help='Scheduler options of the MACE job.')
         spec.input('mace.mlip_code', valid_type=orm.AbstractCode, required=False,
+                   validator=code_validator('capthermo.mlip_md'),
                    help='A capthermo-mlip code: runs the MD of mace.refine and mace.md_check.')
         spec.input('mace.refine', valid_type=orm.Dict, required=False, validator=validate_md_stage,
                    help='Active learning: rounds, compositions (x), temperatures (K), steps, frame_stride, '
@@ -173,9 +194,10 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         spec.input('mace.md_check', valid_type=orm.Dict, required=False, validator=validate_md_stage,
                    help='MD stability check of the final potential: compositions, temperatures (K), steps, '
                         'stable_distance (Å), temperature_tolerance ... (MdConfig keys).')
-        spec.input('mace.md_options', valid_type=orm.Dict, required=False,
+        spec.input('mace.md_options', valid_type=orm.Dict, required=False, validator=validate_options,
                    help='Scheduler options of the MD jobs (default: those of the MACE job).')
         spec.input('mace.evaluate_code', valid_type=orm.AbstractCode, required=False,
+                   validator=code_validator('capthermo.mace_evaluate'),
                    help='A capthermo-mace code: evaluates the final potential on the held-out validation set '
                         '(mace.evaluation, figures.mace_parity) beside the next stage.')
         spec.input('given.low', valid_type=DatasetData, required=False,
@@ -627,53 +649,62 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         unknown = set(inputs) - {'dataset', 'gnn', 'mace', 'screen', 'thermal'}
         if unknown:
             raise ValueError(f'unknown inputs in protocol or overrides: {sorted(unknown)}')
+        for name, allowed in STAGE_KEYS.items():
+            unknown = set(inputs.get(name) or {}) - allowed
+            if unknown:
+                raise ValueError(f'unknown {name} inputs in protocol or overrides: {sorted(unknown)}; '
+                                 f'known: {sorted(allowed)}')
+        options = options or {}
         dataset_inputs = dict(inputs.get('dataset') or {})
         dataset = PhononInformedDatasetWorkChain.get_builder_from_protocol(
             label_code, protocol=dataset_inputs.pop('protocol', None), overrides=dataset_inputs, options=options)
         builder = cls.get_builder()
         builder.dataset = dataset._inputs(prune=True)
-        builder.gnn.code = gnn_code
-        builder.gnn.hyperparameters = orm.Dict(inputs['gnn'].get('hyperparameters', {}))
-        if 'finetune_hyperparameters' in inputs['gnn']:
-            builder.gnn.finetune_hyperparameters = orm.Dict(inputs['gnn']['finetune_hyperparameters'])
+        gnn = inputs['gnn']
+        builder.gnn.code = load_code(gnn.get('code', gnn_code))
+        builder.gnn.hyperparameters = orm.Dict(gnn.get('hyperparameters', {}))
+        if 'finetune_hyperparameters' in gnn:
+            builder.gnn.finetune_hyperparameters = orm.Dict(gnn['finetune_hyperparameters'])
+        if options or gnn.get('options'):
+            builder.gnn.options = orm.Dict({**options, **gnn.get('options', {})})
+        mace = inputs['mace']
+        mace_code = mace.get('code', mace_code)
+        mlip_code = mace.get('mlip_code', mlip_code)
         if mace_code is not None:
-            builder.mace.code = mace_code
-            builder.mace.hyperparameters = orm.Dict(inputs['mace'].get('hyperparameters', {}))
-            for key in ('foundation_name',):
-                if key in inputs['mace']:
-                    builder.mace[key] = orm.Str(inputs['mace'][key])
-            unknown = set(inputs['mace']) - {'hyperparameters', 'foundation_name', 'refine', 'md_check', 'options',
-                                             'md_options'}
-            if unknown:
-                raise ValueError(f'unknown mace inputs in protocol or overrides: {sorted(unknown)}')
-            if evaluate_code is not None:
-                builder.mace.evaluate_code = evaluate_code
-            mace_options = {**inputs['mace'].get('options', {}), **(options or {})}
-            if mace_options:
-                builder.mace.options = orm.Dict(mace_options)
+            builder.mace.code = load_code(mace_code)
+            builder.mace.hyperparameters = orm.Dict(mace.get('hyperparameters', {}))
+            if 'foundation_name' in mace:
+                builder.mace.foundation_name = orm.Str(mace['foundation_name'])
+            if mace.get('evaluate_code', evaluate_code) is not None:
+                builder.mace.evaluate_code = load_code(mace.get('evaluate_code', evaluate_code))
+            if options or mace.get('options'):
+                builder.mace.options = orm.Dict({**options, **mace.get('options', {})})
             if mlip_code is not None:
-                builder.mace.mlip_code = mlip_code
+                builder.mace.mlip_code = load_code(mlip_code)
                 for key in ('refine', 'md_check'):
-                    if inputs['mace'].get(key):
-                        builder.mace[key] = orm.Dict(inputs['mace'][key])
-                md_options = {**inputs['mace'].get('md_options', {}), **(options or {})}
-                if md_options:
-                    builder.mace.md_options = orm.Dict(md_options)
-        if options:
-            builder.gnn.options = orm.Dict(options)
+                    if mace.get(key):
+                        builder.mace[key] = orm.Dict(mace[key])
+                if options or mace.get('md_options'):
+                    builder.mace.md_options = orm.Dict({**options, **mace.get('md_options', {})})
         for name, process in (('screen', SolidSolutionScreenWorkChain), ('thermal', ThermalGapWorkChain)):
             if inputs.get(name) is None:
                 continue
-            if mlip_code is None:
-                raise ValueError(f'the {name} stage of the protocol needs mlip_code (a capthermo-mlip code)')
             stage = dict(inputs[name])
+            code_key = 'code' if name == 'screen' else 'mlip_code'
+            code = stage.pop(code_key, mlip_code)
+            if code is None:
+                raise ValueError(f'the {name} stage of the protocol needs mlip_code (a capthermo-mlip code)')
             stage_inputs = process.get_protocol_inputs(stage.pop('protocol', None), stage)
             namespace = builder[name]
             for key, node in process.protocol_nodes(stage_inputs, exclude=('prototype', 'supercell')).items():
                 namespace[key] = node  # the prototype and supercell are the dataset's
-            namespace['code' if name == 'screen' else 'mlip_code'] = mlip_code
-            if options:
-                for key in ('options', 'phonon_options') if name == 'screen' else ('options', 'md_options'):
-                    namespace[key] = orm.Dict({**stage_inputs.get(key, {}), **options})
+            namespace[code_key] = load_code(code)
+            for key in ('options', 'phonon_options') if name == 'screen' else ('options', 'md_options'):
+                if options or stage_inputs.get(key):
+                    namespace[key] = orm.Dict({**options, **stage_inputs.get(key, {})})
+        missing = unlanded_overrides(builder, overrides or {}, skip=('dataset.protocol', 'screen.protocol',
+                                                                      'thermal.protocol'))
+        if missing:
+            raise ValueError(f'overrides that no input of the study takes: {missing}')
         return builder
 

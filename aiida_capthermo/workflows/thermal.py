@@ -25,7 +25,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction, while_
 from aiida_capthermo.calculations.gnn import GnnPredictCalcJob, validate_gnn_model
 from aiida_capthermo.calculations.mlip import (MlipModesCalcJob, MlipScreenCalcJob, MlipThermalCalcJob,
                                                validate_mace_model)
-from aiida_capthermo.calculations.base import pydantic_error
+from aiida_capthermo.calculations.base import code_validator, pydantic_error, validate_options
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.workflows.protocols import ProtocolMixin
 
@@ -251,8 +251,10 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
                    help='The MACE potential (ModelData of kind "mace") that relaxes and drives the MD.')
         spec.input('gnn_model', valid_type=ModelData, validator=validate_gnn_model,
                    help='The band-gap GNN (ModelData of kind "gnn", target "gap") that predicts the gaps.')
-        spec.input('mlip_code', valid_type=orm.AbstractCode, help='The `capthermo-mlip` code (CPU or GPU computer).')
-        spec.input('gnn_code', valid_type=orm.AbstractCode, help='The `capthermo-gnn` code.')
+        spec.input('mlip_code', valid_type=orm.AbstractCode, validator=code_validator('capthermo.mlip_thermal'),
+                   help='The `capthermo-mlip` code (CPU or GPU computer).')
+        spec.input('gnn_code', valid_type=orm.AbstractCode, validator=code_validator('capthermo.gnn_predict'),
+                   help='The `capthermo-gnn` code.')
         spec.input('temperatures', valid_type=orm.List,
                    default=lambda: orm.List([0.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0]),
                    help='Temperatures (K); 0 is the relaxed structure (Eg(0)), each T > 0 runs MD.')
@@ -269,9 +271,9 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
                    help='How often replicas that blew up are rerun with half the time step.')
         spec.input('gnn_batch_size', valid_type=orm.Int, default=lambda: orm.Int(1024),
                    help='Structures per GNN inference batch.')
-        spec.input('options', valid_type=orm.Dict, required=False,
+        spec.input('options', valid_type=orm.Dict, required=False, validator=validate_options,
                    help='Scheduler options of the GNN jobs (resources, max_wallclock_seconds, ...).')
-        spec.input('md_options', valid_type=orm.Dict, required=False,
+        spec.input('md_options', valid_type=orm.Dict, required=False, validator=validate_options,
                    help='Scheduler options of the MACE jobs: relaxation, MD and modes (e.g. a GPU queue); default: '
                         '`options`.')
         spec.inputs.validator = validate_inputs
@@ -317,12 +319,9 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
         builder.structures = structures
         for key, node in cls.protocol_nodes(inputs).items():
             builder[key] = node
-        job_options = {**inputs.get('options', {}), **(options or {})}
-        if job_options:
-            builder.options = orm.Dict(job_options)
-        md_options = {**inputs.get('md_options', {}), **(options or {})}
-        if md_options:
-            builder.md_options = orm.Dict(md_options)
+        for key in ('options', 'md_options'):  # the protocol's (or overrides') options of a job kind win
+            if options or inputs.get(key):
+                builder[key] = orm.Dict({**(options or {}), **inputs.get(key, {})})
         return builder
 
     # ------------------------------------------------------------------ steps

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 __all__ = ['PROTOTYPE_KEYS', 'compositions_error', 'prototype_error', 'supercell_error']
 
 #: Keys of the ``prototype`` Dict: species a (face centres), b (body centre), host (x = 0) and guest (x = 1) on the
@@ -21,8 +23,10 @@ def prototype_error(prototype: dict) -> str | None:
             return f'prototype {key!r} is {prototype[key]!r}, which is not a chemical element'
     if prototype['host'] == prototype['guest']:
         return 'host and guest species of the solid solution must differ'
-    if min(prototype['a_host'], prototype['a_guest']) <= 0:
-        return 'prototype lattice parameters must be positive (Å)'
+    for key in ('a_host', 'a_guest'):
+        value = prototype[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            return f'prototype {key!r} must be a positive number (Å), got {value!r}'
     return None
 
 

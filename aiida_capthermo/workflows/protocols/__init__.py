@@ -7,7 +7,7 @@ import pathlib
 
 import yaml
 
-__all__ = ['ProtocolMixin', 'recursive_merge', 'to_node']
+__all__ = ['ProtocolMixin', 'load_code', 'recursive_merge', 'to_node', 'unlanded_overrides']
 
 
 def recursive_merge(left: dict, right: dict) -> dict:
@@ -30,6 +30,71 @@ def to_node(port, value):
         if node_class in valid:
             return node_class(value)
     raise ValueError(f'cannot set {port.name} from a protocol value {value!r}')
+
+
+def load_code(value):
+    """A code node from a node, a label (``name@computer``), a pk or a UUID; a clear error when there is none."""
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    if isinstance(value, orm.AbstractCode):
+        return value
+    try:
+        return orm.load_code(value)
+    except (NotExistent, MultipleObjectsError, ValueError) as exception:
+        raise ValueError(f'no code {value!r} in this profile ({exception}); set one up with `capthermo setup-codes '
+                         '--computer NAME` or `verdi code create`') from exception
+
+
+_MISSING = object()
+
+
+def _child(container, key):
+    """``container[key]`` for a builder namespace, a dict or a Dict node; ``_MISSING`` when absent."""
+    from aiida import orm
+    from aiida.engine.processes.builder import ProcessBuilderNamespace
+
+    if isinstance(container, orm.Dict):
+        container = container.get_dict()
+    if isinstance(container, (ProcessBuilderNamespace, dict)):
+        return container[key] if key in container else _MISSING
+    return _MISSING
+
+
+def _plain(node):
+    """The plain value of a builder entry (node or not), for comparison with an override."""
+    from aiida import orm
+
+    if isinstance(node, orm.List):
+        return node.get_list()
+    if isinstance(node, (orm.Int, orm.Float, orm.Str, orm.Bool)):
+        return node.value
+    return node
+
+
+def unlanded_overrides(builder, overrides: dict, skip: tuple[str, ...] = (), prefix: str = '') -> list[str]:
+    """Dotted paths of ``overrides`` whose value is not in ``builder`` (namespaces, Dict contents, node values; a
+    code matches its label, full label, pk or UUID): an override that lands nowhere is a user's typo or an input the
+    builder dropped, never something to ignore."""
+    from aiida import orm
+    from aiida.engine.processes.builder import ProcessBuilderNamespace
+
+    missing = []
+    for key, value in overrides.items():
+        path = f'{prefix}{key}'
+        if path in skip:
+            continue
+        target = _child(builder, key)
+        if isinstance(value, dict) and isinstance(target, (ProcessBuilderNamespace, dict, orm.Dict)):
+            missing.extend(unlanded_overrides(target, value, skip, f'{path}.'))
+        elif target is _MISSING:
+            missing.append(path)
+        elif isinstance(target, orm.AbstractCode):
+            if value not in (target, target.full_label, target.label, target.pk, target.uuid):
+                missing.append(path)
+        elif _plain(target) != value:
+            missing.append(path)
+    return missing
 
 
 class ProtocolMixin:

@@ -1,0 +1,187 @@
+"""Every bad input is stopped before anything runs, with a message that names what to change: a table of distinct
+mistakes across the dataset, screen, thermal and study workchains, the MACE job and the command line. Each case
+builds the inputs from a protocol as a user would and must be refused at building or at validation (nothing is
+submitted); the message must contain the expected words."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from aiida import orm
+from click.testing import CliRunner
+
+from aiida_capthermo.cli.main import CODES, cli, ensure_codes
+from aiida_capthermo.workflows.dataset import PhononInformedDatasetWorkChain
+from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
+
+GOOD = {'gnn': 'capthermo-gnn', 'label': 'capthermo-label', 'mace': 'mace_run_train', 'mlip': 'capthermo-mlip',
+        'evaluate': 'capthermo-mace'}
+
+#: (overrides of the demo dataset protocol, words of the message)
+DATASET_CASES = [
+    ({'phonon_displacement': 0.0}, 'phonon_displacement must lie in'),
+    ({'phonon_displacement': 1.0}, 'phonon_displacement must lie in'),
+    ({'frequency_cutoff': 50.0}, 'frequency_cutoff must lie in'),
+    ({'frequency_cutoff': -1.0}, 'frequency_cutoff must lie in'),
+    ({'prototype': {'a_host': 'big'}}, "prototype 'a_host' must be a positive number"),
+    ({'prototype': {'a_guest': -4.8}}, "prototype 'a_guest' must be a positive number"),
+    ({'prototype': {'host': 'Xx'}}, 'not a chemical element'),
+    ({'prototype': {'guest': 'I'}}, 'must differ'),
+    ({'seed': -1}, 'seed must be a non-negative integer'),
+    ({'temperatures': []}, 'temperature list is empty'),
+    ({'temperatures': [-5.0]}, 'temperatures must be positive'),
+    ({'supercell': [2, 2]}, 'supercell must be three positive integers'),
+    ({'structures_per_temperature': 0}, 'structures_per_temperature must be at least 1'),
+    ({'x_values': [0.3]}, 'multiples of 1/8'),
+    ({'scheme': 'thermal'}, 'scheme must be one of'),
+    ({'imaginary_modes': 'ignore'}, 'imaginary_modes must be one of'),
+    ({'batch_size': 0}, 'batch_size and max_concurrent must be at least 1'),
+    ({'high_structures': -1}, 'high_structures must be >= 0'),
+    ({'temperature': [300.0]}, 'unknown inputs'),
+    ({'low': {'calculator': {'method': 'GFN3-xTB'}}}, 'calculator specification'),
+    ({'low': {'engine': 'gaussian'}}, 'unknown engine'),
+    ({'low': {'vasp': {'potential_family': 'PBE.54'}}}, "no input of the dataset workchain takes: ['low.vasp']"),
+    ({'low': {'code': 'gnn'}}, 'is set up for capthermo.gnn_train jobs, not capthermo.label'),
+    ({'low': {'executable': 'x'}}, 'unknown low engine inputs'),
+]
+
+#: (overrides of the demo study protocol, words of the message)
+STUDY_CASES = [
+    ({'gnn': {'hyperparameters': {'learning_rat': 1e-3}}}, 'invalid GNN hyper-parameters'),
+    ({'gnn': {'finetune_hyperparameters': {'max_epochs': 0}}}, 'invalid GNN hyper-parameters'),
+    ({'gnn': {'optionz': {}}}, 'unknown gnn inputs'),
+    ({'gnn': {'code': 'label'}}, 'is set up for capthermo.label jobs, not capthermo.gnn_train'),
+    ({'mace': {'hyperparameters': {'num_channel': 8}}}, 'invalid MACE hyper-parameters'),
+    ({'mace': {'foundation_name': 'medium-mpa-9'}}, "unknown MACE foundation model 'medium-mpa-9'"),
+    ({'mace': {'code': 'gnn'}}, 'not capthermo.mace_finetune'),
+    ({'mace': {'mlip_code': 'mace'}}, 'not capthermo.mlip_md'),
+    ({'mace': {'evaluate_code': 'mlip'}}, 'not capthermo.mace_evaluate'),
+    ({'mace': {'refine': {'stepz': 10}}}, 'stepz'),
+    ({'mace': {'md_check': {'compositions': [0.3]}}}, 'multiples of 1/8'),
+    ({'mace': {'refine': {'finetune_epochs': 0}}}, 'finetune_epochs'),
+    ({'screen': {'parameters': {'fmaxx': 0.01}}}, 'fmaxx'),
+    ({'screen': {'compositions': [0.3]}}, 'screen: composition 0.3'),
+    ({'screen': {'code': 'gnn'}}, 'not capthermo.mlip_screen'),
+    ({'screen': {'phonons': {'temperaturez': [200.0]}}}, 'temperaturez'),
+    ({'thermal': {'md': {'stepz': 5}}}, 'thermal: invalid md'),
+    ({'thermal': {'coupling': {'structures': 'some'}}}, 'coupling.structures'),
+    ({'thermal': {'mlip_code': 'label'}}, 'not capthermo.mlip_thermal'),
+    ({'screem': {}}, 'unknown inputs'),
+    ({'dataset': {'protocol': 'nope'}}, "unknown protocol 'nope'"),
+    ({'dataset': {'seed': -1}}, 'seed must be a non-negative integer'),
+]
+
+#: (command-line arguments after `capthermo`, words of the one-line error)
+CLI_CASES = [
+    (['submit', 'study', '--protocol', 'nope', '--dry-run'], "unknown protocol 'nope'"),
+    (['submit', 'dataset', '--dry-run', '-o', 'temperatures=[300,'], 'not valid YAML'),
+    (['submit', 'dataset', '--dry-run', '-o', 'temperaturez=[300]'], 'unknown inputs'),
+    (['submit', 'dataset', '--dry-run', '-o', 'temperatures'], 'is not of the form key=value'),
+    (['submit', 'study', '--dry-run', '--computer', 'nowhere'], "no code 'capthermo-label@nowhere'"),
+    (['submit', 'study', '--protocol', 'demo', '--dry-run', '-o', 'gnn.code=capthermo-label@{computer}'],
+     'not capthermo.gnn_train'),
+    (['submit', 'study', '--protocol', 'demo', '--dry-run', '-o', 'mace.options.queue_nam=gpu'],
+     "unknown scheduler options ['queue_nam']"),
+    (['-p', 'no-such-profile', 'datasets'], 'cannot load the AiiDA profile no-such-profile'),
+]
+
+
+@pytest.fixture(scope='module')
+def codes(aiida_profile):
+    """The package's codes on a localhost computer of this module."""
+    computer = orm.Computer(label='bad-inputs', hostname='localhost', transport_type='core.local',
+                            scheduler_type='core.direct', workdir='/tmp/bad-inputs').store()
+    computer.configure()
+    created = {name: code for name, (code, _) in ensure_codes(computer.label).items()}
+    return {key: created[name] for key, name in GOOD.items()}
+
+
+def refusal(build) -> str:
+    """The message with which building or validating the inputs fails ('' when they are accepted)."""
+    try:
+        builder = build()
+    except ValueError as exception:
+        return str(exception)
+    error = builder._process_class.spec().inputs.validate(builder._inputs(prune=True))
+    return '' if error is None else str(error)
+
+
+def _codes_in(overrides: dict, codes: dict) -> dict:
+    """Overrides whose `code` entries name a code of the table (label -> the code node's full label)."""
+    return {key: (_codes_in(value, codes) if isinstance(value, dict) else
+                  codes[value].full_label if key.endswith('code') and value in codes else value)
+            for key, value in overrides.items()}
+
+
+@pytest.mark.parametrize('overrides, message', DATASET_CASES, ids=[str(c[0]) for c in DATASET_CASES])
+def test_dataset_input_refused(codes, overrides, message):
+    found = refusal(lambda: PhononInformedDatasetWorkChain.get_builder_from_protocol(
+        codes['label'], protocol='demo', overrides=_codes_in(overrides, codes)))
+    assert message in found, found
+
+
+@pytest.mark.parametrize('overrides, message', STUDY_CASES, ids=[str(c[0]) for c in STUDY_CASES])
+def test_study_input_refused(codes, overrides, message):
+    found = refusal(lambda: CapthermoStudyWorkChain.get_builder_from_protocol(
+        codes['label'], codes['gnn'], codes['mace'], protocol='demo', overrides=_codes_in(overrides, codes),
+        mlip_code=codes['mlip'], evaluate_code=codes['evaluate']))
+    assert message in found, found
+
+
+def test_the_good_inputs_pass(codes):
+    """The table's baseline: the demo protocols as they are, and with per-stage codes and options, are valid; each
+    per-stage override lands where it belongs."""
+    assert refusal(lambda: PhononInformedDatasetWorkChain.get_builder_from_protocol(codes['label'],
+                                                                                     protocol='demo')) == ''
+    gpu = {'queue_name': 'gpu', 'custom_scheduler_commands': '#SBATCH --gres=gpu:1'}
+    overrides = {'gnn': {'code': codes['gnn'].full_label, 'options': gpu},
+                 'mace': {'options': gpu, 'md_options': gpu, 'code': codes['mace'].full_label},
+                 'dataset': {'low': {'options': {'queue_name': 'cpu'}}},
+                 'screen': {'options': gpu}, 'thermal': {'md_options': gpu}}
+    builder = CapthermoStudyWorkChain.get_builder_from_protocol(
+        codes['label'], codes['gnn'], codes['mace'], protocol='demo', overrides=overrides, mlip_code=codes['mlip'],
+        evaluate_code=codes['evaluate'], options={'max_wallclock_seconds': 3600})
+    assert builder._process_class.spec().inputs.validate(builder._inputs(prune=True)) is None
+    for namespace in (builder.gnn, builder.mace, builder.screen):  # the global options plus the stage's own
+        options = namespace.options.get_dict()
+        assert all(options[key] == value for key, value in {'max_wallclock_seconds': 3600, **gpu}.items()), options
+    assert builder.mace.md_options['queue_name'] == builder.thermal.md_options['queue_name'] == 'gpu'
+    assert builder.thermal.options.get_dict() == {'max_wallclock_seconds': 3600}
+    assert builder.dataset.low.options.get_dict() == {'max_wallclock_seconds': 3600, 'queue_name': 'cpu'}
+    assert builder.dataset.high.options.get_dict() == {'max_wallclock_seconds': 3600}
+
+
+def test_training_set_with_nan_energies_refused(aiida_profile):
+    """A MACE training set must carry energy, forces and stress on every structure: one NaN energy is refused."""
+    from aiida_capthermo.calculations.mace import FinetuneMaceCalcJob
+    from aiida_capthermo.data.dataset import DatasetData
+    from mlip_helpers import lj_labelled_cells
+
+    labelled = lj_labelled_cells(4, rattle=0.05)
+    labelled.energy[1] = math.nan
+    node = DatasetData.from_labelled_set(labelled)
+    port = FinetuneMaceCalcJob.spec().inputs['train']
+    message = port.validate(node).message
+    assert 'energy on 1 of 4 structures' in message, message
+    settings = FinetuneMaceCalcJob.spec().inputs['settings'].validate(orm.Dict({'allow_downloads': True}))
+    assert 'unknown settings' in settings.message
+
+
+@pytest.mark.parametrize('arguments, message', CLI_CASES, ids=[' '.join(c[0]) for c in CLI_CASES])
+def test_command_line_mistake_is_one_line(codes, arguments, message):
+    computer = codes['label'].computer.label
+    arguments = [a.replace('{computer}', computer) for a in arguments]
+    if arguments[0] == 'submit' and '--computer' not in arguments:
+        arguments += ['--computer', computer]
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert 'Traceback' not in result.output and lines[-1].startswith('Error:'), result.output
+    assert message in result.output, result.output
+
+
+def test_table_size():
+    assert len(DATASET_CASES) + len(STUDY_CASES) + len(CLI_CASES) + 2 >= 40
+    assert set(GOOD.values()) <= set(CODES)
