@@ -97,7 +97,7 @@ def main() -> None:
         + f'| batching speed-up 256 vs 1 | {summary["batching_speedup_256_vs_1"]:.1f}x |\n'
         + f'| end-to-end prediction incl. graphs (structures/s) | {end_to_end:.0f} |\n'
         + f'| graph building, {args.n} structures (s) | {t_graphs:.2f} |\n'
-        + f'| training, s per epoch ({result.metrics["train"]["n"]} train + {result.metrics["val"]["n"]} val) '
+        + f'| training, s per epoch ({result.metrics["train"]["n"]} train + {result.metrics["validation"]["n"]} validation) '
           f'| {per_epoch:.2f} |\n')
     print(json.dumps(summary, indent=2))
 

@@ -81,7 +81,7 @@ def main() -> int:
                                                  if isinstance(values, dict) and 'mae' in values))
     if 'model' in node.outputs.mace:
         model = node.outputs.mace.model
-        valid = node.outputs.mace.metrics.get_dict().get('valid', {})
+        valid = node.outputs.mace.metrics.get_dict().get('validation', {})
         print(f'  mace.model ModelData<{model.pk}> sha256 {model.sha256[:12]}; validation MAE: '
               + ', '.join(f'{key} {value:.4g}' for key, value in valid.items()))
     if 'evaluation' in node.outputs.mace:

@@ -142,7 +142,7 @@ def main() -> None:
     for name in ('phonon', 'random'):
         trained = train_gnn(labelled[name], hp)
         models[name] = trained
-        results[name] = {'own_test': trained.metrics['test'], 'val': trained.metrics['val'],
+        results[name] = {'own_test': trained.metrics['test'], 'validation': trained.metrics['validation'],
                          'best_epoch': trained.metrics['best_epoch']}
         log(f"{name}: test MAE {trained.metrics['test']['mae']:.4f} eV, R2 {trained.metrics['test']['r2']}")
     for train_name, test_name in (('phonon', 'random'), ('random', 'phonon')):

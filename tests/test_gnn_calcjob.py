@@ -43,12 +43,22 @@ def test_train_finetune_predict_on_localhost(train_code, tmp_path):
     import hashlib
     assert model.sha256 == hashlib.sha256(model.get_bytes('model.pt')).hexdigest()
     # metrics recomputed from the parity arrays with numpy
-    for split in ('train', 'val', 'test'):
+    for split in ('train', 'validation', 'test'):
         true, pred = parity.get_array(f'{split}_true'), parity.get_array(f'{split}_pred')
         np.testing.assert_allclose(true, low.get_array('gap')[parity.get_array(f'{split}_index')])
         assert metrics[split]['mae'] == pytest.approx(np.abs(pred - true).mean())
     assert len(results['training_curve'].get_array('val_loss')) == 8
     assert 'parity_plot' in results
+    # The headline metrics are attributes of the model: a QueryBuilder filter selects models by them.
+    headline = model.base.attributes.get('metrics')
+    assert set(headline) == {'train', 'validation', 'test'}
+    assert headline['validation']['mae'] == pytest.approx(metrics['validation']['mae'])
+    mae = headline['validation']['mae']
+    selected = orm.QueryBuilder().append(type(model), filters={
+        'attributes.metrics.validation.mae': {'<=': mae}, 'id': model.pk}).count()
+    rejected = orm.QueryBuilder().append(type(model), filters={
+        'attributes.metrics.validation.mae': {'<': mae * 0.999}, 'id': model.pk}).count()
+    assert (selected, rejected) == (1, 0)
 
     # second stage: fine-tune on 'high-fidelity' gaps from the first model
     high = dataset_node(20, seed=1, high_fidelity=True)

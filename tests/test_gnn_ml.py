@@ -43,9 +43,9 @@ def test_split_is_seeded_and_complete():
 def test_metrics_against_numpy_and_prediction(stage_one):
     labelled, result, directory = stage_one
     parity, metrics = result.parity, result.metrics
-    assert metrics['train']['n'] + metrics['val']['n'] + metrics['test']['n'] == 60
-    assert (metrics['train']['n'], metrics['val']['n'], metrics['test']['n']) == (42, 9, 9)
-    for split in ('train', 'val', 'test'):
+    assert metrics['train']['n'] + metrics['validation']['n'] + metrics['test']['n'] == 60
+    assert (metrics['train']['n'], metrics['validation']['n'], metrics['test']['n']) == (42, 9, 9)
+    for split in ('train', 'validation', 'test'):
         true, pred = parity[f'{split}_true'], parity[f'{split}_pred']
         np.testing.assert_allclose(true, labelled.gap[parity[f'{split}_index']])
         residual = pred - true

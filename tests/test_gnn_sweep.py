@@ -30,8 +30,8 @@ def test_sweep_selects_best_by_validation(script_code):
     assert node.is_finished_ok, node.exit_message
     rows = results['table']['rows']
     assert [row['learning_rate'] for row in rows] == [1e-2, 1e-4]
-    best_row = min(rows, key=lambda row: row['val_mae'])
-    assert results['best_metrics']['val']['mae'] == pytest.approx(best_row['val_mae'])
+    best_row = min(rows, key=lambda row: row['validation_mae'])
+    assert results['best_metrics']['validation']['mae'] == pytest.approx(best_row['validation_mae'])
     assert results['best_hyperparameters']['learning_rate'] == best_row['learning_rate']
     assert results['best_model'].base.attributes.get('hyperparameters')['learning_rate'] == best_row['learning_rate']
     children = node.base.links.get_outgoing(link_label_filter='run_%').all()

@@ -98,7 +98,14 @@ def test_chgnet_labels_with_the_tblite_gap():
     compressed.set_cell(ideal.cell * 0.95, scale_atoms=True)
     spec = CalculatorSpec(name='chgnet')
     assert spec.describe() == {'method': 'CHGNet-0.3.0', 'gap_method': 'GFN1-xTB-noXB'}
-    labelled, records = label_structures(LabelledSet.from_atoms_list([ideal, displaced, compressed]), spec)
+    import torch
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # as MACE leaves it in a process: CHGNet must still run in float32
+    try:
+        labelled, records = label_structures(LabelledSet.from_atoms_list([ideal, displaced, compressed]), spec)
+    finally:
+        torch.set_default_dtype(default)
     assert [r['status'] for r in records] == ['ok'] * 3
     assert np.abs(labelled.forces[:40]).max() < 1e-3
     assert np.abs(labelled.forces[40:80]).max() > 0.05

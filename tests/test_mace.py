@@ -103,7 +103,7 @@ def test_training_set_without_stress_rejected(aiida_profile, mace_code):
     ls.stress[:] = np.nan
     builder = FinetuneMaceCalcJob.get_builder()
     builder.code = mace_code['train']
-    with pytest.raises(ValueError, match='lacks the labels'):
+    with pytest.raises(ValueError, match=r'lacks finite labels \(stress on 3 of 3'):
         builder.train = DatasetData.from_labelled_set(ls)
 
 
@@ -119,9 +119,13 @@ def test_scratch_training_outputs(scratch_run):
     assert model.base.attributes.get('r_max') == 4.0 and model.base.attributes.get('dtype') == 'float64'
     assert len(model.sha256) == 64
     metrics = results['metrics'].get_dict()
-    assert {'train', 'valid'} <= set(metrics)
-    for split in ('train', 'valid'):
+    assert {'train', 'validation'} <= set(metrics)
+    for split in ('train', 'validation'):
         assert metrics[split]['mae_e_per_atom'] > 0 and metrics[split]['mae_f'] > 0 and metrics[split]['mae_stress'] > 0
+        # the headline metrics are attributes of the model (QueryBuilder: attributes.metrics.validation.mae_forces)
+        headline = model.base.attributes.get('metrics')[split]
+        assert headline == {'mae_forces': metrics[split]['mae_f'], 'mae_energy_per_atom': metrics[split]['mae_e_per_atom'],
+                            'mae_stress': metrics[split]['mae_stress']}
     curve = results['training_curve']
     assert list(curve.get_array('train_epoch')) == [0, 1, 2, 3]
     assert curve.get_array('eval_epoch')[0] == -1 and np.all(np.isfinite(curve.get_array('valid_loss')))
@@ -158,11 +162,11 @@ def test_finetune_from_model_node(scratch_run, mace_code):
     assert model.base.links.get_incoming().one().node.uuid == node.uuid
     assert node.outputs.summary['remote_resolution']['device'] == 'cpu'
     metrics = results['metrics'].get_dict()
-    initial, best = metrics['valid_initial'], metrics['valid_best_epoch']
+    initial, best = metrics['validation_initial'], metrics['validation_best_epoch']
     # MACE evaluates the foundation on the validation set before the first epoch: fine-tuning must beat it.
     assert best['loss'] < initial['loss']
     assert best['mae_f'] < initial['mae_f']
-    assert metrics['valid']['mae_f'] < initial['mae_f']
+    assert metrics['validation']['mae_f'] < initial['mae_f']
 
 
 def test_named_foundation_fails_fast_offline(mace_code):

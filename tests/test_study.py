@@ -100,7 +100,7 @@ def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
     # The final potential evaluated on the held-out structure: errors equal to the training job's own validation.
     evaluation = results['mace']['evaluation'].get_dict()
     assert evaluation['n_structures'] == 1 and evaluation['forces']['mae'] > 0
-    assert evaluation['forces']['mae'] == pytest.approx(results['mace']['metrics']['valid']['mae_f'], rel=0.02,
+    assert evaluation['forces']['mae'] == pytest.approx(results['mace']['metrics']['validation']['mae_f'], rel=0.02,
                                                         abs=2e-4)
     assert results['mace']['evaluation'].creator.inputs.model.uuid == results['mace']['model'].uuid
     assert results['mace']['evaluation'].creator.inputs.dataset.uuid == validation_set.uuid
@@ -115,9 +115,53 @@ def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
     assert len(check_results) == 2  # one MD job per composition
     assert all(node.creator.inputs.model.uuid == results['mace']['model'].uuid for node in check_results)
     assert all(r['steps'] == 40 and r['temperature'] == 300.0 for r in check['replicas'])
-    assert np.isfinite(results['mace']['metrics']['valid']['mae_f'])
+    assert np.isfinite(results['mace']['metrics']['validation']['mae_f'])
     check_screen_thermal_and_report(node, results, tmp_path)
     check_rerun_from_given_nodes(node, results, codes, mlip, overrides)
+
+
+def check_questions_answered(node, results):
+    """`capthermo gap`, `models`, `datasets` and `predict` answer from the stored study; the in-process predictions
+    equal the jobs' own."""
+    from click.testing import CliRunner
+
+    from aiida_capthermo.cli.main import cli
+
+    runner = CliRunner()
+    gap = results['thermal']['gaps']['x_0p500_T300'].get_dict()
+    result = runner.invoke(cli, ['gap', '--x', '0.5', '--T', '300', '--study', str(node.pk)])
+    assert result.exit_code == 0, result.output
+    assert f'{gap["gap"]:.4f} ± {gap["stderr"]:.4f} eV' in result.output
+    for expected in (f'gnn model ModelData<{results["gnn"]["model"].pk}>',
+                     f'mace model ModelData<{results["mace"]["model"].pk}>',
+                     f'DatasetData<{results["dataset"]["low"].pk}>', 'MlipThermalCalcJob', 'GnnPredictCalcJob',
+                     'LabelCalcJob', 'parent force constants'):
+        assert expected in result.output, (expected, result.output)
+    assert runner.invoke(cli, ['gap', '--x', '0.25', '--T', '300', '--study', str(node.pk)]).exit_code == 1
+    result = runner.invoke(cli, ['models'])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines()[1:]}
+    assert 'gnn-low' in rows[str(results['gnn']['model_low'].pk)]
+    assert 'gnn-high' in rows[str(results['gnn']['model'].pk)]
+    assert 'mace-finetuned' in rows[str(results['mace']['model'].pk)]  # continued from the first potential
+    assert f'{results["dataset"]["high"].pk}:high' in rows[str(results['gnn']['model'].pk)]
+    result = runner.invoke(cli, ['datasets'])
+    listed = {int(line.split()[0]) for line in result.output.splitlines()[1:]}
+    assert {results['dataset']['low'].pk, results['dataset']['high'].pk, results['mace']['training_set'].pk} <= listed
+    label_sets = set(orm.QueryBuilder().append(orm.CalcJobNode, filters={'attributes.process_label': 'LabelCalcJob'},
+                                               tag='job').append(orm.Data, with_incoming='job', project='id')
+                     .all(flat=True))
+    assert not listed & set(label_sets)  # the per-batch label sets are not "datasets"
+    # In-process predictions: the GNN's Eg(0) of the relaxed x = 1/2 cell as the thermal stage's GNN job gave it,
+    # the potential's energy of the screen's ground state as the screen's relaxation job gave it.
+    relaxed = results['thermal']['relaxed']['x_0p500']
+    eg0 = results['table']['rows'][1]['eg0']
+    result = runner.invoke(cli, ['predict', str(results['gnn']['model'].pk), str(relaxed.pk)])
+    assert result.exit_code == 0 and f'gap {eg0:.4f} eV' in result.output, (eg0, result.output)
+    lowest = results['screen']['compositions']['x_0p500']['lowest']
+    ranking = results['screen']['compositions']['x_0p500']['ranking'].get_dict()
+    energy = results['mace']['model'].predict([lowest])[0]['energy_per_atom']
+    assert energy == pytest.approx(ranking['energy_per_atom'][0], abs=2e-4), ranking
 
 
 def check_rerun_from_given_nodes(node, results, codes, mlip, overrides):
@@ -187,6 +231,7 @@ def check_screen_thermal_and_report(node, results, tmp_path):
     assert '0.500' in result.output and 'Eg(300 K)' in result.output
     written = sorted(path.name for path in (tmp_path / 'report').iterdir())
     assert 'table_i.csv' in written and 'eg_vs_x.png' in written and len(written) == 1 + len(figures)
+    check_questions_answered(node, results)
     # An archive of the study imported into a fresh profile gives the same report.
     from aiida.tools.archive import create_archive
 

@@ -6,6 +6,7 @@ import pathlib
 import sys
 
 import click
+from aiida.common.links import LinkType
 
 VALUE_TYPES = (int, float)
 
@@ -226,43 +227,196 @@ def report(identifier, output):
     click.echo(f'{len(files)} files in {output or f"capthermo-report-{pk}"}/: {", ".join(files)}')
 
 
+def _real_datasets():
+    """Datasets a user means by "the datasets": those a dataset workchain returned, the derived training sets
+    (merged, split) and ones stored by hand; not the per-batch label sets of the labelling jobs."""
+    from aiida import orm
+    from aiida.plugins import DataFactory
+
+    query = orm.QueryBuilder().append(DataFactory('capthermo.dataset'), tag='dataset', project='*')
+    query.order_by({'dataset': {'id': 'asc'}})
+    for (node,) in query.iterall():
+        creator = node.creator
+        if creator is None:
+            yield node, 'stored'
+            continue
+        returned_by = [link.node for link in node.base.links.get_incoming(link_type=LinkType.RETURN).all()
+                       if link.node.process_label == 'PhononInformedDatasetWorkChain']
+        if returned_by:
+            yield node, f'{node.base.links.get_incoming(link_type=LinkType.RETURN).all()[0].link_label} of ' \
+                        f'{returned_by[0].process_label}<{returned_by[0].pk}>'
+        elif creator.process_label in ('merge_datasets', 'split_dataset'):
+            yield node, f'{creator.process_label}<{creator.pk}>'
+
+
 @cli.command('datasets')
 @click.option('--fidelity', type=click.Choice(['low', 'high']), default=None, help='Only this fidelity.')
 @needs_profile
 def list_datasets(fidelity):
-    """List the datasets: size, fidelity, method, scheme, temperatures, compositions, gap statistics."""
-    from aiida import orm
-    from aiida.plugins import DataFactory
-
-    filters = {'attributes.fidelity': fidelity} if fidelity else {}
-    query = orm.QueryBuilder().append(DataFactory('capthermo.dataset'), filters=filters, project='*',
-                                      tag='dataset').order_by({'dataset': {'id': 'asc'}})
-    click.echo(f'{"pk":>6} {"n":>6} {"fidelity":8} {"subset":12} {"method":10} {"scheme":7} {"gap (eV)":>16}  T (K)')
-    for (node,) in query.iterall():
+    """The datasets (the dataset workchains' outputs and the training sets derived from them; not the per-batch
+    label sets): size, fidelity, method, gap statistics, compositions and temperatures."""
+    click.echo(f'{"pk":>6} {"n":>6} {"fidelity":8} {"method":14} {"gap (eV)":>13}  {"made by":44} x / T (K)')
+    for node, origin in _real_datasets():
         attributes = node.base.attributes
+        if fidelity and attributes.get('fidelity', None) != fidelity:
+            continue
         gap = attributes.get('statistics', {}).get('gap', {})
         gap_text = f'{gap["mean"]:.3f}+-{gap["std"]:.3f}' if 'mean' in gap else '-'
+        x, t = attributes.get('compositions', None) or [], attributes.get('temperatures', None) or []
+        grid = f'{_span(x)} / {_span(t)}'
         click.echo(f'{node.pk:>6} {attributes.get("n_structures"):>6} {str(attributes.get("fidelity", "-")):8} '
-                   f'{str(attributes.get("subset", "-")):12} {str(attributes.get("method", "-")):10} '
-                   f'{str(attributes.get("scheme", "-")):7} {gap_text:>16}  {attributes.get("temperatures")}')
+                   f'{str(attributes.get("method", "-")):14} {gap_text:>13}  {origin[:44]:44} {grid}')
+
+
+def _span(values: list) -> str:
+    if not values:
+        return '-'
+    return f'{values[0]:g}' if len(values) == 1 else f'{values[0]:g}..{values[-1]:g} ({len(values)})'
+
+
+def _model_row(node) -> dict:
+    """What `capthermo models` shows of a model: stage, target, training datasets and headline metrics."""
+    creator = node.creator
+    inputs = creator.inputs if creator is not None else {}
+    if node.kind == 'gnn':
+        stage = 'gnn-high' if node.base.attributes.get('parent_model_uuid', None) else 'gnn-low'
+        datasets = dict(inputs['datasets']) if 'datasets' in inputs else {}
+        target = node.base.attributes.get('target', 'gap')
+    else:
+        stage = 'mace' + ('-finetuned' if ('foundation_model' in inputs or 'foundation_name' in inputs) else '')
+        datasets = {key: inputs[key] for key in ('train', 'valid') if key in inputs}
+        target = 'energy/forces'
+    metrics = node.base.attributes.get('metrics', None) or {}
+    if node.kind == 'gnn':
+        shown = ', '.join(f'{split} MAE {values["mae"]:.3g}' for split, values in metrics.items()
+                          if isinstance(values, dict) and values.get('mae') is not None)
+    else:
+        shown = ', '.join(f'{split} F MAE {values["mae_forces"]:.3g}' for split, values in metrics.items()
+                          if isinstance(values, dict) and values.get('mae_forces') is not None)
+    return {'stage': stage, 'target': target, 'metrics': shown or '-',
+            'datasets': ' '.join(f'{d.pk}:{d.base.attributes.get("fidelity", key)}' for key, d in datasets.items()),
+            'made_by': f'{creator.process_label}<{creator.pk}>' if creator is not None else '-'}
 
 
 @cli.command('models')
 @click.option('--kind', type=click.Choice(['gnn', 'mace']), default=None, help='Only this kind of model.')
 @needs_profile
 def list_models(kind):
-    """List the trained models with the job that made them and their hash."""
+    """The trained models: stage (gnn-low, gnn-high, mace), target, the datasets they were trained on (pk:fidelity),
+    headline metrics (MAE per split: gap in eV, forces in eV/Å) and the job that made them. Filter by metric in
+    Python: QueryBuilder filters={'attributes.metrics.validation.mae': {'<': 0.1}}."""
     from aiida import orm
     from aiida.plugins import DataFactory
 
     filters = {'attributes.kind': kind} if kind else {}
     query = orm.QueryBuilder().append(DataFactory('capthermo.model'), filters=filters, tag='model').order_by(
         {'model': {'id': 'asc'}})
-    click.echo(f'{"pk":>6} {"kind":5} {"created by":28} sha256')
+    click.echo(f'{"pk":>6} {"stage":15} {"target":13} {"trained on":22} {"made by":26} metrics')
     for (node,) in query.iterall():
-        creator = node.creator
-        made_by = f'{creator.process_label}<{creator.pk}>' if creator else '-'
-        click.echo(f'{node.pk:>6} {node.kind:5} {made_by:28} {node.sha256[:16]}')
+        row = _model_row(node)
+        click.echo(f'{node.pk:>6} {row["stage"]:15} {row["target"]:13} {row["datasets"]:22} {row["made_by"]:26} '
+                   f'{row["metrics"]}')
+
+
+@cli.command('predict')
+@click.argument('model')
+@click.argument('structures', nargs=-1, required=True)
+@needs_profile
+def predict(model, structures):
+    """Predict with MODEL (pk or UUID of a GNN or MACE model) on STRUCTURES (files ASE reads: CIF, POSCAR,
+    extxyz...; or pks/UUIDs of StructureData nodes), in this process: gaps, or energies and forces."""
+    import ase.io
+    from aiida import orm
+
+    from aiida_capthermo.data.model import ModelData
+
+    node = orm.load_node(model)
+    if not isinstance(node, ModelData):
+        raise click.ClickException(f'node {model} is a {type(node).__name__}, not a model (ModelData)')
+    atoms, names = [], []
+    for item in structures:
+        if pathlib.Path(item).is_file():
+            frames = ase.io.read(item, index=':')
+            atoms.extend(frames)
+            names.extend([item] if len(frames) == 1 else [f'{item}@{i}' for i in range(len(frames))])
+            continue
+        try:
+            structure = orm.load_node(item)
+        except Exception as exception:  # noqa: BLE001  NotExistent, MultipleObjectsError, bad identifier
+            raise click.ClickException(f'{item!r} is neither a file nor a node: {exception}')
+        if not isinstance(structure, orm.StructureData):
+            raise click.ClickException(f'node {item} is a {type(structure).__name__}, not a StructureData')
+        atoms.append(structure.get_ase())
+        names.append(f'StructureData<{structure.pk}>')
+    results = node.predict(atoms)
+    for name, result in zip(names, results):
+        if node.kind == 'gnn':
+            target = node.base.attributes.get('target', 'gap')
+            click.echo(f'{name}: {target} {result[target]:.4f} {result["units"]} ({result["n_atoms"]} atoms)')
+        else:
+            click.echo(f'{name}: energy {result["energy"]:.4f} eV ({result["energy_per_atom"]:.4f} eV/atom), '
+                       f'max force {result["max_force"]:.4f} eV/Å ({result["n_atoms"]} atoms)')
+
+
+@cli.command('gap')
+@click.option('--x', 'x', type=float, required=True, help='Composition x (guest fraction).')
+@click.option('--T', 'temperature', type=float, required=True, help='Temperature (K); 0 is the relaxed structure.')
+@click.option('--study', default=None, help='Only gaps of this study (pk or UUID); default: every study.')
+@needs_profile
+def find_gap(x, temperature, study):
+    """Find the thermal band gap Eg(x, T) and print it with the nodes it depends on: the MD, both models, their
+    datasets, the structures and the jobs."""
+    from aiida import orm
+
+    query = orm.QueryBuilder().append(orm.CalcFunctionNode, filters={'attributes.function_name': 'thermal_gaps'},
+                                      tag='function')
+    query.append(orm.Dict, with_incoming='function', tag='gap', project='*',
+                 filters={'attributes.x': {'==': x}, 'attributes.temperature': {'==': temperature}})
+    gaps = [node for (node,) in query.iterall()]
+    if study is not None:
+        root = orm.load_node(study)
+        descendants = {n.pk for n in root.called_descendants}
+        gaps = [g for g in gaps if g.creator.pk in descendants]
+    if not gaps:
+        raise click.ClickException(f'no thermal gap at x = {x:g}, T = {temperature:g} K' +
+                                   (f' in study {study}' if study else '') + ' in this profile')
+    for gap in sorted(gaps, key=lambda n: n.pk):
+        values = gap.get_dict()
+        click.echo(f'Eg(x = {x:g}, T = {temperature:g} K) = {values["gap"]:.4f} ± {values["stderr"]:.4f} eV '
+                   f'(Eg(0) {values["eg0"]:.4f} eV, ΔEg {values["delta_gap"]:+.4f} eV): Dict<{gap.pk}> {gap.uuid}')
+        for line in _ancestry(gap):
+            click.echo(f'  {line}')
+
+
+def _ancestry(node) -> list[str]:
+    """The models, datasets, structures and jobs ``node`` depends on, one line each (nearest first)."""
+    from aiida import orm
+
+    from aiida_capthermo.data.dataset import DatasetData
+    from aiida_capthermo.data.model import ModelData
+
+    seen, queue, lines = {node.pk}, [node], []
+    jobs: dict[str, list[int]] = {}
+    while queue:
+        current = queue.pop(0)
+        for link in current.base.links.get_incoming().all():
+            if link.link_type not in (LinkType.CREATE, LinkType.INPUT_CALC) or link.node.pk in seen:
+                continue
+            seen.add(link.node.pk)
+            queue.append(link.node)
+            other = link.node
+            if isinstance(other, ModelData):
+                lines.append(f'{other.kind} model ModelData<{other.pk}> sha256 {other.sha256[:12]}')
+            elif isinstance(other, DatasetData):
+                lines.append(f'dataset DatasetData<{other.pk}>: {other.n_structures} structures, '
+                             f'{other.base.attributes.get("fidelity", "-")} {other.base.attributes.get("method", "")}')
+            elif isinstance(other, orm.CalcJobNode):
+                jobs.setdefault(other.process_label, []).append(other.pk)
+            elif type(other).__name__ == 'ForceConstantsData':
+                lines.append(f'parent force constants ForceConstantsData<{other.pk}>')
+    lines += [f'{label} x{len(pks)}: {", ".join(map(str, sorted(pks)[:6]))}{" ..." if len(pks) > 6 else ""}'
+              for label, pks in sorted(jobs.items())]
+    return lines
 
 
 data_cli = cli

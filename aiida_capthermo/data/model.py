@@ -68,6 +68,44 @@ class ModelData(orm.Data):
             paths[name] = target
         return paths
 
+    def predict(self, structures, batch_size: int = 8) -> list[dict]:
+        """Predict with this model in this process, on the CPU (no CalcJob): for each structure (``ase.Atoms`` or
+        ``StructureData``) a dict with ``n_atoms`` and, for a GNN, its target (``gap`` ... in ``units``); for a
+        MACE potential ``energy`` (eV), ``energy_per_atom`` (eV/atom), ``max_force`` (eV/Å) and ``stress``
+        (eV/Å^3, Voigt). Meant for a handful of structures: thousands go through the CalcJobs."""
+        import tempfile
+
+        atoms_list = [s.get_ase() if hasattr(s, 'get_ase') else s for s in structures]
+        if not atoms_list:
+            return []
+        with tempfile.TemporaryDirectory() as folder:
+            paths = self.export_files(folder)
+            if self.kind == 'gnn':
+                from aiida_capthermo.core.dataset import LabelledSet
+                from aiida_capthermo.ml.gnn.predict import predict
+                from aiida_capthermo.ml.gnn.training import load_model
+
+                loaded = load_model(folder)
+                values = predict(loaded, LabelledSet.from_atoms_list(atoms_list), batch_size=batch_size)
+                return [{'n_atoms': len(atoms), loaded.target: float(value), 'units': loaded.metadata['units']}
+                        for atoms, value in zip(atoms_list, values)]
+            if self.kind == 'mace':
+                import numpy as np
+
+                from aiida_capthermo.ml.mace import load_mace_model, predict
+
+                model = load_mace_model(str(paths[self.main_file]), device='cpu')
+                result = predict(model, atoms_list, batch_size=batch_size, device='cpu')
+            else:
+                raise ValueError(f'cannot predict with a model of kind {self.kind!r} (gnn or mace)')
+        offsets = np.cumsum([0] + [len(atoms) for atoms in atoms_list])
+        return [{'n_atoms': len(atoms), 'energy': float(result['energy'][i]),
+                 'energy_per_atom': float(result['energy'][i]) / len(atoms),
+                 'max_force': float(np.linalg.norm(result['forces'][offsets[i]:offsets[i + 1]], axis=1).max()),
+                 'stress': result['stress'][i].tolist(), 'units': {'energy': 'eV', 'forces': 'eV/Å',
+                                                                  'stress': 'eV/Å^3'}}
+                for i, atoms in enumerate(atoms_list)]
+
     def get_bytes(self, name: str | None = None) -> bytes:
         with self.base.repository.open(name or self.main_file, 'rb') as handle:
             return handle.read()

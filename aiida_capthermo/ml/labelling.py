@@ -11,6 +11,8 @@ recorded as failed with its error and does not stop the batch.
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -122,6 +124,18 @@ def _ase_single_point(atoms, calculator) -> dict:
             'stress': np.array(atoms.get_stress(voigt=True))}
 
 
+@contextlib.contextmanager
+def _default_dtype(name: str):
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, name))
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def single_point_function(spec: CalculatorSpec) -> Callable:
     """Return ``f(atoms) -> dict`` of labels for ``spec``; models and parameter tables are loaded once, here."""
     wants_gap = 'gap' in spec.properties
@@ -136,12 +150,15 @@ def single_point_function(spec: CalculatorSpec) -> Callable:
     from chgnet.model import CHGNet
     from chgnet.model.dynamics import CHGNetCalculator
 
-    # The weights are read from the installed package; CHGNet never downloads these.
-    calculator = CHGNetCalculator(CHGNet.load(model_name=spec.chgnet_model, use_device='cpu', verbose=False),
-                                  use_device='cpu')
+    # The weights are read from the installed package; CHGNet never downloads these. CHGNet is float32 throughout:
+    # it is built and run with that default dtype, whatever the process's default is (MACE may have set float64).
+    with _default_dtype('float32'):
+        calculator = CHGNetCalculator(CHGNet.load(model_name=spec.chgnet_model, use_device='cpu', verbose=False),
+                                      use_device='cpu')
 
     def chgnet_single_point(atoms) -> dict:
-        result = _ase_single_point(atoms, calculator)
+        with _default_dtype('float32'):
+            result = _ase_single_point(atoms, calculator)
         if wants_gap:
             edges = _tblite_single_point(atoms, spec, parameters)
             result.update(gap=edges['gap'], vbm=edges['vbm'], cbm=edges['cbm'])

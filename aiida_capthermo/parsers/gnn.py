@@ -85,7 +85,8 @@ class GnnTrainParser(_GnnParser):
                 normalisation=metadata['normalisation'], normalisation_source=metadata['normalisation_source'],
                 target=metadata['target'], units=metadata['units'], cutoff=metadata['cutoff'],
                 split=metadata['split'], best_epoch=metadata['best_epoch'],
-                test_mae=metrics['test']['mae'], test_r2=metrics['test']['r2'], val_mae=metrics['val']['mae'],
+                metrics={split: {name: metrics[split][name] for name in ('mae', 'rmse', 'r2')}
+                         for split in ('train', 'validation', 'test')},
                 parent_model_uuid=parent.uuid if parent is not None else None)
             self.out('parity_plot', orm.SinglefileData(paths['parity.png']))
         self.out('model', model)

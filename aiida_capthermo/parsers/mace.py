@@ -202,29 +202,29 @@ class FinetuneMaceParser(SummaryParser):
         metrics = {'units': {'e': 'eV', 'e_per_atom': 'eV/atom', 'f': 'eV/Å', 'stress': 'eV/Å^3'}, 'final': table}
         for row, values in table.items():
             split = row.split('_', 1)[0]
-            if split in ('train', 'valid', 'test'):
-                metrics.setdefault(split, {}).update(values)
+            if split in ('train', 'valid', 'test'):  # MACE's row names; ours: train, validation, test
+                metrics.setdefault('validation' if split == 'valid' else split, {}).update(values)
         finite = [r for r in evals if r.get('epoch') is not None and math.isfinite(_float(r.get('loss')))]
         if finite:
             best = min(finite, key=lambda r: _float(r['loss']))
-            metrics['valid_best_epoch'] = {key: _float(best.get(key)) for key in ('epoch', *_EVAL_KEYS)
+            metrics['validation_best_epoch'] = {key: _float(best.get(key)) for key in ('epoch', *_EVAL_KEYS)
                                            if key in best}
-            metrics['valid_last_epoch'] = {key: _float(finite[-1].get(key)) for key in ('epoch', *_EVAL_KEYS)
+            metrics['validation_last_epoch'] = {key: _float(finite[-1].get(key)) for key in ('epoch', *_EVAL_KEYS)
                                            if key in finite[-1]}
         if evals and evals[0].get('epoch') is None:
-            metrics['valid_initial'] = {key: _float(evals[0].get(key)) for key in _EVAL_KEYS if key in evals[0]}
+            metrics['validation_initial'] = {key: _float(evals[0].get(key)) for key in _EVAL_KEYS if key in evals[0]}
         self.out('metrics', orm.Dict(_json_clean(metrics)))
 
         main = f'{MODEL_NAME}_stagetwo.model' if f'{MODEL_NAME}_stagetwo.model' in names else f'{MODEL_NAME}.model'
         if main not in names:
             return self.exit_codes.ERROR_MODEL_FILE_MISSING.format(filename=main)
-        self.out('model', self._model_node(main, names, log))
+        self.out('model', self._model_node(main, names, log, metrics))
         summary.update(n_evaluations=len(evals), epochs=int(max((r['epoch'] for r in opts), default=-1)) + 1,
                        training_seconds=float(sum(_float(r.get('time')) for r in opts)))
         self.out('summary', orm.Dict(_json_clean(summary)))
         return None
 
-    def _model_node(self, main: str, names: list[str], log: str) -> ModelData:
+    def _model_node(self, main: str, names: list[str], log: str, metrics: dict) -> ModelData:
         from aiida_capthermo.calculations.mace import MaceHyperParameters
 
         inputs = self.node.inputs
@@ -249,7 +249,16 @@ class FinetuneMaceParser(SummaryParser):
                 'mace', files, main_file=main, architecture={'model': 'MACE', **architecture},
                 r_max=architecture.get('r_max', params.r_max), dtype=params.default_dtype,
                 hyperparameters=params.model_dump(), foundation=foundation,
-                compiled_file=compiled if compiled in names else None, trained_by='FinetuneMaceCalcJob')
+                compiled_file=compiled if compiled in names else None, trained_by='FinetuneMaceCalcJob',
+                metrics=headline_metrics(metrics))
+
+
+def headline_metrics(metrics: dict) -> dict:
+    """The model node's ``metrics`` attribute (selectable by QueryBuilder): per split (train, validation, test) the
+    force, energy-per-atom and stress MAE (eV/Å, eV/atom, eV/Å^3) of MACE's final error table."""
+    names = {'mae_forces': 'mae_f', 'mae_energy_per_atom': 'mae_e_per_atom', 'mae_stress': 'mae_stress'}
+    return {split: {name: metrics[split][key] for name, key in names.items() if key in metrics[split]}
+            for split in ('train', 'validation', 'test') if split in metrics}
 
 
 class MaceEvaluateParser(SummaryParser):

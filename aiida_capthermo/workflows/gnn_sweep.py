@@ -13,7 +13,7 @@ from aiida_capthermo.data.model import ModelData
 
 __all__ = ['GnnSweepWorkChain', 'expand_grid']
 
-SCORES = ('val_mae', 'val_rmse', 'best_val_loss')
+SCORES = ('validation_mae', 'validation_rmse', 'best_val_loss')
 
 
 def expand_grid(base: dict, grid: dict) -> list[dict]:
@@ -54,7 +54,7 @@ def tabulate_sweep(**runs: orm.Dict) -> orm.Dict:
     for label in labels:
         metrics = runs[f'{label}__metrics'].get_dict()
         row = {'run': label, **runs[f'{label}__grid'].get_dict()}
-        for split in ('train', 'val', 'test'):
+        for split in ('train', 'validation', 'test'):
             for name in ('mae', 'rmse', 'r2'):
                 row[f'{split}_{name}'] = metrics[split][name]
         row.update(best_epoch=metrics['best_epoch'], best_val_loss=metrics['best_val_loss'])
@@ -77,9 +77,9 @@ class GnnSweepWorkChain(WorkChain):
         spec.input('grid', valid_type=orm.Dict, validator=validate_grid,
                    help='Hyper-parameter -> list of values; the sweep trains the Cartesian product, e.g. '
                         '{"hidden_channels": [32, 64], "learning_rate": [1e-3, 1e-4]}.')
-        spec.input('score', valid_type=orm.Str, default=lambda: orm.Str('val_mae'),
+        spec.input('score', valid_type=orm.Str, default=lambda: orm.Str('validation_mae'),
                    validator=lambda value, _: None if value.value in SCORES else f'score must be one of {SCORES}',
-                   help='Validation score to minimise: val_mae or val_rmse (target units) or best_val_loss.')
+                   help='Validation score to minimise: validation_mae or validation_rmse (target units) or best_val_loss.')
         spec.inputs.validator = validate_inputs
         spec.outline(cls.setup, cls.run_training, cls.inspect_training, cls.results)
         spec.output('best_model', valid_type=ModelData, help='The model of the run with the lowest validation score.')
@@ -126,7 +126,7 @@ class GnnSweepWorkChain(WorkChain):
 
         def value(label):
             metrics = self.ctx[label].outputs.metrics.get_dict()
-            return metrics['best_val_loss'] if score == 'best_val_loss' else metrics['val'][score.split('_')[1]]
+            return metrics['best_val_loss'] if score == 'best_val_loss' else metrics['validation'][score.split('_')[1]]
 
         best = min(self.ctx.finished, key=value)
         node = self.ctx[best]

@@ -121,6 +121,16 @@ class LocalLabelWorkChain(CapthermoBaseRestartWorkChain):
                                   f'{options.get("max_wallclock_seconds")}')
         return ProcessHandlerReport(True)
 
+    @process_handler(priority=540, exit_codes=[LabelCalcJob.exit_codes.ERROR_SUMMARY_MISSING,
+                                               LabelCalcJob.exit_codes.ERROR_SCHEDULER_NODE_FAILURE,
+                                               LabelCalcJob.exit_codes.ERROR_NO_RETRIEVED_FOLDER])
+    def handle_job_died(self, node):
+        """The job died without writing its summary (killed by the scheduler or with its node, or its folder was
+        lost): run the same batch again, up to ``max_iterations`` jobs in all."""
+        self.report_error_handled(node, 'the job ended without a summary (killed, or its node failed): running the '
+                                  'same batch again')
+        return ProcessHandlerReport(True)
+
     def should_run_process(self):
         return not self.ctx.stop and super().should_run_process()
 

@@ -379,7 +379,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             return self.exit_codes.ERROR_MACE_FAILED.format(message=f'[{mace.exit_status}] {mace.exit_message}')
         self.ctx.mace_model = mace.outputs.model
         self.ctx.mace_metrics = mace.outputs.metrics
-        valid = mace.outputs.metrics.get_dict().get('valid', {})
+        valid = mace.outputs.metrics.get_dict().get('validation', {})
         self.report(f'MACE potential {mace.outputs.model.pk}: validation force MAE {valid.get("mae_f", float("nan")):.4g}')
         return None
 

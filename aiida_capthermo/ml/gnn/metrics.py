@@ -28,7 +28,7 @@ def plot_parity(parity: dict, metrics: dict, path: str, target: str = 'gap', uni
 
     figure, axis = plt.subplots(figsize=(4.5, 4.5), dpi=120)
     values = []
-    for split, colour in (('train', 'tab:blue'), ('val', 'tab:orange'), ('test', 'tab:green')):
+    for split, colour in (('train', 'tab:blue'), ('validation', 'tab:orange'), ('test', 'tab:green')):
         true, pred = parity[f'{split}_true'], parity[f'{split}_pred']
         if len(true) == 0:
             continue

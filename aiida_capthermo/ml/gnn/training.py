@@ -211,7 +211,7 @@ def train_gnn(labelled: LabelledSet, hyperparameters: GnnHyperparameters | dict,
     generator = torch.Generator().manual_seed(hp.seed)
     train_loader = DataLoader([data[i] for i in train_idx], batch_size=hp.batch_size, shuffle=True, generator=generator)
     eval_loaders = {name: DataLoader([data[i] for i in idx], batch_size=max(hp.batch_size, 256), shuffle=False)
-                    for name, idx in (('train', train_idx), ('val', val_idx), ('test', test_idx))}
+                    for name, idx in (('train', train_idx), ('validation', val_idx), ('test', test_idx))}
 
     model = BandGapGNN(**hp.architecture(in_channels=graphs[0].features.shape[1]))
     if parent is not None:
@@ -266,7 +266,7 @@ def train_gnn(labelled: LabelledSet, hyperparameters: GnnHyperparameters | dict,
             optimiser.step()
             total += loss.item() * batch.num_graphs
             count += batch.num_graphs
-        val_pred, val_index = _predict_normalised(model, eval_loaders['val'], device)
+        val_pred, val_index = _predict_normalised(model, eval_loaders['validation'], device)
         val_true = normalisation.target_to_normalised(targets[val_index])
         val_loss = float(np.mean((val_pred - val_true) ** 2))
         if not np.isfinite(val_loss):
@@ -291,7 +291,7 @@ def train_gnn(labelled: LabelledSet, hyperparameters: GnnHyperparameters | dict,
 
     model.load_state_dict(best['state'])
     parity, metrics = {}, {}
-    for split, idx in (('train', train_idx), ('val', val_idx), ('test', test_idx)):
+    for split, idx in (('train', train_idx), ('validation', val_idx), ('test', test_idx)):
         pred, order = _predict_normalised(model, eval_loaders[split], device)
         pred_physical = normalisation.target_to_physical(pred)
         parity[f'{split}_true'], parity[f'{split}_pred'] = targets[order], pred_physical
