@@ -10,7 +10,6 @@ import subprocess
 import time
 
 import numpy as np
-import pytest
 from aiida import orm
 
 from test_thermal import trained_models  # noqa: F401  (module fixture: a tiny GNN and MACE with their datasets)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from aiida_capthermo.cli.gnn import main as gnn_main
+from aiida_capthermo.compute.gnn import main as gnn_main
 from aiida_capthermo.ml.gnn.config import GnnHyperparameters
 from aiida_capthermo.ml.gnn.predict import predict
 from aiida_capthermo.ml.gnn.training import load_model, save_model, split_indices, train_gnn

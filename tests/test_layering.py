@@ -35,3 +35,29 @@ def test_core_modules_import_neither_aiida_nor_torch():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report['modules'] == expected
     assert report['loaded'] == [], f'core modules pulled in {report["loaded"]}'
+
+
+_COMPUTE_SCRIPT = """
+import importlib, json, pkgutil, sys
+import aiida_capthermo.compute as compute
+names = sorted('aiida_capthermo.compute.' + m.name for m in pkgutil.iter_modules(compute.__path__))
+for name in names:
+    importlib.import_module(name)
+print(json.dumps({'modules': names, 'loaded': sorted(m for m in sys.modules if m.split('.')[0] == 'aiida')}))
+"""
+
+
+def test_compute_side_scripts_import_no_aiida():
+    """The console scripts the jobs run (aiida_capthermo.compute) need no AiiDA: a cluster without it runs them; the
+    user's command line (aiida_capthermo.cli) is the AiiDA side."""
+    import aiida_capthermo.cli
+    import aiida_capthermo.compute
+
+    result = subprocess.run([sys.executable, '-c', _COMPUTE_SCRIPT], capture_output=True, text=True, check=False,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {'aiida_capthermo.compute.gnn', 'aiida_capthermo.compute.label', 'aiida_capthermo.compute.mace',
+            'aiida_capthermo.compute.mlip', 'aiida_capthermo.compute.summary'} == set(report['modules'])
+    assert report['loaded'] == [], f'compute-side modules pulled in {report["loaded"]}'
+    assert [m.name for m in pkgutil.iter_modules(aiida_capthermo.cli.__path__)] == ['main']

@@ -79,7 +79,7 @@ def test_md_config_rejects_unknown_keys():
 
 
 def test_cli_md_runs_replicas_and_writes_frames(mace_model_file, tmp_path, monkeypatch):
-    from aiida_capthermo.cli.mlip import main
+    from aiida_capthermo.compute.mlip import main
 
     monkeypatch.chdir(tmp_path)
     cells = [small_cell(False, seed=1, rattle=0.0), small_cell(True, seed=2, rattle=0.0)]

@@ -144,7 +144,7 @@ def test_screen_config_validation():
 
 # ---------------------------------------------------------------------------------------------- console script
 def test_console_script_screen(mace_model_file, calc, tmp_path, monkeypatch):
-    from aiida_capthermo.cli.mlip import main
+    from aiida_capthermo.compute.mlip import main
 
     monkeypatch.chdir(tmp_path)
     cells = [small_cell(False, seed=11), small_cell(True, seed=12), small_cell(False, seed=13)]

@@ -8,6 +8,7 @@ from aiida import orm
 from aiida.parsers import Parser
 
 from aiida_capthermo.calculations.base import SUMMARY_FILE
+from aiida_capthermo.compute.summary import ERROR_KINDS
 
 __all__ = ['SummaryParser']
 
@@ -36,10 +37,17 @@ class SummaryParser(Parser):
         self.out('summary', orm.Dict(summary))
         error = summary.get('error')
         if error:
-            if summary.get('error_kind') == 'out_of_memory':
-                return self.exit_codes.ERROR_OUT_OF_MEMORY.format(error=error)
-            return self.exit_codes.ERROR_SCRIPT_FAILED.format(error=error)
+            return self.error_exit_code(summary.get('error_kind'), error)
         return summary
+
+    def error_exit_code(self, kind: str | None, error: str) -> orm.ExitCode:
+        """The exit code of a failure of kind ``kind`` (:data:`~aiida_capthermo.compute.summary.ERROR_KINDS`, the
+        one mapping of every job): the job's exit code of that name, else ``ERROR_SCRIPT_FAILED``."""
+        label = ERROR_KINDS.get(kind or 'exception', 'ERROR_SCRIPT_FAILED')
+        if label not in self.exit_codes:
+            label = 'ERROR_SCRIPT_FAILED'
+        exit_code = self.exit_codes[label]
+        return exit_code.format(error=error) if '{error}' in exit_code.message else exit_code
 
     def retrieved_path(self, name: str, tmpdir) -> str | None:
         """Copy retrieved file ``name`` to ``tmpdir`` and return its path, or None when it was not retrieved."""

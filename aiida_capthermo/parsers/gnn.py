@@ -26,24 +26,7 @@ def arrays_node(arrays: dict, **attributes) -> orm.ArrayData:
 
 
 class _GnnParser(SummaryParser):
-    """Map the script's ``error_kind`` to the job's exit codes."""
-
-    ERROR_KINDS = {'no_data': 'ERROR_NO_TRAINING_DATA', 'invalid_input': 'ERROR_INVALID_INPUT',
-                   'nan_loss': 'ERROR_NAN_LOSS', 'walltime': 'ERROR_OUT_OF_WALLTIME',
-                   'out_of_memory': 'ERROR_OUT_OF_MEMORY'}
-
-    def summary_or_exit_code(self):
-        summary = self.read_summary()
-        if isinstance(summary, dict):
-            return summary
-        if summary.status != self.exit_codes.ERROR_SCRIPT_FAILED.status or 'summary' not in self.outputs:
-            return summary
-        details = self.outputs.summary.get_dict()
-        label = self.ERROR_KINDS.get(details.get('error_kind'))
-        if label is None or label not in self.exit_codes:
-            return summary
-        exit_code = self.exit_codes[label]
-        return exit_code.format(error=details['error']) if '{error}' in exit_code.message else exit_code
+    """The summary's ``error_kind`` decides the exit code (:meth:`SummaryParser.error_exit_code`)."""
 
     def read_files(self, names, tmpdir) -> dict | orm.ExitCode:
         paths = {}
@@ -60,7 +43,7 @@ class GnnTrainParser(_GnnParser):
     on a walltime stop the ``checkpoint`` to restart from."""
 
     def parse(self, **kwargs):
-        summary = self.summary_or_exit_code()
+        summary = self.read_summary()
         if not isinstance(summary, dict):
             if summary.status == self.exit_codes.ERROR_OUT_OF_WALLTIME.status:
                 self._output_checkpoint(kwargs.get('retrieved_temporary_folder'))
@@ -109,7 +92,7 @@ class GnnPredictParser(_GnnParser):
     importance."""
 
     def parse(self, **kwargs):
-        summary = self.summary_or_exit_code()
+        summary = self.read_summary()
         if not isinstance(summary, dict):
             return summary
         with tempfile.TemporaryDirectory() as tmpdir:

@@ -37,13 +37,19 @@ FORMAT_VERSION = 1
 class NoTrainingDataError(ValueError):
     """No structure carries a finite label for the target (or too few for a split)."""
 
+    error_kind = 'no_data'  # the summary's error kind (compute/summary.py) -> ERROR_NO_TRAINING_DATA
+
 
 class NanLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
+    error_kind = 'nan_loss'
+
 
 class WalltimeReached(RuntimeError):
     """The time limit was reached; a checkpoint was written to restart from."""
+
+    error_kind = 'walltime'
 
 
 def select_device(device: str = 'auto') -> torch.device:

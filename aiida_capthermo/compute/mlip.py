@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from aiida_capthermo.cli.summary import summary_writer
+from aiida_capthermo.compute.summary import summary_writer
 
 __all__ = ['main', 'run_screen', 'run_md', 'run_thermal', 'run_phonons', 'run_modes']
 

@@ -8,11 +8,7 @@ commands so ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
-import time
-import traceback
 
 __all__ = ['main']
 
@@ -73,27 +69,20 @@ def run_phonons(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``capthermo-mace``; returns the process exit status (0 also when the summary has an error)."""
+    """Entry point of ``capthermo-mace``; returns 1 (after writing the summary) when the run failed."""
+    from aiida_capthermo.compute.summary import summary_writer
+
     args = _parser().parse_args(argv)
-    summary = {'command': args.command, 'inputs': {k: v for k, v in vars(args).items() if k != 'command'},
-               'units': {'energy': 'eV', 'forces': 'eV/Å', 'stress': 'eV/Å^3', 'frequency': 'THz'},
-               'host': platform.node(), 'error': None}
-    start = time.perf_counter()
+    inputs = {k: v for k, v in vars(args).items() if k != 'command'}
     try:
-        outputs = run_evaluate(args) if args.command == 'evaluate' else run_phonons(args)
-        if args.command == 'evaluate':
-            summary['metrics'] = outputs.pop('metrics')
-        summary['outputs'] = outputs
-    except Exception as exception:  # noqa: BLE001 -- every failure goes into the summary for the parser
-        summary['error'] = f'{type(exception).__name__}: {exception}'
-        summary['traceback'] = traceback.format_exc()
-        if 'out of memory' in str(exception).lower():
-            summary['error_kind'] = 'out_of_memory'
-    summary['timings'] = {'total_seconds': time.perf_counter() - start}
-    with open(args.summary, 'w') as handle:
-        json.dump(summary, handle, indent=1, default=float)
-    if summary['error']:
-        print(summary['error'], file=sys.stderr)
+        with summary_writer(args.summary, f'mace.{args.command}', inputs) as summary:
+            summary['units'] = {'energy': 'eV', 'forces': 'eV/Å', 'stress': 'eV/Å^3', 'frequency': 'THz'}
+            outputs = run_evaluate(args) if args.command == 'evaluate' else run_phonons(args)
+            if args.command == 'evaluate':
+                summary['metrics'] = outputs.pop('metrics')
+            summary['outputs'] = outputs
+    except Exception as exception:  # noqa: BLE001 -- every failure is in the summary for the parser
+        print(f'{type(exception).__name__}: {exception}', file=sys.stderr)
         return 1
     return 0
 

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import json
 
-    from aiida_capthermo.cli.summary import summary_writer
+    from aiida_capthermo.compute.summary import summary_writer
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.ml.labelling import CalculatorSpec, label_structures
 

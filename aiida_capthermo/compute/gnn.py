@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
-import sys
 import time
 import traceback
 
@@ -69,24 +67,6 @@ def _read_config(path: str) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f'{path} must hold a mapping of hyper-parameters')
     return data
-
-
-def _error_kind(exception: BaseException) -> str:
-    from pydantic import ValidationError
-
-    from aiida_capthermo.ml.gnn.training import NanLossError, NoTrainingDataError, WalltimeReached
-
-    if isinstance(exception, NoTrainingDataError):
-        return 'no_data'
-    if isinstance(exception, NanLossError):
-        return 'nan_loss'
-    if isinstance(exception, WalltimeReached):
-        return 'walltime'
-    if isinstance(exception, MemoryError) or 'out of memory' in str(exception).lower():
-        return 'out_of_memory'
-    if isinstance(exception, (ValidationError, ValueError, FileNotFoundError)):
-        return 'invalid_input'
-    return 'exception'
 
 
 def run_train(args, summary: dict) -> None:
@@ -158,33 +138,17 @@ def run_explain(args, summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``capthermo-gnn``; returns 1 (after writing the summary) when the run failed."""
+    from aiida_capthermo.compute.summary import summary_writer
+
     args = _parser().parse_args(argv)
-
-    summary: dict = {'task': f'gnn.{args.command}', 'inputs': {k: v for k, v in vars(args).items()},
-                     'host': platform.node(), 'python': sys.version.split()[0], 'error': None}
-    start = time.perf_counter()
-    status = 0
     try:
-        {'train': run_train, 'predict': run_predict, 'explain': run_explain}[args.command](args, summary)
-    except Exception as exception:  # noqa: BLE001  every failure is reported in the summary
-        summary.update(error=f'{type(exception).__name__}: {exception}', error_kind=_error_kind(exception),
-                       traceback=traceback.format_exc())
-        print(summary['traceback'], file=sys.stderr)
-        status = 1
-    finally:
-        summary['wall_time_s'] = time.perf_counter() - start
-        pathlib.Path(args.summary).write_text(json.dumps(summary, indent=2, default=_to_json))
-    return status
-
-
-def _to_json(value):
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+        with summary_writer(args.summary, f'gnn.{args.command}', dict(vars(args))) as summary:
+            {'train': run_train, 'predict': run_predict, 'explain': run_explain}[args.command](args, summary)
+    except Exception:  # noqa: BLE001  every failure is in the summary (error, error_kind, traceback)
+        traceback.print_exc()
+        return 1
+    return 0
 
 
 if __name__ == '__main__':
