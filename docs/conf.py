@@ -2,8 +2,16 @@
 
 project = 'aiida-capthermo'
 author = 'aiida-capthermo developers'
-extensions = ['myst_parser', 'sphinx.ext.autodoc', 'sphinx.ext.napoleon']
+extensions = ['myst_parser', 'sphinx.ext.autodoc', 'sphinx.ext.napoleon', 'aiida.sphinxext', 'sphinx_click']
 source_suffix = {'.md': 'markdown'}
 myst_enable_extensions = ['dollarmath', 'colon_fence']
 exclude_patterns = ['_build']
 html_theme = 'sphinx_rtd_theme'
+
+# The process directives (aiida.sphinxext) load a profile before the process classes: an in-memory one, so that
+# the documentation builds on a machine without any AiiDA configuration.
+from aiida.manage import get_manager  # noqa: E402
+from aiida.storage.sqlite_temp import SqliteTempBackend  # noqa: E402
+
+if get_manager().get_profile() is None:
+    get_manager().load_profile(SqliteTempBackend.create_profile('capthermo-docs'))

@@ -173,10 +173,15 @@ def trained_models(aiida_profile, tmp_path_factory):
     from mlip_helpers import lj_labelled_cells
 
     bin_dir = os.path.dirname(sys.executable)
-    computer = orm.Computer(label='localhost-thermal', hostname='localhost', transport_type='core.local',
-                            scheduler_type='core.direct', workdir=str(tmp_path_factory.mktemp('thermal'))).store()
-    computer.configure(safe_interval=0.0)
-    computer.set_minimum_job_poll_interval(0.0)
+    from aiida.common.exceptions import NotExistent
+
+    try:  # another module (test_faults) uses this fixture too
+        computer = orm.load_computer('localhost-thermal')
+    except NotExistent:
+        computer = orm.Computer(label='localhost-thermal', hostname='localhost', transport_type='core.local',
+                                scheduler_type='core.direct', workdir=str(tmp_path_factory.mktemp('thermal'))).store()
+        computer.configure(safe_interval=0.0)
+        computer.set_minimum_job_poll_interval(0.0)
     codes = {name: orm.InstalledCode(computer=computer, filepath_executable=os.path.join(bin_dir, executable),
                                      label=name, prepend_text='export OMP_NUM_THREADS=1').store()
              for name, executable in (('gnn_code', 'capthermo-gnn'), ('mace_code', 'mace_run_train'),

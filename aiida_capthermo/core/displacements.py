@@ -1,7 +1,7 @@
 """Phonon-informed and random atomic displacements of supercells.
 
 The harmonic modes of a supercell at its Γ point (equivalently, of the primitive cell at the
-q-points commensurate with the supercell) give the thermal mean-square displacement of paper eq. 1
+q-points commensurate with the supercell) give the thermal mean-square displacement of paper eq. 1::
 
     zeta_{j,a}^2 = sum_nu hbar / (2 m_j omega_nu) * (1 + 2 n_nu(T)) * |e_nu(j, a)|^2,
 

@@ -282,10 +282,11 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         spec.input('phonon_displacement', valid_type=orm.Float, default=lambda: orm.Float(0.01),
                    help='Finite displacement (Å) for the parent force constants.')
         spec.input('frequency_cutoff', valid_type=orm.Float, default=lambda: orm.Float(0.1),
-                   help='Modes with |frequency| below this (THz) are skipped by the sampler (see imaginary_modes).')
+                   help='Modes whose frequency is below this in magnitude (THz) are skipped by the sampler (see '
+                        'imaginary_modes).')
         spec.input('imaginary_modes', valid_type=orm.Str, default=lambda: orm.Str('absolute'),
                    help="Imaginary parent modes (the cubic phase is unstable at 0 K): 'absolute' samples them as real "
-                        "modes of frequency |f| so that the soft directions MD explores are in the training set; "
+                        "modes of frequency abs(f) so that the soft directions MD explores are in the training set; "
                         "'skip' leaves them out (eq. 1 over the stable modes only). Counted and reported either way.")
         spec.input('batch_size', valid_type=orm.Int, default=lambda: orm.Int(20),
                    help='Structures per labelling job.')

@@ -189,8 +189,9 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                    help='A capthermo-mlip code: runs the MD of mace.refine and mace.md_check.')
         spec.input('mace.refine', valid_type=orm.Dict, required=False, validator=validate_md_stage,
                    help='Active learning: rounds, compositions (x), temperatures (K), steps, frame_stride, '
-                        'max_frame_force (eV/Å) ... (MdConfig keys). Frames of MD with the potential are labelled '
-                        'by the low engine and the potential is trained again on the merged set.')
+                        'max_frame_force (eV/Å) ... (MdConfig keys), finetune_epochs. Frames of MD with the '
+                        'potential are labelled by the low engine and the potential is trained again on the merged '
+                        'set (from scratch, or continued from the last one for finetune_epochs).')
         spec.input('mace.md_check', valid_type=orm.Dict, required=False, validator=validate_md_stage,
                    help='MD stability check of the final potential: compositions, temperatures (K), steps, '
                         'stable_distance (Å), temperature_tolerance ... (MdConfig keys).')

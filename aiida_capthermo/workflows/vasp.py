@@ -254,7 +254,7 @@ class VaspLabelWorkChain(WorkChain):
         spec.input('parameters', valid_type=orm.Dict, required=False, validator=validate_parameters,
                    help='INCAR overrides (lower-case tags) merged over the preset; a value of null removes a tag.')
         spec.input('kpoints_length', valid_type=orm.Float, required=False, validator=validate_kpoints_length,
-                   help='k-point length R_k in Å: N_i = max(1, int(R_k |b_i| + 0.5)). Default from the presets '
+                   help='k-point length R_k in Å: N_i = max(1, int(R_k * norm(b_i) + 0.5)). Default from the presets '
                         '(58 Å: 12x12x12 on the 5-atom cell, 6x6x6 on the 2x2x2 cell).')
         spec.input('energy_type', valid_type=orm.Str, required=False, validator=validate_energy_type,
                    help="Energy label: 'energy_extrapolated' (sigma -> 0, default), 'energy_free' (TOTEN, "

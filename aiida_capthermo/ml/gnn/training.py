@@ -109,7 +109,7 @@ def load_model(directory: str | pathlib.Path, device: str | torch.device = 'cpu'
         if not (directory / name).is_file():
             raise FileNotFoundError(f'model directory {directory} has no {name}')
     metadata = json.loads((directory / MODEL_JSON).read_text())
-    model = BandGapGNN(**metadata['architecture'])
+    model = BandGapGNN(**metadata['architecture']).float()  # float32 whatever the process default (MACE: float64)
     model.load_state_dict(torch.load(directory / MODEL_FILE, map_location='cpu', weights_only=True))
     model.to(device).eval()
     normalisation = Normalisation.from_dict(metadata.pop('normalisation'))
