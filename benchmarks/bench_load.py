@@ -65,9 +65,24 @@ def run_backend(backend: str, n: int, batch_size: int, max_concurrent: int) -> d
     folder = pathlib.Path(tempfile.mkdtemp(prefix=f'bench-load-{backend}-'))
     env = {**os.environ, 'AIIDA_PATH': str(folder), 'OMP_NUM_THREADS': '1', 'PATH': f'{BIN}:{os.environ["PATH"]}'}
     name = f'bench-load-{backend}-{os.getpid()}'
-    presto = ['presto', '--profile-name', name, '--email', 'bench@capthermo.local']
-    presto += ['--use-postgres', '--postgres-hostname', '127.0.0.1'] if backend == 'postgres' else ['--use-zeromq']
-    verdi(*presto, env=env)
+    if backend == 'sqlite':
+        verdi('presto', '--profile-name', name, '--email', 'bench@capthermo.local', '--use-zeromq', env=env)
+    else:  # as tests/test_services.py: a database of our own (template0: the server's default locale) + RabbitMQ
+        import psycopg
+
+        database = name.replace('-', '_')
+        with psycopg.connect(host='127.0.0.1', port=5432, user='postgres', dbname='postgres', autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {database} TEMPLATE template0 ENCODING 'UTF8'")
+        verdi('profile', 'setup', 'core.psql_dos', '--non-interactive', '--profile-name', name, '--email',
+              'bench@capthermo.local', '--first-name', 'Bench', '--last-name', 'Load', '--institution', 'CI',
+              '--broker', 'core.rabbitmq', '--database-hostname', '127.0.0.1', '--database-port', '5432',
+              '--database-username', 'postgres', '--database-password', '', '--database-name', database,
+              '--repository-uri', f'file://{folder}/repository', env=env)
+        verdi('computer', 'setup', '--non-interactive', '--label', 'localhost', '--hostname', 'localhost',
+              '--transport', 'core.local', '--scheduler', 'core.direct', '--work-dir', str(folder / 'work'), env=env)
+        verdi('computer', 'configure', 'core.local', 'localhost', '--non-interactive', '--safe-interval', '0',
+              env=env)
+        verdi('-p', name, 'config', 'set', 'runner.poll.interval', '1', env=env)  # as presto sets it
     info = verdi('profile', 'show', name, env=env).stdout
     try:
         verdi('daemon', 'start', '2', env=env)
@@ -76,16 +91,26 @@ def run_backend(backend: str, n: int, batch_size: int, max_concurrent: int) -> d
         measured = json.loads(result.stdout.strip().splitlines()[-1])
     finally:
         verdi('daemon', 'stop', env=env, check=False)
-    measured.update(backend=backend, broker='core.rabbitmq' if 'rabbitmq' in info else 'core.zmq' if 'zmq' in info
-                    else 'unknown', batch_size=batch_size, max_concurrent=max_concurrent)
+    broker = next((line.split(':', 1)[1].strip() for line in info.splitlines()
+                   if line.strip().startswith('backend: core.') and 'sqlite' not in line and 'psql' not in line), '?')
+    storage = next((line.split(':', 1)[1].strip() for line in info.splitlines()
+                    if line.strip().startswith('backend: core.') and ('sqlite' in line or 'psql' in line)), '?')
+    measured.update(backend=backend, storage=storage, broker=broker, batch_size=batch_size,
+                    max_concurrent=max_concurrent)
     measured['database_mb'] = _database_mb(backend, folder, info)
     measured['repository_mb'] = sum(p.stat().st_size for p in folder.rglob('*') if p.is_file()
-                                    and 'container' in p.parts) / 2 ** 20
+                                    and not p.name.endswith(('.sqlite', '.sqlite-wal', '.sqlite-shm'))
+                                    and 'container' in str(p)) / 2 ** 20
     parallel = min(max_concurrent, os.cpu_count() or 1)
     measured['aiida_ms_per_structure'] = 1000 * (measured['wall_s'] - measured['script_s'] / parallel) / max(
         measured['n_structures'], 1)
     measured['calcfunction_ms_per_structure'] = 1000 * measured['calcfunction_s'] / max(measured['n_structures'], 1)
     verdi('profile', 'delete', '--force', name, env=env, check=False)
+    if backend == 'postgres':
+        import psycopg
+
+        with psycopg.connect(host='127.0.0.1', port=5432, user='postgres', dbname='postgres', autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS {name.replace("-", "_")}')
     shutil.rmtree(folder, ignore_errors=True)
     return measured
 
@@ -94,7 +119,7 @@ def _database_mb(backend: str, folder: pathlib.Path, info: str) -> float:
     if backend == 'sqlite':
         return sum(p.stat().st_size for p in folder.rglob('*.sqlite*') if p.is_file()) / 2 ** 20
     database = next((line.split(':', 1)[1].strip() for line in info.splitlines()
-                     if line.strip().startswith('database_name')), None)
+                     if line.strip().startswith('database_name')), None)  # psql_dos: storage.config.database_name
     if database is None:
         return float('nan')
     size = subprocess.run(['psql', '-h', '127.0.0.1', '-U', 'postgres', '-tAc',
@@ -113,8 +138,10 @@ def main() -> None:
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     from bench_mace import machine, write_result
 
-    results = [run_backend(backend, args.n, args.batch_size, args.max_concurrent) for backend in args.backends]
-    write_result({'machine': machine(1, 'cpu'), 'n': args.n, 'results': results}, args.output)
+    results = []
+    for backend in args.backends:
+        results.append(run_backend(backend, args.n, args.batch_size, args.max_concurrent))
+        write_result({'machine': machine(1, 'cpu'), 'n': args.n, 'results': results}, args.output)
 
 
 if __name__ == '__main__':

@@ -129,27 +129,42 @@ def test_study_input_refused(codes, overrides, message):
     assert message in found, found
 
 
-def test_the_good_inputs_pass(codes):
-    """The table's baseline: the demo protocols as they are, and with per-stage codes and options, are valid; each
-    per-stage override lands where it belongs."""
+def test_every_stage_code_and_option_lands(codes):
+    """The table's baseline: the demo protocols are valid as they are, and every per-stage code and scheduler option
+    of the study lands where it belongs (codes of a second computer, each stage its own queue), on top of the
+    global options."""
     assert refusal(lambda: PhononInformedDatasetWorkChain.get_builder_from_protocol(codes['label'],
                                                                                      protocol='demo')) == ''
-    gpu = {'queue_name': 'gpu', 'custom_scheduler_commands': '#SBATCH --gres=gpu:1'}
-    overrides = {'gnn': {'code': codes['gnn'].full_label, 'options': gpu},
-                 'mace': {'options': gpu, 'md_options': gpu, 'code': codes['mace'].full_label},
-                 'dataset': {'low': {'options': {'queue_name': 'cpu'}}},
-                 'screen': {'options': gpu}, 'thermal': {'md_options': gpu}}
+    gpu = orm.Computer(label='bad-inputs-gpu', hostname='localhost', transport_type='core.local',
+                       scheduler_type='core.direct', workdir='/tmp/bad-inputs-gpu').store()
+    other = {name: code for name, (code, _) in ensure_codes(gpu.label).items()}
+    stages = {  # override path -> (the code's name, or None for an options Dict)
+        'dataset.low.code': 'capthermo-label', 'dataset.high.code': 'capthermo-label', 'gnn.code': 'capthermo-gnn',
+        'mace.code': 'mace_run_train', 'mace.mlip_code': 'capthermo-mlip', 'mace.evaluate_code': 'capthermo-mace',
+        'screen.code': 'capthermo-mlip', 'thermal.mlip_code': 'capthermo-mlip',
+        'dataset.low.options': None, 'dataset.high.options': None, 'gnn.options': None, 'mace.options': None,
+        'mace.md_options': None, 'screen.options': None, 'screen.phonon_options': None, 'thermal.options': None,
+        'thermal.md_options': None}
+    overrides: dict = {}
+    for path, name in stages.items():
+        *parents, last = path.split('.')
+        target = overrides
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[last] = other[name].full_label if name else {'queue_name': f'queue-{path}'}
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(
         codes['label'], codes['gnn'], codes['mace'], protocol='demo', overrides=overrides, mlip_code=codes['mlip'],
         evaluate_code=codes['evaluate'], options={'max_wallclock_seconds': 3600})
     assert builder._process_class.spec().inputs.validate(builder._inputs(prune=True)) is None
-    for namespace in (builder.gnn, builder.mace, builder.screen):  # the global options plus the stage's own
-        options = namespace.options.get_dict()
-        assert all(options[key] == value for key, value in {'max_wallclock_seconds': 3600, **gpu}.items()), options
-    assert builder.mace.md_options['queue_name'] == builder.thermal.md_options['queue_name'] == 'gpu'
-    assert builder.thermal.options.get_dict() == {'max_wallclock_seconds': 3600}
-    assert builder.dataset.low.options.get_dict() == {'max_wallclock_seconds': 3600, 'queue_name': 'cpu'}
-    assert builder.dataset.high.options.get_dict() == {'max_wallclock_seconds': 3600}
+    for path, name in stages.items():
+        value = builder
+        for part in path.split('.'):
+            value = value[part]
+        if name:
+            assert value.uuid == other[name].uuid, path
+        else:
+            options = value.get_dict()
+            assert options['queue_name'] == f'queue-{path}' and options['max_wallclock_seconds'] == 3600, path
 
 
 def test_training_set_with_nan_energies_refused(aiida_profile):

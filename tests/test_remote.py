@@ -260,3 +260,36 @@ def test_gpu_job_runs_through_slurm(remote_code):
     record = assert_ran_through_slurm(node)
     if 'JobState=' in record and 'TresPerNode' in record:  # scontrol's record (not the sacct fallback)
         assert 'gres:gpu:1' in record or 'gres/gpu:1' in record, record
+
+
+def test_transport_failure_is_retried(remote_code):
+    """The SSH server goes away while a job is submitted: AiiDA's transport tasks fail, are retried with back-off,
+    and the job finishes once the server is back (sshd stopped for a few seconds, then started again)."""
+    import threading
+
+    from aiida.manage import get_manager
+
+    pid_file = pathlib.Path('/run/sshd.pid')
+    sshd = shutil.which('sshd') or '/usr/sbin/sshd'
+    if not pid_file.is_file() or not pathlib.Path(sshd).is_file():
+        pytest.skip('sshd was not started by scripts/setup-cluster.sh (no /run/sshd.pid)')
+    config = get_manager().get_config()
+    profile = get_manager().get_profile().name
+    for option, value in (('transport.task_retry_initial_interval', 1), ('transport.task_maximum_attempts', 8)):
+        config.set_option(option, value, scope=profile)  # seconds, not the default 20: the test stays short
+    try:
+        subprocess.run(['pkill', '-F', str(pid_file)], check=True)  # the listener; nothing answers on port 22
+        builder, reference = _label_builder(remote_code('capthermo-label', 'capthermo.label'), 1)
+        restart = threading.Timer(5.0, lambda: subprocess.run([sshd], check=True))
+        restart.start()
+        results, node = engine.run_get_node(builder)
+        restart.join()
+    finally:
+        if _run('ssh', '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=5', 'localhost', 'true').returncode != 0:
+            subprocess.run([sshd], check=False)
+        for option in ('transport.task_retry_initial_interval', 'transport.task_maximum_attempts'):
+            config.unset_option(option, scope=profile)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    logs = ' '.join(log.message for log in orm.Log.collection.get_logs_for(node))
+    assert 'exponential_backoff_retry' in logs and 'do_upload' in logs, logs  # the failed uploads were logged
+    np.testing.assert_allclose(results['labels'].get_labelled_set().energy, reference.energy[:1], atol=1e-8)
