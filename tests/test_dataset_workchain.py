@@ -216,3 +216,4 @@ def test_submit_through_daemon(label_code, submit_and_await):
     assert low.n_structures == 2 and low.base.attributes.get('random_amplitudes') == [0.1, 0.3]
     assert np.all(np.isnan(low.get_labelled_set().temperature))
     assert low.get_labelled_set().x.tolist() == [0.5, 1.0]  # the composition range given by x_values
+

@@ -240,11 +240,10 @@ def _real_datasets():
         if creator is None:
             yield node, 'stored'
             continue
-        returned_by = [link.node for link in node.base.links.get_incoming(link_type=LinkType.RETURN).all()
-                       if link.node.process_label == 'PhononInformedDatasetWorkChain']
-        if returned_by:
-            yield node, f'{node.base.links.get_incoming(link_type=LinkType.RETURN).all()[0].link_label} of ' \
-                        f'{returned_by[0].process_label}<{returned_by[0].pk}>'
+        returned = next((link for link in node.base.links.get_incoming(link_type=LinkType.RETURN).all()
+                         if link.node.process_label == 'PhononInformedDatasetWorkChain'), None)
+        if returned is not None:
+            yield node, f'{returned.link_label} of {returned.node.process_label}<{returned.node.pk}>'
         elif creator.process_label in ('merge_datasets', 'split_dataset'):
             yield node, f'{creator.process_label}<{creator.pk}>'
 

@@ -22,7 +22,6 @@ class MdConfig(ModelRunSettings):
     """Settings of ``capthermo-mlip md``: every structure runs at every temperature (one replica each); unknown keys
     are rejected."""
 
-
     temperatures: list[float] = Field(default_factory=lambda: [600.0], min_length=1,
                                       description='Target temperatures (K), one replica per structure and T.')
     steps: int = Field(5000, ge=1, description='MD steps per replica.')

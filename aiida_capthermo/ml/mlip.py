@@ -22,7 +22,6 @@ __all__ = ['ScreenConfig', 'load_calculator', 'relax', 'relax_batch', 'batched_f
 class ScreenConfig(ModelRunSettings):
     """Settings of ``capthermo-mlip screen`` (unknown keys are rejected)."""
 
-
     fmax: float = Field(0.01, gt=0, description='Convergence: largest atomic force and cell force (eV/Å) below this.')
     max_steps: int = Field(1000, ge=1, description='Maximum number of FIRE steps per structure.')
     relax_cell: bool = Field(True, description='Relax the cell (Fréchet cell filter) as well as the positions.')

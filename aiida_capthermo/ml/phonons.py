@@ -32,7 +32,6 @@ EV_PER_AMU_A2_FS2 = 103.642697
 class PhononConfig(ModelRunSettings):
     """Settings of ``capthermo-mlip phonons`` (unknown keys are rejected)."""
 
-
     supercell: list[int] = Field(default_factory=lambda: [1, 1, 1],
                                  description='Diagonal phonon supercell of each structure; also the MD cell.')
     displacement: float = Field(0.01, gt=0, le=0.1, description='Finite displacement of phonopy (Å).')

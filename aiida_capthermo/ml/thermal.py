@@ -39,7 +39,6 @@ class ThermalMdConfig(ModelRunSettings):
     and 40 ps; the weaker coupling perturbs the dynamics less, the stronger one equilibrates faster).
     """
 
-
     temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1,
                                       description='Target temperatures (K, > 0): every structure runs at each.')
     replicas: int = Field(1, ge=1, description='Independent replicas (seeds) per structure and temperature.')
@@ -85,7 +84,6 @@ class ThermalMdConfig(ModelRunSettings):
 class ModesConfig(ModelRunSettings):
     """Settings of ``capthermo-mlip modes``: Γ phonons of each (relaxed) cell with the MLIP, every mode frozen at its
     thermal amplitude with both signs (unknown keys are rejected)."""
-
 
     temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1,
                                       description='Temperatures (K, >= 0) of the thermal amplitudes.')

@@ -15,7 +15,7 @@ from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.structures import set_structure_metadata
 from aiida_capthermo.workflows.engines import engine_namespace, label_batch_inputs
 from aiida_capthermo.workflows.phonons import ParentPhononsWorkChain
-from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, unlanded_overrides
+from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options, unlanded_overrides
 from aiida_capthermo.workflows.validation import compositions_error, prototype_error, supercell_error
 
 __all__ = ['PhononInformedDatasetWorkChain', 'build_parent', 'generate_structures', 'assemble_dataset',
@@ -378,15 +378,12 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
 
     def generate(self):
         """Create every structure by calcfunction and queue them in labelling batches."""
-        from aiida_capthermo.core.displacements import SupercellModes
-
         if self.inputs.scheme.value == 'phonon':
-            cutoff = self.inputs.frequency_cutoff.value
-            for role, node in self.ctx.force_constants.items():
-                modes = SupercellModes.from_phonopy(node.get_phonopy_instance(), cutoff,
-                                                    self.inputs.imaginary_modes.value)
-                if len(modes.active) == 0:
-                    return self.exit_codes.ERROR_NO_MODE_TO_SAMPLE.format(role=role, cutoff=cutoff)
+            self.ctx.phonon_modes = self._phonon_mode_report()
+            for role, entry in self.ctx.phonon_modes.items():
+                if entry['n_active'] == 0:
+                    return self.exit_codes.ERROR_NO_MODE_TO_SAMPLE.format(role=role,
+                                                                          cutoff=self.inputs.frequency_cutoff.value)
         seed = self.inputs.seed.value
         n_per = self.inputs.structures_per_temperature.value
         fc = {key: self.ctx.force_constants[key] for key in self.ctx.force_constants} \
@@ -471,7 +468,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
                   'supercell': self.inputs.supercell.get_list(), 'prototype': self.ctx.prototype}
         if scheme == 'phonon':
             common['distribution'] = self.inputs.distribution.value
-            common['phonon_modes'] = self._phonon_mode_report()
+            common['phonon_modes'] = self.ctx.phonon_modes
         else:
             common['random_amplitudes'] = self.inputs.random_amplitudes.get_list()
         for name, fidelity in (('low', 'low'), ('equilibrium', 'low'), ('high', 'high')):
@@ -487,7 +484,8 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         self.report(f'datasets: low {self.outputs["low"].n_structures} structures')
 
     def _phonon_mode_report(self) -> dict:
-        """Per parent: how many supercell modes the sampler skipped (imaginary, near zero) and the softest one."""
+        """Per parent: how many supercell modes the sampler displaces and skips (imaginary, near zero) and the
+        softest one."""
         from aiida_capthermo.core.displacements import SupercellModes
 
         report = {}
@@ -496,7 +494,8 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
                                                 self.inputs.imaginary_modes.value)
             report[role] = {'n_modes': int(len(modes.frequencies)), 'n_imaginary': int(modes.n_imaginary),
                             'imaginary_modes': modes.imaginary,
-                            'n_skipped': int(len(modes.skipped)), 'min_frequency_thz': float(modes.frequencies.min()),
+                            'n_skipped': int(len(modes.skipped)), 'n_active': int(len(modes.active)),
+                            'min_frequency_thz': float(modes.frequencies.min()),
                             'max_frequency_thz': float(modes.frequencies.max())}
             if modes.n_imaginary:
                 treatment = 'skips them' if modes.imaginary == 'skip' else 'samples them at |f|'
@@ -542,9 +541,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
             for key in ('calculator', 'vasp'):
                 if key in namespace and (key == 'vasp') == (builder[fidelity]['engine'].value == 'vasp'):
                     builder[fidelity][key] = orm.Dict(namespace[key])
-            merged_options = {**(options or {}), **namespace.get('options', {})}  # the engine's own win
-            if merged_options:
-                builder[fidelity]['options'] = orm.Dict(merged_options)
+            set_options(builder[fidelity], 'options', options, namespace.get('options'))
         missing = unlanded_overrides(builder, overrides or {})
         if missing:
             raise ValueError(f'overrides that no input of the dataset workchain takes: {missing}')

@@ -23,7 +23,7 @@ from aiida_capthermo.calculations.mlip import MlipPhononsCalcJob, MlipScreenCalc
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.data.structures import set_structure_metadata
 from aiida_capthermo.workflows.base import CapthermoBaseRestartWorkChain
-from aiida_capthermo.workflows.protocols import ProtocolMixin
+from aiida_capthermo.workflows.protocols import ProtocolMixin, set_options
 from aiida_capthermo.workflows.validation import prototype_error, supercell_error
 
 __all__ = ['SolidSolutionScreenWorkChain', 'MlipScreenWorkChain', 'enumerate_structures', 'rank_configurations',
@@ -415,8 +415,7 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
         for key, node in cls.protocol_nodes(inputs).items():
             builder[key] = node
         for key in ('options', 'phonon_options'):  # the protocol's (or overrides') options of a job kind win
-            if options or inputs.get(key):
-                builder[key] = orm.Dict({**(options or {}), **(inputs.get(key) or {})})
+            set_options(builder, key, options, inputs.get(key))
         return builder
 
     # ------------------------------------------------------------------ steps

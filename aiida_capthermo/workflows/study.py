@@ -50,7 +50,7 @@ from aiida_capthermo.workflows.dataset import (
 )
 from aiida_capthermo.workflows.engines import label_batch_inputs
 from aiida_capthermo.workflows.mace import FinetuneMaceWorkChain
-from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, unlanded_overrides
+from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options, unlanded_overrides
 from aiida_capthermo.workflows.report import mace_parity_plot, table_one
 from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
 from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
@@ -162,7 +162,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         super().define(spec)
         spec.expose_inputs(PhononInformedDatasetWorkChain, namespace='dataset',
                            namespace_options={'help': 'Inputs of the dataset stage.'})
-        spec.input('gnn.code', valid_type=orm.AbstractCode, validator=code_validator('capthermo.gnn_train'), help='A capthermo-gnn code (CPU or GPU computer).')
+        spec.input('gnn.code', valid_type=orm.AbstractCode, validator=code_validator('capthermo.gnn_train'),
+                   help='A capthermo-gnn code (CPU or GPU computer).')
         spec.input('gnn.hyperparameters', valid_type=orm.Dict, default=lambda: orm.Dict({}),
                    validator=validate_gnn_hyperparameters,
                    help='Hyper-parameters of the first (low-fidelity) GNN stage; see docs/gnn.md.')
@@ -655,7 +656,6 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             if unknown:
                 raise ValueError(f'unknown {name} inputs in protocol or overrides: {sorted(unknown)}; '
                                  f'known: {sorted(allowed)}')
-        options = options or {}
         dataset_inputs = dict(inputs.get('dataset') or {})
         dataset = PhononInformedDatasetWorkChain.get_builder_from_protocol(
             label_code, protocol=dataset_inputs.pop('protocol', None), overrides=dataset_inputs, options=options)
@@ -666,8 +666,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         builder.gnn.hyperparameters = orm.Dict(gnn.get('hyperparameters', {}))
         if 'finetune_hyperparameters' in gnn:
             builder.gnn.finetune_hyperparameters = orm.Dict(gnn['finetune_hyperparameters'])
-        if options or gnn.get('options'):
-            builder.gnn.options = orm.Dict({**options, **gnn.get('options', {})})
+        set_options(builder.gnn, 'options', options, gnn.get('options'))
         mace = inputs['mace']
         mace_code = mace.get('code', mace_code)
         mlip_code = mace.get('mlip_code', mlip_code)
@@ -678,15 +677,13 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                 builder.mace.foundation_name = orm.Str(mace['foundation_name'])
             if mace.get('evaluate_code', evaluate_code) is not None:
                 builder.mace.evaluate_code = load_code(mace.get('evaluate_code', evaluate_code))
-            if options or mace.get('options'):
-                builder.mace.options = orm.Dict({**options, **mace.get('options', {})})
+            set_options(builder.mace, 'options', options, mace.get('options'))
             if mlip_code is not None:
                 builder.mace.mlip_code = load_code(mlip_code)
                 for key in ('refine', 'md_check'):
                     if mace.get(key):
                         builder.mace[key] = orm.Dict(mace[key])
-                if options or mace.get('md_options'):
-                    builder.mace.md_options = orm.Dict({**options, **mace.get('md_options', {})})
+                set_options(builder.mace, 'md_options', options, mace.get('md_options'))
         for name, process in (('screen', SolidSolutionScreenWorkChain), ('thermal', ThermalGapWorkChain)):
             if inputs.get(name) is None:
                 continue
@@ -701,8 +698,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                 namespace[key] = node  # the prototype and supercell are the dataset's
             namespace[code_key] = load_code(code)
             for key in ('options', 'phonon_options') if name == 'screen' else ('options', 'md_options'):
-                if options or stage_inputs.get(key):
-                    namespace[key] = orm.Dict({**options, **stage_inputs.get(key, {})})
+                set_options(namespace, key, options, stage_inputs.get(key))
         missing = unlanded_overrides(builder, overrides or {}, skip=('dataset.protocol', 'screen.protocol',
                                                                       'thermal.protocol'))
         if missing:

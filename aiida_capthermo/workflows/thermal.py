@@ -27,7 +27,7 @@ from aiida_capthermo.calculations.mlip import (MlipModesCalcJob, MlipScreenCalcJ
                                                validate_mace_model)
 from aiida_capthermo.calculations.base import code_validator, pydantic_error, validate_options
 from aiida_capthermo.data.model import ModelData
-from aiida_capthermo.workflows.protocols import ProtocolMixin
+from aiida_capthermo.workflows.protocols import ProtocolMixin, set_options
 
 __all__ = ['ThermalGapWorkChain', 'thermal_gaps', 'mode_coupling', 'gap_key']
 
@@ -320,8 +320,7 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
         for key, node in cls.protocol_nodes(inputs).items():
             builder[key] = node
         for key in ('options', 'md_options'):  # the protocol's (or overrides') options of a job kind win
-            if options or inputs.get(key):
-                builder[key] = orm.Dict({**(options or {}), **inputs.get(key, {})})
+            set_options(builder, key, options, inputs.get(key))
         return builder
 
     # ------------------------------------------------------------------ steps

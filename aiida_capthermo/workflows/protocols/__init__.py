@@ -7,7 +7,7 @@ import pathlib
 
 import yaml
 
-__all__ = ['ProtocolMixin', 'load_code', 'recursive_merge', 'to_node', 'unlanded_overrides']
+__all__ = ['ProtocolMixin', 'load_code', 'recursive_merge', 'set_options', 'to_node', 'unlanded_overrides']
 
 
 def recursive_merge(left: dict, right: dict) -> dict:
@@ -44,6 +44,16 @@ def load_code(value):
     except (NotExistent, MultipleObjectsError, ValueError) as exception:
         raise ValueError(f'no code {value!r} in this profile ({exception}); set one up with `capthermo setup-codes '
                          '--computer NAME` or `verdi code create`') from exception
+
+
+def set_options(namespace, key: str, options: dict | None, own: dict | None) -> None:
+    """``namespace[key]`` = the global scheduler ``options`` updated with a stage's ``own`` (the stage's win); left
+    unset when both are empty."""
+    from aiida import orm
+
+    merged = {**(options or {}), **(own or {})}
+    if merged:
+        namespace[key] = orm.Dict(merged)
 
 
 _MISSING = object()
