@@ -217,3 +217,29 @@ def test_submit_through_daemon(label_code, submit_and_await):
     assert np.all(np.isnan(low.get_labelled_set().temperature))
     assert low.get_labelled_set().x.tolist() == [0.5, 1.0]  # the composition range given by x_values
 
+
+
+def test_no_mode_above_cutoff_gives_exit_code(label_code):
+    """Force constants so soft that every mode lies below the largest allowed cutoff: exit 403 at generation,
+    before any structure is labelled (not a dataset of undisplaced 'phonon' structures)."""
+    from aiida_capthermo.core.structures import antiperovskite
+
+    n_atoms = 40  # 2x2x2 supercell of the 5-atom cell
+    spring = 1e-4  # eV/Å²: frequencies of order 0.01 THz
+    block = np.full((n_atoms, n_atoms), -spring / n_atoms) + np.eye(n_atoms) * spring
+    fc = np.einsum('ij,ab->ijab', block, np.eye(3))  # acoustic sum rule holds: rows sum to zero
+    np.testing.assert_allclose(fc.sum(axis=1), 0.0, atol=1e-12)
+    force_constants = {}
+    for role, halide in (('host', 'I'), ('guest', 'Br')):
+        node = ForceConstantsData(structure=orm.StructureData(ase=antiperovskite(x=halide)),
+                                  supercell_matrix=[[2, 0, 0], [0, 2, 0], [0, 0, 2]])
+        node.set_force_constants(fc)
+        force_constants[role] = node
+    modes = SupercellModes.from_phonopy(force_constants['host'].get_phonopy_instance(), frequency_cutoff=2.0)
+    assert modes.frequencies.max() < 2.0 and len(modes.active) == 0
+    builder = Workflow.get_builder_from_protocol(label_code, protocol='demo', overrides={'frequency_cutoff': 2.0})
+    builder.force_constants = force_constants
+    _, node = engine.run_get_node(builder)
+    assert node.exit_status == Workflow.exit_codes.ERROR_NO_MODE_TO_SAMPLE.status == 403
+    assert 'no mode above frequency_cutoff 2.0 THz' in node.exit_message
+    assert not [c for c in node.called if c.process_type and 'label' in c.process_type]
