@@ -21,6 +21,7 @@ def test_setup_codes_submit_dry_run_and_queries(aiida_localhost):
     result = runner.invoke(cli, ['setup-codes', '--computer', aiida_localhost.label])
     assert result.exit_code == 0, result.output
     assert orm.load_code(f'capthermo-label@{aiida_localhost.label}').default_calc_job_plugin == 'capthermo.label'
+    assert 'vasp@' not in result.output
     result = runner.invoke(cli, ['submit', 'dataset', '--protocol', 'demo', '--computer', aiida_localhost.label,
                                  '--dry-run', '-o', 'temperatures=[300]'])
     assert result.exit_code == 0 and 'inputs are valid' in result.output, result.output
@@ -60,3 +61,26 @@ def test_submit_screen_from_protocols(aiida_localhost, tmp_path):
         result = runner.invoke(cli, ['submit', 'screen', '--computer', aiida_localhost.label, '--dry-run',
                                      '--model', str(model.pk), '-o', override])
         assert result.exit_code != 0 and message in result.output, (override, result.output)
+
+
+def test_setup_codes_with_vasp_and_prepend_text():
+    """`setup-codes --vasp` adds aiida-vasp's code (MPI) beside the package's codes; the labelling engine takes it."""
+    computer = orm.Computer(label='cpu-cluster-cli', hostname='localhost', transport_type='core.local',
+                            scheduler_type='core.direct', workdir='/tmp/aiida-cli').store()
+    computer.set_default_mpiprocs_per_machine(1)
+    runner = CliRunner()
+    result = runner.invoke(cli, ['setup-codes', '--computer', computer.label, '--bin-dir', '/opt/capthermo/bin',
+                                 '--vasp', '/opt/vasp/bin/vasp_std', '--prepend-text', 'module load vasp/6.4'])
+    assert result.exit_code == 0, result.output
+    vasp = orm.load_code(f'vasp@{computer.label}')
+    assert vasp.default_calc_job_plugin == 'vasp.vasp' and vasp.with_mpi is True
+    assert str(vasp.filepath_executable) == '/opt/vasp/bin/vasp_std' and vasp.prepend_text == 'module load vasp/6.4'
+    gnn = orm.load_code(f'capthermo-gnn@{computer.label}')
+    assert str(gnn.filepath_executable) == '/opt/capthermo/bin/capthermo-gnn' and gnn.with_mpi is False
+    assert gnn.prepend_text == 'module load vasp/6.4'
+    again = runner.invoke(cli, ['setup-codes', '--computer', computer.label, '--vasp', '/other/vasp'])
+    assert again.output.count('exists') == 6 and 'created' not in again.output
+    # The VASP code is accepted as a labelling engine: what is missing next is the POTCAR family, not the code.
+    result = runner.invoke(cli, ['submit', 'dataset', '--protocol', 'demo', '--computer', computer.label, '--dry-run',
+                                 '-o', 'low.engine=vasp', '-o', f'low.code=vasp@{computer.label}'])
+    assert result.exit_code != 0 and 'potential_family' in result.output, result.output

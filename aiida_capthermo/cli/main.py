@@ -99,30 +99,43 @@ CODES = {
 }
 
 
-def ensure_codes(computer: str = 'localhost', bin_dir: str | None = None) -> dict:
-    """Load or create the InstalledCodes ``name@computer`` of :data:`CODES`; return name -> (code, created)."""
+def ensure_codes(computer: str = 'localhost', bin_dir: str | None = None, vasp: str | None = None,
+                 prepend_text: str = '') -> dict:
+    """Load or create the InstalledCodes ``name@computer`` of :data:`CODES` (and ``vasp@computer`` for aiida-vasp's
+    ``vasp.vasp`` when ``vasp`` names the VASP executable); return name -> (code, created). ``prepend_text`` (module
+    loads, a virtual environment) goes into the job scripts of the codes created."""
     from aiida import orm
     from aiida.common.exceptions import NotExistent
 
     node = orm.load_computer(computer)
     folder = pathlib.Path(bin_dir) if bin_dir else pathlib.Path(sys.executable).parent
+    wanted = {name: (str(folder / name), plugin, False) for name, plugin in CODES.items()}
+    if vasp:
+        wanted['vasp'] = (vasp, 'vasp.vasp', True)  # VASP runs under the computer's MPI launcher
     codes = {}
-    for name, plugin in CODES.items():
+    for name, (executable, plugin, with_mpi) in wanted.items():
         try:
             codes[name] = (orm.load_code(f'{name}@{computer}'), False)
         except NotExistent:
-            codes[name] = (orm.InstalledCode(computer=node, filepath_executable=str(folder / name), label=name,
-                                             default_calc_job_plugin=plugin).store(), True)
+            codes[name] = (orm.InstalledCode(computer=node, filepath_executable=executable, label=name,
+                                             default_calc_job_plugin=plugin, with_mpi=with_mpi,
+                                             prepend_text=prepend_text).store(), True)
     return codes
 
 
 @cli.command('setup-codes')
 @click.option('--computer', default='localhost', show_default=True, help='Computer (label) the codes run on.')
 @click.option('--bin-dir', default=None, help='Folder of the executables on that computer (default: this Python).')
+@click.option('--vasp', 'vasp', default=None, metavar='PATH',
+              help='Also create `vasp@COMPUTER` (aiida-vasp plugin vasp.vasp, run with MPI) for this VASP executable '
+                   'on that computer, e.g. /opt/vasp/bin/vasp_std.')
+@click.option('--prepend-text', default='', help='Lines run before each job of the codes created, e.g. '
+              '"module load cuda" or "source /path/venv/bin/activate".')
 @needs_profile
-def setup_codes(computer, bin_dir):
-    """Create InstalledCodes for the package's console scripts and mace_run_train (label: name@computer)."""
-    for code, created in ensure_codes(computer, bin_dir).values():
+def setup_codes(computer, bin_dir, vasp, prepend_text):
+    """Create the InstalledCodes of the package's console scripts and mace_run_train, and optionally of VASP
+    (label: name@computer). Codes that exist are left as they are."""
+    for code, created in ensure_codes(computer, bin_dir, vasp, prepend_text).values():
         click.echo(f'{"created " if created else "exists  "} {code.full_label} (pk {code.pk}) -> '
                    f'{code.filepath_executable}')
 
