@@ -61,3 +61,24 @@ def test_compute_side_scripts_import_no_aiida():
             'aiida_capthermo.compute.mlip', 'aiida_capthermo.compute.summary'} == set(report['modules'])
     assert report['loaded'] == [], f'compute-side modules pulled in {report["loaded"]}'
     assert [m.name for m in pkgutil.iter_modules(aiida_capthermo.cli.__path__)] == ['main']
+
+
+def test_one_mapping_of_error_kinds_to_exit_codes():
+    """Every error kind a script or MACE's log can report names an exit code that some CalcJob of the package has,
+    and every such exit code takes the error text (``{error}``) or nothing: the base parser formats it alone."""
+    import string
+
+    from aiida.plugins import CalculationFactory
+    from importlib.metadata import entry_points
+
+    from aiida_capthermo.compute.summary import ERROR_KINDS
+
+    jobs = [CalculationFactory(ep.name) for ep in entry_points(group='aiida.calculations')
+            if ep.name.startswith('capthermo.')]
+    assert len(jobs) >= 8
+    for kind, label in ERROR_KINDS.items():
+        having = [job for job in jobs if label in job.exit_codes]
+        assert having, f'no CalcJob has {label} (error kind {kind})'
+        for job in having:
+            fields = {name for _, name, _, _ in string.Formatter().parse(job.exit_codes[label].message) if name}
+            assert fields <= {'error'}, (job.__name__, label, fields)

@@ -227,7 +227,7 @@ def test_parse_log_functions():
     assert np.isnan(evals[0]['loss']) and opts[0]['loss'] == 1.5
     assert detect_failure('torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB')[0] == 'out_of_memory'
     assert detect_failure("WARNING: No forces found with key 'REF_forces' in 'train.xyz'.")[0] == 'missing_labels'
-    assert detect_failure('Traceback (most recent call last):\n  x\nValueError: bad\n') == ('failed', 'ValueError: bad')
+    assert detect_failure('Traceback (most recent call last):\n  x\nValueError: bad\n') == ('exception', 'ValueError: bad')
     assert detect_failure(LOG) is None
     finetune_arch = parse_architecture('INFO: Message passing with hidden irreps 128x0e+128x1o)\n')
     assert (finetune_arch['num_channels'], finetune_arch['max_L']) == (128, 1)

@@ -331,17 +331,16 @@ class FinetuneMaceCalcJob(CapthermoCalcJob):
         spec.output('log', valid_type=orm.SinglefileData, help='The MACE training log.')
         spec.default_output_node = 'metrics'
 
-        spec.exit_code(320, 'ERROR_NO_TRAINING_DATA', message='MACE found no training data: {detail}')
-        spec.exit_code(321, 'ERROR_MISSING_LABELS', message='The training data lack energy/forces/stress labels: {detail}')
+        spec.exit_code(320, 'ERROR_NO_TRAINING_DATA', message='MACE found no training data: {error}')
+        spec.exit_code(321, 'ERROR_MISSING_LABELS', message='The training data lack energy/forces/stress labels: {error}')
         spec.exit_code(322, 'ERROR_MODEL_FILE_MISSING',
                        message='MACE finished without writing the model file `{filename}`.')
         spec.exit_code(323, 'ERROR_LOG_MISSING', message='The MACE log or results file was not retrieved.')
-        spec.exit_code(324, 'ERROR_MACE_FAILED', message='mace_run_train failed: {detail}')
         spec.exit_code(330, 'ERROR_FOUNDATION_NOT_OBTAINABLE',
                        message='The named foundation model could not be obtained on the remote computer: {error}')
         spec.exit_code(331, 'ERROR_REMOTE_RESOLUTION_FAILED',
                        message='Resolving the device/foundation model on the remote computer failed: {error}')
-        spec.exit_code(340, 'ERROR_NAN_LOSS', message='The validation loss became NaN at epoch {epoch}.')
+        spec.exit_code(340, 'ERROR_NAN_LOSS', message='The validation loss became NaN: {error}')
 
     def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
         """Write the extxyz data, the MACE config and (when needed) the remote resolution script."""

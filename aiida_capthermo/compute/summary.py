@@ -19,13 +19,18 @@ import traceback
 __all__ = ['ERROR_KINDS', 'error_kind', 'summary_writer']
 
 #: error_kind -> the exit code (label) of the CalcJobs that report it; a job without that exit code reports
-#: ``ERROR_SCRIPT_FAILED`` with the error message.
+#: ``ERROR_SCRIPT_FAILED`` with the error message. The kinds come from the package's scripts (their exceptions'
+#: ``error_kind``), from the MACE job's resolution script and from MACE's own log (``parsers.mace.detect_failure``).
 ERROR_KINDS = {
     'out_of_memory': 'ERROR_OUT_OF_MEMORY',
     'walltime': 'ERROR_OUT_OF_WALLTIME',
     'no_data': 'ERROR_NO_TRAINING_DATA',
+    'missing_labels': 'ERROR_MISSING_LABELS',
+    'no_structure_labelled': 'ERROR_NO_STRUCTURE_LABELLED',
     'nan_loss': 'ERROR_NAN_LOSS',
     'invalid_input': 'ERROR_INVALID_INPUT',
+    'foundation_not_obtainable': 'ERROR_FOUNDATION_NOT_OBTAINABLE',
+    'resolve_failed': 'ERROR_REMOTE_RESOLUTION_FAILED',
     'exception': 'ERROR_SCRIPT_FAILED',
 }
 

@@ -127,18 +127,19 @@ def parse_architecture(log: str) -> dict:
 def detect_failure(text: str) -> tuple[str, str] | None:
     """Classify a failure from MACE's log and standard output: ``(kind, detail)`` or None.
 
-    Kinds: ``out_of_memory``, ``missing_labels``, ``no_training_data``, ``failed`` (a traceback).
+    Kinds are those of :data:`~aiida_capthermo.compute.summary.ERROR_KINDS`: ``out_of_memory``, ``missing_labels``,
+    ``no_data``, ``exception`` (a traceback; its last line is the detail).
     """
     if match := re.search(r'(CUDA out of memory[^\n]*|OutOfMemoryError[^\n]*|DefaultCPUAllocator: can\'t allocate'
                           r'[^\n]*)', text):
         return 'out_of_memory', match[1]
     if match := re.search(r"(None of '[^\n]*found[^\n]*)", text):
-        return 'no_training_data', match[1]
+        return 'no_data', match[1]
     if match := re.search(r'(No (?:energies|forces|stress\w*) found with key[^\n]*)', text):
         return 'missing_labels', match[1]
     if 'Traceback (most recent call last)' in text:
         tail = [line for line in text.splitlines() if line.strip()]
-        return 'failed', tail[-1] if tail else 'traceback'
+        return 'exception', tail[-1] if tail else 'traceback'
     return None
 
 
@@ -164,9 +165,7 @@ class FinetuneMaceParser(SummaryParser):
             summary['remote_resolution'] = resolution
             if resolution.get('error'):
                 self.out('summary', orm.Dict(summary))
-                if resolution.get('error_kind') == 'foundation_not_obtainable':
-                    return self.exit_codes.ERROR_FOUNDATION_NOT_OBTAINABLE.format(error=resolution['error'])
-                return self.exit_codes.ERROR_REMOTE_RESOLUTION_FAILED.format(error=resolution['error'])
+                return self.error_exit_code(resolution.get('error_kind') or 'resolve_failed', resolution['error'])
 
         stdout = self._text(node.base.attributes.get('output_filename', 'aiida.out')) or ''
         log_name = next((n for n in names if re.fullmatch(rf'{MODEL_NAME}_run-\d+\.log', n)), None)
@@ -177,13 +176,7 @@ class FinetuneMaceParser(SummaryParser):
         if failure is not None:
             kind, detail = failure
             self.out('summary', orm.Dict({**summary, 'error': detail, 'error_kind': kind}))
-            if kind == 'out_of_memory':
-                return self.exit_codes.ERROR_OUT_OF_MEMORY.format(error=detail)
-            if kind == 'no_training_data':
-                return self.exit_codes.ERROR_NO_TRAINING_DATA.format(detail=detail)
-            if kind == 'missing_labels':
-                return self.exit_codes.ERROR_MISSING_LABELS.format(detail=detail)
-            return self.exit_codes.ERROR_MACE_FAILED.format(detail=detail)
+            return self.error_exit_code(kind, detail)
         if not log_name or not results_name:
             return self.exit_codes.ERROR_LOG_MISSING
 
@@ -196,7 +189,7 @@ class FinetuneMaceParser(SummaryParser):
         self.out('training_curve', curve)
 
         if evals and math.isnan(_float(evals[-1].get('loss'))):
-            return self.exit_codes.ERROR_NAN_LOSS.format(epoch=evals[-1].get('epoch'))
+            return self.error_exit_code('nan_loss', f"at epoch {evals[-1].get('epoch')}")
 
         table = parse_error_table(log)
         metrics = {'units': {'e': 'eV', 'e_per_atom': 'eV/atom', 'f': 'eV/Å', 'stress': 'eV/Å^3'}, 'final': table}
