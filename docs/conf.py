@@ -2,7 +2,12 @@
 
 project = 'aiida-capthermo'
 author = 'aiida-capthermo developers'
-extensions = ['myst_parser', 'sphinx.ext.autodoc', 'sphinx.ext.napoleon', 'aiida.sphinxext', 'sphinx_click']
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent / '_ext'))  # capthermo_settings: tables of settings classes
+extensions = ['myst_parser', 'sphinx.ext.autodoc', 'sphinx.ext.napoleon', 'aiida.sphinxext', 'sphinx_click',
+              'capthermo_settings']
 source_suffix = {'.md': 'markdown'}
 myst_enable_extensions = ['dollarmath', 'colon_fence']
 exclude_patterns = ['_build']

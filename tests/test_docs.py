@@ -23,3 +23,14 @@ def test_docs_build_without_warnings(tmp_path):
     for expected in ('evaluate_code', 'max_frame_force', 'capthermo-gap', 'frequency_cutoff',
                      'ModelData.predict'):
         assert expected in reference, expected
+    # Every key of every settings class the reference lists is in its generated table, with its default.
+    import importlib
+    import re
+
+    classes = re.findall(r'```\{capthermo-settings\} (\S+)', (DOCS / 'reference.md').read_text())
+    assert len(classes) >= 9
+    for path in classes:
+        module, _, name = path.rpartition('.')
+        for key in getattr(importlib.import_module(module), name).model_fields:
+            assert f'<span class="pre">{key}</span>' in reference, (path, key)
+    assert re.search(r'forces_weight</span>.*?150\.0', reference, re.S)
