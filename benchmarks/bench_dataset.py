@@ -6,7 +6,7 @@ Times, in one run on the same machine:
      structure as a ``StructureData`` node with its provenance (an isolated SQLite profile made by ``verdi presto``);
   3. labelling throughput of the local engine (``ml.labelling.label_structures``) per structure.
 Force constants: a nearest-neighbour spring model of the 40-atom Ag3SI cell (the timing depends on the atom count,
-not on the physics). Writes ``benchmarks/results/bench_dataset.json`` and prints a Markdown table.
+not on the physics). Writes ``benchmarks/bench_dataset.json`` and prints a Markdown table.
 
     python benchmarks/bench_dataset.py [--n 1000] [--n-label 4] [--method GFN1-xTB]
 """
@@ -14,16 +14,15 @@ not on the physics). Writes ``benchmarks/results/bench_dataset.json`` and prints
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+from common import default_output, machine, write_result
 
 
 def spring_phonopy(parent_atoms, supercell=(2, 2, 2), k: float = 1.0):
@@ -107,7 +106,7 @@ def main() -> int:
     n_ok = sum(r['status'] == 'ok' for r in records)
 
     result = {
-        'machine': f'{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, no GPU',
+        'machine': machine(1),
         'n_structures': args.n, 'atoms_per_structure': len(reference),
         'sampling_ms_per_structure': sampling * 1e3,
         'sampling_and_storing_ms_per_structure': storing * 1e3,
@@ -115,9 +114,7 @@ def main() -> int:
         'labelling_method': args.method, 'labelling_s_per_structure': labelling,
         'labelling_converged': f'{n_ok}/{args.n_label}',
     }
-    out = pathlib.Path(__file__).parent / 'results'
-    out.mkdir(exist_ok=True)
-    (out / 'bench_dataset.json').write_text(json.dumps(result, indent=2))
+    write_result(result, default_output('dataset'))
     print('| quantity | value |\n|---|---|')
     for key, value in result.items():
         print(f'| {key} | {value:.4g} |' if isinstance(value, float) else f'| {key} | {value} |')

@@ -1,18 +1,16 @@
 """Benchmark: vectorised periodic radius graph vs a plain per-pair, per-image Python loop, same run, same data.
 
 1000 randomly displaced 40-atom Ag3SI cells (2x2x2, a = 9.738 Å, displacements U[-0.3, 0.3] Å), cutoff 5.5 Å.
-Writes ``results/gnn_graphs.json`` and ``.md``. Usage: ``python benchmarks/bench_gnn_graphs.py [--n 1000]``.
+Writes ``benchmarks/bench_gnn_graphs.json``. Usage: ``python benchmarks/bench_gnn_graphs.py [--n 1000]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
-import platform
 import time
 
 import numpy as np
+from common import default_output, machine, write_result
 from ase import Atoms
 
 from aiida_capthermo.core.graphs import radius_graph_pbc, radius_graph_pbc_loop, radius_graphs_pbc
@@ -62,18 +60,14 @@ def main() -> None:
         'vectorised_s': t_fast, 'vectorised_single_call_all_structures_s': t_fast_one_call,
         'vectorised_one_call_per_structure_s': t_single, 'loop_s': t_slow, 'speedup': t_slow / t_fast,
         'speedup_one_call_per_structure': t_slow / t_single, 'identical_edge_sets': identical,
-        'machine': f'{platform.processor() or platform.machine()}, 2 shared CPU cores, no GPU',
-        'numpy': np.__version__,
+        'machine': machine(1),
     }
-    out = pathlib.Path(__file__).parent / 'results'
-    out.mkdir(exist_ok=True)
-    (out / 'gnn_graphs.json').write_text(json.dumps(result, indent=2))
-    (out / 'gnn_graphs.md').write_text(
+    write_result(result, default_output('gnn_graphs'))
+    print(
         '| structures | edges/structure | batched (s) | one call per structure (s) | loop (s) | speed-up batched '
         '| speed-up per structure | identical |\n|---|---|---|---|---|---|---|---|\n'
         f"| {args.n} x 40 atoms | {result['mean_edges_per_structure']:.0f} | {t_fast:.3f} | {t_single:.2f} | "
         f"{t_slow:.1f} | {result['speedup']:.0f}x | {result['speedup_one_call_per_structure']:.0f}x | {identical} |\n")
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == '__main__':

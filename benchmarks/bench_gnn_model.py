@@ -2,18 +2,16 @@
 
 Default (papers') architecture, CPU (CUDA when present). Inference is timed model-only (graphs prebuilt) at batch
 sizes 1, 32 and 256 (the ratio to batch size 1 is the gain of batching) and end-to-end with graph building.
-Writes ``results/gnn_model.json`` and ``.md``. Usage: ``python benchmarks/bench_gnn_model.py [--n 1000] [--threads 1]``.
+Writes ``benchmarks/bench_gnn_model.json``. Usage: ``python benchmarks/bench_gnn_model.py [--n 1000] [--threads 1]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
-import platform
 import time
 
 import numpy as np
+from common import default_output, machine, write_result
 import torch
 
 from aiida_capthermo.core.dataset import LabelledSet
@@ -85,13 +83,10 @@ def main() -> None:
         'end_to_end_prediction_structures_per_s': end_to_end,
         'train_seconds_per_epoch_700_train_structures': per_epoch,
         'train_seconds_per_epoch_per_1000_structures': per_epoch * 1000 / result.metrics['train']['n'],
-        'machine': f'{platform.processor() or platform.machine()}, 2 shared CPU cores, no GPU',
-        'torch': torch.__version__,
+        'machine': machine(args.threads, str(device)),
     }
-    out = pathlib.Path(__file__).parent / 'results'
-    out.mkdir(exist_ok=True)
-    (out / 'gnn_model.json').write_text(json.dumps(summary, indent=2))
-    (out / 'gnn_model.md').write_text(
+    write_result(summary, default_output('gnn_model'))
+    print(
         '| quantity | value |\n|---|---|\n'
         + ''.join(f'| inference, batch {k} (structures/s) | {v:.0f} |\n' for k, v in inference.items())
         + f'| batching speed-up 256 vs 1 | {summary["batching_speedup_256_vs_1"]:.1f}x |\n'
@@ -99,7 +94,6 @@ def main() -> None:
         + f'| graph building, {args.n} structures (s) | {t_graphs:.2f} |\n'
         + f'| training, s per epoch ({result.metrics["train"]["n"]} train + {result.metrics["validation"]["n"]} validation) '
           f'| {per_epoch:.2f} |\n')
-    print(json.dumps(summary, indent=2))
 
 
 if __name__ == '__main__':

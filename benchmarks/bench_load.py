@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument('--output', default='benchmarks/bench_load.json')
     args = parser.parse_args()
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    from bench_mace import machine, write_result
+    from common import machine, write_result
 
     results = []
     for backend in args.backends:

@@ -11,7 +11,7 @@ epoch is the sum of MACE's per-batch optimisation times of the second epoch (the
 extrapolated linearly to 1000 structures. Evaluation throughput: batched prediction with
 :func:`aiida_capthermo.ml.mace.predict`.
 
-Usage: ``python benchmarks/bench_mace.py [--n-medium 40] [--n-tiny 200] [--out benchmarks/results]``
+Usage: ``python benchmarks/bench_mace.py [--n-medium 40] [--n-tiny 200]``; writes ``benchmarks/bench_mace.json``.
 """
 
 from __future__ import annotations
@@ -20,34 +20,18 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+from common import default_output, machine, write_result
 
 ARCHITECTURES = {
     'medium': {'num_channels': 128, 'max_L': 1, 'correlation': 3, 'num_interactions': 2, 'r_max': 6.0},
     'tiny': {'num_channels': 8, 'max_L': 0, 'correlation': 2, 'num_interactions': 2, 'r_max': 4.0},
 }
-
-
-def machine(threads: int, device: str) -> dict:
-    """The facts of the machine a benchmark ran on."""
-    import torch
-
-    return {'platform': platform.platform(), 'processor': platform.processor(), 'python': platform.python_version(),
-            'torch': torch.__version__, 'threads': threads, 'device': device}
-
-
-def write_result(result: dict, output: str) -> None:
-    """Write ``result`` as JSON to ``output`` (folders created) and print it."""
-    path = pathlib.Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
 
 
 def antiperovskite_set(n: int, seed: int = 0, labels: bool = True):
@@ -127,17 +111,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--n-medium', type=int, default=40)
     parser.add_argument('--n-tiny', type=int, default=200)
-    parser.add_argument('--out', default='benchmarks/results')
+    parser.add_argument('--output', default=default_output('mace'))
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', '2')))
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {'machine': {'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
-                           'cuda': torch.cuda.is_available(), 'platform': platform.platform(),
-                           'processor': platform.processor()},
+    results = {'machine': machine(torch.get_num_threads(), args.device),
                'structure': '40-atom Ag3S(Br,I) 2x2x2, LJ labels (timing only)', 'dtype': 'float64',
                'batch_size': 4, 'device': args.device}
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,14 +133,13 @@ def main() -> None:
         / results['tiny']['training']['seconds_per_structure'],
         'evaluation_seconds_per_structure': results['tiny']['evaluation']['structures_per_second']
         / results['medium']['evaluation']['structures_per_second']}
-    (out / 'bench_mace.json').write_text(json.dumps(results, indent=1))
+    write_result(results, args.output)
     lines = ['| model | structures timed | s/epoch (timed) | s/epoch extrapolated to 1000 | eval structures/s |',
              '|---|---|---|---|---|']
     for name in ('tiny', 'medium'):
         r = results[name]
         lines.append(f"| {name} | {r['training']['n_train']} | {r['training']['epoch_seconds']:.1f} | "
                      f"{r['training']['epoch_seconds_1000']:.0f} | {r['evaluation']['structures_per_second']:.1f} |")
-    (out / 'bench_mace.md').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
 
 

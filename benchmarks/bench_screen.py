@@ -5,7 +5,7 @@ displaced supercells of a phonon calculation evaluated one by one (ASE) vs in ba
 The structures are the 22 symmetry-inequivalent configurations of the 2x2x2 cell over x = 0..1 (the paper's whole
 screen), at the Vegard lattice parameter, rattled by 0.1 Å. The MACE has the demo's size (16 channels, max_L 1,
 r_max 5 Å, 2 interactions), trained for two epochs on LJ labels (timing only). Same model, same fmax, same thread
-count for every variant. Writes ``results/screen.json``. Usage:
+count for every variant. Writes ``benchmarks/bench_screen.json``. Usage:
 ``python benchmarks/bench_screen.py [--threads 1] [--device cpu] [--fmax 0.01]``.
 """
 
@@ -20,7 +20,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from bench_mace import antiperovskite_set, machine, time_training, write_result  # noqa: E402
+from bench_mace import antiperovskite_set, time_training  # noqa: E402
+from common import default_output, machine, write_result  # noqa: E402
 
 DEMO = {'num_channels': 16, 'max_L': 1, 'correlation': 2, 'num_interactions': 2, 'r_max': 5.0}
 
@@ -58,7 +59,7 @@ def main() -> None:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--fmax', type=float, default=0.01)
     parser.add_argument('--max-steps', type=int, default=500)
-    parser.add_argument('--output', default='benchmarks/results/screen.json')
+    parser.add_argument('--output', default=default_output('screen'))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cells = screen_structures()

@@ -4,7 +4,7 @@ graph building.
 
 The MACE has the demo's size (16 channels, max_L 1, r_max 5 Å, 2 interactions), trained for one epoch on LJ labels
 (timing only; its physics is irrelevant here). The GNN has the papers' architecture (64 hidden channels, 2 GraphConv
-layers) with random weights. Writes ``results/thermal.json``. Usage:
+layers) with random weights. Writes ``benchmarks/bench_thermal.json``. Usage:
 ``python benchmarks/bench_thermal.py [--threads 1] [--device cpu] [--n-gnn 5000]``.
 """
 
@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from bench_mace import antiperovskite_set, machine, time_training, write_result  # noqa: E402
+from bench_mace import antiperovskite_set, time_training  # noqa: E402
+from common import default_output, machine, write_result  # noqa: E402
 
 DEMO = {'num_channels': 16, 'max_L': 1, 'correlation': 2, 'num_interactions': 2, 'r_max': 5.0}
 
@@ -79,7 +80,7 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=1, help='torch threads (same for every variant)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--n-gnn', type=int, default=5000)
-    parser.add_argument('--output', default='benchmarks/results/thermal.json')
+    parser.add_argument('--output', default=default_output('thermal'))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cells = antiperovskite_set(8, seed=0).to_atoms_list(with_labels=False)
