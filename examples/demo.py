@@ -7,6 +7,8 @@ with a running daemon: ``python examples/demo.py [--protocol demo] [--timeout 18
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import time
 
 from aiida import load_profile, orm
@@ -44,7 +46,7 @@ def wait(node: orm.ProcessNode, timeout: float) -> orm.ProcessNode:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--protocol', default='demo', help='Protocol of the workchains (demo, fast, balanced).')
+    parser.add_argument('--protocol', default='demo', help='Protocol of the workchains (demo, fast, paper).')
     parser.add_argument('--timeout', type=float, default=3600.0, help='Seconds to wait for the study.')
     parser.add_argument('--figures', default='demo-output', help='Folder for Table I (CSV) and the figures.')
     args = parser.parse_args()
@@ -104,7 +106,12 @@ def main() -> int:
 
         text, files = write_report(node, args.figures)
         print(f'\nTable I (Eg in eV, error bars = standard errors of the decorrelated MD samples):\n{text}')
-        print(f'Table I (CSV) and {len(files) - 1} figures in {args.figures}/: {", ".join(files)}')
+        record = json.loads((pathlib.Path(args.figures) / 'run.json').read_text())
+        print(f'Stages (wall seconds from the nodes; {args.figures}/run.json has every job):')
+        for stage in record['stages']:
+            print(f'  {stage["label"]:18s} {stage["seconds"]:6.0f} s, from {stage["start_s"]:4.0f} s'
+                  + (f', {stage["n_calcjobs"]} jobs' if 'n_calcjobs' in stage else ''))
+        print(f'Table I (CSV), the run record and {len(files) - 2} figures in {args.figures}/: {", ".join(files)}')
         print(f'Again at any time, also from an archive: capthermo report {node.pk}')
     print(f'Provenance: verdi node graph generate {node.pk}; share: verdi archive create --all study.aiida')
     return 0

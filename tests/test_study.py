@@ -4,6 +4,7 @@ mode coupling -> Table I, figures, `capthermo report`, archive round trip."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -230,7 +231,18 @@ def check_screen_thermal_and_report(node, results, tmp_path):
     assert result.exit_code == 0, result.output
     assert '0.500' in result.output and 'Eg(300 K)' in result.output
     written = sorted(path.name for path in (tmp_path / 'report').iterdir())
-    assert 'table_i.csv' in written and 'eg_vs_x.png' in written and len(written) == 1 + len(figures)
+    assert 'table_i.csv' in written and 'eg_vs_x.png' in written and len(written) == 2 + len(figures)
+    # run.json: the run's own record (timings from the nodes, sizes, errors) that the docs quote about a run.
+    record = json.loads((tmp_path / 'report' / 'run.json').read_text())
+    labels = [stage['label'] for stage in record['stages']]
+    assert labels[0] == 'dataset' and {'gnn_low', 'gnn_high', 'screen', 'thermal'} <= set(labels), labels
+    assert all(0 <= stage['start_s'] and stage['start_s'] + stage['seconds'] <= record['study_seconds'] + 1
+               for stage in record['stages'])
+    dataset_stage = record['stages'][0]
+    assert dataset_stage['n_calcjobs'] >= sum(c['label'].startswith('label_') for c in dataset_stage['called']) > 0
+    assert record['datasets']['low']['n_structures'] == results['dataset']['low'].n_structures
+    assert record['mace_evaluation']['force_mae_eV_per_A'] == results['mace']['evaluation']['forces']['mae']
+    assert all(entry['n_imaginary'] >= 0 for entry in record['screen_phonons'].values())
     check_questions_answered(node, results)
     # An archive of the study imported into a fresh profile gives the same report.
     from aiida.tools.archive import create_archive

@@ -4,12 +4,13 @@ and plain functions for ``capthermo report`` (which reads the stored nodes and r
 from __future__ import annotations
 
 import io
+import json
 
 from aiida import orm
 from aiida.engine import calcfunction
 
 __all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'figure_png', 'mace_parity_png', 'mace_parity_plot',
-           'write_report']
+           'run_record', 'write_report']
 
 
 def table_rows(rows: list[dict]) -> list[dict]:
@@ -161,4 +162,71 @@ def write_report(node: orm.ProcessNode, folder) -> tuple[str, list[str]]:
     files.update({f'{name}.png': value for name, value in (outputs.figures.items() if 'figures' in outputs else [])})
     for filename, value in files.items():
         (folder / filename).write_bytes(value.get_content('rb'))
-    return text, sorted(files)
+    (folder / 'run.json').write_text(json.dumps(run_record(node), indent=1, default=str) + '\n')
+    return text, sorted([*files, 'run.json'])
+
+
+def _timing(node: orm.ProcessNode, origin) -> dict:
+    """Label, process, start (s after ``origin``) and wall seconds (creation to last modification) of a process,
+    with the number of CalcJobs it ran."""
+    from aiida.orm import CalcJobNode
+
+    entry = {'label': node.base.links.get_incoming().first().link_label if node.caller else node.process_label,
+             'process': node.process_label, 'start_s': round((node.ctime - origin).total_seconds(), 1),
+             'seconds': round((node.mtime - node.ctime).total_seconds(), 1), 'exit_status': node.exit_status}
+    if isinstance(node, orm.WorkflowNode):
+        descendants = orm.QueryBuilder().append(orm.WorkflowNode, filters={'id': node.pk}, tag='w').append(
+            CalcJobNode, with_ancestors='w', project='id').all(flat=True)
+        entry['n_calcjobs'] = len(set(descendants))
+    return entry
+
+
+def run_record(node: orm.ProcessNode) -> dict:
+    """What a finished study did, from its stored nodes: wall time, every stage's timing (each process the study
+    called, and the processes its workchains called), dataset sizes and the parents' imaginary modes, model errors,
+    the screen's 0 K phonons. ``capthermo report`` and the demo write it as ``run.json`` beside Table I, so every
+    figure quoted about a run comes from the run itself."""
+    origin = node.ctime
+    stages = []
+    for child in sorted(node.called, key=lambda n: n.ctime):
+        if not isinstance(child, (orm.WorkflowNode, orm.CalcJobNode)):
+            continue
+        entry = _timing(child, origin)
+        if isinstance(child, orm.WorkChainNode):
+            entry['called'] = [_timing(sub, origin) for sub in sorted(child.called, key=lambda n: n.ctime)
+                               if isinstance(sub, (orm.WorkflowNode, orm.CalcJobNode))]
+        stages.append(entry)
+    record = {'study_uuid': node.uuid, 'process_state': node.process_state.value,
+              'exit_status': node.exit_status, 'study_seconds': round((node.mtime - node.ctime).total_seconds(), 1),
+              'stages': stages}
+    outputs = node.outputs
+    if 'dataset' in outputs:
+        record['datasets'] = {name: {'n_structures': dataset.n_structures,
+                                     'method': dataset.base.attributes.get('method')}
+                              for name, dataset in outputs.dataset.items() if hasattr(dataset, 'n_structures')}
+        low = outputs.dataset.get('low') if hasattr(outputs.dataset, 'get') else None
+        if low is not None and low.base.attributes.get('phonon_modes'):
+            record['parent_phonon_modes'] = {
+                role: {key: entry[key] for key in ('n_modes', 'n_imaginary', 'n_skipped', 'min_frequency_thz')}
+                for role, entry in low.base.attributes.get('phonon_modes').items()}
+    if 'mace' in outputs:
+        mace = outputs.mace
+        if 'training_set' in mace:
+            record['mace_training_set'] = {'n_structures': mace.training_set.n_structures,
+                                           'origins': mace.training_set.base.attributes.get('origins')}
+        if 'evaluation' in mace:
+            evaluation = mace.evaluation.get_dict()
+            record['mace_evaluation'] = {'n_structures': evaluation['n_structures'],
+                                         'force_mae_eV_per_A': evaluation['forces']['mae'],
+                                         'energy_mae_eV_per_atom': evaluation['energy_per_atom']['mae']}
+    if 'gnn' in outputs:
+        record['gnn_mae_eV'] = {stage: {split: values['mae'] for split, values in outputs.gnn[stage].get_dict().items()
+                                        if isinstance(values, dict) and 'mae' in values}
+                                for stage in ('metrics_low', 'metrics') if stage in outputs.gnn}
+    if 'screen' in outputs and 'compositions' in outputs.screen:
+        record['screen_phonons'] = {
+            f'{composition}.{key}': {name: value['phonons'].get_dict().get(name)
+                                     for name in ('n_imaginary', 'min_frequency', 'stable_0K')}
+            for composition, entries in outputs.screen.compositions.items()
+            for key, value in entries.items() if hasattr(value, 'items') and 'phonons' in value}
+    return record
