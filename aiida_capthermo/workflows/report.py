@@ -162,22 +162,21 @@ def write_report(node: orm.ProcessNode, folder) -> tuple[str, list[str]]:
     files.update({f'{name}.png': value for name, value in (outputs.figures.items() if 'figures' in outputs else [])})
     for filename, value in files.items():
         (folder / filename).write_bytes(value.get_content('rb'))
-    (folder / 'run.json').write_text(json.dumps(run_record(node), indent=1, default=str) + '\n')
+    (folder / 'run.json').write_text(json.dumps(run_record(node), indent=1, sort_keys=True, default=str) + '\n')
     return text, sorted([*files, 'run.json'])
 
 
 def _timing(node: orm.ProcessNode, origin) -> dict:
     """Label, process, start (s after ``origin``) and wall seconds (creation to last modification) of a process,
     with the number of CalcJobs it ran."""
-    from aiida.orm import CalcJobNode
+    from aiida.common.links import LinkType
 
-    entry = {'label': node.base.links.get_incoming().first().link_label if node.caller else node.process_label,
+    call = node.base.links.get_incoming(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK)).all()
+    entry = {'label': call[0].link_label if call else node.process_label,
              'process': node.process_label, 'start_s': round((node.ctime - origin).total_seconds(), 1),
              'seconds': round((node.mtime - node.ctime).total_seconds(), 1), 'exit_status': node.exit_status}
     if isinstance(node, orm.WorkflowNode):
-        descendants = orm.QueryBuilder().append(orm.WorkflowNode, filters={'id': node.pk}, tag='w').append(
-            CalcJobNode, with_ancestors='w', project='id').all(flat=True)
-        entry['n_calcjobs'] = len(set(descendants))
+        entry['n_calcjobs'] = sum(isinstance(n, orm.CalcJobNode) for n in node.called_descendants)
     return entry
 
 
