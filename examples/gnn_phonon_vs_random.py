@@ -2,7 +2,8 @@
 
 1. Harmonic phonons of cubic Ag3SI (a = 4.869 Å) in its 2x2x2 supercell (40 atoms) with the local engine's
    tblite forces (GFN1-xTB without its halogen-bond term by default: the stock term gives ~30 eV/Å on the ideal,
-   symmetric cell) and phonopy (finite displacements of 0.01 Å); imaginary / near-zero modes are skipped.
+   symmetric cell) and phonopy (finite displacements of 0.01 Å); near-zero modes are skipped, imaginary ones
+   sampled at |f| (``--imaginary-modes absolute``, the dataset workchain's default) or skipped.
 2. Two training sets of the same size on the same 40-atom supercell:
    phonon-informed (paper eq. 1, uniform eps, temperatures drawn from 100-600 K) and random
    (second paper eq. 2, u = eps * a with the amplitude a drawn per structure from 0.1-0.8 Å).
@@ -12,23 +13,28 @@
 4. One GNN per set (papers' architecture, seeded 70/15/15 split), tested on its own test split and
    cross-tested on the other set's test split.
 
-Writes ``gnn_phonon_vs_random.json`` (numbers) into ``--output``. Slow: about 2 s of tblite per structure on
-one core. Usage::
+Writes ``gnn_phonon_vs_random_<random-amplitude>.json`` (numbers) into ``--output`` and label caches into
+``--cache`` (reused by the second run). Slow:
+about 1 s of tblite per structure on one core. The runs docs/gnn.md quotes (their JSON files are in
+``docs/figures/gnn_phonon_vs_random/``)::
 
-    python examples/gnn_phonon_vs_random.py --n-per-set 150 --output examples/output
+    python examples/gnn_phonon_vs_random.py --n-per-set 80 --random-amplitude paper
+    python examples/gnn_phonon_vs_random.py --n-per-set 80 --random-amplitude matched
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
+import platform
 import time
 
 import numpy as np
 
 
-def phonon_modes(a: float, method: str, log):
+def phonon_modes(a: float, method: str, imaginary: str, log):
     """Γ-point modes of the 2x2x2 supercell from xTB finite displacements; return (modes, ase supercell)."""
     from ase import Atoms
     from phonopy import Phonopy
@@ -51,8 +57,8 @@ def phonon_modes(a: float, method: str, log):
         forces.append(single_point(atoms)['forces'] - residual)
     phonon.forces = np.array(forces)
     phonon.produce_force_constants()
-    modes = SupercellModes.from_phonopy(phonon)
-    log(f'phonons: {len(forces)} displaced supercells, {modes.n_imaginary} imaginary modes skipped, '
+    modes = SupercellModes.from_phonopy(phonon, imaginary=imaginary)
+    log(f'phonons: {len(forces)} displaced supercells, {modes.n_imaginary} imaginary modes ({imaginary}), '
         f'frequencies {modes.frequencies.min():.2f}..{modes.frequencies.max():.2f} THz')
     supercell = phonon.supercell
     base = Atoms(supercell.symbols, positions=supercell.positions, cell=supercell.cell, pbc=True)
@@ -106,7 +112,10 @@ def main() -> None:
                         help='paper: a ~ U[0.1, 0.8] Å; matched: same mean-square displacement as the phonon set.')
     parser.add_argument('--label-method', default='GFN1-xTB', choices=('GFN1-xTB', 'GFN2-xTB'),
                         help='tblite method of the band-gap labels.')
-    parser.add_argument('--output', default='examples/output', help='Output directory.')
+    parser.add_argument('--imaginary-modes', default='absolute', choices=('absolute', 'skip'),
+                        help='Imaginary parent modes: sampled at |f| (the dataset default) or skipped.')
+    parser.add_argument('--output', default='docs/figures/gnn_phonon_vs_random', help='Output directory.')
+    parser.add_argument('--cache', default='examples/output', help='Directory of the label caches.')
     args = parser.parse_args()
     import torch
 
@@ -121,14 +130,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = lambda line: print(line, flush=True)  # noqa: E731
     start = time.perf_counter()
-    modes, base = phonon_modes(4.869, args.phonon_method, log)
+    modes, base = phonon_modes(4.869, args.phonon_method, args.imaginary_modes, log)
     phonon_set, random_set, amplitudes = make_sets(modes, base, args.n_per_set, args.seed, args.random_amplitude)
     log(f'random amplitudes {amplitudes.min():.3f}..{amplitudes.max():.3f} Å')
     spec = CalculatorSpec(method=args.label_method, properties=['gap'])
     labelled = {}
     for name, structures in (('phonon', phonon_set), ('random', random_set)):
         suffix = f'_{args.random_amplitude}' if name == 'random' else ''
-        cache = out / f'{name}{suffix}_{args.label_method}.npz'
+        cache = pathlib.Path(args.cache) / f'{name}{suffix}_{args.label_method}_{args.imaginary_modes}.npz'
+        cache.parent.mkdir(parents=True, exist_ok=True)
         if cache.is_file() and len(LabelledSet.load(cache)) == args.n_per_set:
             labelled[name] = LabelledSet.load(cache)
         else:
@@ -153,9 +163,15 @@ def main() -> None:
     summary = {
         'engine': f'tblite {args.label_method} Γ-point gaps, {args.phonon_method} phonons', 'supercell': 'Ag3SI 2x2x2, 40 atoms, a = 4.869 Å',
         'n_per_set': args.n_per_set, 'hyperparameters': hp, 'random_amplitude': args.random_amplitude,
-        'random_amplitude_range_A': [float(amplitudes.min()), float(amplitudes.max())], 'n_imaginary_modes_skipped': int(modes.n_imaginary),
-        'gap_statistics_eV': {name: {'mean': float(np.nanmean(ls.gap)), 'std': float(np.nanstd(ls.gap))}
+        'random_amplitude_range_A': [float(amplitudes.min()), float(amplitudes.max())], 'n_imaginary_modes': int(modes.n_imaginary),
+        'imaginary_modes': args.imaginary_modes, 'n_modes_displaced': int(len(modes.active)),
+        'frequency_range_THz': [float(modes.frequencies.min()), float(modes.frequencies.max())],
+        'gap_statistics_eV': {name: {'mean': float(np.nanmean(ls.gap)), 'std': float(np.nanstd(ls.gap)),
+                                     'min': float(np.nanmin(ls.gap)), 'max': float(np.nanmax(ls.gap))}
                               for name, ls in labelled.items()},
+        'n_train_test': [models['phonon'].metrics['train']['n'], models['phonon'].metrics['test']['n']],
+        'machine': f'{platform.machine()}, {os.cpu_count()} cores, torch threads 1, load average at the end '
+                   f'{os.getloadavg()[0]:.1f}',
         'results': results, 'wall_time_s': time.perf_counter() - start,
     }
     (out / f'gnn_phonon_vs_random_{args.random_amplitude}.json').write_text(json.dumps(summary, indent=2))
