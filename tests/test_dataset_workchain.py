@@ -57,6 +57,8 @@ def test_datasets_counts_and_attributes(demo_run):
         assert report['n_modes'] == 120 and report['imaginary_modes'] == 'absolute'
         assert report['n_imaginary'] > 0 and 3 <= report['n_skipped'] < report['n_imaginary']
         assert report['min_frequency_thz'] < 0 < report['max_frequency_thz']
+        print(f"\n{role} parent: {report['n_imaginary']} of {report['n_modes']} modes imaginary, softest "
+              f"{report['min_frequency_thz']:.2f} THz, {report['n_skipped']} skipped")  # quoted by docs/dataset.md
     assert high.base.attributes.get('labels') == ['cbm', 'gap', 'vbm']
     assert high.base.attributes.get('method') == 'IPEA1-xTB-noXB'
     assert equilibrium.get_labelled_set().origin.tolist() == ['equilibrium']

@@ -111,6 +111,9 @@ def test_md_of_harmonic_and_quartic_crystals(quartic):
     optical = np.setdiff1d(np.arange(3 * n), result['acoustic'])
     shift = result['renormalised'][optical] - result['harmonic'][optical]
     assert result['equipartition'] == pytest.approx(result['mean_temperature'] / 300.0, rel=1e-6)
+    # the figures docs/screen.md refers to (seeded: `pytest -s` prints the same ones every run)
+    print(f'\nk4 {quartic}: optical shifts {shift.min():+.3f} to {shift.max():+.3f} THz, mean {shift.mean():+.3f}, '
+          f'rms {np.sqrt(np.mean(shift ** 2)):.3f} THz (resolution {settings.resolution:.4f} THz)')
     if not quartic:
         assert np.allclose(result['harmonic'], exact, atol=1e-3)
         assert np.abs(shift).max() < settings.resolution  # 0.0625 THz
