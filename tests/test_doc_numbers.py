@@ -1,0 +1,82 @@
+"""The docs quote figures from committed results (benchmark JSON, the demo's run record and Table I, example runs):
+each quoted figure is recomputed here from its source and must appear in the page, formatted as the page writes
+it. A rerun of a benchmark that changes a figure fails this test until the page is updated."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def _json(path: str) -> dict:
+    return json.loads((ROOT / path).read_text())
+
+
+def _get(data, path: str):
+    for key in path.split('/'):
+        data = data[int(key)] if isinstance(data, list) else data[key]
+    return data
+
+
+def _table_i() -> dict:
+    with open(ROOT / 'docs/figures/demo/table_i.csv') as handle:
+        return {(float(r['x']), float(r['temperature_K'])): r for r in csv.DictReader(handle)}
+
+
+# (page, source JSON, key path, how the page writes it)
+CLAIMS = [
+    ('docs/dataset.md', 'benchmarks/bench_dataset.json', 'sampling_ms_per_structure', '{:.3f} ms'),
+    ('docs/dataset.md', 'benchmarks/bench_dataset.json', 'sampling_and_storing_ms_per_structure', '{:.1f} ms'),
+    ('docs/dataset.md', 'benchmarks/bench_dataset.json', 'storing_over_sampling', '{:.0f}x'),
+    ('docs/dataset.md', 'benchmarks/bench_dataset.json', 'labelling_s_per_structure', '{:.2f} s'),
+    ('docs/dataset.md', 'benchmarks/bench_label_methods.json', 'rows/1/seconds_per_label', '| {:.2f} |'),
+    ('docs/gnn.md', 'benchmarks/bench_gnn_graphs.json', 'loop_s', '{:.1f} s'),
+    ('docs/gnn.md', 'benchmarks/bench_gnn_graphs.json', 'speedup', '{:.0f}x'),
+    ('docs/gnn.md', 'benchmarks/bench_gnn_graphs.json', 'mean_edges_per_structure', '{:.0f} edges'),
+    ('docs/gnn.md', 'benchmarks/bench_gnn_model.json', 'end_to_end_prediction_structures_per_s', '{:.0f} structures/s'),
+    ('docs/gnn.md', 'benchmarks/bench_gnn_model.json', 'train_seconds_per_epoch_700_train_structures', '{:.2f} s'),
+    ('docs/gnn.md', 'docs/figures/gnn_phonon_vs_random/gnn_phonon_vs_random_paper.json',
+     'results/phonon/cross_test_on_random/mae', '{:.3f} eV'),
+    ('docs/gnn.md', 'docs/figures/gnn_phonon_vs_random/gnn_phonon_vs_random_matched.json',
+     'results/random/cross_test_on_phonon/mae', '{:.3f} eV'),
+    ('docs/gnn.md', 'docs/figures/gnn_phonon_vs_random/gnn_phonon_vs_random_matched.json',
+     'gap_statistics_eV/random/mean', '{:.3f} ± '),
+    ('docs/cluster.md', 'benchmarks/bench_load.json', 'results/0/wall_s', '{:.0f} s'),
+    ('docs/cluster.md', 'benchmarks/bench_load.json', 'results/0/aiida_ms_per_structure', '{:.0f} ms'),
+    ('docs/cluster.md', 'benchmarks/bench_load.json', 'results/1/database_mb', '{:.1f} MB'),
+    ('docs/thermal.md', 'benchmarks/bench_thermal.json', 'md/ase_one_replica/seconds_per_step', '{:.3f}'),
+    ('docs/thermal.md', 'benchmarks/bench_thermal.json', 'md/torchsim_8/replica_steps_per_s', '{:.1f}'),
+    ('docs/screen.md', 'benchmarks/bench_screen.json', 'ase_bfgs_one_at_a_time/seconds', '{:.1f} s'),
+    ('docs/screen.md', 'benchmarks/bench_screen.json', 'speedup', '{:.1f}x'),
+    ('docs/mace.md', 'benchmarks/bench_mace.json', 'tiny/evaluation/structures_per_second', '| {:.0f} |'),
+    ('docs/mace.md', 'benchmarks/bench_mace.json', 'ratio_medium_over_tiny/training_seconds_per_structure', '{:.0f}x'),
+    ('docs/displacements.md', 'benchmarks/bench_sampling.json', 'ms_per_structure/uniform', '{:.4f}'),
+    ('docs/study.md', 'docs/figures/demo/run.json', 'study_seconds', '{:.0f} s'),
+    ('docs/study.md', 'docs/figures/demo/run.json', 'mace_evaluation/force_mae_eV_per_A', '{:.3f} eV/Å'),
+    ('docs/study.md', 'docs/figures/demo/run.json', 'mace_training_set/origins/md', '{} frames'),
+    ('docs/study.md', 'docs/figures/demo/run.json', 'screen_phonons/x_0p000.c000/n_imaginary', '{} imaginary modes'),
+    ('docs/study.md', 'docs/figures/teacher_gaps.json', 'rows/0/gap_high_eV', '{:.2f}'),
+    ('docs/study.md', 'docs/figures/teacher_gaps.json', 'rows/9/gap_high_eV', '{:.2f}'),
+]
+
+
+@pytest.mark.parametrize('page, source, key, pattern', CLAIMS, ids=[f'{c[0]}:{c[2]}' for c in CLAIMS])
+def test_quoted_figure_matches_its_source(page, source, key, pattern):
+    expected = pattern.format(_get(_json(source), key))
+    assert expected in (ROOT / page).read_text(), f'{page} should quote {expected!r} ({source}: {key})'
+
+
+def test_demo_table_i_matches_its_csv():
+    """Every Eg of Table I in docs/study.md, with its error bar, is the CSV's value rounded as printed."""
+    text = (ROOT / 'docs/study.md').read_text()
+    for (x, temperature), row in _table_i().items():
+        if temperature == 0:
+            expected = f'| {x:g} | {float(row["gap_eV"]):.3f} |'
+        else:
+            expected = f'{float(row["gap_eV"]):.3f} ± {float(row["stderr_eV"]):.3f}'
+        assert expected in text, (x, temperature, expected)
