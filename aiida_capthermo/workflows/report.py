@@ -203,11 +203,11 @@ def run_record(node: orm.ProcessNode) -> dict:
         record['datasets'] = {name: {'n_structures': dataset.n_structures,
                                      'method': dataset.base.attributes.get('method')}
                               for name, dataset in outputs.dataset.items() if hasattr(dataset, 'n_structures')}
-        low = outputs.dataset.get('low') if hasattr(outputs.dataset, 'get') else None
-        if low is not None and low.base.attributes.get('phonon_modes'):
+        modes = outputs.dataset.low.base.attributes.get('phonon_modes', None) if 'low' in outputs.dataset else None
+        if modes:
             record['parent_phonon_modes'] = {
                 role: {key: entry[key] for key in ('n_modes', 'n_imaginary', 'n_skipped', 'min_frequency_thz')}
-                for role, entry in low.base.attributes.get('phonon_modes').items()}
+                for role, entry in modes.items()}
     if 'mace' in outputs:
         mace = outputs.mace
         if 'training_set' in mace:
