@@ -161,7 +161,8 @@ def main() -> None:
         prediction = predict(models[train_name].loaded, test_set)
         results[train_name][f'cross_test_on_{test_name}'] = regression_metrics(test_set.gap, prediction)
     summary = {
-        'engine': f'tblite {args.label_method} Γ-point gaps, {args.phonon_method} phonons', 'supercell': 'Ag3SI 2x2x2, 40 atoms, a = 4.869 Å',
+        'engine': f"tblite {spec.describe()['method']} Γ-point gaps, "
+                  f"{CalculatorSpec(method=args.phonon_method).describe()['method']} phonons", 'supercell': 'Ag3SI 2x2x2, 40 atoms, a = 4.869 Å',
         'n_per_set': args.n_per_set, 'hyperparameters': hp, 'random_amplitude': args.random_amplitude,
         'random_amplitude_range_A': [float(amplitudes.min()), float(amplitudes.max())], 'n_imaginary_modes': int(modes.n_imaginary),
         'imaginary_modes': args.imaginary_modes, 'n_modes_displaced': int(len(modes.active)),
