@@ -75,13 +75,12 @@ class ModelData(orm.Data):
         (eV/Å^3, Voigt). Meant for a handful of structures: thousands go through the CalcJobs."""
         import tempfile
 
-        import torch
+        from aiida_capthermo.ml.settings import torch_default_dtype
 
         atoms_list = [s.get_ase() if hasattr(s, 'get_ase') else s for s in structures]
         if not atoms_list:
             return []
-        default_dtype = torch.get_default_dtype()  # loading a MACE model sets float64: not for the caller
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, torch_default_dtype():  # MACE sets float64: not for the caller
             paths = self.export_files(folder)
             if self.kind == 'gnn':
                 from aiida_capthermo.core.dataset import LabelledSet
@@ -97,11 +96,8 @@ class ModelData(orm.Data):
 
                 from aiida_capthermo.ml.mace import load_mace_model, predict
 
-                try:
-                    model = load_mace_model(str(paths[self.main_file]), device='cpu')
-                    result = predict(model, atoms_list, batch_size=batch_size, device='cpu')
-                finally:
-                    torch.set_default_dtype(default_dtype)
+                model = load_mace_model(str(paths[self.main_file]), device='cpu')
+                result = predict(model, atoms_list, batch_size=batch_size, device='cpu')
             else:
                 raise ValueError(f'cannot predict with a model of kind {self.kind!r} (gnn or mace)')
         offsets = np.cumsum([0] + [len(atoms) for atoms in atoms_list])

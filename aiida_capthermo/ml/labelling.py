@@ -11,8 +11,6 @@ recorded as failed with its error and does not stop the batch.
 
 from __future__ import annotations
 
-import contextlib
-
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -21,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from aiida_capthermo.core.dataset import LabelledSet
+from aiida_capthermo.ml.settings import torch_default_dtype
 
 __all__ = ['CalculatorSpec', 'label_structures', 'gap_from_orbitals', 'tblite_parameters', 'single_point_function']
 
@@ -124,18 +123,6 @@ def _ase_single_point(atoms, calculator) -> dict:
             'stress': np.array(atoms.get_stress(voigt=True))}
 
 
-@contextlib.contextmanager
-def _default_dtype(name: str):
-    import torch
-
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(getattr(torch, name))
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def single_point_function(spec: CalculatorSpec) -> Callable:
     """Return ``f(atoms) -> dict`` of labels for ``spec``; models and parameter tables are loaded once, here."""
     wants_gap = 'gap' in spec.properties
@@ -152,12 +139,12 @@ def single_point_function(spec: CalculatorSpec) -> Callable:
 
     # The weights are read from the installed package; CHGNet never downloads these. CHGNet is float32 throughout:
     # it is built and run with that default dtype, whatever the process's default is (MACE may have set float64).
-    with _default_dtype('float32'):
+    with torch_default_dtype('float32'):
         calculator = CHGNetCalculator(CHGNet.load(model_name=spec.chgnet_model, use_device='cpu', verbose=False),
                                       use_device='cpu')
 
     def chgnet_single_point(atoms) -> dict:
-        with _default_dtype('float32'):
+        with torch_default_dtype('float32'):
             result = _ase_single_point(atoms, calculator)
         if wants_gap:
             edges = _tblite_single_point(atoms, spec, parameters)

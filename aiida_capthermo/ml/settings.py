@@ -3,11 +3,12 @@ runs, and how many CPU threads torch may use."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ['ModelRunSettings']
+__all__ = ['ModelRunSettings', 'torch_default_dtype']
 
 
 class ModelRunSettings(BaseModel):
@@ -25,3 +26,19 @@ class ModelRunSettings(BaseModel):
             import torch
 
             torch.set_num_threads(self.threads)
+
+
+@contextlib.contextmanager
+def torch_default_dtype(name: str | None = None):
+    """Run a block with torch's default dtype set to ``name`` (``float32``...), or as it is when None, and restore
+    the caller's default afterwards: loading a MACE model sets float64 for the whole process, which CHGNet (float32
+    throughout) and callers of in-process predictions must not inherit."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    if name is not None:
+        torch.set_default_dtype(getattr(torch, name))
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
