@@ -1,4 +1,6 @@
-"""Langevin MD and the stability verdict (``ml.md``), ``capthermo-mlip md`` and ``MlipMdCalcJob`` on localhost."""
+"""The MD stability check through the batched engine (``ml.thermal``): closest pairs, the blow-up check, the verdict on
+a harmonic crystal and on a collapsing one, ``capthermo-mlip md`` (all replicas in one batched simulation) and
+``MlipMdCalcJob`` on localhost."""
 
 from __future__ import annotations
 
@@ -9,66 +11,114 @@ import pathlib
 import numpy as np
 import pytest
 from aiida import engine, orm
-from ase.build import bulk
-from ase.calculators.calculator import Calculator, all_changes
-from ase.calculators.emt import EMT
 
 from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.data.model import ModelData
-from aiida_capthermo.ml.md import MdConfig, langevin_stability, min_pair_distance
+from aiida_capthermo.ml.settings import MdConfig, MdSettings, ThermalMdConfig
+
 from mlip_helpers import mace_model_file, small_cell  # noqa: F401 -- the module fixture; tests/ is on sys.path
+from test_thermal import spring_crystal  # the harmonic crystal of the engine's known-answer test
 
 
-class PairCollapse(Calculator):
-    """A constant attraction of 5 eV/Å between atoms 0 and 1 along their (minimum-image) bond: they must collide."""
-
-    implemented_properties = ['energy', 'forces']
-
-    def calculate(self, atoms=None, properties=('energy',), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        vector = self.atoms.get_distance(0, 1, mic=True, vector=True)
-        unit = vector / np.linalg.norm(vector)
-        forces = np.zeros((len(self.atoms), 3))
-        forces[0], forces[1] = 5.0 * unit, -5.0 * unit
-        self.results = {'energy': 5.0 * float(np.linalg.norm(vector)), 'forces': forces}
-
-
-def test_min_pair_distance_matches_brute_force_over_images():
-    atoms = small_cell(True, seed=3, rattle=0.3)
-    distance, pair = min_pair_distance(atoms)
+def brute_force_closest(atoms) -> tuple[float, set]:
+    """Shortest distance over all pairs and all neighbouring images (Å) and the pair of atoms."""
     cell = np.asarray(atoms.cell)
     best, best_pair = np.inf, None
-    symbols = atoms.get_chemical_symbols()
     for i, j in itertools.combinations(range(len(atoms)), 2):
         for shift in itertools.product((-1, 0, 1), repeat=3):
             d = np.linalg.norm(atoms.positions[j] + np.asarray(shift) @ cell - atoms.positions[i])
             if d < best:
-                best, best_pair = d, '-'.join(sorted((symbols[i], symbols[j])))
-    assert distance == pytest.approx(best, abs=1e-10) and pair == best_pair
+                best, best_pair = d, {i, j}
+    return best, best_pair
 
 
-def test_langevin_holds_the_target_temperature():
-    """108 Cu atoms (EMT) at 300 K: the mean kinetic temperature of the second half is the target within 8 % (the
-    standard error of the mean is about 2 % here), no pair comes close, and the verdict says stable."""
-    atoms = bulk('Cu', 'fcc', a=3.61, cubic=True).repeat((3, 3, 3))
-    result = langevin_stability(atoms, EMT(), 300.0, steps=3000, timestep=2.0, friction=0.02, seed=1, stride=10)
-    verdict = result.verdict()
-    assert verdict['stable'] and verdict['broke'] is None and verdict['steps'] == 3000
-    assert verdict['time_ps'] == pytest.approx(6.0)
-    assert abs(verdict['mean_temperature'] - 300.0) < 24.0
-    assert 2.0 < verdict['min_distance'] < 2.55 and verdict['closest_pair'] == 'Cu-Cu'
-    assert len(result.temperature) == 300 and np.all(np.isfinite(result.potential_energy))
-    again = langevin_stability(atoms, EMT(), 300.0, steps=50, timestep=2.0, friction=0.02, seed=1, stride=10)
-    np.testing.assert_allclose(again.temperature, result.temperature[:5])  # seeded: reproducible
+def test_min_pair_distances_match_brute_force_over_images():
+    """Two systems of different cells in one call: each closest pair (distance and atoms) as found over images."""
+    import torch
+
+    from aiida_capthermo.ml.thermal import min_pair_distances
+
+    systems = [small_cell(True, seed=3, rattle=0.3), small_cell(False, seed=4, rattle=0.3)]
+    systems[1].set_cell(systems[1].cell * 1.05, scale_atoms=True)
+    positions = torch.as_tensor(np.concatenate([atoms.positions for atoms in systems]))
+    cells = torch.as_tensor(np.array([np.asarray(atoms.cell) for atoms in systems]))
+    system_idx = torch.repeat_interleave(torch.arange(2), torch.tensor([len(atoms) for atoms in systems]))
+    distances, pairs = min_pair_distances(positions, cells, system_idx, 2)
+    for atoms, distance, pair in zip(systems, distances, pairs):
+        best, best_pair = brute_force_closest(atoms)
+        assert distance == pytest.approx(best, abs=1e-10) and set(pair.tolist()) == best_pair
+    assert distances[0] != pytest.approx(distances[1])
 
 
-def test_collapse_stops_the_run_and_fails_the_verdict():
-    atoms = bulk('Cu', 'fcc', a=3.61, cubic=True)
-    result = langevin_stability(atoms, PairCollapse(), 300.0, steps=2000, timestep=1.0, seed=0, stride=5,
-                                min_distance=1.0)
-    verdict = result.verdict()
-    assert not verdict['stable'] and 'Cu-Cu atoms' in verdict['broke'] and verdict['steps'] < 2000
-    assert verdict['min_distance'] < 1.0
+def test_blow_up_names_each_reason():
+    from aiida_capthermo.ml.thermal import blow_up
+
+    thresholds = {'stop_distance': 1.0, 'max_temperature_ratio': 3.0}
+    fine = np.zeros((2, 3))
+    assert blow_up(-1.0, fine, 2.0, 'Ag-S', 800.0, 300.0, 10, **thresholds) is None
+    assert 'non-finite' in blow_up(np.nan, fine, 2.0, 'Ag-S', 300.0, 300.0, 10, **thresholds)
+    assert 'non-finite' in blow_up(-1.0, np.full((2, 3), np.inf), 2.0, 'Ag-S', 300.0, 300.0, 10, **thresholds)
+    assert blow_up(-1.0, fine, 0.9, 'Ag-S', 300.0, 300.0, 10, **thresholds) == 'Ag-S atoms 0.90 Å apart at step 10'
+    assert blow_up(-1.0, fine, 2.0, 'Ag-S', 901.0, 300.0, 20, **thresholds) == (
+        'temperature 901 K at step 20 (target 300 K)')
+
+
+def test_batched_md_holds_each_target_temperature():
+    """Eight replicas of a harmonic crystal in one batch, four at 300 K and four at 600 K: the mean kinetic
+    temperature of the second half (3N - 3 degrees of freedom) is each replica's own target within 6 % over its
+    four replicas (the standard error is about 1 %), every verdict says stable, and the run is reproducible."""
+    import torch
+
+    from aiida_capthermo.ml.thermal import HarmonicModel, run_replicas
+
+    torch.set_num_threads(1)
+    atoms, phi = spring_crystal()
+    targets = [300.0] * 4 + [600.0] * 4
+    model = HarmonicModel(atoms.positions, phi)
+    run = {'timestep': 2.0, 'friction': 0.02, 'stride': 10, 'batch_seed': 1}
+    trajectories = run_replicas(model, [atoms] * 8, targets, list(range(8)), steps=3000, **run)
+    verdicts = [trajectory.verdict(temperature_tolerance=0.2, stable_distance=1.5) for trajectory in trajectories]
+    for verdict, target in zip(verdicts, targets):
+        assert verdict['stable'] and verdict['broke'] is None and verdict['steps'] == 3000
+        assert verdict['target_temperature'] == target and verdict['time_ps'] == pytest.approx(6.0)
+        assert 1.5 < verdict['min_distance'] < 2.45 and verdict['closest_pair'] == 'Ag-S'  # the 2.45 Å bond
+    for target in (300.0, 600.0):
+        mean = np.mean([v['mean_temperature'] for v in verdicts if v['target_temperature'] == target])
+        assert mean == pytest.approx(target, rel=0.06)
+    assert all(len(t.temperature) == 300 and np.all(np.isfinite(t.potential_energy)) for t in trajectories)
+    again = run_replicas(model, [atoms] * 8, targets, list(range(8)), steps=50, **run)
+    np.testing.assert_allclose(again[5].temperature, trajectories[5].temperature[:5])  # seeded: reproducible
+
+
+def test_collapse_stops_the_replica_and_fails_the_verdict():
+    """A harmonic crystal whose minimum puts an Ag atom 0.3 Å from an S atom: the pair collides, the engine stops the
+    replica at the recorded frame where they are closer than stop_distance, and the verdict is unstable."""
+    import torch
+
+    from aiida_capthermo.ml.thermal import HarmonicModel, run_replicas
+
+    torch.set_num_threads(1)
+    atoms, phi = spring_crystal()
+    reference = atoms.positions.copy()
+    reference[2] = atoms.positions[1] - [0.0, 0.0, 0.3]  # Ag 2 (2.45 Å below S 1) pulled onto S 1
+    [trajectory] = run_replicas(HarmonicModel(reference, phi), [atoms], [300.0], [0], steps=2000, timestep=1.0,
+                                friction=0.01, stride=5, stop_distance=1.0, max_temperature_ratio=1e4)
+    verdict = trajectory.verdict()
+    assert not verdict['stable'] and verdict['broke'].startswith('Ag-S atoms') and 'apart' in verdict['broke']
+    assert verdict['steps'] < 2000 and verdict['steps'] % 5 == 0 and verdict['steps'] == len(trajectory.time_fs) * 5
+    assert verdict['min_distance'] < 1.0 and verdict['closest_pair'] == 'Ag-S'
+    assert trajectory.min_distance[-1] < 1.0 <= trajectory.min_distance[-2]  # stopped at the first frame below
+
+
+def test_md_settings_share_one_base():
+    """The thermal stage's and ``capthermo-mlip md``'s settings derive from one base with their own defaults."""
+    assert issubclass(MdConfig, MdSettings) and issubclass(ThermalMdConfig, MdSettings)
+    md, thermal = MdConfig(), ThermalMdConfig()
+    assert (md.temperatures, md.steps, md.friction, md.stride) == ([600.0], 5000, 0.01, 10)
+    assert (thermal.temperatures, thermal.steps, thermal.friction, thermal.stride) == ([300.0, 600.0], 50000, 1e-3, 20)
+    assert md.stop_distance == thermal.stop_distance == 1.0 and md.timestep == thermal.timestep == 1.0
+    assert md.engine_arguments() == {'steps': 5000, 'timestep': 1.0, 'friction': 0.01, 'stride': 10,
+                                     'stop_distance': 1.0, 'max_temperature_ratio': 3.0}
 
 
 def test_md_config_rejects_unknown_keys():
@@ -76,6 +126,8 @@ def test_md_config_rejects_unknown_keys():
         MdConfig.model_validate({'temperatures': [300.0], 'frictoin': 0.1})
     with pytest.raises(Exception, match='multiple of stride'):  # frames only on recorded steps
         MdConfig.model_validate({'stride': 10, 'frame_stride': 25})
+    with pytest.raises(Exception, match='> 0 K'):
+        MdConfig.model_validate({'temperatures': [0.0]})
 
 
 def test_cli_md_runs_replicas_and_writes_frames(mace_model_file, tmp_path, monkeypatch):
@@ -98,6 +150,47 @@ def test_cli_md_runs_replicas_and_writes_frames(mace_model_file, tmp_path, monke
     assert len(frames) == 8 == summary['outputs']['n_frames']  # two per replica (steps 30 and 60)
     assert frames.x.tolist() == [0.0] * 4 + [0.5] * 4 and set(frames.origin) == {'md'}
     assert frames.temperature.tolist() == [100.0, 100.0, 200.0, 200.0] * 2
+
+
+def test_cli_md_is_one_batched_run_with_a_verdict_per_replica(mace_model_file, tmp_path, monkeypatch):
+    """Three structures x two temperatures: ``capthermo-mlip md`` gives exactly the series of one batched run of all
+    six replicas (the Langevin noise of a batch is drawn for all its atoms at once, so replicas run apart would
+    differ), the structure with two atoms 0.5 Å apart breaks at both temperatures, the others finish, and only
+    replicas that reached a frame step contribute frames."""
+    import torch
+
+    from aiida_capthermo.compute.mlip import main
+    from aiida_capthermo.ml.thermal import load_torchsim_model, run_replicas
+
+    monkeypatch.chdir(tmp_path)
+    squeezed = small_cell(False, seed=2, rattle=0.0)
+    squeezed.positions[3] = squeezed.positions[2] + [0.5, 0.0, 0.0]  # Ag 3 onto Ag 2
+    cells = [small_cell(False, seed=1, rattle=0.0), squeezed, small_cell(True, seed=3, rattle=0.0)]
+    LabelledSet.from_atoms_list(cells, x=np.array([0.0, 0.0, 0.5])).save('start.npz')
+    config = {'temperatures': [150.0, 300.0], 'steps': 20, 'stride': 1, 'frame_stride': 10, 'device': 'cpu',
+              'seed': 2, 'threads': 1}
+    pathlib.Path('config.json').write_text(json.dumps(config))
+    assert main(['md', str(mace_model_file), 'start.npz', '--config', 'config.json']) == 0
+    records = json.loads(pathlib.Path('md.json').read_text())
+    assert [(r['index'], r['temperature'], r['target_temperature']) for r in records] == [
+        (i, t, t) for i in range(3) for t in (150.0, 300.0)]
+    for record in records:
+        if record['index'] == 1:
+            assert not record['stable'] and record['steps'] == 1 and 'Ag-Ag atoms' in record['broke']
+            assert record['min_distance'] < 1.0 and record['n_frames'] == 0
+        else:
+            assert record['broke'] is None and record['steps'] == 20 and record['n_frames'] == 2
+            assert record['min_distance'] > 2.0
+    assert LabelledSet.load('frames.npz').x.tolist() == [0.0] * 4 + [0.5] * 4
+
+    torch.set_num_threads(1)
+    trajectories = run_replicas(
+        load_torchsim_model(str(mace_model_file), 'cpu', 'float64'), [cells[r['index']] for r in records],
+        [r['temperature'] for r in records], [r['seed'] for r in records], steps=20, timestep=1.0, friction=0.01,
+        stride=1, batch_seed=2)
+    for record, trajectory in zip(records, trajectories):
+        np.testing.assert_allclose(record['series']['temperature'], trajectory.temperature, rtol=1e-10)
+        np.testing.assert_allclose(record['series']['potential_energy'], trajectory.potential_energy, rtol=1e-10)
 
 
 def test_mlip_md_calcjob_localhost(aiida_profile, script_code, mace_model_file):

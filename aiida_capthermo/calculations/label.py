@@ -1,4 +1,5 @@
-"""``LabelCalcJob``: label a batch of structures with an ASE calculator through ``capthermo-label`` (the ``local`` engine)."""
+"""``LabelCalcJob``: label a batch of structures with an ASE calculator through ``capthermo-label`` (the ``local``
+engine)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ __all__ = ['LabelCalcJob']
 
 
 def validate_calculator(value: orm.Dict, _=None) -> str | None:
-    from aiida_capthermo.ml.labelling import CalculatorSpec
+    from aiida_capthermo.ml.settings import CalculatorSpec
 
     return pydantic_error(CalculatorSpec, value.get_dict(), 'calculator specification')
 
@@ -42,7 +43,8 @@ class LabelCalcJob(CapthermoCalcJob):
         super().define(spec)
         spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, validator=validate_structures,
                              help='The structures to label, keyed by a label that is kept in the output records.')
-        spec.input('calculator', valid_type=orm.Dict, default=lambda: orm.Dict({'name': 'tblite', 'method': 'GFN1-xTB'}),
+        spec.input('calculator', valid_type=orm.Dict,
+                   default=lambda: orm.Dict({'name': 'tblite', 'method': 'GFN1-xTB'}),
                    validator=validate_calculator,
                    help='Calculator spec: name (tblite|chgnet|emt), method (GFN1-xTB|GFN2-xTB|IPEA1-xTB), '
                         'halogen_bond (default false: GFN1/IPEA1 without the halogen-bond term, `GFN1-xTB-noXB`), '

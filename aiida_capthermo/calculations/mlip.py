@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from typing import ClassVar
 
 from aiida import engine, orm
 from aiida.common import datastructures
@@ -12,6 +13,14 @@ from aiida.common import datastructures
 from aiida_capthermo.calculations.base import CapthermoCalcJob, pydantic_error
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.ml.settings import (
+    MdConfig,
+    ModelRunSettings,
+    ModesConfig,
+    PhononConfig,
+    ScreenConfig,
+    ThermalMdConfig,
+)
 
 __all__ = ['MlipCalcJob', 'MlipScreenCalcJob', 'MlipPhononsCalcJob', 'MlipMdCalcJob', 'MlipThermalCalcJob',
            'MlipModesCalcJob']
@@ -38,16 +47,16 @@ class MlipCalcJob(CapthermoCalcJob):
 
     The structures go to the compute side as one LabelledSet (sorted by key), ``parameters`` as a JSON config and the
     model files into the working directory; a subclass names the task (``_TASK``) and its output files
-    (``_OUTPUTS``: command-line option -> file name, all retrieved), its settings model (``_SETTINGS``:
-    ``'module:Class'`` of the pydantic model that validates ``parameters`` at submission) and the help strings of
-    ``structures`` and ``parameters``.
+    (``_OUTPUTS``: command-line option -> file name, all retrieved), its settings model (``_SETTINGS``: the
+    pydantic model of :mod:`aiida_capthermo.ml.settings`, torch-free, that validates ``parameters`` at submission)
+    and the help strings of ``structures`` and ``parameters``.
     """
 
     _STRUCTURES = 'structures.npz'
     _CONFIG = 'config.json'
     _TASK: str
-    _OUTPUTS: dict[str, str]
-    _SETTINGS: str
+    _OUTPUTS: ClassVar[dict[str, str]]
+    _SETTINGS: type[ModelRunSettings]
     _STRUCTURES_HELP: str
     _PARAMETERS_HELP: str
 
@@ -67,10 +76,7 @@ class MlipCalcJob(CapthermoCalcJob):
     @classmethod
     def _validate_parameters(cls, parameters: orm.Dict, _) -> str | None:
         """Validate ``parameters`` against the task's settings model (unknown keys and bad values are errors)."""
-        import importlib
-
-        module, name = cls._SETTINGS.split(':')
-        return pydantic_error(getattr(importlib.import_module(module), name), parameters.get_dict(), 'parameters')
+        return pydantic_error(cls._SETTINGS, parameters.get_dict(), 'parameters')
 
     def _complete_parameters(self, parameters: dict) -> dict:
         """Hook: the config the compute side gets (a task may derive settings from the job's options)."""
@@ -114,14 +120,14 @@ class MlipScreenCalcJob(MlipCalcJob):
     """
 
     _TASK = 'screen'
-    _SETTINGS = 'aiida_capthermo.ml.mlip:ScreenConfig'
+    _SETTINGS = ScreenConfig
     _STRUCTURES_HELP = 'The structures to relax, by key (Å).'
     _PARAMETERS_HELP = ('ScreenConfig: fmax (eV/Å, atomic and cell forces), max_steps, relax_cell, max_batch '
                         '(structures per batched simulation), max_seconds, device (auto/cpu/cuda), dtype '
                         '(float64/float32), threads.')
     _RELAXED = 'relaxed.npz'
     _SCREEN = 'screen.json'
-    _OUTPUTS = {'--relaxed': _RELAXED, '--screen': _SCREEN}
+    _OUTPUTS: ClassVar[dict[str, str]] = {'--relaxed': _RELAXED, '--screen': _SCREEN}
     #: Share of the job's walltime after which the script starts no new batch.
     WALLTIME_FRACTION = 0.8
 
@@ -153,7 +159,7 @@ class MlipPhononsCalcJob(MlipCalcJob):
     (``capthermo-mlip phonons``)."""
 
     _TASK = 'phonons'
-    _SETTINGS = 'aiida_capthermo.ml.phonons:PhononConfig'
+    _SETTINGS = PhononConfig
     _STRUCTURES_HELP = 'Relaxed cells by key (Å); each is its own unit cell for phonopy.'
     _PARAMETERS_HELP = ('PhononConfig: supercell, displacement (Å), imaginary_threshold (THz), band_points, '
                         'batch_size; finite temperature: temperatures (K), replicas, equilibration_steps, '
@@ -161,7 +167,7 @@ class MlipPhononsCalcJob(MlipCalcJob):
                         'fit_window (THz), seed, stop_distance (Å); device, dtype, threads.')
     _BANDS = 'bands.npz'
     _PHONONS = 'phonons.json'
-    _OUTPUTS = {'--bands': _BANDS, '--phonons': _PHONONS}
+    _OUTPUTS: ClassVar[dict[str, str]] = {'--bands': _BANDS, '--phonons': _PHONONS}
 
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:
@@ -186,21 +192,22 @@ class MlipPhononsCalcJob(MlipCalcJob):
 class MlipMdCalcJob(MlipCalcJob):
     """Langevin NVT molecular dynamics with a MACE model node through ``capthermo-mlip md``.
 
-    Every structure runs at every temperature of ``parameters`` (one replica each, seeds recorded). Each replica's
+    Every structure runs at every temperature of ``parameters`` (one replica each, seeds recorded), all replicas in
+    one batched TorchSim simulation (the MD engine of the thermal stage). Each replica's
     verdict (stable: finished, mean temperature within tolerance, no pair closer than ``stable_distance``) and its
     temperature, energy and shortest-distance series come back; with ``frame_stride`` the frames come back as a
     DatasetData (unlabelled) to be labelled by an engine. A replica that breaks does not fail the others.
     """
 
     _TASK = 'md'
-    _SETTINGS = 'aiida_capthermo.ml.md:MdConfig'
+    _SETTINGS = MdConfig
     _STRUCTURES_HELP = 'Starting structures by key (Å); each runs at every temperature.'
-    _PARAMETERS_HELP = ('MD settings: temperatures (K), steps, timestep (fs), friction (1/fs), seed, stride, '
-                        'frame_stride, stop_distance and stable_distance (Å), temperature_tolerance (relative), '
-                        'max_frame_force (eV/Å), device, dtype.')
+    _PARAMETERS_HELP = ('MdConfig: temperatures (K), steps, timestep (fs), friction (1/fs), seed, stride, '
+                        'frame_stride, stop_distance and stable_distance (Å), max_temperature_ratio, '
+                        'temperature_tolerance (relative), max_frame_force (eV/Å), device, dtype, threads.')
     _FRAMES = 'frames.npz'
     _MD = 'md.json'
-    _OUTPUTS = {'--frames': _FRAMES, '--md': _MD}
+    _OUTPUTS: ClassVar[dict[str, str]] = {'--frames': _FRAMES, '--md': _MD}
 
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:
@@ -226,7 +233,7 @@ class MlipThermalCalcJob(MlipCalcJob):
     """
 
     _TASK = 'thermal'
-    _SETTINGS = 'aiida_capthermo.ml.thermal:ThermalMdConfig'
+    _SETTINGS = ThermalMdConfig
     _STRUCTURES_HELP = ('Starting (relaxed) structures by key (Å); each runs at every temperature, '
                         '`replicas` times.')
     _PARAMETERS_HELP = ('ThermalMdConfig: temperatures (K), replicas, steps, timestep (fs), friction (1/fs), '
@@ -235,7 +242,7 @@ class MlipThermalCalcJob(MlipCalcJob):
     _FRAMES = 'frames.npz'
     _SERIES = 'series.npz'
     _MD = 'md.json'
-    _OUTPUTS = {'--frames': _FRAMES, '--series': _SERIES, '--md': _MD}
+    _OUTPUTS: ClassVar[dict[str, str]] = {'--frames': _FRAMES, '--series': _SERIES, '--md': _MD}
 
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:
@@ -260,13 +267,13 @@ class MlipModesCalcJob(MlipCalcJob):
     ``sqrt(hbar (1 + 2n) / (2 omega))`` at each temperature with both signs (``capthermo-mlip modes``)."""
 
     _TASK = 'modes'
-    _SETTINGS = 'aiida_capthermo.ml.thermal:ModesConfig'
+    _SETTINGS = ModesConfig
     _STRUCTURES_HELP = 'Relaxed cells by key (Å); the modes are those of each cell at its Γ point.'
     _PARAMETERS_HELP = ('ModesConfig: temperatures (K), displacement (Å), frequency_cutoff (THz), imaginary '
                         '(skip/absolute), device, dtype, threads.')
     _DISTORTED = 'distorted.npz'
     _MODES = 'modes.json'
-    _OUTPUTS = {'--distorted': _DISTORTED, '--modes': _MODES}
+    _OUTPUTS: ClassVar[dict[str, str]] = {'--distorted': _DISTORTED, '--modes': _MODES}
 
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:

@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from aiida_capthermo.compute.summary import summary_writer
     from aiida_capthermo.core.dataset import LabelledSet
-    from aiida_capthermo.ml.labelling import CalculatorSpec, label_structures
+    from aiida_capthermo.ml.labelling import label_structures
+    from aiida_capthermo.ml.settings import CalculatorSpec
 
     with summary_writer(args.summary, 'label', vars(args)) as summary:
         with open(args.calculator) as handle:

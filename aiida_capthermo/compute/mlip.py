@@ -4,9 +4,11 @@ amplitudes.
 
 Thin console script run on the compute side: parse arguments, call :func:`run_screen` (``screen``, which uses
 :mod:`aiida_capthermo.ml.mlip`), :func:`run_phonons` (``phonons``, :mod:`aiida_capthermo.ml.phonons`),
-:func:`run_md` (``md``, ASE, :mod:`aiida_capthermo.ml.md`), :func:`run_thermal` (``thermal``, many replicas in one
-TorchSim simulation, :mod:`aiida_capthermo.ml.thermal`) or :func:`run_modes` (``modes``), and write ``summary.json`` (inputs, units, outputs, timings, ``error`` on failure).
-Heavy imports happen inside the function so ``--help`` is instant.
+:func:`run_md` (``md``: stability verdicts and frames) or :func:`run_thermal` (``thermal``: sampling for the
+band-gap model), both many replicas in one batched simulation of the MD engine :mod:`aiida_capthermo.ml.thermal`,
+or :func:`run_modes` (``modes``), and write ``summary.json`` (inputs, units, outputs, timings, ``error`` on
+failure). The settings of every task are in :mod:`aiida_capthermo.ml.settings`. Heavy imports happen inside the
+functions so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ TASKS = {
     'screen': ('relax every structure of a LabelledSet and rank them by energy', 'the structures to relax',
                'ScreenConfig', [('relaxed', 'relaxed.npz', 'output LabelledSet of the relaxed structures'),
                                 ('screen', 'screen.json', 'output JSON: one record per structure')]),
-    'md': ('Langevin MD of every structure at every temperature: stability and frames', 'the starting structures',
+    'md': ('batched Langevin MD of every structure at every temperature: stability and frames',
+           'the starting structures',
            'MdConfig', [('frames', 'frames.npz', 'output LabelledSet of the kept frames (if frame_stride)'),
                         ('md', 'md.json', 'output JSON: one record per replica, with its series')]),
     'thermal': ('batched Langevin MD: every structure x temperature x seed in one TorchSim simulation; frames for '
@@ -78,7 +81,8 @@ def run_screen(model: str, structures: str, config: dict, relaxed_path: str, scr
     import time
 
     from aiida_capthermo.core.dataset import LabelledSet
-    from aiida_capthermo.ml.mlip import ScreenConfig, relax_batch
+    from aiida_capthermo.ml.mlip import relax_batch
+    from aiida_capthermo.ml.settings import ScreenConfig
     from aiida_capthermo.ml.thermal import load_torchsim_model
 
     start = time.perf_counter()
@@ -97,7 +101,7 @@ def run_screen(model: str, structures: str, config: dict, relaxed_path: str, scr
         try:
             outcome = relax_batch(potential, systems, fmax=settings.fmax, steps=settings.max_steps,
                                   cell=settings.relax_cell)
-        except Exception as exception:  # noqa: BLE001 -- the batch's structures are retried one by one
+        except Exception as exception:
             if 'out of memory' in str(exception).lower():
                 raise
             outcome = [_relax_alone(potential, atoms, settings) for atoms in systems]
@@ -126,7 +130,7 @@ def _relax_alone(potential, atoms, settings) -> tuple:
     try:
         return relax_batch(potential, [atoms], fmax=settings.fmax, steps=settings.max_steps,
                            cell=settings.relax_cell)[0]
-    except Exception as exception:  # noqa: BLE001 -- recorded per structure
+    except Exception as exception:
         if 'out of memory' in str(exception).lower():
             raise
         return None, {'error': f'{type(exception).__name__}: {exception}'}
@@ -148,63 +152,79 @@ def _write_screen(inputs, relaxed: list, kept: list, records: list, relaxed_path
 
 
 def run_md(model: str, structures: str, config: dict, frames_path: str, md_path: str) -> dict:
-    """Run one Langevin replica per (structure, temperature) with the MACE ``model``; write records and frames.
+    """Run one Langevin replica per (structure, temperature) with the MACE ``model``, all of them in one batched
+    simulation of the MD engine; write one record per replica and the frames.
 
     Each record holds the replica's verdict (stable, mean temperature K, closest pair Å, why it broke) and its
-    series (time fs, temperature K, potential energy eV, shortest distance Å). A replica that raises is recorded
-    with its ``error``; the others go on. The run fails only when no replica ran.
+    series (time fs, temperature K, potential energy eV, shortest distance Å); a replica that blows up is stopped
+    and the others go on. Every ``frame_stride`` steps a replica's frame (its model forces below
+    ``max_frame_force``) goes to ``frames_path``, replica by replica, up to the step where it broke. The run fails
+    (``no replica ran``) when the batched simulation itself raises.
     """
     import numpy as np
 
     from aiida_capthermo.core.dataset import LabelledSet
-    from aiida_capthermo.ml.md import MdConfig, langevin_stability
-    from aiida_capthermo.ml.mlip import load_calculator
+    from aiida_capthermo.ml.settings import MdConfig
+    from aiida_capthermo.ml.thermal import load_torchsim_model, run_replicas
 
     settings = MdConfig.model_validate(config)
     settings.apply_threads()
-    calc = load_calculator(model, settings.device, settings.dtype)
+    potential = load_torchsim_model(model, settings.device, settings.dtype)
     inputs = LabelledSet.load(structures)
-    records, frames, frame_x, frame_t = [], [], [], []
-    for index in range(len(inputs)):
-        for temperature in settings.temperatures:
-            replica = len(records)
-            record = {'replica': replica, 'index': index, 'structure_uuid': str(inputs.structure_uuid[index]),
-                      'x': float(inputs.x[index]), 'temperature': float(temperature), 'seed': settings.seed + replica}
-            try:
-                result = langevin_stability(
-                    inputs.atoms(index, with_labels=False), calc, temperature, steps=settings.steps,
-                    timestep=settings.timestep, friction=settings.friction, seed=record['seed'], stride=settings.stride,
-                    min_distance=settings.stop_distance, frame_stride=settings.frame_stride)
-            except Exception as exception:  # noqa: BLE001 -- recorded per replica; the others go on
-                record.update(stable=False, error=f'{type(exception).__name__}: {exception}')
-                records.append(record)
-                continue
-            record.update(result.verdict(settings.temperature_tolerance, settings.stable_distance))
-            record['series'] = {'time_fs': result.time_fs, 'temperature': result.temperature,
-                                'potential_energy': result.potential_energy, 'min_distance': result.min_distance}
-            kept = [frame for frame in result.frames if settings.max_frame_force is None
-                    or np.abs(frame.get_forces()).max() <= settings.max_frame_force]
-            record['n_frames'] = len(kept)
-            frames.extend(kept)
-            frame_x.extend([record['x']] * len(kept))
-            frame_t.extend([float(temperature)] * len(kept))
-            records.append(record)
-    if all('error' in record for record in records):
-        raise RuntimeError(f'no replica ran: {[record["error"] for record in records]}')
+    runs = [(index, temperature) for index in range(len(inputs)) for temperature in settings.temperatures]
+    records = [{'replica': replica, 'index': index, 'structure_uuid': str(inputs.structure_uuid[index]),
+                'x': float(inputs.x[index]), 'temperature': float(temperature), 'seed': settings.seed + replica}
+               for replica, (index, temperature) in enumerate(runs)]
+    try:
+        trajectories = run_replicas(
+            potential, [inputs.atoms(r['index'], with_labels=False) for r in records],
+            [r['temperature'] for r in records], [r['seed'] for r in records], **settings.engine_arguments(),
+            store_forces=settings.frame_stride is not None, batch_seed=settings.seed)
+    except Exception as exception:
+        raise RuntimeError(f'no replica ran: {type(exception).__name__}: {exception}') from exception
+    frames, frame_x, frame_t = [], [], []
+    for record, trajectory in zip(records, trajectories):
+        record.update(trajectory.verdict(settings.temperature_tolerance, settings.stable_distance))
+        record['series'] = {name: getattr(trajectory, name)
+                            for name in ('time_fs', 'temperature', 'potential_energy', 'min_distance')}
+        kept = _md_frames(inputs.atoms(record['index'], with_labels=False), trajectory, settings)
+        record['n_frames'] = len(kept)
+        frames.extend(kept)
+        frame_x.extend([record['x']] * len(kept))
+        frame_t.extend([record['temperature']] * len(kept))
     if frames:
-        for frame in frames:
-            frame.calc = None
         LabelledSet.from_atoms_list(frames, x=np.array(frame_x), temperature=np.array(frame_t),
                                     origin=np.array(['md'] * len(frames))).save(frames_path)
     with open(md_path, 'w') as handle:
         json.dump(records, handle, default=lambda value: value.tolist() if hasattr(value, 'tolist') else str(value))
-    return {'n_replicas': len(records), 'n_stable': sum(bool(r.get('stable')) for r in records),
-            'stable': all(bool(r.get('stable')) for r in records), 'n_frames': len(frames),
+    return {'n_replicas': len(records), 'n_stable': sum(bool(r['stable']) for r in records),
+            'stable': all(bool(r['stable']) for r in records), 'n_frames': len(frames),
             'settings': settings.model_dump(), 'files': {'frames': frames_path if frames else None, 'md': md_path}}
 
 
+def _md_frames(atoms, trajectory, settings) -> list:
+    """The frames of ``trajectory`` (a replica of ``atoms``) every ``settings.frame_stride`` steps whose largest
+    model force component is at most ``settings.max_frame_force`` (eV/Å), as unlabelled ``ase.Atoms``."""
+    import numpy as np
+
+    if not settings.frame_stride:
+        return []
+    frames = []
+    steps = np.rint(trajectory.time_fs / settings.timestep).astype(int)
+    for step, positions, cell, forces in zip(steps, trajectory.positions, trajectory.cells, trajectory.forces):
+        if step % settings.frame_stride or (settings.max_frame_force is not None
+                                            and np.abs(forces).max() > settings.max_frame_force):
+            continue
+        frame = atoms.copy()
+        frame.set_cell(cell)
+        frame.positions = positions
+        frames.append(frame)
+    return frames
+
+
 def run_thermal(model: str, structures: str, config: dict, frames_path: str, series_path: str, md_path: str) -> dict:
-    """Run every (structure, temperature, seed) replica with the MACE ``model`` in batched TorchSim simulations.
+    """Run every (structure, temperature, seed) replica with the MACE ``model`` in batched simulations of the MD
+    engine (``max_batch`` replicas each).
 
     Writes the frames of the replicas that finished (replica by replica, in id order) as a LabelledSet (x, target
     temperature, potential energy per frame), the per-replica series and one record per replica (id, structure,
@@ -217,12 +237,13 @@ def run_thermal(model: str, structures: str, config: dict, frames_path: str, ser
 
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.ml.mace import resolve_device
-    from aiida_capthermo.ml.thermal import ThermalMdConfig, load_torchsim_model, run_replicas
+    from aiida_capthermo.ml.settings import ThermalMdConfig
+    from aiida_capthermo.ml.thermal import load_torchsim_model, run_replicas
 
     settings = ThermalMdConfig.model_validate(config)
     settings.apply_threads()
-    device = resolve_device(settings.device)
-    potential = load_torchsim_model(model, device, settings.dtype, compute_stress=settings.ensemble == 'npt')
+    potential = load_torchsim_model(model, resolve_device(settings.device), settings.dtype,
+                                    compute_stress=settings.ensemble == 'npt')
     inputs = LabelledSet.load(structures)
     table = settings.replica_table(len(inputs))
     size = settings.max_batch or len(table)
@@ -232,19 +253,47 @@ def run_thermal(model: str, structures: str, config: dict, frames_path: str, ser
         batch_seed = settings.seed + 7919 * (first // size)
         trajectories = run_replicas(
             potential, [inputs.atoms(row['index'], with_labels=False) for row in chunk],
-            [row['temperature'] for row in chunk], [row['seed'] for row in chunk], steps=settings.steps,
-            timestep=settings.timestep, friction=settings.friction, stride=settings.stride,
+            [row['temperature'] for row in chunk], [row['seed'] for row in chunk], **settings.engine_arguments(),
             ensemble=settings.ensemble, pressure=settings.pressure, fix_com=settings.fix_com,
-            store_velocities=settings.store_velocities, stop_distance=settings.stop_distance,
-            max_temperature_ratio=settings.max_temperature_ratio, batch_seed=batch_seed)
+            store_velocities=settings.store_velocities, batch_seed=batch_seed)
         for row, trajectory in zip(chunk, trajectories):
             row.update(structure_uuid=str(inputs.structure_uuid[row['index']]), x=float(inputs.x[row['index']]),
                        batch_seed=batch_seed, timestep=settings.timestep, steps=trajectory.steps_done,
                        broke=trajectory.broke, time_ps=trajectory.steps_done * settings.timestep / 1000.0,
-                       mean_temperature=float(np.mean(trajectory.temperature[len(trajectory.temperature) // 2:])),
+                       mean_temperature=trajectory.mean_temperature(),
                        min_distance=float(trajectory.min_distance.min()))
             series[row['replica']] = trajectory
     wall = time.perf_counter() - start
+    n_frames = _write_thermal_frames(inputs, table, series, frames_path)
+    np.savez_compressed(series_path, **{f'{name}_{replica}': values for replica, trajectory in series.items()
+                                        for name, values in _thermal_series(trajectory).items()})
+    with open(md_path, 'w') as handle:
+        json.dump(table, handle, indent=1)
+    replica_steps = sum(row['steps'] for row in table)
+    broken = [row['replica'] for row in table if row['broke']]
+    return {'n_replicas': len(table), 'n_broken': len(broken), 'broken': broken, 'n_frames': n_frames,
+            'wall_time_s': wall, 'replica_steps_per_s': replica_steps / wall if wall > 0 else None,
+            'settings': settings.model_dump(),
+            'files': {'frames': frames_path if n_frames else None, 'series': series_path, 'md': md_path}}
+
+
+def _thermal_series(trajectory) -> dict:
+    """The arrays of one replica in ``series.npz``: time (fs), temperature (K), potential energy (eV), closest
+    distance (Å), volume (Å^3) and, when stored, velocities (Å/fs)."""
+    arrays = {name: getattr(trajectory, name)
+              for name in ('time_fs', 'temperature', 'potential_energy', 'min_distance', 'volume')}
+    if trajectory.velocities is not None:
+        arrays['velocities'] = trajectory.velocities
+    return arrays
+
+
+def _write_thermal_frames(inputs, table: list[dict], series: dict, frames_path: str) -> int:
+    """Write the recorded frames of the replicas of ``table`` that finished (replica by replica) to
+    ``frames_path`` and set every row's ``frame_offset`` and ``n_frames``; return the number of frames."""
+    import numpy as np
+
+    from aiida_capthermo.core.dataset import LabelledSet
+
     frames, offset = [], 0
     for row in table:
         trajectory = series[row['replica']]
@@ -265,21 +314,7 @@ def run_thermal(model: str, structures: str, config: dict, frames_path: str, ser
             temperature=np.repeat([r['temperature'] for r, _ in frames], counts),
             origin=np.array(['md'] * sum(counts)),
         ).save(frames_path)
-    arrays = {}
-    for replica, trajectory in series.items():
-        for name in ('time_fs', 'temperature', 'potential_energy', 'min_distance', 'volume'):
-            arrays[f'{name}_{replica}'] = getattr(trajectory, name)
-        if trajectory.velocities is not None:
-            arrays[f'velocities_{replica}'] = trajectory.velocities
-    np.savez_compressed(series_path, **arrays)
-    with open(md_path, 'w') as handle:
-        json.dump(table, handle, indent=1)
-    replica_steps = sum(row['steps'] for row in table)
-    broken = [row['replica'] for row in table if row['broke']]
-    return {'n_replicas': len(table), 'n_broken': len(broken), 'broken': broken, 'n_frames': offset,
-            'wall_time_s': wall, 'replica_steps_per_s': replica_steps / wall if wall > 0 else None,
-            'settings': settings.model_dump(),
-            'files': {'frames': frames_path if frames else None, 'series': series_path, 'md': md_path}}
+    return offset
 
 
 def run_modes(model: str, structures: str, config: dict, distorted_path: str, modes_path: str) -> dict:
@@ -296,7 +331,8 @@ def run_modes(model: str, structures: str, config: dict, distorted_path: str, mo
     from aiida_capthermo.core.displacements import SupercellModes
     from aiida_capthermo.core.thermal import frozen_mode_displacements, species_participation
     from aiida_capthermo.ml.mlip import batched_forces, harmonic_phonons
-    from aiida_capthermo.ml.thermal import ModesConfig, load_torchsim_model
+    from aiida_capthermo.ml.settings import ModesConfig
+    from aiida_capthermo.ml.thermal import load_torchsim_model
 
     settings = ModesConfig.model_validate(config)
     settings.apply_threads()
@@ -349,7 +385,8 @@ def run_phonons(model: str, structures: str, config: dict, bands_path: str, phon
 
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.ml.mlip import band_structure, batched_forces, phonopy_from_forces
-    from aiida_capthermo.ml.phonons import PhononConfig, commensurate_frequencies, finite_temperature_phonons
+    from aiida_capthermo.ml.phonons import commensurate_frequencies, finite_temperature_phonons
+    from aiida_capthermo.ml.settings import PhononConfig
     from aiida_capthermo.ml.thermal import load_torchsim_model
 
     start = time.perf_counter()

@@ -23,7 +23,7 @@ class ModelData(orm.Data):
     """
 
     @classmethod
-    def from_files(cls, kind: str, files: dict[str, str | pathlib.Path], main_file: str, **attributes) -> 'ModelData':
+    def from_files(cls, kind: str, files: dict[str, str | pathlib.Path], main_file: str, **attributes) -> ModelData:
         """Create an unstored model node from files on disk (``files`` maps repository names to paths)."""
         if kind not in KINDS:
             raise ValueError(f'unknown model kind {kind!r}; expected one of {KINDS}')

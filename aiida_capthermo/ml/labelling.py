@@ -6,62 +6,21 @@ forces zero) and does not touch the electronic structure, so dropping it gives p
 (docs/dataset.md has the measurements). GFN2-xTB and IPEA1-xTB are there too; CHGNet (weights shipped in its wheel,
 never downloaded) is the universal-potential option for energies, forces and stresses, with the gap from tblite on
 the same structure when asked for; ASE's EMT is for quick mechanics checks. A structure whose calculation fails is
-recorded as failed with its error and does not stop the batch.
+recorded as failed with its error and does not stop the batch. Its settings, :class:`CalculatorSpec`, live in the
+torch-free :mod:`aiida_capthermo.ml.settings`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from aiida_capthermo.core.dataset import LabelledSet
-from aiida_capthermo.ml.settings import torch_default_dtype
+from aiida_capthermo.ml.settings import HALOGEN_BOND_METHODS, CalculatorSpec, torch_default_dtype
 
-__all__ = ['CalculatorSpec', 'label_structures', 'gap_from_orbitals', 'tblite_parameters', 'single_point_function']
-
-#: tblite methods whose parameter table carries the classical halogen-bond correction.
-HALOGEN_BOND_METHODS = ('GFN1-xTB', 'IPEA1-xTB')
-
-class CalculatorSpec(BaseModel):
-    """Which calculator labels the structures, and how. Unknown keys are rejected."""
-
-    model_config = ConfigDict(extra='forbid')
-
-    name: Literal['tblite', 'chgnet', 'emt'] = Field(
-        'tblite', description='tblite (xTB: energy, forces, stress, gap), chgnet (universal potential: energy, forces, '
-                              'stress; the gap from tblite `method`) or emt (metals only, no gap).')
-    method: Literal['GFN1-xTB', 'GFN2-xTB', 'IPEA1-xTB'] = Field(
-        'GFN1-xTB', description='tblite Hamiltonian (with chgnet: the one that gives the gap).')
-    halogen_bond: bool = Field(
-        False, description="Keep GFN1/IPEA1-xTB's classical halogen-bond correction. Off by default: it puts tens to "
-                           'hundreds of eV/Å on the ideal cubic Ag3S(Br,I) cells and leaves the gap unchanged.')
-    chgnet_model: str = Field('0.3.0', description='CHGNet weights shipped in the chgnet package (0.3.0, 0.2.0, r2scan).')
-    accuracy: float = Field(1.0, gt=0, description='tblite numerical accuracy (smaller is tighter).')
-    electronic_temperature: float = Field(300.0, gt=0, description='Fermi smearing temperature in K.')
-    max_iterations: int = Field(250, gt=0, description='Maximum number of SCF iterations.')
-    mixer_damping: float = Field(0.4, gt=0, le=1, description='Broyden mixer damping.')
-    properties: list[Literal['energy', 'forces', 'stress', 'gap']] = Field(
-        default_factory=lambda: ['energy', 'forces', 'stress', 'gap'], description='Labels to compute.')
-
-    @property
-    def tblite_method(self) -> str:
-        """The tblite Hamiltonian's name as recorded in datasets: ``GFN1-xTB-noXB`` without the halogen-bond term."""
-        if self.method in HALOGEN_BOND_METHODS and not self.halogen_bond:
-            return f'{self.method}-noXB'
-        return self.method
-
-    def describe(self) -> dict[str, str | None]:
-        """``method`` (who gave energies/forces/stress, or the gap alone) and ``gap_method`` (who gave the gap)."""
-        gap = 'gap' in self.properties and self.name != 'emt'
-        if self.name == 'tblite':
-            return {'method': self.tblite_method, 'gap_method': self.tblite_method if gap else None}
-        if self.name == 'chgnet':
-            return {'method': f'CHGNet-{self.chgnet_model}', 'gap_method': self.tblite_method if gap else None}
-        return {'method': 'EMT', 'gap_method': None}
+__all__ = ['label_structures', 'gap_from_orbitals', 'tblite_parameters', 'single_point_function']
 
 
 def gap_from_orbitals(orbital_energies: np.ndarray, occupations: np.ndarray) -> tuple[float, float, float]:
@@ -155,7 +114,8 @@ def single_point_function(spec: CalculatorSpec) -> Callable:
 
 
 def label_structures(structures: LabelledSet, spec: CalculatorSpec) -> tuple[LabelledSet, list[dict]]:
-    """Label every structure of ``structures``; return the labelled set (NaN rows for failures) and per-structure records.
+    """Label every structure of ``structures``; return the labelled set (NaN rows for failures) and per-structure
+    records.
 
     Each record is ``{'index', 'status': 'ok'|'failed', 'error', 'seconds'}``. Only the requested properties are
     stored; the others stay NaN.

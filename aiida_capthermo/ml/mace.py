@@ -151,8 +151,10 @@ def phonon_frequency_check(model, numbers: np.ndarray, positions: np.ndarray, ce
     phonon.run_mesh(list(mesh), is_gamma_center=True)
     ref_freq = phonon.get_mesh_dict()['frequencies']
     error = model_freq - ref_freq
-    outputs = {'frequency_mae_thz': float(np.mean(np.abs(error))), 'frequency_rmse_thz': float(np.sqrt(np.mean(error ** 2))),
+    outputs = {'frequency_mae_thz': float(np.mean(np.abs(error))),
+               'frequency_rmse_thz': float(np.sqrt(np.mean(error ** 2))),
                'max_abs_error_thz': float(np.max(np.abs(error))), 'n_qpoints': int(len(qpoints)),
-               'n_imaginary_model': int(np.sum(model_freq < -1e-3)), 'n_imaginary_reference': int(np.sum(ref_freq < -1e-3)),
+               'n_imaginary_model': int(np.sum(model_freq < -1e-3)),
+               'n_imaginary_reference': int(np.sum(ref_freq < -1e-3)),
                'n_displacements': len(supercells)}
     return outputs, {'qpoints': qpoints, 'frequencies_model': model_freq, 'frequencies_reference': ref_freq}

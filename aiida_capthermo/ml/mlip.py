@@ -2,8 +2,9 @@
 Fréchet cell filter), or one at a time with ASE BFGS (the baseline), and harmonic phonons by phonopy finite
 displacements whose displaced supercells are evaluated in batches.
 
-No AiiDA here. torch/mace are imported inside the functions, so importing this module (for :class:`ScreenConfig`)
-is cheap. Units: energies eV, forces eV/Å, lengths Å, frequencies THz.
+No AiiDA here. torch/mace are imported inside the functions; the settings of ``capthermo-mlip screen``
+(:class:`~aiida_capthermo.ml.settings.ScreenConfig`) live in :mod:`aiida_capthermo.ml.settings`. Units: energies eV,
+forces eV/Å, lengths Å, frequencies THz.
 """
 
 from __future__ import annotations
@@ -11,25 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from pydantic import Field
 
-from aiida_capthermo.ml.settings import ModelRunSettings
-
-__all__ = ['ScreenConfig', 'load_calculator', 'relax', 'relax_batch', 'batched_forces', 'calculator_forces',
+__all__ = ['load_calculator', 'relax', 'relax_batch', 'batched_forces', 'calculator_forces',
            'harmonic_phonons']
-
-
-class ScreenConfig(ModelRunSettings):
-    """Settings of ``capthermo-mlip screen`` (unknown keys are rejected)."""
-
-    fmax: float = Field(0.01, gt=0, description='Convergence: largest atomic force and cell force (eV/Å) below this.')
-    max_steps: int = Field(1000, ge=1, description='Maximum number of FIRE steps per structure.')
-    relax_cell: bool = Field(True, description='Relax the cell (Fréchet cell filter) as well as the positions.')
-    max_batch: int | None = Field(None, ge=1, description='Structures relaxed together in one batched simulation '
-                                                          '(memory); all at once when unset.')
-    max_seconds: float | None = Field(None, gt=0, description='Start no new batch after this many seconds; the '
-                                                              'structures not reached are reported as remaining '
-                                                              '(set from the job walltime by the CalcJob).')
 
 
 def load_calculator(model_path: str, device: str = 'auto', dtype: str = 'float64'):

@@ -1,16 +1,23 @@
-"""Batched Langevin molecular dynamics of many replicas in one simulation with TorchSim (``torch-sim-atomistic``).
+"""The package's one molecular-dynamics engine: batched Langevin MD of many replicas in one TorchSim simulation.
 
-Every (structure, temperature, seed) of a study is one system of a single TorchSim state: the model is loaded once
-and all replicas are evaluated in one model call per step (BAOAB Langevin, ``torch_sim.integrators.nvt_langevin``;
-``npt_langevin`` with the model's stress for NPT). Replicas start from Maxwell-Boltzmann velocities drawn from their
-own seed with zero total momentum; the Langevin noise of the batch comes from torch's generator seeded with the
-batch seed (recorded). With ``fix_com`` the total momentum of every replica is removed after each step and the
-centre of mass shifted back to where it was (the Langevin noise would otherwise make the crystal diffuse); the
-kinetic temperature then counts 3N - 3 degrees of freedom.
+Every MD of the package runs here: the thermal stage (``capthermo-mlip thermal``), the stability check and the
+refinement frames (``capthermo-mlip md``) and the finite-temperature phonons (``capthermo-mlip phonons``). Every
+replica (a structure at a target temperature with its own seed) is one system of a single TorchSim state: the
+model is loaded once and all replicas are evaluated in one model call per step (BAOAB Langevin,
+``torch_sim.integrators.nvt_langevin``; ``npt_langevin`` with the model's stress for NPT). Replicas start from
+Maxwell-Boltzmann velocities drawn from their own seed with zero total momentum; the Langevin noise of the batch
+comes from torch's generator seeded with the batch seed (recorded). With ``fix_com`` the total momentum of every
+replica is removed after each step and the centre of mass shifted back to where it was (the Langevin noise would
+otherwise make the crystal diffuse); the kinetic temperature then counts 3N - 3 degrees of freedom.
 
-A replica that blows up (non-finite energy or positions, two atoms closer than ``stop_distance``, kinetic
-temperature above ``max_temperature_ratio`` times the target) is taken out of the batch with the reason and the
-step; the others go on.
+The engine is split as TorchSim's integrators are (``*_init`` / ``*_step``): :func:`init_replicas` builds the
+batched state, :func:`replica_step` advances it by one step, :func:`record_frame` appends every running replica's
+frame to its record, and :func:`stop_blown_up` takes out the replicas that :func:`blow_up` (the one blow-up check:
+non-finite energy or positions, two atoms closer than ``stop_distance``, kinetic temperature above
+``max_temperature_ratio`` times the target) condemns, with the reason and the step; the others go on.
+:func:`run_replicas` drives them. Each replica's :class:`ReplicaTrajectory` gives its stability verdict. The
+settings of the MD tasks are in the torch-free :mod:`aiida_capthermo.ml.settings`; ASE's single-structure Langevin
+is only the baseline of ``benchmarks/bench_thermal.py``.
 
 Units: Å, eV, amu, fs, K (TorchSim works in ASE's internal units: time in Å sqrt(amu/eV)).
 """
@@ -18,103 +25,92 @@ Units: Å, eV, amu, fs, K (TorchSim works in ASE's internal units: time in Å sq
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from ase import units
-from pydantic import Field, model_validator
 from torch_sim.models.interface import ModelInterface
 
-from aiida_capthermo.ml.settings import ModelRunSettings
+__all__ = ['ReplicaTrajectory', 'ReplicaBatch', 'HarmonicModel', 'load_torchsim_model', 'min_pair_distances',
+           'blow_up', 'init_replicas', 'replica_step', 'record_frame', 'stop_blown_up', 'run_replicas']
 
-__all__ = ['ThermalMdConfig', 'ModesConfig', 'ReplicaTrajectory', 'HarmonicModel', 'load_torchsim_model', 'run_replicas']
-
-
-class ThermalMdConfig(ModelRunSettings):
-    """Settings of ``capthermo-mlip thermal`` (unknown keys are rejected).
-
-    The defaults are the paper's: time step 1 fs, friction 1e-3 fs^-1, 50 ps (the authors' scripts used 5e-3 fs^-1
-    and 40 ps; the weaker coupling perturbs the dynamics less, the stronger one equilibrates faster).
-    """
-
-    temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1,
-                                      description='Target temperatures (K, > 0): every structure runs at each.')
-    replicas: int = Field(1, ge=1, description='Independent replicas (seeds) per structure and temperature.')
-    steps: int = Field(50000, ge=1, description='MD steps per replica.')
-    timestep: float = Field(1.0, gt=0, description='Time step (fs).')
-    friction: float = Field(1e-3, gt=0, description='Langevin friction (1/fs).')
-    ensemble: Literal['nvt', 'npt'] = Field('nvt', description='NVT, or NPT with the model stress (Langevin barostat).')
-    pressure: float = Field(0.0, description='External pressure of NPT (GPa).')
-    seed: int = Field(0, ge=0, description='Replica r starts from seed + r; the Langevin noise of a batch from seed.')
-    stride: int = Field(20, ge=1, description='Steps between recorded frames (positions, energies, temperatures).')
-    store_velocities: bool = Field(False, description='Also record velocities (Å/fs) at every recorded frame.')
-    fix_com: bool = Field(True, description='Remove the total momentum of every replica after each step.')
-    stop_distance: float = Field(1.0, gt=0, description='Stop a replica when two atoms come closer than this (Å).')
-    max_temperature_ratio: float = Field(3.0, gt=1, description='Stop a replica whose kinetic temperature exceeds '
-                                                                'this multiple of its target.')
-    max_batch: int | None = Field(None, ge=1, description='Replicas per batched simulation (memory); all at once '
-                                                          'when unset.')
-    select: list[int] | None = Field(None, description='Run only these replica ids (a restart of broken replicas).')
-
-    @model_validator(mode='after')
-    def _positive_temperatures(self) -> 'ThermalMdConfig':
-        if min(self.temperatures) <= 0:
-            raise ValueError(f'MD temperatures must be > 0 K, got {self.temperatures} (0 K is the relaxed structure)')
-        return self
-
-    def replica_table(self, n_structures: int) -> list[dict]:
-        """Every replica: id, structure index, temperature (K) and seed, in id order (structure, T, seed)."""
-        table = []
-        for index in range(n_structures):
-            for temperature in self.temperatures:
-                for _ in range(self.replicas):
-                    replica = len(table)
-                    table.append({'replica': replica, 'index': index, 'temperature': float(temperature),
-                                  'seed': self.seed + replica})
-        if self.select is not None:
-            unknown = sorted(set(self.select) - {row['replica'] for row in table})
-            if unknown:
-                raise ValueError(f'select names replicas {unknown} that do not exist (0..{len(table) - 1})')
-            table = [row for row in table if row['replica'] in set(self.select)]
-        return table
-
-
-class ModesConfig(ModelRunSettings):
-    """Settings of ``capthermo-mlip modes``: Γ phonons of each (relaxed) cell with the MLIP, every mode frozen at its
-    thermal amplitude with both signs (unknown keys are rejected)."""
-
-    temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1,
-                                      description='Temperatures (K, >= 0) of the thermal amplitudes.')
-    displacement: float = Field(0.01, gt=0, description='Finite displacement of the force constants (Å).')
-    frequency_cutoff: float = Field(0.1, ge=0, description='Modes with |f| below this (THz) are left out.')
-    imaginary: Literal['skip', 'absolute'] = Field('skip', description='Imaginary modes: left out, or frozen at '
-                                                                       'the amplitude of |f|.')
-
-    @model_validator(mode='after')
-    def _temperatures(self) -> 'ModesConfig':
-        if min(self.temperatures) < 0:
-            raise ValueError(f'temperatures must be >= 0 K, got {self.temperatures}')
-        return self
+#: What a replica records at every recorded frame (each a list, one entry per frame).
+_SERIES = ('time_fs', 'temperature', 'potential_energy', 'min_distance', 'closest_pair', 'volume', 'positions',
+           'cells', 'velocities', 'forces')
 
 
 @dataclasses.dataclass
 class ReplicaTrajectory:
-    """One replica's recorded frames (every ``stride`` steps) and why it stopped early, if it did."""
+    """One replica's recorded frames (every ``stride`` steps, and the last step) and why it stopped early, if it did.
+    Series have one entry per recorded frame."""
 
     temperature_target: float  # K
     seed: int
     time_fs: np.ndarray  # [n_frames]
     temperature: np.ndarray  # [n_frames] K, kinetic
     potential_energy: np.ndarray  # [n_frames] eV
-    min_distance: np.ndarray  # [n_frames] Å
+    min_distance: np.ndarray  # [n_frames] Å, minimum image
+    closest_pair: list  # [n_frames] species of the closest pair, e.g. 'Ag-Ag'
     volume: np.ndarray  # [n_frames] Å^3
     positions: np.ndarray  # [n_frames, N, 3] Å (wrapped into the cell)
     cells: np.ndarray  # [n_frames, 3, 3] Å
     velocities: np.ndarray | None  # [n_frames, N, 3] Å/fs, when stored
+    forces: np.ndarray | None  # [n_frames, N, 3] eV/Å, the model's, when stored
     steps_done: int
     broke: str | None
+
+    def mean_temperature(self, discard_fraction: float = 0.5) -> float:
+        """Mean kinetic temperature (K) after discarding the first ``discard_fraction`` of the frames."""
+        start = int(len(self.temperature) * discard_fraction)
+        return float(np.mean(self.temperature[start:]))
+
+    def verdict(self, temperature_tolerance: float = 0.2, stable_distance: float = 1.8) -> dict:
+        """Stable when the run finished, the mean temperature of its second half is within ``temperature_tolerance``
+        (relative) of the target, and no pair of atoms came closer than ``stable_distance`` (Å)."""
+        mean_t = self.mean_temperature()
+        closest = int(np.argmin(self.min_distance))
+        relative = abs(mean_t - self.temperature_target) / self.temperature_target
+        stable = (self.broke is None and bool(relative <= temperature_tolerance)
+                  and bool(self.min_distance[closest] >= stable_distance))
+        return {'stable': stable, 'broke': self.broke, 'steps': self.steps_done,
+                'time_ps': float(self.time_fs[-1]) / 1000.0, 'target_temperature': self.temperature_target,
+                'mean_temperature': mean_t, 'temperature_deviation': float(relative),
+                'min_distance': float(self.min_distance[closest]), 'closest_pair': self.closest_pair[closest]}
+
+
+@dataclasses.dataclass
+class ReplicaBatch:
+    """A batched Langevin run in progress: the TorchSim state of the replicas still running, the integrator's step
+    and what every replica has recorded so far."""
+
+    state: object  # TorchSim MD state of the running replicas, system s is replica active[s]
+    update: Callable  # the integrator's step: update(state, kT=...) -> state
+    kt: torch.Tensor  # [n_replicas] target k_B T of every replica (eV)
+    extra: dict  # further arguments of the step (NPT: external pressure)
+    targets: list[float]  # [n_replicas] target temperatures (K)
+    dof: list[int]  # [n_replicas] kinetic degrees of freedom
+    symbols: list[list[str]]  # [n_replicas] chemical symbols
+    seeds: list[int]  # [n_replicas] seeds of the initial velocities
+    active: list[int]  # replica of each system of the state
+    records: list[dict]  # [n_replicas] lists named as _SERIES
+    steps_done: list[int]
+    broke: list[str | None]
+
+    def trajectory(self, replica: int) -> ReplicaTrajectory:
+        """The recorded frames of ``replica`` as arrays."""
+        record, n_atoms = self.records[replica], len(self.symbols[replica])
+
+        def frames(name: str, shape: tuple) -> np.ndarray | None:
+            return np.asarray(record[name], dtype=float).reshape(-1, *shape) if record[name] else None
+
+        return ReplicaTrajectory(
+            temperature_target=self.targets[replica], seed=self.seeds[replica], steps_done=self.steps_done[replica],
+            broke=self.broke[replica], closest_pair=list(record['closest_pair']),
+            **{name: np.asarray(record[name], dtype=float)
+               for name in ('time_fs', 'temperature', 'potential_energy', 'min_distance', 'volume')},
+            positions=frames('positions', (n_atoms, 3)), cells=frames('cells', (3, 3)),
+            velocities=frames('velocities', (n_atoms, 3)), forces=frames('forces', (n_atoms, 3)))
 
 
 class HarmonicModel(ModelInterface):
@@ -182,16 +178,11 @@ def load_torchsim_model(model_path: str, device: str, dtype: str, compute_stress
                         dtype=getattr(torch, dtype), compute_forces=True, compute_stress=compute_stress)
 
 
-def _initial_momenta(masses: np.ndarray, temperature: float, seed: int) -> np.ndarray:
-    """Maxwell-Boltzmann momenta (amu Å / ASE time) at ``temperature`` from ``seed``, total momentum zero."""
-    rng = np.random.default_rng(seed)
-    momenta = rng.normal(size=(len(masses), 3)) * np.sqrt(masses * units.kB * temperature)[:, None]
-    return momenta - masses[:, None] * momenta.sum(axis=0) / masses.sum()
-
-
-def _min_distances(positions: torch.Tensor, cell: torch.Tensor, system_idx: torch.Tensor, n_systems: int) -> np.ndarray:
-    """Shortest minimum-image pair distance of every system (Å); exact below half the narrowest cell width."""
-    result = np.empty(n_systems)
+def min_pair_distances(positions: torch.Tensor, cell: torch.Tensor, system_idx: torch.Tensor,
+                       n_systems: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shortest minimum-image pair distance of every system (Å, [S]) and the atoms of that pair (indices within the
+    system, [S, 2]); exact below half the narrowest cell width."""
+    distances, pairs = np.empty(n_systems), np.empty((n_systems, 2), dtype=int)
     for system in range(n_systems):
         pos = positions[system_idx == system]
         lattice = cell[system]
@@ -200,8 +191,30 @@ def _min_distances(positions: torch.Tensor, cell: torch.Tensor, system_idx: torc
         delta = (fractional - torch.round(fractional)) @ lattice
         distance = torch.linalg.norm(delta, dim=1).reshape(len(pos), len(pos))
         distance.fill_diagonal_(float('inf'))
-        result[system] = float(distance.min())
-    return result
+        flat = int(torch.argmin(distance))
+        distances[system], pairs[system] = float(distance.flatten()[flat]), divmod(flat, len(pos))
+    return distances, pairs
+
+
+def blow_up(energy: float, positions: np.ndarray, closest: float, pair: str, temperature: float, target: float,
+            step: int, *, stop_distance: float, max_temperature_ratio: float) -> str | None:
+    """Why a replica must stop at ``step``, or None: a non-finite energy (eV) or position (Å), the ``pair`` of
+    atoms (``'Ag-Ag'``) ``closest`` Å apart with ``closest`` below ``stop_distance`` (Å), or a kinetic
+    ``temperature`` above ``max_temperature_ratio`` times the ``target`` (K)."""
+    if not np.isfinite(energy) or not np.all(np.isfinite(positions)):
+        return f'non-finite energy or positions at step {step}'
+    if closest < stop_distance:
+        return f'{pair} atoms {closest:.2f} Å apart at step {step}'
+    if temperature > max_temperature_ratio * target:
+        return f'temperature {temperature:.0f} K at step {step} (target {target:.0f} K)'
+    return None
+
+
+def _initial_momenta(masses: np.ndarray, temperature: float, seed: int) -> np.ndarray:
+    """Maxwell-Boltzmann momenta (amu Å / ASE time) at ``temperature`` from ``seed``, total momentum zero."""
+    rng = np.random.default_rng(seed)
+    momenta = rng.normal(size=(len(masses), 3)) * np.sqrt(masses * units.kB * temperature)[:, None]
+    return momenta - masses[:, None] * momenta.sum(axis=0) / masses.sum()
 
 
 def _momenta(state) -> torch.Tensor:
@@ -215,25 +228,131 @@ def _set_momenta(state, momenta: torch.Tensor) -> None:
         state.velocities = momenta / state.masses.unsqueeze(-1)
 
 
-def _restore_centre_of_mass(state, before: torch.Tensor) -> None:
+def _per_system(state, values: torch.Tensor) -> torch.Tensor:
+    """Sum of per-atom ``values`` ([n_atoms] or [n_atoms, 3]) over the atoms of every system."""
+    total = torch.zeros((state.n_systems, *values.shape[1:]), device=values.device, dtype=values.dtype)
+    return total.index_add_(0, state.system_idx, values)
+
+
+def _remove_drift(state, before: torch.Tensor) -> None:
     """Shift every system back by the centre-of-mass displacement of the last step (minimum image per atom: the
-    positions are wrapped into the cell), so the noise of the Langevin step does not make the crystal diffuse."""
+    positions are wrapped into the cell), so the noise of the Langevin step does not make the crystal diffuse, and
+    remove its total momentum."""
     cell = state.row_vector_cell  # [S, 3, 3]
     inverse = torch.linalg.inv(cell)[state.system_idx]  # one 3x3 inverse per system, not per atom
-    delta = state.positions - before
-    fractional = torch.einsum('ni,nij->nj', delta, inverse)
+    fractional = torch.einsum('ni,nij->nj', state.positions - before, inverse)
     delta = torch.einsum('ni,nij->nj', fractional - torch.round(fractional), cell[state.system_idx])
-    n_systems = state.n_systems
-    weighted = torch.zeros((n_systems, 3), device=delta.device, dtype=delta.dtype).index_add_(
-        0, state.system_idx, state.masses.unsqueeze(-1) * delta)
-    mass = torch.zeros(n_systems, device=delta.device, dtype=delta.dtype).index_add_(0, state.system_idx, state.masses)
-    state.positions = state.positions - (weighted / mass.unsqueeze(-1))[state.system_idx]
+    mass = _per_system(state, state.masses).unsqueeze(-1)  # [S, 1]
+    weights = state.masses.unsqueeze(-1)
+    state.positions = state.positions - (_per_system(state, weights * delta) / mass)[state.system_idx]
+    momenta = _momenta(state)
+    _set_momenta(state, momenta - weights * (_per_system(state, momenta) / mass)[state.system_idx])
+
+
+def init_replicas(model, systems: Sequence, temperatures: Sequence[float], seeds: Sequence[int], *,
+                  timestep: float = 1.0, friction: float = 1e-3, ensemble: str = 'nvt', pressure: float = 0.0,
+                  fix_com: bool = True, batch_seed: int = 0) -> ReplicaBatch:
+    """The batched state of every system of ``systems`` (``ase.Atoms``) at its target temperature (K), with
+    Maxwell-Boltzmann momenta from its seed, and the Langevin integrator's step (time step fs, friction 1/fs,
+    ``'nvt'`` or ``'npt'`` at ``pressure`` GPa); see :func:`run_replicas`."""
+    import torch_sim as ts
+
+    n = len(systems)
+    if not (len(temperatures) == len(seeds) == n) or n == 0:
+        raise ValueError(f'need one temperature and one seed per system: {n} systems, {len(temperatures)} '
+                         f'temperatures, {len(seeds)} seeds')
+    device, dtype = model.device, model.dtype
+    torch.manual_seed(batch_seed)
+    kt = torch.tensor([units.kB * float(t) for t in temperatures], device=device, dtype=dtype)
+    dt = torch.tensor(timestep * units.fs, device=device, dtype=dtype)
+    gamma = torch.tensor(friction / units.fs, device=device, dtype=dtype)
+    extra = {}
+    if ensemble == 'nvt':
+        init, update = ts.integrators.nvt_langevin(model, dt=dt, kT=kt, gamma=gamma, seed=batch_seed)
+    elif ensemble == 'npt':
+        extra['external_pressure'] = torch.tensor(pressure * units.GPa, device=device, dtype=dtype)
+        init, update = ts.integrators.npt_langevin(model, dt=dt, kT=kt, alpha=gamma, seed=batch_seed, **extra)
+    else:
+        raise ValueError(f'unknown ensemble {ensemble!r}')
+    state = init(ts.io.atoms_to_state(list(systems), device, dtype), kT=kt)
+    momenta = [_initial_momenta(np.asarray(atoms.get_masses(), dtype=float), t, s)
+               for atoms, t, s in zip(systems, temperatures, seeds)]
+    _set_momenta(state, torch.as_tensor(np.concatenate(momenta), device=device, dtype=dtype))
+    return ReplicaBatch(
+        state=state, update=update, kt=kt, extra=extra, targets=[float(t) for t in temperatures],
+        dof=[3 * len(atoms) - (3 if fix_com else 0) for atoms in systems],
+        symbols=[atoms.get_chemical_symbols() for atoms in systems], seeds=[int(seed) for seed in seeds],
+        active=list(range(n)),
+        records=[{name: [] for name in _SERIES} for _ in range(n)], steps_done=[0] * n, broke=[None] * n)
+
+
+def replica_step(batch: ReplicaBatch, fix_com: bool = True) -> None:
+    """One Langevin step of every running replica; with ``fix_com`` their centre-of-mass drift is undone."""
+    before = batch.state.positions.clone() if fix_com else None
+    batch.state = batch.update(batch.state, kT=batch.kt[batch.active], **batch.extra)
+    if fix_com:
+        _remove_drift(batch.state, before)
+
+
+def record_frame(batch: ReplicaBatch, step: int, timestep: float, store_velocities: bool = False,
+                 store_forces: bool = False) -> None:
+    """Append the frame at ``step`` of every running replica to its record: time (fs), kinetic temperature (K),
+    potential energy (eV), closest pair (Å, species), volume (Å^3), positions and cell (Å) and, when asked for,
+    velocities (Å/fs) and the model's forces (eV/Å)."""
+    state = batch.state
+    momenta = _momenta(state)
+    kinetic = _per_system(state, (momenta**2).sum(-1) / (2 * state.masses)).detach().cpu().numpy()
+    energy = state.energy.detach().cpu().numpy()
+    positions = state.positions.detach().cpu().numpy()
+    cells = state.row_vector_cell.detach().cpu().numpy()
+    velocities = (momenta / state.masses.unsqueeze(-1)).detach().cpu().numpy() * units.fs if store_velocities else None
+    forces = state.forces.detach().cpu().numpy() if store_forces else None
+    closest, pairs = min_pair_distances(state.positions.detach(), state.row_vector_cell.detach(), state.system_idx,
+                                        state.n_systems)
+    system_of_atom = state.system_idx.cpu().numpy()
+    for system, replica in enumerate(batch.active):
+        atoms, record, symbols = system_of_atom == system, batch.records[replica], batch.symbols[replica]
+        record['time_fs'].append(step * timestep)
+        record['temperature'].append(float(2 * kinetic[system] / (batch.dof[replica] * units.kB)))
+        record['potential_energy'].append(float(energy[system]))
+        record['min_distance'].append(float(closest[system]))
+        record['closest_pair'].append('-'.join(sorted(symbols[i] for i in pairs[system])))
+        record['volume'].append(float(abs(np.linalg.det(cells[system]))))
+        record['positions'].append(positions[atoms])
+        record['cells'].append(cells[system])
+        if velocities is not None:
+            record['velocities'].append(velocities[atoms])  # Å/fs
+        if forces is not None:
+            record['forces'].append(forces[atoms])
+        batch.steps_done[replica] = step
+
+
+def stop_blown_up(batch: ReplicaBatch, step: int, *, stop_distance: float = 1.0,
+                  max_temperature_ratio: float = 3.0) -> bool:
+    """Judge the frame just recorded at ``step`` of every running replica by :func:`blow_up` and take those that
+    blew up out of the batch (the reason kept in ``batch.broke``); False when no replica is left running."""
+    finished = []
+    for system, replica in enumerate(batch.active):
+        record = batch.records[replica]
+        reason = blow_up(record['potential_energy'][-1], record['positions'][-1], record['min_distance'][-1],
+                         record['closest_pair'][-1], record['temperature'][-1], batch.targets[replica], step,
+                         stop_distance=stop_distance, max_temperature_ratio=max_temperature_ratio)
+        if reason:
+            batch.broke[replica] = reason
+            finished.append(system)
+    if len(finished) == len(batch.active):
+        batch.active = []
+        return False
+    if finished:
+        batch.state.pop(finished)
+        batch.active = [replica for system, replica in enumerate(batch.active) if system not in set(finished)]
+    return True
 
 
 def run_replicas(model, systems: Sequence, temperatures: Sequence[float], seeds: Sequence[int], *, steps: int,
                  timestep: float = 1.0, friction: float = 1e-3, stride: int = 20, ensemble: str = 'nvt',
                  pressure: float = 0.0, fix_com: bool = True, store_velocities: bool = False,
-                 stop_distance: float = 1.0, max_temperature_ratio: float = 3.0,
+                 store_forces: bool = False, stop_distance: float = 1.0, max_temperature_ratio: float = 3.0,
                  batch_seed: int = 0) -> list[ReplicaTrajectory]:
     """Run every system as a replica of one batched Langevin simulation; return one trajectory per system.
 
@@ -244,101 +363,28 @@ def run_replicas(model, systems: Sequence, temperatures: Sequence[float], seeds:
     systems
         ``ase.Atoms`` starting structures, one per replica.
     temperatures, seeds
-        Target temperature (K) and seed of each replica.
+        Target temperature (K) and seed of the initial velocities of each replica.
     steps, timestep, friction, stride
-        Number of steps, time step (fs), Langevin friction (1/fs), steps between recorded frames.
+        Number of steps, time step (fs), Langevin friction (1/fs), steps between recorded frames (the last step
+        is recorded too).
     ensemble, pressure
         ``'nvt'`` or ``'npt'`` (external pressure in GPa, the model must give stress).
-    fix_com, store_velocities, stop_distance, max_temperature_ratio, batch_seed
-        See :class:`ThermalMdConfig`.
+    fix_com
+        Keep every replica's centre of mass in place and its total momentum zero (3N - 3 degrees of freedom).
+    store_velocities, store_forces
+        Also record the velocities (Å/fs) and the model's forces (eV/Å) at every recorded frame.
+    stop_distance, max_temperature_ratio
+        Blow-up thresholds of :func:`blow_up`: closest pair (Å), kinetic over target temperature.
+    batch_seed
+        Seed of the Langevin noise of the batch.
     """
-    import torch_sim as ts
-
-    n = len(systems)
-    if not (len(temperatures) == len(seeds) == n) or n == 0:
-        raise ValueError(f'need one temperature and one seed per system: {n} systems, {len(temperatures)} '
-                         f'temperatures, {len(seeds)} seeds')
-    device, dtype = model.device, model.dtype
-    torch.manual_seed(batch_seed)
-    state = ts.io.atoms_to_state(list(systems), device, dtype)
-    kt_all = torch.tensor([units.kB * float(t) for t in temperatures], device=device, dtype=dtype)
-    dt = torch.tensor(timestep * units.fs, device=device, dtype=dtype)
-    gamma = torch.tensor(friction / units.fs, device=device, dtype=dtype)
-    if ensemble == 'nvt':
-        init, update = ts.integrators.nvt_langevin(model, dt=dt, kT=kt_all, gamma=gamma, seed=batch_seed)
-        extra = {}
-    elif ensemble == 'npt':
-        external = torch.tensor(pressure * units.GPa, device=device, dtype=dtype)
-        init, update = ts.integrators.npt_langevin(model, dt=dt, kT=kt_all, external_pressure=external, alpha=gamma,
-                                                   seed=batch_seed)
-        extra = {'external_pressure': external}
-    else:
-        raise ValueError(f'unknown ensemble {ensemble!r}')
-    md = init(state, kT=kt_all)
-    masses = [np.asarray(atoms.get_masses(), dtype=float) for atoms in systems]
-    momenta = np.concatenate([_initial_momenta(m, t, s) for m, t, s in zip(masses, temperatures, seeds)])
-    _set_momenta(md, torch.as_tensor(momenta, device=device, dtype=dtype))
-
-    active = list(range(n))  # replica of each system still in the batch
-    records = [{'time_fs': [], 'temperature': [], 'potential_energy': [], 'min_distance': [], 'volume': [],
-                'positions': [], 'cells': [], 'velocities': []} for _ in range(n)]
-    steps_done, broke = [steps] * n, [None] * n
-    dof = [3 * len(atoms) - (3 if fix_com else 0) for atoms in systems]
+    batch = init_replicas(model, systems, temperatures, seeds, timestep=timestep, friction=friction,
+                          ensemble=ensemble, pressure=pressure, fix_com=fix_com, batch_seed=batch_seed)
     for step in range(1, steps + 1):
-        before = md.positions.clone() if fix_com else None
-        md = update(md, kT=kt_all[active], **extra)
-        if fix_com:
-            _restore_centre_of_mass(md, before)
-            p = _momenta(md)
-            total = torch.zeros((md.n_systems, 3), device=device, dtype=dtype).index_add_(0, md.system_idx, p)
-            mass = torch.zeros(md.n_systems, device=device, dtype=dtype).index_add_(0, md.system_idx, md.masses)
-            _set_momenta(md, p - md.masses.unsqueeze(-1) * (total / mass.unsqueeze(-1))[md.system_idx])
+        replica_step(batch, fix_com)
         if step % stride and step != steps:
             continue
-        p = _momenta(md)
-        kinetic = torch.zeros(md.n_systems, device=device, dtype=dtype).index_add_(
-            0, md.system_idx, (p**2).sum(-1) / (2 * md.masses)).cpu().numpy()
-        energy = md.energy.detach().cpu().numpy()
-        positions = md.positions.detach().cpu().numpy()
-        cells = md.row_vector_cell.detach().cpu().numpy()
-        velocities = (p / md.masses.unsqueeze(-1)).detach().cpu().numpy() * units.fs  # Å/fs
-        closest = _min_distances(md.positions.detach(), md.row_vector_cell.detach(), md.system_idx, md.n_systems)
-        system_of_atom = md.system_idx.cpu().numpy()
-        finished = []
-        for system, replica in enumerate(active):
-            atoms_mask = system_of_atom == system
-            temperature = 2 * kinetic[system] / (dof[replica] * units.kB)
-            record = records[replica]
-            record['time_fs'].append(step * timestep)
-            record['temperature'].append(float(temperature))
-            record['potential_energy'].append(float(energy[system]))
-            record['min_distance'].append(float(closest[system]))
-            record['volume'].append(float(abs(np.linalg.det(cells[system]))))
-            record['positions'].append(positions[atoms_mask])
-            record['cells'].append(cells[system])
-            if store_velocities:
-                record['velocities'].append(velocities[atoms_mask])
-            reason = None
-            if not np.isfinite(energy[system]) or not np.all(np.isfinite(positions[atoms_mask])):
-                reason = f'non-finite energy or positions at step {step}'
-            elif closest[system] < stop_distance:
-                reason = f'atoms {closest[system]:.2f} Å apart at step {step}'
-            elif temperature > max_temperature_ratio * temperatures[replica]:
-                reason = f'temperature {temperature:.0f} K at step {step} (target {temperatures[replica]:.0f} K)'
-            if reason:
-                broke[replica], steps_done[replica] = reason, step
-                finished.append(system)
-        if finished:
-            if len(finished) == len(active):
-                break
-            md.pop(finished)
-            active = [replica for system, replica in enumerate(active) if system not in set(finished)]
-    return [ReplicaTrajectory(
-        temperature_target=float(temperatures[r]), seed=int(seeds[r]), steps_done=steps_done[r], broke=broke[r],
-        time_fs=np.asarray(records[r]['time_fs']), temperature=np.asarray(records[r]['temperature']),
-        potential_energy=np.asarray(records[r]['potential_energy']),
-        min_distance=np.asarray(records[r]['min_distance']), volume=np.asarray(records[r]['volume']),
-        positions=np.asarray(records[r]['positions']).reshape(-1, len(systems[r]), 3),
-        cells=np.asarray(records[r]['cells']).reshape(-1, 3, 3),
-        velocities=np.asarray(records[r]['velocities']).reshape(-1, len(systems[r]), 3) if store_velocities else None,
-    ) for r in range(n)]
+        record_frame(batch, step, timestep, store_velocities, store_forces)
+        if not stop_blown_up(batch, step, stop_distance=stop_distance, max_temperature_ratio=max_temperature_ratio):
+            break
+    return [batch.trajectory(replica) for replica in range(len(systems))]

@@ -35,11 +35,12 @@ class LabelParser(SummaryParser):
                 return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename='labels.npz')
             labelled = LabelledSet.load(path)
         labelled = labelled.subset(ok)
-        from aiida_capthermo.ml.labelling import CalculatorSpec  # pydantic only: no tblite/torch import
+        from aiida_capthermo.ml.settings import CalculatorSpec
 
         calculator = CalculatorSpec.model_validate(summary['calculator'])
         dataset = DatasetData.from_labelled_set(
-            labelled, engine='local', **calculator.describe(), calculator=calculator.model_dump(), keys=[keys[i] for i in ok], failed=failed, n_failed=len(failed),
+            labelled, engine='local', **calculator.describe(), calculator=calculator.model_dump(),
+            keys=[keys[i] for i in ok], failed=failed, n_failed=len(failed),
             failed_errors={keys[r['index']]: r['error'] for r in records if r['status'] != 'ok'},
             seconds_per_structure=float(np.mean([r['seconds'] for r in records])))
         self.out('labels', dataset)
