@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 from aiida import engine, orm
 
-from aiida_capthermo.calculations.mace import (DEFAULT_FOUNDATION, FinetuneMaceCalcJob, MaceHyperParameters,
-                                               build_mace_config)
+from aiida_capthermo.calculations.mace import (
+    DEFAULT_FOUNDATION,
+    FinetuneMaceCalcJob,
+    MaceHyperParameters,
+    build_mace_config,
+)
 from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.data.dataset import DatasetData
-from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.parsers.mace import detect_failure, parse_architecture, parse_error_table, parse_results_lines
 
 VENV_BIN = pathlib.Path(sys.executable).parent
@@ -124,7 +127,8 @@ def test_scratch_training_outputs(scratch_run):
         assert metrics[split]['mae_e_per_atom'] > 0 and metrics[split]['mae_f'] > 0 and metrics[split]['mae_stress'] > 0
         # the headline metrics are attributes of the model (QueryBuilder: attributes.metrics.validation.mae_forces)
         headline = model.base.attributes.get('metrics')[split]
-        assert headline == {'mae_forces': metrics[split]['mae_f'], 'mae_energy_per_atom': metrics[split]['mae_e_per_atom'],
+        assert headline == {'mae_forces': metrics[split]['mae_f'],
+                            'mae_energy_per_atom': metrics[split]['mae_e_per_atom'],
                             'mae_stress': metrics[split]['mae_stress']}
     curve = results['training_curve']
     assert list(curve.get_array('train_epoch')) == [0, 1, 2, 3]
@@ -202,7 +206,7 @@ def test_named_foundation_fails_fast_offline(mace_code):
 
 # ---------------------------------------------------------------------------------------------- parser functions
 LOG = """2026-11-23 09:24:11.880 INFO: Message passing with 8 channels and max_L=0 (8x0e)
-2026-11-23 09:24:11.880 INFO: 2 layers, each with correlation order: 2 (body order: 3) and spherical harmonics up to: l=3
+2026-11-23 09:24:11 INFO: 2 layers, each with correlation order: 2 (body order: 3) and spherical harmonics up to: l=3
 2026-11-23 09:24:11.880 INFO: Radial cutoff: 4.0 A (total receptive field for each atom: 8.0 A)
 2026-11-23 09:24:16.432 INFO: Error-table on TRAIN and VALID:
 +---------------+--------------------+-----------------+------------------+--------------------------------------+
@@ -227,7 +231,8 @@ def test_parse_log_functions():
     assert np.isnan(evals[0]['loss']) and opts[0]['loss'] == 1.5
     assert detect_failure('torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB')[0] == 'out_of_memory'
     assert detect_failure("WARNING: No forces found with key 'REF_forces' in 'train.xyz'.")[0] == 'missing_labels'
-    assert detect_failure('Traceback (most recent call last):\n  x\nValueError: bad\n') == ('exception', 'ValueError: bad')
+    assert detect_failure('Traceback (most recent call last):\n  x\nValueError: bad\n') == ('exception',
+                                                                                        'ValueError: bad')
     assert detect_failure(LOG) is None
     finetune_arch = parse_architecture('INFO: Message passing with hidden irreps 128x0e+128x1o)\n')
     assert (finetune_arch['num_channels'], finetune_arch['max_L']) == (128, 1)
@@ -319,7 +324,8 @@ def _workchain_with_failed_child(aiida_profile, mace_code, exit_code, hyperparam
     process = instantiate_process(get_manager().get_runner(), FinetuneMaceWorkChain, **inputs)
     process.setup()
     # a mock of a failed FinetuneMaceCalcJob (named as such): a CalcJobNode with the exit code and a remote folder
-    child = orm.CalcJobNode(computer=mace_code['train'].computer, process_type='aiida.calculations:capthermo.mace_finetune')
+    child = orm.CalcJobNode(computer=mace_code['train'].computer,
+                            process_type='aiida.calculations:capthermo.mace_finetune')
     child.set_process_state(ProcessState.FINISHED)
     child.set_exit_status(exit_code.status)
     child.set_exit_message(exit_code.message)
@@ -370,3 +376,66 @@ def test_reference_force_constants_from_aiida_phonopy_node():
     node.set_force_constants(fc[:len(node.get_phonopy_instance().primitive)])  # compact format: not accepted
     with pytest.raises(ValueError, match='full format'):
         _reference_force_constants(node)
+
+
+# ---------------------------------------------------------------------------------------------- remote resolution
+def test_resolution_script_is_the_compute_module_and_needs_only_the_standard_library(tmp_path):
+    """The job copies ``compute/mace_resolve.py`` into its folder and runs it with the remote python. Run here the way
+    the job does, with ``python -S`` (no site-packages: neither this package nor AiiDA), it resolves a fixed device
+    and leaves the config as it was."""
+    import subprocess
+
+    import aiida_capthermo.compute.mace_resolve as module
+    from aiida_capthermo.calculations.mace import RESOLVE_SCRIPT, resolve_script_text
+
+    assert resolve_script_text() == pathlib.Path(module.__file__).read_text(encoding='utf-8')
+    (tmp_path / RESOLVE_SCRIPT).write_text(resolve_script_text())
+    (tmp_path / 'config.yaml').write_text('device: cpu\nname: mace_model\n')
+    result = subprocess.run([sys.executable, '-S', RESOLVE_SCRIPT, 'config.yaml', 'result.json', '{"device": "cpu"}'],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / 'result.json').read_text())
+    assert report['error'] is None and report['device'] is None and report['foundation'] is None
+    assert (tmp_path / 'config.yaml').read_text() == 'device: cpu\nname: mace_model\n'
+
+
+def test_resolution_of_device_and_foundation(tmp_path):
+    """``device: auto`` becomes what torch sees; a named model is found in ``search_paths`` (path and sha256 in the
+    result, path in the config); an unknown name and a broken request fail with the kinds the parser maps to exit
+    codes 330 and 331, exit status 1, and the config untouched."""
+    import hashlib
+    import os
+
+    import torch
+    from mace.calculators import foundations_models
+
+    from aiida_capthermo.compute.mace_resolve import FAILED, NOT_OBTAINABLE, main
+    from aiida_capthermo.compute.summary import ERROR_KINDS
+
+    assert (ERROR_KINDS[NOT_OBTAINABLE], ERROR_KINDS[FAILED]) == ('ERROR_FOUNDATION_NOT_OBTAINABLE',
+                                                                  'ERROR_REMOTE_RESOLUTION_FAILED')
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    config, result = tmp_path / 'config.yaml', tmp_path / 'result.json'
+    original = 'name: mace_model\ndevice: auto\nfoundation_model: small\n'
+
+    config.write_text(original)
+    assert main([str(config), str(result), json.dumps({'device': 'auto', 'foundation_name': 'no-such-model'})]) == 1
+    report = json.loads(result.read_text())
+    assert report['error_kind'] == NOT_OBTAINABLE and 'unknown MACE foundation model name' in report['error']
+    assert report['device'] == device  # resolved before the failure, and reported
+    assert config.read_text() == original
+
+    assert main([str(config), str(result), '{not json']) == 1
+    assert json.loads(result.read_text())['error_kind'] == FAILED and config.read_text() == original
+
+    folder = tmp_path / 'models'
+    folder.mkdir()
+    model = folder / os.path.basename(foundations_models.mace_mp_urls['small'])
+    model.write_bytes(b'stand-in for the small MACE-MP model')
+    request = {'device': 'auto', 'foundation_name': 'small', 'search_paths': [str(folder)], 'allow_download': False}
+    assert main([str(config), str(result), json.dumps(request)]) == 0
+    report = json.loads(result.read_text())
+    assert report['error'] is None and report['device'] == device
+    assert report['foundation'] == {'name': 'small', 'path': str(model),
+                                    'sha256': hashlib.sha256(model.read_bytes()).hexdigest()}
+    assert config.read_text() == f'name: mace_model\ndevice: {device}\nfoundation_model: {json.dumps(str(model))}\n'

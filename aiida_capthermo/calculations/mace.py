@@ -39,6 +39,9 @@ CONFIG_FILE = 'config.yaml'
 TRAIN_FILE = 'train.xyz'
 VALID_FILE = 'valid.xyz'
 TEST_FILE = 'test.xyz'
+#: The copy of :mod:`aiida_capthermo.compute.mace_resolve` that runs on the compute side before ``mace_run_train``
+#: (standard library, torch and mace only): resolves ``device: auto`` and a named foundation model in ``config.yaml``
+#: and writes ``remote_resolution.json``.
 RESOLVE_SCRIPT = 'resolve_remote.py'
 RESOLVE_RESULT = 'remote_resolution.json'
 
@@ -93,13 +96,14 @@ class MaceHyperParameters(pydantic.BaseModel):
     pair_repulsion: bool = pydantic.Field(False, description='Add a ZBL pair repulsion to the learned energy (from '
                                                              'scratch only): keeps MD from collapsing atoms.')
     # replay fine-tuning: needs MACE's pre-training data on the remote computer
-    multiheads_finetuning: bool = pydantic.Field(False, description='Multi-head replay fine-tuning (needs pt_train_file).')
+    multiheads_finetuning: bool = pydantic.Field(False, description='Multi-head replay fine-tuning (needs '
+                                                                    'pt_train_file).')
     pt_train_file: str | None = pydantic.Field(None, description='Remote path of the replay (pre-training) data.')
     num_samples_pt: int | None = pydantic.Field(None, ge=1)
     restart_latest: bool = pydantic.Field(False, description='Restart from the latest checkpoint in checkpoints/.')
 
     @pydantic.model_validator(mode='after')
-    def _check_replay(self) -> 'MaceHyperParameters':
+    def _check_replay(self) -> MaceHyperParameters:
         if self.multiheads_finetuning and not self.pt_train_file:
             raise ValueError('multiheads_finetuning (replay) needs pt_train_file: the path of MACE pre-training data '
                              'on the remote computer; it cannot be downloaded by the job')
@@ -163,73 +167,12 @@ def build_mace_config(params: MaceHyperParameters, *, foundation: str | None, ha
     return config
 
 
-#: Runs on the compute side before ``mace_run_train`` (only stdlib + torch + mace, which are there): resolves
-#: ``device: auto`` and a named foundation model in ``config.yaml``; writes ``remote_resolution.json``. A named
-#: model is looked up in MACE's package and cache folders, then downloaded only when the host answers within the
-#: timeout, so an offline node fails in seconds instead of hanging.
-RESOLVE_SCRIPT_TEXT = r'''"""Written by aiida-capthermo FinetuneMaceCalcJob: resolve device and foundation model before mace_run_train."""
-import hashlib, json, os, socket, sys, time, urllib.parse
+def resolve_script_text() -> str:
+    """Source of :mod:`aiida_capthermo.compute.mace_resolve`, which the job copies into its folder as
+    :data:`RESOLVE_SCRIPT`: the remote python then needs no install of this package."""
+    from importlib.resources import files
 
-config_file, result_file = sys.argv[1], sys.argv[2]
-request = json.loads(sys.argv[3])
-result = {'device': None, 'foundation': None, 'error': None, 'error_kind': None}
-start = time.time()
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-try:
-    lines = open(config_file).read().splitlines()
-    if request.get('device') == 'auto':
-        import torch
-        result['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
-        lines = [f"device: {result['device']}" if line.startswith('device:') else line for line in lines]
-    name = request.get('foundation_name')
-    if name:
-        from mace.calculators import foundations_models as fm
-        from mace.tools.utils import get_cache_dir
-        if name not in fm.mace_mp_urls:
-            raise LookupError(f'unknown MACE foundation model name {name!r}; known: {sorted(fm.mace_mp_urls)}')
-        url = fm.mace_mp_urls[name]
-        cached = os.path.join(get_cache_dir(), ''.join(c for c in os.path.basename(url) if c.isalnum() or c == '_'))
-        candidates = [os.path.join(d, os.path.basename(url)) for d in request.get('search_paths', [])]
-        if name == 'medium-mpa-0':
-            candidates.append(fm.local_model_path)
-        candidates.append(cached)
-        path = next((c for c in candidates if os.path.isfile(c)), None)
-        if path is None:
-            if not request.get('allow_download', True):
-                raise LookupError(f'foundation model {name!r} is not on this computer (looked in {candidates}) and '
-                                  'downloads are disabled')
-            host = urllib.parse.urlsplit(url).netloc
-            timeout = float(request.get('download_timeout', 20.0))
-            try:
-                socket.create_connection((host, 443), timeout=timeout).close()
-            except OSError as exception:
-                raise LookupError(f'foundation model {name!r} is not on this computer (looked in {candidates}) and '
-                                  f'cannot be downloaded from {url}: {host} unreachable ({exception})') from exception
-            if hasattr(fm, '_DOWNLOAD_TIMEOUT'):
-                fm._DOWNLOAD_TIMEOUT = timeout
-            path = fm.download_mace_mp_checkpoint(name)
-        result['foundation'] = {'name': name, 'path': path, 'sha256': sha256(path)}
-        lines = [f"foundation_model: {json.dumps(path)}" if line.startswith('foundation_model:') else line
-                 for line in lines]
-    with open(config_file, 'w') as handle:
-        handle.write('\n'.join(lines) + '\n')
-except Exception as exception:  # reported to the parser, which maps it to an exit code
-    result['error'] = f'{type(exception).__name__}: {exception}'
-    result['error_kind'] = 'foundation_not_obtainable' if isinstance(exception, LookupError) else 'resolve_failed'
-result['seconds'] = time.time() - start
-with open(result_file, 'w') as handle:
-    json.dump(result, handle, indent=1)
-sys.exit(1 if result['error'] else 0)
-'''
+    return files('aiida_capthermo.compute').joinpath('mace_resolve.py').read_text(encoding='utf-8')
 
 
 def validate_hyperparameters(value: orm.Dict | None, _) -> str | None:
@@ -332,7 +275,8 @@ class FinetuneMaceCalcJob(CapthermoCalcJob):
         spec.default_output_node = 'metrics'
 
         spec.exit_code(320, 'ERROR_NO_TRAINING_DATA', message='MACE found no training data: {error}')
-        spec.exit_code(321, 'ERROR_MISSING_LABELS', message='The training data lack energy/forces/stress labels: {error}')
+        spec.exit_code(321, 'ERROR_MISSING_LABELS',
+                       message='The training data lack energy/forces/stress labels: {error}')
         spec.exit_code(322, 'ERROR_MODEL_FILE_MISSING',
                        message='MACE finished without writing the model file `{filename}`.')
         spec.exit_code(323, 'ERROR_LOG_MISSING', message='The MACE log or results file was not retrieved.')
@@ -347,7 +291,7 @@ class FinetuneMaceCalcJob(CapthermoCalcJob):
         params = MaceHyperParameters(**(self.inputs.hyperparameters.get_dict()
                                         if 'hyperparameters' in self.inputs else {}))
         settings = self.inputs.settings.get_dict() if 'settings' in self.inputs else {}
-        unknown = set(settings) - {'foundation_search_paths', 'allow_download', 'download_timeout', 'python_executable'}
+        unknown = set(settings) - set(FINETUNE_SETTINGS)
         if unknown:
             raise ValueError(f'unknown settings keys {sorted(unknown)}')
 
@@ -380,7 +324,7 @@ class FinetuneMaceCalcJob(CapthermoCalcJob):
                            download_timeout=float(settings.get('download_timeout', 20.0)))
         if params.device == 'auto' or 'foundation_name' in self.inputs:
             with folder.open(RESOLVE_SCRIPT, 'w') as handle:
-                handle.write(RESOLVE_SCRIPT_TEXT)
+                handle.write(resolve_script_text())
             python = settings.get('python_executable') or self._python_of_code()
             quoted = "'" + json.dumps(request).replace("'", "'\"'\"'") + "'"
             calcinfo.prepend_text = f'{python} {RESOLVE_SCRIPT} {CONFIG_FILE} {RESOLVE_RESULT} {quoted} || exit 0'
@@ -416,7 +360,8 @@ class FinetuneMaceCalcJob(CapthermoCalcJob):
 def _reference_force_constants(node: orm.ArrayData) -> dict:
     """Supercell matrix and full force constants from a ForceConstantsData or a plain ArrayData."""
     if 'supercell_matrix' in node.get_arraynames():
-        return {'supercell_matrix': node.get_array('supercell_matrix'), 'force_constants': node.get_array('force_constants')}
+        return {'supercell_matrix': node.get_array('supercell_matrix'),
+                'force_constants': node.get_array('force_constants')}
     force_constants = node.force_constants  # aiida-phonopy ForceConstantsData: matrix is an attribute
     matrix = np.asarray(node.supercell_matrix)
     n_supercell = int(round(abs(np.linalg.det(matrix)))) * len(node.get_unitcell().sites)

@@ -120,7 +120,7 @@ class LabelledSet:
         return [self.atoms(i, with_labels) for i in range(len(self))]
 
     @classmethod
-    def from_atoms_list(cls, atoms_list: Sequence, **per_structure) -> 'LabelledSet':
+    def from_atoms_list(cls, atoms_list: Sequence, **per_structure) -> LabelledSet:
         """Build a set from ``ase.Atoms`` objects; labels come from attached calculators where present.
 
         ``per_structure`` may give any per-structure array (``x``, ``temperature``, ``origin``, ``gap``...)
@@ -149,7 +149,7 @@ class LabelledSet:
         return cls(**arrays)
 
     # ------------------------------------------------------------------ set algebra
-    def subset(self, indices: Iterable[int]) -> 'LabelledSet':
+    def subset(self, indices: Iterable[int]) -> LabelledSet:
         """Return the structures at ``indices`` (in that order) as a new set."""
         indices = np.asarray(list(indices), dtype=np.int64)
         offsets = self.offsets
@@ -161,7 +161,7 @@ class LabelledSet:
                            **per_struct)
 
     @classmethod
-    def concatenate(cls, sets: Sequence['LabelledSet']) -> 'LabelledSet':
+    def concatenate(cls, sets: Sequence[LabelledSet]) -> LabelledSet:
         """Join several sets, keeping their order."""
         if not sets:
             raise ValueError('nothing to concatenate')
@@ -211,7 +211,7 @@ class LabelledSet:
         np.savez_compressed(path, **{name: self[name] for name in self.array_names()})
 
     @classmethod
-    def load(cls, path: str | pathlib.Path) -> 'LabelledSet':
+    def load(cls, path: str | pathlib.Path) -> LabelledSet:
         with np.load(path, allow_pickle=False) as data:
             return cls(**{name: data[name] for name in cls.array_names() if name in data.files})
 

@@ -15,7 +15,8 @@ overflow.
 Units: frequencies in THz (ordinary, not angular), masses in amu, force constants in eV/Å²,
 displacements in Å, mean-square displacements in Å², temperatures in K.
 
-Only numpy (and phonopy for :meth:`SupercellModes.from_phonopy`) is used here: no AiiDA, no torch.
+Only numpy (and ase and phonopy, imported on use, for :meth:`SupercellModes.from_phonopy` and
+:func:`phonopy_supercell`) is used here: no AiiDA, no torch; importing this module imports neither phonopy nor ase.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aiida_capthermo.core.constants import AMU, ANGSTROM, EV, HBAR, KB
+
 if TYPE_CHECKING:  # pragma: no cover
+    import ase
     import phonopy
 
 __all__ = [
@@ -36,23 +40,19 @@ __all__ = [
     'sample_phonon_displacements',
     'sample_mixed_phonon_displacements',
     'sample_random_displacements',
+    'phonopy_supercell',
     'EV_PER_A2_AMU_TO_THZ',
+    'IMAGINARY_TREATMENTS',
 ]
 
-# CODATA 2018 exact / recommended values, SI.
-_HBAR = 1.054571817e-34  # J s
-_KB = 1.380649e-23  # J / K
-_EV = 1.602176634e-19  # J
-_AMU = 1.66053906660e-27  # kg
-_ANGSTROM = 1e-10  # m
-
 #: sqrt(eV / (Å² amu)) / (2 pi) in THz: eigenvalue of the mass-weighted dynamical matrix -> frequency.
-EV_PER_A2_AMU_TO_THZ = float(np.sqrt(_EV / (_ANGSTROM**2 * _AMU)) / (2 * np.pi) / 1e12)  # 15.633302...
-IMAGINARY_TREATMENTS = ('skip', 'absolute')  # what the samplers do with imaginary modes
+EV_PER_A2_AMU_TO_THZ = float(np.sqrt(EV / (ANGSTROM**2 * AMU)) / (2 * np.pi) / 1e12)  # 15.633302...
+#: What the samplers do with imaginary modes (see :class:`SupercellModes`).
+IMAGINARY_TREATMENTS = ('skip', 'absolute')
 #: hbar / (amu * 2 pi THz) in Å²: hbar / (m omega) for m = 1 amu, f = 1 THz.
-_HBAR_OVER_AMU_THZ_A2 = _HBAR / (_AMU * 2 * np.pi * 1e12) / _ANGSTROM**2
+_HBAR_OVER_AMU_THZ_A2 = HBAR / (AMU * 2 * np.pi * 1e12) / ANGSTROM**2
 #: hbar * 2 pi THz / kB in K.
-_HBAR_THZ_OVER_KB = _HBAR * 2 * np.pi * 1e12 / _KB
+_HBAR_THZ_OVER_KB = HBAR * 2 * np.pi * 1e12 / KB
 
 
 def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
@@ -117,6 +117,15 @@ class SupercellModes:
         mask = np.ones(len(self.frequencies), dtype=bool)
         mask[self.skipped] = False
         return np.flatnonzero(mask)
+
+    def summary(self) -> dict:
+        """What the samplers make of these modes (JSON-ready): ``n_modes`` (3N), ``n_imaginary``, ``imaginary_modes``
+        (the treatment), ``n_skipped``, ``n_active``, ``min_frequency_thz`` (the softest mode, negative when
+        imaginary) and ``max_frequency_thz``."""
+        return {'n_modes': int(len(self.frequencies)), 'n_imaginary': int(self.n_imaginary),
+                'imaginary_modes': self.imaginary, 'n_skipped': int(len(self.skipped)),
+                'n_active': int(len(self.active)), 'min_frequency_thz': float(self.frequencies.min()),
+                'max_frequency_thz': float(self.frequencies.max())}
 
     @classmethod
     def from_force_constants(
@@ -231,6 +240,18 @@ class SupercellModes:
         )
 
 
+def phonopy_supercell(unitcell: ase.Atoms, supercell: Sequence[int]) -> ase.Atoms:
+    """The diagonal ``supercell`` [3] of ``unitcell`` in phonopy's atom order: the order of the force constants that
+    phonopy computes for it, hence of :meth:`SupercellModes.from_phonopy` (phonopy is imported here, on use)."""
+    import ase
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    cell = PhonopyAtoms(symbols=unitcell.get_chemical_symbols(), cell=unitcell.cell[:], positions=unitcell.positions)
+    sc = Phonopy(cell, supercell_matrix=np.diag([int(n) for n in supercell]), primitive_matrix=np.eye(3)).supercell
+    return ase.Atoms(symbols=sc.symbols, positions=sc.positions, cell=sc.cell, pbc=True)
+
+
 def mode_amplitudes(modes: SupercellModes, temperature: float) -> np.ndarray:
     """Thermal variance of the mass-weighted normal coordinates, ``hbar / (2 omega) coth(hbar omega / 2kT)``.
 
@@ -243,10 +264,7 @@ def mode_amplitudes(modes: SupercellModes, temperature: float) -> np.ndarray:
     variance = np.zeros(len(modes.frequencies))
     active = modes.active
     f = np.abs(modes.frequencies[active])  # THz, all >= cutoff (imaginary ones at |f| when sampled)
-    if temperature > 0:
-        coth = 1.0 / np.tanh(_HBAR_THZ_OVER_KB * f / (2.0 * temperature))
-    else:
-        coth = np.ones_like(f)
+    coth = 1.0 / np.tanh(_HBAR_THZ_OVER_KB * f / (2.0 * temperature)) if temperature > 0 else np.ones_like(f)
     variance[active] = 0.5 * _HBAR_OVER_AMU_THZ_A2 / f * coth
     return variance
 

@@ -112,7 +112,8 @@ def fit_lorentzian(frequencies: np.ndarray, spectrum: np.ndarray, window: float 
     try:
         (area, centre, width), _ = curve_fit(
             lorentzian, x, y, p0=[max(area0, 1e-30), peak, width0],
-            bounds=([0.0, max(0.0, peak - half_window), resolution / 10], [np.inf, peak + half_window, 4 * half_window]),
+            bounds=([0.0, max(0.0, peak - half_window), resolution / 10],
+                    [np.inf, peak + half_window, 4 * half_window]),
             maxfev=5000)
         return LorentzianFit(float(centre), float(width), float(area), True)
     except (RuntimeError, ValueError):

@@ -21,6 +21,10 @@ Method
    the ``C(n, k)`` arrangements, so a class is found with probability proportional to its
    multiplicity (the weight it has in a random alloy). ``C(n, k)`` is never enumerated explicitly in
    that case, so 27 sites with k = 13 (20 M arrangements) is fast.
+4. :func:`class_probabilities` weighs the classes of one composition in the configurational canonical
+   ensemble: class i (multiplicity ``g_i``, energy ``E_i`` of the supercell) has probability
+   ``g_i exp(-(E_i - E_min) / k_B T) / Z``; :func:`configurational_average` averages a property with
+   these weights.
 
 Only numpy and spglib are used here (no AiiDA, no torch).
 """
@@ -36,6 +40,8 @@ import ase
 import numpy as np
 import spglib
 
+from aiida_capthermo.core.constants import KB_EV
+
 __all__ = [
     'Configuration',
     'site_permutations',
@@ -45,6 +51,10 @@ __all__ = [
     'orbit_sizes',
     'draw_compositions',
     'random_configuration',
+    'guest_count',
+    'class_probabilities',
+    'configurational_average',
+    'COMPOSITION_TOLERANCE',
 ]
 
 #: Largest sublattice the integer encoding supports (codes are int64).
@@ -52,6 +62,8 @@ MAX_SITES = 62
 #: Largest number of arrangements C(n, k) enumerated explicitly.
 ENUMERATION_LIMIT = 2_000_000
 _CHUNK = 4096
+#: Largest ``|x n_sites - round(x n_sites)|`` of a composition x on the grid of a sublattice of n_sites sites.
+COMPOSITION_TOLERANCE = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,11 +386,12 @@ def draw_compositions(
             grid = np.arange(n_sites + 1, dtype=np.int64)
         else:
             x = np.asarray(x_values, dtype=float).reshape(-1)
-            if x.size == 0 or np.any((x < 0) | (x > 1)):
-                raise ValueError(f'x_values must be a non-empty list of numbers in [0, 1], got {x.tolist()}.')
-            grid = np.rint(x * n_sites).astype(np.int64)
-            if np.any(np.abs(grid - x * n_sites) > 1e-6):
-                raise ValueError(f'x_values must be multiples of 1/{n_sites}, got {x.tolist()}.')
+            if x.size == 0:
+                raise ValueError(f'x_values must be a non-empty list of multiples of 1/{n_sites} in [0, 1].')
+            try:
+                grid = np.array([guest_count(value, n_sites) for value in x.tolist()], dtype=np.int64)
+            except ValueError as exception:
+                raise ValueError(f'x_values must be multiples of 1/{n_sites} in [0, 1]: {exception}.') from None
         size = len(grid)
         full, rest = divmod(n_structures, size)
         # The remainder: points (j * size + c) // rest, j < rest, are spread over the whole grid; the phase
@@ -402,3 +415,72 @@ def random_configuration(n_sites: int, n_guest: int, rng: np.random.Generator | 
     mask = np.zeros(n_sites, dtype=bool)
     mask[_as_rng(rng).choice(n_sites, size=n_guest, replace=False)] = True
     return mask
+
+
+def guest_count(x: float, n_sites: int) -> int:
+    """Number of guest atoms ``k = x n_sites`` of composition ``x`` on a sublattice of ``n_sites`` sites.
+
+    Raises
+    ------
+    ValueError
+        Unless ``x`` is a number in [0, 1] and a multiple of ``1 / n_sites`` (within
+        :data:`COMPOSITION_TOLERANCE` in ``x n_sites``).
+    """
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not 0 <= x <= 1:
+        raise ValueError(f'composition {x!r} is not a fraction in [0, 1]')
+    count = round(float(x) * n_sites)
+    if abs(float(x) * n_sites - count) > COMPOSITION_TOLERANCE:
+        raise ValueError(f'composition {x} is not a multiple of 1/{n_sites}')
+    return int(count)
+
+
+def class_probabilities(energies: Sequence[float], multiplicities: Sequence[int], temperature: float) -> np.ndarray:
+    """Probabilities of the symmetry classes of one composition in the configurational canonical ensemble.
+
+    ``p_i = g_i exp(-(E_i - E_min) / k_B T) / Z`` with ``Z`` the sum of the numerators: a class counts once per
+    arrangement it holds. T = 0 is the limit T -> 0+: the classes at the lowest energy, weighted by their
+    multiplicities; T -> infinity gives ``g_i / sum(g)``, the random alloy.
+
+    Parameters
+    ----------
+    energies
+        [n] energies of the classes' representatives in eV, all of the same supercell (total, not per atom).
+    multiplicities
+        [n] number of arrangements of each class (>= 1).
+    temperature
+        K, >= 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        [n] probabilities, summing to one.
+    """
+    energies = np.asarray(energies, dtype=float).reshape(-1)  # [n] eV
+    weights = np.asarray(multiplicities, dtype=float).reshape(-1)  # [n]
+    if energies.size == 0 or energies.shape != weights.shape:
+        raise ValueError(f'need one multiplicity per energy and at least one class, got {energies.size} energies and '
+                         f'{weights.size} multiplicities.')
+    if not np.all(np.isfinite(energies)):
+        raise ValueError('the energies contain NaN or inf.')
+    if np.any(weights < 1):
+        raise ValueError(f'multiplicities must be >= 1, got {weights.tolist()}.')
+    temperature = float(temperature)
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f'temperature must be a finite number >= 0 K, got {temperature}.')
+    excess = energies - energies.min()  # [n] eV, >= 0
+    if temperature > 0:
+        weights = weights * np.exp(-excess / (KB_EV * temperature))
+    else:
+        weights = np.where(excess == 0, weights, 0.0)
+    return weights / weights.sum()
+
+
+def configurational_average(values: Sequence[float], energies: Sequence[float], multiplicities: Sequence[int],
+                            temperature: float) -> float:
+    """Boltzmann average ``sum_i p_i A_i`` of a property ``values`` [n] of the classes at ``temperature`` (K), with
+    the probabilities of :func:`class_probabilities` (``energies`` [n] in eV, ``multiplicities`` [n])."""
+    values = np.asarray(values, dtype=float).reshape(-1)  # [n]
+    probabilities = class_probabilities(energies, multiplicities, temperature)
+    if values.shape != probabilities.shape:
+        raise ValueError(f'need one value per class: {values.size} values for {probabilities.size} classes.')
+    return float(probabilities @ values)

@@ -21,8 +21,10 @@ __all__ = [
     'AG3SI_LATTICE_PARAMETER',
     'AG3SBR_LATTICE_PARAMETER',
     'antiperovskite',
+    'end_member',
     'vegard_lattice_parameter',
     'check_cubic_prototype',
+    'check_end_member',
     'sublattice_indices',
     'substitute',
     'scale_to_lattice',
@@ -87,6 +89,31 @@ def antiperovskite(
         cell=np.eye(3) * lattice_parameter,
         pbc=True,
     )
+
+
+def end_member(prototype: dict, species: str | None = None) -> ase.Atoms:
+    """Return the 5-atom cubic end member of a solid-solution prototype.
+
+    Parameters
+    ----------
+    prototype
+        The species ``a`` (face centres), ``b`` (body centre), ``host`` (x = 0) and ``guest`` (x = 1) and the end
+        members' primitive lattice parameters ``a_host`` and ``a_guest`` in Å.
+    species
+        The corner species: ``prototype['host']`` (default) or ``prototype['guest']``; the cell takes that end
+        member's lattice parameter.
+
+    Returns
+    -------
+    ase.Atoms
+        ``antiperovskite(a, b, species, a_host or a_guest)``, atoms ordered ``[X, B, A, A, A]``.
+    """
+    species = prototype['host'] if species is None else species
+    if species not in (prototype['host'], prototype['guest']):
+        raise ValueError(f'species {species!r} is neither the host {prototype["host"]!r} nor the guest '
+                         f'{prototype["guest"]!r} of the prototype.')
+    lattice = prototype['a_host'] if species == prototype['host'] else prototype['a_guest']
+    return antiperovskite(a=prototype['a'], b=prototype['b'], x=species, lattice_parameter=lattice)
 
 
 def vegard_lattice_parameter(
@@ -154,6 +181,16 @@ def check_cubic_prototype(atoms: ase.Atoms, symprec: float = 1e-3) -> None:
             f'space group is {dataset.international} (No. {number}), expected cubic Pm-3m (No. 221) '
             f'at symprec={symprec}.'
         )
+
+
+def check_end_member(atoms: ase.Atoms, species: str, symprec: float = 1e-3) -> None:
+    """Raise ``ValueError`` unless ``atoms`` is a 5-atom cubic Pm-3m A3BX cell with one ``species`` atom (the corner
+    species of an end member: the cell the solid solution's supercells are built from)."""
+    check_cubic_prototype(atoms, symprec)
+    symbols = atoms.get_chemical_symbols()
+    if len(atoms) != 5 or symbols.count(species) != 1:
+        raise ValueError(f'expected the 5-atom A3BX cell with one {species}, got {len(atoms)} atoms '
+                         f'{atoms.get_chemical_formula()}.')
 
 
 def sublattice_indices(atoms: ase.Atoms, species: str | Sequence[str]) -> np.ndarray:

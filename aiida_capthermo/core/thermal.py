@@ -11,7 +11,9 @@ spread over the seeds.
 Frozen phonons: mode ``nu`` of the mass-weighted dynamical matrix, frequency ``f`` (THz, ``omega = 2 pi f``), is
 displaced by its thermal amplitude ``Q = sqrt(hbar (1 + 2 n(omega, T)) / (2 omega))`` (amu^1/2 Å), which is the
 root-mean-square of the normal coordinate in the harmonic quantum canonical ensemble; atom ``j`` moves by
-``Q e_nu(j) / sqrt(m_j)`` (Å). ``1 + 2n = coth(hbar omega / 2 kT)``.
+``Q e_nu(j) / sqrt(m_j)`` (Å). ``1 + 2n = coth(hbar omega / 2 kT)``. Each mode is frozen with both signs, and
+:func:`pair_frozen_modes` keeps the even part of the gap's response, ``(Eg(+Q) + Eg(-Q)) / 2 - Eg(0)``: for
+``Eg(Q) = Eg(0) + a Q + b Q^2 + ...`` that is ``b Q^2`` (plus higher even orders), the linear term cancels.
 
 No AiiDA and no torch here.
 """
@@ -28,7 +30,7 @@ import numpy as np
 from aiida_capthermo.core.displacements import SupercellModes, mode_amplitudes
 
 __all__ = ['SeriesStatistics', 'series_statistics', 'combine_replicas', 'frozen_mode_displacements',
-           'species_participation']
+           'pair_frozen_modes', 'species_participation']
 
 
 def _timeseries():
@@ -58,7 +60,8 @@ class SeriesStatistics:
         return dataclasses.asdict(self)
 
 
-def series_statistics(series: Sequence[float], start: int | None = None, max_start_fraction: float = 0.5) -> SeriesStatistics:
+def series_statistics(series: Sequence[float], start: int | None = None,
+                      max_start_fraction: float = 0.5) -> SeriesStatistics:
     """Statistics of a correlated series.
 
     Parameters
@@ -133,6 +136,30 @@ def frozen_mode_displacements(modes: SupercellModes, temperature: float) -> tupl
     vectors = modes.eigenvectors[:, indices].T.reshape(len(indices), modes.n_atoms, 3)  # [n, N, 3]
     displacements = amplitudes[:, None, None] * vectors / np.sqrt(modes.masses)[None, :, None]
     return indices, amplitudes, displacements
+
+
+def pair_frozen_modes(gaps: Sequence[float], reference: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mode-resolved gap shifts from the cells of :func:`frozen_mode_displacements` taken with both signs.
+
+    Parameters
+    ----------
+    gaps
+        [2n] eV: the gaps of n frozen modes, ``+`` then ``-`` for each mode (the order of the modes job).
+    reference
+        Eg(0) of the undistorted cell, eV.
+
+    Returns
+    -------
+    tuple
+        ``gap_plus`` [n], ``gap_minus`` [n] and ``shift`` [n] = ``(Eg(+Q) + Eg(-Q)) / 2 - Eg(0)`` in eV: the even part
+        of the gap's response at the frozen amplitude Q, ``b Q^2 + O(Q^4)`` for ``Eg = Eg(0) + a Q + b Q^2 + ...``
+        (``2 shift / Q^2`` estimates the curvature ``d^2 Eg / dQ^2 = 2b``); the linear term cancels.
+    """
+    gaps = np.asarray(gaps, dtype=float).reshape(-1)
+    if gaps.size % 2:
+        raise ValueError(f'frozen modes come in + / - pairs: got an odd number of gaps ({gaps.size}).')
+    pairs = gaps.reshape(-1, 2)  # [n, 2] eV: +, -
+    return pairs[:, 0], pairs[:, 1], pairs.mean(axis=1) - float(reference)
 
 
 def species_participation(modes: SupercellModes, symbols: Sequence[str]) -> dict[str, np.ndarray]:

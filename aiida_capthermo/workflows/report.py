@@ -10,7 +10,7 @@ from aiida import orm
 from aiida.engine import calcfunction
 
 __all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'figure_png', 'mace_parity_png', 'mace_parity_plot',
-           'run_record', 'write_report']
+           'run_record', 'write_report', 'pyplot', 'png_bytes', 'png_node']
 
 
 def table_rows(rows: list[dict]) -> list[dict]:
@@ -59,12 +59,7 @@ def table_csv(rows: list[dict]) -> str:
 def figure_png(rows: list[dict], name: str) -> bytes:
     """Figure 7b (``eg_vs_x``: Eg vs x per T), 7c (``eg_vs_t``: Eg vs T per x) or 7d (``relative_change``:
     ΔEg/Eg(0) vs x per T > 0), with error bars, as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(4.8, 3.6))
+    figure, axis = pyplot().subplots(figsize=(4.8, 3.6))
     temperatures = sorted({t for row in rows for t in row['temperatures']})
     if name == 'eg_vs_t':
         for row in rows:
@@ -87,29 +82,39 @@ def figure_png(rows: list[dict], name: str) -> bytes:
         axis.set_xlabel('x (guest fraction)')
         axis.set_ylabel('Eg (eV)' if name == 'eg_vs_x' else 'ΔEg / Eg(0 K) (%)')
     axis.legend(fontsize=8)
-    return _png(figure)
+    return png_bytes(figure)
 
 
-def _png(figure) -> bytes:
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (daemon workers have no display)."""
+    import matplotlib
+
+    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def png_bytes(figure) -> bytes:
+    """The figure laid out (``tight_layout``) as PNG bytes at 120 dpi; the figure is closed."""
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format='png', dpi=120)
-    plt.close(figure)
+    pyplot().close(figure)
     return buffer.getvalue()
+
+
+def png_node(figure, filename: str) -> orm.SinglefileData:
+    """The figure as a PNG ``SinglefileData`` named ``filename`` (see :func:`png_bytes`)."""
+    return orm.SinglefileData(io.BytesIO(png_bytes(figure)), filename=filename)
 
 
 def mace_parity_png(parity: dict, title: str = '') -> bytes:
     """Parity of a MACE evaluation (``capthermo-mace evaluate`` arrays): energy per atom (meV/atom, relative to the
     reference mean) and force components (eV/Å), each with its MAE, as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    figure, axes = plt.subplots(1, 2, figsize=(8.0, 3.8))
+    figure, axes = pyplot().subplots(1, 2, figsize=(8.0, 3.8))
     n_atoms = np.asarray(parity['n_atoms'], dtype=float)
     reference, predicted = parity['energy_ref'] / n_atoms, parity['energy_pred'] / n_atoms
     shift = float(np.mean(reference))
@@ -126,7 +131,7 @@ def mace_parity_png(parity: dict, title: str = '') -> bytes:
         axis.set_title(f'MAE {np.mean(np.abs(pred - true)):.3g}', fontsize=9)
     if title:
         figure.suptitle(title, fontsize=9)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 @calcfunction

@@ -15,7 +15,9 @@ from phonopy.structure.atoms import PhonopyAtoms
 
 from aiida_capthermo.core.displacements import (
     EV_PER_A2_AMU_TO_THZ,
+    IMAGINARY_TREATMENTS,
     SupercellModes,
+    phonopy_supercell,
     sample_mixed_phonon_displacements,
     sample_phonon_displacements,
     sample_random_displacements,
@@ -130,7 +132,7 @@ def test_single_oscillator_units_by_hand():
     omega = np.sqrt(k_spring * EV / 1e-20 / (mass * AMU))  # rad/s
     assert modes.skipped.size == 0
     assert np.allclose(modes.frequencies, omega / (2 * np.pi) / 1e12, rtol=1e-12)
-    assert EV_PER_A2_AMU_TO_THZ == pytest.approx(15.633302, rel=1e-6)  # phonopy's VaspToTHz
+    assert pytest.approx(15.633302, rel=1e-6) == EV_PER_A2_AMU_TO_THZ  # phonopy's VaspToTHz
     zero_point = HBAR / (2 * mass * AMU * omega) * 1e20  # Å²
     assert np.allclose(thermal_msd(modes, 0.0), zero_point, rtol=1e-10)
     temperature = 5000.0
@@ -238,3 +240,58 @@ def test_bad_inputs(cu3au):
     with pytest.raises(ValueError, match='force constants'):
         phonon = Phonopy(PhonopyAtoms(symbols=['Cu'], cell=np.eye(3) * 2.5, scaled_positions=[[0, 0, 0]]))
         SupercellModes.from_phonopy(phonon)
+
+
+def _chain_frequencies(k1: float, k2: float, mass: float, n_cells: int) -> np.ndarray:
+    """Analytic Γ frequencies (THz, negative = imaginary) of the periodic chain of ``n_cells`` atoms (spacing a) with
+    springs k1 to the first and k2 to the second neighbours (eV/Å², the same along x, y and z): for each of the
+    n_cells wave vectors q = 2 pi n / (n_cells a), omega^2 = (2 / m) (k1 (1 - cos qa) + k2 (1 - cos 2qa)), three
+    times (one per direction), in SI units."""
+    qa = 2 * np.pi * np.arange(n_cells) / n_cells
+    omega2 = 2 / (mass * AMU) * (k1 * (1 - np.cos(qa)) + k2 * (1 - np.cos(2 * qa))) * EV / 1e-20  # s^-2
+    return np.repeat(np.sign(omega2) * np.sqrt(np.abs(omega2)) / (2 * np.pi) / 1e12, 3)  # THz
+
+
+def test_phonopy_force_constants_of_a_chain_give_the_analytic_dispersion():
+    """The dataset's path (phonopy supercell, phonopy force constants, SupercellModes.from_phonopy and its summary) on
+    a chain of 8 Ag with a destabilising second-neighbour spring: the frequencies are the analytic dispersion, the
+    imaginary ones (q = ±2pi/8a, ±4pi/8a: 4 wave vectors, 12 modes) are counted and treated as asked."""
+    a, n_cells, k1, k2 = 3.0, 8, 1.0, -0.6
+    cell = np.diag([a, 5.0, 5.0])  # tetragonal like the supercell (a cubic cell would make phonopy warn)
+    unit = ase.Atoms('Ag', cell=cell, pbc=True)
+    phonon = Phonopy(PhonopyAtoms(symbols=['Ag'], cell=cell, positions=[[0, 0, 0]]),
+                     supercell_matrix=np.diag([n_cells, 1, 1]), primitive_matrix=np.eye(3))
+    reference = phonopy_supercell(unit, [n_cells, 1, 1])  # phonopy's atom order: that of its force constants
+    np.testing.assert_allclose(reference.positions, phonon.supercell.positions)
+    np.testing.assert_allclose(reference.cell[:], np.diag([n_cells * a, 5.0, 5.0]))
+    site = np.rint(reference.positions[:, 0] / a).astype(int)  # [8] lattice index of each atom along the chain
+    spring = {1: -k1, n_cells - 1: -k1, 2: -k2, n_cells - 2: -k2, 0: 2 * (k1 + k2)}
+    fc = np.zeros((n_cells, n_cells, 3, 3))
+    for i in range(n_cells):
+        for j in range(n_cells):
+            fc[i, j] = spring.get((site[j] - site[i]) % n_cells, 0.0) * np.eye(3)
+    phonon.force_constants = fc
+    mass = float(phonon.supercell.masses[0])
+    expected = np.sort(_chain_frequencies(k1, k2, mass, n_cells))
+    assert np.sum(expected < -CUTOFF) == 12
+    for treatment in IMAGINARY_TREATMENTS:
+        modes = SupercellModes.from_phonopy(phonon, frequency_cutoff=CUTOFF, imaginary=treatment)
+        np.testing.assert_allclose(np.sort(modes.frequencies), expected, atol=1e-6)  # zeros: sqrt of round-off
+        skipped = 3 + (12 if treatment == 'skip' else 0)  # the translations (q = 0), and the imaginary modes
+        assert modes.summary() == {
+            'n_modes': 24, 'n_imaginary': 12, 'imaginary_modes': treatment, 'n_skipped': skipped,
+            'n_active': 24 - skipped, 'min_frequency_thz': pytest.approx(expected[0], abs=1e-9),
+            'max_frequency_thz': pytest.approx(expected[-1], abs=1e-9)}
+    # by hand: the softest mode is at q a = pi/4 and the stiffest at q a = pi, omega^2 = 4 k1 / m
+    assert expected[-1] == pytest.approx(np.sqrt(4 * k1 * EV / 1e-20 / (mass * AMU)) / (2 * np.pi * 1e12), rel=1e-12)
+
+
+def test_importing_the_samplers_imports_no_phonopy():
+    """The workflows import IMAGINARY_TREATMENTS from here at submission: that must not cost a phonopy import."""
+    import subprocess
+    import sys
+
+    script = ('import sys, aiida_capthermo.core.displacements as d; '
+              'print(d.IMAGINARY_TREATMENTS, "phonopy" in sys.modules, "ase" in sys.modules)')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, check=True, timeout=120)
+    assert result.stdout.split() == ["('skip',", "'absolute')", 'False', 'False']

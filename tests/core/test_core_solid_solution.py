@@ -9,9 +9,12 @@ import pytest
 from aiida_capthermo.core.solid_solution import (
     Configuration,
     canonical_keys,
+    class_probabilities,
+    configurational_average,
     count_inequivalent,
     draw_compositions,
     enumerate_configurations,
+    guest_count,
     orbit_sizes,
     random_configuration,
     site_permutations,
@@ -210,3 +213,54 @@ def test_configuration_dataclass():
     c = Configuration(occupied=(1, 4), multiplicity=12, n_sites=8)
     assert c.x == 0.25
     assert c.occupation_mask().tolist() == [False, True, False, False, True, False, False, False]
+
+
+# ------------------------------------------------------------------------------------ configurational statistics
+KB_EV = 8.617333262e-5  # Boltzmann constant, eV/K (CODATA 2018)
+
+
+def test_two_classes_by_hand():
+    """Class A (g = 2) at 0 and class B (g = 6) 25 meV above: p_B / p_A = 3 exp(-0.025 / kT), by hand at 300 K."""
+    energies, multiplicities = [0.0, 0.025], [2, 6]
+    ratio = 3.0 * math.exp(-0.025 / (KB_EV * 300.0))  # 0.9011...
+    expected = np.array([1.0, ratio]) / (1.0 + ratio)
+    np.testing.assert_allclose(class_probabilities(energies, multiplicities, 300.0), expected, rtol=1e-9)
+    # the reference energy does not matter, only the differences
+    np.testing.assert_allclose(class_probabilities([-80.0, -79.975], multiplicities, 300.0), expected, rtol=1e-9)
+    # the average of a property of the classes: sum p_i A_i
+    assert configurational_average([1.0, 3.0], energies, multiplicities, 300.0) == pytest.approx(
+        (1.0 + 3.0 * ratio) / (1.0 + ratio), rel=1e-9)
+
+
+def test_limits_of_low_and_high_temperature():
+    energies, multiplicities = [0.3, 0.0, 0.1], [24, 4, 12]
+    # T -> 0: the lowest class alone; T = 0 is that limit
+    np.testing.assert_allclose(class_probabilities(energies, multiplicities, 0.0), [0, 1, 0])
+    np.testing.assert_allclose(class_probabilities(energies, multiplicities, 1.0), [0, 1, 0], atol=1e-300)
+    # T -> infinity: the random alloy, each class by its share of the arrangements g_i / sum(g)
+    np.testing.assert_allclose(class_probabilities(energies, multiplicities, 1e9), np.array([24, 4, 12]) / 40,
+                               rtol=1e-5)
+    # degenerate lowest classes share T = 0 by their multiplicities (the T -> 0+ limit)
+    np.testing.assert_allclose(class_probabilities([0.0, 0.0, 0.2], [1, 3, 8], 0.0), [0.25, 0.75, 0.0])
+    np.testing.assert_allclose(class_probabilities([0.0, 0.0, 0.2], [1, 3, 8], 1e-3), [0.25, 0.75, 0.0])
+
+
+def test_class_probabilities_reject_bad_input():
+    with pytest.raises(ValueError, match='multiplicity per energy'):
+        class_probabilities([0.0, 1.0], [1], 300.0)
+    with pytest.raises(ValueError, match='>= 1'):
+        class_probabilities([0.0, 1.0], [1, 0], 300.0)
+    with pytest.raises(ValueError, match='>= 0 K'):
+        class_probabilities([0.0], [1], -1.0)
+    with pytest.raises(ValueError, match='NaN'):
+        class_probabilities([0.0, np.nan], [1, 1], 300.0)
+
+
+def test_guest_count_on_the_grid():
+    assert [guest_count(x, 8) for x in (0, 0.125, 0.5, 1.0)] == [0, 1, 4, 8]
+    assert guest_count(1 / 3, 27) == 9 and guest_count(np.float64(0.25), 8) == 2
+    with pytest.raises(ValueError, match='not a multiple of 1/8'):
+        guest_count(0.3, 8)
+    for bad in (1.5, -0.125, '0.5', True):
+        with pytest.raises(ValueError, match=r'not a fraction in \[0, 1\]'):
+            guest_count(bad, 8)

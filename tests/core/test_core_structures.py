@@ -7,7 +7,9 @@ import spglib
 from aiida_capthermo.core.structures import (
     antiperovskite,
     check_cubic_prototype,
+    check_end_member,
     composition_x,
+    end_member,
     scale_to_lattice,
     sublattice_indices,
     substitute,
@@ -99,3 +101,32 @@ def test_sublattice_substitute_and_composition():
         substitute(supercell, halides, np.ones(7, dtype=bool), 'Br')
     with pytest.raises(ValueError, match='neither'):
         composition_x(supercell, host='Cl', guest='Br')
+
+
+PROTOTYPE = {'a': 'Ag', 'b': 'S', 'host': 'I', 'guest': 'Br', 'a_host': 4.869, 'a_guest': 4.793}
+
+
+def test_end_members_of_a_prototype():
+    """The host and guest end members: [X, B, A, A, A] at their own lattice parameters, both passing the check that
+    the dataset and the screen apply to a given parent."""
+    host, guest = end_member(PROTOTYPE), end_member(PROTOTYPE, 'Br')
+    assert host.get_chemical_symbols() == ['I', 'S', 'Ag', 'Ag', 'Ag']
+    assert guest.get_chemical_symbols() == ['Br', 'S', 'Ag', 'Ag', 'Ag']
+    np.testing.assert_allclose(host.cell[:], 4.869 * np.eye(3))
+    np.testing.assert_allclose(guest.cell[:], 4.793 * np.eye(3))
+    np.testing.assert_allclose(guest.get_scaled_positions(), antiperovskite().get_scaled_positions())
+    check_end_member(host, 'I')
+    check_end_member(guest, 'Br')
+    with pytest.raises(ValueError, match='neither the host'):
+        end_member(PROTOTYPE, 'Cl')
+
+
+def test_check_end_member_rejects_supercells_wrong_species_and_distortions():
+    with pytest.raises(ValueError, match='5-atom A3BX cell with one Br'):
+        check_end_member(end_member(PROTOTYPE), 'Br')
+    with pytest.raises(ValueError, match='5-atom'):
+        check_end_member(end_member(PROTOTYPE).repeat((2, 1, 1)), 'I')
+    stretched = end_member(PROTOTYPE)
+    stretched.set_cell(stretched.cell[:] * [1, 1, 1.05], scale_atoms=True)
+    with pytest.raises(ValueError, match='space group'):
+        check_end_member(stretched, 'I')
