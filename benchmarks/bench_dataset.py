@@ -22,6 +22,7 @@ import tempfile
 import time
 
 import numpy as np
+
 from common import default_output, machine, write_result
 
 
@@ -111,7 +112,8 @@ def main() -> int:
         'sampling_ms_per_structure': sampling * 1e3,
         'sampling_and_storing_ms_per_structure': storing * 1e3,
         'storing_over_sampling': storing / sampling,
-        'labelling_method': CalculatorSpec(method=args.method).describe()['method'], 'labelling_s_per_structure': labelling,
+        'labelling_method': CalculatorSpec(method=args.method).describe()['method'],
+        'labelling_s_per_structure': labelling,
         'labelling_converged': f'{n_ok}/{args.n_label}',
     }
     write_result(result, default_output('dataset'))

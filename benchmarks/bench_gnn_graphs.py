@@ -10,10 +10,11 @@ import argparse
 import time
 
 import numpy as np
-from common import default_output, machine, write_result
 from ase import Atoms
 
 from aiida_capthermo.core.graphs import radius_graph_pbc, radius_graph_pbc_loop, radius_graphs_pbc
+
+from common import default_output, machine, write_result
 
 
 def structures(n: int, seed: int = 0) -> list[Atoms]:

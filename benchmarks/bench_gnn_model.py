@@ -11,7 +11,6 @@ import argparse
 import time
 
 import numpy as np
-from common import default_output, machine, write_result
 import torch
 
 from aiida_capthermo.core.dataset import LabelledSet
@@ -19,6 +18,8 @@ from aiida_capthermo.ml.gnn.data import Normalisation, build_graphs, to_pyg
 from aiida_capthermo.ml.gnn.model import BandGapGNN
 from aiida_capthermo.ml.gnn.predict import predict
 from aiida_capthermo.ml.gnn.training import LoadedModel, train_gnn
+
+from common import default_output, machine, write_result
 
 
 def dataset(n: int, seed: int = 0) -> LabelledSet:
@@ -92,8 +93,8 @@ def main() -> None:
         + f'| batching speed-up 256 vs 1 | {summary["batching_speedup_256_vs_1"]:.1f}x |\n'
         + f'| end-to-end prediction incl. graphs (structures/s) | {end_to_end:.0f} |\n'
         + f'| graph building, {args.n} structures (s) | {t_graphs:.2f} |\n'
-        + f'| training, s per epoch ({result.metrics["train"]["n"]} train + {result.metrics["validation"]["n"]} validation) '
-          f'| {per_epoch:.2f} |\n')
+        + f'| training, s per epoch ({result.metrics["train"]["n"]} train + '
+          f'{result.metrics["validation"]["n"]} validation) | {per_epoch:.2f} |\n')
 
 
 if __name__ == '__main__':

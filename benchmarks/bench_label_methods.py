@@ -7,7 +7,8 @@ For each method, in one run on the same machine:
   * the Γ-point HOMO-LUMO gap of the ideal cells (tblite methods; CHGNet takes it from GFN1-xTB-noXB);
   * seconds per label (energy, forces, stress, gap) over thermally displaced mixed 40-atom cells, one thread, and how
     many of those failed (SCF not converged).
-Writes ``benchmarks/bench_label_methods.json`` (kept in the repository, like the other figures) and prints a Markdown table (docs/dataset.md holds one).
+Writes ``benchmarks/bench_label_methods.json`` (kept in the repository, like the other figures) and prints a Markdown
+table (docs/dataset.md holds one).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_label_methods.py [--n-displaced 4] [--methods GFN1-xTB-noXB,...]
 """
@@ -94,7 +95,8 @@ def main() -> int:
     rows = [measure(name, METHODS[name], args.n_displaced) for name in args.methods.split(',')]
     machine = {'platform': platform.platform(), 'processor': platform.processor(), 'cpus': os.cpu_count(),
                'omp_num_threads': os.environ.get('OMP_NUM_THREADS')}
-    (pathlib.Path(__file__).parent / 'bench_label_methods.json').write_text(json.dumps({'machine': machine, 'rows': rows}, indent=2))
+    (pathlib.Path(__file__).parent / 'bench_label_methods.json').write_text(
+        json.dumps({'machine': machine, 'rows': rows}, indent=2))
 
     def fmt(value, spec):
         return 'n/a' if value is None else format(value, spec)

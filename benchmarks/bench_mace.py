@@ -26,6 +26,7 @@ import tempfile
 import time
 
 import numpy as np
+
 from common import default_output, machine, write_result
 
 ARCHITECTURES = {

@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from bench_mace import antiperovskite_set, time_training  # noqa: E402
-from common import default_output, machine, write_result  # noqa: E402
+from bench_mace import antiperovskite_set, time_training
+from common import default_output, machine, write_result
 
 DEMO = {'num_channels': 16, 'max_L': 1, 'correlation': 2, 'num_interactions': 2, 'r_max': 5.0}
 
@@ -29,8 +29,13 @@ DEMO = {'num_channels': 16, 'max_L': 1, 'correlation': 2, 'num_interactions': 2,
 def screen_structures(rattle: float = 0.1) -> list:
     """The 22 inequivalent configurations of the 2x2x2 Ag3S(Br_x I_1-x) cell, Vegard cells, rattled."""
     from aiida_capthermo.core.solid_solution import enumerate_configurations, site_permutations
-    from aiida_capthermo.core.structures import (antiperovskite, scale_to_lattice, sublattice_indices, substitute,
-                                                 vegard_lattice_parameter)
+    from aiida_capthermo.core.structures import (
+        antiperovskite,
+        scale_to_lattice,
+        sublattice_indices,
+        substitute,
+        vegard_lattice_parameter,
+    )
 
     rng = np.random.default_rng(0)
     supercell = antiperovskite('Ag', 'S', 'I', 4.869).repeat((2, 2, 2))
@@ -50,8 +55,14 @@ def screen_structures(rattle: float = 0.1) -> list:
 def main() -> None:
     import torch
 
-    from aiida_capthermo.ml.mlip import (batched_forces, calculator_forces, load_calculator, phonopy_from_forces,
-                                         relax, relax_batch)
+    from aiida_capthermo.ml.mlip import (
+        batched_forces,
+        calculator_forces,
+        load_calculator,
+        phonopy_from_forces,
+        relax,
+        relax_batch,
+    )
     from aiida_capthermo.ml.thermal import load_torchsim_model
 
     parser = argparse.ArgumentParser(description=__doc__)

@@ -39,6 +39,7 @@ def phonon_modes(a: float, method: str, imaginary: str, log):
     from ase import Atoms
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
+
     from aiida_capthermo.core.displacements import SupercellModes
     from aiida_capthermo.ml.labelling import CalculatorSpec, single_point_function
 
@@ -74,7 +75,9 @@ def make_sets(modes, base, n: int, seed: int, random_amplitude: str = 'paper'):
     """
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.core.displacements import (
-        sample_phonon_displacements, sample_random_displacements, thermal_msd,
+        sample_phonon_displacements,
+        sample_random_displacements,
+        thermal_msd,
     )
 
     rng = np.random.default_rng(seed)
@@ -142,7 +145,7 @@ def main() -> None:
         if cache.is_file() and len(LabelledSet.load(cache)) == args.n_per_set:
             labelled[name] = LabelledSet.load(cache)
         else:
-            labelled[name], records = label_structures(structures, spec)
+            labelled[name], _ = label_structures(structures, spec)
             labelled[name].save(cache)
         ok = labelled[name].has_label('gap')
         log(f'{name}: {ok.sum()} gaps, {labelled[name].gap[ok].mean():.3f} +- {labelled[name].gap[ok].std():.3f} eV')
@@ -162,9 +165,11 @@ def main() -> None:
         results[train_name][f'cross_test_on_{test_name}'] = regression_metrics(test_set.gap, prediction)
     summary = {
         'engine': f"tblite {spec.describe()['method']} Γ-point gaps, "
-                  f"{CalculatorSpec(method=args.phonon_method).describe()['method']} phonons", 'supercell': 'Ag3SI 2x2x2, 40 atoms, a = 4.869 Å',
+                  f"{CalculatorSpec(method=args.phonon_method).describe()['method']} phonons",
+        'supercell': 'Ag3SI 2x2x2, 40 atoms, a = 4.869 Å',
         'n_per_set': args.n_per_set, 'hyperparameters': hp, 'random_amplitude': args.random_amplitude,
-        'random_amplitude_range_A': [float(amplitudes.min()), float(amplitudes.max())], 'n_imaginary_modes': int(modes.n_imaginary),
+        'random_amplitude_range_A': [float(amplitudes.min()), float(amplitudes.max())],
+        'n_imaginary_modes': int(modes.n_imaginary),
         'imaginary_modes': args.imaginary_modes, 'n_modes_displaced': int(len(modes.active)),
         'frequency_range_THz': [float(modes.frequencies.min()), float(modes.frequencies.max())],
         'gap_statistics_eV': {name: {'mean': float(np.nanmean(ls.gap)), 'std': float(np.nanstd(ls.gap)),

@@ -36,8 +36,8 @@ def script_code(aiida_code_installed):
     """Factory: an ``InstalledCode`` on localhost for console script ``name`` (e.g. ``capthermo-label``)."""
 
     def factory(name: str, default_calc_job_plugin: str | None = None):
-        return aiida_code_installed(filepath_executable=script_path(name), default_calc_job_plugin=default_calc_job_plugin,
-                                    label=name.replace('-', '_'))
+        return aiida_code_installed(filepath_executable=script_path(name),
+                                    default_calc_job_plugin=default_calc_job_plugin, label=name.replace('-', '_'))
 
     return factory
 

@@ -11,6 +11,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -19,10 +20,13 @@ import yaml
 from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.core.structures import antiperovskite
 
+if TYPE_CHECKING:
+    import ase
+
 VENV_BIN = pathlib.Path(sys.executable).parent
 
 
-def small_cell(bromide: bool, seed: int, rattle: float = 0.05) -> 'ase.Atoms':  # noqa: F821
+def small_cell(bromide: bool, seed: int, rattle: float = 0.05) -> ase.Atoms:
     """10-atom 2x1x1 Ag3SI cell, one I replaced by Br when ``bromide``, rattled by ``rattle`` Å (normal)."""
     atoms = antiperovskite('Ag', 'S', 'I', 4.8).repeat((2, 1, 1))
     if bromide:

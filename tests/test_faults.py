@@ -4,6 +4,7 @@ stage's MD runs resumes the study with nothing lost or run twice."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -40,10 +41,8 @@ def kill_process_tree(pid: int) -> None:
     children = subprocess.run(['pgrep', '-P', str(pid)], capture_output=True, text=True).stdout.split()
     for child in children:
         kill_process_tree(int(child))
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def test_killed_label_job_is_run_again(aiida_localhost, started_daemon_client):
@@ -54,6 +53,7 @@ def test_killed_label_job_is_run_again(aiida_localhost, started_daemon_client):
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.ml.labelling import CalculatorSpec, label_structures
     from aiida_capthermo.workflows.label import LocalLabelWorkChain
+
     from mlip_helpers import small_cell
 
     code = orm.InstalledCode(computer=aiida_localhost, filepath_executable=str(_script('capthermo-label')),
@@ -81,7 +81,7 @@ def test_killed_label_job_is_run_again(aiida_localhost, started_daemon_client):
     np.testing.assert_allclose(labels.energy, direct.energy, atol=1e-6)
 
 
-def test_daemon_killed_during_thermal_md_resumes(trained_models, started_daemon_client):  # noqa: F811
+def test_daemon_killed_during_thermal_md_resumes(trained_models, started_daemon_client):
     """The daemon's workers and its supervisor are SIGKILLed while the thermal stage's MD job runs; after a restart
     the workchain finishes from its checkpoint: the MD job is the same one (same scheduler job, not run again),
     every job ran once, and the gaps are complete."""
@@ -89,6 +89,7 @@ def test_daemon_killed_during_thermal_md_resumes(trained_models, started_daemon_
 
     from aiida_capthermo.data.structures import set_structure_metadata
     from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
+
     from mlip_helpers import small_cell
 
     structures = {key: set_structure_metadata(orm.StructureData(ase=small_cell(bromide, seed=0, rattle=0.0)), x=x)
@@ -102,7 +103,7 @@ def test_daemon_killed_during_thermal_md_resumes(trained_models, started_daemon_
     md = wait_for(lambda: running_job(node, 'MlipThermalCalcJob'), 300, 'the thermal MD job to run')
     job_id = md.get_job_id()
     client = started_daemon_client
-    pids = _pids(client.get_worker_info().get('info', {})) + [client.get_daemon_pid()]
+    pids = [*_pids(client.get_worker_info().get('info', {})), client.get_daemon_pid()]
     assert len(pids) >= 2, pids  # the supervisor and at least one worker
     for pid in pids:
         kill_process_tree(pid)

@@ -8,6 +8,7 @@ from aiida import engine, orm
 from aiida.plugins import CalculationFactory
 
 from aiida_capthermo.data.dataset import DatasetData
+
 from gnn_helpers import synthetic_set  # tests/ is on sys.path (rootdir-style test modules)
 
 GnnTrainCalcJob = CalculationFactory('capthermo.gnn_train')
@@ -111,8 +112,8 @@ def test_walltime_stop_and_restart_from_checkpoint(train_code):
                                   metadata={'options': {'max_wallclock_seconds': 1}})
     assert node.exit_status == GnnTrainCalcJob.exit_codes.ERROR_OUT_OF_WALLTIME.status
     checkpoint = node.outputs.checkpoint
-    results, node = engine.run_get_node(GnnTrainCalcJob, code=train_code, dataset=data, hyperparameters=hp,
-                                        checkpoint=checkpoint)
+    _, node = engine.run_get_node(GnnTrainCalcJob, code=train_code, dataset=data, hyperparameters=hp,
+                                  checkpoint=checkpoint)
     assert node.is_finished_ok, node.exit_message
     assert 'restarted from' in node.outputs.retrieved.base.repository.get_object_content('aiida.out')
 

@@ -12,7 +12,7 @@ import torch
 from aiida_capthermo.compute.gnn import main as gnn_main
 from aiida_capthermo.ml.gnn.config import GnnHyperparameters
 from aiida_capthermo.ml.gnn.predict import predict
-from aiida_capthermo.ml.gnn.training import load_model, save_model, split_indices, train_gnn
+from aiida_capthermo.ml.gnn.training import evaluate, load_model, save_model, split_indices, train_gnn
 
 from gnn_helpers import synthetic_set  # tests/ is on sys.path (rootdir-style test modules)
 
@@ -78,6 +78,29 @@ def test_training_is_deterministic_on_cpu(stage_one):
     np.testing.assert_array_equal(result.curve['val_loss'], again.curve['val_loss'])
 
 
+def test_early_stopping_keeps_the_best_epoch():
+    """Patience 2 at a high learning rate stops early; the model returned is the best epoch's, and ``evaluate``
+    on the validation split gives back its validation loss (MSE of the normalised target) and MAE (eV)."""
+    from torch_geometric.loader import DataLoader
+
+    from aiida_capthermo.ml.gnn.data import build_graphs, to_pyg
+
+    labelled = synthetic_set(30, seed=0)
+    result = train_gnn(labelled, dict(TINY, max_epochs=40, patience=2, learning_rate=5e-2, hidden_channels=8,
+                                      dropout=0.2))
+    metrics, curve = result.metrics, result.curve
+    assert metrics['stopped_early'] and metrics['epochs_run'] == metrics['best_epoch'] + 3 < 40
+    assert curve['val_loss'][metrics['best_epoch']] == curve['val_loss'].min() == metrics['best_val_loss']
+    validation = labelled.subset(result.parity['validation_index'])
+    loaded = result.loaded
+    loader = DataLoader(to_pyg(build_graphs(validation, loaded.cutoff), loaded.normalisation, validation.gap),
+                        batch_size=256)
+    loss, mae = evaluate(loaded.model, loader, loaded.normalisation, validation.gap, torch.device('cpu'))
+    assert loss == pytest.approx(metrics['best_val_loss'], rel=1e-6)
+    assert mae == pytest.approx(curve['val_mae'][metrics['best_epoch']], rel=1e-6)
+    assert mae == pytest.approx(metrics['validation']['mae'], rel=1e-6)
+
+
 def test_papers_default_architecture():
     from aiida_capthermo.ml.gnn.model import BandGapGNN
 
@@ -93,7 +116,7 @@ def test_papers_default_architecture():
 
 
 def test_two_stage_fine_tuning(stage_one):
-    _, first, directory = stage_one
+    _, _, directory = stage_one
     parent = load_model(directory)
     high = synthetic_set(40, seed=1, high_fidelity=True)
     second = train_gnn(high, dict(TINY, max_epochs=15), parent=parent)

@@ -8,6 +8,7 @@ from aiida.plugins import WorkflowFactory
 
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.workflows.gnn_sweep import expand_grid
+
 from gnn_helpers import synthetic_set  # tests/ is on sys.path (rootdir-style test modules)
 
 GnnSweepWorkChain = WorkflowFactory('capthermo.gnn_sweep')

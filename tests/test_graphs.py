@@ -8,7 +8,12 @@ from ase import Atoms
 from ase.neighborlist import neighbor_list
 
 from aiida_capthermo.core.graphs import (
-    MinMaxScaler, bond_types, node_features, radius_graph_pbc, radius_graph_pbc_loop, radius_graphs_pbc,
+    MinMaxScaler,
+    bond_types,
+    node_features,
+    radius_graph_pbc,
+    radius_graph_pbc_loop,
+    radius_graphs_pbc,
 )
 
 A_AG3SI = 4.869  # Å, cubic Ag3SI

@@ -30,7 +30,8 @@ def test_lorentzian_fit_recovers_centre_and_width():
     frequencies = np.linspace(0, 10, 2001)
     spectrum = lorentzian(frequencies, 3.0, 2.7, 0.3) * np.random.default_rng(1).uniform(0.9, 1.1, 2001)
     fit = fit_lorentzian(frequencies, spectrum, window=1.5)
-    assert fit.fitted and fit.frequency == pytest.approx(2.7, abs=0.01) and fit.linewidth == pytest.approx(0.3, rel=0.05)
+    assert fit.fitted
+    assert fit.frequency == pytest.approx(2.7, abs=0.01) and fit.linewidth == pytest.approx(0.3, rel=0.05)
     # a stronger unrelated peak elsewhere: the guess (the harmonic frequency) picks the mode's own line
     two = spectrum + lorentzian(frequencies, 5.0, 7.0, 0.2)  # higher, but the own line is > 20 % of it
     assert fit_lorentzian(frequencies, two, window=1.0, guess=2.6).frequency == pytest.approx(2.7, abs=0.02)

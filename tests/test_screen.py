@@ -20,6 +20,7 @@ from aiida.common.links import LinkType
 from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.core.structures import antiperovskite
 from aiida_capthermo.data.model import ModelData
+
 from mlip_helpers import mace_model_file, small_cell  # noqa: F401 -- the module fixture; tests/ is on sys.path
 
 PROTOTYPE = {'a': 'Ag', 'b': 'S', 'host': 'I', 'guest': 'Br', 'a_host': 4.869, 'a_guest': 4.793}
@@ -129,7 +130,7 @@ def test_harmonic_phonons_against_hand_made_hessian(calc, mace_model_file):
 def test_screen_config_validation():
     from pydantic import ValidationError
 
-    from aiida_capthermo.ml.mlip import ScreenConfig
+    from aiida_capthermo.ml.settings import ScreenConfig
 
     assert ScreenConfig().fmax == 0.01 and ScreenConfig().relax_cell is True and ScreenConfig().max_batch is None
     with pytest.raises(ValidationError, match='extra'):

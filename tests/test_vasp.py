@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 from ase.units import GPa
 
-import vasp_double
-import vasp_setup
 from aiida_capthermo.workflows.vasp import (
     FIDELITY_LABELS,
     kpoint_mesh_from_length,
     load_vasp_presets,
     vasp_stress_to_voigt,
 )
+
+import vasp_double
+import vasp_setup
 
 
 # ---------------------------------------------------------------------------------------------- no profile

@@ -172,7 +172,7 @@ def write_vasprun(path: pathlib.Path, atoms, incar: dict, divisions: list[int], 
     for key, value in incar.items():
         out.append(f'  <i type="string" name="{key}">{value}</i>')
     out += [' </incar>', ' <kpoints>', f'  <generation param="{"Gamma" if gamma else "Monkhorst-Pack"}">',
-            '   <v type="int" name="divisions">' + ' '.join('%8d' % n for n in divisions) + ' </v>',
+            '   <v type="int" name="divisions">' + ' '.join(f'{n:8d}' for n in divisions) + ' </v>',
             '   <v name="usershift">      0.00000000       0.00000000       0.00000000 </v>', '  </generation>',
             '  <varray name="kpointlist" >']
     out += ['   ' + _v(k) for k in kpoints]
@@ -205,7 +205,7 @@ def write_vasprun(path: pathlib.Path, atoms, incar: dict, divisions: list[int], 
     out += ['   </set>', '  </array>', ' </atominfo>']
     out += _structure_xml('initialpos', cell, scaled)
     out += [' <calculation>']
-    for step, delta in enumerate((1.0e-1, 1.0e-4, 0.0)):
+    for delta in (1.0e-1, 1.0e-4, 0.0):
         out += ['  <scstep>', '   <time name="dav">    0.01    0.01</time>', '   <energy>',
                 f'    <i name="e_fr_energy">{e_fr + delta:16.8f} </i>',
                 f'    <i name="e_wo_entrp">{e_wo + delta:16.8f} </i>',

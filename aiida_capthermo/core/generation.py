@@ -96,7 +96,8 @@ def generate_structures(spec: GenerationSpec, reference: ase.Atoms, modes_host: 
         raise ValueError('the phonon scheme needs the harmonic modes of at least one parent')
     for modes in (modes_host, modes_guest):
         if modes is not None and modes.n_atoms != len(reference):
-            raise ValueError(f'phonon modes are for {modes.n_atoms} atoms, the reference supercell has {len(reference)}')
+            raise ValueError(f'phonon modes are for {modes.n_atoms} atoms, the reference supercell has '
+                             f'{len(reference)}')
 
     rng = np.random.default_rng(spec.seed)
     counts = draw_compositions(spec.n_structures, len(sites), spec.composition_mode, rng, spec.x_values,

@@ -184,7 +184,7 @@ def _graphs_same_shape(positions: np.ndarray, cells: np.ndarray, images: np.ndar
     bounds = np.searchsorted(b, np.arange(n_batch + 1))
     return [PeriodicGraph(edge_index=np.stack([i[lo:hi], j[lo:hi]]).astype(np.int64), shifts=shifts[lo:hi],
                           distances=distances[lo:hi], vectors=vectors[lo:hi])
-            for lo, hi in zip(bounds[:-1], bounds[1:])]
+            for lo, hi in itertools.pairwise(bounds)]
 
 
 def radius_graph_pbc_loop(positions: np.ndarray, cell: np.ndarray, cutoff: float = DEFAULT_CUTOFF) -> PeriodicGraph:
@@ -258,7 +258,7 @@ class MinMaxScaler:
     maximum: np.ndarray
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> 'MinMaxScaler':
+    def fit(cls, values: np.ndarray) -> MinMaxScaler:
         values = np.asarray(values, dtype=float)
         if values.size == 0 or not np.all(np.isfinite(values)):
             raise ValueError('min-max normalisation needs at least one finite value and no NaN')
@@ -279,7 +279,7 @@ class MinMaxScaler:
         return {'minimum': self.minimum.tolist(), 'maximum': self.maximum.tolist()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> 'MinMaxScaler':
+    def from_dict(cls, data: dict) -> MinMaxScaler:
         return cls(minimum=np.asarray(data['minimum'], dtype=float), maximum=np.asarray(data['maximum'], dtype=float))
 
 

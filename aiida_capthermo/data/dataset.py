@@ -20,7 +20,7 @@ class DatasetData(orm.ArrayData):
     """
 
     @classmethod
-    def from_labelled_set(cls, labelled: LabelledSet, **metadata) -> 'DatasetData':
+    def from_labelled_set(cls, labelled: LabelledSet, **metadata) -> DatasetData:
         """Create an unstored node from a :class:`LabelledSet`; ``metadata`` becomes attributes."""
         if len(labelled) == 0:
             raise ValueError('a dataset must contain at least one structure')

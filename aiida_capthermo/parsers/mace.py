@@ -113,8 +113,8 @@ def parse_architecture(log: str) -> dict:
     if match := re.search(r'Message passing with (\d+) channels and max_L=(\d+) \(([^)]*)\)', log):
         arch.update(num_channels=int(match[1]), max_L=int(match[2]), hidden_irreps=match[3])
     elif match := re.search(r'Message passing with hidden irreps ([0-9x+eo]+)', log):  # fine-tuning logs this form
-        irreps = [(int(m), int(l)) for m, l in re.findall(r'(\d+)x(\d+)[eo]', match[1])]
-        arch.update(num_channels=irreps[0][0], max_L=max(l for _, l in irreps), hidden_irreps=match[1])
+        irreps = [(int(multiplicity), int(degree)) for multiplicity, degree in re.findall(r'(\d+)x(\d+)[eo]', match[1])]
+        arch.update(num_channels=irreps[0][0], max_L=max(degree for _, degree in irreps), hidden_irreps=match[1])
     if match := re.search(r'(\d+) layers, each with correlation order: (\d+)', log):
         arch.update(num_interactions=int(match[1]), correlation=int(match[2]))
     if match := re.search(r'Radial cutoff: ([0-9.]+) A', log):

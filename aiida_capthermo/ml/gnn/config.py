@@ -1,4 +1,5 @@
-"""Validated GNN hyper-parameters (pydantic, unknown keys rejected). No torch import here."""
+"""Validated GNN hyper-parameters of ``capthermo-gnn`` (pydantic, unknown keys rejected). No torch import here: the
+AiiDA layer validates with it; the settings of the other compute tasks live in :mod:`aiida_capthermo.ml.settings`."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ class Normalisation:
     target: MinMaxScaler
 
     @classmethod
-    def fit(cls, graphs: list[RawGraph], targets: np.ndarray, indices: np.ndarray) -> 'Normalisation':
+    def fit(cls, graphs: list[RawGraph], targets: np.ndarray, indices: np.ndarray) -> Normalisation:
         """Fit all three on the structures at ``indices`` (the training split)."""
         return cls(node=MinMaxScaler.fit(np.concatenate([graphs[i].features for i in indices])),
                    edge=MinMaxScaler.fit(np.concatenate([graphs[i].distances for i in indices])[:, None]),
@@ -71,7 +71,7 @@ class Normalisation:
         return {'node': self.node.to_dict(), 'edge': self.edge.to_dict(), 'target': self.target.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> 'Normalisation':
+    def from_dict(cls, data: dict) -> Normalisation:
         return cls(**{key: MinMaxScaler.from_dict(data[key]) for key in ('node', 'edge', 'target')})
 
     def target_to_physical(self, values: np.ndarray) -> np.ndarray:
