@@ -1,0 +1,248 @@
+"""Validation of the two models on the MD frames that Eg(x, T) averages over: which frames, and their errors.
+
+Frame selection. Each MD replica is a correlated series of recorded frames; its production region starts at its
+equilibration start ``start`` (detected by :func:`aiida_capthermo.core.thermal.series_statistics`) and frames that
+are at least the statistical inefficiency ``g`` apart are effectively uncorrelated. :func:`select_frames` spreads
+a budget of ``per_point`` frames per (x, T) over the replicas of that (x, T) as evenly as their capacity allows
+and picks, in each replica, frames of its production region that are at least ``spacing = max(min_spacing,
+ceil(g))`` recorded frames apart: a grid of that spacing with a random offset, of which a random subset is kept
+when the grid holds more frames than the replica's share. The same seed picks the same frames.
+
+Errors per (x, T) (:func:`validation_rows`), on the frames labelled by the teacher:
+
+* the MLIP (MACE) against the low-fidelity labels: force MAE and RMSE over Cartesian components (eV/Å),
+  energy-per-atom MAE and bias (mean of reference minus model, eV/atom);
+* the gap GNN against the teacher: the bias ``mean(teacher - GNN)`` with its standard error, MAE and RMSE (eV),
+  from :func:`paired_difference`;
+* the teacher's own mean gap with its standard error (eV), and the number of frames.
+
+The picked frames are spaced by at least the statistical inefficiency, so they count as independent: a standard
+error is ``std(values, ddof=1) / sqrt(n)``, None for fewer than two frames.
+
+No AiiDA and no torch here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ['allocate_budget', 'grid_indices', 'select_frames', 'paired_difference', 'mean_with_stderr',
+           'force_errors', 'point_key', 'validation_rows']
+
+
+def allocate_budget(capacities: Sequence[int], budget: int) -> list[int]:
+    """Share ``budget`` frames among series round-robin, none above its capacity.
+
+    Parameters
+    ----------
+    capacities
+        [n_series] the most frames each series can give (its production frames at the required spacing).
+    budget
+        Frames wanted in total.
+
+    Returns
+    -------
+    list of int
+        [n_series] frames from each series; they sum to ``min(budget, sum(capacities))`` and differ by at most one
+        between series that are not at their capacity.
+    """
+    if budget < 0:
+        raise ValueError(f'budget must be >= 0, got {budget}')
+    shares = [0] * len(capacities)
+    remaining = min(budget, int(sum(capacities)))
+    while remaining:
+        for index, capacity in enumerate(capacities):
+            if remaining and shares[index] < capacity:
+                shares[index] += 1
+                remaining -= 1
+    return shares
+
+
+def grid_indices(start: int, stop: int, spacing: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``n`` frame indices in ``[start, stop)``, sorted, any two at least ``spacing`` apart.
+
+    A grid ``start + offset + k * spacing`` with a random ``offset`` in ``[0, spacing)`` that still leaves the
+    grid its full length; when the grid holds more than ``n`` frames a random subset of ``n`` is kept.
+    """
+    if spacing < 1:
+        raise ValueError(f'spacing must be at least 1 frame, got {spacing}')
+    length = stop - start
+    if length <= 0 or n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    capacity = (length - 1) // spacing + 1
+    slack = length - 1 - (capacity - 1) * spacing  # offsets that keep every grid point inside
+    offset = int(rng.integers(0, slack + 1))
+    grid = start + offset + spacing * np.arange(capacity)
+    if capacity > n:
+        grid = np.sort(rng.choice(grid, size=n, replace=False))
+    return grid.astype(np.int64)
+
+
+def point_key(x: float, temperature: float) -> str:
+    """Key of one (x, T) point: ``x0.5000_T300``."""
+    return f'x{x:.4f}_T{temperature:.0f}'
+
+
+def select_frames(series: Sequence[dict], per_point: int, min_spacing: int = 1, seed: int = 0) -> list[dict]:
+    """Pick decorrelated production frames, ``per_point`` per (x, T), spread over the replicas of each (x, T).
+
+    Parameters
+    ----------
+    series
+        One dict per replica: ``x``, ``temperature`` (K), ``offset`` (index of its first frame in the frames
+        dataset), ``n_frames``, ``start`` (first production frame, counted from the replica's first frame) and,
+        optionally, ``inefficiency`` (statistical inefficiency g of the replica, in frames) and ``replica`` (an id
+        carried into the result).
+    per_point
+        Frames wanted per (x, T) (the labelling budget).
+    min_spacing
+        Smallest distance between two picked frames of one replica, in recorded frames; a replica's own ``ceil(g)``
+        wins when larger.
+    seed
+        Seed of the random offsets and subsets.
+
+    Returns
+    -------
+    list of dict
+        Per picked frame, sorted by its index: ``index`` (in the frames dataset), ``x``, ``temperature``, ``point``
+        (:func:`point_key`), ``replica`` and ``spacing`` (frames) of its replica.
+    """
+    if per_point < 1:
+        raise ValueError(f'per_point must be at least 1, got {per_point}')
+    if min_spacing < 1:
+        raise ValueError(f'min_spacing must be at least 1, got {min_spacing}')
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[dict]] = {}
+    for position, record in enumerate(series):
+        key = point_key(float(record['x']), float(record['temperature']))
+        start = int(record.get('start', 0))
+        if not 0 <= start <= int(record['n_frames']):
+            raise ValueError(f'replica {record.get("replica", position)}: start {start} outside its '
+                             f'{record["n_frames"]} frames')
+        inefficiency = record.get('inefficiency')
+        spacing = max(int(min_spacing), int(math.ceil(inefficiency)) if inefficiency else 1)
+        groups.setdefault(key, []).append({**record, 'start': start, 'spacing': spacing,
+                                           'replica': record.get('replica', position)})
+    picked = []
+    for key in sorted(groups):
+        members = groups[key]
+        capacities = [max(0, (int(m['n_frames']) - m['start'] - 1) // m['spacing'] + 1)
+                      if int(m['n_frames']) > m['start'] else 0 for m in members]
+        for member, share in zip(members, allocate_budget(capacities, per_point)):
+            for local in grid_indices(member['start'], int(member['n_frames']), member['spacing'], share, rng):
+                picked.append({'index': int(member['offset']) + int(local), 'x': float(member['x']),
+                               'temperature': float(member['temperature']), 'point': key,
+                               'replica': member['replica'], 'spacing': member['spacing']})
+    return sorted(picked, key=lambda frame: frame['index'])
+
+
+def mean_with_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and its standard error ``std(ddof=1) / sqrt(n)`` of independent samples (None where undefined)."""
+    values = np.asarray(values, dtype=float).reshape(-1)
+    if values.size == 0:
+        return None, None
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, None
+    return mean, float(values.std(ddof=1) / np.sqrt(values.size))
+
+
+def paired_difference(reference: Sequence[float], predicted: Sequence[float]) -> dict:
+    """Bias of a model from paired samples: ``d = reference - predicted``.
+
+    Returns
+    -------
+    dict
+        ``bias`` = mean(d), ``stderr`` = std(d, ddof=1) / sqrt(n) (None for n < 2), ``mae`` = mean|d|,
+        ``rmse`` = sqrt(mean(d^2)), ``n``; in the units of the inputs (None for no pair).
+    """
+    reference = np.asarray(reference, dtype=float).reshape(-1)
+    predicted = np.asarray(predicted, dtype=float).reshape(-1)
+    if reference.shape != predicted.shape:
+        raise ValueError(f'{reference.size} reference values for {predicted.size} predictions')
+    difference = reference - predicted
+    bias, stderr = mean_with_stderr(difference)
+    if bias is None:
+        return {'bias': None, 'stderr': None, 'mae': None, 'rmse': None, 'n': 0}
+    return {'bias': bias, 'stderr': stderr, 'mae': float(np.abs(difference).mean()),
+            'rmse': float(np.sqrt(np.mean(difference**2))), 'n': int(difference.size)}
+
+
+def force_errors(reference: np.ndarray, predicted: np.ndarray) -> dict:
+    """MAE and RMSE (eV/Å) over every Cartesian component of ``[n_atoms, 3]`` force arrays (rows with a NaN
+    reference are left out)."""
+    reference = np.asarray(reference, dtype=float).reshape(-1, 3)
+    predicted = np.asarray(predicted, dtype=float).reshape(-1, 3)
+    keep = np.all(np.isfinite(reference), axis=1) & np.all(np.isfinite(predicted), axis=1)
+    if not keep.any():
+        return {'mae': None, 'rmse': None, 'n_atoms': 0}
+    difference = reference[keep] - predicted[keep]
+    return {'mae': float(np.abs(difference).mean()), 'rmse': float(np.sqrt(np.mean(difference**2))),
+            'n_atoms': int(keep.sum())}
+
+
+def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_gap: Sequence[float],
+                    model_gap: Sequence[float], n_atoms: Sequence[int], energy_reference: Sequence[float],
+                    energy_predicted: Sequence[float], forces_reference: np.ndarray,
+                    forces_predicted: np.ndarray) -> list[dict]:
+    """Errors of both models per (x, T) on the validation frames.
+
+    Parameters
+    ----------
+    x, temperature
+        [n_frames] composition and MD temperature (K) of every validation frame.
+    teacher_gap, model_gap
+        [n_frames] eV: the teacher's gap (NaN where the teacher failed) and the GNN's.
+    n_atoms
+        [n_frames] atoms per frame (the frames' atoms follow each other in the force arrays).
+    energy_reference, energy_predicted
+        [n_frames] eV: low-fidelity energy (NaN where not labelled) and the MLIP's.
+    forces_reference, forces_predicted
+        [sum(n_atoms), 3] eV/Å, NaN rows where not labelled.
+
+    Returns
+    -------
+    list of dict
+        One row per (x, T), sorted by x then T: ``point``, ``x``, ``temperature`` (K), ``n_frames``;
+        ``teacher_gap`` and ``teacher_gap_stderr`` (eV); ``gnn_bias`` = mean(teacher - GNN), ``gnn_bias_stderr``,
+        ``gnn_mae``, ``gnn_rmse`` (eV), ``n_gap``; ``force_mae``, ``force_rmse`` (eV/Å), ``energy_per_atom_mae``,
+        ``energy_per_atom_bias`` (reference - MLIP, eV/atom), ``n_mlip`` (frames with energy and forces).
+    """
+    x = np.asarray(x, dtype=float)
+    temperature = np.asarray(temperature, dtype=float)
+    teacher_gap = np.asarray(teacher_gap, dtype=float)
+    model_gap = np.asarray(model_gap, dtype=float)
+    n_atoms = np.asarray(n_atoms, dtype=np.int64)
+    energy_reference = np.asarray(energy_reference, dtype=float)
+    energy_predicted = np.asarray(energy_predicted, dtype=float)
+    forces_reference = np.asarray(forces_reference, dtype=float).reshape(-1, 3)
+    forces_predicted = np.asarray(forces_predicted, dtype=float).reshape(-1, 3)
+    if forces_reference.shape[0] != n_atoms.sum() or forces_predicted.shape != forces_reference.shape:
+        raise ValueError('the force arrays must hold [sum(n_atoms), 3] components')
+    frame_of_atom = np.repeat(np.arange(len(n_atoms)), n_atoms)
+    forces_ok = np.ones(len(n_atoms), dtype=bool)
+    np.logical_and.at(forces_ok, frame_of_atom, np.all(np.isfinite(forces_reference), axis=1))
+    points: dict[tuple[float, float], list[int]] = {}
+    for index, (x_value, t_value) in enumerate(zip(x, temperature)):
+        points.setdefault((round(float(x_value), 6), round(float(t_value), 6)), []).append(index)
+    rows = []
+    for (x_value, t_value), indices in sorted(points.items()):
+        indices = np.array(indices)
+        gaps = indices[np.isfinite(teacher_gap[indices]) & np.isfinite(model_gap[indices])]
+        gnn = paired_difference(teacher_gap[gaps], model_gap[gaps])
+        teacher_mean, teacher_stderr = mean_with_stderr(teacher_gap[gaps])
+        mlip = indices[np.isfinite(energy_reference[indices]) & forces_ok[indices]]
+        atoms = np.isin(frame_of_atom, mlip)
+        forces = force_errors(forces_reference[atoms], forces_predicted[atoms])
+        per_atom = paired_difference(energy_reference[mlip] / n_atoms[mlip], energy_predicted[mlip] / n_atoms[mlip])
+        rows.append({
+            'point': point_key(x_value, t_value), 'x': x_value, 'temperature': t_value, 'n_frames': int(indices.size),
+            'teacher_gap': teacher_mean, 'teacher_gap_stderr': teacher_stderr,
+            'gnn_bias': gnn['bias'], 'gnn_bias_stderr': gnn['stderr'], 'gnn_mae': gnn['mae'], 'gnn_rmse': gnn['rmse'],
+            'n_gap': gnn['n'], 'force_mae': forces['mae'], 'force_rmse': forces['rmse'],
+            'energy_per_atom_mae': per_atom['mae'], 'energy_per_atom_bias': per_atom['bias'],
+            'n_mlip': int(mlip.size)})
+    return rows

@@ -1,0 +1,400 @@
+"""``ThermalValidationWorkChain``: both models checked on the MD frames that Eg(x, T) averages over.
+
+After the thermal MD (``ThermalGapWorkChain``), for every (x, T):
+
+1. ``pick_validation_frames`` (calcfunction; physics in :mod:`aiida_capthermo.core.validation`) picks
+   ``frames_per_point`` decorrelated frames from the production part of the replicas: each replica's equilibration
+   start and statistical inefficiency come from the thermal stage's ``replicas`` Dict when given (else the first
+   ``equilibration_fraction`` of each replica is discarded), and picked frames are at least
+   ``max(min_spacing, ceil(g))`` recorded frames apart. The replicas' boundaries in a frames dataset come from the
+   ``results`` of the MD job that made it.
+2. In parallel: ``BatchLabelWorkChain`` labels them with the ``low`` engine (energy, forces, gap) and, when given,
+   the ``high`` engine (gap); ``GnnPredictCalcJob`` predicts their gaps with the GNN.
+3. ``MaceEvaluateCalcJob`` evaluates the MACE model on the low labels (energies and forces of the same frames).
+4. ``validation_table`` (calcfunction) gives per (x, T) the MLIP's force MAE/RMSE and energy-per-atom MAE, the
+   GNN's bias mean(teacher - GNN) with its standard error and its MAE, the teacher's mean gap with its standard
+   error and the number of frames. The teacher is the high engine when given, else the low engine.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from aiida import orm
+from aiida.engine import ToContext, WorkChain, calcfunction
+
+from aiida_capthermo.calculations.base import code_validator, validate_options
+from aiida_capthermo.calculations.gnn import GnnPredictCalcJob, validate_gnn_model
+from aiida_capthermo.calculations.mace import MaceEvaluateCalcJob
+from aiida_capthermo.calculations.mlip import validate_mace_model
+from aiida_capthermo.data.dataset import DatasetData
+from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain
+from aiida_capthermo.workflows.engines import engine_namespace
+from aiida_capthermo.workflows.functions import frames_to_structures
+from aiida_capthermo.workflows.protocols import ProtocolMixin, set_options
+from aiida_capthermo.workflows.validation import supplied_by_parent
+
+__all__ = ['ThermalValidationWorkChain', 'pick_validation_frames', 'validation_table', 'replica_series']
+
+#: Columns of the ``validation`` rows (see :func:`aiida_capthermo.core.validation.validation_rows`).
+COLUMNS = ('point', 'x', 'temperature', 'n_frames', 'teacher_gap', 'teacher_gap_stderr', 'gnn_bias',
+           'gnn_bias_stderr', 'gnn_mae', 'gnn_rmse', 'n_gap', 'force_mae', 'force_rmse', 'energy_per_atom_mae',
+           'energy_per_atom_bias', 'n_mlip')
+UNITS = {'temperature': 'K', 'teacher_gap': 'eV', 'teacher_gap_stderr': 'eV', 'gnn_bias': 'eV',
+         'gnn_bias_stderr': 'eV', 'gnn_mae': 'eV', 'gnn_rmse': 'eV', 'force_mae': 'eV/Å', 'force_rmse': 'eV/Å',
+         'energy_per_atom_mae': 'eV/atom', 'energy_per_atom_bias': 'eV/atom'}
+
+
+def _attempt(key: str) -> int | None:
+    """The MD attempt of a frames key (``md_1`` -> 1: the thermal stage's ``replicas`` rows carry ``attempt``)."""
+    match = re.search(r'(\d+)$', key)
+    return int(match[1]) if match else None
+
+
+def replica_series(frames, results: dict | None, replicas: list[dict] | None, attempt: int | None,
+                   equilibration_fraction: float) -> list[dict]:
+    """The replicas of one frames dataset as series for :func:`aiida_capthermo.core.validation.select_frames`.
+
+    Parameters
+    ----------
+    frames
+        The frames (a :class:`~aiida_capthermo.core.dataset.LabelledSet`) of one MD job.
+    results
+        That job's ``results`` (replica records with ``frame_offset`` and ``n_frames``); None: each run of frames
+        with the same (x, T) counts as one replica.
+    replicas
+        The thermal stage's ``replicas`` rows (``attempt``, ``replica``, ``start``, ``inefficiency``), or None.
+    attempt
+        The MD attempt of this job, to match ``replicas`` rows.
+    equilibration_fraction
+        Fraction of each replica discarded when its equilibration start is not known.
+    """
+    if results is not None:
+        records = [{'replica': r['replica'], 'offset': int(r['frame_offset']), 'n_frames': int(r['n_frames']),
+                    'x': float(r['x']), 'temperature': float(r['temperature'])}
+                   for r in results['replicas'] if not r.get('broke') and r.get('n_frames')]
+    else:
+        records, start = [], 0
+        points = list(zip(np.round(frames.x, 6), np.round(frames.temperature, 6)))
+        for index in range(1, len(points) + 1):
+            if index == len(points) or points[index] != points[start]:
+                records.append({'replica': len(records), 'offset': start, 'n_frames': index - start,
+                                'x': float(frames.x[start]), 'temperature': float(frames.temperature[start])})
+                start = index
+    known = {int(r['replica']): r for r in (replicas or []) if r.get('attempt') == attempt and attempt is not None}
+    for record in records:
+        stats = known.get(int(record['replica']))
+        if stats is not None:
+            record.update(start=int(stats['start']), inefficiency=float(stats['inefficiency']))
+        else:
+            record['start'] = int(equilibration_fraction * record['n_frames'])
+    return records
+
+
+@calcfunction
+def pick_validation_frames(settings: orm.Dict, **nodes) -> dict:
+    """Decorrelated production frames per (x, T) of the thermal MD, as one DatasetData ``frames``.
+
+    ``settings``: ``frames_per_point``, ``min_spacing`` (recorded frames), ``seed``, ``equilibration_fraction``.
+    ``nodes``: ``frames_<key>`` (frames DatasetData of an MD job), optionally ``results_<key>`` (that job's
+    ``results`` Dict: the replicas' boundaries) and ``replicas`` (the thermal stage's ``replicas`` Dict:
+    equilibration start and statistical inefficiency per replica, matched by the attempt number ending ``key``).
+    Output ``frames``: the picked frames (x, temperature K), attribute ``picked`` (per frame: source key, index
+    in its source, replica, point, spacing); no output when no frame could be picked.
+    """
+    from aiida_capthermo.core.dataset import LabelledSet
+    from aiida_capthermo.core.validation import select_frames
+
+    s = settings.get_dict()
+    replicas = nodes['replicas'].get_dict()['replicas'] if 'replicas' in nodes else None
+    keys = sorted(name[len('frames_'):] for name in nodes if name.startswith('frames_'))
+    sets, series, offset, sources = [], [], 0, []
+    for key in keys:
+        frames = nodes[f'frames_{key}'].get_labelled_set()
+        results = nodes[f'results_{key}'].get_dict() if f'results_{key}' in nodes else None
+        for record in replica_series(frames, results, replicas, _attempt(key), s['equilibration_fraction']):
+            series.append({**record, 'offset': record['offset'] + offset, 'replica': f'{key}:{record["replica"]}'})
+        sets.append(frames)
+        sources.extend((key, index) for index in range(len(frames)))
+        offset += len(frames)
+    picked = select_frames(series, int(s['frames_per_point']), int(s['min_spacing']), int(s['seed']))
+    if not picked:
+        return {}
+    chosen = LabelledSet.concatenate(sets).subset([frame['index'] for frame in picked])
+    chosen.energy = np.full(len(chosen), np.nan)  # the MD's own energies are the model's, not labels
+    chosen.forces = np.full_like(chosen.forces, np.nan)
+    records = [{'source': sources[f['index']][0], 'index': sources[f['index']][1], 'replica': f['replica'],
+                'point': f['point'], 'spacing': f['spacing']} for f in picked]
+    return {'frames': DatasetData.from_labelled_set(chosen, subset='thermal_validation', picked=records,
+                                                    settings=s)}
+
+
+def _by_uuid(labelled, position: dict) -> np.ndarray:
+    """Index in the picked frames of every structure of a labelled set (by the uuid of its StructureData)."""
+    missing = [u for u in labelled.structure_uuid if u not in position]
+    if missing:
+        raise ValueError(f'{len(missing)} labelled structures are not among the picked frames')
+    return np.array([position[u] for u in labelled.structure_uuid], dtype=np.int64)
+
+
+@calcfunction
+def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, parity: orm.ArrayData,
+                     predictions: orm.ArrayData, high: DatasetData | None = None) -> orm.Dict:
+    """Errors of the MLIP and the GNN per (x, T) on the validation frames (:func:`core.validation.validation_rows`).
+
+    ``settings['structure_uuids']``: the uuid of the StructureData of every picked frame, in the order of
+    ``frames``, which matches the labelled structures to the frames. ``low``: low-fidelity labels (energy eV,
+    forces eV/Å, gap eV); ``parity``: the MaceEvaluateCalcJob arrays on ``low`` (energy_pred eV, forces_pred
+    eV/Å); ``predictions``: the GNN's gaps of ``frames`` (eV); ``high``: high-fidelity gaps (eV), the teacher
+    when given, else the low gaps are. Output: ``rows`` (one per (x, T)), ``columns``, ``units``, ``teacher``.
+    """
+    from aiida_capthermo.core.validation import validation_rows
+
+    uuids = settings['structure_uuids']
+    position = {uuid: index for index, uuid in enumerate(uuids)}
+    picked = frames.get_labelled_set()
+    n = len(picked)
+    gnn = predictions.get_array('values')
+    if len(gnn) != n or len(uuids) != n:
+        raise ValueError(f'{len(gnn)} GNN predictions and {len(uuids)} structures for {n} frames')
+    offsets = picked.offsets
+    energy_reference, energy_predicted = np.full(n, np.nan), np.full(n, np.nan)
+    forces_reference = np.full((offsets[-1], 3), np.nan)
+    forces_predicted = np.full((offsets[-1], 3), np.nan)
+    labelled = low.get_labelled_set()
+    rows = _by_uuid(labelled, position)
+    energy_reference[rows] = parity.get_array('energy_ref')
+    energy_predicted[rows] = parity.get_array('energy_pred')
+    own = labelled.offsets
+    reference, predicted = parity.get_array('forces_ref'), parity.get_array('forces_pred')
+    for k, row in enumerate(rows):
+        forces_reference[offsets[row]:offsets[row + 1]] = reference[own[k]:own[k + 1]]
+        forces_predicted[offsets[row]:offsets[row + 1]] = predicted[own[k]:own[k + 1]]
+    teacher_set = high.get_labelled_set() if high is not None else labelled
+    teacher = np.full(n, np.nan)
+    teacher[_by_uuid(teacher_set, position) if high is not None else rows] = teacher_set.gap
+    table = validation_rows(picked.x, picked.temperature, teacher, gnn, picked.n_atoms, energy_reference,
+                            energy_predicted, forces_reference, forces_predicted)
+    source = high if high is not None else low
+    return orm.Dict({'rows': table, 'columns': list(COLUMNS), 'units': UNITS,
+                     'teacher': 'high' if high is not None else 'low',
+                     'teacher_method': source.base.attributes.get('gap_method', None)
+                     or source.base.attributes.get('method', None),
+                     'n_frames': n, 'n_low': len(labelled), 'n_teacher': int(np.isfinite(teacher).sum())})
+
+
+def validate_inputs(inputs, ports) -> str | None:
+    """Frames given, positive budget and spacing, a band-gap GNN."""
+    if not inputs.get('frames') and not supplied_by_parent(ports, 'frames'):
+        return 'give the frames of at least one thermal MD job in `frames`'
+    for name in ('frames_per_point', 'min_spacing'):
+        if name in inputs and inputs[name].value < 1:
+            return f'{name} must be at least 1, got {inputs[name].value}'
+    if 'equilibration_fraction' in inputs and not 0.0 <= inputs['equilibration_fraction'].value < 1.0:
+        return f'equilibration_fraction must be in [0, 1), got {inputs["equilibration_fraction"].value}'
+    if 'gnn_model' in inputs and inputs['gnn_model'].base.attributes.get('target', 'gap') != 'gap':
+        return 'the GNN model must predict the band gap (target "gap")'
+    if 'replicas' in inputs:
+        rows = inputs['replicas'].get_dict().get('replicas')
+        if not isinstance(rows, list) or any(not {'attempt', 'replica', 'start', 'inefficiency'} <= set(r)
+                                             for r in rows):
+            return 'replicas must be the thermal stage\'s `replicas` Dict (rows with attempt, replica, start, ' \
+                   'inefficiency)'
+        if any(_attempt(key) is None for key in inputs['frames']):
+            return 'with `replicas`, every frames key must end with its MD attempt number (md_0, md_1, ...)'
+    return None
+
+
+class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
+    """Both models checked per (x, T) on decorrelated frames of the thermal MD, labelled by the study's engines."""
+
+    _protocol_file = 'thermal_validation'
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input_namespace('frames', valid_type=DatasetData, dynamic=True,
+                             help='The `frames` DatasetData of the thermal MD jobs (MlipThermalCalcJob), by key; '
+                                  'with `replicas`, keys end with the MD attempt (md_0, md_1, ...). Positions and '
+                                  'cells in Å, x and temperature (K) per frame.')
+        spec.input('replicas', valid_type=orm.Dict, required=False,
+                   help='The thermal stage\'s `replicas` Dict: each replica\'s equilibration start (frames) and '
+                        'statistical inefficiency g (frames). Without it, the first `equilibration_fraction` of '
+                        'each replica is discarded and frames are `min_spacing` apart.')
+        spec.input('mace_model', valid_type=ModelData, validator=validate_mace_model,
+                   help='The MACE potential (kind "mace") that drove the MD; its energies (eV) and forces (eV/Å) '
+                        'are checked against the low labels.')
+        spec.input('gnn_model', valid_type=ModelData, validator=validate_gnn_model,
+                   help='The band-gap GNN (kind "gnn", target "gap", eV) whose gaps are checked against the teacher.')
+        spec.input('gnn_code', valid_type=orm.AbstractCode, validator=code_validator('capthermo.gnn_predict'),
+                   help='The `capthermo-gnn` code.')
+        spec.input('evaluate_code', valid_type=orm.AbstractCode, validator=code_validator('capthermo.mace_evaluate'),
+                   help='The `capthermo-mace` code that evaluates the MACE model.')
+        engine_namespace(spec, 'low', help='The low-fidelity labelling engine: energy (eV), forces (eV/Å) and gap '
+                                           '(eV) of every picked frame; the teacher of the gaps without `high`.')
+        engine_namespace(spec, 'high', required=False,
+                         help='The high-fidelity engine (optional): the gap (eV) of every picked frame, the teacher.')
+        spec.input('frames_per_point', valid_type=orm.Int, default=lambda: orm.Int(8),
+                   help='Frames labelled per (x, T) (the labelling budget), spread over the replicas.')
+        spec.input('min_spacing', valid_type=orm.Int, default=lambda: orm.Int(1),
+                   help='Smallest distance between two picked frames of one replica, in recorded frames; a '
+                        'replica\'s ceil(statistical inefficiency) wins when larger.')
+        spec.input('equilibration_fraction', valid_type=orm.Float, default=lambda: orm.Float(0.2),
+                   help='Fraction of each replica discarded as equilibration when `replicas` does not give its start.')
+        spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0),
+                   help='Seed of the frame selection: the same seed picks the same frames.')
+        spec.input('batch_size', valid_type=orm.Int, default=lambda: orm.Int(20),
+                   help='Structures per labelling job.')
+        spec.input('max_concurrent', valid_type=orm.Int, default=lambda: orm.Int(4),
+                   help='Labelling jobs running at the same time.')
+        spec.input('gnn_batch_size', valid_type=orm.Int, default=lambda: orm.Int(256),
+                   help='Structures per GNN inference batch.')
+        spec.input('evaluate_settings', valid_type=orm.Dict, required=False,
+                   help='Settings of the MACE evaluation: device (auto/cpu/cuda), dtype (float64/float32), '
+                        'batch_size.')
+        spec.input('options', valid_type=orm.Dict, required=False, validator=validate_options,
+                   help='Scheduler options of the GNN and MACE evaluation jobs (resources, max_wallclock_seconds '
+                        's, ...); the labelling jobs take their engine\'s options.')
+        spec.inputs.validator = validate_inputs
+        spec.outline(
+            cls.pick,
+            cls.label_and_predict,
+            cls.evaluate,
+            cls.results,
+        )
+        spec.output('frames', valid_type=DatasetData,
+                    help='The picked frames (Å; x, temperature K), attribute `picked` (source, index, replica).')
+        spec.output_namespace('labels', valid_type=DatasetData, dynamic=True,
+                              help='`low` (energy eV, forces eV/Å, gap eV) and `high` (gap eV) labels of the frames.')
+        spec.output('validation', valid_type=orm.Dict,
+                    help='`rows`, one per (x, T): n_frames; teacher_gap ± teacher_gap_stderr (eV); gnn_bias = '
+                         'mean(teacher - GNN) ± gnn_bias_stderr, gnn_mae, gnn_rmse (eV); force_mae, force_rmse '
+                         '(eV/Å), energy_per_atom_mae and _bias (eV/atom) of the MLIP; plus `teacher` (low/high).')
+        spec.exit_code(410, 'ERROR_NO_FRAMES', message='No production frame could be picked from the MD frames.')
+        spec.exit_code(420, 'ERROR_LOW_LABELLING_FAILED',
+                       message='The low-fidelity labelling failed ({status}: {message}).')
+        spec.exit_code(421, 'ERROR_HIGH_LABELLING_FAILED',
+                       message='The high-fidelity labelling failed ({status}: {message}).')
+        spec.exit_code(430, 'ERROR_PREDICTION_FAILED', message='The GNN prediction failed ({status}: {message}).')
+        spec.exit_code(440, 'ERROR_EVALUATION_FAILED',
+                       message='The MACE evaluation failed ({status}: {message}).')
+        spec.exit_code(450, 'ERROR_NO_TEACHER_GAP',
+                       message='No validation frame has a teacher gap: does the {teacher} engine give gaps?')
+
+    @classmethod
+    def get_builder_from_protocol(cls, gnn_code: orm.AbstractCode, evaluate_code: orm.AbstractCode,
+                                  mace_model: ModelData, gnn_model: ModelData, frames: dict, low: dict,
+                                  high: dict | None = None, replicas: orm.Dict | None = None,
+                                  protocol: str | None = None, overrides: dict | None = None,
+                                  options: dict | None = None):
+        """Builder with the protocol's budget and spacing (``demo``, ``fast``, ``paper``); ``low`` and ``high`` are
+        engine namespaces (nodes: engine, code, calculator, vasp, options); ``options`` go to the GNN and
+        evaluation jobs."""
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        builder = cls.get_builder()
+        builder.gnn_code, builder.evaluate_code = gnn_code, evaluate_code
+        builder.mace_model, builder.gnn_model = mace_model, gnn_model
+        builder.frames = frames
+        builder.low = low
+        if high:
+            builder.high = high
+        if replicas is not None:
+            builder.replicas = replicas
+        own_options = inputs.pop('options', None)
+        for key, node in cls.protocol_nodes(inputs).items():
+            builder[key] = node
+        set_options(builder, 'options', options, own_options)
+        return builder
+
+    # ------------------------------------------------------------------ steps
+    def _options(self) -> dict:
+        return self.inputs.options.get_dict() if 'options' in self.inputs else {}
+
+    def pick(self):
+        """Pick decorrelated production frames per (x, T) and turn them into structures."""
+        nodes = {}
+        for key, frames in self.inputs.frames.items():
+            nodes[f'frames_{key}'] = frames
+            creator = frames.creator
+            if creator is not None and 'results' in creator.outputs:  # the MD job: where each replica starts
+                nodes[f'results_{key}'] = creator.outputs.results
+        if 'replicas' in self.inputs:
+            nodes['replicas'] = self.inputs.replicas
+        settings = orm.Dict({'frames_per_point': self.inputs.frames_per_point.value,
+                             'min_spacing': self.inputs.min_spacing.value, 'seed': self.inputs.seed.value,
+                             'equilibration_fraction': self.inputs.equilibration_fraction.value})
+        picked = pick_validation_frames(settings, **nodes)
+        if 'frames' not in picked:
+            return self.exit_codes.ERROR_NO_FRAMES
+        self.ctx.frames = picked['frames']
+        self.out('frames', self.ctx.frames)
+        self.ctx.structures = frames_to_structures(self.ctx.frames)
+        self.report(f'picked {self.ctx.frames.n_structures} frames for validation')
+        return None
+
+    def _label(self, name: str, fidelity: str):
+        builder = BatchLabelWorkChain.get_builder()
+        builder.structures = self.ctx.structures
+        builder.engine = dict(self.inputs[name])
+        builder.fidelity = orm.Str(fidelity)
+        builder.batch_size, builder.max_concurrent = self.inputs.batch_size, self.inputs.max_concurrent
+        builder.attributes = orm.Dict({'subset': 'thermal_validation', 'fidelity': fidelity})
+        builder.metadata.call_link_label = f'label_{name}'
+        return self.submit(builder)
+
+    def label_and_predict(self):
+        """Label the frames (low; high when given) and predict their gaps with the GNN, all at once."""
+        futures = {'low': self._label('low', 'low')}
+        if self.inputs.get('high') and 'code' in self.inputs.high:
+            futures['high'] = self._label('high', 'high')
+        builder = GnnPredictCalcJob.get_builder()
+        builder.code, builder.model = self.inputs.gnn_code, self.inputs.gnn_model
+        builder.dataset, builder.batch_size = self.ctx.frames, self.inputs.gnn_batch_size
+        builder.metadata.options = self._options()
+        builder.metadata.call_link_label = 'predict'
+        futures['predict'] = self.submit(builder)
+        return ToContext(**futures)
+
+    def evaluate(self):
+        """Check the children; evaluate the MACE model on the low labels."""
+        for name, code in (('low', self.exit_codes.ERROR_LOW_LABELLING_FAILED),
+                           ('high', self.exit_codes.ERROR_HIGH_LABELLING_FAILED),
+                           ('predict', self.exit_codes.ERROR_PREDICTION_FAILED)):
+            if name in self.ctx and not self.ctx[name].is_finished_ok:
+                node = self.ctx[name]
+                return code.format(status=node.exit_status, message=node.exit_message)
+        for name in ('low', 'high'):
+            if name in self.ctx:
+                self.out(f'labels.{name}', self.ctx[name].outputs.labels)
+        builder = MaceEvaluateCalcJob.get_builder()
+        builder.code, builder.model = self.inputs.evaluate_code, self.inputs.mace_model
+        builder.dataset = self.ctx.low.outputs.labels
+        if 'evaluate_settings' in self.inputs:
+            builder.settings = self.inputs.evaluate_settings
+        builder.metadata.options = self._options()
+        builder.metadata.call_link_label = 'evaluate'
+        return ToContext(evaluate=self.submit(builder))
+
+    def results(self):
+        """The errors of both models per (x, T)."""
+        node = self.ctx.evaluate
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_EVALUATION_FAILED.format(status=node.exit_status, message=node.exit_message)
+        uuids = [self.ctx.structures[key].uuid for key in sorted(self.ctx.structures)]
+        inputs = {'settings': orm.Dict({'structure_uuids': uuids}), 'frames': self.ctx.frames,
+                  'low': self.ctx.low.outputs.labels, 'parity': node.outputs.parity,
+                  'predictions': self.ctx.predict.outputs.predictions}
+        if 'high' in self.ctx:
+            inputs['high'] = self.ctx.high.outputs.labels
+        validation = validation_table(**inputs)
+        self.out('validation', validation)
+        for row in validation['rows']:
+            bias = 'n/a' if row['gnn_bias'] is None else f'{row["gnn_bias"]:+.3f} ± {row["gnn_bias_stderr"] or 0:.3f}'
+            force = 'n/a' if row['force_mae'] is None else f'{row["force_mae"]:.3f}'
+            self.report(f'x = {row["x"]:.3f}, T = {row["temperature"]:.0f} K ({row["n_frames"]} frames): GNN bias '
+                        f'{bias} eV, MLIP force MAE {force} eV/Å')
+        if not any(row['n_gap'] for row in validation['rows']):
+            return self.exit_codes.ERROR_NO_TEACHER_GAP.format(teacher=validation['teacher'])
+        return None
