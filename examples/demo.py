@@ -12,20 +12,28 @@ import pathlib
 import time
 
 from aiida import load_profile, orm
+from aiida.common.links import LinkType
 from aiida.engine import submit
 
 
-STAGES = ('dataset', 'gnn_low', 'mace', 'gnn_high', 'refine', 'md_check', 'screen', 'thermal')
+def running_stages(node: orm.ProcessNode) -> list[str]:
+    """The stages of ``node`` that are running, each with its newest step (``mace/refine0_md_00``)."""
+    stages = []
+    for link in sorted(node.base.links.get_outgoing(link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC)).all(),
+                       key=lambda link: link.node.ctime):
+        if link.node.is_terminated:
+            continue
+        steps = sorted(link.node.base.links.get_outgoing(link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC)).all(),
+                       key=lambda step: step.node.ctime)
+        stages.append(f'{link.link_label}/{steps[-1].link_label}' if steps else link.link_label)
+    return stages
 
 
 def progress(node: orm.ProcessNode) -> str:
-    """Stage reached (the newest stage the study has called) and jobs done/total below the study."""
-    stages = [link.link_label for link in node.base.links.get_outgoing().all()
-              if link.link_type.value in ('call_work', 'call_calc')]
-    reached = [label for label in stages if label.startswith(STAGES)]
+    """The stages running now and the jobs done/total below the study."""
     jobs = [child for child in node.called_descendants if isinstance(child, orm.CalcJobNode)]
     done = sum(job.is_terminated for job in jobs)
-    return f'stage {reached[-1] if reached else "starting"}; jobs {done}/{len(jobs)} done'
+    return f'stages {", ".join(running_stages(node)) or "-"}; jobs {done}/{len(jobs)} done'
 
 
 def wait(node: orm.ProcessNode, timeout: float) -> orm.ProcessNode:
@@ -52,9 +60,8 @@ def main() -> int:
     args = parser.parse_args()
     load_profile()
 
-    from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
-
     from aiida_capthermo.cli.main import ensure_codes
+    from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
 
     codes = {name: code for name, (code, _) in ensure_codes('localhost').items()}
     label_code, gnn_code, mace_code = codes['capthermo-label'], codes['capthermo-gnn'], codes['mace_run_train']

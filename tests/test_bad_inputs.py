@@ -50,7 +50,7 @@ DATASET_CASES = [
 STUDY_CASES = [
     ({'gnn': {'hyperparameters': {'learning_rat': 1e-3}}}, 'invalid GNN hyper-parameters'),
     ({'gnn': {'finetune_hyperparameters': {'max_epochs': 0}}}, 'invalid GNN hyper-parameters'),
-    ({'gnn': {'optionz': {}}}, 'unknown gnn inputs'),
+    ({'gnn': {'optionz': {}}}, "gnn: unknown inputs in protocol or overrides: ['optionz']"),
     ({'gnn': {'code': 'label'}}, 'is set up for capthermo.label jobs, not capthermo.gnn_train'),
     ({'mace': {'hyperparameters': {'num_channel': 8}}}, 'invalid MACE hyper-parameters'),
     ({'mace': {'foundation_name': 'medium-mpa-9'}}, "unknown MACE foundation model 'medium-mpa-9'"),
@@ -171,6 +171,7 @@ def test_training_set_with_nan_energies_refused(aiida_profile):
     """A MACE training set must carry energy, forces and stress on every structure: one NaN energy is refused."""
     from aiida_capthermo.calculations.mace import FinetuneMaceCalcJob
     from aiida_capthermo.data.dataset import DatasetData
+
     from mlip_helpers import lj_labelled_cells
 
     labelled = lj_labelled_cells(4, rattle=0.05)

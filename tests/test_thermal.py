@@ -1,5 +1,6 @@
-"""Thermal band gaps: statistics of correlated series, frozen-mode amplitudes, the batched TorchSim MD engine against
-the analytic answer of a harmonic crystal, and ThermalGapWorkChain run for real on localhost."""
+"""Thermal band gaps: statistics of correlated series, frozen-mode amplitudes, the package's batched TorchSim MD engine
+(``ml.thermal``) against the analytic answer of a harmonic crystal, and ThermalGapWorkChain run for real on
+localhost. The stability verdicts and the collapse checks of the same engine are in test_md.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from ase.neighborlist import neighbor_list
 
 from aiida_capthermo.core.displacements import SupercellModes
 from aiida_capthermo.core.structures import antiperovskite
-from aiida_capthermo.core.thermal import (combine_replicas, frozen_mode_displacements, series_statistics,
-                                          species_participation)
+from aiida_capthermo.core.thermal import (
+    combine_replicas,
+    frozen_mode_displacements,
+    series_statistics,
+    species_participation,
+)
 
 KB_EV = 8.617333262e-5  # eV/K
 
@@ -46,7 +51,8 @@ def test_mode_amplitude_by_hand_in_si_units():
     n = 1.0 / np.expm1(hbar * omega / (kb * temperature))
     q_si = np.sqrt(hbar * (1 + 2 * n) / (2 * omega))  # kg^1/2 m
     assert amplitudes[soft] == pytest.approx(q_si / np.sqrt(amu) / 1e-10, rel=1e-9)  # amu^1/2 Å
-    # the atom moves by Q / sqrt(m): x_rms = sqrt(hbar (1 + 2n) / (2 m omega)) = 0.1215 Å here (hbar omega / kT = 0.320, n = 2.65)
+    # the atom moves by Q / sqrt(m): x_rms = sqrt(hbar (1 + 2n) / (2 m omega)) = 0.1215 Å here
+    # (hbar omega / kT = 0.320, n = 2.65)
     x_si = np.sqrt(hbar * (1 + 2 * n) / (2 * mass * amu * omega))
     assert np.abs(displacements[soft, 0, 0]) == pytest.approx(x_si / 1e-10, rel=1e-9)
     assert np.abs(displacements[soft, 0, 0]) == pytest.approx(0.1215, abs=5e-4)
@@ -156,7 +162,8 @@ def test_batched_md_broken_replica_does_not_sink_the_others():
     trajectories = run_replicas(HarmonicModel(atoms.positions, phi), [atoms, squeezed, atoms], [300.0] * 3,
                                 [0, 1, 2], steps=200, timestep=1.0, friction=0.01, stride=10)
     assert trajectories[1].broke is not None and 'apart' in trajectories[1].broke
-    assert trajectories[1].steps_done == 10
+    assert trajectories[1].steps_done == 10 and trajectories[1].min_distance[-1] < 1.0
+    assert trajectories[1].closest_pair[-1] == 'I-S' and not trajectories[1].verdict()['stable']
     for good in (trajectories[0], trajectories[2]):
         assert good.broke is None and good.steps_done == 200 and len(good.time_fs) == 20
         assert np.all(np.isfinite(good.positions))
@@ -171,9 +178,11 @@ def trained_models(aiida_profile, tmp_path_factory):
     import sys
 
     from aiida import engine, orm
+
     from aiida_capthermo.calculations.gnn import GnnTrainCalcJob
     from aiida_capthermo.calculations.mace import FinetuneMaceCalcJob
     from aiida_capthermo.data.dataset import DatasetData
+
     from gnn_helpers import synthetic_set
     from mlip_helpers import lj_labelled_cells
 
@@ -196,7 +205,8 @@ def trained_models(aiida_profile, tmp_path_factory):
                                  hyperparameters=orm.Dict({'max_epochs': 15, 'hidden_channels': 16, 'batch_size': 8,
                                                            'learning_rate': 5e-3, 'dropout': 0.0, 'patience': None}))
     mace_data = DatasetData.from_labelled_set(lj_labelled_cells(16, rattle=0.1), method='LJ').store()
-    mace, _ = engine.run_get_node(FinetuneMaceCalcJob, code=codes['mace_code'], train=mace_data, hyperparameters=orm.Dict(
+    mace, _ = engine.run_get_node(FinetuneMaceCalcJob, code=codes['mace_code'], train=mace_data,
+                                  hyperparameters=orm.Dict(
         {'num_channels': 8, 'max_L': 0, 'r_max': 4.0, 'num_interactions': 2, 'correlation': 2, 'batch_size': 4,
          'device': 'cpu', 'default_dtype': 'float64', 'seed': 1, 'max_num_epochs': 3, 'valid_fraction': 0.2,
          'pair_repulsion': True}))
@@ -208,6 +218,7 @@ def test_thermal_gap_workchain_on_localhost(trained_models):
 
     from aiida_capthermo.data.structures import set_structure_metadata
     from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
+
     from mlip_helpers import small_cell
 
     structures = {}
@@ -215,8 +226,8 @@ def test_thermal_gap_workchain_on_localhost(trained_models):
         atoms = small_cell(bromide, seed=0, rattle=0.0)
         structures[key] = set_structure_metadata(orm.StructureData(ase=atoms), x=0.5 if bromide else 0.0)
     builder = ThermalGapWorkChain.get_builder_from_protocol(
-        trained_models['mlip_code'], trained_models['gnn_code'], trained_models['mace'], trained_models['gnn'], structures,
-        protocol='demo', overrides={'md': {'steps': 800, 'stride': 5, 'threads': 1, 'dtype': 'float64'},
+        trained_models['mlip_code'], trained_models['gnn_code'], trained_models['mace'], trained_models['gnn'],
+        structures, protocol='demo', overrides={'md': {'steps': 800, 'stride': 5, 'threads': 1, 'dtype': 'float64'},
                                     'relax': {'dtype': 'float64'},
                                     'coupling': {'structures': ['x050'], 'temperatures': [300.0], 'threads': 1,
                                                  'dtype': 'float64'}})
@@ -241,12 +252,12 @@ def test_thermal_gap_workchain_on_localhost(trained_models):
     predictions = md.outputs.frames.base.links.get_outgoing(link_label_filter='CALL%').all()  # none: data node
     assert predictions == []
     replica = md.outputs.results['replicas'][0]
-    predict = [c for c in md.outputs.frames.base.links.get_outgoing().all_nodes()
-               if c.process_label == 'GnnPredictCalcJob'][0]
+    predict = next(c for c in md.outputs.frames.base.links.get_outgoing().all_nodes()
+                   if c.process_label == 'GnnPredictCalcJob')
     gaps = predict.outputs.predictions.get_array('values')[replica['frame_offset']:][:replica['n_frames']]
     from aiida_capthermo.core.thermal import series_statistics
 
-    own = [r for r in results['replicas']['replicas'] if r['replica'] == replica['replica']][0]
+    own = next(r for r in results['replicas']['replicas'] if r['replica'] == replica['replica'])
     assert own['mean'] == pytest.approx(series_statistics(gaps).mean)
 
     # QueryBuilder finds the gap by x and T
@@ -282,6 +293,46 @@ def table_rows(results) -> list[str]:
             for r in results['table']['rows']]
 
 
+def test_thermal_relaxation_resumed_after_its_walltime(trained_models):
+    """The thermal stage relaxes through MlipScreenWorkChain: a relaxation job stopped by its time limit (one
+    structure per batch, no time for a second) is followed by one that relaxes the rest, and the 0 K structures and
+    Eg(0) are those of an uninterrupted relaxation."""
+    from aiida import engine, orm
+
+    from aiida_capthermo.calculations.mlip import MlipScreenCalcJob
+    from aiida_capthermo.data.structures import set_structure_metadata
+    from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
+
+    from mlip_helpers import small_cell
+
+    structures = {key: set_structure_metadata(orm.StructureData(ase=small_cell(bromide, seed=3, rattle=0.05)),
+                                              x=0.5 if bromide else 0.0)
+                  for key, bromide in (('x000', False), ('x050', True))}
+    relax = {'fmax': 0.02, 'max_steps': 300, 'device': 'cpu', 'dtype': 'float64'}
+
+    def run(extra: dict):
+        builder = ThermalGapWorkChain.get_builder_from_protocol(
+            trained_models['mlip_code'], trained_models['gnn_code'], trained_models['mace'], trained_models['gnn'],
+            structures, protocol='demo', overrides={'temperatures': [0.0], 'relax': {**relax, **extra}})
+        del builder.coupling
+        return engine.run_get_node(builder)
+
+    results, node = run({'max_batch': 1, 'max_seconds': 1e-6})
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    relaxation = node.base.links.get_outgoing(link_label_filter='relax').one().node
+    assert relaxation.process_label == 'MlipScreenWorkChain'
+    jobs = sorted((c for c in relaxation.called if isinstance(c, orm.CalcJobNode)), key=lambda c: c.ctime)
+    assert [job.exit_status for job in jobs] == [MlipScreenCalcJob.exit_codes.ERROR_OUT_OF_WALLTIME.status, 0]
+    assert [len(job.inputs.structures) for job in jobs] == [2, 1]
+    assert set(results['relaxed']) == set(structures)
+    direct, _ = run({})
+    for key in structures:
+        np.testing.assert_allclose(results['relaxed'][key].get_ase().positions,
+                                   direct['relaxed'][key].get_ase().positions, atol=1e-6)
+    assert [row['gap'] for row in results['table']['rows']] == pytest.approx(
+        [row['gap'] for row in direct['table']['rows']], abs=1e-6)
+
+
 def test_thermal_gap_workchain_reruns_broken_replicas(trained_models):
     """Replicas stopped at a closest-pair threshold the crystal crosses at 600 K: the workchain reruns them with half
     the time step, twice the steps, new seeds; when they break again it exits 450 with the rest attached."""
@@ -289,6 +340,7 @@ def test_thermal_gap_workchain_reruns_broken_replicas(trained_models):
 
     from aiida_capthermo.data.structures import set_structure_metadata
     from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
+
     from mlip_helpers import small_cell
 
     structure = set_structure_metadata(orm.StructureData(ase=small_cell(True, seed=0, rattle=0.0)), x=0.5)
@@ -321,6 +373,7 @@ def test_thermal_gap_inputs_rejected_with_a_clear_message(aiida_profile, tmp_pat
     from aiida_capthermo.data.model import ModelData
     from aiida_capthermo.data.structures import set_structure_metadata
     from aiida_capthermo.workflows.thermal import validate_inputs
+
     from mlip_helpers import small_cell
 
     (tmp_path / 'state.pt').write_bytes(b'0')

@@ -31,22 +31,28 @@ def _parse_override(items: tuple[str, ...]) -> dict:
             target[last] = yaml.safe_load(value)
         except yaml.YAMLError as exception:
             reason = str(exception).splitlines()[0]
-            raise click.BadParameter(f'{item!r}: the value is not valid YAML ({reason})', param_hint='--override')
+            raise click.BadParameter(f'{item!r}: the value is not valid YAML ({reason})',
+                                     param_hint='--override') from exception
     return overrides
 
 
+#: The workchains ``capthermo submit`` builds from a protocol (see ``_build``).
+SUBMITTABLE = ('study', 'dataset', 'screen')
+#: Every workchain with a protocol file (``workflows/protocols/<name>.yaml``), the study's stages among them.
+PROTOCOL_FILES = ('study', 'dataset', 'gnn', 'mlip_potential', 'screen', 'thermal')
+
+
 def _protocol_files() -> dict:
-    """The protocol files of the workchains ``capthermo submit`` builds, read without loading a profile."""
+    """The protocol files of the workchains, read without loading a profile."""
     import yaml
 
     folder = pathlib.Path(__file__).parent.parent / 'workflows' / 'protocols'
-    return {workflow: yaml.safe_load((folder / f'{workflow}.yaml').read_text())
-            for workflow in ('study', 'dataset', 'screen')}
+    return {workflow: yaml.safe_load((folder / f'{workflow}.yaml').read_text()) for workflow in PROTOCOL_FILES}
 
 
 def _protocols_help() -> str:
     names = '; '.join(f'{workflow}: {", ".join(data["protocols"])} (default {data["default_protocol"]})'
-                      for workflow, data in _protocol_files().items())
+                      for workflow, data in _protocol_files().items() if workflow in SUBMITTABLE)
     return f'Protocol ({names}); `capthermo protocols` describes them.'
 
 
@@ -73,16 +79,17 @@ def needs_profile(function):
             try:
                 load_profile(profile, allow_switch=True)
             except ConfigurationError as exception:  # unknown profile, no default profile, unreadable config
-                raise click.ClickException(f'cannot load the AiiDA profile {profile or "(default)"}: {exception}')
+                raise click.ClickException(
+                    f'cannot load the AiiDA profile {profile or "(default)"}: {exception}') from exception
         return function(*args, **kwargs)
 
     return wrapper
 
 
 @cli.command('protocols')
-@click.argument('workflow', required=False, type=click.Choice(['study', 'dataset', 'screen']))
+@click.argument('workflow', required=False, type=click.Choice(PROTOCOL_FILES))
 def list_protocols(workflow):
-    """The protocols of the study, dataset and screen workchains with their descriptions."""
+    """The protocols of the study and of its stage workchains, with their descriptions."""
     for name, data in _protocol_files().items():
         if workflow in (None, name):
             click.echo(f'{name} (default: {data["default_protocol"]})')
@@ -141,7 +148,7 @@ def setup_codes(computer, bin_dir, vasp, prepend_text):
 
 
 @cli.command('submit')
-@click.argument('workflow', type=click.Choice(['dataset', 'study', 'screen']))
+@click.argument('workflow', type=click.Choice(SUBMITTABLE))
 @click.option('--protocol', default=None, help=_protocols_help())
 @click.option('--model', 'model_pk', type=int, default=None, help='screen: pk of the MACE model node (default: the '
               'newest MACE model).')
@@ -167,7 +174,7 @@ def submit_workflow(workflow, protocol, computer, override, dry_run, model_pk):
             return
         node = submit(builder)
     except ValueError as exception:
-        raise click.ClickException(f'invalid {workflow} inputs: {" ".join(str(exception).split())}')
+        raise click.ClickException(f'invalid {workflow} inputs: {" ".join(str(exception).split())}') from exception
     click.echo(f'submitted {node.process_label}<{node.pk}>; follow with `verdi process status {node.pk}`')
 
 
@@ -276,8 +283,8 @@ def list_datasets(fidelity):
         gap_text = f'{gap["mean"]:.3f}+-{gap["std"]:.3f}' if 'mean' in gap else '-'
         x, t = attributes.get('compositions', None) or [], attributes.get('temperatures', None) or []
         grid = f'{_span(x)} / {_span(t)}'
-        click.echo(f'{node.pk:>6} {attributes.get("n_structures"):>6} {str(attributes.get("fidelity", "-")):8} '
-                   f'{str(attributes.get("method", "-")):14} {gap_text:>13}  {origin[:44]:44} {grid}')
+        click.echo(f'{node.pk:>6} {attributes.get("n_structures"):>6} {attributes.get("fidelity", "-")!s:8} '
+                   f'{attributes.get("method", "-")!s:14} {gap_text:>13}  {origin[:44]:44} {grid}')
 
 
 def _span(values: list) -> str:
@@ -354,8 +361,8 @@ def predict(model, structures):
             continue
         try:
             structure = orm.load_node(item)
-        except Exception as exception:  # noqa: BLE001  NotExistent, MultipleObjectsError, bad identifier
-            raise click.ClickException(f'{item!r} is neither a file nor a node: {exception}')
+        except Exception as exception:  # NotExistent, MultipleObjectsError, bad identifier
+            raise click.ClickException(f'{item!r} is neither a file nor a node: {exception}') from exception
         if not isinstance(structure, orm.StructureData):
             raise click.ClickException(f'node {item} is a {type(structure).__name__}, not a StructureData')
         atoms.append(structure.get_ase())

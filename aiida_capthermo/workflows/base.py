@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from aiida import orm
 from aiida.engine import BaseRestartWorkChain, while_
 
@@ -13,6 +15,7 @@ class CapthermoBaseRestartWorkChain(BaseRestartWorkChain):
     :meth:`report_error_handled` for the process handlers."""
 
     _process_class = None
+    defaults: ClassVar[dict] = {'walltime_factor': 2}  # subclasses add the numbers of their own handlers
 
     @classmethod
     def define(cls, spec):
@@ -27,6 +30,15 @@ class CapthermoBaseRestartWorkChain(BaseRestartWorkChain):
         )
         spec.inputs['on_unhandled_failure'].default = lambda: orm.Str('abort')
         spec.exit_code(300, 'ERROR_UNRECOVERABLE_FAILURE', message='The job failed with an unrecoverable error.')
+
+    def increase_walltime(self, node) -> int | None:
+        """Give the next job ``defaults['walltime_factor']`` (default 2) times the walltime of ``node``; returns the
+        new ``max_wallclock_seconds`` (None when the job had no limit)."""
+        options = self.ctx.inputs.setdefault('metadata', {}).setdefault('options', {})
+        walltime = options.get('max_wallclock_seconds') or node.get_option('max_wallclock_seconds')
+        if walltime:
+            options['max_wallclock_seconds'] = int(walltime * self.defaults.get('walltime_factor', 2))
+        return options.get('max_wallclock_seconds')
 
     def report_error_handled(self, node, action: str) -> None:
         """Report the failure of ``node`` and what the handler does about it."""

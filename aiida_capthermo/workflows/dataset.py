@@ -7,50 +7,41 @@ import math
 import numpy as np
 from aiida import orm
 from aiida.common import AttributeDict
-from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
+from aiida.engine import ToContext, WorkChain, calcfunction, if_
 from aiida.plugins import DataFactory
 
-from aiida_capthermo.core.dataset import LabelledSet
+from aiida_capthermo.core.displacements import IMAGINARY_TREATMENTS
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.structures import set_structure_metadata
-from aiida_capthermo.workflows.engines import engine_namespace, label_batch_inputs
+from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain
+from aiida_capthermo.workflows.engines import engine_namespace
 from aiida_capthermo.workflows.phonons import ParentPhononsWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options, unlanded_overrides
-from aiida_capthermo.workflows.validation import compositions_error, prototype_error, supercell_error
+from aiida_capthermo.workflows.validation import compositions_error, parent_error, prototype_error, supercell_error
 
-__all__ = ['PhononInformedDatasetWorkChain', 'build_parent', 'generate_structures', 'assemble_dataset',
-           'frames_to_structures', 'merge_datasets', 'split_dataset']
+__all__ = ['PhononInformedDatasetWorkChain', 'build_parent', 'generate_structures']
 
 ForceConstantsData = DataFactory('phonopy.force_constants')
 
 SCHEMES = ('phonon', 'random')
 DISTRIBUTIONS = ('uniform', 'gaussian')
 COMPOSITION_MODES = ('grid', 'binomial')
-IMAGINARY_TREATMENTS = ('skip', 'absolute')  # == core.displacements.IMAGINARY_TREATMENTS (no phonopy import here)
 
 
 # ---------------------------------------------------------------------------------------------- calcfunctions
 @calcfunction
 def build_parent(prototype: orm.Dict, species: orm.Str) -> orm.StructureData:
     """The cubic A3BX parent with halide ``species`` and its end-member lattice parameter from ``prototype``."""
-    from aiida_capthermo.core.structures import antiperovskite
+    from aiida_capthermo.core.structures import end_member
 
-    p = prototype.get_dict()
-    lattice = p['a_host'] if species.value == p['host'] else p['a_guest']
-    atoms = antiperovskite(a=p['a'], b=p['b'], x=species.value, lattice_parameter=lattice)
-    return orm.StructureData(ase=atoms)
+    return orm.StructureData(ase=end_member(prototype.get_dict(), species.value))
 
 
 def _reference_supercell(parent: orm.StructureData, supercell: list):
     """The parent supercell in phonopy's atom order (the order of the force constants)."""
-    import ase
-    from phonopy import Phonopy
-    from phonopy.structure.atoms import PhonopyAtoms
+    from aiida_capthermo.core.displacements import phonopy_supercell
 
-    atoms = parent.get_ase()
-    unitcell = PhonopyAtoms(symbols=atoms.get_chemical_symbols(), cell=atoms.cell[:], positions=atoms.positions)
-    sc = Phonopy(unitcell, supercell_matrix=np.diag(supercell)).supercell
-    return ase.Atoms(symbols=sc.symbols, positions=sc.positions, cell=sc.cell, pbc=True)
+    return phonopy_supercell(parent.get_ase(), supercell)
 
 
 @calcfunction
@@ -59,13 +50,13 @@ def generate_structures(host_parent: orm.StructureData, settings: orm.Dict, **fo
 
     ``settings``: host, guest, a_host, a_guest (Å), supercell, n_structures, seed, scheme (phonon|random|equilibrium),
     distribution, temperature (K), amplitude (Å), composition_mode, frequency_cutoff (THz), imaginary_modes
-    (skip|absolute), stratum (index of the
-    temperature or amplitude: the compositions are stratified over (x, T), see ``draw_compositions``). ``force_constants``
-    may hold ``host`` and/or ``guest`` ForceConstantsData for the phonon scheme. Every output structure records
-    x, temperature and origin.
+    (skip|absolute), stratum (index of the temperature or amplitude: the compositions are stratified over (x, T), see
+    ``draw_compositions``). ``force_constants`` may hold ``host`` and/or ``guest`` ForceConstantsData for the phonon
+    scheme. Every output structure records x, temperature and origin.
     """
     from aiida_capthermo.core.displacements import SupercellModes
-    from aiida_capthermo.core.generation import GenerationSpec, generate_structures as generate
+    from aiida_capthermo.core.generation import GenerationSpec
+    from aiida_capthermo.core.generation import generate_structures as generate
 
     s = settings.get_dict()
     reference = _reference_supercell(host_parent, s['supercell'])
@@ -86,75 +77,6 @@ def generate_structures(host_parent: orm.StructureData, settings: orm.Dict, **fo
     return outputs
 
 
-@calcfunction
-def assemble_dataset(attributes: orm.Dict, **labels) -> DatasetData:
-    """Join the labelled batches of one fidelity into a dataset; ``attributes`` become its attributes.
-
-    ``attributes['failed_in_failed_jobs']`` lists the structures of batches whose whole labelling job failed; they
-    count as failed together with the structures the successful jobs could not label.
-    """
-    nodes = [labels[key] for key in sorted(labels)]
-    labelled = LabelledSet.concatenate([node.get_labelled_set() for node in nodes])
-    extra = attributes.get_dict()
-    failed = sorted({key for node in nodes for key in node.base.attributes.get('failed')}
-                    | set(extra.pop('failed_in_failed_jobs', [])))
-    return _dataset_like(nodes[0], labelled, n_failed=len(failed), failed_structures=failed, **extra)
-
-
-@calcfunction
-def frames_to_structures(frames: DatasetData) -> dict:
-    """One StructureData per frame of an (unlabelled) MD frames dataset, with its x, temperature and origin."""
-    labelled = frames.get_labelled_set()
-    outputs = {}
-    for index in range(len(labelled)):
-        structure = orm.StructureData(ase=labelled.atoms(index, with_labels=False))
-        set_structure_metadata(structure, x=float(labelled.x[index]), temperature=float(labelled.temperature[index]),
-                               origin=str(labelled.origin[index]))
-        outputs[f'structure_{index:05d}'] = structure
-    return outputs
-
-
-@calcfunction
-def merge_datasets(attributes: orm.Dict, **datasets) -> DatasetData:
-    """Concatenate labelled datasets (sorted by key) into one; ``attributes`` and the sources' uuids become attributes.
-
-    The first dataset's ``engine``, ``method``, ``gap_method`` and ``fidelity`` are kept: merge only sets labelled
-    the same way.
-    """
-    nodes = [datasets[key] for key in sorted(datasets)]
-    methods = {node.base.attributes.get('method', None) for node in nodes}
-    if len(methods) > 1:
-        raise ValueError(f'cannot merge datasets labelled by different methods: {sorted(map(str, methods))}')
-    labelled = LabelledSet.concatenate([node.get_labelled_set() for node in nodes])
-    return _dataset_like(nodes[0], labelled, sources=[node.uuid for node in nodes], **attributes.get_dict())
-
-
-def _dataset_like(node: DatasetData, labelled: LabelledSet, **attributes) -> DatasetData:
-    """A new dataset labelled like ``node`` (engine, method, gap_method, calculator, fidelity kept; ``attributes``
-    add to or override them)."""
-    source = node.base.attributes
-    kept = {key: source.get(key, None) for key in ('engine', 'method', 'gap_method', 'calculator', 'fidelity')}
-    return DatasetData.from_labelled_set(labelled, **{**kept, **attributes})
-
-
-@calcfunction
-def split_dataset(dataset: DatasetData, settings: orm.Dict) -> dict:
-    """Split a dataset at random into ``train`` and ``valid`` (``settings``: valid_fraction, seed).
-
-    At least one structure goes to each part; the same seed gives the same split.
-    """
-    s = settings.get_dict()
-    labelled = dataset.get_labelled_set()
-    if len(labelled) < 2:
-        raise ValueError(f'cannot split a dataset of {len(labelled)} structure(s) into train and validation')
-    n_valid = min(len(labelled) - 1, max(1, int(round(s['valid_fraction'] * len(labelled)))))
-    order = np.random.default_rng(s['seed']).permutation(len(labelled))
-    parts = {'valid': np.sort(order[:n_valid]), 'train': np.sort(order[n_valid:])}
-    return {name: _dataset_like(dataset, labelled.subset(indices), split=name, source=dataset.uuid,
-                                subset=dataset.base.attributes.get('subset', None))
-            for name, indices in parts.items()}
-
-
 # ---------------------------------------------------------------------------------------------- validation
 #: Largest frequency_cutoff accepted at submission (THz): above it most modes of these soft crystals (highest
 #: parent frequencies about 8 THz) would be left undisplaced; a cutoff that leaves none fails at generation (403).
@@ -162,8 +84,6 @@ MAX_FREQUENCY_CUTOFF = 2.0
 
 
 def validate_inputs(inputs, _) -> str | None:
-    from aiida_capthermo.core.structures import check_cubic_prototype
-
     prototype = inputs['prototype'].get_dict()
     supercell = inputs['supercell'].get_list()
     error = prototype_error(prototype) or supercell_error(supercell)
@@ -171,14 +91,9 @@ def validate_inputs(inputs, _) -> str | None:
         return error
     parents = inputs.get('parents', {})
     for role in ('host', 'guest'):
-        if role in parents:
-            atoms = parents[role].get_ase()
-            try:
-                check_cubic_prototype(atoms)
-            except ValueError as exception:
-                return f'parents.{role}: {exception}'
-            if prototype[role] not in atoms.get_chemical_symbols():
-                return f'parents.{role} contains no {prototype[role]} (the {role} species of the prototype)'
+        error = parent_error(parents[role].get_ase(), prototype[role]) if role in parents else None
+        if error:
+            return f'parents.{role}: {error}'
     scheme = inputs['scheme'].value
     if scheme not in SCHEMES:
         return f'scheme must be one of {SCHEMES}, got {scheme!r}'
@@ -202,7 +117,7 @@ def validate_inputs(inputs, _) -> str | None:
             return "x_values is used by composition_mode 'grid' only"
         error = compositions_error(inputs['x_values'].get_list(), supercell)
         if error:
-            return f'x_values {error}'
+            return f'x_values: {error}'
     if inputs['structures_per_temperature'].value < 1:
         return 'structures_per_temperature must be at least 1: a dataset with zero structures is empty'
     for key in ('n_equilibrium', 'high_structures'):
@@ -263,7 +178,8 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         spec.input('structures_per_temperature', valid_type=orm.Int, default=lambda: orm.Int(10),
                    help='Low-fidelity structures per temperature (per amplitude for the random scheme).')
         spec.input('scheme', valid_type=orm.Str, default=lambda: orm.Str('phonon'),
-                   help="'phonon' (paper eq. 1 / normal modes) or 'random' (uniform displacements, second paper eq. 2).")
+                   help="'phonon' (paper eq. 1 / normal modes) or 'random' (uniform displacements, second paper "
+                        'eq. 2).')
         spec.input('distribution', valid_type=orm.Str, default=lambda: orm.Str('uniform'),
                    help="Phonon scheme: 'uniform' (eq. 1, eps ~ U[-1, 1]) or 'gaussian' (canonical normal modes).")
         spec.input('random_amplitudes', valid_type=orm.List, default=lambda: orm.List([0.1, 0.2, 0.3, 0.4]),
@@ -271,8 +187,8 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         spec.input('composition_mode', valid_type=orm.Str, default=lambda: orm.Str('grid'),
                    help="How guest counts are drawn per structure: 'grid' (cycle k = 0..n_sites) or 'binomial'.")
         spec.input('x_values', valid_type=orm.List, required=False,
-                   help="Composition range for the 'grid' mode: the x values (multiples of 1/n_sites) to cycle through; "
-                        'default: every k/n_sites from 0 to 1.')
+                   help="Composition range for the 'grid' mode: the x values (multiples of 1/n_sites) to cycle "
+                        'through; default: every k/n_sites from 0 to 1.')
         spec.input('n_equilibrium', valid_type=orm.Int, default=lambda: orm.Int(2),
                    help='Undisplaced structures (random compositions) for the GNN set; not in the MLIP set.')
         spec.input('high_structures', valid_type=orm.Int, default=lambda: orm.Int(0),
@@ -302,8 +218,8 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
             cls.setup,
             if_(cls.should_compute_phonons)(cls.run_phonons, cls.inspect_phonons),
             cls.generate,
-            while_(cls.has_pending_batches)(cls.run_batches),
-            cls.inspect_batches,
+            cls.run_labels,
+            cls.inspect_labels,
             cls.results,
         )
         spec.output('low', valid_type=DatasetData, help='Low-fidelity dataset of displaced structures.')
@@ -329,9 +245,6 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         self.ctx.parents = parents
         self.ctx.lattice = {role: float(np.cbrt(abs(np.linalg.det(parents[role].cell)))) for role in parents}
         self.ctx.force_constants = dict(self.inputs.get('force_constants', {}))
-        self.ctx.labelled = {'low': [], 'equilibrium': [], 'high': []}
-        self.ctx.failed_in_failed_jobs = {'low': [], 'equilibrium': [], 'high': []}
-        self.ctx.batch_keys = {}
 
     def should_compute_phonons(self):
         return self.inputs.scheme.value == 'phonon' and set(self.ctx.force_constants) != {'host', 'guest'}
@@ -370,14 +283,15 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
             'host': p['host'], 'guest': p['guest'], 'a_host': self.ctx.lattice['host'],
             'a_guest': self.ctx.lattice['guest'], 'supercell': self.inputs.supercell.get_list(),
             'distribution': self.inputs.distribution.value, 'composition_mode': self.inputs.composition_mode.value,
-            'frequency_cutoff': self.inputs.frequency_cutoff.value, 'imaginary_modes': self.inputs.imaginary_modes.value}
+            'frequency_cutoff': self.inputs.frequency_cutoff.value,
+            'imaginary_modes': self.inputs.imaginary_modes.value}
         if 'x_values' in self.inputs:
             settings['x_values'] = self.inputs.x_values.get_list()
         settings.update(kwargs)
         return orm.Dict(settings)
 
     def generate(self):
-        """Create every structure by calcfunction and queue them in labelling batches."""
+        """Create every structure by calcfunction: the low, equilibrium and high sets."""
         if self.inputs.scheme.value == 'phonon':
             self.ctx.phonon_modes = self._phonon_mode_report()
             for role, entry in self.ctx.phonon_modes.items():
@@ -416,52 +330,35 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
                                           **{key: value})
                 outputs = generate_structures(host, settings, **fc)
                 structures['high'].extend(outputs[k] for k in sorted(outputs))
-        batch_size = self.inputs.batch_size.value
-        self.ctx.pending = []
-        for name, nodes in structures.items():
-            for start in range(0, len(nodes), batch_size):
-                batch = {f'structure_{start + i:05d}': node for i, node in enumerate(nodes[start:start + batch_size])}
-                self.ctx.pending.append((name, start // batch_size, [n.pk for n in batch.values()], list(batch)))
-        counts = {name: len(nodes) for name, nodes in structures.items()}
-        self.report(f'generated {counts} structures in {len(self.ctx.pending)} labelling batches')
-
-    def has_pending_batches(self):
-        return bool(self.ctx.pending)
-
-    def run_batches(self):
-        """Submit up to ``max_concurrent`` batches and wait for them."""
-        futures = {}
-        for _ in range(min(self.inputs.max_concurrent.value, len(self.ctx.pending))):
-            name, index, pks, keys = self.ctx.pending.pop(0)
-            structures = {key: orm.load_node(pk) for key, pk in zip(keys, pks)}
-            engine = self.inputs.high if name == 'high' else self.inputs.low
-            fidelity = 'high' if name == 'high' else 'low'
-            process, inputs = label_batch_inputs(dict(engine), structures, fidelity)
-            inputs['metadata'] = {'call_link_label': f'label_{name}_{index:04d}'}
-            futures[f'label_{name}_{index:04d}'] = self.submit(process, **inputs)
-            self.ctx.batch_keys[f'label_{name}_{index:04d}'] = keys
-        return ToContext(**futures)
-
-    def inspect_batches(self):
-        """Collect what each batch labelled; a failed batch is reported and left out."""
-        for key in sorted(k for k in self.ctx if isinstance(k, str) and k.startswith('label_')):
-            node = self.ctx[key]
-            name = key.split('_')[1]
-            if node.is_finished_ok:
-                self.ctx.labelled[name].append(node.outputs.labels)
-                failed = node.outputs.labels.base.attributes.get('failed')
-                if failed:
-                    self.report(f'{key}: {len(failed)} structures could not be labelled and are left out')
-            else:
-                self.report(f'{key} failed ({node.exit_status}: {node.exit_message}); its structures are left out')
-                self.ctx.failed_in_failed_jobs[name].extend(self.ctx.batch_keys[key])
-        if not self.ctx.labelled['low']:
-            return self.exit_codes.ERROR_NO_STRUCTURE_LABELLED.format(fidelity='low')
-        if self.inputs.high_structures.value > 0 and not self.ctx.labelled['high']:
-            return self.exit_codes.ERROR_NO_STRUCTURE_LABELLED.format(fidelity='high')
+        self.ctx.structures = {name: [node.pk for node in nodes] for name, nodes in structures.items() if nodes}
+        self.report(f'generated {dict((n, len(v)) for n, v in structures.items())} structures')
         return None
 
-    def results(self):
+    def run_labels(self):
+        """One batch-labelling stage per set (low, equilibrium, high), each throttled on its own."""
+        common = self._dataset_attributes()
+        futures = {}
+        for name, pks in self.ctx.structures.items():
+            fidelity = 'high' if name == 'high' else 'low'
+            futures[f'label_{name}'] = self.submit(
+                BatchLabelWorkChain, structures={f'structure_{i:05d}': orm.load_node(pk) for i, pk in enumerate(pks)},
+                engine=dict(self.inputs.high if name == 'high' else self.inputs.low), fidelity=orm.Str(fidelity),
+                batch_size=self.inputs.batch_size, max_concurrent=self.inputs.max_concurrent,
+                attributes=orm.Dict({**common, 'fidelity': fidelity, 'subset': name}),
+                metadata={'call_link_label': f'label_{name}'})
+        return ToContext(**futures)
+
+    def inspect_labels(self):
+        """The low set must have labels, and the high set when one was asked for."""
+        for name in ('low', 'high'):
+            key = f'label_{name}'
+            if key in self.ctx and not self.ctx[key].is_finished_ok:
+                return self.exit_codes.ERROR_NO_STRUCTURE_LABELLED.format(fidelity=name)
+        if 'label_equilibrium' in self.ctx and not self.ctx.label_equilibrium.is_finished_ok:
+            self.report('no equilibrium structure could be labelled; the GNN trains without them')
+        return None
+
+    def _dataset_attributes(self) -> dict:
         scheme = self.inputs.scheme.value
         common = {'scheme': scheme, 'seed': self.inputs.seed.value,
                   'composition_mode': self.inputs.composition_mode.value,
@@ -471,13 +368,14 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
             common['phonon_modes'] = self.ctx.phonon_modes
         else:
             common['random_amplitudes'] = self.inputs.random_amplitudes.get_list()
-        for name, fidelity in (('low', 'low'), ('equilibrium', 'low'), ('high', 'high')):
-            nodes = self.ctx.labelled[name]
-            if not nodes:
-                continue
-            attributes = orm.Dict({**common, 'fidelity': fidelity, 'subset': name,
-                                   'failed_in_failed_jobs': self.ctx.failed_in_failed_jobs[name]})
-            self.out(name, assemble_dataset(attributes, **{f'batch_{i:04d}': n for i, n in enumerate(nodes)}))
+        return common
+
+    def results(self):
+        for name in ('low', 'equilibrium', 'high'):
+            key = f'label_{name}'
+            if key in self.ctx and self.ctx[key].is_finished_ok:
+                self.out(name, self.ctx[key].outputs.labels)
+        scheme = self.inputs.scheme.value
         for role, node in self.ctx.force_constants.items():
             if scheme == 'phonon':
                 self.out(f'force_constants.{role}', node)
@@ -492,11 +390,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         for role, node in self.ctx.force_constants.items():
             modes = SupercellModes.from_phonopy(node.get_phonopy_instance(), self.inputs.frequency_cutoff.value,
                                                 self.inputs.imaginary_modes.value)
-            report[role] = {'n_modes': int(len(modes.frequencies)), 'n_imaginary': int(modes.n_imaginary),
-                            'imaginary_modes': modes.imaginary,
-                            'n_skipped': int(len(modes.skipped)), 'n_active': int(len(modes.active)),
-                            'min_frequency_thz': float(modes.frequencies.min()),
-                            'max_frequency_thz': float(modes.frequencies.max())}
+            report[role] = modes.summary()
             if modes.n_imaginary:
                 treatment = 'skips them' if modes.imaginary == 'skip' else 'samples them at |f|'
                 self.report(f'{role} parent: {modes.n_imaginary} of {len(modes.frequencies)} supercell modes are '

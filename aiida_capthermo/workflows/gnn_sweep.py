@@ -79,7 +79,8 @@ class GnnSweepWorkChain(WorkChain):
                         '{"hidden_channels": [32, 64], "learning_rate": [1e-3, 1e-4]}.')
         spec.input('score', valid_type=orm.Str, default=lambda: orm.Str('validation_mae'),
                    validator=lambda value, _: None if value.value in SCORES else f'score must be one of {SCORES}',
-                   help='Validation score to minimise: validation_mae or validation_rmse (target units) or best_val_loss.')
+                   help='Validation score to minimise: validation_mae or validation_rmse (target units) or '
+                        'best_val_loss.')
         spec.inputs.validator = validate_inputs
         spec.outline(cls.setup, cls.run_training, cls.inspect_training, cls.results)
         spec.output('best_model', valid_type=ModelData, help='The model of the run with the lowest validation score.')

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from aiida import orm
 from aiida.engine import ProcessHandlerReport, calcfunction, process_handler
 from aiida.plugins import CalculationFactory
@@ -42,7 +44,7 @@ class LocalLabelWorkChain(CapthermoBaseRestartWorkChain):
 
     _process_class = LabelCalcJob
 
-    defaults = {
+    defaults: ClassVar[dict] = {
         'robust_mixer_damping': 0.1,  # a smaller Broyden damping converges the xTB SCF of distorted cells
         'robust_max_iterations_factor': 4,
         'walltime_factor': 2,
@@ -113,12 +115,8 @@ class LocalLabelWorkChain(CapthermoBaseRestartWorkChain):
                                                LabelCalcJob.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
     def handle_out_of_walltime(self, node):
         """The batch ran out of walltime before writing its labels: resubmit it with twice the walltime."""
-        options = self.ctx.inputs.setdefault('metadata', {}).setdefault('options', {})
-        walltime = options.get('max_wallclock_seconds') or node.get_option('max_wallclock_seconds')
-        if walltime:
-            options['max_wallclock_seconds'] = int(walltime * self.defaults['walltime_factor'])
-        self.report_error_handled(node, f'out of walltime: resubmitting with max_wallclock_seconds '
-                                  f'{options.get("max_wallclock_seconds")}')
+        walltime = self.increase_walltime(node)
+        self.report_error_handled(node, f'out of walltime: resubmitting with max_wallclock_seconds {walltime}')
         return ProcessHandlerReport(True)
 
     @process_handler(priority=540, exit_codes=[LabelCalcJob.exit_codes.ERROR_SUMMARY_MISSING,

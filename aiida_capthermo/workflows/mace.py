@@ -7,6 +7,8 @@ Handled: out of walltime -> restart from the last checkpoint of the failed run (
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from aiida import orm
 from aiida.engine import ProcessHandlerReport, process_handler
 
@@ -20,7 +22,7 @@ class FinetuneMaceWorkChain(CapthermoBaseRestartWorkChain):
     """Fine-tune a MACE potential, restarting from checkpoints after a walltime kill and shrinking batches on OOM."""
 
     _process_class = FinetuneMaceCalcJob
-    defaults = {'batch_size_factor': 0.5, 'min_batch_size': 1}
+    defaults: ClassVar[dict] = {'batch_size_factor': 0.5, 'min_batch_size': 1}
 
     @classmethod
     def define(cls, spec) -> None:

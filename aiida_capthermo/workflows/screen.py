@@ -24,28 +24,24 @@ from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.data.structures import set_structure_metadata
 from aiida_capthermo.workflows.base import CapthermoBaseRestartWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin, set_options
-from aiida_capthermo.workflows.validation import prototype_error, supercell_error
+from aiida_capthermo.workflows.report import png_node, pyplot
+from aiida_capthermo.workflows.validation import (
+    compositions_error,
+    parent_error,
+    prototype_error,
+    supercell_error,
+    supplied_by_parent,
+)
 
 __all__ = ['SolidSolutionScreenWorkChain', 'MlipScreenWorkChain', 'enumerate_structures', 'rank_configurations',
            'merge_screen_results', 'phonon_summary', 'composition_key']
 
 MULTIPLICITY_ATTRIBUTE = 'capthermo_multiplicity'
-TOLERANCE = 1e-6
-KB_EV = 8.617333262e-5  # Boltzmann constant, eV/K
 
 
 def composition_key(x: float) -> str:
     """Link label of composition ``x``: ``x_0p250`` for 0.25."""
     return 'x_' + f'{x:.3f}'.replace('.', 'p')
-
-
-def _parent_cell(prototype: dict, parent):
-    from aiida_capthermo.core.structures import antiperovskite
-
-    if parent is not None:
-        return parent.get_ase()
-    return antiperovskite(a=prototype['a'], b=prototype['b'], x=prototype['host'],
-                          lattice_parameter=prototype['a_host'])
 
 
 @calcfunction
@@ -60,17 +56,27 @@ def enumerate_structures(settings: orm.Dict, parent: orm.StructureData | None = 
     """
     import math
 
-    from aiida_capthermo.core.solid_solution import count_inequivalent, enumerate_configurations, site_permutations
-    from aiida_capthermo.core.structures import (scale_to_lattice, sublattice_indices, substitute,
-                                                 vegard_lattice_parameter)
+    from aiida_capthermo.core.solid_solution import (
+        count_inequivalent,
+        enumerate_configurations,
+        guest_count,
+        site_permutations,
+    )
+    from aiida_capthermo.core.structures import (
+        end_member,
+        scale_to_lattice,
+        sublattice_indices,
+        substitute,
+        vegard_lattice_parameter,
+    )
 
     s = settings.get_dict()
-    unit = _parent_cell(s, parent)
+    unit = parent.get_ase() if parent is not None else end_member(s)
     a_parent = float(np.cbrt(abs(np.linalg.det(unit.cell.array))))
     supercell = unit.repeat(tuple(int(n) for n in s['supercell']))
     sites = sublattice_indices(supercell, s['host'])
     n_sites = len(sites)
-    n_guest = int(round(s['x'] * n_sites))
+    n_guest = guest_count(s['x'], n_sites)
     permutations = site_permutations(supercell, sites)
     n_classes = count_inequivalent(permutations, n_guest)
     configurations = enumerate_configurations(permutations, n_guest, max_configurations=s['max_configurations'],
@@ -111,8 +117,11 @@ def rank_configurations(configurations: orm.Dict, temperatures: orm.List, **resu
     ``results``: the per-structure records of the screen jobs of this composition. The probability of class i at T
     is ``g_i exp(-(E_i - E_min) / k_B T) / Z`` with g_i its multiplicity and E_i its energy per cell; reported per T:
     the probabilities (ranking order), the average energy per atom, and the probability of the lowest class. When
-    the classes were sampled (``configurations['sampled']``) the averages cover the sample only.
+    the classes were sampled (``configurations['sampled']``) the averages cover the sample only. The statistics are
+    ``core.solid_solution.class_probabilities`` and ``configurational_average``.
     """
+    from aiida_capthermo.core.solid_solution import class_probabilities, configurational_average
+
     table = configurations.get_dict()['configurations']
     records = {}
     for key in sorted(results):
@@ -125,14 +134,11 @@ def rank_configurations(configurations: orm.Dict, temperatures: orm.List, **resu
     multiplicity = np.array([table[k]['multiplicity'] for k in relaxed], dtype=float)
     boltzmann = {}
     for temperature in temperatures.get_list():
-        if temperature > 0:
-            weights = multiplicity * np.exp(-(per_cell - per_cell.min()) / (KB_EV * temperature))
-        else:
-            weights = (per_cell == per_cell.min()).astype(float)
-        probability = weights / weights.sum()
+        probability = class_probabilities(per_cell, multiplicity, temperature)  # [n_relaxed]
         boltzmann[f'T{temperature:.0f}'] = {
             'temperature': float(temperature), 'probability': probability.tolist(),
-            'energy_per_atom': float(probability @ per_atom), 'probability_lowest': float(probability[0]),
+            'energy_per_atom': configurational_average(per_atom, per_cell, multiplicity, temperature),
+            'probability_lowest': float(probability[0]),
         }
     return orm.Dict({
         'keys': relaxed,
@@ -160,13 +166,6 @@ def phonon_summary(key: orm.Str, harmonic: orm.Dict, bands: orm.BandsData, finit
     finite-temperature job (``finite``, optional); ``bands``: its harmonic bands; ``renormalised``: its renormalised
     BandsData by temperature key (``T200``).
     """
-    import io
-
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
     record = harmonic[key.value]
     summary = {'n_imaginary': record['n_imaginary'], 'min_frequency': record['min_frequency'],
                'commensurate_points': record['commensurate_points'],
@@ -179,7 +178,7 @@ def phonon_summary(key: orm.Str, harmonic: orm.Dict, bands: orm.BandsData, finit
                                                 'resolution', 'commensurate_frequencies')}
     panels = [('0 K (harmonic)', bands)] + [(f'{key[1:]} K (renormalised)', renormalised[key])
                                            for key in sorted(renormalised, key=lambda k: float(k[1:]))]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), sharey=True, squeeze=False)
+    figure, axes = pyplot().subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), sharey=True, squeeze=False)
     for axis, (title, node) in zip(axes[0], panels):
         frequencies = node.get_bands()
         labels = node.labels
@@ -199,45 +198,29 @@ def phonon_summary(key: orm.Str, harmonic: orm.Dict, bands: orm.BandsData, finit
         axis.set_xlim(0, len(frequencies) - 1)
         axis.set_title(title)
     axes[0][0].set_ylabel('frequency (THz; < 0: imaginary)')
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format='png', dpi=120)
-    plt.close(figure)
-    return {'summary': orm.Dict(summary), 'plot': orm.SinglefileData(io.BytesIO(buffer.getvalue()),
-                                                                       filename='phonon_bands.png')}
+    return {'summary': orm.Dict(summary), 'plot': png_node(figure, 'phonon_bands.png')}
 
 
-def validate_inputs(inputs, _) -> str | None:
+def validate_inputs(inputs, ports) -> str | None:
     """Prototype keys and species, supercell, compositions on the sublattice grid, cubic parent, the settings of the
     relaxation and phonon jobs (through their pydantic models), temperatures."""
-    from aiida_capthermo.core.structures import check_cubic_prototype
-    from aiida_capthermo.ml.mlip import ScreenConfig
-    from aiida_capthermo.ml.phonons import PhononConfig
+    from aiida_capthermo.ml.settings import PhononConfig, ScreenConfig
+
+    if supplied_by_parent(ports, 'prototype', 'supercell'):
+        return None
 
     prototype = inputs['prototype'].get_dict()
     supercell = inputs['supercell'].get_list()
     error = prototype_error(prototype) or supercell_error(supercell)
     if error:
         return error
-    if 'parent' in inputs:
-        atoms = inputs['parent'].get_ase()
-        try:
-            check_cubic_prototype(atoms)
-        except ValueError as exception:
-            return f'parent: {exception}'
-        n_host = atoms.get_chemical_symbols().count(prototype['host'])
-        if n_host != 1 or len(atoms) != 5:
-            return f'parent must be the 5-atom A3BX cell with one {prototype["host"]} (the host), got {atoms}'
-    n_sites = int(np.prod(supercell))  # one halide site per primitive cell
+    error = parent_error(inputs['parent'].get_ase(), prototype['host']) if 'parent' in inputs else None
+    if error:
+        return f'parent: {error}'
     compositions = inputs['compositions'].get_list()
-    if not compositions:
-        return 'compositions is empty: give at least one x'
-    for x in compositions:
-        if not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
-            return f'composition {x!r} is not a fraction in [0, 1]'
-        if abs(x * n_sites - round(x * n_sites)) > TOLERANCE:
-            return (f'composition {x} is not a multiple of 1/{n_sites} (the supercell {supercell} has {n_sites} '
-                    f'{prototype["host"]} sites)')
+    error = compositions_error(compositions, supercell)
+    if error:
+        return error
     keys = [composition_key(x) for x in compositions]
     if len(set(keys)) != len(keys):
         return f'compositions repeat: {compositions}'
@@ -303,12 +286,9 @@ class MlipScreenWorkChain(CapthermoBaseRestartWorkChain):
             self.report_error_handled(node, f'{len(reached)} structures relaxed before the time limit: relaxing '
                                       f'the remaining {len(self.ctx.inputs["structures"])}')
             return ProcessHandlerReport(True)
-        options = self.ctx.inputs.setdefault('metadata', {}).setdefault('options', {})
-        walltime = options.get('max_wallclock_seconds') or node.get_option('max_wallclock_seconds')
-        if walltime:
-            options['max_wallclock_seconds'] = int(2 * walltime)
+        walltime = self.increase_walltime(node)
         self.report_error_handled(node, f'no structure relaxed in time: resubmitting with max_wallclock_seconds '
-                                  f'{options.get("max_wallclock_seconds")}')
+                                  f'{walltime}')
         return ProcessHandlerReport(True)
 
     @process_handler(priority=500, exit_codes=[MlipScreenCalcJob.exit_codes.ERROR_OUT_OF_MEMORY,

@@ -1,7 +1,8 @@
 """``ThermalGapWorkChain``: Eg(x, T) and ΔEg(T) from batched MLIP molecular dynamics and GNN band gaps (paper
 eqs. 5-6, Table I, Figure 7), and the mode-resolved Γ-phonon coupling (Figure 8).
 
-1. ``MlipScreenCalcJob`` relaxes every input structure (positions and cell) with the MACE model: the 0 K structures.
+1. ``MlipScreenWorkChain`` (the screen's relaxation with its restarts) relaxes every input structure (positions and
+   cell) with the MACE model: the 0 K structures.
 2. In parallel: one ``MlipThermalCalcJob`` runs every (structure, T > 0, seed) replica as one batched TorchSim
    simulation; ``GnnPredictCalcJob`` predicts Eg(0) of the relaxed structures; with ``coupling``, an
    ``MlipModesCalcJob`` freezes each Γ mode of the chosen relaxed cells at its thermal amplitude (both signs).
@@ -15,19 +16,19 @@ eqs. 5-6, Table I, Figure 7), and the mode-resolved Γ-phonon coupling (Figure 8
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, while_
 
-from aiida_capthermo.calculations.gnn import GnnPredictCalcJob, validate_gnn_model
-from aiida_capthermo.calculations.mlip import (MlipModesCalcJob, MlipScreenCalcJob, MlipThermalCalcJob,
-                                               validate_mace_model)
 from aiida_capthermo.calculations.base import code_validator, pydantic_error, validate_options
+from aiida_capthermo.calculations.gnn import GnnPredictCalcJob, validate_gnn_model
+from aiida_capthermo.calculations.mlip import MlipModesCalcJob, MlipThermalCalcJob, validate_mace_model
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.workflows.protocols import ProtocolMixin, set_options
+from aiida_capthermo.workflows.screen import MlipScreenWorkChain
+from aiida_capthermo.workflows.validation import supplied_by_parent
 
 __all__ = ['ThermalGapWorkChain', 'thermal_gaps', 'mode_coupling', 'gap_key']
 
@@ -117,10 +118,12 @@ def mode_coupling(modes: orm.Dict, predictions: orm.ArrayData, eg0: orm.ArrayDat
     The distorted cells of ``modes`` (an MlipModesCalcJob output) are in the order structure, temperature, active
     mode, sign (+, -); ``predictions`` are their GNN gaps, ``eg0`` the gaps of the relaxed structures (sorted keys
     ``settings['keys']``), ``settings['temperatures']`` the temperatures of the modes job. ΔEg of a mode is the mean
-    of the two signs minus Eg(0) (the linear term cancels). Outputs per structure key: ``table_<key>`` ArrayData
-    (mode, frequency THz, temperature K, amplitude amu^1/2 Å, gap_plus, gap_minus, delta_gap eV, relative_change,
-    share_<species>), ``plot_<key>`` PNG of ΔEg/Eg against frequency.
+    of the two signs minus Eg(0) (``core.thermal.pair_frozen_modes``: the linear term cancels). Outputs per structure
+    key: ``table_<key>`` ArrayData (mode, frequency THz, temperature K, amplitude amu^1/2 Å, gap_plus, gap_minus,
+    delta_gap eV, relative_change, share_<species>), ``plot_<key>`` PNG of ΔEg/Eg against frequency.
     """
+    from aiida_capthermo.core.thermal import pair_frozen_modes
+
     s = settings.get_dict()
     eg0_values = dict(zip(s['keys'], eg0.get_array('values').tolist()))
     gaps = predictions.get_array('values')
@@ -132,15 +135,14 @@ def mode_coupling(modes: orm.Dict, predictions: orm.ArrayData, eg0: orm.ArrayDat
         columns = {name: [] for name in ('mode', 'frequency', 'temperature', 'amplitude', 'gap_plus', 'gap_minus',
                                          'delta_gap', 'relative_change')}
         for temperature in s['temperatures']:
-            pairs = gaps[offset:offset + 2 * len(active)].reshape(-1, 2)
+            plus, minus, delta = pair_frozen_modes(gaps[offset:offset + 2 * len(active)], eg0_value)  # [n_active]
             offset += 2 * len(active)
-            delta = pairs.mean(axis=1) - eg0_value
             columns['mode'].append(active)
             columns['frequency'].append(frequencies)
             columns['temperature'].append(np.full(len(active), float(temperature)))
             columns['amplitude'].append(np.array(record['amplitudes'][str(float(temperature))]))
-            columns['gap_plus'].append(pairs[:, 0])
-            columns['gap_minus'].append(pairs[:, 1])
+            columns['gap_plus'].append(plus)
+            columns['gap_minus'].append(minus)
             columns['delta_gap'].append(delta)
             columns['relative_change'].append(delta / eg0_value)
         table = orm.ArrayData()
@@ -162,14 +164,11 @@ def mode_coupling(modes: orm.Dict, predictions: orm.ArrayData, eg0: orm.ArrayDat
 
 def _coupling_plot(columns: dict, shares: dict, temperatures: list, record: dict) -> orm.SinglefileData:
     """ΔEg/Eg (%) against frequency, one panel per temperature, coloured by the species that moves most."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from aiida_capthermo.workflows.report import png_node, pyplot
 
     symbols = sorted(shares)
     dominant = np.array(symbols)[np.argmax(np.stack([shares[s] for s in symbols]), axis=0)]
-    figure, axes = plt.subplots(1, len(temperatures), figsize=(4.5 * len(temperatures), 3.6), squeeze=False)
+    figure, axes = pyplot().subplots(1, len(temperatures), figsize=(4.5 * len(temperatures), 3.6), squeeze=False)
     for axis, temperature, frequency, relative in zip(axes[0], temperatures, columns['frequency'],
                                                       columns['relative_change']):
         for symbol in symbols:
@@ -180,17 +179,15 @@ def _coupling_plot(columns: dict, shares: dict, temperatures: list, record: dict
         axis.set_ylabel(r'$\Delta E_g / E_g$ (%)')
         axis.set_title(f'x = {record["x"]:.3f}, T = {temperature:.0f} K')
         axis.legend(fontsize=7)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format='png', dpi=120)
-    plt.close(figure)
-    buffer.seek(0)
-    return orm.SinglefileData(buffer, filename=f'mode_coupling_{record["key"]}.png')
+    return png_node(figure, f'mode_coupling_{record["key"]}.png')
 
 
-def validate_inputs(inputs, _) -> str | None:
+def validate_inputs(inputs, ports) -> str | None:
     """Structures with a composition, temperatures, the MD and coupling settings, a gap GNN."""
     from aiida_capthermo.data.structures import get_structure_metadata
+
+    if supplied_by_parent(ports, 'structures'):
+        return None
 
     structures = inputs.get('structures') or {}
     if not structures:
@@ -204,7 +201,7 @@ def validate_inputs(inputs, _) -> str | None:
 def settings_error(inputs, keys: list[str] | None) -> str | None:
     """Temperatures, MD and coupling settings, GNN target, restarts; ``keys`` of the structures when known (the
     study checks the settings before the screen has made the structures)."""
-    from aiida_capthermo.ml.thermal import ModesConfig, ThermalMdConfig
+    from aiida_capthermo.ml.settings import ModesConfig, ThermalMdConfig
 
     temperatures = inputs['temperatures'].get_list()
     if not temperatures or any(not isinstance(t, (int, float)) or t < 0 for t in temperatures):
@@ -333,12 +330,13 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
         return [float(t) for t in self.inputs.temperatures.get_list() if t > 0]
 
     def relax(self):
-        """Relax every structure with the MACE model (the 0 K structures)."""
-        builder = MlipScreenCalcJob.get_builder()
-        builder.code, builder.model = self.inputs.mlip_code, self.inputs.mace_model
-        builder.structures = dict(self.inputs.structures)
-        builder.parameters = orm.Dict(self.inputs.relax.get_dict() if 'relax' in self.inputs else {})
-        builder.metadata.options = self._options(md=True)
+        """Relax every structure with the MACE model (the 0 K structures), with the screen's restarts (walltime:
+        the rest of the structures; out of memory: smaller batches)."""
+        builder = MlipScreenWorkChain.get_builder()
+        builder.screen.code, builder.screen.model = self.inputs.mlip_code, self.inputs.mace_model
+        builder.screen.structures = dict(self.inputs.structures)
+        builder.screen.parameters = orm.Dict(self.inputs.relax.get_dict() if 'relax' in self.inputs else {})
+        builder.screen.metadata.options = self._options(md=True)
         builder.metadata.call_link_label = 'relax'
         return ToContext(relax=self.submit(builder))
 
@@ -445,7 +443,7 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
             if not self.ctx[key].is_finished_ok:
                 return self.exit_codes.ERROR_PREDICTION_FAILED.format(label=key, status=self.ctx[key].exit_status)
         from aiida_capthermo.data.structures import get_structure_metadata
-        from aiida_capthermo.ml.thermal import ModesConfig
+        from aiida_capthermo.ml.settings import ModesConfig
 
         keys = sorted(self.inputs.structures)
         settings = orm.Dict({'keys': keys, 'temperatures': [float(t) for t in self.inputs.temperatures.get_list()],

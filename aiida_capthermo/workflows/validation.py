@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import math
 
-__all__ = ['PROTOTYPE_KEYS', 'compositions_error', 'prototype_error', 'supercell_error']
+__all__ = ['PROTOTYPE_KEYS', 'compositions_error', 'parent_error', 'prototype_error', 'supercell_error',
+           'supplied_by_parent']
 
 #: Keys of the ``prototype`` Dict: species a (face centres), b (body centre), host (x = 0) and guest (x = 1) on the
 #: corner sublattice, and the end members' primitive lattice parameters in Å.
 PROTOTYPE_KEYS = ('a', 'b', 'host', 'guest', 'a_host', 'a_guest')
+
+
+def supplied_by_parent(port_namespace, *names: str) -> bool:
+    """True when a workchain's inputs are exposed in a parent that leaves out ports ``names`` because it supplies them
+    at run time (the study): the parent checks those inputs itself, with what it will supply."""
+    return port_namespace is not None and hasattr(port_namespace, 'keys') and any(
+        name not in port_namespace for name in names)
 
 
 def prototype_error(prototype: dict) -> str | None:
@@ -40,9 +48,30 @@ def supercell_error(supercell: list) -> str | None:
 def compositions_error(x_values: list, supercell: list) -> str | None:
     """Why ``x_values`` are not compositions the supercell can hold (multiples of 1/n_sites in [0, 1]), or None.
 
-    The disordered sublattice has one site per primitive cell, so ``n_sites`` is the product of the diagonal.
+    The disordered sublattice has one site per primitive cell, so ``n_sites`` is the product of the diagonal; the
+    check is :func:`aiida_capthermo.core.solid_solution.guest_count`.
     """
+    from aiida_capthermo.core.solid_solution import guest_count
+
     n_sites = supercell[0] * supercell[1] * supercell[2]
-    if not x_values or any(not 0 <= x <= 1 or abs(x * n_sites - round(x * n_sites)) > 1e-6 for x in x_values):
-        return f'must be a non-empty list of multiples of 1/{n_sites} in [0, 1], got {x_values}'
+    if not x_values:
+        return f'compositions is empty: give at least one x (a multiple of 1/{n_sites} in [0, 1])'
+    for x in x_values:
+        try:
+            guest_count(x, n_sites)
+        except ValueError as exception:
+            return (f'{exception} (compositions must be multiples of 1/{n_sites} in [0, 1]: the supercell {supercell} '
+                    f'has {n_sites} sites on the disordered sublattice)')
+    return None
+
+
+def parent_error(atoms, species: str) -> str | None:
+    """Why ``atoms`` (ase.Atoms) is not the 5-atom cubic A3BX end member with ``species`` on the corner, or None
+    (:func:`aiida_capthermo.core.structures.check_end_member`)."""
+    from aiida_capthermo.core.structures import check_end_member
+
+    try:
+        check_end_member(atoms, species)
+    except ValueError as exception:
+        return str(exception)
     return None

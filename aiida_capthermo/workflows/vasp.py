@@ -302,7 +302,7 @@ class VaspLabelWorkChain(WorkChain):
         settings = self.inputs.settings.get_dict() if 'settings' in self.inputs else {}
         parser_settings = settings.setdefault('parser_settings', {})
         requested = list(parser_settings.get('energy_type', []))
-        parser_settings['energy_type'] = requested + [energy_type] if energy_type not in requested else requested
+        parser_settings['energy_type'] = [*requested, energy_type] if energy_type not in requested else requested
         self.ctx.preset = preset
         self.ctx.energy_type = energy_type
         self.ctx.incar = incar

@@ -67,7 +67,7 @@ def _child(container, key):
     if isinstance(container, orm.Dict):
         container = container.get_dict()
     if isinstance(container, (ProcessBuilderNamespace, dict)):
-        return container[key] if key in container else _MISSING
+        return container.get(key, _MISSING)  # a builder namespace is a Mapping too
     return _MISSING
 
 

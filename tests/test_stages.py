@@ -1,0 +1,104 @@
+"""The stage workchains the study chains, each run on its own for real on localhost: the two-stage GNN and the
+batch labelling (the potential's stage runs in tests/test_study.py and below)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import engine, orm
+
+from aiida_capthermo.data.dataset import DatasetData
+
+from gnn_helpers import synthetic_set
+
+
+def test_gnn_two_stage_learns_the_high_fidelity_shift(script_code):
+    """Low-fidelity gaps, then high-fidelity ones that are 1.25 x low + 0.4 eV: the fine-tuned model starts from the
+    first (parent link), and on held-out high-fidelity structures it is closer to the high-fidelity gaps than the
+    first model, whose error there is the systematic shift."""
+    from aiida_capthermo.workflows.gnn import GnnTwoStageWorkChain
+
+    low = DatasetData.from_labelled_set(synthetic_set(60, seed=0), fidelity='low', method='synthetic').store()
+    high = DatasetData.from_labelled_set(synthetic_set(40, seed=1, high_fidelity=True), fidelity='high',
+                                         method='synthetic-high').store()
+    held_out = synthetic_set(20, seed=2, high_fidelity=True)
+    hyper = {'max_epochs': 15, 'hidden_channels': 16, 'batch_size': 8, 'learning_rate': 5e-3, 'dropout': 0.0,
+             'patience': None}
+    builder = GnnTwoStageWorkChain.get_builder_from_protocol(
+        script_code('capthermo-gnn', 'capthermo.gnn_train'), protocol='demo',
+        overrides={'hyperparameters': hyper, 'finetune_hyperparameters': {**hyper, 'max_epochs': 15}},
+        low=low, high=high)
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    model_low, model = results['model_low'], results['model']
+    assert model.creator.inputs.parent_model.uuid == model_low.uuid
+    assert model.creator.inputs.datasets.high.uuid == high.uuid and model.sha256 != model_low.sha256
+    structures = [orm.StructureData(ase=held_out.atoms(i, with_labels=False)) for i in range(len(held_out))]
+    error = {name: np.array([p['gap'] for p in m.predict(structures)]) - held_out.gap
+             for name, m in (('low', model_low), ('high', model))}
+    assert abs(np.mean(error['low'])) > 0.2  # the first model misses the high-fidelity shift
+    assert np.mean(np.abs(error['high'])) < 0.5 * np.mean(np.abs(error['low']))
+    # Without a high-fidelity set there is one stage and its model is the one to use.
+    del builder.high
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok and results['model'].uuid == results['model_low'].uuid
+
+
+def test_batch_label_throttles_and_labels_like_a_direct_calculation(script_code):
+    """Five structures in batches of two, two jobs at a time: three jobs, the third submitted only after the first
+    two finished; the joined labels are in key order and equal a direct single point of the teacher."""
+    from aiida_capthermo.ml.labelling import CalculatorSpec, single_point_function
+    from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain
+
+    from mlip_helpers import small_cell
+
+    structures = {f's{index}': orm.StructureData(ase=small_cell(bool(index % 2), seed=index)) for index in range(5)}
+    results, node = engine.run_get_node(
+        BatchLabelWorkChain, structures=structures, batch_size=orm.Int(2), max_concurrent=orm.Int(2),
+        engine={'code': script_code('capthermo-label', 'capthermo.label')},
+        attributes=orm.Dict({'subset': 'test'}))
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    batches = sorted((c for c in node.called if c.process_label == 'LocalLabelWorkChain'), key=lambda c: c.ctime)
+    assert [sum(label.startswith('label__structures__') for label in child.base.links.get_incoming().all_link_labels())
+            for child in batches] == [2, 2, 1]
+    assert batches[2].ctime > max(child.mtime for child in batches[:2])  # at most two at once
+    labels = results['labels']
+    assert labels.n_structures == 5 and labels.base.attributes.get('subset') == 'test'
+    assert labels.base.attributes.get('n_failed') == 0
+    labelled = labels.get_labelled_set()
+    assert list(labelled.structure_uuid) == [structures[key].uuid for key in sorted(structures)]
+    direct = single_point_function(CalculatorSpec())(structures['s3'].get_ase())
+    assert labelled.energy[3] == pytest.approx(direct['energy'], abs=1e-6)
+    np.testing.assert_allclose(labelled.forces[30:40], direct['forces'], atol=1e-6)
+
+
+def test_mlip_potential_trains_checks_and_evaluates(script_code):
+    """The potential's stage alone on Lennard-Jones labels: one held-out structure validates the potential; the
+    evaluation job's errors on it are the training job's own validation errors (two independent calculations of the
+    same quantity); the MD check reports a verdict for every replica of the final potential."""
+    from aiida_capthermo.workflows.mlip_potential import MlipPotentialWorkChain
+
+    from mlip_helpers import lj_labelled_cells
+
+    dataset = DatasetData.from_labelled_set(lj_labelled_cells(12, rattle=0.1), method='LJ').store()
+    prototype = {'a': 'Ag', 'b': 'S', 'host': 'I', 'guest': 'Br', 'a_host': 4.8, 'a_guest': 4.6}
+    builder = MlipPotentialWorkChain.get_builder_from_protocol(
+        script_code('mace_run_train', 'capthermo.mace_finetune'), protocol='demo',
+        mlip_code=script_code('capthermo-mlip', 'capthermo.mlip_md'),
+        evaluate_code=script_code('capthermo-mace', 'capthermo.mace_evaluate'),
+        overrides={'hyperparameters': {'max_num_epochs': 2, 'num_channels': 8, 'max_L': 0, 'r_max': 4.0,
+                                       'default_dtype': 'float64', 'valid_fraction': 0.1},
+                   'options': {}, 'md_check': {'compositions': [0.5], 'temperatures': [300.0], 'steps': 40,
+                                               'threads': 1}},
+        dataset=dataset, prototype=orm.Dict(prototype), supercell=orm.List([2, 1, 1]))
+    del builder.refine  # refinement labels MD frames with a teacher: the study's test runs it
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    assert results['validation_set'].n_structures == 1 and results['training_set'].n_structures == 11
+    assert results['model'].creator.inputs.valid.uuid == results['validation_set'].uuid
+    evaluation = results['evaluation'].get_dict()
+    assert evaluation['forces']['mae'] == pytest.approx(results['metrics']['validation']['mae_f'], rel=0.02,
+                                                        abs=2e-4)
+    check = results['md_check'].get_dict()
+    assert check['n_replicas'] == 1 and check['replicas'][0]['x'] == 0.5 and check['replicas'][0]['steps'] <= 40
+    assert results['parity_plot'].get_content('rb')[:4] == b'\x89PNG'
