@@ -102,3 +102,136 @@ def test_mlip_potential_trains_checks_and_evaluates(script_code):
     check = results['md_check'].get_dict()
     assert check['n_replicas'] == 1 and check['replicas'][0]['x'] == 0.5 and check['replicas'][0]['steps'] <= 40
     assert results['parity_plot'].get_content('rb')[:4] == b'\x89PNG'
+
+
+def _xtb_labelled_cells(n: int) -> DatasetData:
+    """The small LJ-test cells labelled in this process by the engine that labels the MD frames (tblite GFN1-xTB
+    without the halogen-bond term): the refinement merges sets of one method only."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from aiida_capthermo.core.dataset import LabelledSet
+    from aiida_capthermo.ml.labelling import CalculatorSpec, single_point_function
+
+    from mlip_helpers import lj_labelled_cells
+
+    label = single_point_function(CalculatorSpec())
+    cells = lj_labelled_cells(n, rattle=0.1)
+    atoms_list, gaps = [], []
+    for index in range(n):
+        atoms = cells.atoms(index, with_labels=False)
+        result = label(atoms)
+        atoms.calc = SinglePointCalculator(atoms, energy=result['energy'], forces=result['forces'],
+                                           stress=result['stress'])
+        atoms_list.append(atoms)
+        gaps.append(result['gap'])
+    return DatasetData.from_labelled_set(LabelledSet.from_atoms_list(atoms_list, gap=np.array(gaps)),
+                                         engine='local', **CalculatorSpec().describe()).store()
+
+
+def _force_mae(model, dataset: DatasetData) -> float:
+    """Force MAE (eV/Å, over components) of ``model`` on ``dataset`` by MACE's own ASE calculator."""
+    import tempfile
+
+    from mace.calculators import MACECalculator
+
+    labelled = dataset.get_labelled_set()
+    with tempfile.TemporaryDirectory() as folder:
+        calc = MACECalculator(model_paths=str(model.export_files(folder)[model.main_file]), device='cpu',
+                              default_dtype='float64')
+        errors = []
+        for index in range(len(labelled)):
+            atoms = labelled.atoms(index, with_labels=False)
+            atoms.calc = calc
+            errors.append(np.abs(atoms.get_forces() - labelled.forces[labelled.offsets[index]:
+                                                                      labelled.offsets[index + 1]]).ravel())
+    return float(np.mean(np.concatenate(errors)))
+
+
+def test_mlip_potential_active_learning_learning_curve(script_code):
+    """Refinement as active learning: each round the current potential is evaluated on freshly labelled frames of its
+    own MD before it trains on them. A huge tolerance stops after round 0 (converged, no retraining); a tiny one runs
+    both rounds with one retraining in between, and each row of the learning curve is the force MAE of that round's
+    potential on that round's frames, recomputed here with MACE's ASE calculator; the frames were not in the set that
+    potential trained on."""
+    from aiida_capthermo.workflows.mlip_potential import MlipPotentialWorkChain
+
+    dataset = _xtb_labelled_cells(12)
+    prototype = {'a': 'Ag', 'b': 'S', 'host': 'I', 'guest': 'Br', 'a_host': 4.8, 'a_guest': 4.6}
+    refine = {'rounds': 2, 'compositions': [0.5], 'temperatures': [300.0], 'steps': 40, 'frame_stride': 20,
+              'max_frame_force': 1000.0, 'finetune_epochs': 1, 'threads': 1, 'dtype': 'float64'}
+    builder = MlipPotentialWorkChain.get_builder_from_protocol(
+        script_code('mace_run_train', 'capthermo.mace_finetune'), protocol='demo',
+        mlip_code=script_code('capthermo-mlip', 'capthermo.mlip_md'),
+        evaluate_code=script_code('capthermo-mace', 'capthermo.mace_evaluate'),
+        overrides={'hyperparameters': {'max_num_epochs': 2, 'num_channels': 8, 'max_L': 0, 'r_max': 4.0,
+                                       'default_dtype': 'float64', 'valid_fraction': 0.1},
+                   'options': {}, 'refine': {**refine, 'force_tolerance': 100.0}},
+        dataset=dataset, prototype=orm.Dict(prototype), supercell=orm.List([2, 1, 1]),
+        engine={'code': script_code('capthermo-label', 'capthermo.label')})
+
+    def called(node, label):
+        return [link.node for link in node.base.links.get_outgoing().all() if link.link_label.startswith(label)]
+
+    def trainings(node):
+        return sorted((n for n in node.called if n.process_label == 'FinetuneMaceWorkChain'), key=lambda n: n.ctime)
+
+    # (a) converged after round 0: one evaluation on fresh frames, no retraining, the first potential is final.
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    curve = results['learning_curve'].get_dict()
+    assert curve['converged'] is True and curve['force_tolerance'] == 100.0 and len(curve['rounds']) == 1
+    assert len(trainings(node)) == 1
+    assert len(called(node, 'refine0_evaluation')) == 1 and not called(node, 'refine1')
+    first = trainings(node)[0]
+    assert results['model'].uuid == first.outputs.model.uuid == curve['rounds'][0]['model_uuid']
+    assert results['training_set'].uuid == first.inputs.mace.train.uuid  # the frames were not trained on
+    assert results['md_frames'].n_structures == curve['rounds'][0]['n_frames'] > 0
+    reports = [log.message.split(']: ', 1)[-1] for log in orm.Log.collection.get_logs_for(node)]
+    assert any(m.startswith('refinement round 0: force MAE') and m.endswith('(tolerance 100.0)') for m in reports)
+    assert any(m.startswith('refinement converged in round 0') for m in reports)
+
+    # (b) not converged: two rounds, two evaluations, one retraining between them.
+    builder.refine = orm.Dict({**refine, 'force_tolerance': 1e-6})
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    curve = results['learning_curve'].get_dict()
+    rows = curve['rounds']
+    assert curve['converged'] is False and len(rows) == 2 and [row['round'] for row in rows] == [0, 1]
+    trained_in = trainings(node)
+    assert len(trained_in) == 2
+    assert [n.process_label for n in called(node, 'refine')].count('MaceEvaluateCalcJob') == 2
+    models = [training.outputs.model for training in trained_in]
+    assert [row['model_uuid'] for row in rows] == [model.uuid for model in models]
+    assert results['model'].uuid == models[1].uuid and rows[0]['model_uuid'] != rows[1]['model_uuid']
+    frames = []
+    for k, (row, model, training) in enumerate(zip(rows, models, trained_in)):
+        evaluation = called(node, f'refine{k}_evaluation')[0]
+        round_frames = evaluation.inputs.dataset
+        frames.append(round_frames)
+        assert evaluation.inputs.model.uuid == model.uuid
+        assert row['n_frames'] == round_frames.n_structures > 0
+        assert row['n_training'] == training.inputs.mace.train.n_structures
+        assert row['force_mae'] == pytest.approx(_force_mae(model, round_frames), rel=1e-4)
+        # out of sample: none of the round's frames is in the set its potential trained on
+        trained = training.inputs.mace.train.get_labelled_set()
+        fresh = round_frames.get_labelled_set()
+        assert all(fresh.structure_uuid)
+        assert not set(fresh.structure_uuid) & set(trained.structure_uuid)
+        assert not any(fresh.n_atoms[j] == trained.n_atoms[i] and np.allclose(
+            fresh.positions[fresh.offsets[j]:fresh.offsets[j + 1]],
+            trained.positions[trained.offsets[i]:trained.offsets[i + 1]], atol=1e-6)
+            for j in range(len(fresh)) for i in range(len(trained)))
+    # the retrained potential learned round 0's frames; the final training set lacks round 1's
+    assert set(frames[0].get_labelled_set().structure_uuid) <= set(
+        trained_in[1].inputs.mace.train.get_labelled_set().structure_uuid)
+    assert results['training_set'].uuid == trained_in[1].inputs.mace.train.uuid
+    assert results['training_set'].n_structures == rows[0]['n_training'] + rows[0]['n_frames']
+    reports = [log.message.split(']: ', 1)[-1] for log in orm.Log.collection.get_logs_for(node)]
+    assert sum(m.startswith('refinement round ') and 'fresh MD frames (tolerance 1e-06)' in m for m in reports) == 2
+    assert any(m.startswith('WARNING: refinement did not converge in 2 round(s)') for m in reports)
+    assert list(results['md_frames'].get_labelled_set().structure_uuid) == [
+        uuid for dataset in frames for uuid in dataset.get_labelled_set().structure_uuid]
+    # refine without the evaluation code is refused before anything runs
+    del builder.evaluate_code
+    with pytest.raises(ValueError, match='it needs evaluate_code'):
+        engine.run(builder)

@@ -1,13 +1,19 @@
-"""``MlipPotentialWorkChain``: a MACE potential from a labelled set, refined with its own MD, checked and evaluated.
+"""``MlipPotentialWorkChain``: a MACE potential from a labelled set, refined by active learning on its own MD,
+checked and evaluated.
 
 1. **Train.** One held-out set of the labelled (phonon-informed) structures is split off once and validates every
-   round; ``FinetuneMaceWorkChain`` (restarts after walltime and out-of-memory failures) trains on the rest, from a
-   foundation model node, a named foundation, or from scratch.
-2. **Refine** (``refine``, optional): rounds of active learning. Langevin MD with the current potential from Vegard
-   cells at the given compositions and temperatures (``MlipMdCalcJob``, the batched engine); its frames become
-   structures (calcfunction), are labelled by the teacher's low engine (``BatchLabelWorkChain``) and merged into the
-   training set; the potential is trained again (from scratch, or continued from the last one for
-   ``finetune_epochs``).
+   training; ``FinetuneMaceWorkChain`` (restarts after walltime and out-of-memory failures) trains on the rest, from
+   a foundation model node, a named foundation, or from scratch.
+2. **Refine** (``refine``, optional, needs ``evaluate_code``): at most ``rounds`` rounds of active learning. Each
+   round runs Langevin MD with the current potential from Vegard cells at the given compositions and temperatures
+   (``MlipMdCalcJob``, the batched engine); its frames become structures (calcfunction) and are labelled by the
+   teacher's low engine (``BatchLabelWorkChain``); then the current potential is evaluated on these fresh frames
+   (``MaceEvaluateCalcJob``) *before* it trains on them: an out-of-sample error of the potential on the
+   configurations its own MD visits. When the force MAE is at most ``force_tolerance`` the loop stops (converged,
+   the potential is final); otherwise, if rounds remain, the frames are merged into the training set and the
+   potential is trained again (from scratch, or continued from the last one for ``finetune_epochs``). Retraining
+   happens only between rounds, so the final potential is always the one evaluated last on fresh frames. The
+   per-round errors are the ``learning_curve``; every labelled frame is in ``md_frames``.
 3. **Check** (optional, side by side): MD of mixed cells with the final potential (``md_check``, a stability verdict
    per replica) and the errors of the final potential on the held-out set (``evaluate_code``).
 
@@ -15,6 +21,8 @@ A low validation error does not make a potential that MD can run with: that is w
 """
 
 from __future__ import annotations
+
+import io
 
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, append_, calcfunction, if_, while_
@@ -33,7 +41,7 @@ from aiida_capthermo.workflows.engines import engine_namespace
 from aiida_capthermo.workflows.functions import frames_to_structures, merge_datasets, split_dataset
 from aiida_capthermo.workflows.mace import FinetuneMaceWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options
-from aiida_capthermo.workflows.report import mace_parity_plot
+from aiida_capthermo.workflows.report import learning_curve_png, mace_parity_plot
 from aiida_capthermo.workflows.validation import compositions_error, supplied_by_parent
 
 __all__ = ['MdStageSettings', 'MlipPotentialWorkChain']
@@ -50,7 +58,12 @@ class MdStageSettings(MdConfig):
     temperature. Unknown keys are rejected.
     """
 
-    rounds: int = Field(1, ge=1, description='Refinement rounds (refine only).')
+    rounds: int = Field(1, ge=1, description='Refine only: at most this many rounds of MD -> label -> evaluate the '
+                                             'current potential on the fresh frames; the potential is retrained on '
+                                             'the frames between rounds only (rounds N: up to N-1 retrainings).')
+    force_tolerance: float | None = Field(
+        None, gt=0, description='Refine only: stop (converged) when the force MAE of the current potential on the '
+                                'fresh frames of a round is at most this (eV/Å); None runs every round.')
     compositions: list[float] = Field(default_factory=lambda: [0.5], min_length=1,
                                       description='Compositions x of the starting cells, one MD job each.')
     finetune_epochs: int | None = Field(
@@ -59,7 +72,7 @@ class MdStageSettings(MdConfig):
 
     def md_parameters(self, seed_offset: int = 0) -> dict:
         """The ``MdConfig`` of one MD job (the seed shifted so that every job draws its own noise)."""
-        return {**self.model_dump(exclude={'rounds', 'compositions', 'finetune_epochs'}),
+        return {**self.model_dump(exclude={'rounds', 'compositions', 'finetune_epochs', 'force_tolerance'}),
                 'seed': self.seed + seed_offset}
 
 
@@ -68,9 +81,13 @@ def validate_md_stage(value: orm.Dict, _) -> str | None:
 
 
 def validate_inputs(inputs, ports) -> str | None:
-    """The MD stages need the MD code, compositions the supercell holds, and a labelling engine to refine."""
+    """The MD stages need the MD code, compositions the supercell holds, and a labelling engine and the evaluation
+    code to refine."""
     if supplied_by_parent(ports, 'prototype', 'supercell', 'engine'):
         return None  # the study checks them with the dataset's
+    if 'refine' in inputs and 'evaluate_code' not in inputs:
+        return ('refine evaluates each potential on the fresh MD frames before training on them: it needs '
+                'evaluate_code (a capthermo-mace code)')
     if ('refine' in inputs or 'md_check' in inputs) and not ('mlip_code' in inputs and 'prototype' in inputs):
         return 'refine and md_check need mlip_code (a capthermo-mlip code) and the prototype of their start cells'
     if 'refine' in inputs and 'code' not in inputs.get('engine', {}):
@@ -93,6 +110,29 @@ def collect_md_results(**results) -> orm.Dict:
                      'replicas': replicas})
 
 
+@calcfunction
+def learning_curve(settings: orm.Dict, **metrics) -> dict:
+    """The out-of-sample learning curve of the refinement: one row per round (``metrics``: the ``metrics`` of
+    ``MaceEvaluateCalcJob`` on that round's fresh MD frames, keys ``round_00``...; ``settings``: ``force_tolerance``
+    and per round ``n_training``, ``model_uuid``, ``compositions``, ``temperatures``)."""
+    s = settings.get_dict()
+    rows = []
+    for key, row in zip(sorted(metrics), s['rounds']):
+        values = metrics[key].get_dict()
+        rows.append({'round': row['round'], 'n_frames': values['n_structures'], 'n_training': row['n_training'],
+                     'force_mae': values['forces']['mae'], 'force_rmse': values['forces']['rmse'],
+                     'energy_per_atom_mae': values['energy_per_atom']['mae'], 'model_uuid': row['model_uuid'],
+                     'compositions': row['compositions'], 'temperatures': row['temperatures']})
+    tolerance = s.get('force_tolerance')
+    curve = {'rounds': rows, 'force_tolerance': tolerance,
+             'converged': None if tolerance is None or not rows else bool(rows[-1]['force_mae'] <= tolerance),
+             'units': {'force_mae': 'eV/Å', 'force_rmse': 'eV/Å', 'energy_per_atom_mae': 'eV/atom',
+                       'force_tolerance': 'eV/Å'}}
+    png = learning_curve_png(curve)
+    return {'learning_curve': orm.Dict(curve),
+            'plot': orm.SinglefileData(io.BytesIO(png), filename='mace_learning_curve.png')}
+
+
 class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
     """Train a MACE potential, refine it with labelled frames of its own MD, check it by MD and evaluate it."""
 
@@ -104,8 +144,9 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
                                   overrides: dict | None = None, options: dict | None = None, **inputs):
         """Builder from ``protocols/mlip_potential.yaml`` (``demo``, ``fast``, ``paper``) merged with
         ``overrides``. The MD stages of the protocol (``refine``, ``md_check``) are set when ``mlip_code``
-        (capthermo-mlip) is given, ``evaluate_code`` (capthermo-mace) adds the evaluation on the held-out set;
-        each code may also be an override (a code label). ``options`` are the scheduler options of every job (the
+        (capthermo-mlip) is given, ``evaluate_code`` (capthermo-mace) adds the evaluation on the held-out set and
+        is needed by ``refine`` (each round's potential evaluated on its fresh MD frames); each code may also be an
+        override (a code label). ``options`` are the scheduler options of every job (the
         protocol's own ``options`` and ``md_options`` win). ``inputs`` (dataset, prototype, supercell, engine...)
         are set as they are."""
         values = cls.get_protocol_inputs(protocol, overrides)
@@ -149,9 +190,11 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
                    validator=code_validator('capthermo.mlip_md'),
                    help='A capthermo-mlip code: runs the MD of refine and md_check.')
         spec.input('refine', valid_type=orm.Dict, required=False, validator=validate_md_stage,
-                   help='Active learning: rounds, compositions (x), temperatures (K), steps, frame_stride, '
-                        'max_frame_force (eV/Å) ... (MdConfig keys), finetune_epochs. Frames of MD with the '
-                        'potential are labelled by `engine` and the potential is trained again on the merged '
+                   help='Active learning (needs evaluate_code): rounds (at most), force_tolerance (eV/Å), '
+                        'compositions (x), temperatures (K), steps, frame_stride, max_frame_force (eV/Å) ... '
+                        '(MdConfig keys), finetune_epochs. Each round, frames of MD with the current potential are '
+                        'labelled by `engine` and the potential is evaluated on them (out of sample); unless its '
+                        'force MAE is within force_tolerance or no round remains, it is trained again on the merged '
                         'set (from scratch, or continued from the last one for finetune_epochs).')
         spec.input('md_check', valid_type=orm.Dict, required=False, validator=validate_md_stage,
                    help='MD stability check of the final potential: compositions, temperatures (K), steps, '
@@ -160,7 +203,8 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
                    help='Scheduler options of the MD and evaluation jobs (default: those of the MACE job).')
         spec.input('evaluate_code', valid_type=orm.AbstractCode, required=False,
                    validator=code_validator('capthermo.mace_evaluate'),
-                   help='A capthermo-mace code: evaluates the final potential on the held-out set.')
+                   help='A capthermo-mace code: evaluates the final potential on the held-out set, and each '
+                        'refinement round\'s potential on its fresh MD frames (required by refine).')
         spec.input('prototype', valid_type=orm.Dict, required=False,
                    help='The solid solution (species a, b, host, guest; a_host, a_guest Å) of the MD start cells.')
         spec.input('supercell', valid_type=orm.List, default=lambda: orm.List([2, 2, 2]),
@@ -181,9 +225,15 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
                 cls.inspect_refine_md,
                 cls.run_refine_labels,
                 cls.inspect_refine_labels,
-                cls.run_training,
-                cls.inspect_training,
+                cls.run_refine_evaluation,
+                cls.inspect_refine_evaluation,
+                if_(cls.should_retrain)(
+                    cls.merge_frames,
+                    cls.run_training,
+                    cls.inspect_training,
+                ),
             ),
+            cls.collect_refinement,
             if_(cls.should_check)(cls.run_checks, cls.inspect_checks),
             cls.results,
         )
@@ -191,7 +241,7 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         spec.output('metrics', valid_type=orm.Dict, help='MACE errors of the final round on train/validation.')
         spec.output('training_set', valid_type=DatasetData,
                     help='The set the final potential was trained on (the dataset less the validation set, plus '
-                         'labelled MD frames).')
+                         'the labelled MD frames of the rounds before the last).')
         spec.output('validation_set', valid_type=DatasetData,
                     help='Held-out structures of the dataset that validate every round (metrics `validation`).')
         spec.output('evaluation', valid_type=orm.Dict, required=False,
@@ -199,6 +249,16 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
                          'stress: MAE, RMSE, R²), from MaceEvaluateCalcJob (with evaluate_code).')
         spec.output('parity_plot', valid_type=orm.SinglefileData, required=False,
                     help='Parity plot of the evaluation (PNG).')
+        spec.output('learning_curve', valid_type=orm.Dict, required=False,
+                    help='Refinement: per round the out-of-sample errors of the current potential on its fresh MD '
+                         'frames before training on them (round, n_frames, n_training, force_mae and force_rmse '
+                         'eV/Å, energy_per_atom_mae eV/atom, model_uuid, compositions, temperatures), '
+                         'force_tolerance, converged (last force_mae within it; None without a tolerance), units.')
+        spec.output('learning_curve_plot', valid_type=orm.SinglefileData, required=False,
+                    help='PNG of the learning curve: force MAE/RMSE on fresh frames against the training-set size.')
+        spec.output('md_frames', valid_type=DatasetData, required=False,
+                    help='Refinement: every labelled MD frame of every round (also the last round\'s, which the '
+                         'final potential did not train on), labelled by the low engine.')
         spec.output('md_check', valid_type=orm.Dict, required=False,
                     help='MD stability of the final potential: stable, n_stable, per replica x, T (K), mean '
                          'temperature (K), closest pair and distance (Å).')
@@ -222,6 +282,10 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
                                                              'seed': hyper.get('seed', 123)}))
         self.ctx.train, self.ctx.valid = split['train'], split['valid']
         self.ctx.round = 0
+        self.ctx.converged = False
+        self.ctx.curve = []  # per refinement round: what the learning curve records besides the evaluation metrics
+        self.ctx.round_metrics = {}
+        self.ctx.md_labels = []
 
     def run_training(self):
         """Train on the current training set; in a refinement round with ``finetune_epochs``, continue from the
@@ -273,7 +337,9 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
             self.to_context(**{context: append_(self.submit(MlipMdCalcJob, **inputs))})
 
     def should_refine(self) -> bool:
-        return 'refine' in self.inputs and self.ctx.round < self._md_settings('refine').rounds
+        """Another round: refine is set, the last round did not converge and rounds remain."""
+        return ('refine' in self.inputs and not self.ctx.converged
+                and self.ctx.round < self._md_settings('refine').rounds)
 
     def run_refine_md(self):
         settings = self._md_settings('refine')
@@ -318,12 +384,69 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_REFINE_LABELS_FAILED.format(message=f'[{node.exit_status}] '
                                                                              f'{node.exit_message}')
-        previous = self.ctx.train
-        self.ctx.train = merge_datasets(orm.Dict({'subset': 'low+md', 'refine_round': self.ctx.round}),
-                                        training_set=previous, md_frames=node.outputs.labels)
-        self.report(f'training set {previous.n_structures} -> {self.ctx.train.n_structures} structures')
+        self.ctx.md_labels.append(node.outputs.labels)
+        return None
+
+    def run_refine_evaluation(self):
+        """Evaluate the current potential on the freshly labelled frames, before it trains on them: its error on
+        configurations it has not seen, drawn from its own MD."""
+        return ToContext(refine_evaluation=self.submit(
+            MaceEvaluateCalcJob, code=self.inputs.evaluate_code, model=self.ctx.model,
+            dataset=self.ctx.md_labels[-1],
+            metadata={'call_link_label': f'refine{self.ctx.round}_evaluation', 'options': self._md_options()}))
+
+    def inspect_refine_evaluation(self):
+        """Record the round on the learning curve; converged when the force MAE is within the tolerance."""
+        node = self.ctx.refine_evaluation
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_MACE_EVALUATION_FAILED.format(
+                message=f'{node.pk} [{node.exit_status}] {node.exit_message}')
+        settings = self._md_settings('refine')
+        metrics = node.outputs.metrics.get_dict()
+        force_mae = metrics['forces']['mae']
+        self.ctx.round_metrics[f'round_{self.ctx.round:02d}'] = node.outputs.metrics
+        self.ctx.curve.append({'round': self.ctx.round, 'n_training': self.ctx.train.n_structures,
+                               'model_uuid': self.ctx.model.uuid, 'compositions': list(settings.compositions),
+                               'temperatures': list(settings.temperatures)})
+        tolerance = settings.force_tolerance
+        self.report(f'refinement round {self.ctx.round}: force MAE {force_mae:.4g} eV/Å on {metrics["n_structures"]} '
+                    f'fresh MD frames (tolerance {tolerance if tolerance is not None else "none"})')
+        self.ctx.converged = tolerance is not None and force_mae <= tolerance
         self.ctx.round += 1
         return None
+
+    def should_retrain(self) -> bool:
+        """Retrain between rounds only: not after a converged round nor after the last one, so that the final
+        potential is the one last evaluated on fresh frames."""
+        return not self.ctx.converged and self.ctx.round < self._md_settings('refine').rounds
+
+    def merge_frames(self):
+        """Merge the labelled frames of the round just evaluated into the training set."""
+        previous = self.ctx.train
+        self.ctx.train = merge_datasets(orm.Dict({'subset': 'low+md', 'refine_round': self.ctx.round - 1}),
+                                        training_set=previous, md_frames=self.ctx.md_labels[-1])
+        self.report(f'training set {previous.n_structures} -> {self.ctx.train.n_structures} structures')
+
+    def collect_refinement(self):
+        """The learning curve and every labelled frame of the refinement."""
+        if not self.ctx.curve:
+            return
+        tolerance = self._md_settings('refine').force_tolerance
+        outputs = learning_curve(orm.Dict({'force_tolerance': tolerance, 'rounds': self.ctx.curve}),
+                                 **self.ctx.round_metrics)
+        curve = outputs['learning_curve']
+        self.out('learning_curve', curve)
+        self.out('learning_curve_plot', outputs['plot'])
+        labels = self.ctx.md_labels
+        self.out('md_frames', merge_datasets(orm.Dict({'subset': 'md', 'refine_rounds': len(labels)}),
+                                             **{f'round_{index:02d}': node for index, node in enumerate(labels)}))
+        last = curve['rounds'][-1]
+        if curve['converged']:
+            self.report(f'refinement converged in round {last["round"]}: force MAE {last["force_mae"]:.4g} eV/Å <= '
+                        f'tolerance {tolerance} eV/Å; potential {self.ctx.model.pk} is final')
+        elif tolerance is not None:
+            self.report(f'WARNING: refinement did not converge in {len(labels)} round(s): force MAE '
+                        f'{last["force_mae"]:.4g} eV/Å on fresh MD frames > tolerance {tolerance} eV/Å')
 
     # ------------------------------------------------------------------ checks of the final potential
     def should_check(self) -> bool:
