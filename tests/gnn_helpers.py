@@ -15,10 +15,12 @@ def ag3si_cell() -> Atoms:
                  cell=np.eye(3) * A_AG3SI, pbc=True)
 
 
-def synthetic_set(n: int = 60, seed: int = 0, repeat=(2, 1, 1), high_fidelity: bool = False) -> LabelledSet:
+def synthetic_set(n: int = 60, seed: int = 0, repeat=(2, 1, 1), high_fidelity: bool = False,
+                  amplitude: tuple[float, float] = (0.0, 0.3), temperature: float = 300.0) -> LabelledSet:
     """Displaced Ag3S(Br,I) cells with a smooth synthetic 'gap' (eV) that depends on Br fraction and disorder.
 
     gap = 1.6 + 0.3 x - 1.5 * rms displacement (low fidelity); the 'high fidelity' gap is 1.25 * low + 0.4.
+    Each cell's largest displacement per component is drawn from ``amplitude`` (Å).
     """
     rng = np.random.default_rng(seed)
     base = ag3si_cell().repeat(repeat)
@@ -28,8 +30,8 @@ def synthetic_set(n: int = 60, seed: int = 0, repeat=(2, 1, 1), high_fidelity: b
         atoms = base.copy()
         n_br = rng.integers(0, len(halides) + 1)
         atoms.numbers[rng.choice(halides, n_br, replace=False)] = 35
-        amplitude = rng.uniform(0.0, 0.3)
-        displacement = rng.uniform(-amplitude, amplitude, size=atoms.positions.shape)
+        largest = rng.uniform(*amplitude)
+        displacement = rng.uniform(-largest, largest, size=atoms.positions.shape)
         atoms.positions += displacement
         x = n_br / len(halides)
         gap = 1.6 + 0.3 * x - 1.5 * np.sqrt(np.mean(np.sum(displacement ** 2, axis=1)))
@@ -39,5 +41,5 @@ def synthetic_set(n: int = 60, seed: int = 0, repeat=(2, 1, 1), high_fidelity: b
         gaps.append(gap)
         xs.append(x)
     energy = -3.0 * np.array([len(a) for a in frames]) - np.array(gaps)
-    return LabelledSet.from_atoms_list(frames, gap=np.array(gaps), x=np.array(xs), temperature=np.full(n, 300.0),
+    return LabelledSet.from_atoms_list(frames, gap=np.array(gaps), x=np.array(xs), temperature=np.full(n, temperature),
                                        origin=np.full(n, 'random'), energy=energy)

@@ -29,8 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ['allocate_budget', 'grid_indices', 'select_frames', 'paired_difference', 'mean_with_stderr',
-           'force_errors', 'point_key', 'validation_rows']
+__all__ = ['allocate_budget', 'grid_indices', 'select_frames', 'spread_subset', 'paired_difference',
+           'mean_with_stderr', 'force_errors', 'point_key', 'validation_rows']
 
 
 def allocate_budget(capacities: Sequence[int], budget: int) -> list[int]:
@@ -137,6 +137,20 @@ def select_frames(series: Sequence[dict], per_point: int, min_spacing: int = 1, 
                                'temperature': float(member['temperature']), 'point': key,
                                'replica': member['replica'], 'spacing': member['spacing']})
     return sorted(picked, key=lambda frame: frame['index'])
+
+
+def spread_subset(x: Sequence[float], temperature: Sequence[float], n: int, seed: int = 0) -> list[int]:
+    """``n`` structures spread evenly over the (x, T) points of a set (:func:`allocate_budget`), drawn at random
+    within each point; the indices are sorted. All of them when ``n`` is at least the size of the set."""
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for index, (x_value, t_value) in enumerate(zip(x, temperature)):
+        groups.setdefault(point_key(float(x_value), float(t_value)), []).append(index)
+    keys = sorted(groups)
+    picked = []
+    for key, share in zip(keys, allocate_budget([len(groups[key]) for key in keys], n)):
+        picked.extend(int(i) for i in rng.choice(groups[key], size=share, replace=False))
+    return sorted(picked)
 
 
 def mean_with_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:

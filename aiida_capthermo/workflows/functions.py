@@ -84,3 +84,16 @@ def split_dataset(dataset: DatasetData, settings: orm.Dict) -> dict:
     return {name: _dataset_like(dataset, labelled.subset(indices), split=name, source=dataset.uuid,
                                 subset=dataset.base.attributes.get('subset', None))
             for name, indices in parts.items()}
+
+
+@calcfunction
+def spread_subset(dataset: DatasetData, settings: orm.Dict) -> DatasetData:
+    """``settings['n']`` structures of ``dataset`` spread evenly over its (x, T) points, drawn at random within
+    each (``settings['seed']``; :func:`aiida_capthermo.core.validation.spread_subset`)."""
+    from aiida_capthermo.core.validation import spread_subset as indices
+
+    labelled = dataset.get_labelled_set()
+    chosen = indices(labelled.x, labelled.temperature, int(settings['n']), int(settings.get('seed', 0)))
+    return _dataset_like(dataset, labelled.subset(chosen), source=dataset.uuid, picked=chosen,
+                         subset=dataset.base.attributes.get('subset', None))
+

@@ -4,6 +4,12 @@ Stage one trains ``GnnTrainCalcJob`` on the low-fidelity gaps (the displaced set
 equilibrium set); stage two fine-tunes every weight of that model on the high-fidelity gaps (the PBEsol -> HSEsol
 step of the paper). Without a high-fidelity set the first model is the one to use. Both jobs are in the graph:
 the second job's ``parent_model`` is the first job's ``model``.
+
+MD frames (``md_frames``: frames of MD with the potential, labelled by the low engine, as the potential's
+active learning makes them) teach the model the thermal disorder it will be averaged over: their low-fidelity gaps
+join stage one at no extra cost, and ``md_high_labels`` of them, spread over their (x, T), are labelled by the high
+engine (``high_engine``, a budget of teacher labels) and join stage two. The thermal stage's own frames, on which
+the validation stage checks the model, are never among them.
 """
 
 from __future__ import annotations
@@ -16,9 +22,25 @@ from aiida_capthermo.calculations.gnn import GnnTrainCalcJob
 from aiida_capthermo.calculations.gnn import validate_hyperparameters as validate_gnn_hyperparameters
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain
+from aiida_capthermo.workflows.engines import engine_namespace
+from aiida_capthermo.workflows.functions import frames_to_structures, spread_subset
 from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options
+from aiida_capthermo.workflows.validation import supplied_by_parent
 
 __all__ = ['GnnTwoStageWorkChain']
+
+
+def validate_inputs(inputs, ports) -> str | None:
+    """High-fidelity labels of MD frames need the high engine. (Without md_frames or a high-fidelity set, the
+    protocol's md_high_labels has nothing to label and is not used.)"""
+    n = inputs['md_high_labels'].value if 'md_high_labels' in inputs else 0
+    if n < 0:
+        return f'md_high_labels must be >= 0, got {n}'
+    if n and 'md_frames' in inputs and 'high' in inputs and not supplied_by_parent(ports, 'high_engine') \
+            and 'code' not in inputs.get('high_engine', {}):
+        return 'md_high_labels labels MD frames with the high-fidelity engine: give high_engine.code'
+    return None
 
 
 class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
@@ -46,7 +68,23 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
                    help='Hyper-parameters of the second (high-fidelity) stage; default: those of the first stage.')
         spec.input('options', valid_type=orm.Dict, required=False, validator=validate_options,
                    help='Scheduler options of the GNN jobs.')
+        spec.input('md_frames', valid_type=DatasetData, required=False,
+                   help='MD frames labelled by the low engine (gap eV; x, temperature K), e.g. the potential\'s '
+                        'active-learning frames: their gaps join the first stage.')
+        spec.input('md_high_labels', valid_type=orm.Int, default=lambda: orm.Int(0),
+                   help='How many of md_frames, spread over their (x, T), the high engine labels for the second '
+                        'stage (the budget of teacher labels on thermal frames); 0: none.')
+        spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0),
+                   help='Seed of the choice of the md_high_labels frames.')
+        spec.input('batch_size', valid_type=orm.Int, default=lambda: orm.Int(20),
+                   help='At most this many MD frames per high-fidelity labelling job.')
+        spec.input('max_concurrent', valid_type=orm.Int, default=lambda: orm.Int(4),
+                   help='High-fidelity labelling jobs running at the same time.')
+        engine_namespace(spec, 'high_engine', required=False,
+                         help='The high-fidelity labelling engine (the dataset\'s high engine) for md_high_labels.')
+        spec.inputs.validator = validate_inputs
         spec.outline(
+            if_(cls.should_label_md)(cls.label_md, cls.inspect_md_labels),
             cls.run_low,
             cls.inspect_low,
             if_(cls.has_high_fidelity)(cls.run_high, cls.inspect_high),
@@ -61,6 +99,10 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
         spec.output('metrics', valid_type=orm.Dict, help='Metrics per split of `model`.')
         spec.output('parity_plot', valid_type=orm.SinglefileData, required=False,
                     help='Parity plot of `model` (PNG).')
+        spec.output('md_high', valid_type=DatasetData, required=False,
+                    help='The high-fidelity gaps (eV) of the md_high_labels MD frames the second stage trained on.')
+        spec.exit_code(410, 'ERROR_MD_LABELLING_FAILED',
+                       message='The high-fidelity labelling of the MD frames failed: {message}')
         spec.exit_code(420, 'ERROR_GNN_FAILED', message='GNN training ({stage}) failed: {message}')
 
     @classmethod
@@ -87,10 +129,36 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
             inputs['metadata']['options'] = self.inputs.options.get_dict()
         return inputs
 
+    def should_label_md(self) -> bool:
+        return (self.inputs.md_high_labels.value > 0 and 'high' in self.inputs and 'md_frames' in self.inputs
+                and 'code' in self.inputs.get('high_engine', {}))
+
+    def label_md(self):
+        """Label ``md_high_labels`` MD frames, spread over their (x, T), with the high engine."""
+        subset = spread_subset(self.inputs.md_frames, orm.Dict({'n': self.inputs.md_high_labels.value,
+                                                                'seed': self.inputs.seed.value}))
+        concurrent = self.inputs.max_concurrent.value
+        batch_size = min(self.inputs.batch_size.value, -(-subset.n_structures // concurrent))
+        self.report(f'labelling {subset.n_structures} MD frames with the high-fidelity engine')
+        return ToContext(md_labels=self.submit(
+            BatchLabelWorkChain, structures=frames_to_structures(subset), engine=dict(self.inputs.high_engine),
+            fidelity=orm.Str('high'), batch_size=orm.Int(batch_size), max_concurrent=orm.Int(concurrent),
+            attributes=orm.Dict({'subset': 'md', 'fidelity': 'high'}), metadata={'call_link_label': 'label_md_high'}))
+
+    def inspect_md_labels(self):
+        node = self.ctx.md_labels
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_MD_LABELLING_FAILED.format(message=f'[{node.exit_status}] '
+                                                                             f'{node.exit_message}')
+        self.out('md_high', node.outputs.labels)
+        return None
+
     def run_low(self):
         datasets = {'low': self.inputs.low}
         if 'equilibrium' in self.inputs:
             datasets['equilibrium'] = self.inputs.equilibrium
+        if 'md_frames' in self.inputs:
+            datasets['md'] = self.inputs.md_frames
         return ToContext(gnn_low=self.submit(GnnTrainCalcJob, **self._inputs(self.inputs.hyperparameters,
                                                                               'gnn_low', **datasets)))
 
@@ -102,7 +170,10 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
 
     def run_high(self):
         hyperparameters = self.inputs.get('finetune_hyperparameters', self.inputs.hyperparameters)
-        inputs = self._inputs(hyperparameters, 'gnn_high', high=self.inputs.high)
+        datasets = {'high': self.inputs.high}
+        if 'md_labels' in self.ctx:
+            datasets['md'] = self.ctx.md_labels.outputs.labels
+        inputs = self._inputs(hyperparameters, 'gnn_high', **datasets)
         inputs['parent_model'] = self.ctx.gnn_low.outputs.model
         return ToContext(gnn_high=self.submit(GnnTrainCalcJob, **inputs))
 
