@@ -101,6 +101,13 @@ def main() -> int:
     if 'training_set' in node.outputs.mace:
         origins = node.outputs.mace.training_set.base.attributes.get('origins')
         print(f'  mace.training_set: {node.outputs.mace.training_set.n_structures} structures {origins}')
+    if 'learning_curve' in node.outputs.mace:
+        curve = node.outputs.mace.learning_curve.get_dict()
+        for row in curve['rounds']:
+            print(f'  mace active learning, round {row["round"]}: force MAE {row["force_mae"]:.3f} eV/Å on '
+                  f'{row["n_frames"]} fresh MD frames (trained on {row["n_training"]})')
+        print(f'  mace active learning converged (tolerance {curve["force_tolerance"]} eV/Å): {curve["converged"]} '
+              f'({args.figures}/mace_learning_curve.png)')
     if 'md_check' in node.outputs.mace:
         check = node.outputs.mace.md_check.get_dict()
         print(f'  mace.md_check: stable={check["stable"]} ({check["n_stable"]}/{check["n_replicas"]} replicas)')
@@ -112,7 +119,18 @@ def main() -> int:
         from aiida_capthermo.workflows.report import write_report
 
         text, files = write_report(node, args.figures)
-        print(f'\nTable I (Eg in eV, error bars = standard errors of the decorrelated MD samples):\n{text}')
+        if 'validation' in node.outputs and 'validation' in node.outputs.validation:
+            validation = node.outputs.validation.validation.get_dict()
+            print(f'\nValidation on frames of the thermal MD (teacher {validation["teacher_method"]}; '
+                  f'{args.figures}/validation.png):')
+            for row in validation['rows']:
+                bias = row['gnn_bias_stderr']
+                nan = float('nan')
+                print(f'  x = {row["x"]:.3f}, T = {row["temperature"]:3.0f} K, {row["n_frames"]} frames: teacher '
+                      f'{row["teacher_gap"] or nan:.3f} eV, GNN bias {row["gnn_bias"] or nan:+.3f}'
+                      + (f' ± {bias:.3f}' if bias is not None else '') + f' eV, MLIP force MAE '
+                      f'{row["force_mae"] or nan:.3f} eV/Å')
+        print(f'\nTable I (Eg in eV: the GNN\'s MD average corrected by the teacher, docs/thermal.md):\n{text}')
         record = json.loads((pathlib.Path(args.figures) / 'run.json').read_text())
         print(f'Stages (wall seconds from the nodes; {args.figures}/run.json has every job):')
         for stage in record['stages']:

@@ -47,9 +47,9 @@ def costs(protocol: str) -> dict:
         'labels (low + equilibrium + high)': f'{low} + {dataset["n_equilibrium"]} + {dataset["high_structures"]}',
         'engine (low / high)': ' / '.join(str(dataset.get(f, {}).get('engine', 'local')) for f in ('low', 'high')),
         'MACE': (f'{mace.get("foundation_name", "from scratch")}, {mace["hyperparameters"].get("max_num_epochs")}'
-                 ' epochs' + (f'; refined once ({len(refine["compositions"]) * len(refine["temperatures"])} x '
-                              f'{refine["steps"]} MD steps, then {refine.get("finetune_epochs") or "all"} epochs)'
-                              if refine else '')),
+                 ' epochs' + (f'; up to {refine.get("rounds", 1)} active-learning rounds '
+                              f'({len(refine["compositions"]) * len(refine["temperatures"])} x {refine["steps"]} MD '
+                              f'steps each, then {refine.get("finetune_epochs") or "all"} epochs)' if refine else '')),
         'GNN epochs (low, high)': f'{study["gnn"]["hyperparameters"].get("max_epochs")}, '
                                   f'{study["gnn"].get("finetune_hyperparameters", {}).get("max_epochs", "same")}',
         'screen relaxations': f'{relaxations} ({len(screen["compositions"])} compositions)',

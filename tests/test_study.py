@@ -37,7 +37,8 @@ def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
                    'gnn': {'hyperparameters': {'max_epochs': 5}, 'finetune_hyperparameters': {'max_epochs': 3}},
                    'mace': {'hyperparameters': {'max_num_epochs': 1, 'num_channels': 8, 'max_L': 0},
                             'refine': {'compositions': [0.5], 'temperatures': [300.0], 'steps': 40,
-                                       'frame_stride': 20, 'max_frame_force': 1000.0, 'finetune_epochs': 1},
+                                       'frame_stride': 20, 'max_frame_force': 1000.0, 'finetune_epochs': 1,
+                                       'rounds': 2, 'force_tolerance': 0.001},
                             'md_check': {'compositions': [0.25, 0.75], 'temperatures': [300.0], 'steps': 40}},
                    'screen': {'protocol': 'demo', 'compositions': [0.0, 0.5], 'max_configurations': 2,
                               'parameters': {'fmax': 0.05, 'max_steps': 100, 'device': 'cpu'},
@@ -65,6 +66,17 @@ def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
     assert high_job.inputs.parent_model.uuid == model_low.uuid
     assert high_job.inputs.datasets.high.uuid == results['dataset']['high'].uuid
     assert model.sha256 != model_low.sha256
+    # The GNN learnt from the potential's MD frames: their low gaps in the first stage, their teacher gaps (all four
+    # frames: the budget of 12 is larger) in the second.
+    assert model_low.creator.inputs.datasets.md.uuid == results['mace']['md_frames'].uuid
+    assert high_job.inputs.datasets.md.uuid == results['gnn']['md_high'].uuid
+    assert results['gnn']['md_high'].n_structures == results['mace']['md_frames'].n_structures == 4
+    assert np.all(np.isfinite(results['gnn']['md_high'].get_labelled_set().gap))
+    # Active learning: two rounds (tolerance out of reach), each potential measured on frames it never saw.
+    curve = results['mace']['learning_curve'].get_dict()
+    assert len(curve['rounds']) == 2 and curve['converged'] is False
+    assert curve['rounds'][1]['model_uuid'] == results['mace']['model'].uuid
+    assert all(row['n_frames'] == 2 and row['force_mae'] > 0 for row in curve['rounds'])
     # The final MACE potential was trained on the low set plus the labelled MD frames of the first potential,
     # which was trained on the low set alone; every link of that chain is in the graph.
     final_job = results['mace']['model'].creator
@@ -134,10 +146,11 @@ def check_questions_answered(node, results):
     from aiida_capthermo.cli.main import cli
 
     runner = CliRunner()
-    gap = results['thermal']['gaps']['x_0p500_T300'].get_dict()
+    gap = results['gaps']['x_0p500_T300'].get_dict()  # Table I's: corrected by the teacher
     result = runner.invoke(cli, ['gap', '--x', '0.5', '--T', '300', '--study', str(node.pk)])
     assert result.exit_code == 0, result.output
     assert f'{gap["gap"]:.4f} ± {gap["stderr"]:.4f} eV' in result.output
+    assert f'statistical {gap["stderr_statistical"]:.4f} eV, model {gap["stderr_model"]:.4f} eV' in result.output
     for expected in (f'gnn model ModelData<{results["gnn"]["model"].pk}>',
                      f'mace model ModelData<{results["mace"]["model"].pk}>',
                      f'DatasetData<{results["dataset"]["low"].pk}>', 'MlipThermalCalcJob', 'GnnPredictCalcJob',
@@ -161,7 +174,7 @@ def check_questions_answered(node, results):
     # In-process predictions: the GNN's Eg(0) of the relaxed x = 1/2 cell as the thermal stage's GNN job gave it,
     # the potential's energy of the screen's ground state as the screen's relaxation job gave it.
     relaxed = results['thermal']['relaxed']['x_0p500']
-    eg0 = results['table']['rows'][1]['eg0']
+    eg0 = results['thermal']['gaps']['x_0p500_T0']['gap']  # the GNN's (Table I's Eg(0) is the teacher's)
     result = runner.invoke(cli, ['predict', str(results['gnn']['model'].pk), str(relaxed.pk)])
     assert result.exit_code == 0 and f'gap {eg0:.4f} eV' in result.output, (eg0, result.output)
     lowest = results['screen']['compositions']['x_0p500']['lowest']
@@ -182,9 +195,21 @@ def check_validation(node, results):
     assert {key: frames.uuid for key, frames in validation.inputs.frames.items()} == {
         key: job.outputs.frames.uuid for key, job in md_jobs.items()}
     rows = results['validation']['validation'].get_dict()['rows']
-    assert sorted((row['x'], row['temperature']) for row in rows) == [(0.0, 300.0), (0.5, 300.0)]
+    assert sorted((row['x'], row['temperature']) for row in rows) == [(0.0, 0.0), (0.0, 300.0), (0.5, 0.0),
+                                                                      (0.5, 300.0)]
     for row in rows:
-        assert row['n_frames'] >= 2 and np.isfinite(row['gnn_bias']) and row['force_mae'] > 0
+        assert row['n_frames'] >= (2 if row['temperature'] else 1) and np.isfinite(row['gnn_bias'])
+        assert row['force_mae'] > 0
+    # Table I: the GNN's average plus the bias the teacher measured, the error in quadrature; Eg(0) the teacher's
+    checks = {(row['x'], row['temperature']): row for row in rows}
+    for key, gap in results['gaps'].items():
+        gap, thermal = gap.get_dict(), results['thermal']['gaps'][key].get_dict()
+        check = checks[(gap['x'], gap['temperature'])]
+        assert gap['validated'] and gap['gap'] == pytest.approx(thermal['gap'] + check['gnn_bias'], abs=1e-12)
+        model = check['gnn_bias_stderr'] if gap['temperature'] else 0.0
+        assert gap['stderr'] == pytest.approx(np.hypot(thermal['stderr'], model), abs=1e-12)
+        if gap['temperature'] == 0:
+            assert gap['gap'] == pytest.approx(check['teacher_gap'], abs=1e-6)  # GNN in float32
 
 
 def check_rerun_from_given_nodes(node, results, codes, mlip, overrides):
@@ -207,7 +232,7 @@ def check_rerun_from_given_nodes(node, results, codes, mlip, overrides):
                                                  'MlipModesCalcJob'}  # no dataset, no training, no screen
     assert all(n.base.caching.is_created_from_cache for n in called), [n.process_label for n in called
                                                                        if not n.base.caching.is_created_from_cache]
-    assert outputs['table']['rows'] == results['table']['rows']
+    assert outputs['thermal']['table']['rows'] == results['thermal']['table']['rows']
 
 
 def check_screen_thermal_and_report(node, results, tmp_path):

@@ -213,8 +213,10 @@ def trained_models(aiida_profile, tmp_path_factory):
     return {'gnn': gnn['model'], 'mace': mace['model'], 'gnn_data': gnn_data, 'mace_data': mace_data, **codes}
 
 
-def test_thermal_gap_workchain_on_localhost(trained_models):
-    from aiida import engine, orm
+def thermal_builder(trained_models, overrides: dict):
+    """ThermalGapWorkChain builder of the demo protocol with ``overrides`` for the two unrattled 10-atom cells
+    x000 (Ag3SI) and x050 (Ag3S(I,Br)) and the models of ``trained_models``."""
+    from aiida import orm
 
     from aiida_capthermo.data.structures import set_structure_metadata
     from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
@@ -225,12 +227,20 @@ def test_thermal_gap_workchain_on_localhost(trained_models):
     for key, bromide in (('x000', False), ('x050', True)):
         atoms = small_cell(bromide, seed=0, rattle=0.0)
         structures[key] = set_structure_metadata(orm.StructureData(ase=atoms), x=0.5 if bromide else 0.0)
-    builder = ThermalGapWorkChain.get_builder_from_protocol(
+    return ThermalGapWorkChain.get_builder_from_protocol(
         trained_models['mlip_code'], trained_models['gnn_code'], trained_models['mace'], trained_models['gnn'],
-        structures, protocol='demo', overrides={'md': {'steps': 800, 'stride': 5, 'threads': 1, 'dtype': 'float64'},
-                                    'relax': {'dtype': 'float64'},
-                                    'coupling': {'structures': ['x050'], 'temperatures': [300.0], 'threads': 1,
-                                                 'dtype': 'float64'}})
+        structures, protocol='demo', overrides=overrides)
+
+
+def test_thermal_gap_workchain_on_localhost(trained_models):
+    from aiida import engine, orm
+
+    from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
+
+    builder = thermal_builder(trained_models, {
+        'md': {'steps': 800, 'stride': 5, 'threads': 1, 'dtype': 'float64'}, 'relax': {'dtype': 'float64'},
+        'coupling': {'structures': ['x050'], 'temperatures': [300.0], 'threads': 1, 'dtype': 'float64'}})
+    structures = dict(builder.structures)
     results, node = engine.run_get_node(builder)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
     assert set(results['gaps']) == {f'{k}_T{t}' for k in structures for t in (0, 300, 600)}
@@ -291,6 +301,53 @@ def test_thermal_gap_workchain_on_localhost(trained_models):
 def table_rows(results) -> list[str]:
     return [f'{r["key"]} T={r["temperature"]:.0f} K: {r["gap"]:.4f} ± {r["stderr"]:.4f} eV (ΔEg {r["delta_gap"]:+.4f})'
             for r in results['table']['rows']]
+
+
+def test_thermal_stage_twice_gives_identical_numbers(trained_models):
+    """Reproducibility: the same inputs and models run twice, AiiDA caching off (every job really runs again), give
+    bit-identical MD frames, GNN predictions and Table I rows (seeds of the replicas and of the Langevin noise come
+    from the MD settings; the demo protocol's float32 on two threads)."""
+    from aiida import engine, orm
+    from aiida.common.links import LinkType
+    from aiida.manage.caching import disable_caching
+
+    def run():
+        builder = thermal_builder(trained_models, {'temperatures': [0.0, 300.0],
+                                                   'md': {'steps': 200, 'stride': 5, 'seed': 11}})
+        del builder.coupling
+        with disable_caching():
+            results, node = engine.run_get_node(builder)
+        assert node.is_finished_ok, (node.exit_status, node.exit_message)
+        return results, node
+
+    def jobs(node) -> dict:
+        """label -> CalcJobNode of every job the workchain (and its subworkflows) called."""
+        found = {}
+        for link in node.base.links.get_outgoing(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK)).all():
+            if isinstance(link.node, orm.CalcJobNode):
+                found[link.link_label] = link.node
+            elif isinstance(link.node, orm.WorkflowNode):
+                found.update({f'{link.link_label}/{k}': v for k, v in jobs(link.node).items()})
+        return found
+
+    (first, first_node), (second, second_node) = run(), run()
+    first_jobs, second_jobs = jobs(first_node), jobs(second_node)
+    assert set(first_jobs) == set(second_jobs) >= {'md_0', 'predict_md_0', 'predict_eg0'}
+    for label, job in second_jobs.items():
+        assert not job.base.caching.is_created_from_cache, label
+        assert job.pk != first_jobs[label].pk and job.is_finished_ok, label
+
+    one, two = first_jobs['md_0'].outputs.frames, second_jobs['md_0'].outputs.frames
+    assert one.pk != two.pk
+    one, two = one.get_labelled_set(), two.get_labelled_set()
+    assert len(one) == len(two) == 2 * 2 * 40  # 2 structures x 2 replicas x 200 / 5 frames
+    assert np.array_equal(one.positions, two.positions) and np.array_equal(one.cells, two.cells)
+    for label in ('predict_md_0', 'predict_eg0'):
+        values = [jobs_[label].outputs.predictions.get_array('values') for jobs_ in (first_jobs, second_jobs)]
+        assert np.array_equal(*values), label
+    assert first['table']['rows'] == second['table']['rows']  # exact float equality, row by row
+    assert [row['temperature'] for row in first['table']['rows']] == [0.0, 300.0, 0.0, 300.0]
+    assert first['replicas']['replicas'] == second['replicas']['replicas']
 
 
 def test_thermal_relaxation_resumed_after_its_walltime(trained_models):

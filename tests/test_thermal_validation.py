@@ -151,6 +151,7 @@ def validation_run(trained_models, md_frames):
         overrides={'frames_per_point': 3, 'min_spacing': 2, 'batch_size': 12, 'seed': 5},
         options=options)
     builder.evaluate_settings = orm.Dict({'device': 'cpu', 'dtype': 'float64'})
+    builder.relaxed = dict(md_frames.inputs.structures)  # stand-ins for the 0 K structures: they carry their x
     results, node = engine.run_get_node(builder)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
     return results, node
@@ -160,7 +161,11 @@ def test_frames_picked_from_production_and_decorrelated(validation_run, md_frame
     results, _ = validation_run
     picked = results['frames'].base.attributes.get('picked')
     replicas = {r['replica']: r for r in md_frames.outputs.results['replicas']}
-    assert len(picked) == 4 * 3  # 2 compositions x 2 temperatures x 3 frames
+    assert len(picked) == 4 * 3 + 2  # 2 compositions x 2 temperatures x 3 frames, and the 0 K structures
+    zero = [frame for frame in picked if frame['source'] == 'relaxed']
+    assert sorted(frame['index'] for frame in zero) == ['x000', 'x050']
+    assert sorted(frame['point'] for frame in zero) == ['x0.0000_T0', 'x0.5000_T0']
+    picked = [frame for frame in picked if frame['source'] != 'relaxed']
     by_replica = {}
     for frame in picked:
         record = replicas[int(frame['replica'].split(':')[1])]
@@ -186,7 +191,7 @@ def test_gnn_bias_and_mlip_errors_match_independent_computation(validation_run, 
     table = results['validation']
     assert table['teacher'] == 'high' and table['teacher_method'].startswith('IPEA1-xTB')
     rows = {row['point']: row for row in table['rows']}
-    assert len(rows) == 4
+    assert len(rows) == 6  # 2 compositions x (0 K structure, 300 K, 600 K)
     frames = results['frames'].get_labelled_set()
     # the structures made from the picked frames (frames_to_structures), in frame order
     make = next(c for c in results['frames'].base.links.get_outgoing().all_nodes()
@@ -197,16 +202,20 @@ def test_gnn_bias_and_mlip_errors_match_independent_computation(validation_run, 
     gnn = predict_job.outputs.predictions.get_array('values')
     high = results['labels']['high'].get_labelled_set()
     low = results['labels']['low'].get_labelled_set()
-    assert len(high) == len(low) == len(frames) == 12
+    assert len(high) == len(low) == len(frames) == 14
     teacher = np.full(len(frames), np.nan)
     teacher[[position[u] for u in high.structure_uuid]] = high.gap
     keys = [f'x{x:.4f}_T{t:.0f}' for x, t in zip(frames.x, frames.temperature)]
     for point, row in rows.items():
         mask = np.array([k == point for k in keys])
         d = teacher[mask] - gnn[mask]
-        assert row['n_gap'] == row['n_frames'] == 3
+        n = 1 if row['temperature'] == 0 else 3
+        assert row['n_gap'] == row['n_frames'] == n
         assert row['gnn_bias'] == pytest.approx(d.mean(), abs=1e-10)
-        assert row['gnn_bias_stderr'] == pytest.approx(np.std(d, ddof=1) / np.sqrt(3), abs=1e-10)
+        if n > 1:
+            assert row['gnn_bias_stderr'] == pytest.approx(np.std(d, ddof=1) / np.sqrt(n), abs=1e-10)
+        else:
+            assert row['gnn_bias_stderr'] is None
         assert row['gnn_mae'] == pytest.approx(np.abs(d).mean(), abs=1e-10)
         assert row['teacher_gap'] == pytest.approx(teacher[mask].mean(), abs=1e-10)
 
@@ -219,13 +228,13 @@ def test_gnn_bias_and_mlip_errors_match_independent_computation(validation_run, 
         chosen = [k for k, index in enumerate(frame_of) if keys[index] == point]
         atoms = np.concatenate([np.arange(low.offsets[k], low.offsets[k + 1]) for k in chosen])
         errors = low.forces[atoms] - own['forces'][atoms]
-        assert row['n_mlip'] == 3
+        assert row['n_mlip'] == (1 if row['temperature'] == 0 else 3)
         assert row['force_mae'] == pytest.approx(np.abs(errors).mean(), rel=1e-6)
         assert row['force_rmse'] == pytest.approx(np.sqrt(np.mean(errors**2)), rel=1e-6)
         per_atom = (low.energy[chosen] - own['energy'][chosen]) / low.n_atoms[chosen]
         assert row['energy_per_atom_mae'] == pytest.approx(np.abs(per_atom).mean(), rel=1e-6)
         print(f'{point}: teacher {row["teacher_gap"]:.3f} eV, GNN bias {row["gnn_bias"]:+.3f} ± '
-              f'{row["gnn_bias_stderr"]:.3f} eV, force MAE {row["force_mae"]:.3f} eV/Å')
+              f'{row["gnn_bias_stderr"] or 0.0:.3f} eV, force MAE {row["force_mae"]:.3f} eV/Å')
 
 
 def test_provenance_and_no_frames_exit_code(validation_run, md_frames, trained_models):

@@ -10,49 +10,79 @@ from aiida import orm
 from aiida.engine import calcfunction
 
 __all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'figure_png', 'mace_parity_png', 'mace_parity_plot',
+           'validation_png', 'learning_curve_png',
            'run_record', 'write_report', 'pyplot', 'png_bytes', 'png_node']
 
 
+#: Per-(x, T) columns of a Table I row (lists over its temperatures), see core.error_budget.budget_rows.
+ROW_COLUMNS = ('gap', 'stderr', 'stderr_statistical', 'stderr_model', 'gap_model', 'bias', 'n_validation',
+               'teacher_gap', 'validated', 'delta_gap', 'delta_gap_stderr', 'relative_change')
+
+
 def table_rows(rows: list[dict]) -> list[dict]:
-    """Group the thermal stage's rows (one per structure and T) into one row per composition, sorted by x: ``x``,
-    ``key``, ``temperatures`` (K), ``gap`` and ``stderr`` (eV), ``delta_gap`` (eV) and ``relative_change`` per T,
-    ``eg0`` (eV)."""
+    """Group per-(structure, T) rows with their error budget (:func:`core.error_budget.budget_rows`) into one row
+    per composition, sorted by x: ``x``, ``key``, ``temperatures`` (K), ``eg0`` and ``eg0_stderr`` (eV) and, per T,
+    the :data:`ROW_COLUMNS` (eV; ``stderr`` is the total error)."""
     grouped: dict[str, dict] = {}
     for row in sorted(rows, key=lambda r: (r['x'], r['temperature'])):
         entry = grouped.setdefault(row['key'], {'key': row['key'], 'x': row['x'], 'eg0': row['eg0'],
-                                                'temperatures': [], 'gap': [], 'stderr': [], 'delta_gap': [],
-                                                'relative_change': []})
+                                                'eg0_stderr': row.get('eg0_stderr', 0.0), 'temperatures': [],
+                                                **{name: [] for name in ROW_COLUMNS}})
         entry['temperatures'].append(row['temperature'])
-        for name in ('gap', 'stderr', 'delta_gap', 'relative_change'):
-            entry[name].append(row[name])
+        for name in ROW_COLUMNS:
+            entry[name].append(row.get(name))
     return sorted(grouped.values(), key=lambda r: r['x'])
 
 
 def table_text(rows: list[dict]) -> str:
-    """Table I as aligned text: x, then Eg ± error at each T (eV), then ΔEg/Eg(0) at each T > 0."""
+    """Table I as aligned text: x, then Eg ± total error (statistical part) at each T (eV), then ΔEg/Eg(0) at each
+    T > 0; a gap the teacher did not validate is marked ``*``."""
     temperatures = sorted({t for row in rows for t in row['temperatures']})
     hot = [t for t in temperatures if t > 0]
-    header = f'{"x":>6} ' + ' '.join(f'{f"Eg({t:.0f} K)":>15}' for t in temperatures) + ' ' + ' '.join(
+    width = 24
+    header = f'{"x":>6} ' + ' '.join(f'{f"Eg({t:.0f} K)":>{width}}' for t in temperatures) + ' ' + ' '.join(
         f'{f"dEg/Eg({t:.0f} K)":>15}' for t in hot)
     lines = [header, '-' * len(header)]
+    unvalidated = False
     for row in rows:
-        by_t = dict(zip(row['temperatures'], zip(row['gap'], row['stderr'], row['relative_change'])))
-        cells = [f'{by_t[t][0]:.3f} ± {by_t[t][1]:.3f}' if t in by_t else '-' for t in temperatures]
-        relative = [f'{100 * by_t[t][2]:+.1f} %' if t in by_t and by_t[t][2] is not None else '-' for t in hot]
-        lines.append(f'{row["x"]:>6.3f} ' + ' '.join(f'{c:>15}' for c in cells) + ' '
+        by_t = {t: index for index, t in enumerate(row['temperatures'])}
+        cells = []
+        for t in temperatures:
+            if t not in by_t:
+                cells.append('-')
+                continue
+            i = by_t[t]
+            mark = '' if row['validated'][i] else '*'
+            unvalidated |= not row['validated'][i]
+            cells.append(f'{row["gap"][i]:.3f} ± {row["stderr"][i]:.3f} ({row["stderr_statistical"][i]:.3f}){mark}')
+        relative = [f'{100 * row["relative_change"][by_t[t]]:+.1f} %'
+                    if t in by_t and row['relative_change'][by_t[t]] is not None else '-' for t in hot]
+        lines.append(f'{row["x"]:>6.3f} ' + ' '.join(f'{c:>{width}}' for c in cells) + ' '
                      + ' '.join(f'{c:>15}' for c in relative))
+    lines.append('Eg ± total error (statistical part), eV; the total adds the uncertainty of the GNN\'s bias '
+                 'measured by the teacher on frames of the same MD.')
+    if unvalidated:
+        lines.append('* not validated by the teacher: the model\'s own average, its error bar is statistical only.')
     return '\n'.join(lines)
 
 
 def table_csv(rows: list[dict]) -> str:
-    """Table I as CSV: one line per (x, T) with gap, stderr, ΔEg (eV) and the relative change."""
-    lines = ['x,temperature_K,gap_eV,stderr_eV,eg0_eV,delta_gap_eV,relative_change']
+    """Table I as CSV: one line per (x, T) with the gap, its total, statistical and model errors, the model's own
+    average and the bias removed, Eg(0), ΔEg and its error (eV), the relative change."""
+    lines = ['x,temperature_K,gap_eV,stderr_eV,stderr_statistical_eV,stderr_model_eV,gap_model_eV,bias_eV,'
+             'n_validation,validated,eg0_eV,delta_gap_eV,delta_gap_stderr_eV,relative_change']
+
+    def number(value) -> str:
+        return '' if value is None else f'{value:.6f}'
+
     for row in rows:
-        for index, temperature in enumerate(row['temperatures']):
-            relative = row['relative_change'][index]
-            lines.append(f'{row["x"]:.4f},{temperature:.1f},{row["gap"][index]:.6f},{row["stderr"][index]:.6f},'
-                         f'{row["eg0"]:.6f},{row["delta_gap"][index]:.6f},'
-                         f'{"" if relative is None else f"{relative:.6f}"}')
+        for i, temperature in enumerate(row['temperatures']):
+            lines.append(','.join([
+                f'{row["x"]:.4f}', f'{temperature:.1f}', number(row['gap'][i]), number(row['stderr'][i]),
+                number(row['stderr_statistical'][i]), number(row['stderr_model'][i]), number(row['gap_model'][i]),
+                number(row['bias'][i]), str(row['n_validation'][i]), str(bool(row['validated'][i])).lower(),
+                number(row['eg0']), number(row['delta_gap'][i]), number(row['delta_gap_stderr'][i]),
+                number(row['relative_change'][i])]))
     return '\n'.join(lines) + '\n'
 
 
@@ -62,9 +92,12 @@ def figure_png(rows: list[dict], name: str) -> bytes:
     figure, axis = pyplot().subplots(figsize=(4.8, 3.6))
     temperatures = sorted({t for row in rows for t in row['temperatures']})
     if name == 'eg_vs_t':
-        for row in rows:
-            axis.errorbar(row['temperatures'], row['gap'], yerr=row['stderr'], marker='o', capsize=3,
-                          label=f'x = {row["x"]:.3f}')
+        for row in rows:  # total error: thin bars with caps; statistical part: thick bars
+            line = axis.errorbar(row['temperatures'], row['gap'], yerr=row['stderr'], marker='o', capsize=4,
+                                 elinewidth=0.8, label=f'x = {row["x"]:.3f}')
+            axis.errorbar(row['temperatures'], row['gap'], yerr=row['stderr_statistical'], fmt='none',
+                          elinewidth=3, color=line[0].get_color(), alpha=0.5)
+        axis.set_title('bars: total error (thin), statistical part (thick)', fontsize=8)
         axis.set_xlabel('T (K)')
         axis.set_ylabel('Eg (eV)')
     else:
@@ -143,12 +176,22 @@ def mace_parity_plot(parity: orm.ArrayData) -> orm.SinglefileData:
 
 
 @calcfunction
-def table_one(table: orm.Dict) -> dict:
-    """Table I (``table`` Dict: one row per composition; ``csv``) and Figure 7b-d (``eg_vs_x``, ``eg_vs_t``,
-    ``relative_change`` PNG) from the thermal stage's ``table``."""
-    rows = table_rows(table['rows'])
-    outputs = {'table': orm.Dict({'rows': rows, 'units': {'gap': 'eV', 'temperature': 'K', 'x': 'guest fraction'}}),
+def table_one(table: orm.Dict, validation: orm.Dict | None = None) -> dict:
+    """Table I (``table`` Dict: one row per composition; ``csv``), Figure 7b-d (``eg_vs_x``, ``eg_vs_t``,
+    ``relative_change`` PNG) and one ``gap_<key>_T<T>`` Dict per (structure, T), from the thermal stage's
+    ``table`` and, when given, the validation stage's ``validation`` rows: the gaps are then the control-variate
+    estimates of the teacher's thermal average with their error budget (:mod:`aiida_capthermo.core.error_budget`).
+    """
+    from aiida_capthermo.core.error_budget import ESTIMATOR, budget_rows
+
+    flat = budget_rows(table['rows'], validation['rows'] if validation is not None else None)
+    rows = table_rows(flat)
+    units = {'gap': 'eV', 'stderr': 'eV', 'temperature': 'K', 'x': 'guest fraction'}
+    outputs = {'table': orm.Dict({'rows': rows, 'units': units, 'estimator': ESTIMATOR,
+                                  'teacher': validation['teacher_method'] if validation is not None else None}),
                'csv': orm.SinglefileData(io.BytesIO(table_csv(rows).encode()), filename='table_i.csv')}
+    for row in flat:
+        outputs[f'gap_{row["key"]}_T{row["temperature"]:.0f}'] = orm.Dict({**row, 'units': units})
     for name in ('eg_vs_x', 'eg_vs_t', 'relative_change'):
         outputs[name] = orm.SinglefileData(io.BytesIO(figure_png(rows, name)), filename=f'{name}.png')
     return outputs
@@ -188,8 +231,9 @@ def _timing(node: orm.ProcessNode, origin) -> dict:
 def run_record(node: orm.ProcessNode) -> dict:
     """What a finished study did, from its stored nodes: wall time, every stage's timing (each process the study
     called, and the processes its workchains called), dataset sizes and the parents' imaginary modes, model errors,
-    the screen's 0 K phonons. ``capthermo report`` and the demo write it as ``run.json`` beside Table I, so every
-    figure quoted about a run comes from the run itself."""
+    the screen's 0 K phonons, the validation on the thermal frames and Table I's error budget. ``capthermo report``
+    and the demo write it as ``run.json`` beside Table I, so every figure quoted about a run comes from the run
+    itself."""
     origin = node.ctime
     stages = []
     for child in sorted(node.called, key=lambda n: n.ctime):
@@ -223,10 +267,20 @@ def run_record(node: orm.ProcessNode) -> dict:
             record['mace_evaluation'] = {'n_structures': evaluation['n_structures'],
                                          'force_mae_eV_per_A': evaluation['forces']['mae'],
                                          'energy_mae_eV_per_atom': evaluation['energy_per_atom']['mae']}
+        if 'learning_curve' in mace:
+            curve = mace.learning_curve.get_dict()
+            record['mace_learning_curve'] = {key: curve.get(key) for key in ('rounds', 'force_tolerance', 'converged')}
     if 'gnn' in outputs:
         record['gnn_mae_eV'] = {stage: {split: values['mae'] for split, values in outputs.gnn[stage].get_dict().items()
                                         if isinstance(values, dict) and 'mae' in values}
                                 for stage in ('metrics_low', 'metrics') if stage in outputs.gnn}
+    if 'validation' in outputs and 'validation' in outputs.validation:
+        validation = outputs.validation.validation.get_dict()
+        record['validation'] = {key: validation.get(key) for key in ('teacher', 'teacher_method', 'units', 'rows')}
+    if 'table' in outputs:
+        record['error_budget'] = [
+            {'x': row['x'], 'temperature': t, **{name: row[name][i] for name in ROW_COLUMNS}}
+            for row in outputs.table['rows'] for i, t in enumerate(row['temperatures'])]
     if 'screen' in outputs and 'compositions' in outputs.screen:
         record['screen_phonons'] = {
             f'{composition}.{key}': {name: value['phonons'].get_dict().get(name)
@@ -234,3 +288,64 @@ def run_record(node: orm.ProcessNode) -> dict:
             for composition, entries in outputs.screen.compositions.items()
             for key, value in entries.items() if hasattr(value, 'items') and 'phonons' in value}
     return record
+
+
+def validation_png(frames: dict) -> bytes:
+    """The validation on the thermal frames as PNG bytes: the GNN's gap against the teacher's (eV) and the MLIP's
+    force components against the low engine's (eV/Å), one colour per (x, T), with the MAE of each (x, T).
+
+    ``frames``: per-frame arrays ``x``, ``temperature`` (K), ``teacher_gap``, ``gnn_gap`` (eV) and per-atom arrays
+    ``force_x``, ``force_temperature``, ``forces_reference``, ``forces_predicted`` ([n, 3], eV/Å).
+    """
+    import numpy as np
+
+    figure, axes = pyplot().subplots(1, 2, figsize=(9.0, 4.0))
+    points = sorted({(round(float(x), 4), float(t)) for x, t in zip(frames['x'], frames['temperature'])})
+    colours = pyplot().get_cmap('viridis')(np.linspace(0.0, 0.9, max(len(points), 1)))
+    for colour, (x, t) in zip(colours, points):
+        mask = (np.round(frames['x'], 4) == x) & (frames['temperature'] == t)
+        teacher, gnn = frames['teacher_gap'][mask], frames['gnn_gap'][mask]
+        keep = np.isfinite(teacher) & np.isfinite(gnn)
+        if keep.any():
+            mae = np.mean(np.abs(teacher[keep] - gnn[keep]))
+            axes[0].scatter(teacher[keep], gnn[keep], s=18, color=colour,
+                            label=f'x = {x:g}, {t:.0f} K: {mae:.3f} eV ({keep.sum()})')
+        atoms = (np.round(frames['force_x'], 4) == x) & (frames['force_temperature'] == t)
+        reference, predicted = frames['forces_reference'][atoms].ravel(), frames['forces_predicted'][atoms].ravel()
+        keep = np.isfinite(reference) & np.isfinite(predicted)
+        if keep.any():
+            mae = np.mean(np.abs(reference[keep] - predicted[keep]))
+            axes[1].scatter(reference[keep], predicted[keep], s=4, alpha=0.5, color=colour,
+                            label=f'x = {x:g}, {t:.0f} K: {mae:.3f} eV/Å')
+    for axis, title, unit in ((axes[0], 'GNN gap vs teacher, frames of the thermal MD', 'eV'),
+                              (axes[1], 'MLIP forces vs low engine, same frames', 'eV/Å')):
+        low, high = axis.get_xlim()
+        bottom, top = axis.get_ylim()
+        span = (min(low, bottom), max(high, top))
+        axis.plot(span, span, color='grey', linewidth=0.8)
+        axis.set_xlabel(f'teacher ({unit})')
+        axis.set_ylabel(f'model ({unit})')
+        axis.set_title(title, fontsize=9)
+        axis.legend(fontsize=6, title='MAE per (x, T)', title_fontsize=6)
+    return png_bytes(figure)
+
+
+def learning_curve_png(curve: dict) -> bytes:
+    """The potential's active learning as PNG bytes: force MAE and RMSE (eV/Å) of each round's potential on that
+    round's fresh MD frames against the size of its training set, with the tolerance."""
+    figure, axis = pyplot().subplots(figsize=(4.8, 3.6))
+    rows = curve['rounds']
+    sizes = [row['n_training'] for row in rows]
+    axis.plot(sizes, [row['force_mae'] for row in rows], marker='o', label='force MAE')
+    axis.plot(sizes, [row['force_rmse'] for row in rows], marker='s', label='force RMSE')
+    for row in rows:
+        axis.annotate(f'round {row["round"]} ({row["n_frames"]} frames)', (row['n_training'], row['force_mae']),
+                      fontsize=7, textcoords='offset points', xytext=(4, 4))
+    if curve.get('force_tolerance') is not None:
+        axis.axhline(curve['force_tolerance'], color='grey', linestyle='--', label='tolerance')
+    axis.set_xlabel('structures the potential was trained on')
+    axis.set_ylabel('error on fresh MD frames (eV/Å)')
+    axis.set_title('out-of-sample ' + ('(converged)' if curve.get('converged') else '(not converged)'), fontsize=9)
+    axis.legend(fontsize=8)
+    return png_bytes(figure)
+

@@ -1,12 +1,15 @@
 """``CapthermoStudyWorkChain``: the papers' study as one provenance graph, a thin chain of stage workchains.
 
-dataset (``PhononInformedDatasetWorkChain``) -> the band-gap GNN (``GnnTwoStageWorkChain``: low, then high
-fidelity) and, side by side, the MACE potential (``MlipPotentialWorkChain``: train, refine with labelled MD frames,
-MD check, held-out evaluation) -> the solid-solution screen (``SolidSolutionScreenWorkChain``: ground state per
+dataset (``PhononInformedDatasetWorkChain``) -> the MACE potential (``MlipPotentialWorkChain``: train, active
+learning on labelled MD frames until its out-of-sample force error is within tolerance, MD check, held-out
+evaluation) -> the band-gap GNN (``GnnTwoStageWorkChain``: low, then high fidelity, each with MD frames of the
+potential) -> the solid-solution screen (``SolidSolutionScreenWorkChain``: ground state per
 composition, its 0 K and finite-temperature phonons) -> the thermal band gaps (``ThermalGapWorkChain``: Eg(x, T)
 with error bars and the mode-resolved coupling) -> the validation (``ThermalValidationWorkChain``: the teacher's
-labels of decorrelated frames of that MD against both models, per (x, T)). A calcfunction turns the gaps into the
-paper's Table I (Dict and CSV) and Figure 7b-d (PNG); the stages' own figures are re-exposed under ``figures``.
+labels of decorrelated frames of that MD and of the 0 K structures against both models, per (x, T)). A
+calcfunction turns the gaps and the validation into the paper's Table I (Dict and CSV: the GNN's averages
+corrected by the teacher, with their error budget, core/error_budget.py), the gaps per (x, T) and Figure 7b-d
+(PNG); the stages' own figures are re-exposed under ``figures``.
 
 The study holds no science: it exposes the stages' inputs and outputs, passes each stage what the previous ones
 made, and composes its builder from the stages' own ``get_builder_from_protocol``. Every stage can start from given
@@ -36,8 +39,11 @@ __all__ = ['CapthermoStudyWorkChain']
 
 #: Inputs of the potential's stage that the study supplies from the dataset stage.
 MACE_SUPPLIED = ('dataset', 'prototype', 'supercell', 'engine', 'batch_size', 'max_concurrent')
+#: Inputs of the GNN stage that the study supplies: the datasets, the potential's MD frames, the high engine.
+GNN_SUPPLIED = ('low', 'equilibrium', 'high', 'md_frames', 'high_engine', 'batch_size', 'max_concurrent')
 #: Inputs of the validation stage that the study supplies: the thermal stage's frames, the models and the engines.
-VALIDATION_SUPPLIED = ('frames', 'replicas', 'mace_model', 'gnn_model', 'gnn_code', 'evaluate_code', 'low', 'high')
+VALIDATION_SUPPLIED = ('frames', 'relaxed', 'replicas', 'mace_model', 'gnn_model', 'gnn_code', 'evaluate_code', 'low',
+                       'high')
 
 
 def _with_defaults(process, given: dict, extra: dict) -> dict:
@@ -84,6 +90,9 @@ def validate_study(inputs, _) -> str | None:
             error = compositions_error(mace[name].get_dict().get('compositions', [0.5]), supercell)
             if error:
                 return f'mace.{name}.compositions: {error}'
+    if 'refine' in mace and 'evaluate_code' not in mace and 'mace_model' not in given:
+        return ('mace.refine evaluates each round\'s potential on its fresh MD frames: it needs mace.evaluate_code '
+                '(a capthermo-mace code)')
     return None
 
 
@@ -98,8 +107,9 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         super().define(spec)
         spec.expose_inputs(PhononInformedDatasetWorkChain, namespace='dataset',
                            namespace_options={'help': 'Inputs of the dataset stage.'})
-        spec.expose_inputs(GnnTwoStageWorkChain, namespace='gnn', exclude=('low', 'equilibrium', 'high'),
-                           namespace_options={'help': 'The band-gap GNN (its datasets are the dataset stage\'s).'})
+        spec.expose_inputs(GnnTwoStageWorkChain, namespace='gnn', exclude=GNN_SUPPLIED,
+                           namespace_options={'help': 'The band-gap GNN (its datasets are the dataset stage\'s, '
+                                                      'its MD frames the potential\'s active-learning frames).'})
         spec.expose_inputs(MlipPotentialWorkChain, namespace='mace', exclude=MACE_SUPPLIED,
                            namespace_options={'required': False, 'populate_defaults': False,
                                               'help': 'The MACE potential (trained on the low set; its MD starts '
@@ -137,30 +147,42 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         spec.outline(
             if_(cls.should_run_dataset)(cls.run_dataset, cls.inspect_dataset),
             cls.take_datasets,
-            cls.run_models,
-            cls.inspect_models,
+            cls.run_potential,
+            cls.inspect_potential,
+            cls.run_gnn,
+            cls.inspect_gnn,
             if_(cls.should_screen)(cls.run_screen, cls.inspect_screen),
             if_(cls.should_thermal)(cls.run_thermal, cls.inspect_thermal),
             if_(cls.should_validate)(cls.run_validation, cls.inspect_validation),
+            if_(cls.should_tabulate)(cls.tabulate),
             cls.results,
         )
         spec.expose_outputs(PhononInformedDatasetWorkChain, namespace='dataset',
                             namespace_options={'required': False})
         spec.expose_outputs(GnnTwoStageWorkChain, namespace='gnn', exclude=('parity_plot_low', 'parity_plot'),
                             namespace_options={'required': False})
-        spec.expose_outputs(MlipPotentialWorkChain, namespace='mace', exclude=('parity_plot',),
+        spec.expose_outputs(MlipPotentialWorkChain, namespace='mace', exclude=('parity_plot', 'learning_curve_plot'),
                             namespace_options={'required': False})
         spec.expose_outputs(SolidSolutionScreenWorkChain, namespace='screen', namespace_options={'required': False})
         spec.expose_outputs(ThermalGapWorkChain, namespace='thermal', namespace_options={'required': False})
-        spec.expose_outputs(ThermalValidationWorkChain, namespace='validation', namespace_options={'required': False})
+        spec.expose_outputs(ThermalValidationWorkChain, namespace='validation', exclude=('plot',),
+                            namespace_options={'required': False})
         spec.output('table', valid_type=orm.Dict, required=False,
-                    help='The paper\'s Table I: per composition x, Eg at each T with its error bar, ΔEg and the '
-                         'relative change (eV), from the thermal stage.')
+                    help='The paper\'s Table I: per composition x, Eg at each T with its error budget (total, '
+                         'statistical, model), ΔEg and the relative change (eV). With the validation stage, Eg is '
+                         'the GNN\'s thermal average corrected by the teacher on frames of the same MD (control '
+                         'variate); without it, the GNN\'s own average, marked not validated.')
+        spec.output_namespace('gaps', valid_type=orm.Dict, dynamic=True, required=False,
+                              help='Per (structure, T), `<key>_T<T>`: the gap of Table I with its error budget: gap, '
+                                   'stderr (total), stderr_statistical, stderr_model, gap_model, bias, n_validation, '
+                                   'validated, estimator, eg0, delta_gap, delta_gap_stderr (eV), relative_change; x, '
+                                   'temperature (K).')
         spec.output('table_csv', valid_type=orm.SinglefileData, required=False, help='Table I as CSV.')
         spec.output_namespace('figures', valid_type=orm.SinglefileData, dynamic=True,
                               help='PNG figures: eg_vs_x, eg_vs_t, relative_change (Figure 7b-d), coupling_<key> '
                                    '(Figure 8a), phonons_<key> (Figure 6), gnn_parity_low / gnn_parity, '
-                                   'mace_parity.')
+                                   'mace_parity, mace_learning_curve (active learning), validation (both models '
+                                   'against the teacher on the thermal frames).')
         spec.exit_code(410, 'ERROR_DATASET_FAILED', message='The dataset stage failed: {message}')
         spec.exit_code(420, 'ERROR_GNN_FAILED', message='The GNN stage failed: {message}')
         spec.exit_code(430, 'ERROR_MACE_FAILED', message='The potential stage failed: {message}')
@@ -194,45 +216,59 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         self.ctx.datasets = {key: source[key] for key in ('low', 'high', 'equilibrium') if key in source}
 
     # ------------------------------------------------------------------ models
-    def run_models(self):
-        """The GNN and the potential side by side (each unless given)."""
-        given, datasets, futures = self._given(), self.ctx.datasets, {}
-        self.ctx.gnn_model = given.get('gnn_model')
-        self.ctx.mace_model = given.get('mace_model')
-        if self.ctx.gnn_model is None:
-            inputs = self.exposed_inputs(GnnTwoStageWorkChain, 'gnn')
-            inputs.update(datasets, metadata={'call_link_label': 'gnn'})
-            futures['gnn'] = self.submit(GnnTwoStageWorkChain, **inputs)
-        if self.ctx.mace_model is None and 'code' in self.inputs.get('mace', {}):
-            dataset = self.inputs.dataset
-            inputs = self.exposed_inputs(MlipPotentialWorkChain, 'mace')
-            inputs.update(dataset=datasets['low'], prototype=dataset.prototype, supercell=dataset.supercell,
-                          engine=dict(dataset.low), batch_size=dataset.batch_size,
-                          max_concurrent=dataset.max_concurrent, metadata={'call_link_label': 'mace'})
-            futures['mace'] = self.submit(MlipPotentialWorkChain, **inputs)
-        self.report(f'training {", ".join(futures) or "nothing (models given)"}')
-        return ToContext(**futures)
+    def run_potential(self):
+        """The potential first (unless given): its active-learning MD frames teach the GNN thermal disorder."""
+        self.ctx.mace_model = self._given().get('mace_model')
+        if self.ctx.mace_model is not None or 'code' not in self.inputs.get('mace', {}):
+            return None
+        dataset = self.inputs.dataset
+        inputs = self.exposed_inputs(MlipPotentialWorkChain, 'mace')
+        inputs.update(dataset=self.ctx.datasets['low'], prototype=dataset.prototype, supercell=dataset.supercell,
+                      engine=dict(dataset.low), batch_size=dataset.batch_size,
+                      max_concurrent=dataset.max_concurrent, metadata={'call_link_label': 'mace'})
+        self.report('training the potential')
+        return ToContext(mace=self.submit(MlipPotentialWorkChain, **inputs))
 
-    def inspect_models(self):
-        figures = {}
-        for name, process, exit_code in (('gnn', GnnTwoStageWorkChain, self.exit_codes.ERROR_GNN_FAILED),
-                                         ('mace', MlipPotentialWorkChain, self.exit_codes.ERROR_MACE_FAILED)):
-            if name not in self.ctx:
-                continue
-            node = self.ctx[name]
-            if not node.is_finished_ok:
-                return exit_code.format(message=f'[{node.exit_status}] {node.exit_message}')
-            self.out_many(self.exposed_outputs(node, process, namespace=name))
-            self.ctx[f'{name}_model'] = node.outputs.model
-        gnn, mace = self.ctx.get('gnn'), self.ctx.get('mace')
-        if gnn is not None:
-            figures.update({figure: gnn.outputs[output] for figure, output in
-                            (('gnn_parity_low', 'parity_plot_low'), ('gnn_parity', 'parity_plot'))
-                            if output in gnn.outputs})
-        if mace is not None and 'parity_plot' in mace.outputs:
-            figures['mace_parity'] = mace.outputs.parity_plot
-        for label, figure in figures.items():
-            self.out(f'figures.{label}', figure)
+    def inspect_potential(self):
+        if 'mace' not in self.ctx:
+            return None
+        node = self.ctx.mace
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_MACE_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
+        self.out_many(self.exposed_outputs(node, MlipPotentialWorkChain, namespace='mace'))
+        self.ctx.mace_model = node.outputs.model
+        for figure, output in (('mace_parity', 'parity_plot'), ('mace_learning_curve', 'learning_curve_plot')):
+            if output in node.outputs:
+                self.out(f'figures.{figure}', node.outputs[output])
+        return None
+
+    def run_gnn(self):
+        """The two-stage GNN (unless given) on the datasets and the potential's labelled MD frames."""
+        self.ctx.gnn_model = self._given().get('gnn_model')
+        if self.ctx.gnn_model is not None:
+            return None
+        dataset = self.inputs.dataset
+        inputs = self.exposed_inputs(GnnTwoStageWorkChain, 'gnn')
+        inputs.update(self.ctx.datasets, batch_size=dataset.batch_size, max_concurrent=dataset.max_concurrent,
+                      metadata={'call_link_label': 'gnn'})
+        if 'mace' in self.ctx and 'md_frames' in self.ctx.mace.outputs:
+            inputs['md_frames'] = self.ctx.mace.outputs.md_frames
+        if 'code' in dataset.get('high', {}):
+            inputs['high_engine'] = dict(dataset.high)
+        self.report('training the band-gap GNN')
+        return ToContext(gnn=self.submit(GnnTwoStageWorkChain, **inputs))
+
+    def inspect_gnn(self):
+        if 'gnn' not in self.ctx:
+            return None
+        node = self.ctx.gnn
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_GNN_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
+        self.out_many(self.exposed_outputs(node, GnnTwoStageWorkChain, namespace='gnn'))
+        self.ctx.gnn_model = node.outputs.model
+        for figure, output in (('gnn_parity_low', 'parity_plot_low'), ('gnn_parity', 'parity_plot')):
+            if output in node.outputs:
+                self.out(f'figures.{figure}', node.outputs[output])
         return None
 
     # ------------------------------------------------------------------ screen and thermal gaps
@@ -280,18 +316,9 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         if 'table' not in node.outputs:
             return self.exit_codes.ERROR_THERMAL_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
         self.out_many(self.exposed_outputs(node, ThermalGapWorkChain, namespace='thermal'))
-        report = table_one(node.outputs.table)
-        self.out('table', report['table'])
-        self.out('table_csv', report['csv'])
-        for name in ('eg_vs_x', 'eg_vs_t', 'relative_change'):
-            self.out(f'figures.{name}', report[name])
         for label, value in (node.outputs.coupling.items() if 'coupling' in node.outputs else []):
             if label.startswith('plot_'):
                 self.out(f'figures.coupling_{label[5:]}', value)
-        for row in report['table']['rows']:
-            gaps = ', '.join(f'{t} K {g:.3f}±{e:.3f}'
-                             for t, g, e in zip(row['temperatures'], row['gap'], row['stderr']))
-            self.report(f'x = {row["x"]:.3f}: Eg {gaps} eV')
         if node.exit_status == ThermalGapWorkChain.exit_codes.ERROR_REPLICAS_LOST.status:
             self.report(f'thermal: {node.exit_message}; Table I holds the gaps of the replicas that finished')
         elif not node.is_finished_ok:
@@ -309,7 +336,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         inputs = self.exposed_inputs(ThermalValidationWorkChain, 'validation')
         inputs.update(frames={link.link_label: link.node.outputs.frames for link in jobs
                               if 'frames' in link.node.outputs},
-                      replicas=thermal.outputs.replicas, mace_model=self.ctx.mace_model,
+                      relaxed=dict(thermal.outputs.relaxed), replicas=thermal.outputs.replicas,
+                      mace_model=self.ctx.mace_model,
                       gnn_model=self.ctx.gnn_model, gnn_code=self.inputs.gnn.code,
                       evaluate_code=self.inputs.mace.evaluate_code, low=dict(dataset.low),
                       metadata={'call_link_label': 'validation'})
@@ -322,7 +350,32 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_VALIDATION_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
         self.out_many(self.exposed_outputs(node, ThermalValidationWorkChain, namespace='validation'))
+        if 'plot' in node.outputs:
+            self.out('figures.validation', node.outputs.plot)
         return None
+
+    def should_tabulate(self) -> bool:
+        return 'thermal' in self.ctx and 'table' in self.ctx.thermal.outputs
+
+    def tabulate(self):
+        """Table I, its figures and the gaps with their error budget: the thermal stage's GNN averages corrected
+        by the validation stage's teacher labels when it ran."""
+        inputs = {'table': self.ctx.thermal.outputs.table}
+        if 'validation' in self.ctx:
+            inputs['validation'] = self.ctx.validation.outputs.validation
+        report = table_one(**inputs)
+        self.out('table', report['table'])
+        self.out('table_csv', report['csv'])
+        for name in ('eg_vs_x', 'eg_vs_t', 'relative_change'):
+            self.out(f'figures.{name}', report[name])
+        for name, node in report.items():
+            if name.startswith('gap_'):
+                self.out(f'gaps.{name[4:]}', node)
+        for row in report['table']['rows']:
+            gaps = ', '.join(f'{t:.0f} K {g:.3f}±{e:.3f} (stat. {s:.3f}){"" if v else " not validated"}'
+                             for t, g, e, s, v in zip(row['temperatures'], row['gap'], row['stderr'],
+                                                      row['stderr_statistical'], row['validated']))
+            self.report(f'x = {row["x"]:.3f}: Eg {gaps} eV')
 
     def results(self):
         self.report('study finished')

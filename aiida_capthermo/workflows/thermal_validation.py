@@ -7,7 +7,8 @@ After the thermal MD (``ThermalGapWorkChain``), for every (x, T):
    start and statistical inefficiency come from the thermal stage's ``replicas`` Dict when given (else the first
    ``equilibration_fraction`` of each replica is discarded), and picked frames are at least
    ``max(min_spacing, ceil(g))`` recorded frames apart. The replicas' boundaries in a frames dataset come from the
-   ``results`` of the MD job that made it.
+   ``results`` of the MD job that made it. The relaxed 0 K structures (``relaxed``) join them at T = 0: Eg(0) is
+   the gap of that one structure, so the teacher's label of it is Eg(0).
 2. In parallel: ``BatchLabelWorkChain`` labels them with the ``low`` engine (energy, forces, gap) and, when given,
    the ``high`` engine (gap); ``GnnPredictCalcJob`` predicts their gaps with the GNN.
 3. ``MaceEvaluateCalcJob`` evaluates the MACE model on the low labels (energies and forces of the same frames).
@@ -18,6 +19,7 @@ After the thermal MD (``ThermalGapWorkChain``), for every (x, T):
 
 from __future__ import annotations
 
+import io
 import re
 
 import numpy as np
@@ -99,13 +101,15 @@ def pick_validation_frames(settings: orm.Dict, **nodes) -> dict:
 
     ``settings``: ``frames_per_point``, ``min_spacing`` (recorded frames), ``seed``, ``equilibration_fraction``.
     ``nodes``: ``frames_<key>`` (frames DatasetData of an MD job), optionally ``results_<key>`` (that job's
-    ``results`` Dict: the replicas' boundaries) and ``replicas`` (the thermal stage's ``replicas`` Dict:
-    equilibration start and statistical inefficiency per replica, matched by the attempt number ending ``key``).
+    ``results`` Dict: the replicas' boundaries), ``replicas`` (the thermal stage's ``replicas`` Dict:
+    equilibration start and statistical inefficiency per replica, matched by the attempt number ending ``key``)
+    and ``relaxed_<key>`` (the relaxed 0 K structure of a composition, appended at T = 0).
     Output ``frames``: the picked frames (x, temperature K), attribute ``picked`` (per frame: source key, index
     in its source, replica, point, spacing); no output when no frame could be picked.
     """
     from aiida_capthermo.core.dataset import LabelledSet
-    from aiida_capthermo.core.validation import select_frames
+    from aiida_capthermo.core.validation import point_key, select_frames
+    from aiida_capthermo.data.structures import labelled_set_from_structures
 
     s = settings.get_dict()
     replicas = nodes['replicas'].get_dict()['replicas'] if 'replicas' in nodes else None
@@ -123,10 +127,19 @@ def pick_validation_frames(settings: orm.Dict, **nodes) -> dict:
     if not picked:
         return {}
     chosen = LabelledSet.concatenate(sets).subset([frame['index'] for frame in picked])
-    chosen.energy = np.full(len(chosen), np.nan)  # the MD's own energies are the model's, not labels
-    chosen.forces = np.full_like(chosen.forces, np.nan)
     records = [{'source': sources[f['index']][0], 'index': sources[f['index']][1], 'replica': f['replica'],
                 'point': f['point'], 'spacing': f['spacing']} for f in picked]
+    relaxed = sorted(name[len('relaxed_'):] for name in nodes if name.startswith('relaxed_'))
+    if relaxed:  # the 0 K structures: Eg(0) is the gap of the structure itself
+        zero = labelled_set_from_structures({key: nodes[f'relaxed_{key}'] for key in relaxed})
+        if not np.all(np.isfinite(zero.x)):
+            raise ValueError('every relaxed structure needs its composition x (capthermo metadata)')
+        zero.temperature = np.zeros(len(zero))
+        chosen = LabelledSet.concatenate([chosen, zero])
+        records += [{'source': 'relaxed', 'index': key, 'replica': None, 'point': point_key(zero.x[i], 0.0),
+                     'spacing': None} for i, key in enumerate(relaxed)]
+    chosen.energy = np.full(len(chosen), np.nan)  # the MD's own energies are the model's, not labels
+    chosen.forces = np.full_like(chosen.forces, np.nan)
     return {'frames': DatasetData.from_labelled_set(chosen, subset='thermal_validation', picked=records,
                                                     settings=s)}
 
@@ -141,16 +154,18 @@ def _by_uuid(labelled, position: dict) -> np.ndarray:
 
 @calcfunction
 def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, parity: orm.ArrayData,
-                     predictions: orm.ArrayData, high: DatasetData | None = None) -> orm.Dict:
+                     predictions: orm.ArrayData, high: DatasetData | None = None) -> dict:
     """Errors of the MLIP and the GNN per (x, T) on the validation frames (:func:`core.validation.validation_rows`).
 
     ``settings['structure_uuids']``: the uuid of the StructureData of every picked frame, in the order of
     ``frames``, which matches the labelled structures to the frames. ``low``: low-fidelity labels (energy eV,
     forces eV/Å, gap eV); ``parity``: the MaceEvaluateCalcJob arrays on ``low`` (energy_pred eV, forces_pred
     eV/Å); ``predictions``: the GNN's gaps of ``frames`` (eV); ``high``: high-fidelity gaps (eV), the teacher
-    when given, else the low gaps are. Output: ``rows`` (one per (x, T)), ``columns``, ``units``, ``teacher``.
+    when given, else the low gaps are. Outputs: ``validation`` (``rows``, one per (x, T), ``columns``, ``units``,
+    ``teacher``) and ``plot`` (PNG: GNN against teacher and MLIP forces against the low engine, per frame).
     """
     from aiida_capthermo.core.validation import validation_rows
+    from aiida_capthermo.workflows.report import validation_png
 
     uuids = settings['structure_uuids']
     position = {uuid: index for index, uuid in enumerate(uuids)}
@@ -178,11 +193,17 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
     table = validation_rows(picked.x, picked.temperature, teacher, gnn, picked.n_atoms, energy_reference,
                             energy_predicted, forces_reference, forces_predicted)
     source = high if high is not None else low
-    return orm.Dict({'rows': table, 'columns': list(COLUMNS), 'units': UNITS,
-                     'teacher': 'high' if high is not None else 'low',
-                     'teacher_method': source.base.attributes.get('gap_method', None)
-                     or source.base.attributes.get('method', None),
-                     'n_frames': n, 'n_low': len(labelled), 'n_teacher': int(np.isfinite(teacher).sum())})
+    frame_of_atom = np.repeat(np.arange(n), picked.n_atoms)
+    png = validation_png({'x': picked.x, 'temperature': picked.temperature, 'teacher_gap': teacher, 'gnn_gap': gnn,
+                          'force_x': picked.x[frame_of_atom], 'force_temperature': picked.temperature[frame_of_atom],
+                          'forces_reference': forces_reference, 'forces_predicted': forces_predicted})
+    return {'validation': orm.Dict({'rows': table, 'columns': list(COLUMNS), 'units': UNITS,
+                                    'teacher': 'high' if high is not None else 'low',
+                                    'teacher_method': source.base.attributes.get('gap_method', None)
+                                    or source.base.attributes.get('method', None),
+                                    'n_frames': n, 'n_low': len(labelled),
+                                    'n_teacher': int(np.isfinite(teacher).sum())}),
+            'plot': orm.SinglefileData(io.BytesIO(png), filename='validation.png')}
 
 
 def validate_inputs(inputs, ports) -> str | None:
@@ -219,6 +240,10 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
                              help='The `frames` DatasetData of the thermal MD jobs (MlipThermalCalcJob), by key; '
                                   'with `replicas`, keys end with the MD attempt (md_0, md_1, ...). Positions and '
                                   'cells in Å, x and temperature (K) per frame.')
+        spec.input_namespace('relaxed', valid_type=orm.StructureData, dynamic=True, required=False,
+                             help='The relaxed 0 K structures of the thermal stage (with their x), by key: labelled '
+                                  'and predicted like the frames, at T = 0 (the teacher\'s Eg(0) and the MLIP\'s '
+                                  'forces at its own minimum).')
         spec.input('replicas', valid_type=orm.Dict, required=False,
                    help='The thermal stage\'s `replicas` Dict: each replica\'s equilibration start (frames) and '
                         'statistical inefficiency g (frames). Without it, the first `equilibration_fraction` of '
@@ -272,6 +297,9 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
                     help='`rows`, one per (x, T): n_frames; teacher_gap ± teacher_gap_stderr (eV); gnn_bias = '
                          'mean(teacher - GNN) ± gnn_bias_stderr, gnn_mae, gnn_rmse (eV); force_mae, force_rmse '
                          '(eV/Å), energy_per_atom_mae and _bias (eV/atom) of the MLIP; plus `teacher` (low/high).')
+        spec.output('plot', valid_type=orm.SinglefileData, required=False,
+                    help='PNG: the GNN\'s gap against the teacher\'s and the MLIP\'s forces against the low engine\'s '
+                         'on every validation frame, coloured by (x, T).')
         spec.exit_code(410, 'ERROR_NO_FRAMES', message='No production frame could be picked from the MD frames.')
         spec.exit_code(420, 'ERROR_LOW_LABELLING_FAILED',
                        message='The low-fidelity labelling failed ({status}: {message}).')
@@ -322,6 +350,8 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
                 nodes[f'results_{key}'] = creator.outputs.results
         if 'replicas' in self.inputs:
             nodes['replicas'] = self.inputs.replicas
+        for key, structure in self.inputs.get('relaxed', {}).items():
+            nodes[f'relaxed_{key}'] = structure
         settings = orm.Dict({'frames_per_point': self.inputs.frames_per_point.value,
                              'min_spacing': self.inputs.min_spacing.value, 'seed': self.inputs.seed.value,
                              'equilibration_fraction': self.inputs.equilibration_fraction.value})
@@ -388,8 +418,10 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
                   'predictions': self.ctx.predict.outputs.predictions}
         if 'high' in self.ctx:
             inputs['high'] = self.ctx.high.outputs.labels
-        validation = validation_table(**inputs)
+        outputs = validation_table(**inputs)
+        validation = outputs['validation']
         self.out('validation', validation)
+        self.out('plot', outputs['plot'])
         for row in validation['rows']:
             bias = 'n/a' if row['gnn_bias'] is None else f'{row["gnn_bias"]:+.3f} ± {row["gnn_bias_stderr"] or 0:.3f}'
             force = 'n/a' if row['force_mae'] is None else f'{row["force_mae"]:.3f}'

@@ -1,0 +1,113 @@
+"""The error budget of Eg(x, T): the GNN's thermal average corrected by the teacher on validation frames.
+
+The thermal stage averages the GNN's gap over every recorded MD frame: ``<Eg_GNN>`` with a statistical error
+``s_stat`` (decorrelated samples and the spread over seeds, :func:`aiida_capthermo.core.thermal.combine_replicas`).
+That is the thermal average of the *model*. The quantity wanted is the teacher's thermal average over the same MD,
+and the two differ by the model's bias on those frames, which can be far larger than ``s_stat``.
+
+The validation stage labels ``n`` decorrelated production frames of the same MD with the teacher and gives the
+paired bias ``b = mean(teacher - GNN)`` with its standard error ``s_b = std(teacher - GNN) / sqrt(n)``
+(:func:`aiida_capthermo.core.validation.paired_difference`). The **control-variate estimator** is
+
+    Eg = <Eg_GNN> + b,      s_total = sqrt(s_stat^2 + s_b^2)
+
+It is unbiased for the teacher's average whatever the GNN's bias (the GNN's average over all frames is the control
+variate; the teacher is only needed on the ``n`` frames), and ``s_b`` is the model's error as it enters the
+number: it shrinks when the GNN tracks the teacher frame by frame, and stays large when it does not. The two terms
+come from different samples (all frames vs. the validation subset) and are added in quadrature.
+
+At T = 0 the "average" is the relaxed structure itself: the teacher's gap of that one structure is the answer, so
+``b`` is its teacher-minus-GNN difference and ``s_b = 0``.
+
+Without a validation row for an (x, T) the gap stays the GNN's and is flagged ``validated = False``; its error bar
+then holds the statistical part only and says so: no Table I row hides that its model error is unknown.
+
+ΔEg(T) = Eg(T) - Eg(0) and its error ``sqrt(s_total(T)^2 + s_total(0)^2)`` (the two come from different frames).
+
+Not included yet: the spread of an ensemble of models and the spread over configurations of one composition.
+The MLIP's error enters only through the distribution of frames; the validation's force errors measure it but
+do not correct it (the acceptance of the potential is its out-of-sample force error on MD frames).
+
+No AiiDA and no torch here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = ['ESTIMATOR', 'corrected_gap', 'budget_rows', 'point_match']
+
+#: Name of the estimator recorded beside every corrected gap.
+ESTIMATOR = 'control_variate'
+
+
+def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | None, bias_stderr: float | None,
+                  temperature: float) -> dict:
+    """Control-variate estimate of the teacher's thermal average of the gap, with its error components (eV).
+
+    Parameters
+    ----------
+    model_gap, stderr_statistical
+        The GNN's average over the MD frames and its statistical standard error.
+    bias, bias_stderr
+        ``mean(teacher - GNN)`` on the validation frames of this (x, T) and its standard error; None: not validated.
+    temperature
+        K; at 0 the validation "frame" is the structure itself and the bias has no sampling error.
+
+    Returns
+    -------
+    dict
+        ``gap`` (the estimate), ``gap_model``, ``bias``, ``stderr_statistical``, ``stderr_model`` (the bias's
+        standard error), ``stderr`` (total, in quadrature), ``validated``, ``estimator``.
+    """
+    if not math.isfinite(model_gap) or not math.isfinite(stderr_statistical) or stderr_statistical < 0:
+        raise ValueError(f'model gap {model_gap} ± {stderr_statistical} is not a finite estimate')
+    if temperature == 0 and bias is not None:
+        bias_stderr = 0.0
+    if bias is None or bias_stderr is None:
+        return {'gap': model_gap, 'gap_model': model_gap, 'bias': None, 'stderr_statistical': stderr_statistical,
+                'stderr_model': None, 'stderr': stderr_statistical, 'validated': False, 'estimator': 'model'}
+    return {'gap': model_gap + bias, 'gap_model': model_gap, 'bias': bias, 'stderr_statistical': stderr_statistical,
+            'stderr_model': bias_stderr, 'stderr': math.hypot(stderr_statistical, bias_stderr), 'validated': True,
+            'estimator': ESTIMATOR}
+
+
+def point_match(x: float, temperature: float) -> tuple[float, float]:
+    """The key matching a thermal row to a validation row: (x, T) rounded to 1e-6."""
+    return round(float(x), 6), round(float(temperature), 6)
+
+
+def budget_rows(thermal_rows: Sequence[dict], validation_rows: Sequence[dict] | None) -> list[dict]:
+    """The thermal stage's rows (one per structure and T: ``key``, ``x``, ``temperature``, ``gap``, ``stderr``...)
+    with the validation's bias applied (:func:`corrected_gap`) and ΔEg, the relative change and their errors
+    recomputed from the corrected gaps.
+
+    Returns
+    -------
+    list of dict
+        Per input row, its keys plus those of :func:`corrected_gap`, ``n_validation`` (teacher-labelled frames),
+        ``teacher_gap`` (their mean, eV), ``eg0`` and ``eg0_stderr``, ``delta_gap`` and ``delta_gap_stderr`` (eV),
+        ``relative_change``.
+    """
+    validation = {point_match(r['x'], r['temperature']): r for r in (validation_rows or [])}
+    corrected = []
+    for row in thermal_rows:
+        check = validation.get(point_match(row['x'], row['temperature']), {})
+        bias = check.get('gnn_bias') if check.get('n_gap') else None
+        budget = corrected_gap(float(row['gap']), float(row['stderr']), bias, check.get('gnn_bias_stderr'),
+                               float(row['temperature']))
+        corrected.append({**row, **budget, 'n_validation': int(check.get('n_gap') or 0),
+                          'teacher_gap': check.get('teacher_gap')})
+    zero = {row['key']: row for row in corrected if row['temperature'] == 0}
+    for row in corrected:
+        reference = zero.get(row['key'])
+        if reference is None:  # no 0 K row: keep the thermal stage's Eg(0), uncorrected
+            eg0, eg0_stderr = float(row['eg0']), 0.0
+        else:
+            eg0, eg0_stderr = reference['gap'], reference['stderr']
+        row['eg0'], row['eg0_stderr'] = eg0, eg0_stderr
+        row['delta_gap'] = row['gap'] - eg0
+        row['delta_gap_stderr'] = 0.0 if row['temperature'] == 0 else math.hypot(row['stderr'], eg0_stderr)
+        row['relative_change'] = row['delta_gap'] / eg0 if eg0 else None
+    return corrected
