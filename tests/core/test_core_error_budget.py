@@ -61,7 +61,7 @@ def one_study(seed: int, per_point: int = 12) -> tuple[dict, float]:
     q_all = np.concatenate(replicas)
     q_picked = q_all[[f['index'] for f in frames]]
     bias = paired_difference(teacher(q_picked), biased_model(q_picked))
-    return corrected_gap(md['mean'], md['stderr'], bias['bias'], bias['stderr'], 300.0), md['mean']
+    return corrected_gap(md['mean'], md['stderr'], bias['bias'], bias['stderr'], 300.0, bias['n']), md['mean']
 
 
 def test_correction_removes_a_known_bias_and_its_error_covers_the_truth():
@@ -109,11 +109,30 @@ def test_budget_rows_by_hand():
     rows = budget_rows(thermal, validation)
     zero, warm, hot = rows
     assert zero['gap'] == pytest.approx(1.1) and zero['stderr'] == 0.0 and zero['validated']
-    assert warm['gap'] == pytest.approx(0.7) and warm['stderr'] == pytest.approx(0.05)
-    assert warm['delta_gap'] == pytest.approx(-0.4) and warm['delta_gap_stderr'] == pytest.approx(0.05)
+    model = 0.04 * 1.07671  # Student's t, 7 degrees of freedom, at 84.13 %
+    assert warm['gap'] == pytest.approx(0.7) and warm['stderr_model'] == pytest.approx(model, rel=1e-4)
+    assert warm['stderr'] == pytest.approx(np.hypot(0.03, model), rel=1e-4)
+    assert warm['delta_gap'] == pytest.approx(-0.4) and warm['delta_gap_stderr'] == pytest.approx(warm['stderr'])
     assert warm['relative_change'] == pytest.approx(-0.4 / 1.1)
     assert warm['n_validation'] == 8 and warm['estimator'] == 'control_variate'
     assert not hot['validated'] and hot['gap'] == 0.8 and hot['stderr_model'] is None
     assert hot['stderr'] == pytest.approx(0.04) and hot['delta_gap'] == pytest.approx(0.8 - 1.1)
     with pytest.raises(ValueError, match='finite'):
         corrected_gap(float('nan'), 0.1, 0.0, 0.0, 300.0)
+
+
+def test_student_factor_makes_one_sigma_a_68_percent_interval():
+    """The factor against tabulated quantiles of Student's t at 84.13 % (two-sided 68.27 %), and by simulation:
+    means of 4 normal samples +- factor x standard error cover the true mean 68 % of the time."""
+    from aiida_capthermo.core.error_budget import student_factor
+
+    assert student_factor(2) == pytest.approx(1.8373, abs=1e-3)
+    assert student_factor(4) == pytest.approx(1.1966, abs=1e-3)
+    assert student_factor(10_000) == pytest.approx(1.0, abs=1e-3)
+    samples = np.random.default_rng(1).normal(0.0, 1.0, (20_000, 4))
+    stderr = samples.std(axis=1, ddof=1) / 2.0
+    means = samples.mean(axis=1)
+    assert np.mean(np.abs(means) <= stderr) == pytest.approx(0.61, abs=0.02)  # plain standard error: too short
+    assert np.mean(np.abs(means) <= student_factor(4) * stderr) == pytest.approx(0.6827, abs=0.01)
+    with pytest.raises(ValueError, match='2 samples'):
+        student_factor(1)
