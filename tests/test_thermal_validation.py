@@ -59,6 +59,16 @@ def test_select_frames_respects_equilibration_and_spacing():
         select_frames([{**series[0], 'start': 60}], per_point=2)
 
 
+def test_vegard_deviations_by_hand():
+    """V(x) against (1 - x) V(0) + x V(1): end members exactly on the line, a mixed cell 10 % above it, and no
+    reference without both end members."""
+    from aiida_capthermo.core.validation import vegard_deviations
+
+    deviations = vegard_deviations([0.0, 0.5, 1.0], [25.0, 1.1 * 24.5, 24.0])
+    assert deviations == pytest.approx([0.0, 0.1, 0.0])
+    assert vegard_deviations([0.0, 0.5], [25.0, 24.0]) == [None, None]
+
+
 def test_paired_difference_equals_numpy_and_hand():
     reference = np.array([1.0, 1.5, 0.7, 1.2])
     predicted = np.array([0.8, 1.6, 0.5, 1.0])
@@ -206,6 +216,12 @@ def test_gnn_bias_and_mlip_errors_match_independent_computation(validation_run, 
     teacher = np.full(len(frames), np.nan)
     teacher[[position[u] for u in high.structure_uuid]] = high.gap
     keys = [f'x{x:.4f}_T{t:.0f}' for x, t in zip(frames.x, frames.temperature)]
+    relaxed = node.inputs.relaxed
+    for row in rows.values():  # the 0 K rows carry the relaxed cell's volume; no x = 1 here, so no Vegard line
+        if row['temperature'] == 0:
+            structure = relaxed['x000' if row['x'] == 0 else 'x050']
+            assert row['volume_per_atom'] == pytest.approx(structure.get_cell_volume() / len(structure.sites))
+            assert row['vegard_deviation'] is None
     for point, row in rows.items():
         mask = np.array([k == point for k in keys])
         d = teacher[mask] - gnn[mask]

@@ -29,8 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ['allocate_budget', 'grid_indices', 'select_frames', 'spread_subset', 'paired_difference',
-           'mean_with_stderr', 'force_errors', 'point_key', 'validation_rows']
+__all__ = ['allocate_budget', 'grid_indices', 'select_frames', 'spread_subset', 'vegard_deviations',
+           'paired_difference', 'mean_with_stderr', 'force_errors', 'point_key', 'validation_rows']
 
 
 def allocate_budget(capacities: Sequence[int], budget: int) -> list[int]:
@@ -151,6 +151,23 @@ def spread_subset(x: Sequence[float], temperature: Sequence[float], n: int, seed
     for key, share in zip(keys, allocate_budget([len(groups[key]) for key in keys], n)):
         picked.extend(int(i) for i in rng.choice(groups[key], size=share, replace=False))
     return sorted(picked)
+
+
+def vegard_deviations(x: Sequence[float], volume_per_atom: Sequence[float]) -> list[float | None]:
+    """Relative deviation of each relaxed structure's volume per atom from Vegard's law, ``V / V_Vegard(x) - 1``,
+    with ``V_Vegard(x) = (1 - x) V(x = 0) + x V(x = 1)`` taken from the end members among the structures (the mean
+    when several have x = 0 or 1). None for every structure when either end member is missing.
+
+    A relaxed solid solution far from Vegard's volume (several %) sits where the potential was not checked: its
+    energy ranking and its gaps need the teacher's look.
+    """
+    x = np.asarray(x, dtype=float)
+    volume = np.asarray(volume_per_atom, dtype=float)
+    ends = [volume[np.isclose(x, end)] for end in (0.0, 1.0)]
+    if any(values.size == 0 for values in ends):
+        return [None] * len(x)
+    host, guest = (float(values.mean()) for values in ends)
+    return [float(v / ((1 - xi) * host + xi * guest) - 1.0) for xi, v in zip(x, volume)]
 
 
 def mean_with_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:

@@ -40,11 +40,14 @@ from aiida_capthermo.workflows.validation import supplied_by_parent
 
 __all__ = ['ThermalValidationWorkChain', 'pick_validation_frames', 'validation_table', 'replica_series']
 
+#: |V / V_Vegard - 1| above which a relaxed 0 K structure is reported as far from Vegard's law.
+VEGARD_TOLERANCE = 0.03
 #: Columns of the ``validation`` rows (see :func:`aiida_capthermo.core.validation.validation_rows`).
 COLUMNS = ('point', 'x', 'temperature', 'n_frames', 'teacher_gap', 'teacher_gap_stderr', 'gnn_bias',
            'gnn_bias_stderr', 'gnn_mae', 'gnn_rmse', 'n_gap', 'force_mae', 'force_rmse', 'energy_per_atom_mae',
            'energy_per_atom_bias', 'n_mlip')
-UNITS = {'temperature': 'K', 'teacher_gap': 'eV', 'teacher_gap_stderr': 'eV', 'gnn_bias': 'eV',
+UNITS = {'temperature': 'K', 'volume_per_atom': 'Å^3', 'vegard_deviation': 'fraction',
+         'teacher_gap': 'eV', 'teacher_gap_stderr': 'eV', 'gnn_bias': 'eV',
          'gnn_bias_stderr': 'eV', 'gnn_mae': 'eV', 'gnn_rmse': 'eV', 'force_mae': 'eV/Å', 'force_rmse': 'eV/Å',
          'energy_per_atom_mae': 'eV/atom', 'energy_per_atom_bias': 'eV/atom'}
 
@@ -164,7 +167,7 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
     when given, else the low gaps are. Outputs: ``validation`` (``rows``, one per (x, T), ``columns``, ``units``,
     ``teacher``) and ``plot`` (PNG: GNN against teacher and MLIP forces against the low engine, per frame).
     """
-    from aiida_capthermo.core.validation import validation_rows
+    from aiida_capthermo.core.validation import validation_rows, vegard_deviations
     from aiida_capthermo.workflows.report import validation_png
 
     uuids = settings['structure_uuids']
@@ -192,6 +195,14 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
     teacher[_by_uuid(teacher_set, position) if high is not None else rows] = teacher_set.gap
     table = validation_rows(picked.x, picked.temperature, teacher, gnn, picked.n_atoms, energy_reference,
                             energy_predicted, forces_reference, forces_predicted)
+    zero = np.flatnonzero(picked.temperature == 0)  # the relaxed structures: their volume against Vegard's law
+    volumes = np.abs(np.linalg.det(picked.cells[zero])) / picked.n_atoms[zero]
+    deviation = dict(zip(np.round(picked.x[zero], 6), vegard_deviations(picked.x[zero], volumes)))
+    volume_of = dict(zip(np.round(picked.x[zero], 6), volumes.tolist()))
+    for row in table:
+        if row['temperature'] == 0 and round(row['x'], 6) in volume_of:
+            row['volume_per_atom'] = volume_of[round(row['x'], 6)]
+            row['vegard_deviation'] = deviation[round(row['x'], 6)]
     source = high if high is not None else low
     frame_of_atom = np.repeat(np.arange(n), picked.n_atoms)
     png = validation_png({'x': picked.x, 'temperature': picked.temperature, 'teacher_gap': teacher, 'gnn_gap': gnn,
@@ -296,7 +307,9 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
         spec.output('validation', valid_type=orm.Dict,
                     help='`rows`, one per (x, T): n_frames; teacher_gap ± teacher_gap_stderr (eV); gnn_bias = '
                          'mean(teacher - GNN) ± gnn_bias_stderr, gnn_mae, gnn_rmse (eV); force_mae, force_rmse '
-                         '(eV/Å), energy_per_atom_mae and _bias (eV/atom) of the MLIP; plus `teacher` (low/high).')
+                         '(eV/Å), energy_per_atom_mae and _bias (eV/atom) of the MLIP; at T = 0 (relaxed '
+                         'structures) volume_per_atom (Å^3) and vegard_deviation (V/V_Vegard - 1 between the end '
+                         'members, when both are there); plus `teacher` (low/high).')
         spec.output('plot', valid_type=orm.SinglefileData, required=False,
                     help='PNG: the GNN\'s gap against the teacher\'s and the MLIP\'s forces against the low engine\'s '
                          'on every validation frame, coloured by (x, T).')
@@ -427,6 +440,13 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
             force = 'n/a' if row['force_mae'] is None else f'{row["force_mae"]:.3f}'
             self.report(f'x = {row["x"]:.3f}, T = {row["temperature"]:.0f} K ({row["n_frames"]} frames): GNN bias '
                         f'{bias} eV, MLIP force MAE {force} eV/Å')
+        for row in validation['rows']:
+            deviation = row.get('vegard_deviation')
+            if deviation is not None and abs(deviation) > VEGARD_TOLERANCE:
+                self.report(f'WARNING: the relaxed structure of x = {row["x"]:.3f} has {row["volume_per_atom"]:.2f} '
+                            f'Å^3/atom, {100 * deviation:+.1f} % from Vegard\'s law between the end members: its '
+                            f'ranking and gaps rest on the potential far from where it was checked (teacher gap '
+                            f'{row["teacher_gap"]:.3f} eV, GNN bias {row["gnn_bias"]:+.3f} eV)')
         if not any(row['n_gap'] for row in validation['rows']):
             return self.exit_codes.ERROR_NO_TEACHER_GAP.format(teacher=validation['teacher'])
         return None
