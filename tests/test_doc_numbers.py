@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import pathlib
 
 import pytest
@@ -84,5 +85,21 @@ def test_demo_table_i_matches_its_csv():
         expected = f'| {x:g} | ' + ' | '.join(cells) + ' |'
         assert expected in text, expected
     previous = _table_i('table_i_previous_run.csv')
-    largest = max(abs(float(table[key]['relative_change']) - float(previous[key]['relative_change'])) for key in table)
-    assert f'agree within {100 * largest:.1f} percentage points' in text, 100 * largest
+    ends = [key for key in table if key[0] in (0.0, 1.0) and key[1] > 0]
+    largest = max(abs(float(table[k]['gap_eV']) - float(previous[k]['gap_eV']))
+                  / math.hypot(float(table[k]['stderr_eV']), float(previous[k]['stderr_eV'])) for k in ends)
+    assert f'agree within {largest:.1f} combined standard errors' in text, largest
+
+
+def test_demo_teacher_check_matches_its_json():
+    """The independent check of Table I against the teacher on other frames: the range of the differences, how
+    many points lie within Table I's stated error and the largest |z| are the JSON's."""
+    text = (ROOT / 'docs/study.md').read_text()
+    rows = _json('docs/figures/demo/teacher_check.json')['rows']
+    differences = [row['difference'] for row in rows]
+    assert f'the differences are {min(differences):+.3f} to {max(differences):+.3f} eV' in text.replace('−', '-')
+    within = sum(row['within'] for row in rows)
+    assert f'{["No", "One", "Two", "Three", "Four", "Five", "Six"][within]} of the six points lie within' in text
+    largest = max(abs(row['z']) for row in rows)
+    assert largest <= 1.5 and 'all six within 1.5 of the two errors' in text, largest
+    assert f'{sum(row["n_frames"] for row in rows)} other' in text
