@@ -446,7 +446,8 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
                 self.report(f'WARNING: the relaxed structure of x = {row["x"]:.3f} has {row["volume_per_atom"]:.2f} '
                             f'Å^3/atom, {100 * deviation:+.1f} % from Vegard\'s law between the end members: its '
                             f'ranking and gaps rest on the potential far from where it was checked (teacher gap '
-                            f'{row["teacher_gap"]:.3f} eV, GNN bias {row["gnn_bias"]:+.3f} eV)')
+                            f'{row["teacher_gap"] or float("nan"):.3f} eV, GNN bias '
+                            f'{row["gnn_bias"] or float("nan"):+.3f} eV)')
         if not any(row['n_gap'] for row in validation['rows']):
             return self.exit_codes.ERROR_NO_TEACHER_GAP.format(teacher=validation['teacher'])
         return None
