@@ -72,25 +72,32 @@ def test_batch_label_throttles_and_labels_like_a_direct_calculation(script_code)
     np.testing.assert_allclose(labelled.forces[30:40], direct['forces'], atol=1e-6)
 
 
-def test_mlip_potential_trains_checks_and_evaluates(script_code):
-    """The potential's stage alone on Lennard-Jones labels: one held-out structure validates the potential; the
-    evaluation job's errors on it are the training job's own validation errors (two independent calculations of the
-    same quantity); the MD check reports a verdict for every replica of the final potential."""
+def potential_builder(script_code, dataset: DatasetData, overrides: dict, **inputs):
+    """The potential's stage on a tiny MACE (8 channels, max_L 0, 2 epochs, float64) from 2x1x1 Ag3S(I,Br) start
+    cells, with the demo protocol and ``overrides`` (md_check, refine)."""
     from aiida_capthermo.workflows.mlip_potential import MlipPotentialWorkChain
 
-    from mlip_helpers import lj_labelled_cells
-
-    dataset = DatasetData.from_labelled_set(lj_labelled_cells(12, rattle=0.1), method='LJ').store()
     prototype = {'a': 'Ag', 'b': 'S', 'host': 'I', 'guest': 'Br', 'a_host': 4.8, 'a_guest': 4.6}
-    builder = MlipPotentialWorkChain.get_builder_from_protocol(
+    return MlipPotentialWorkChain.get_builder_from_protocol(
         script_code('mace_run_train', 'capthermo.mace_finetune'), protocol='demo',
         mlip_code=script_code('capthermo-mlip', 'capthermo.mlip_md'),
         evaluate_code=script_code('capthermo-mace', 'capthermo.mace_evaluate'),
         overrides={'hyperparameters': {'max_num_epochs': 2, 'num_channels': 8, 'max_L': 0, 'r_max': 4.0,
                                        'default_dtype': 'float64', 'valid_fraction': 0.1},
-                   'options': {}, 'md_check': {'compositions': [0.5], 'temperatures': [300.0], 'steps': 40,
-                                               'threads': 1}},
-        dataset=dataset, prototype=orm.Dict(prototype), supercell=orm.List([2, 1, 1]))
+                   'options': {}, **overrides},
+        dataset=dataset, prototype=orm.Dict(prototype), supercell=orm.List([2, 1, 1]), **inputs)
+
+
+def test_mlip_potential_trains_checks_and_evaluates(script_code):
+    """The potential's stage alone on Lennard-Jones labels: one held-out structure validates the potential; the
+    evaluation job's errors on it are the training job's own validation errors (two independent calculations of the
+    same quantity); the MD check reports a verdict for every replica of the final potential."""
+
+    from mlip_helpers import lj_labelled_cells
+
+    dataset = DatasetData.from_labelled_set(lj_labelled_cells(12, rattle=0.1), method='LJ').store()
+    builder = potential_builder(script_code, dataset, {'md_check': {'compositions': [0.5], 'temperatures': [300.0],
+                                                                    'steps': 40, 'threads': 1}})
     del builder.refine  # refinement labels MD frames with a teacher: the study's test runs it
     results, node = engine.run_get_node(builder)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
@@ -153,21 +160,12 @@ def test_mlip_potential_active_learning_learning_curve(script_code):
     both rounds with one retraining in between, and each row of the learning curve is the force MAE of that round's
     potential on that round's frames, recomputed here with MACE's ASE calculator; the frames were not in the set that
     potential trained on."""
-    from aiida_capthermo.workflows.mlip_potential import MlipPotentialWorkChain
 
     dataset = _xtb_labelled_cells(12)
-    prototype = {'a': 'Ag', 'b': 'S', 'host': 'I', 'guest': 'Br', 'a_host': 4.8, 'a_guest': 4.6}
     refine = {'rounds': 2, 'compositions': [0.5], 'temperatures': [300.0], 'steps': 40, 'frame_stride': 20,
               'max_frame_force': 1000.0, 'finetune_epochs': 1, 'threads': 1, 'dtype': 'float64'}
-    builder = MlipPotentialWorkChain.get_builder_from_protocol(
-        script_code('mace_run_train', 'capthermo.mace_finetune'), protocol='demo',
-        mlip_code=script_code('capthermo-mlip', 'capthermo.mlip_md'),
-        evaluate_code=script_code('capthermo-mace', 'capthermo.mace_evaluate'),
-        overrides={'hyperparameters': {'max_num_epochs': 2, 'num_channels': 8, 'max_L': 0, 'r_max': 4.0,
-                                       'default_dtype': 'float64', 'valid_fraction': 0.1},
-                   'options': {}, 'refine': {**refine, 'force_tolerance': 100.0}},
-        dataset=dataset, prototype=orm.Dict(prototype), supercell=orm.List([2, 1, 1]),
-        engine={'code': script_code('capthermo-label', 'capthermo.label')})
+    builder = potential_builder(script_code, dataset, {'refine': {**refine, 'force_tolerance': 100.0}},
+                                engine={'code': script_code('capthermo-label', 'capthermo.label')})
 
     def called(node, label):
         return [link.node for link in node.base.links.get_outgoing().all() if link.link_label.startswith(label)]

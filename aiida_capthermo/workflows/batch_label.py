@@ -16,13 +16,19 @@ from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.workflows.engines import engine_namespace, label_batch_inputs
 from aiida_capthermo.workflows.functions import assemble_dataset
 
-__all__ = ['BatchLabelWorkChain']
+__all__ = ['BatchLabelWorkChain', 'balanced_batch_size']
 
 
 def validate_positive(value: orm.Int, _) -> str | None:
     if value.value < 1:
         return f'must be at least 1, got {value.value}'
     return None
+
+
+def balanced_batch_size(n_structures: int, batch_size: int, max_concurrent: int) -> int:
+    """At most ``batch_size`` structures per batch, but small enough that ``n_structures`` fill all
+    ``max_concurrent`` jobs at once (a few frames in one job would leave the other slots idle)."""
+    return max(1, min(batch_size, -(-n_structures // max_concurrent)))
 
 
 class BatchLabelWorkChain(WorkChain):

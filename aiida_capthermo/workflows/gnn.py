@@ -22,7 +22,7 @@ from aiida_capthermo.calculations.gnn import GnnTrainCalcJob
 from aiida_capthermo.calculations.gnn import validate_hyperparameters as validate_gnn_hyperparameters
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
-from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain
+from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain, balanced_batch_size
 from aiida_capthermo.workflows.engines import engine_namespace
 from aiida_capthermo.workflows.functions import frames_to_structures, spread_subset
 from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options
@@ -138,7 +138,7 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
         subset = spread_subset(self.inputs.md_frames, orm.Dict({'n': self.inputs.md_high_labels.value,
                                                                 'seed': self.inputs.seed.value}))
         concurrent = self.inputs.max_concurrent.value
-        batch_size = min(self.inputs.batch_size.value, -(-subset.n_structures // concurrent))
+        batch_size = balanced_batch_size(subset.n_structures, self.inputs.batch_size.value, concurrent)
         self.report(f'labelling {subset.n_structures} MD frames with the high-fidelity engine')
         return ToContext(md_labels=self.submit(
             BatchLabelWorkChain, structures=frames_to_structures(subset), engine=dict(self.inputs.high_engine),

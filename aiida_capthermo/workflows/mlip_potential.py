@@ -35,7 +35,7 @@ from aiida_capthermo.calculations.mace import validate_hyperparameters as valida
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.ml.settings import MdConfig
-from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain
+from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain, balanced_batch_size
 from aiida_capthermo.workflows.dataset import build_parent, generate_structures
 from aiida_capthermo.workflows.engines import engine_namespace
 from aiida_capthermo.workflows.functions import frames_to_structures, merge_datasets, split_dataset
@@ -371,7 +371,7 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
             for key, node in frames_to_structures(frames).items():
                 structures[f'md{index:02d}_{key}'] = node
         concurrent = self.inputs.max_concurrent.value
-        batch_size = min(self.inputs.batch_size.value, -(-len(structures) // concurrent))
+        batch_size = balanced_batch_size(len(structures), self.inputs.batch_size.value, concurrent)
         self.report(f'labelling {len(structures)} MD frames')
         return ToContext(frame_labels=self.submit(
             BatchLabelWorkChain, structures=structures, engine=dict(self.inputs.engine), fidelity=orm.Str('low'),

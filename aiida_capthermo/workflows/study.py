@@ -229,18 +229,26 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         self.report('training the potential')
         return ToContext(mace=self.submit(MlipPotentialWorkChain, **inputs))
 
-    def inspect_potential(self):
-        if 'mace' not in self.ctx:
-            return None
-        node = self.ctx.mace
+    def _take_stage(self, name: str, process, exit_code, figures: dict):
+        """A finished stage ``name``: its exit code when it failed; else its outputs exposed under ``name`` and its
+        ``figures`` (figure label -> output name) under ``figures``."""
+        node = self.ctx[name]
         if not node.is_finished_ok:
-            return self.exit_codes.ERROR_MACE_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
-        self.out_many(self.exposed_outputs(node, MlipPotentialWorkChain, namespace='mace'))
-        self.ctx.mace_model = node.outputs.model
-        for figure, output in (('mace_parity', 'parity_plot'), ('mace_learning_curve', 'learning_curve_plot')):
+            return exit_code.format(message=f'[{node.exit_status}] {node.exit_message}')
+        self.out_many(self.exposed_outputs(node, process, namespace=name))
+        for figure, output in figures.items():
             if output in node.outputs:
                 self.out(f'figures.{figure}', node.outputs[output])
         return None
+
+    def inspect_potential(self):
+        if 'mace' not in self.ctx:
+            return None
+        error = self._take_stage('mace', MlipPotentialWorkChain, self.exit_codes.ERROR_MACE_FAILED,
+                                 {'mace_parity': 'parity_plot', 'mace_learning_curve': 'learning_curve_plot'})
+        if error is None:
+            self.ctx.mace_model = self.ctx.mace.outputs.model
+        return error
 
     def run_gnn(self):
         """The two-stage GNN (unless given) on the datasets and the potential's labelled MD frames."""
@@ -261,15 +269,11 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
     def inspect_gnn(self):
         if 'gnn' not in self.ctx:
             return None
-        node = self.ctx.gnn
-        if not node.is_finished_ok:
-            return self.exit_codes.ERROR_GNN_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
-        self.out_many(self.exposed_outputs(node, GnnTwoStageWorkChain, namespace='gnn'))
-        self.ctx.gnn_model = node.outputs.model
-        for figure, output in (('gnn_parity_low', 'parity_plot_low'), ('gnn_parity', 'parity_plot')):
-            if output in node.outputs:
-                self.out(f'figures.{figure}', node.outputs[output])
-        return None
+        error = self._take_stage('gnn', GnnTwoStageWorkChain, self.exit_codes.ERROR_GNN_FAILED,
+                                 {'gnn_parity_low': 'parity_plot_low', 'gnn_parity': 'parity_plot'})
+        if error is None:
+            self.ctx.gnn_model = self.ctx.gnn.outputs.model
+        return error
 
     # ------------------------------------------------------------------ screen and thermal gaps
     def should_screen(self) -> bool:
@@ -346,13 +350,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         return ToContext(validation=self.submit(ThermalValidationWorkChain, **inputs))
 
     def inspect_validation(self):
-        node = self.ctx.validation
-        if not node.is_finished_ok:
-            return self.exit_codes.ERROR_VALIDATION_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
-        self.out_many(self.exposed_outputs(node, ThermalValidationWorkChain, namespace='validation'))
-        if 'plot' in node.outputs:
-            self.out('figures.validation', node.outputs.plot)
-        return None
+        return self._take_stage('validation', ThermalValidationWorkChain, self.exit_codes.ERROR_VALIDATION_FAILED,
+                                {'validation': 'plot'})
 
     def should_tabulate(self) -> bool:
         return 'thermal' in self.ctx and 'table' in self.ctx.thermal.outputs
