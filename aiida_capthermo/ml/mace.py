@@ -14,7 +14,7 @@ import numpy as np
 from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.ml.gnn.metrics import regression_metrics  # MAE, RMSE, R^2 over all components
 
-__all__ = ['resolve_device', 'load_mace_model', 'predict', 'regression_metrics', 'evaluate_model',
+__all__ = ['resolve_device', 'load_mace_model', 'random_mace', 'predict', 'regression_metrics', 'evaluate_model',
            'phonon_frequency_check']
 
 
@@ -39,17 +39,66 @@ def load_mace_model(model: str, device: str = 'auto', dtype: str = 'float64'):
     from mace.tools import torch_tools
 
     device = resolve_device(device)
+    default = torch.get_default_dtype()
     torch_tools.set_default_dtype(dtype)
-    if os.path.isfile(model):
-        module = torch.load(model, map_location=device, weights_only=False)
-    else:
-        from mace.calculators import mace_mp
+    try:
+        if os.path.isfile(model):
+            module = torch.load(model, map_location=device, weights_only=False)
+        else:
+            from mace.calculators import mace_mp
 
-        module = mace_mp(model=model, device=device, default_dtype=dtype, return_raw_model=True)
+            module = mace_mp(model=model, device=device, default_dtype=dtype, return_raw_model=True)
+    finally:
+        torch.set_default_dtype(default)  # MACE sets the process-wide default; callers' tensors keep theirs
     module = module.to(device).to(torch.float64 if dtype == 'float64' else torch.float32)
     for parameter in module.parameters():
         parameter.requires_grad = False
     return module
+
+
+#: Architectures of :func:`random_mace`: the demo's potential and one of the size of the MACE-MPA-0 medium
+#: foundation (128x0e + 128x1o, correlation 3, 2 interactions, r_max 6 Å, 89 elements).
+ARCHITECTURES = {
+    'demo': {'num_channels': 16, 'max_L': 1, 'correlation': 2, 'num_interactions': 2, 'r_max': 5.0},
+    'medium': {'num_channels': 128, 'max_L': 1, 'correlation': 3, 'num_interactions': 2, 'r_max': 6.0},
+}
+
+
+def random_mace(architecture: str | dict, atomic_numbers: Sequence[int] = tuple(range(1, 90)), seed: int = 0,
+                scale: float = 0.05, avg_num_neighbors: float = 40.0):
+    """A MACE (``ScaleShiftMACE``, residual interactions, max_ell 3, 8 Bessel functions) with random weights, of a
+    named architecture of :data:`ARCHITECTURES` or a dict of the same keys, in float64 on the CPU.
+
+    Its energies mean nothing: it exists to time the MD, relaxation and fine-tuning machinery with a model of a
+    given size, and to test plumbing that must give the same numbers for any model. ``scale`` (eV) keeps its
+    forces small enough that short runs stay near their starting structures.
+    """
+    import mace  # noqa: F401 -- before e3nn: importing mace allows the full torch.load that e3nn's import needs
+    import torch
+    from e3nn import o3
+    from mace import modules
+
+    arch = ARCHITECTURES[architecture] if isinstance(architecture, str) else architecture
+    numbers = sorted(int(z) for z in atomic_numbers)
+    hidden = o3.Irreps(' + '.join(f"{arch['num_channels']}x{ell}{'e' if ell % 2 == 0 else 'o'}"
+                                  for ell in range(arch['max_L'] + 1)))
+    residual = modules.interaction_classes['RealAgnosticResidualInteractionBlock']
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(seed)
+        model = modules.ScaleShiftMACE(
+            r_max=float(arch['r_max']), num_bessel=8, num_polynomial_cutoff=5, max_ell=3, interaction_cls=residual,
+            interaction_cls_first=residual, num_interactions=int(arch['num_interactions']),
+            num_elements=len(numbers), hidden_irreps=hidden, MLP_irreps=o3.Irreps('16x0e'),
+            atomic_energies=np.zeros(len(numbers)), avg_num_neighbors=avg_num_neighbors, atomic_numbers=numbers,
+            correlation=int(arch['correlation']), gate=torch.nn.functional.silu, atomic_inter_scale=scale,
+            atomic_inter_shift=0.0)
+    finally:
+        torch.set_default_dtype(default)
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    return model
 
 
 def predict(model, atoms_list: Sequence, batch_size: int = 8, device: str | None = None) -> dict[str, np.ndarray]:
@@ -57,12 +106,15 @@ def predict(model, atoms_list: Sequence, batch_size: int = 8, device: str | None
     from mace import data as mace_data
     from mace.tools import torch_geometric, utils
 
+    from aiida_capthermo.ml.settings import torch_default_dtype
+
     device = device or next(model.parameters()).device
     z_table = utils.AtomicNumberTable([int(z) for z in model.atomic_numbers])
     heads = getattr(model, 'heads', None)
     configs = [mace_data.config_from_atoms(atoms) for atoms in atoms_list]
-    dataset = [mace_data.AtomicData.from_config(c, z_table=z_table, cutoff=float(model.r_max), heads=heads)
-               for c in configs]
+    with torch_default_dtype(str(next(model.parameters()).dtype).removeprefix('torch.')):  # MACE's data: the default
+        dataset = [mace_data.AtomicData.from_config(c, z_table=z_table, cutoff=float(model.r_max), heads=heads)
+                   for c in configs]
     loader = torch_geometric.dataloader.DataLoader(dataset=dataset, batch_size=batch_size, shuffle=False,
                                                    drop_last=False)
     energies, forces, stresses = [], [], []

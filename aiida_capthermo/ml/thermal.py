@@ -32,8 +32,9 @@ import torch
 from ase import units
 from torch_sim.models.interface import ModelInterface
 
-__all__ = ['ReplicaTrajectory', 'ReplicaBatch', 'HarmonicModel', 'load_torchsim_model', 'min_pair_distances',
-           'blow_up', 'init_replicas', 'replica_step', 'record_frame', 'stop_blown_up', 'run_replicas']
+__all__ = ['ReplicaTrajectory', 'ReplicaBatch', 'HarmonicModel', 'load_torchsim_model', 'memory_batch_size',
+           'batch_plan', 'min_pair_distances', 'blow_up', 'init_replicas', 'replica_step', 'record_frame',
+           'stop_blown_up', 'run_replicas']
 
 #: What a replica records at every recorded frame (each a list, one entry per frame).
 _SERIES = ('time_fs', 'temperature', 'potential_energy', 'min_distance', 'closest_pair', 'volume', 'positions',
@@ -162,20 +163,66 @@ class HarmonicModel(ModelInterface):
         return {'energy': energy, 'forces': force.reshape(-1, 3)}
 
 
-def load_torchsim_model(model_path: str, device: str, dtype: str, compute_stress: bool = False):
+def load_torchsim_model(model_path: str, device: str, dtype: str, compute_stress: bool = False,
+                        enable_cueq: bool = False):
     """A MACE model (a ``.model`` file, or a named foundation: :func:`aiida_capthermo.ml.mace.load_mace_model`) as a
-    TorchSim model: TorchSim 0.3's own ``torch_sim.models.mace.MaceModel`` (mace-torch 0.3.16's
-    ``MaceTorchSimModel`` needs a newer TorchSim's neighbour list), else mace-torch's."""
-    try:
-        from torch_sim.models.mace import MaceModel as TorchSimMace
-    except ImportError:  # TorchSim releases that moved the MACE wrapper into mace-torch
-        from mace.calculators.mace_torchsim import MaceTorchSimModel as TorchSimMace
-
+    TorchSim model whose neighbour list is searched for every replica at once on ``device``
+    (:class:`aiida_capthermo.ml.torchsim_mace.MaceModel`); with ``enable_cueq``, on cuEquivariance kernels where
+    they are installed (its ``kernels`` says which ran)."""
     from aiida_capthermo.ml.mace import load_mace_model, resolve_device
+    from aiida_capthermo.ml.torchsim_mace import MaceModel
 
     device = resolve_device(device)
-    return TorchSimMace(model=load_mace_model(str(model_path), device, dtype), device=torch.device(device),
-                        dtype=getattr(torch, dtype), compute_forces=True, compute_stress=compute_stress)
+    return MaceModel(load_mace_model(str(model_path), device, dtype), device=device, dtype=getattr(torch, dtype),
+                     compute_forces=True, compute_stress=compute_stress, enable_cueq=enable_cueq)
+
+
+#: Share of the free GPU memory that :func:`memory_batch_size` fills with one model call.
+MEMORY_FRACTION = 0.5
+
+
+def memory_batch_size(model, systems: Sequence, fraction: float = MEMORY_FRACTION, probe_atoms: int = 2000) -> dict:
+    """How many of ``systems`` (``ase.Atoms``) one call of ``model`` can take, from the device's free memory.
+
+    On a GPU one model call on a probe batch (copies of the systems, about ``probe_atoms`` atoms) measures the
+    peak memory per atom; the batch then fills ``fraction`` of the free memory, with room for the largest system.
+    On the CPU memory is not the limit: every system goes in one call. Returns ``batch_size`` (at least 1, at most
+    ``len(systems)``), ``bytes_per_atom`` (None on the CPU), ``free_bytes``, ``fraction`` and ``device``.
+    """
+    import torch_sim as ts
+
+    n = len(systems)
+    device = torch.device(model.device)
+    if device.type != 'cuda' or n == 0:
+        return {'batch_size': max(n, 1), 'bytes_per_atom': None, 'free_bytes': None, 'fraction': fraction,
+                'device': str(device)}
+    largest = max(len(atoms) for atoms in systems)
+    copies = max(1, probe_atoms // largest)
+    probe = ts.io.atoms_to_state([systems[i % n] for i in range(copies)], device, model.dtype)
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    model(probe)
+    torch.cuda.synchronize(device)
+    per_atom = (torch.cuda.max_memory_allocated(device) - before) / probe.n_atoms
+    del probe
+    torch.cuda.empty_cache()
+    free = torch.cuda.mem_get_info(device)[0]
+    fits = int(fraction * free / (per_atom * largest))
+    return {'batch_size': max(1, min(n, fits)), 'bytes_per_atom': per_atom, 'free_bytes': free,
+            'fraction': fraction, 'device': str(device)}
+
+
+def batch_plan(model, systems: Sequence, max_batch: int | str | None) -> dict:
+    """How many of ``systems`` go in one call of ``model``: ``max_batch`` when it is a number, all of them when it
+    is None, and :func:`memory_batch_size`'s choice when it is ``'auto'``; the dict records which
+    (``batch_size``, ``sized_by``: ``max_batch`` / ``all`` / ``memory``, and the memory figures when measured)."""
+    if max_batch == 'auto':
+        return {**memory_batch_size(model, systems), 'sized_by': 'memory'}
+    if max_batch is None:
+        return {'batch_size': max(len(systems), 1), 'sized_by': 'all'}
+    return {'batch_size': int(max_batch), 'sized_by': 'max_batch'}
 
 
 def min_pair_distances(positions: torch.Tensor, cell: torch.Tensor, system_idx: torch.Tensor,
