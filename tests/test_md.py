@@ -152,6 +152,26 @@ def test_cli_md_runs_replicas_and_writes_frames(mace_model_file, tmp_path, monke
     assert frames.temperature.tolist() == [100.0, 100.0, 200.0, 200.0] * 2
 
 
+def test_cli_md_runs_replicas_beyond_one_batch_in_sequence(mace_model_file, tmp_path, monkeypatch):
+    """``max_batch: 3`` runs 4 replicas as a batch of 3 and then a batch of 1 in the same job: every replica finishes
+    all its steps with its own seed, record and frames, and the summary says how the batch was sized."""
+    from aiida_capthermo.compute.mlip import main
+
+    monkeypatch.chdir(tmp_path)
+    cells = [small_cell(False, seed=1, rattle=0.0), small_cell(True, seed=2, rattle=0.0)]
+    LabelledSet.from_atoms_list(cells, x=np.array([0.0, 0.5])).save('start.npz')
+    config = {'temperatures': [100.0, 200.0], 'steps': 60, 'stride': 10, 'frame_stride': 30, 'device': 'cpu',
+              'seed': 4, 'max_batch': 3}
+    pathlib.Path('config.json').write_text(json.dumps(config))
+    assert main(['md', str(mace_model_file), 'start.npz', '--config', 'config.json']) == 0
+    summary = json.loads(pathlib.Path('summary.json').read_text())
+    assert summary['outputs']['batching'] == {'batch_size': 3, 'sized_by': 'max_batch'}
+    assert summary['outputs']['kernels'] == 'e3nn' and summary['outputs']['n_frames'] == 8
+    records = json.loads(pathlib.Path('md.json').read_text())
+    assert [r['seed'] for r in records] == [4, 5, 6, 7] and all(r['steps'] == 60 for r in records)
+    assert all(len(r['series']['temperature']) == 6 for r in records)
+
+
 def test_cli_md_is_one_batched_run_with_a_verdict_per_replica(mace_model_file, tmp_path, monkeypatch):
     """Three structures x two temperatures: ``capthermo-mlip md`` gives exactly the series of one batched run of all
     six replicas (the Langevin noise of a batch is drawn for all its atoms at once, so replicas run apart would

@@ -132,7 +132,7 @@ def test_screen_config_validation():
 
     from aiida_capthermo.ml.settings import ScreenConfig
 
-    assert ScreenConfig().fmax == 0.01 and ScreenConfig().relax_cell is True and ScreenConfig().max_batch is None
+    assert ScreenConfig().fmax == 0.01 and ScreenConfig().relax_cell is True and ScreenConfig().max_batch == 'auto'
     with pytest.raises(ValidationError, match='extra'):
         ScreenConfig(fmaxx=0.1)
     with pytest.raises(ValidationError, match='phonons'):

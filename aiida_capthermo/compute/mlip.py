@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 def run_screen(model: str, structures: str, config: dict, relaxed_path: str, screen_path: str) -> dict:
     """Relax every structure of ``structures`` with the MACE ``model`` in batched TorchSim FIRE simulations.
 
-    Structures are relaxed ``max_batch`` at a time (all at once when unset); after every batch the relaxed set and
+    Structures are relaxed ``max_batch`` at a time (``auto``: as many as half the free GPU memory holds, all on the
+    CPU; None: all at once; the summary's ``batching`` records the size and why); after every batch the relaxed set and
     the records written so far are saved, so a job killed by the scheduler leaves a checkpoint. With ``max_seconds``
     no batch starts after that time: the structures not reached are listed in ``remaining`` and the summary says
     ``complete: false`` (the CalcJob then exits with ERROR_OUT_OF_WALLTIME and a restart relaxes the rest).
@@ -83,14 +84,16 @@ def run_screen(model: str, structures: str, config: dict, relaxed_path: str, scr
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.ml.mlip import relax_batch
     from aiida_capthermo.ml.settings import ScreenConfig
-    from aiida_capthermo.ml.thermal import load_torchsim_model
+    from aiida_capthermo.ml.thermal import batch_plan
 
     start = time.perf_counter()
     settings = ScreenConfig.model_validate(config)
     settings.apply_threads()
-    potential = load_torchsim_model(model, settings.device, settings.dtype, compute_stress=settings.relax_cell)
+    potential = settings.load_model(model, compute_stress=settings.relax_cell)
     inputs = LabelledSet.load(structures)
-    size = settings.max_batch or len(inputs)
+    batching = batch_plan(potential, [inputs.atoms(i, with_labels=False) for i in range(len(inputs))],
+                          settings.max_batch)
+    size = batching['batch_size']
     records, relaxed, kept, remaining = [], [], [], []
     for first in range(0, len(inputs), size):
         indices = list(range(first, min(first + size, len(inputs))))
@@ -118,7 +121,8 @@ def run_screen(model: str, structures: str, config: dict, relaxed_path: str, scr
     return {'n_structures': len(inputs), 'n_relaxed': len(relaxed),
             'n_converged': sum(bool(r.get('converged')) for r in records),
             'lowest_energy_per_atom': min(energies), 'relaxed_indices': kept, 'remaining': remaining,
-            'complete': not remaining, 'batch_size': size, 'settings': settings.model_dump(),
+            'complete': not remaining, 'batch_size': size, 'batching': batching, 'kernels': potential.kernels,
+            'settings': settings.model_dump(),
             'relaxations_per_minute': 60.0 * len(records) / (time.perf_counter() - start),
             'files': {'relaxed': relaxed_path, 'screen': screen_path}}
 
@@ -165,21 +169,26 @@ def run_md(model: str, structures: str, config: dict, frames_path: str, md_path:
 
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.ml.settings import MdConfig
-    from aiida_capthermo.ml.thermal import load_torchsim_model, run_replicas
+    from aiida_capthermo.ml.thermal import batch_plan, run_replicas
 
     settings = MdConfig.model_validate(config)
     settings.apply_threads()
-    potential = load_torchsim_model(model, settings.device, settings.dtype)
+    potential = settings.load_model(model)
     inputs = LabelledSet.load(structures)
     runs = [(index, temperature) for index in range(len(inputs)) for temperature in settings.temperatures]
     records = [{'replica': replica, 'index': index, 'structure_uuid': str(inputs.structure_uuid[index]),
                 'x': float(inputs.x[index]), 'temperature': float(temperature), 'seed': settings.seed + replica}
                for replica, (index, temperature) in enumerate(runs)]
+    systems = [inputs.atoms(r['index'], with_labels=False) for r in records]
+    batching = batch_plan(potential, systems, settings.max_batch)
+    size, trajectories = batching['batch_size'], []
     try:
-        trajectories = run_replicas(
-            potential, [inputs.atoms(r['index'], with_labels=False) for r in records],
-            [r['temperature'] for r in records], [r['seed'] for r in records], **settings.engine_arguments(),
-            store_forces=settings.frame_stride is not None, batch_seed=settings.seed)
+        for first in range(0, len(records), size):  # batches beyond the first in sequence, each its own noise seed
+            chunk = records[first:first + size]
+            trajectories.extend(run_replicas(
+                potential, systems[first:first + size], [r['temperature'] for r in chunk],
+                [r['seed'] for r in chunk], **settings.engine_arguments(),
+                store_forces=settings.frame_stride is not None, batch_seed=settings.seed + 7919 * (first // size)))
     except Exception as exception:
         raise RuntimeError(f'no replica ran: {type(exception).__name__}: {exception}') from exception
     frames, frame_x, frame_t = [], [], []
@@ -199,7 +208,8 @@ def run_md(model: str, structures: str, config: dict, frames_path: str, md_path:
         json.dump(records, handle, default=lambda value: value.tolist() if hasattr(value, 'tolist') else str(value))
     return {'n_replicas': len(records), 'n_stable': sum(bool(r['stable']) for r in records),
             'stable': all(bool(r['stable']) for r in records), 'n_frames': len(frames),
-            'settings': settings.model_dump(), 'files': {'frames': frames_path if frames else None, 'md': md_path}}
+            'batching': batching, 'kernels': potential.kernels, 'settings': settings.model_dump(),
+            'files': {'frames': frames_path if frames else None, 'md': md_path}}
 
 
 def _md_frames(atoms, trajectory, settings) -> list:
@@ -224,7 +234,8 @@ def _md_frames(atoms, trajectory, settings) -> list:
 
 def run_thermal(model: str, structures: str, config: dict, frames_path: str, series_path: str, md_path: str) -> dict:
     """Run every (structure, temperature, seed) replica with the MACE ``model`` in batched simulations of the MD
-    engine (``max_batch`` replicas each).
+    engine (``max_batch`` replicas each; ``auto``: as many as half the free GPU memory holds, all on the CPU; the
+    summary's ``batching`` records the size chosen and why, ``kernels`` the MACE kernels).
 
     Writes the frames of the replicas that finished (replica by replica, in id order) as a LabelledSet (x, target
     temperature, potential energy per frame), the per-replica series and one record per replica (id, structure,
@@ -236,17 +247,17 @@ def run_thermal(model: str, structures: str, config: dict, frames_path: str, ser
     import numpy as np
 
     from aiida_capthermo.core.dataset import LabelledSet
-    from aiida_capthermo.ml.mace import resolve_device
     from aiida_capthermo.ml.settings import ThermalMdConfig
-    from aiida_capthermo.ml.thermal import load_torchsim_model, run_replicas
+    from aiida_capthermo.ml.thermal import batch_plan, run_replicas
 
     settings = ThermalMdConfig.model_validate(config)
     settings.apply_threads()
-    potential = load_torchsim_model(model, resolve_device(settings.device), settings.dtype,
-                                    compute_stress=settings.ensemble == 'npt')
+    potential = settings.load_model(model, compute_stress=settings.ensemble == 'npt')
     inputs = LabelledSet.load(structures)
     table = settings.replica_table(len(inputs))
-    size = settings.max_batch or len(table)
+    batching = batch_plan(potential, [inputs.atoms(row['index'], with_labels=False) for row in table],
+                          settings.max_batch)
+    size = batching['batch_size']
     series, start = {}, time.perf_counter()
     for first in range(0, len(table), size):
         chunk = table[first:first + size]
@@ -273,7 +284,7 @@ def run_thermal(model: str, structures: str, config: dict, frames_path: str, ser
     broken = [row['replica'] for row in table if row['broke']]
     return {'n_replicas': len(table), 'n_broken': len(broken), 'broken': broken, 'n_frames': n_frames,
             'wall_time_s': wall, 'replica_steps_per_s': replica_steps / wall if wall > 0 else None,
-            'settings': settings.model_dump(),
+            'batching': batching, 'kernels': potential.kernels, 'settings': settings.model_dump(),
             'files': {'frames': frames_path if n_frames else None, 'series': series_path, 'md': md_path}}
 
 
@@ -332,11 +343,10 @@ def run_modes(model: str, structures: str, config: dict, distorted_path: str, mo
     from aiida_capthermo.core.thermal import frozen_mode_displacements, species_participation
     from aiida_capthermo.ml.mlip import batched_forces, harmonic_phonons
     from aiida_capthermo.ml.settings import ModesConfig
-    from aiida_capthermo.ml.thermal import load_torchsim_model
 
     settings = ModesConfig.model_validate(config)
     settings.apply_threads()
-    forces = batched_forces(load_torchsim_model(model, settings.device, settings.dtype))
+    forces = batched_forces(settings.load_model(model))
     inputs = LabelledSet.load(structures)
     records, distorted, x, temperature = [], [], [], []
     for index in range(len(inputs)):
@@ -387,12 +397,11 @@ def run_phonons(model: str, structures: str, config: dict, bands_path: str, phon
     from aiida_capthermo.ml.mlip import band_structure, batched_forces, phonopy_from_forces
     from aiida_capthermo.ml.phonons import commensurate_frequencies, finite_temperature_phonons
     from aiida_capthermo.ml.settings import PhononConfig
-    from aiida_capthermo.ml.thermal import load_torchsim_model
 
     start = time.perf_counter()
     settings = PhononConfig.model_validate(config)
     settings.apply_threads()
-    potential = load_torchsim_model(model, settings.device, settings.dtype)
+    potential = settings.load_model(model)
     forces = batched_forces(potential, settings.batch_size)
     inputs = LabelledSet.load(structures)
     records, arrays, phonons = [], {}, []

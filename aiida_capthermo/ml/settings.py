@@ -34,8 +34,11 @@ class ModelRunSettings(BaseModel):
     model_config = ConfigDict(extra='forbid')
 
     device: Literal['auto', 'cpu', 'cuda'] = Field('auto', description='auto: CUDA when present, else the CPU.')
-    dtype: Literal['float64', 'float32'] = Field('float64', description='Precision of the model.')
+    dtype: Literal['float64', 'float32'] = Field('float64', description='Precision of the model (float32 is '
+                                                                          'the fast one on a GPU).')
     threads: int | None = Field(None, ge=1, description='CPU threads of torch; default: torch decides.')
+    cueq: bool = Field(True, description="On a GPU, MACE on NVIDIA's cuEquivariance kernels where they are installed "
+                                         '(extra cueq); otherwise, and on the CPU, on e3nn\'s.')
 
     def apply_threads(self) -> None:
         """Set torch's CPU thread count when ``threads`` is given (imports torch only then)."""
@@ -43,6 +46,14 @@ class ModelRunSettings(BaseModel):
             import torch
 
             torch.set_num_threads(self.threads)
+
+    def load_model(self, model: str, compute_stress: bool = False):
+        """The MACE ``model`` (file or foundation name) as a TorchSim model on these settings' device, in their
+        precision, on the kernels they allow (:func:`aiida_capthermo.ml.thermal.load_torchsim_model`)."""
+        from aiida_capthermo.ml.thermal import load_torchsim_model
+
+        return load_torchsim_model(model, self.device, self.dtype, compute_stress=compute_stress,
+                                   enable_cueq=self.cueq)
 
 
 @contextlib.contextmanager
@@ -68,8 +79,9 @@ class ScreenConfig(ModelRunSettings):
     fmax: float = Field(0.01, gt=0, description='Convergence: largest atomic force and cell force (eV/Å) below this.')
     max_steps: int = Field(1000, ge=1, description='Maximum number of FIRE steps per structure.')
     relax_cell: bool = Field(True, description='Relax the cell (Fréchet cell filter) as well as the positions.')
-    max_batch: int | None = Field(None, ge=1, description='Structures relaxed together in one batched simulation '
-                                                          '(memory); all at once when unset.')
+    max_batch: int | Literal['auto'] | None = Field(
+        'auto', ge=1, description='Structures relaxed together in one batched simulation: auto = as many as half '
+                                  'the free GPU memory holds (all on the CPU); None = all at once.')
     max_seconds: float | None = Field(None, gt=0, description='Start no new batch after this many seconds; the '
                                                               'structures not reached are reported as remaining '
                                                               '(set from the job walltime by the CalcJob).')
@@ -83,8 +95,9 @@ class PhononConfig(ModelRunSettings):
     displacement: float = Field(0.01, gt=0, le=0.1, description='Finite displacement of phonopy (Å).')
     imaginary_threshold: float = Field(-0.1, le=0, description='Frequencies below this (THz) count as imaginary.')
     band_points: int = Field(31, ge=2, description='q points per segment of the band path.')
-    batch_size: int = Field(8, ge=1, description='Displaced supercells per model call (8 is fastest on one CPU thread: '
-                                                 '1.24x over one by one, 64 is 0.6x; raise it on a GPU).')
+    batch_size: int | Literal['auto'] = Field(
+        'auto', ge=1, description='Displaced supercells per model call: auto = as many as half the free GPU memory '
+                                  'holds, 8 on the CPU (the fastest on one thread: 1.24x over one by one, 64 is 0.6x).')
     temperatures: list[float] = Field(default_factory=list,
                                       description='Temperatures (K, > 0) of the finite-temperature phonons; none: '
                                                   'harmonic only.')
@@ -147,6 +160,9 @@ class MdSettings(ModelRunSettings):
     stop_distance: float = Field(1.0, gt=0, description='Stop a replica when two atoms come closer than this (Å).')
     max_temperature_ratio: float = Field(3.0, gt=1, description='Stop a replica whose kinetic temperature exceeds '
                                                                 'this multiple of its target.')
+    max_batch: int | Literal['auto'] | None = Field(
+        'auto', ge=1, description='Replicas per batched simulation: auto = as many as half the free GPU memory '
+                                  'holds (all on the CPU); None = all at once.')
 
     @model_validator(mode='after')
     def _positive_temperatures(self) -> MdSettings:
@@ -172,8 +188,6 @@ class ThermalMdConfig(MdSettings):
     pressure: float = Field(0.0, description='External pressure of NPT (GPa).')
     store_velocities: bool = Field(False, description='Also record velocities (Å/fs) at every recorded frame.')
     fix_com: bool = Field(True, description='Remove the total momentum of every replica after each step.')
-    max_batch: int | None = Field(None, ge=1, description='Replicas per batched simulation (memory); all at once '
-                                                          'when unset.')
     select: list[int] | None = Field(None, description='Run only these replica ids (a restart of broken replicas).')
 
     def replica_table(self, n_structures: int) -> list[dict]:
@@ -194,8 +208,8 @@ class ThermalMdConfig(MdSettings):
 
 
 class MdConfig(MdSettings):
-    """Settings of ``capthermo-mlip md``: every structure runs at every temperature (one replica each, all of them
-    in one batched simulation), with a stability verdict per replica; unknown keys are rejected."""
+    """Settings of ``capthermo-mlip md``: every structure runs at every temperature (one replica each, ``max_batch``
+    of them per batched simulation), with a stability verdict per replica; unknown keys are rejected."""
 
     temperatures: list[float] = Field(default_factory=lambda: [600.0], min_length=1,
                                       description='Target temperatures (K, > 0), one replica per structure and T.')

@@ -296,7 +296,8 @@ class MlipScreenWorkChain(CapthermoBaseRestartWorkChain):
     def handle_out_of_memory(self, node):
         """Halve the batch size (the structures relaxed together), down to one."""
         parameters = self.ctx.inputs['parameters'].get_dict() if 'parameters' in self.ctx.inputs else {}
-        batch = parameters.get('max_batch') or len(self.ctx.inputs['structures'])
+        batch = parameters.get('max_batch')  # 'auto' or unset: the job tried all the structures it had, at most
+        batch = batch if isinstance(batch, int) else len(self.ctx.inputs['structures'])
         if batch <= 1:
             return ProcessHandlerReport(True, self.exit_codes.ERROR_BATCH_SIZE_ONE_OUT_OF_MEMORY)
         parameters['max_batch'] = batch // 2
