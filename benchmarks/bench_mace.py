@@ -66,7 +66,7 @@ def antiperovskite_set(n: int, seed: int = 0, labels: bool = True):
 
 
 def time_training(labelled, arch: dict, workdir: pathlib.Path, epochs: int = 2, batch_size: int = 4,
-                  device: str = 'cpu') -> dict:
+                  device: str = 'cpu', dtype: str = 'float64') -> dict:
     """Train for ``epochs`` with ``mace_run_train``; return seconds per epoch (last epoch) and per structure."""
     import yaml
 
@@ -76,12 +76,14 @@ def time_training(labelled, arch: dict, workdir: pathlib.Path, epochs: int = 2, 
               'energy_key': 'REF_energy', 'forces_key': 'REF_forces', 'stress_key': 'REF_stress',
               'compute_stress': True, 'loss': 'stress', 'energy_weight': 1.0, 'forces_weight': 150.0,
               'stress_weight': 10.0, 'E0s': 'average', 'model': 'MACE', **arch, 'max_num_epochs': epochs,
-              'batch_size': batch_size, 'valid_batch_size': batch_size, 'default_dtype': 'float64', 'device': device,
+              'batch_size': batch_size, 'valid_batch_size': batch_size, 'default_dtype': dtype, 'device': device,
               'save_cpu': True, 'plot': False, 'error_table': 'PerAtomMAEstressvirials'}
     (workdir / 'config.yaml').write_text(yaml.safe_dump(config))
-    executable = pathlib.Path(sys.executable).parent / 'mace_run_train'
     start = time.perf_counter()
-    subprocess.run([str(executable), '--config', 'config.yaml'], cwd=workdir, check=True, capture_output=True)
+    run = subprocess.run([sys.executable, '-m', 'mace.cli.run_train', '--config', 'config.yaml'], cwd=workdir,
+                         capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(f'mace_run_train failed ({run.returncode}): {run.stderr[-1500:]}')
     wall = time.perf_counter() - start
     records = [json.loads(line) for line in next((workdir / 'results').glob('*_train.txt')).read_text().splitlines()
                if line.strip()]

@@ -31,6 +31,21 @@ def _table_i(name: str = 'table_i.csv') -> dict:
 
 # (page, source JSON, key path, how the page writes it)
 CLAIMS = [
+    ('docs/thermal.md', 'benchmarks/bench_gpu.json', 'md_medium_cueq/projection/best/sweep_minutes', '{:.1f} min'),
+    ('docs/thermal.md', 'benchmarks/bench_gpu.json', 'md_medium_cueq/projection/best/us_per_atom_step', '| {:.2f} ('),
+    ('docs/thermal.md', 'benchmarks/bench_gpu.json', 'md_medium/projection/best/sweep_minutes', '{:.1f} min'),
+    ('docs/thermal.md', 'benchmarks/bench_gpu.json', 'md_medium/projection/best/us_per_atom_step', '| {:.2f} ('),
+    ('docs/thermal.md', 'benchmarks/bench_gpu.json', 'md_demo/projection/best/us_per_atom_step', '| {:.2f} ('),
+    ('docs/thermal.md', 'benchmarks/bench_gpu.json', 'md_demo_cueq/projection/best/us_per_atom_step', '| {:.2f} ('),
+    ('docs/thermal.md', 'benchmarks/bench_gpu.json', 'md_medium_cueq/projection/paper_layout_63_replicas/sweep_minutes',
+     '{:.1f} min'),
+    ('docs/thermal.md', 'benchmarks/bench_gpu.json', 'md_torchsim_wrapper/points/3/seconds_per_step', '{:.3f} s'),
+    ('docs/thermal.md', 'benchmarks/bench_gpu.json', 'md_demo/points/5/seconds_per_step', '{:.4f} s'),
+    ('docs/screen.md', 'benchmarks/bench_gpu.json', 'relax/one_at_a_time/relaxations_per_minute', '| {:.1f} |'),
+    ('docs/screen.md', 'benchmarks/bench_gpu.json', 'relax/batched_100/relaxations_per_minute', '| {:.1f} |'),
+    ('docs/screen.md', 'benchmarks/bench_gpu.json', 'relax/batched_22/speedup_vs_one_at_a_time', '{:.1f}x'),
+    ('docs/mace.md', 'benchmarks/bench_gpu.json', 'finetune/epoch_seconds_1000', '{:.1f} s per epoch'),
+    ('docs/gnn.md', 'benchmarks/bench_gpu.json', 'gnn/train_seconds_per_epoch_per_1000', '{:.2f} s per epoch'),
     ('docs/dataset.md', 'benchmarks/bench_dataset.json', 'sampling_ms_per_structure', '{:.3f} ms'),
     ('docs/dataset.md', 'benchmarks/bench_dataset.json', 'sampling_and_storing_ms_per_structure', '{:.1f} ms'),
     ('docs/dataset.md', 'benchmarks/bench_dataset.json', 'storing_over_sampling', '{:.0f}x'),
