@@ -8,7 +8,7 @@ Times, in one run on the same machine:
 Force constants: a nearest-neighbour spring model of the 40-atom Ag3SI cell (the timing depends on the atom count,
 not on the physics). Writes ``benchmarks/bench_dataset.json`` and prints a Markdown table.
 
-    python benchmarks/bench_dataset.py [--n 1000] [--n-label 4] [--method GFN1-xTB]
+    python benchmarks/bench_dataset.py [--n 1000] [--n-label 4] [--method GFN1-xTB] [--output FILE]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ def main() -> int:
     parser.add_argument('--n-label', type=int, default=4, help='Structures to label with the local engine.')
     parser.add_argument('--method', default='GFN1-xTB', help='tblite method for the labelling throughput '
                         '(GFN1/IPEA1 without the halogen-bond term, the local engine default).')
+    parser.add_argument('--output', default=default_output('dataset'), help='JSON file to write.')
     args = parser.parse_args()
 
     from aiida_capthermo.core.displacements import SupercellModes
@@ -116,10 +118,11 @@ def main() -> int:
         'labelling_s_per_structure': labelling,
         'labelling_converged': f'{n_ok}/{args.n_label}',
     }
-    write_result(result, default_output('dataset'))
+    write_result(result, args.output)
     print('| quantity | value |\n|---|---|')
     for key, value in result.items():
         print(f'| {key} | {value:.4g} |' if isinstance(value, float) else f'| {key} | {value} |')
+    shutil.rmtree(tmp, ignore_errors=True)  # the isolated presto profile
     return 0
 
 

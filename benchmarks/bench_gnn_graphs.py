@@ -1,7 +1,8 @@
 """Benchmark: vectorised periodic radius graph vs a plain per-pair, per-image Python loop, same run, same data.
 
 1000 randomly displaced 40-atom Ag3SI cells (2x2x2, a = 9.738 Å, displacements U[-0.3, 0.3] Å), cutoff 5.5 Å.
-Writes ``benchmarks/bench_gnn_graphs.json``. Usage: ``python benchmarks/bench_gnn_graphs.py [--n 1000]``.
+Writes ``benchmarks/bench_gnn_graphs.json`` (or ``--output``). Usage:
+``python benchmarks/bench_gnn_graphs.py [--n 1000] [--output FILE]``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--n', type=int, default=1000, help='Number of structures.')
     parser.add_argument('--cutoff', type=float, default=5.5, help='Cutoff in Å.')
+    parser.add_argument('--output', default=default_output('gnn_graphs'), help='JSON file to write.')
     args = parser.parse_args()
     frames = structures(args.n)
     positions, cells = [a.positions for a in frames], [a.cell[:] for a in frames]
@@ -63,7 +65,7 @@ def main() -> None:
         'speedup_one_call_per_structure': t_slow / t_single, 'identical_edge_sets': identical,
         'machine': machine(1),
     }
-    write_result(result, default_output('gnn_graphs'))
+    write_result(result, args.output)
     print(
         '| structures | edges/structure | batched (s) | one call per structure (s) | loop (s) | speed-up batched '
         '| speed-up per structure | identical |\n|---|---|---|---|---|---|---|---|\n'

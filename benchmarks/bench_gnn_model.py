@@ -2,7 +2,8 @@
 
 Default (papers') architecture, CPU (CUDA when present). Inference is timed model-only (graphs prebuilt) at batch
 sizes 1, 32 and 256 (the ratio to batch size 1 is the gain of batching) and end-to-end with graph building.
-Writes ``benchmarks/bench_gnn_model.json``. Usage: ``python benchmarks/bench_gnn_model.py [--n 1000] [--threads 1]``.
+Writes ``benchmarks/bench_gnn_model.json`` (or ``--output``). Usage:
+``python benchmarks/bench_gnn_model.py [--n 1000] [--threads 1] [--epochs 3] [--output FILE]``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument('--n', type=int, default=1000, help='Number of 40-atom structures.')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads.')
     parser.add_argument('--epochs', type=int, default=3, help='Epochs to time.')
+    parser.add_argument('--output', default=default_output('gnn_model'), help='JSON file to write.')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -86,7 +88,7 @@ def main() -> None:
         'train_seconds_per_epoch_per_1000_structures': per_epoch * 1000 / result.metrics['train']['n'],
         'machine': machine(args.threads, str(device)),
     }
-    write_result(summary, default_output('gnn_model'))
+    write_result(summary, args.output)
     print(
         '| quantity | value |\n|---|---|\n'
         + ''.join(f'| inference, batch {k} (structures/s) | {v:.0f} |\n' for k, v in inference.items())

@@ -11,6 +11,10 @@ Writes ``benchmarks/bench_label_methods.json`` (kept in the repository, like the
 table (docs/dataset.md holds one).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_label_methods.py [--n-displaced 4] [--methods GFN1-xTB-noXB,...]
+        [--tiny] [--output FILE]
+
+``--tiny`` (the test suite's smoke run; its numbers mean nothing): the lattice root found to 0.05 Å instead of
+0.001 Å, one displaced cell unless ``--n-displaced`` is given, and only GFN1-xTB-noXB unless ``--methods`` is given.
 """
 
 from __future__ import annotations
@@ -50,17 +54,17 @@ def displaced_cells(n: int, seed: int = 7) -> list:
     return [item.atoms for item in generate_structures(spec, ideal('I', LATTICE['I']))]
 
 
-def zero_pressure_lattice(single_point, halide: str) -> float:
+def zero_pressure_lattice(single_point, halide: str, xtol: float = 1e-3) -> float:
     """Cubic lattice parameter (Å per 5-atom cell) where the mean diagonal stress of the 40-atom cell vanishes."""
     from scipy.optimize import brentq
 
     def pressure(a: float) -> float:
         return float(np.mean(single_point(ideal(halide, a))['stress'][:3]))
 
-    return float(brentq(pressure, 4.5, 5.2, xtol=1e-3))
+    return float(brentq(pressure, 4.5, 5.2, xtol=xtol))
 
 
-def measure(name: str, spec_fields: dict, n_displaced: int) -> dict:
+def measure(name: str, spec_fields: dict, n_displaced: int, xtol: float = 1e-3) -> dict:
     from aiida_capthermo.ml.labelling import CalculatorSpec, single_point_function
 
     spec = CalculatorSpec(**spec_fields)
@@ -71,7 +75,7 @@ def measure(name: str, spec_fields: dict, n_displaced: int) -> dict:
         row[f'max_force_ideal_{label}'] = float(np.abs(result['forces']).max())
         row[f'gap_ideal_{label}'] = result.get('gap')
         try:
-            row[f'lattice_{label}'] = zero_pressure_lattice(single_point, halide)
+            row[f'lattice_{label}'] = zero_pressure_lattice(single_point, halide, xtol)
         except Exception as exception:  # noqa: BLE001 - a method that cannot be relaxed is reported as such
             row[f'lattice_{label}'] = None
             row[f'lattice_error_{label}'] = f'{type(exception).__name__}: {exception}'
@@ -89,14 +93,28 @@ def measure(name: str, spec_fields: dict, n_displaced: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--n-displaced', type=int, default=4, help='Displaced 40-atom cells timed per method.')
-    parser.add_argument('--methods', default=','.join(METHODS), help='Comma-separated subset of ' + ', '.join(METHODS))
+    parser.add_argument('--n-displaced', type=int, default=None,
+                        help='Displaced 40-atom cells timed per method (default 4, 1 with --tiny).')
+    parser.add_argument('--methods', default=None, help='Comma-separated subset of ' + ', '.join(METHODS)
+                        + ' (default: all, GFN1-xTB-noXB with --tiny).')
+    parser.add_argument('--tiny', action='store_true', help='tiny sizes, a smoke run (see above)')
+    parser.add_argument('--output', default=str(pathlib.Path(__file__).parent / 'bench_label_methods.json'),
+                        help='JSON file to write.')
     args = parser.parse_args()
-    rows = [measure(name, METHODS[name], args.n_displaced) for name in args.methods.split(',')]
+    if args.n_displaced is None:
+        args.n_displaced = 1 if args.tiny else 4
+    if args.methods is None:
+        args.methods = 'GFN1-xTB-noXB' if args.tiny else ','.join(METHODS)
+    unknown = sorted(set(args.methods.split(',')) - set(METHODS))
+    if unknown:
+        parser.error(f'unknown methods {unknown}; known: {list(METHODS)}')
+    rows = [measure(name, METHODS[name], args.n_displaced, 0.05 if args.tiny else 1e-3)
+            for name in args.methods.split(',')]
     machine = {'platform': platform.platform(), 'processor': platform.processor(), 'cpus': os.cpu_count(),
                'omp_num_threads': os.environ.get('OMP_NUM_THREADS')}
-    (pathlib.Path(__file__).parent / 'bench_label_methods.json').write_text(
-        json.dumps({'machine': machine, 'rows': rows}, indent=2))
+    output = pathlib.Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({'machine': machine, 'rows': rows}, indent=2))
 
     def fmt(value, spec):
         return 'n/a' if value is None else format(value, spec)

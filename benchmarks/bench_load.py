@@ -133,7 +133,8 @@ def main() -> None:
     parser.add_argument('--batch-size', type=int, default=100)
     parser.add_argument('--max-concurrent', type=int, default=4)
     parser.add_argument('--backends', nargs='+', default=['sqlite', 'postgres'], choices=['sqlite', 'postgres'])
-    parser.add_argument('--output', default='benchmarks/bench_load.json')
+    parser.add_argument('--output', default=str(pathlib.Path(__file__).parent / 'bench_load.json'),
+                        help='JSON file to write (default: the committed benchmarks/bench_load.json, any cwd).')
     args = parser.parse_args()
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     from common import machine, write_result

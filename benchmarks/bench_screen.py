@@ -5,8 +5,13 @@ displaced supercells of a phonon calculation evaluated one by one (ASE) vs in ba
 The structures are the 22 symmetry-inequivalent configurations of the 2x2x2 cell over x = 0..1 (the paper's whole
 screen), at the Vegard lattice parameter, rattled by 0.1 Å. The MACE has the demo's size (16 channels, max_L 1,
 r_max 5 Å, 2 interactions), trained for two epochs on LJ labels (timing only). Same model, same fmax, same thread
-count for every variant. Writes ``benchmarks/bench_screen.json``. Usage:
-``python benchmarks/bench_screen.py [--threads 1] [--device cpu] [--fmax 0.01]``.
+count for every variant. Writes ``benchmarks/bench_screen.json`` (or ``--output``). Usage:
+``python benchmarks/bench_screen.py [--threads 1] [--device cpu] [--fmax 0.01] [--max-steps 500] [--tiny]
+[--output FILE]``.
+
+``--tiny`` (the test suite's smoke run; its numbers mean nothing): the first 3 of the 22 configurations, at most 20
+optimiser steps unless ``--max-steps`` is given, the MACE trained for one epoch on 8 structures, and the phonons of
+the ideal (unrattled) Ag3SI cell, whose symmetry leaves a few displacements instead of 240.
 """
 
 from __future__ import annotations
@@ -69,14 +74,21 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=1, help='torch threads (same for every variant)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--fmax', type=float, default=0.01)
-    parser.add_argument('--max-steps', type=int, default=500)
+    parser.add_argument('--max-steps', type=int, default=None, help='optimiser steps (default 500, 20 with --tiny)')
+    parser.add_argument('--tiny', action='store_true', help='tiny sizes, a smoke run (see above)')
     parser.add_argument('--output', default=default_output('screen'))
     args = parser.parse_args()
+    if args.max_steps is None:
+        args.max_steps = 20 if args.tiny else 500
     torch.set_num_threads(args.threads)
     cells = screen_structures()
+    phonon_cell = cells[5]
+    n_train, epochs = 16, 2
+    if args.tiny:
+        cells, phonon_cell, n_train, epochs = cells[:3], screen_structures(rattle=0.0)[0], 8, 1
     with tempfile.TemporaryDirectory() as tmpdir:
-        model_file = time_training(antiperovskite_set(16, seed=2), DEMO, pathlib.Path(tmpdir) / 'train', epochs=2,
-                                   device=args.device)['model_file']
+        model_file = time_training(antiperovskite_set(n_train, seed=2), DEMO, pathlib.Path(tmpdir) / 'train',
+                                   epochs=epochs, device=args.device)['model_file']
         calc = load_calculator(model_file, args.device)
         model = load_torchsim_model(model_file, args.device, 'float64', compute_stress=True)
         relax(cells[0], calc, fmax=args.fmax, steps=2)  # warm-up
@@ -86,7 +98,6 @@ def main() -> None:
         start = time.perf_counter()
         fire = [info for _, info in relax_batch(model, cells, fmax=args.fmax, steps=args.max_steps)]
         fire_s = time.perf_counter() - start
-        phonon_cell = cells[5]
         start = time.perf_counter()
         one = phonopy_from_forces(phonon_cell, calculator_forces(calc))
         one_s = time.perf_counter() - start
@@ -114,6 +125,8 @@ def main() -> None:
                     **{f'speedup_batched_{size}': one_s / seconds for size, seconds in batched.items()},
                     'max_force_constant_difference': float(np.abs(one.force_constants - many.force_constants).max())},
     }
+    if args.tiny:
+        result['tiny'] = True
     write_result(result, args.output)
 
 

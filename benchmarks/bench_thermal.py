@@ -4,8 +4,11 @@ baseline, defined here only) vs the package's batched MD engine (TorchSim) with 
 
 The MACE has the demo's size (16 channels, max_L 1, r_max 5 Å, 2 interactions), trained for one epoch on LJ labels
 (timing only; its physics is irrelevant here). The GNN has the papers' architecture (64 hidden channels, 2 GraphConv
-layers) with random weights. Writes ``benchmarks/bench_thermal.json``. Usage:
-``python benchmarks/bench_thermal.py [--threads 1] [--device cpu] [--n-gnn 5000]``.
+layers) with random weights. Writes ``benchmarks/bench_thermal.json`` (or ``--output``). Usage:
+``python benchmarks/bench_thermal.py [--threads 1] [--device cpu] [--n-gnn 5000] [--tiny] [--output FILE]``.
+
+``--tiny`` (the test suite's smoke run; its numbers mean nothing): an ASE run of 4 steps, TorchSim runs of 1 replica
+x 4 steps and 2 replicas x 2 steps, and 200 GNN structures unless ``--n-gnn`` is given.
 """
 
 from __future__ import annotations
@@ -100,17 +103,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--threads', type=int, default=1, help='torch threads (same for every variant)')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--n-gnn', type=int, default=5000)
+    parser.add_argument('--n-gnn', type=int, default=None, help='GNN structures (default 5000, 200 with --tiny)')
+    parser.add_argument('--tiny', action='store_true', help='tiny sizes, a smoke run (see above)')
     parser.add_argument('--output', default=default_output('thermal'))
     args = parser.parse_args()
+    if args.n_gnn is None:
+        args.n_gnn = 200 if args.tiny else 5000
+    ase_steps, torchsim_runs = (4, ((1, 4), (2, 2))) if args.tiny else (60, ((1, 60), (8, 30), (63, 10)))
     torch.set_num_threads(args.threads)
     cells = antiperovskite_set(8, seed=0).to_atoms_list(with_labels=False)
     with tempfile.TemporaryDirectory() as tmpdir:
         model_file = time_training(antiperovskite_set(8, seed=2), DEMO, pathlib.Path(tmpdir) / 'train', epochs=1,
                                    device=args.device)['model_file']
-        ase_step = time_ase(model_file, cells[0], 60, args.device)
+        ase_step = time_ase(model_file, cells[0], ase_steps, args.device)
         batched = {replicas: time_torchsim(model_file, cells, replicas, steps, args.device)
-                   for replicas, steps in ((1, 60), (8, 30), (63, 10))}
+                   for replicas, steps in torchsim_runs}
     md = {'ase_one_replica': {'seconds_per_step': ase_step, 'replica_steps_per_s': 1.0 / ase_step}}
     for replicas, seconds in batched.items():
         md[f'torchsim_{replicas}'] = {'replicas': replicas, 'seconds_per_step': seconds,
@@ -118,6 +125,8 @@ def main() -> None:
                                       'speedup_per_replica_step_vs_ase': replicas / seconds * ase_step}
     result = {'machine': machine(args.threads, args.device),
               'mace': DEMO, 'atoms_per_replica': 40, 'md': md, 'gnn': time_gnn(args.n_gnn, args.device)}
+    if args.tiny:
+        result['tiny'] = True
     write_result(result, args.output)
 
 
