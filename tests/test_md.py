@@ -167,6 +167,7 @@ def test_cli_md_runs_replicas_beyond_one_batch_in_sequence(mace_model_file, tmp_
     summary = json.loads(pathlib.Path('summary.json').read_text())
     assert summary['outputs']['batching'] == {'batch_size': 3, 'sized_by': 'max_batch'}
     assert summary['outputs']['kernels'] == 'e3nn' and summary['outputs']['n_frames'] == 8
+    assert summary['outputs']['precision'] == 'float64'  # dtype auto on the CPU
     records = json.loads(pathlib.Path('md.json').read_text())
     assert [r['seed'] for r in records] == [4, 5, 6, 7] and all(r['steps'] == 60 for r in records)
     assert all(len(r['series']['temperature']) == 6 for r in records)

@@ -149,3 +149,17 @@ def test_cuequivariance_is_asked_for_only_on_a_gpu():
     reference implementation); the kernels used are recorded."""
     model = MaceModel(random_mace('demo', [16, 35, 47, 53]), 'cpu', torch.float64, enable_cueq=True)
     assert model.kernels == 'e3nn'
+
+
+def test_precision_auto_is_float32_for_md_and_relaxation_on_a_gpu_only(monkeypatch):
+    """``dtype: auto``: float64 on the CPU; on a GPU float32 for MD and relaxations, float64 for the
+    finite-displacement phonons; an explicit dtype always wins."""
+    import aiida_capthermo.ml.mace as mace
+    from aiida_capthermo.ml.settings import MdConfig, ModesConfig, PhononConfig, ScreenConfig, ThermalMdConfig
+
+    settings = [ThermalMdConfig(), MdConfig(), ScreenConfig(), PhononConfig(), ModesConfig()]
+    assert [s.precision() for s in settings] == ['float64'] * 5  # this machine has no GPU
+    monkeypatch.setattr(mace, 'resolve_device', lambda device='auto': 'cuda')
+    assert [s.precision() for s in settings] == ['float32', 'float32', 'float32', 'float64', 'float64']
+    assert ThermalMdConfig(dtype='float64').precision() == 'float64'
+    assert 'gpu_dtype' not in ThermalMdConfig().model_dump()

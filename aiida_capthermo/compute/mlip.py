@@ -122,6 +122,7 @@ def run_screen(model: str, structures: str, config: dict, relaxed_path: str, scr
             'n_converged': sum(bool(r.get('converged')) for r in records),
             'lowest_energy_per_atom': min(energies), 'relaxed_indices': kept, 'remaining': remaining,
             'complete': not remaining, 'batch_size': size, 'batching': batching, 'kernels': potential.kernels,
+            'precision': potential.precision,
             'settings': settings.model_dump(),
             'relaxations_per_minute': 60.0 * len(records) / (time.perf_counter() - start),
             'files': {'relaxed': relaxed_path, 'screen': screen_path}}
@@ -208,7 +209,8 @@ def run_md(model: str, structures: str, config: dict, frames_path: str, md_path:
         json.dump(records, handle, default=lambda value: value.tolist() if hasattr(value, 'tolist') else str(value))
     return {'n_replicas': len(records), 'n_stable': sum(bool(r['stable']) for r in records),
             'stable': all(bool(r['stable']) for r in records), 'n_frames': len(frames),
-            'batching': batching, 'kernels': potential.kernels, 'settings': settings.model_dump(),
+            'batching': batching, 'kernels': potential.kernels, 'precision': potential.precision,
+            'settings': settings.model_dump(),
             'files': {'frames': frames_path if frames else None, 'md': md_path}}
 
 
@@ -284,7 +286,8 @@ def run_thermal(model: str, structures: str, config: dict, frames_path: str, ser
     broken = [row['replica'] for row in table if row['broke']]
     return {'n_replicas': len(table), 'n_broken': len(broken), 'broken': broken, 'n_frames': n_frames,
             'wall_time_s': wall, 'replica_steps_per_s': replica_steps / wall if wall > 0 else None,
-            'batching': batching, 'kernels': potential.kernels, 'settings': settings.model_dump(),
+            'batching': batching, 'kernels': potential.kernels, 'precision': potential.precision,
+            'settings': settings.model_dump(),
             'files': {'frames': frames_path if n_frames else None, 'series': series_path, 'md': md_path}}
 
 

@@ -153,6 +153,11 @@ class MaceModel(ModelInterface):
         self.species_index = index.to(self._device)
         self.n_species = len(species)
 
+    @property
+    def precision(self) -> str:
+        """``'float32'`` or ``'float64'``: the dtype the model runs in, as the settings name it."""
+        return str(self._dtype).removeprefix('torch.')
+
     def forward(self, state, **kwargs) -> dict[str, torch.Tensor]:
         numbers = state.atomic_numbers
         if int(numbers.max()) >= len(self.species_index) or bool((self.species_index[numbers] < 0).any()):
