@@ -234,3 +234,21 @@ def test_mlip_md_calcjob_localhost(aiida_profile, script_code, mace_model_file):
     with pytest.raises(ValueError, match='frictoin'):
         engine.run(CalculationFactory('capthermo.mlip_md'), code=script_code('capthermo-mlip'), model=model,
                    structures=structures, parameters=orm.Dict({'frictoin': 0.1}))
+
+
+@pytest.mark.parametrize('temperatures', [[-100.0], [float('nan')], [0.0]])
+def test_md_refuses_temperatures_it_would_hang_on(temperatures):
+    """A negative, zero or NaN target temperature gives NaN momenta and a run that never ends: refused at once, by
+    the settings and by the engine itself."""
+    from pydantic import ValidationError
+
+    from aiida_capthermo.ml.settings import MdConfig, ThermalMdConfig
+    from aiida_capthermo.ml.thermal import HarmonicModel, run_replicas
+
+    for config in (MdConfig, ThermalMdConfig):
+        with pytest.raises(ValidationError):
+            config(temperatures=temperatures)
+    atoms = small_cell(False, seed=0, rattle=0.0)
+    model = HarmonicModel(atoms.positions, np.eye(3 * len(atoms)))
+    with pytest.raises(ValueError, match='finite and > 0 K'):
+        run_replicas(model, [atoms], temperatures, [0], steps=5)

@@ -31,7 +31,7 @@ class ModelRunSettings(BaseModel):
     """Base of the settings of the ``capthermo-mlip`` tasks: where and in which precision the model runs, and how
     many CPU threads torch may use (unknown keys are rejected)."""
 
-    model_config = ConfigDict(extra='forbid')
+    model_config = ConfigDict(extra='forbid', allow_inf_nan=False)  # a NaN temperature would hang the MD
 
     device: Literal['auto', 'cpu', 'cuda'] = Field('auto', description='auto: CUDA when present, else the CPU.')
     dtype: Literal['auto', 'float64', 'float32'] = Field(

@@ -308,6 +308,13 @@ def init_replicas(model, systems: Sequence, temperatures: Sequence[float], seeds
     if not (len(temperatures) == len(seeds) == n) or n == 0:
         raise ValueError(f'need one temperature and one seed per system: {n} systems, {len(temperatures)} '
                          f'temperatures, {len(seeds)} seeds')
+    bad = [t for t in temperatures if not (np.isfinite(t) and t > 0)]
+    if bad:  # Maxwell-Boltzmann momenta would be NaN, and a NaN state never ends
+        raise ValueError(f'MD temperatures must be finite and > 0 K, got {bad}')
+    broken = [i for i, atoms in enumerate(systems) if not np.all(np.isfinite(atoms.positions))
+              or not np.all(np.isfinite(atoms.cell[:]))]
+    if broken:
+        raise ValueError(f'systems {broken} have non-finite positions or cells')
     device, dtype = model.device, model.dtype
     torch.manual_seed(batch_seed)
     kt = torch.tensor([units.kB * float(t) for t in temperatures], device=device, dtype=dtype)
