@@ -84,3 +84,30 @@ def test_setup_codes_with_vasp_and_prepend_text():
     result = runner.invoke(cli, ['submit', 'dataset', '--protocol', 'demo', '--computer', computer.label, '--dry-run',
                                  '-o', 'low.engine=vasp', '-o', f'low.code=vasp@{computer.label}'])
     assert result.exit_code != 0 and 'potential_family' in result.output, result.output
+
+
+def test_enumerate_answers_how_big_a_screen_is_from_a_cif(tmp_path):
+    """``capthermo enumerate`` on a CIF of cubic CsPbI3 (no profile needed): the table and its JSON agree with the
+    core function; a wrong site is one line naming the elements there, not a traceback."""
+    import json
+
+    from ase import Atoms
+
+    from aiida_capthermo.cli.main import cli
+    from aiida_capthermo.core.solid_solution import enumeration_table
+
+    parent = Atoms('CsPbI3', scaled_positions=[(0, 0, 0), (.5, .5, .5), (.5, .5, 0), (.5, 0, .5), (0, .5, .5)],
+                   cell=[6.3] * 3, pbc=True)
+    path = tmp_path / 'cspbi3.cif'
+    parent.write(path)
+    runner = CliRunner()
+    result = runner.invoke(cli, ['enumerate', str(path), '--site', 'I', '--guest', 'Br', '--supercell', '2', '2',
+                                 '2', '--max-configurations', '100', '--json'])
+    assert result.exit_code == 0, result.output
+    table = json.loads(result.output)
+    assert table == enumeration_table(parent, 'I', 'Br', (2, 2, 2), 100)
+    assert table['n_sites'] == 24 and table['rows'][12]['n_configurations'] == 8798
+    text = runner.invoke(cli, ['enumerate', str(path), '--site', 'I', '--guest', 'Br', '--supercell', '2', '2', '2'])
+    assert text.exit_code == 0 and 'symmetry group of order 384' in text.output
+    bad = runner.invoke(cli, ['enumerate', str(path), '--site', 'Cl', '--guest', 'Br'])
+    assert bad.exit_code == 1 and 'its elements are' in bad.output and 'Traceback' not in bad.output

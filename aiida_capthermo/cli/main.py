@@ -97,6 +97,48 @@ def list_protocols(workflow):
                 click.echo(f'  {protocol:9s} {" ".join(entry["description"].split())}')
 
 
+@cli.command('enumerate')
+@click.argument('structure_file', type=click.Path(exists=True, dir_okay=False))
+@click.option('--site', required=True, help='Element of the parent on the substituted sublattice (e.g. I).')
+@click.option('--guest', required=True, help='Element that substitutes it (e.g. Br); x is its fraction.')
+@click.option('--supercell', nargs=3, type=int, default=(1, 1, 1), show_default=True, metavar='A B C',
+              help='Repeats of the parent along its three cell vectors.')
+@click.option('--max-configurations', type=int, default=None,
+              help="The screen's cap on classes per composition: rows above it say 'sample' (default: no cap).")
+@click.option('--symprec', type=float, default=1e-3, show_default=True, help='spglib tolerance (Å).')
+@click.option('--json', 'as_json', is_flag=True, help='Print the table as JSON (schema: see docs/screen.md).')
+def enumerate_screen(structure_file, site, guest, supercell, max_configurations, symprec, as_json):
+    """How big is a screen: per number of guest atoms on a sublattice of STRUCTURE_FILE (CIF, POSCAR, extxyz...),
+    x, the symmetry-inequivalent configurations, the arrangements and whether a screen enumerates or samples.
+    Symmetry is spglib's on the structure as read; nothing else is assumed. Needs no profile."""
+    import json
+
+    from ase.io import read
+
+    from aiida_capthermo.core.solid_solution import enumeration_table
+
+    try:
+        parent = read(structure_file)
+    except Exception as exception:  # any reader error is the user's file: one line, no traceback
+        raise click.ClickException(f'cannot read {structure_file} as a structure: {exception}') from exception
+    if max_configurations is not None and max_configurations < 1:
+        raise click.BadParameter('must be at least 1', param_hint='--max-configurations')
+    try:
+        table = enumeration_table(parent, site, guest, supercell, max_configurations, symprec)
+    except ValueError as exception:
+        raise click.ClickException(str(exception)) from exception
+    if as_json:
+        click.echo(json.dumps(table, indent=1))
+        return
+    click.echo(f"{table['formula']}: {table['n_sites']} {site} sites substituted by {guest} "
+               f"(supercell {' x '.join(map(str, table['supercell']))}), symmetry group of order "
+               f"{table['group_order']} on the sublattice")
+    click.echo(f"{'n_guest':>7} {'x':>7} {'n_configurations':>16} {'arrangements':>14}  screen")
+    for row in table['rows']:
+        click.echo(f"{row['n_guest']:>7} {row['x']:>7.4f} {row['n_configurations']:>16} "
+                   f"{row['n_arrangements']:>14}  {row['mode']}")
+
+
 CODES = {
     'capthermo-label': 'capthermo.label',
     'capthermo-gnn': 'capthermo.gnn_train',

@@ -54,6 +54,7 @@ __all__ = [
     'guest_count',
     'class_probabilities',
     'configurational_average',
+    'enumeration_table',
     'COMPOSITION_TOLERANCE',
 ]
 
@@ -484,3 +485,70 @@ def configurational_average(values: Sequence[float], energies: Sequence[float], 
     if values.shape != probabilities.shape:
         raise ValueError(f'need one value per class: {values.size} values for {probabilities.size} classes.')
     return float(probabilities @ values)
+
+
+def enumeration_table(parent: ase.Atoms, site: str, guest: str, supercell: Sequence[int] = (1, 1, 1),
+                      max_configurations: int | None = None, symprec: float = 1e-3) -> dict:
+    """How big is a screen: per number of guest atoms on the ``site`` sublattice of ``parent`` repeated by
+    ``supercell``, the composition, the number of symmetry-inequivalent configurations (Burnside's lemma, over the
+    space group spglib finds for the actual parent: no symmetry is assumed), the number of arrangements C(n, k), and
+    whether a screen of ``max_configurations`` would enumerate every class or sample them.
+
+    Parameters
+    ----------
+    parent
+        A periodic structure, the sublattice fully occupied by ``site``.
+    site, guest
+        Element on the sublattice in the parent, and the element that substitutes it (x = guest fraction).
+    supercell
+        Three positive repeats of ``parent``.
+    max_configurations
+        The screen's cap on classes per composition (None: no cap, every class enumerated).
+
+    Returns
+    -------
+    dict
+        ``formula``, ``site``, ``guest``, ``supercell``, ``n_sites``, ``group_order`` (distinct permutations of the
+        sublattice) and ``rows``: per ``n_guest`` 0..n, ``x``, ``n_configurations``, ``n_arrangements`` and ``mode``
+        (``enumerate`` or ``sample``).
+
+    Raises
+    ------
+    ValueError
+        A non-periodic parent, a site element it does not have, a guest that is no element or is the site element,
+        a bad supercell, or a sublattice larger than :data:`MAX_SITES`; each message names the fix.
+    """
+    from aiida_capthermo.core.structures import _check_element, sublattice_indices
+
+    if not all(parent.pbc) or parent.cell.rank != 3:
+        raise ValueError('the parent must be periodic in three dimensions with a full cell (read it from a CIF or '
+                         'POSCAR, or set pbc=True and a cell).')
+    _check_element(site, 'site')
+    _check_element(guest, 'guest')
+    present = sorted(set(parent.get_chemical_symbols()))
+    if site not in present:
+        raise ValueError(f'the parent has no {site} to substitute; its elements are {present}: choose one of them '
+                         'as the site.')
+    if guest == site:
+        raise ValueError(f'the guest must differ from the site element ({site}): name the element that substitutes '
+                         'it.')
+    repeats = [int(n) for n in supercell]
+    if len(repeats) != 3 or min(repeats) < 1 or any(float(n) != r for n, r in zip(supercell, repeats)):
+        raise ValueError(f'the supercell must be three positive integers, got {list(supercell)}.')
+    cell = parent.repeat(repeats)
+    sites = sublattice_indices(cell, site)
+    n_sites = len(sites)
+    if n_sites > MAX_SITES:
+        raise ValueError(f'the {site} sublattice of the {repeats} supercell has {n_sites} sites; at most {MAX_SITES} '
+                         'are supported: choose a smaller supercell.')
+    permutations = site_permutations(cell, sites, symprec=symprec)
+    rows = []
+    for n_guest in range(n_sites + 1):
+        classes = count_inequivalent(permutations, n_guest)
+        rows.append({'n_guest': n_guest, 'x': n_guest / n_sites, 'n_configurations': classes,
+                     'n_arrangements': math.comb(n_sites, n_guest),
+                     'mode': 'enumerate' if max_configurations is None or classes <= max_configurations
+                     else 'sample'})
+    return {'formula': cell.get_chemical_formula(), 'site': site, 'guest': guest, 'supercell': repeats,
+            'n_sites': n_sites, 'group_order': len(permutations), 'max_configurations': max_configurations,
+            'rows': rows}
