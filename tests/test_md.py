@@ -252,3 +252,15 @@ def test_md_refuses_temperatures_it_would_hang_on(temperatures):
     model = HarmonicModel(atoms.positions, np.eye(3 * len(atoms)))
     with pytest.raises(ValueError, match='finite and > 0 K'):
         run_replicas(model, [atoms], temperatures, [0], steps=5)
+
+
+def test_every_model_settings_round_trips_through_its_dump():
+    """Workchains store settings as Dicts and the jobs validate them again: a dump of the defaults (max_batch
+    'auto', dtype 'auto'...) must validate to the same settings, and an explicit 'auto' must be accepted."""
+    from aiida_capthermo.ml.settings import MdConfig, ModesConfig, PhononConfig, ScreenConfig, ThermalMdConfig
+
+    for config in (MdConfig, ThermalMdConfig, ScreenConfig, PhononConfig, ModesConfig):
+        assert config.model_validate(config().model_dump()) == config()
+    for config in (MdConfig, ThermalMdConfig, ScreenConfig):
+        assert config.model_validate({'max_batch': 'auto', 'dtype': 'auto'}).max_batch == 'auto'
+    assert PhononConfig.model_validate({'batch_size': 'auto'}).batch_size == 'auto'

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 __all__ = ['ModelRunSettings', 'torch_default_dtype', 'ScreenConfig', 'PhononConfig', 'MdSettings', 'MdConfig',
            'ThermalMdConfig', 'ModesConfig', 'CalculatorSpec', 'HALOGEN_BOND_METHODS']
@@ -93,8 +93,8 @@ class ScreenConfig(ModelRunSettings):
     fmax: float = Field(0.01, gt=0, description='Convergence: largest atomic force and cell force (eV/Å) below this.')
     max_steps: int = Field(1000, ge=1, description='Maximum number of FIRE steps per structure.')
     relax_cell: bool = Field(True, description='Relax the cell (Fréchet cell filter) as well as the positions.')
-    max_batch: int | Literal['auto'] | None = Field(
-        'auto', ge=1, description='Structures relaxed together in one batched simulation: auto = as many as half '
+    max_batch: PositiveInt | Literal['auto'] | None = Field(
+        'auto', description='Structures relaxed together in one batched simulation: auto = as many as half '
                                   'the free GPU memory holds (all on the CPU); None = all at once.')
     max_seconds: float | None = Field(None, gt=0, description='Start no new batch after this many seconds; the '
                                                               'structures not reached are reported as remaining '
@@ -111,8 +111,8 @@ class PhononConfig(ModelRunSettings):
     displacement: float = Field(0.01, gt=0, le=0.1, description='Finite displacement of phonopy (Å).')
     imaginary_threshold: float = Field(-0.1, le=0, description='Frequencies below this (THz) count as imaginary.')
     band_points: int = Field(31, ge=2, description='q points per segment of the band path.')
-    batch_size: int | Literal['auto'] = Field(
-        'auto', ge=1, description='Displaced supercells per model call: auto = as many as half the free GPU memory '
+    batch_size: PositiveInt | Literal['auto'] = Field(
+        'auto', description='Displaced supercells per model call: auto = as many as half the free GPU memory '
                                   'holds, 8 on the CPU (the fastest on one thread: 1.24x over one by one, 64 is 0.6x).')
     temperatures: list[float] = Field(default_factory=list,
                                       description='Temperatures (K, > 0) of the finite-temperature phonons; none: '
@@ -176,8 +176,8 @@ class MdSettings(ModelRunSettings):
     stop_distance: float = Field(1.0, gt=0, description='Stop a replica when two atoms come closer than this (Å).')
     max_temperature_ratio: float = Field(3.0, gt=1, description='Stop a replica whose kinetic temperature exceeds '
                                                                 'this multiple of its target.')
-    max_batch: int | Literal['auto'] | None = Field(
-        'auto', ge=1, description='Replicas per batched simulation: auto = as many as half the free GPU memory '
+    max_batch: PositiveInt | Literal['auto'] | None = Field(
+        'auto', description='Replicas per batched simulation: auto = as many as half the free GPU memory '
                                   'holds (all on the CPU); None = all at once.')
 
     @model_validator(mode='after')
