@@ -111,3 +111,66 @@ def test_enumerate_answers_how_big_a_screen_is_from_a_cif(tmp_path):
     assert text.exit_code == 0 and 'symmetry group of order 384' in text.output
     bad = runner.invoke(cli, ['enumerate', str(path), '--site', 'Cl', '--guest', 'Br'])
     assert bad.exit_code == 1 and 'its elements are' in bad.output and 'Traceback' not in bad.output
+
+
+def test_the_command_line_follows_verdis_habits(aiida_localhost, tmp_path):
+    """-h, --version and -p PROFILE after the command; node arguments by pk, UUID or label with a one-line error for
+    a wrong node; --json on the queries, with units and sample sizes."""
+    import json
+
+    from aiida.manage import get_manager
+
+    runner = CliRunner()
+    profile = get_manager().get_profile().name
+    assert runner.invoke(cli, ['-h']).exit_code == 0
+    assert runner.invoke(cli, ['models', '-h']).exit_code == 0
+    version = runner.invoke(cli, ['--version'])
+    assert version.exit_code == 0 and version.output.startswith('capthermo ')
+    labelled = LabelledSet(numbers=[1, 1], positions=np.zeros((2, 3)), cells=np.stack([np.eye(3)] * 2),
+                           n_atoms=[1, 1], gap=[1.0, 2.0], temperature=[300.0, 600.0])
+    dataset = DatasetData.from_labelled_set(labelled, fidelity='high', method='HSEsol').store()
+    dataset.label = 'my-hse-set'
+    listed = runner.invoke(cli, ['datasets', '-p', profile, '--json'])
+    assert listed.exit_code == 0, listed.output
+    row = next(r for r in json.loads(listed.output) if r['pk'] == dataset.pk)
+    assert row['uuid'] == dataset.uuid and row['gap_ev'] == {'mean': 1.5, 'std': 0.5} and row['n_structures'] == 2
+    assert runner.invoke(cli, ['-p', profile, 'models', '--json']).exit_code == 0
+    (tmp_path / 'h2.xyz').write_text('2\n\nH 0 0 0\nH 0 0 0.74\n')
+    for identifier in ('999999', 'no-such-label', dataset.uuid, 'my-hse-set'):
+        wrong = runner.invoke(cli, ['predict', identifier, str(tmp_path / 'h2.xyz')])
+        assert wrong.exit_code == 2 and 'Invalid value for' in wrong.output, (identifier, wrong.output)
+        assert 'Traceback' not in wrong.output
+    not_study = runner.invoke(cli, ['report', str(dataset.pk)])
+    assert not_study.exit_code == 2 and 'Traceback' not in not_study.output  # a Data node is no process
+    workchain = orm.WorkflowNode().store()
+    for arguments in (['report', str(workchain.pk)], ['gap', '--x', '0.5', '--study', workchain.uuid]):
+        result = runner.invoke(cli, arguments)
+        assert result.exit_code == 1 and 'is not a study' in result.output, result.output
+    missing = runner.invoke(cli, ['gap', '--x', '0.37'])
+    assert missing.exit_code == 1 and 'the (x, T) there:' in missing.output
+    unknown = runner.invoke(cli, ['models', '-p', 'no-such-profile'])
+    assert unknown.exit_code == 2 and 'cannot load the AiiDA profile no-such-profile' in unknown.output
+
+
+def test_export_dataset_writes_extxyz_that_ase_reads_back(aiida_localhost, tmp_path):
+    """`capthermo export dataset`: every structure, its labels under MACE's keys (or the user's) and its metadata."""
+    from ase.io import read
+
+    rng = np.random.default_rng(0)
+    labelled = LabelledSet(numbers=[1, 1, 8, 8], positions=rng.normal(size=(4, 3)), cells=np.stack([np.eye(3) * 5] * 2),
+                           n_atoms=[2, 2], energy=[-1.5, -2.5], forces=rng.normal(size=(4, 3)), gap=[1.0, 2.0],
+                           temperature=[300.0, 600.0])
+    node = DatasetData.from_labelled_set(labelled, fidelity='low', method='GFN1-xTB').store()
+    runner = CliRunner()
+    result = runner.invoke(cli, ['export', 'dataset', node.uuid, str(tmp_path / 'out.extxyz')])
+    assert result.exit_code == 0 and '2 structures' in result.output, result.output
+    frames = read(tmp_path / 'out.extxyz', ':')
+    assert [f.info['REF_energy'] for f in frames] == [-1.5, -2.5]
+    np.testing.assert_allclose(np.concatenate([f.arrays['REF_forces'] for f in frames]), labelled.forces)
+    np.testing.assert_allclose(np.concatenate([f.positions for f in frames]), labelled.positions)
+    assert [f.get_chemical_symbols() for f in frames] == [['H', 'H'], ['O', 'O']]
+    result = runner.invoke(cli, ['export', 'dataset', str(node.pk), str(tmp_path / 'plain.extxyz'),
+                                 '--energy-key', 'energy_dft'])
+    assert result.exit_code == 0 and read(tmp_path / 'plain.extxyz', 0).info['energy_dft'] == -1.5
+    wrong = runner.invoke(cli, ['export', 'dataset', '999999', str(tmp_path / 'x.extxyz')])
+    assert wrong.exit_code == 2 and 'Traceback' not in wrong.output

@@ -156,7 +156,13 @@ def check_questions_answered(node, results):
                      f'DatasetData<{results["dataset"]["low"].pk}>', 'MlipThermalCalcJob', 'GnnPredictCalcJob',
                      'LabelCalcJob', 'parent force constants'):
         assert expected in result.output, (expected, result.output)
-    assert runner.invoke(cli, ['gap', '--x', '0.25', '--T', '300', '--study', str(node.pk)]).exit_code == 1
+    missing = runner.invoke(cli, ['gap', '--x', '0.25', '--T', '300', '--study', str(node.pk)])
+    assert missing.exit_code == 1 and '(0.5, 300 K)' in missing.output, missing.output  # what exists is listed
+    curve = runner.invoke(cli, ['gap', '--x', '0.5', '--study', node.uuid, '--json'])  # no --T: the Eg(T) curve
+    assert curve.exit_code == 0, curve.output
+    rows = json.loads(curve.output)
+    assert [row['temperature'] for row in rows] == [0.0, 300.0] and rows[1]['gap'] == pytest.approx(gap['gap'])
+    assert rows[1]['units']['gap'] == 'eV' and rows[1]['units']['temperature'] == 'K' and rows[1]['depends_on']
     result = runner.invoke(cli, ['models'])
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line for line in result.output.splitlines()[1:]}

@@ -6,7 +6,10 @@ import pathlib
 import sys
 
 import click
+from aiida.cmdline.params.types import DataParamType, ProcessParamType
 from aiida.common.links import LinkType
+
+from aiida_capthermo import __version__
 
 VALUE_TYPES = (int, float)
 
@@ -56,15 +59,40 @@ def _protocols_help() -> str:
     return f'Protocol ({names}); `capthermo protocols` describes them.'
 
 
-@click.group('capthermo')
-@click.option('-p', '--profile', default=None, help='AiiDA profile to use (default: the default profile).')
-def cli(profile):
+def _load_profile(ctx, param, value):
+    """Callback of ``-p/--profile`` (the group's and every command's): load that profile before any node argument
+    is converted; an unknown profile is a one-line error."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    from aiida import load_profile
+    from aiida.common.exceptions import ConfigurationError
+
+    try:
+        load_profile(value, allow_switch=True)
+    except ConfigurationError as exception:
+        raise click.BadParameter(f'cannot load the AiiDA profile {value}: {exception}', param=param) from exception
+    return value
+
+
+#: ``-p/--profile`` as verdi has it, on the group and on every command that reads the database.
+PROFILE = click.option('-p', '--profile', default=None, is_eager=True, expose_value=False, callback=_load_profile,
+                       help='AiiDA profile to use (default: the default profile).')
+#: Node arguments as verdi takes them (pk, UUID or label; a one-line error when no such node).
+MODEL = DataParamType(sub_classes=('aiida.data:capthermo.model',))
+STUDY = ProcessParamType()
+JSON = click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of text (schema: docs/cli.md).')
+
+
+@click.group('capthermo', context_settings={'help_option_names': ['-h', '--help']})
+@click.version_option(__version__, '--version', prog_name='capthermo', message='%(prog)s %(version)s')
+@PROFILE
+def cli():
     """aiida-capthermo: phonon-informed datasets, MACE and band-gap GNNs as AiiDA provenance."""
 
 
 def needs_profile(function):
-    """Load the profile (``-p`` or the default) before the command runs, so that ``--help`` needs none; an unknown
-    profile is a one-line error."""
+    """Give the command ``-p/--profile`` and load the default profile before it runs when none is loaded, so that
+    ``--help`` needs none; a missing or broken profile is a one-line error."""
     import functools
 
     @functools.wraps(function)
@@ -73,17 +101,23 @@ def needs_profile(function):
         from aiida.common.exceptions import ConfigurationError
         from aiida.manage import get_manager
 
-        group = click.get_current_context().parent  # the capthermo group (also under `verdi data`)
-        profile = group.params.get('profile') if group is not None else None
-        if get_manager().get_profile() is None or profile:
+        if get_manager().get_profile() is None:
             try:
-                load_profile(profile, allow_switch=True)
-            except ConfigurationError as exception:  # unknown profile, no default profile, unreadable config
-                raise click.ClickException(
-                    f'cannot load the AiiDA profile {profile or "(default)"}: {exception}') from exception
+                load_profile()
+            except ConfigurationError as exception:  # no default profile, unreadable config
+                raise click.ClickException(f'cannot load the default AiiDA profile: {exception}') from exception
         return function(*args, **kwargs)
 
-    return wrapper
+    return PROFILE(wrapper)
+
+
+def _study(node):
+    """``node`` if it is a study (CapthermoStudyWorkChain), else a one-line error saying what it is."""
+    if getattr(node, 'process_label', None) != 'CapthermoStudyWorkChain':
+        kind = getattr(node, 'process_label', None) or type(node).__name__
+        raise click.ClickException(f'{kind}<{node.pk}> is not a study: give the pk, UUID or label of a '
+                                   'CapthermoStudyWorkChain (`verdi process list -a -p 1` lists them)')
+    return node
 
 
 @cli.command('protocols')
@@ -192,22 +226,22 @@ def setup_codes(computer, bin_dir, vasp, prepend_text):
 @cli.command('submit')
 @click.argument('workflow', type=click.Choice(SUBMITTABLE))
 @click.option('--protocol', default=None, help=_protocols_help())
-@click.option('--model', 'model_pk', type=int, default=None, help='screen: pk of the MACE model node (default: the '
-              'newest MACE model).')
+@click.option('--model', 'model_node', type=MODEL, default=None, help='screen: the MACE model node, by pk, UUID or '
+              'label (default: the newest MACE model).')
 @click.option('--computer', default='localhost', show_default=True, help='Computer of the codes set up by '
               '`capthermo setup-codes`.')
 @click.option('--override', '-o', multiple=True, help='Override a protocol input: key.sub=value (YAML value), '
               'e.g. -o temperatures=[300,600] -o low.calculator.method=GFN2-xTB.')
 @click.option('--dry-run', is_flag=True, help='Build and validate the inputs, submit nothing.')
 @needs_profile
-def submit_workflow(workflow, protocol, computer, override, dry_run, model_pk):
+def submit_workflow(workflow, protocol, computer, override, dry_run, model_node):
     """Submit the dataset, study or screen workchain to the daemon, built from a protocol. Every mistake (unknown
     protocol, override or code, invalid input) is a one-line error before anything is submitted."""
     from aiida.engine import submit
 
     overrides = _parse_override(override)
     try:
-        builder = _build(workflow, protocol, computer, overrides, model_pk)
+        builder = _build(workflow, protocol, computer, overrides, model_node)
         error = builder._process_class.spec().inputs.validate(builder._inputs(prune=True))
         if error is not None:
             raise ValueError(str(error))
@@ -220,7 +254,7 @@ def submit_workflow(workflow, protocol, computer, override, dry_run, model_pk):
     click.echo(f'submitted {node.process_label}<{node.pk}>; follow with `verdi process status {node.pk}`')
 
 
-def _build(workflow, protocol, computer, overrides, model_pk):
+def _build(workflow, protocol, computer, overrides, model_node):
     """The builder of ``workflow`` from the protocol, the overrides and the codes set up on ``computer``."""
     from aiida_capthermo.workflows.protocols import load_code
 
@@ -232,7 +266,7 @@ def _build(workflow, protocol, computer, overrides, model_pk):
         from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
 
         builder = SolidSolutionScreenWorkChain.get_builder_from_protocol(
-            code('capthermo-mlip'), _mace_model(model_pk), protocol=protocol, overrides=overrides)
+            code('capthermo-mlip'), _mace_model(model_node), protocol=protocol, overrides=overrides)
     elif workflow == 'dataset':
         from aiida_capthermo.workflows.dataset import PhononInformedDatasetWorkChain
 
@@ -247,15 +281,14 @@ def _build(workflow, protocol, computer, overrides, model_pk):
     return builder
 
 
-def _mace_model(pk: int | None):
-    """The MACE model node ``pk``, or the newest one."""
+def _mace_model(node=None):
+    """``node`` when it is a MACE model, or the newest MACE model."""
     from aiida import orm
     from aiida.plugins import DataFactory
 
-    if pk is not None:
-        node = orm.load_node(pk)
+    if node is not None:
         if getattr(node, 'kind', None) != 'mace':
-            raise click.ClickException(f'node {pk} is not a MACE model (ModelData of kind "mace")')
+            raise click.ClickException(f'ModelData<{node.pk}> is a {node.kind} model, not a MACE model')
         return node
     query = orm.QueryBuilder().append(DataFactory('capthermo.model'), filters={'attributes.kind': 'mace'},
                                       tag='model').order_by({'model': {'id': 'desc'}}).limit(1)
@@ -265,28 +298,35 @@ def _mace_model(pk: int | None):
 
 
 @cli.command('report')
-@click.argument('identifier')
+@click.argument('study', type=STUDY)
 @click.option('-o', '--output', 'output', default=None, help='Folder for the CSV and the figures (default: '
               'capthermo-report-<pk>).')
+@JSON
 @needs_profile
-def report(identifier, output):
-    """Print the study's Table I and write its CSV and figures (IDENTIFIER: pk or UUID of the study); reads stored
-    nodes only (also after an archive import), nothing is re-run."""
-    from aiida import orm
+def report(study, output, as_json):
+    """Print the study's Table I and write its CSV, figures and run record (STUDY: pk, UUID or label of a
+    CapthermoStudyWorkChain); reads stored nodes only (also after an archive import), nothing is re-run. With
+    --json, Table I's rows (gaps in eV, temperatures in K) and the files written."""
+    import json
 
     from aiida_capthermo.workflows.report import write_report
 
-    node = orm.load_node(identifier)
+    node = _study(study)
     pk = node.pk
-    outputs = node.outputs
-    if 'table' not in outputs:
-        raise click.ClickException(f'{node.process_label}<{pk}> has no `table` output (state: '
+    if 'table' not in node.outputs:
+        raise click.ClickException(f'{node.process_label}<{pk}> has no Table I yet (state: '
                                    f'{node.process_state.value if node.process_state else "?"}, exit status '
-                                   f'{node.exit_status}): the thermal stage has not finished')
-    text, files = write_report(node, output or f'capthermo-report-{pk}')
+                                   f'{node.exit_status}): its thermal stage has not finished')
+    folder = output or f'capthermo-report-{pk}'
+    text, files = write_report(node, folder)
+    if as_json:
+        click.echo(json.dumps({'study': {'pk': pk, 'uuid': node.uuid}, 'units': {'gap': 'eV', 'temperature': 'K'},
+                               'rows': node.outputs.table['rows'], 'folder': folder, 'files': files},
+                              indent=1, default=str))
+        return
     click.echo(f'Table I of {node.process_label}<{pk}> (Eg in eV, error bars = standard errors):')
     click.echo(text)
-    click.echo(f'{len(files)} files in {output or f"capthermo-report-{pk}"}/: {", ".join(files)}')
+    click.echo(f'{len(files)} files in {folder}/: {", ".join(files)}')
 
 
 def _real_datasets():
@@ -310,23 +350,37 @@ def _real_datasets():
             yield node, f'{creator.process_label}<{creator.pk}>'
 
 
+def _dataset_row(node, origin: str) -> dict:
+    """What `capthermo datasets` shows of a dataset (the --json record)."""
+    attributes = node.base.attributes
+    gap = attributes.get('statistics', {}).get('gap', {})
+    return {'pk': node.pk, 'uuid': node.uuid, 'n_structures': attributes.get('n_structures'),
+            'fidelity': attributes.get('fidelity', None), 'method': attributes.get('method', None),
+            'gap_ev': {'mean': gap['mean'], 'std': gap['std']} if 'mean' in gap else None, 'made_by': origin,
+            'compositions': attributes.get('compositions', None) or [],
+            'temperatures_k': attributes.get('temperatures', None) or []}
+
+
 @cli.command('datasets')
 @click.option('--fidelity', type=click.Choice(['low', 'high']), default=None, help='Only this fidelity.')
+@JSON
 @needs_profile
-def list_datasets(fidelity):
+def list_datasets(fidelity, as_json):
     """The datasets (the dataset workchains' outputs and the training sets derived from them; not the per-batch
-    label sets): size, fidelity, method, gap statistics, compositions and temperatures."""
+    label sets): size, fidelity, method, gap mean and spread (eV), compositions and temperatures (K)."""
+    import json
+
+    rows = [_dataset_row(node, origin) for node, origin in _real_datasets()
+            if not fidelity or node.base.attributes.get('fidelity', None) == fidelity]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
     click.echo(f'{"pk":>6} {"n":>6} {"fidelity":8} {"method":14} {"gap (eV)":>13}  {"made by":44} x / T (K)')
-    for node, origin in _real_datasets():
-        attributes = node.base.attributes
-        if fidelity and attributes.get('fidelity', None) != fidelity:
-            continue
-        gap = attributes.get('statistics', {}).get('gap', {})
-        gap_text = f'{gap["mean"]:.3f}+-{gap["std"]:.3f}' if 'mean' in gap else '-'
-        x, t = attributes.get('compositions', None) or [], attributes.get('temperatures', None) or []
-        grid = f'{_span(x)} / {_span(t)}'
-        click.echo(f'{node.pk:>6} {attributes.get("n_structures"):>6} {attributes.get("fidelity", "-")!s:8} '
-                   f'{attributes.get("method", "-")!s:14} {gap_text:>13}  {origin[:44]:44} {grid}')
+    for row in rows:
+        gap_text = f'{row["gap_ev"]["mean"]:.3f}+-{row["gap_ev"]["std"]:.3f}' if row['gap_ev'] else '-'
+        grid = f'{_span(row["compositions"])} / {_span(row["temperatures_k"])}'
+        click.echo(f'{row["pk"]:>6} {row["n_structures"]:>6} {row["fidelity"] or "-"!s:8} '
+                   f'{row["method"] or "-"!s:14} {gap_text:>13}  {row["made_by"][:44]:44} {grid}')
 
 
 def _span(values: list) -> str:
@@ -336,64 +390,72 @@ def _span(values: list) -> str:
 
 
 def _model_row(node) -> dict:
-    """What `capthermo models` shows of a model: stage, target, training datasets and headline metrics."""
+    """What `capthermo models` shows of a model (the --json record): stage, target and its units, the datasets it was
+    trained on, the job that made it and the metrics per split with their sample sizes where recorded."""
     creator = node.creator
     inputs = creator.inputs if creator is not None else {}
     if node.kind == 'gnn':
         stage = 'gnn-high' if node.base.attributes.get('parent_model_uuid', None) else 'gnn-low'
         datasets = dict(inputs['datasets']) if 'datasets' in inputs else {}
         target = node.base.attributes.get('target', 'gap')
+        units = 'eV' if target == 'gap' else '-'
     else:
         stage = 'mace' + ('-finetuned' if ('foundation_model' in inputs or 'foundation_name' in inputs) else '')
         datasets = {key: inputs[key] for key in ('train', 'valid') if key in inputs}
-        target = 'energy/forces'
-    metrics = node.base.attributes.get('metrics', None) or {}
+        target, units = 'energy/forces', 'eV/Å (forces)'
+    metrics = {split: values for split, values in (node.base.attributes.get('metrics', None) or {}).items()
+               if isinstance(values, dict)}
     if node.kind == 'gnn':
-        shown = ', '.join(f'{split} MAE {values["mae"]:.3g}' for split, values in metrics.items()
-                          if isinstance(values, dict) and values.get('mae') is not None)
+        shown = ', '.join(f'{split} MAE {values["mae"]:.3g} {units}' + (f' (n={values["n"]})' if 'n' in values else '')
+                          for split, values in metrics.items() if values.get('mae') is not None)
     else:
-        shown = ', '.join(f'{split} F MAE {values["mae_forces"]:.3g}' for split, values in metrics.items()
-                          if isinstance(values, dict) and values.get('mae_forces') is not None)
-    return {'stage': stage, 'target': target, 'metrics': shown or '-',
-            'datasets': ' '.join(f'{d.pk}:{d.base.attributes.get("fidelity", key)}' for key, d in datasets.items()),
+        shown = ', '.join(f'{split} F MAE {values["mae_forces"]:.3g} eV/Å' for split, values in metrics.items()
+                          if values.get('mae_forces') is not None)
+    return {'pk': node.pk, 'uuid': node.uuid, 'kind': node.kind, 'stage': stage, 'target': target, 'units': units,
+            'metrics': metrics, 'metrics_text': shown or '-',
+            'datasets': [{'pk': d.pk, 'fidelity': d.base.attributes.get('fidelity', key)}
+                         for key, d in datasets.items()],
             'made_by': f'{creator.process_label}<{creator.pk}>' if creator is not None else '-'}
 
 
 @cli.command('models')
 @click.option('--kind', type=click.Choice(['gnn', 'mace']), default=None, help='Only this kind of model.')
+@JSON
 @needs_profile
-def list_models(kind):
+def list_models(kind, as_json):
     """The trained models: stage (gnn-low, gnn-high, mace), target, the datasets they were trained on (pk:fidelity),
-    headline metrics (MAE per split: gap in eV, forces in eV/Å) and the job that made them. Filter by metric in
-    Python: QueryBuilder filters={'attributes.metrics.validation.mae': {'<': 0.1}}."""
+    headline metrics (MAE per split with its unit and, for the GNN, the number of structures) and the job that made
+    them. Filter by metric in Python: QueryBuilder filters={'attributes.metrics.validation.mae': {'<': 0.1}}."""
+    import json
+
     from aiida import orm
     from aiida.plugins import DataFactory
 
     filters = {'attributes.kind': kind} if kind else {}
     query = orm.QueryBuilder().append(DataFactory('capthermo.model'), filters=filters, tag='model').order_by(
         {'model': {'id': 'asc'}})
+    rows = [_model_row(node) for (node,) in query.iterall()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
     click.echo(f'{"pk":>6} {"stage":15} {"target":13} {"trained on":22} {"made by":26} metrics')
-    for (node,) in query.iterall():
-        row = _model_row(node)
-        click.echo(f'{node.pk:>6} {row["stage"]:15} {row["target"]:13} {row["datasets"]:22} {row["made_by"]:26} '
-                   f'{row["metrics"]}')
+    for row in rows:
+        trained_on = ' '.join(f'{d["pk"]}:{d["fidelity"]}' for d in row['datasets'])
+        click.echo(f'{row["pk"]:>6} {row["stage"]:15} {row["target"]:13} {trained_on:22} {row["made_by"]:26} '
+                   f'{row["metrics_text"]}')
 
 
 @cli.command('predict')
-@click.argument('model')
+@click.argument('model', type=MODEL)
 @click.argument('structures', nargs=-1, required=True)
 @needs_profile
 def predict(model, structures):
-    """Predict with MODEL (pk or UUID of a GNN or MACE model) on STRUCTURES (files ASE reads: CIF, POSCAR,
+    """Predict with MODEL (pk, UUID or label of a GNN or MACE model) on STRUCTURES (files ASE reads: CIF, POSCAR,
     extxyz...; or pks/UUIDs of StructureData nodes), in this process: gaps, or energies and forces."""
     import ase.io
     from aiida import orm
 
-    from aiida_capthermo.data.model import ModelData
-
-    node = orm.load_node(model)
-    if not isinstance(node, ModelData):
-        raise click.ClickException(f'node {model} is a {type(node).__name__}, not a model (ModelData)')
+    node = model
     atoms, names = [], []
     for item in structures:
         if pathlib.Path(item).is_file():
@@ -419,35 +481,74 @@ def predict(model, structures):
                        f'max force {result["max_force"]:.4f} eV/Å ({result["n_atoms"]} atoms)')
 
 
+@cli.group('export')
+def export():
+    """Data out of the profile in standard formats."""
+
+
+@export.command('dataset')
+@click.argument('dataset', type=DataParamType(sub_classes=('aiida.data:capthermo.dataset',)))
+@click.argument('output', type=click.Path(dir_okay=False, writable=True))
+@click.option('--energy-key', default='REF_energy', show_default=True, help='extxyz info key of the energies (eV).')
+@click.option('--forces-key', default='REF_forces', show_default=True, help='extxyz array key of the forces (eV/Å).')
+@click.option('--stress-key', default='REF_stress', show_default=True,
+              help='extxyz info key of the stress (eV/Å³, Voigt, ASE sign).')
+@needs_profile
+def export_dataset(dataset, output, energy_key, forces_key, stress_key):
+    """Write DATASET (pk, UUID or label of a dataset, MD frames included) to OUTPUT as extended XYZ: every structure
+    with its labels under MACE's REF_ keys (or the ones given) and its metadata (x, temperature, origin, gap in
+    eV) as info keys; ase.io.read(OUTPUT, ':') reads it back."""
+    written = dataset.write_extxyz(output, energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
+    click.echo(f'{written} structures of DatasetData<{dataset.pk}> written to {output}')
+
+
 @cli.command('gap')
 @click.option('--x', 'x', type=float, required=True, help='Composition x (guest fraction).')
-@click.option('--T', 'temperature', type=float, required=True, help='Temperature (K); 0 is the relaxed structure.')
-@click.option('--study', default=None, help='Only gaps of this study (pk or UUID); default: every study.')
+@click.option('--T', 'temperature', type=float, default=None,
+              help='Temperature (K); 0 is the relaxed structure. Default: every temperature (the Eg(T) curve).')
+@click.option('--study', type=STUDY, default=None, help='Only gaps of this study (pk, UUID or label); default: every '
+              'study.')
+@JSON
 @needs_profile
-def find_gap(x, temperature, study):
-    """Find the thermal band gap Eg(x, T) and print it with the nodes it depends on: the MD, both models, their
-    datasets, the structures and the jobs."""
+def find_gap(x, temperature, study, as_json):
+    """Find the thermal band gap Eg(x, T) (or the whole Eg(T) of x) and print it with the nodes it depends on: the
+    MD, both models, their datasets and the jobs. When nothing matches, the (x, T) that exist are listed."""
+    import json
+
     from aiida import orm
 
-    def gaps_of(function_name: str) -> list:
+    descendants = {n.pk for n in _study(study).called_descendants} if study is not None else None
+
+    def gaps_of(function_name: str, filters: dict) -> list:
         query = orm.QueryBuilder().append(orm.CalcFunctionNode, tag='function',
                                           filters={'attributes.function_name': function_name})
-        query.append(orm.Dict, with_incoming='function', tag='gap', project='*',
-                     filters={'attributes.x': {'==': x}, 'attributes.temperature': {'==': temperature}})
+        query.append(orm.Dict, with_incoming='function', tag='gap', project='*', filters=filters)
         found = [node for (node,) in query.iterall()]
-        if study is not None:
-            descendants = {n.pk for n in orm.load_node(study).called_descendants}
-            found = [g for g in found if g.creator.pk in descendants]
-        return found
+        return found if descendants is None else [g for g in found if g.creator.pk in descendants]
 
+    wanted = {'attributes.x': {'==': x}}
+    if temperature is not None:
+        wanted['attributes.temperature'] = {'==': temperature}
     # Table I's gaps (with the error budget; corrected by the teacher where validated), else the thermal stage's
-    gaps = gaps_of('table_one') or gaps_of('thermal_gaps')
+    gaps = gaps_of('table_one', wanted) or gaps_of('thermal_gaps', wanted)
     if not gaps:
-        raise click.ClickException(f'no thermal gap at x = {x:g}, T = {temperature:g} K' +
-                                   (f' in study {study}' if study else '') + ' in this profile')
-    for gap in sorted(gaps, key=lambda n: n.pk):
+        existing = sorted({(g.get('x'), g.get('temperature')) for name in ('table_one', 'thermal_gaps')
+                           for g in gaps_of(name, {}) if g.get('x') is not None and g.get('temperature') is not None})
+        where = f' in study {study.pk}' if study is not None else ' in this profile'
+        listed = ', '.join(f'({ex:g}, {et:g} K)' for ex, et in existing) or 'none'
+        raise click.ClickException(f'no thermal gap at x = {x:g}' + (f', T = {temperature:g} K' if temperature
+                                   is not None else '') + f'{where}; the (x, T) there: {listed}')
+    gaps = sorted(gaps, key=lambda n: (n.get('temperature'), n.pk))
+    if as_json:
+        click.echo(json.dumps([{'pk': gap.pk, 'uuid': gap.uuid, 'units': {'gap': 'eV', 'temperature': 'K'},
+                                **gap.get_dict(), 'depends_on': _ancestry(gap)} for gap in gaps], indent=1,
+                              default=str))
+        return
+    for gap in gaps:
         values = gap.get_dict()
-        click.echo(f'Eg(x = {x:g}, T = {temperature:g} K) = {values["gap"]:.4f} ± {values["stderr"]:.4f} eV '
+        stderr = values.get('stderr')
+        error = f' ± {stderr:.4f}' if stderr is not None and (stderr > 0 or values['temperature'] > 0) else ''
+        click.echo(f'Eg(x = {x:g}, T = {values["temperature"]:g} K) = {values["gap"]:.4f}{error} eV '
                    f'(Eg(0) {values["eg0"]:.4f} eV, ΔEg {values["delta_gap"]:+.4f} eV): Dict<{gap.pk}> {gap.uuid}')
         if 'validated' in values:
             model = 'not validated' if not values['validated'] else (
