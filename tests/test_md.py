@@ -264,3 +264,42 @@ def test_every_model_settings_round_trips_through_its_dump():
     for config in (MdConfig, ThermalMdConfig, ScreenConfig):
         assert config.model_validate({'max_batch': 'auto', 'dtype': 'auto'}).max_batch == 'auto'
     assert PhononConfig.model_validate({'batch_size': 'auto'}).batch_size == 'auto'
+
+
+def test_predict_mace_gives_forces_per_atom_and_refuses_nan(aiida_profile, mace_model_file, tmp_path):
+    """`capthermo predict` with a MACE model: energy, stress and every atom's force as the MD engine's model gives
+    them, written to JSON and extxyz; atoms on top of each other are an error (one line), not "energy nan"."""
+    import ase.io
+    import torch
+    import torch_sim as ts
+    from click.testing import CliRunner
+
+    from aiida_capthermo.cli.main import cli
+    from aiida_capthermo.data.model import ModelData
+    from aiida_capthermo.ml.thermal import load_torchsim_model
+
+    model = ModelData.from_files(kind='mace', files={'m.model': mace_model_file}, main_file='m.model').store()
+    cells = [small_cell(True, seed=3, rattle=0.05), small_cell(False, seed=4, rattle=0.05)]
+    ase.io.write(tmp_path / 'cells.extxyz', cells)
+    runner = CliRunner()
+    result = runner.invoke(cli, ['predict', str(model.pk), str(tmp_path / 'cells.extxyz'), '--output',
+                                 str(tmp_path / 'p.json')])
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / 'p.json').read_text())
+    reference = load_torchsim_model(str(mace_model_file), 'cpu', 'float64')(
+        ts.io.atoms_to_state(cells, 'cpu', torch.float64))
+    np.testing.assert_allclose(np.concatenate([r['forces'] for r in records]), reference['forces'].numpy(),
+                               atol=1e-8)
+    np.testing.assert_allclose([r['energy'] for r in records], reference['energy'].numpy(), atol=1e-8)
+    assert records[0]['structure'].endswith('cells.extxyz@0') and records[0]['units']['forces'] == 'eV/Å'
+    result = runner.invoke(cli, ['predict', model.uuid, str(tmp_path / 'cells.extxyz'), '--output',
+                                 str(tmp_path / 'p.extxyz')])
+    frames = ase.io.read(tmp_path / 'p.extxyz', ':')
+    np.testing.assert_allclose(frames[1].arrays['predicted_forces'], records[1]['forces'], atol=1e-7)  # extxyz digits
+    assert frames[0].info['predicted_energy'] == pytest.approx(records[0]['energy'])
+    collapsed = cells[0].copy()
+    collapsed.positions[1] = collapsed.positions[0]
+    ase.io.write(tmp_path / 'collapsed.extxyz', collapsed)
+    result = runner.invoke(cli, ['predict', str(model.pk), str(tmp_path / 'collapsed.extxyz')])
+    assert result.exit_code == 1 and 'non-finite' in result.output and 'Traceback' not in result.output, \
+        result.output

@@ -448,18 +448,30 @@ def list_models(kind, as_json):
 @cli.command('predict')
 @click.argument('model', type=MODEL)
 @click.argument('structures', nargs=-1, required=True)
+@click.option('--output', type=click.Path(dir_okay=False, writable=True), default=None,
+              help='Also write the predictions: FILE.json (one record per structure, units included) or an extxyz '
+                   '(the structures with predicted_gap, or predicted_energy, predicted_stress and per-atom '
+                   'predicted_forces).')
 @needs_profile
-def predict(model, structures):
+def predict(model, structures, output):
     """Predict with MODEL (pk, UUID or label of a GNN or MACE model) on STRUCTURES (files ASE reads: CIF, POSCAR,
-    extxyz...; or pks/UUIDs of StructureData nodes), in this process: gaps, or energies and forces."""
+    extxyz...; or pks/UUIDs of StructureData nodes), in this process: gaps, or energies, forces and stress. A
+    non-finite prediction is an error."""
+    import json
+    import warnings
+
     import ase.io
+    import numpy as np
     from aiida import orm
 
     node = model
     atoms, names = [], []
     for item in structures:
         if pathlib.Path(item).is_file():
-            frames = ase.io.read(item, index=':')
+            try:
+                frames = ase.io.read(item, index=':')
+            except Exception as exception:  # the user's file: one line, no traceback
+                raise click.ClickException(f'cannot read {item} as structures: {exception}') from exception
             atoms.extend(frames)
             names.extend([item] if len(frames) == 1 else [f'{item}@{i}' for i in range(len(frames))])
             continue
@@ -471,7 +483,12 @@ def predict(model, structures):
             raise click.ClickException(f'node {item} is a {type(structure).__name__}, not a StructureData')
         atoms.append(structure.get_ase())
         names.append(f'StructureData<{structure.pk}>')
-    results = node.predict(atoms)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # e3nn's and torch's warnings are not the user's business here
+        try:
+            results = node.predict(atoms)
+        except ValueError as exception:
+            raise click.ClickException(str(exception)) from exception
     for name, result in zip(names, results):
         if node.kind == 'gnn':
             target = node.base.attributes.get('target', 'gap')
@@ -479,6 +496,19 @@ def predict(model, structures):
         else:
             click.echo(f'{name}: energy {result["energy"]:.4f} eV ({result["energy_per_atom"]:.4f} eV/atom), '
                        f'max force {result["max_force"]:.4f} eV/Å ({result["n_atoms"]} atoms)')
+    if output is None:
+        return
+    if output.endswith('.json'):
+        pathlib.Path(output).write_text(json.dumps([{'structure': name, **result} for name, result in
+                                                    zip(names, results)], indent=1) + '\n')
+    else:  # keys of their own, so that the file's own labels (a calculator's energy and forces) stay apart
+        for frame, result in zip(atoms, results):
+            frame.info.update({f'predicted_{key}': value for key, value in result.items()
+                               if key in ('energy', 'stress', node.base.attributes.get('target', 'gap'))})
+            if 'forces' in result:
+                frame.arrays['predicted_forces'] = np.asarray(result['forces'])
+        ase.io.write(output, atoms, format='extxyz')
+    click.echo(f'{len(results)} predictions written to {output}')
 
 
 @cli.group('export')

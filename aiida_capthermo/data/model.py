@@ -71,8 +71,9 @@ class ModelData(orm.Data):
     def predict(self, structures, batch_size: int = 8) -> list[dict]:
         """Predict with this model in this process, on the CPU (no CalcJob): for each structure (``ase.Atoms`` or
         ``StructureData``) a dict with ``n_atoms`` and, for a GNN, its target (``gap`` ... in ``units``); for a
-        MACE potential ``energy`` (eV), ``energy_per_atom`` (eV/atom), ``max_force`` (eV/Å) and ``stress``
-        (eV/Å^3, Voigt). Meant for a handful of structures: thousands go through the CalcJobs."""
+        MACE potential ``energy`` (eV), ``energy_per_atom`` (eV/atom), ``forces`` ([n_atoms, 3] eV/Å),
+        ``max_force`` (eV/Å) and ``stress`` (eV/Å^3, Voigt, ASE's sign); a non-finite energy or force is a
+        ``ValueError``, never a number. Meant for a handful of structures: thousands go through the CalcJobs."""
         import tempfile
 
         from aiida_capthermo.ml.settings import torch_default_dtype
@@ -101,8 +102,14 @@ class ModelData(orm.Data):
             else:
                 raise ValueError(f'cannot predict with a model of kind {self.kind!r} (gnn or mace)')
         offsets = np.cumsum([0] + [len(atoms) for atoms in atoms_list])
+        broken = [i for i in range(len(atoms_list)) if not (np.isfinite(result['energy'][i]) and np.all(np.isfinite(
+            result['forces'][offsets[i]:offsets[i + 1]])))]
+        if broken:
+            raise ValueError(f'the model gives a non-finite energy or force for structures {broken} (atoms on top of '
+                             'each other, or far outside what it was trained on): no prediction')
         return [{'n_atoms': len(atoms), 'energy': float(result['energy'][i]),
                  'energy_per_atom': float(result['energy'][i]) / len(atoms),
+                 'forces': result['forces'][offsets[i]:offsets[i + 1]].tolist(),
                  'max_force': float(np.linalg.norm(result['forces'][offsets[i]:offsets[i + 1]], axis=1).max()),
                  'stress': result['stress'][i].tolist(), 'units': {'energy': 'eV', 'forces': 'eV/Å',
                                                                   'stress': 'eV/Å^3'}}
