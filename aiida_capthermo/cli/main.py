@@ -526,8 +526,8 @@ def export():
 @needs_profile
 def export_dataset(dataset, output, energy_key, forces_key, stress_key):
     """Write DATASET (pk, UUID or label of a dataset, MD frames included) to OUTPUT as extended XYZ: every structure
-    with its labels under MACE's REF_ keys (or the ones given) and its metadata (x, temperature, origin, gap in
-    eV) as info keys; ase.io.read(OUTPUT, ':') reads it back."""
+    with its labels under MACE's keys REF_energy, REF_forces and REF_stress (or the ones given) and its metadata
+    (x, temperature, origin, gap in eV) as info keys; ase.io.read(OUTPUT, ':') reads it back."""
     written = dataset.write_extxyz(output, energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
     click.echo(f'{written} structures of DatasetData<{dataset.pk}> written to {output}')
 
