@@ -65,6 +65,8 @@ STUDY_CASES = [
     ({'screen': {'code': 'gnn'}}, 'not capthermo.mlip_screen'),
     ({'screen': {'phonons': {'temperaturez': [200.0]}}}, 'temperaturez'),
     ({'thermal': {'md': {'stepz': 5}}}, 'thermal: invalid md'),
+    ({'thermal': {'md': {'stride': 1000}}}, 'records 0 frames per replica'),
+    ({'thermal': {'temperatures': [0.0, float('nan')]}}, 'finite numbers >= 0 K'),
     ({'thermal': {'coupling': {'structures': 'some'}}}, 'coupling.structures'),
     ({'thermal': {'mlip_code': 'label'}}, 'not capthermo.mlip_thermal'),
     ({'screem': {}}, 'unknown inputs'),

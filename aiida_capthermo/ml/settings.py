@@ -192,6 +192,11 @@ class MdSettings(ModelRunSettings):
                 'stop_distance': self.stop_distance, 'max_temperature_ratio': self.max_temperature_ratio}
 
 
+#: Recorded frames per replica the thermal gaps need: the equilibration detection may discard half of them and the
+#: statistics of what is left need at least 4 (``core.thermal.series_statistics``).
+MIN_THERMAL_FRAMES = 8
+
+
 class ThermalMdConfig(MdSettings):
     """Settings of ``capthermo-mlip thermal`` (unknown keys are rejected).
 
@@ -205,6 +210,14 @@ class ThermalMdConfig(MdSettings):
     store_velocities: bool = Field(False, description='Also record velocities (Å/fs) at every recorded frame.')
     fix_com: bool = Field(True, description='Remove the total momentum of every replica after each step.')
     select: list[int] | None = Field(None, description='Run only these replica ids (a restart of broken replicas).')
+
+    @model_validator(mode='after')
+    def _enough_frames(self) -> ThermalMdConfig:
+        frames = self.steps // self.stride
+        if frames < MIN_THERMAL_FRAMES:
+            raise ValueError(f'steps / stride = {self.steps} / {self.stride} records {frames} frames per replica; the '
+                             f'gap statistics need at least {MIN_THERMAL_FRAMES} (lower the stride or run more steps)')
+        return self
 
     def replica_table(self, n_structures: int) -> list[dict]:
         """Every replica: id, structure index, temperature (K) and seed, in id order (structure, T, seed)."""

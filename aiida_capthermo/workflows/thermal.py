@@ -204,8 +204,9 @@ def settings_error(inputs, keys: list[str] | None) -> str | None:
     from aiida_capthermo.ml.settings import ModesConfig, ThermalMdConfig
 
     temperatures = inputs['temperatures'].get_list()
-    if not temperatures or any(not isinstance(t, (int, float)) or t < 0 for t in temperatures):
-        return f'temperatures must be a non-empty list of numbers >= 0 K, got {temperatures}'
+    if not temperatures or any(not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0
+                               for t in temperatures):
+        return f'temperatures must be a non-empty list of finite numbers >= 0 K, got {temperatures}'
     if len(set(temperatures)) != len(temperatures):
         return f'temperatures repeat: {temperatures}'
     md = inputs['md'].get_dict() if 'md' in inputs else {}
