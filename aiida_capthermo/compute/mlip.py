@@ -91,8 +91,8 @@ def run_screen(model: str, structures: str, config: dict, relaxed_path: str, scr
     settings.apply_threads()
     potential = settings.load_model(model, compute_stress=settings.relax_cell)
     inputs = LabelledSet.load(structures)
-    batching = batch_plan(potential, [inputs.atoms(i, with_labels=False) for i in range(len(inputs))],
-                          settings.max_batch)
+    structures_in = [inputs.atoms(i, with_labels=False) for i in range(len(inputs))]
+    batching = batch_plan(potential, structures_in, settings.max_batch)
     size = batching['batch_size']
     records, relaxed, kept, remaining = [], [], [], []
     for first in range(0, len(inputs), size):
@@ -100,7 +100,7 @@ def run_screen(model: str, structures: str, config: dict, relaxed_path: str, scr
         if settings.max_seconds is not None and first and time.perf_counter() - start > settings.max_seconds:
             remaining.extend(range(first, len(inputs)))
             break
-        systems = [inputs.atoms(index, with_labels=False) for index in indices]
+        systems = [structures_in[index] for index in indices]
         try:
             outcome = relax_batch(potential, systems, fmax=settings.fmax, steps=settings.max_steps,
                                   cell=settings.relax_cell)
@@ -182,14 +182,11 @@ def run_md(model: str, structures: str, config: dict, frames_path: str, md_path:
                for replica, (index, temperature) in enumerate(runs)]
     systems = [inputs.atoms(r['index'], with_labels=False) for r in records]
     batching = batch_plan(potential, systems, settings.max_batch)
-    size, trajectories = batching['batch_size'], []
     try:
-        for first in range(0, len(records), size):  # batches beyond the first in sequence, each its own noise seed
-            chunk = records[first:first + size]
-            trajectories.extend(run_replicas(
-                potential, systems[first:first + size], [r['temperature'] for r in chunk],
-                [r['seed'] for r in chunk], **settings.engine_arguments(),
-                store_forces=settings.frame_stride is not None, batch_seed=settings.seed + 7919 * (first // size)))
+        trajectories = run_replicas(
+            potential, systems, [r['temperature'] for r in records], [r['seed'] for r in records],
+            **settings.engine_arguments(), store_forces=settings.frame_stride is not None, batch_seed=settings.seed,
+            batch_size=batching['batch_size'])
     except Exception as exception:
         raise RuntimeError(f'no replica ran: {type(exception).__name__}: {exception}') from exception
     frames, frame_x, frame_t = [], [], []
@@ -257,25 +254,21 @@ def run_thermal(model: str, structures: str, config: dict, frames_path: str, ser
     potential = settings.load_model(model, compute_stress=settings.ensemble == 'npt')
     inputs = LabelledSet.load(structures)
     table = settings.replica_table(len(inputs))
-    batching = batch_plan(potential, [inputs.atoms(row['index'], with_labels=False) for row in table],
-                          settings.max_batch)
-    size = batching['batch_size']
-    series, start = {}, time.perf_counter()
-    for first in range(0, len(table), size):
-        chunk = table[first:first + size]
-        batch_seed = settings.seed + 7919 * (first // size)
-        trajectories = run_replicas(
-            potential, [inputs.atoms(row['index'], with_labels=False) for row in chunk],
-            [row['temperature'] for row in chunk], [row['seed'] for row in chunk], **settings.engine_arguments(),
-            ensemble=settings.ensemble, pressure=settings.pressure, fix_com=settings.fix_com,
-            store_velocities=settings.store_velocities, batch_seed=batch_seed)
-        for row, trajectory in zip(chunk, trajectories):
-            row.update(structure_uuid=str(inputs.structure_uuid[row['index']]), x=float(inputs.x[row['index']]),
-                       batch_seed=batch_seed, timestep=settings.timestep, steps=trajectory.steps_done,
-                       broke=trajectory.broke, time_ps=trajectory.steps_done * settings.timestep / 1000.0,
-                       mean_temperature=trajectory.mean_temperature(),
-                       min_distance=float(trajectory.min_distance.min()))
-            series[row['replica']] = trajectory
+    systems = [inputs.atoms(row['index'], with_labels=False) for row in table]
+    batching = batch_plan(potential, systems, settings.max_batch)
+    start = time.perf_counter()
+    trajectories = run_replicas(
+        potential, systems, [row['temperature'] for row in table], [row['seed'] for row in table],
+        **settings.engine_arguments(), ensemble=settings.ensemble, pressure=settings.pressure,
+        fix_com=settings.fix_com, store_velocities=settings.store_velocities, batch_seed=settings.seed,
+        batch_size=batching['batch_size'])
+    series = {}
+    for row, trajectory in zip(table, trajectories):
+        row.update(structure_uuid=str(inputs.structure_uuid[row['index']]), x=float(inputs.x[row['index']]),
+                   batch_seed=trajectory.batch_seed, timestep=settings.timestep, steps=trajectory.steps_done,
+                   broke=trajectory.broke, time_ps=trajectory.steps_done * settings.timestep / 1000.0,
+                   mean_temperature=trajectory.mean_temperature(), min_distance=float(trajectory.min_distance.min()))
+        series[row['replica']] = trajectory
     wall = time.perf_counter() - start
     n_frames = _write_thermal_frames(inputs, table, series, frames_path)
     np.savez_compressed(series_path, **{f'{name}_{replica}': values for replica, trajectory in series.items()

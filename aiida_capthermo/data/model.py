@@ -76,12 +76,10 @@ class ModelData(orm.Data):
         ``ValueError``, never a number. Meant for a handful of structures: thousands go through the CalcJobs."""
         import tempfile
 
-        from aiida_capthermo.ml.settings import torch_default_dtype
-
         atoms_list = [s.get_ase() if hasattr(s, 'get_ase') else s for s in structures]
         if not atoms_list:
             return []
-        with tempfile.TemporaryDirectory() as folder, torch_default_dtype():  # MACE sets float64: not for the caller
+        with tempfile.TemporaryDirectory() as folder:
             paths = self.export_files(folder)
             if self.kind == 'gnn':
                 from aiida_capthermo.core.dataset import LabelledSet

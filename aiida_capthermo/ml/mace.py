@@ -36,20 +36,17 @@ def load_mace_model(model: str, device: str = 'auto', dtype: str = 'float64'):
     import os
 
     import torch
-    from mace.tools import torch_tools
+
+    from aiida_capthermo.ml.settings import torch_default_dtype
 
     device = resolve_device(device)
-    default = torch.get_default_dtype()
-    torch_tools.set_default_dtype(dtype)
-    try:
+    with torch_default_dtype(dtype):  # MACE loads in the process-wide default; the caller's default is restored
         if os.path.isfile(model):
             module = torch.load(model, map_location=device, weights_only=False)
         else:
             from mace.calculators import mace_mp
 
             module = mace_mp(model=model, device=device, default_dtype=dtype, return_raw_model=True)
-    finally:
-        torch.set_default_dtype(default)  # MACE sets the process-wide default; callers' tensors keep theirs
     module = module.to(device).to(torch.float64 if dtype == 'float64' else torch.float32)
     for parameter in module.parameters():
         parameter.requires_grad = False
@@ -78,14 +75,14 @@ def random_mace(architecture: str | dict, atomic_numbers: Sequence[int] = tuple(
     from e3nn import o3
     from mace import modules
 
+    from aiida_capthermo.ml.settings import torch_default_dtype
+
     arch = ARCHITECTURES[architecture] if isinstance(architecture, str) else architecture
     numbers = sorted(int(z) for z in atomic_numbers)
     hidden = o3.Irreps(' + '.join(f"{arch['num_channels']}x{ell}{'e' if ell % 2 == 0 else 'o'}"
                                   for ell in range(arch['max_L'] + 1)))
     residual = modules.interaction_classes['RealAgnosticResidualInteractionBlock']
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with torch_default_dtype('float64'):
         torch.manual_seed(seed)
         model = modules.ScaleShiftMACE(
             r_max=float(arch['r_max']), num_bessel=8, num_polynomial_cutoff=5, max_ell=3, interaction_cls=residual,
@@ -94,8 +91,6 @@ def random_mace(architecture: str | dict, atomic_numbers: Sequence[int] = tuple(
             atomic_energies=np.zeros(len(numbers)), avg_num_neighbors=avg_num_neighbors, atomic_numbers=numbers,
             correlation=int(arch['correlation']), gate=torch.nn.functional.silu, atomic_inter_scale=scale,
             atomic_inter_shift=0.0)
-    finally:
-        torch.set_default_dtype(default)
     for parameter in model.parameters():
         parameter.requires_grad = False
     return model

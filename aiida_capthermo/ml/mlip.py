@@ -155,11 +155,15 @@ def batched_forces(model, batch_size: int | str = 'auto'):
 
     from aiida_capthermo.ml.thermal import memory_batch_size
 
+    sized = {}  # 'auto' is sized once, on the first call's cells (a memory probe is a model call of its own)
+
     def forces(cells: Sequence) -> list[np.ndarray]:
         size = batch_size
         if size == 'auto':
-            size = (memory_batch_size(model, list(cells))['batch_size'] if str(model.device).startswith('cuda')
-                    else CPU_FORCE_BATCH)
+            if 'size' not in sized:
+                sized['size'] = (memory_batch_size(model, list(cells))['batch_size']
+                                 if str(model.device).startswith('cuda') else CPU_FORCE_BATCH)
+            size = sized['size']
         result = []
         for first in range(0, len(cells), size):
             chunk = list(cells[first:first + size])

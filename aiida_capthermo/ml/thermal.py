@@ -60,6 +60,7 @@ class ReplicaTrajectory:
     forces: np.ndarray | None  # [n_frames, N, 3] eV/Å, the model's, when stored
     steps_done: int
     broke: str | None
+    batch_seed: int = 0  # seed of the Langevin noise of the batch the replica ran in
 
     def mean_temperature(self, discard_fraction: float = 0.5) -> float:
         """Mean kinetic temperature (K) after discarding the first ``discard_fraction`` of the frames."""
@@ -176,6 +177,9 @@ def load_torchsim_model(model_path: str, device: str, dtype: str, compute_stress
     return MaceModel(load_mace_model(str(model_path), device, dtype), device=device, dtype=getattr(torch, dtype),
                      compute_forces=True, compute_stress=compute_stress, enable_cueq=enable_cueq)
 
+
+#: Offset between the Langevin seeds of consecutive batches of :func:`run_replicas` (a prime).
+BATCH_SEED_STRIDE = 7919
 
 #: Share of the free GPU memory that :func:`memory_batch_size` fills with one model call.
 MEMORY_FRACTION = 0.5
@@ -407,8 +411,11 @@ def run_replicas(model, systems: Sequence, temperatures: Sequence[float], seeds:
                  timestep: float = 1.0, friction: float = 1e-3, stride: int = 20, ensemble: str = 'nvt',
                  pressure: float = 0.0, fix_com: bool = True, store_velocities: bool = False,
                  store_forces: bool = False, stop_distance: float = 1.0, max_temperature_ratio: float = 3.0,
-                 batch_seed: int = 0) -> list[ReplicaTrajectory]:
-    """Run every system as a replica of one batched Langevin simulation; return one trajectory per system.
+                 batch_seed: int = 0, batch_size: int | None = None) -> list[ReplicaTrajectory]:
+    """Run every system as a replica of batched Langevin simulations; return one trajectory per system.
+
+    All replicas run in one simulation, or with ``batch_size`` that many at a time, batch after batch (batch k's
+    Langevin noise from ``batch_seed + BATCH_SEED_STRIDE * k``, recorded in each trajectory's ``batch_seed``).
 
     Parameters
     ----------
@@ -429,9 +436,20 @@ def run_replicas(model, systems: Sequence, temperatures: Sequence[float], seeds:
         Also record the velocities (Å/fs) and the model's forces (eV/Å) at every recorded frame.
     stop_distance, max_temperature_ratio
         Blow-up thresholds of :func:`blow_up`: closest pair (Å), kinetic over target temperature.
-    batch_seed
-        Seed of the Langevin noise of the batch.
+    batch_seed, batch_size
+        Seed of the Langevin noise of the (first) batch; replicas per simulation (None: all).
     """
+    size = batch_size or max(len(systems), 1)
+    if size < len(systems):
+        trajectories = []
+        for first in range(0, len(systems), size):
+            part, seed = slice(first, first + size), batch_seed + BATCH_SEED_STRIDE * (first // size)
+            trajectories += run_replicas(
+                model, systems[part], temperatures[part], seeds[part], steps=steps, timestep=timestep,
+                friction=friction, stride=stride, ensemble=ensemble, pressure=pressure, fix_com=fix_com,
+                store_velocities=store_velocities, store_forces=store_forces, stop_distance=stop_distance,
+                max_temperature_ratio=max_temperature_ratio, batch_seed=seed)
+        return trajectories
     batch = init_replicas(model, systems, temperatures, seeds, timestep=timestep, friction=friction,
                           ensemble=ensemble, pressure=pressure, fix_com=fix_com, batch_seed=batch_seed)
     for step in range(1, steps + 1):
@@ -441,4 +459,7 @@ def run_replicas(model, systems: Sequence, temperatures: Sequence[float], seeds:
         record_frame(batch, step, timestep, store_velocities, store_forces)
         if not stop_blown_up(batch, step, stop_distance=stop_distance, max_temperature_ratio=max_temperature_ratio):
             break
-    return [batch.trajectory(replica) for replica in range(len(systems))]
+    trajectories = [batch.trajectory(replica) for replica in range(len(systems))]
+    for trajectory in trajectories:
+        trajectory.batch_seed = batch_seed
+    return trajectories

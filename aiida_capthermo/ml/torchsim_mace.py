@@ -152,6 +152,7 @@ class MaceModel(ModelInterface):
         index[species] = torch.arange(len(species))
         self.species_index = index.to(self._device)
         self.n_species = len(species)
+        self._checked_numbers = None
 
     @property
     def precision(self) -> str:
@@ -160,9 +161,11 @@ class MaceModel(ModelInterface):
 
     def forward(self, state, **kwargs) -> dict[str, torch.Tensor]:
         numbers = state.atomic_numbers
-        if int(numbers.max()) >= len(self.species_index) or bool((self.species_index[numbers] < 0).any()):
-            raise ValueError(f'the state has elements the model was not trained on: {sorted(set(numbers.tolist()))}'
-                             f' (model: {self.model.atomic_numbers.tolist()})')
+        if numbers is not self._checked_numbers:  # once per state, not every MD step (two host syncs each)
+            if int(numbers.max()) >= len(self.species_index) or bool((self.species_index[numbers] < 0).any()):
+                raise ValueError(f'the state has elements the model was not trained on: '
+                                 f'{sorted(set(numbers.tolist()))} (model: {self.model.atomic_numbers.tolist()})')
+            self._checked_numbers = numbers
         n_systems = state.n_systems
         system_idx = state.system_idx
         cells = state.row_vector_cell
