@@ -134,6 +134,20 @@ def test_label_structures_matches_direct_tblite():
     assert np.all(labelled.gap > 0) and np.all(labelled.cbm - labelled.vbm == pytest.approx(labelled.gap))
 
 
+def test_labels_are_bit_identical_run_after_run():
+    """One OpenMP thread (the default): the same structures give bit-identical labels run after run. With more,
+    tblite's threaded sums differ in the last bits (1e-12 eV on a 40-atom cell), and the active learning's MD turns
+    that into another study. The threads the OpenMP runtime used are recorded."""
+    structures = LabelledSet.from_atoms_list([rattled(1), rattled(2)])
+    first, records = label_structures(structures, CalculatorSpec())
+    second, _ = label_structures(structures, CalculatorSpec())
+    assert [record['threads'] for record in records] == [1, 1]
+    for name in ('energy', 'gap', 'forces', 'stress'):
+        assert np.array_equal(getattr(first, name), getattr(second, name)), name
+    _, records = label_structures(LabelledSet.from_atoms_list([rattled(1)]), CalculatorSpec(threads=2))
+    assert records[0]['threads'] == 2
+
+
 def test_label_structures_records_scf_failure():
     structures = LabelledSet.from_atoms_list([rattled(1)])
     labelled, records = label_structures(structures, CalculatorSpec(max_iterations=2))
@@ -164,7 +178,7 @@ def test_label_calcjob_localhost(script_code):
     assert set(labelled.structure_uuid) == {s.uuid for s in node.inputs.structures.values()}
     assert np.all(labelled.temperature == 300.0) and list(labelled.origin) == ['phonon'] * 3
     assert np.all(np.isfinite(labelled.energy)) and np.all(np.isfinite(labelled.stress))
-    assert results['summary']['n_ok'] == 3
+    assert results['summary']['n_ok'] == 3 and results['summary']['threads'] == 1
 
 
 def test_label_calcjob_all_failed_exit_code(script_code):

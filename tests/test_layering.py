@@ -1,4 +1,4 @@
-"""The science core (``aiida_capthermo.core``) must import neither AiiDA nor torch (DESIGN.md §3)."""
+"""The science core (``aiida_capthermo.core``) must import neither AiiDA nor torch (docs/architecture.md)."""
 
 import json
 import pkgutil

@@ -1,6 +1,6 @@
 """Label structures on the compute side: energy, forces, stress and a Γ-point band gap.
 
-This is the ``local`` labelling engine (DESIGN.md §3). The default is tblite's GFN1-xTB *without* its classical
+This is the ``local`` labelling engine (docs/dataset.md). The default is tblite's GFN1-xTB *without* its classical
 halogen-bond correction: that term puts 28-550 eV/Å on the ideal cubic Ag3S(Br,I) cells (where symmetry makes the
 forces zero) and does not touch the electronic structure, so dropping it gives physical forces and the same gap
 (docs/dataset.md has the measurements). GFN2-xTB and IPEA1-xTB are there too; CHGNet (weights shipped in its wheel,
@@ -12,6 +12,7 @@ torch-free :mod:`aiida_capthermo.ml.settings`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -86,6 +87,8 @@ def single_point_function(spec: CalculatorSpec) -> Callable:
     """Return ``f(atoms) -> dict`` of labels for ``spec``; models and parameter tables are loaded once, here."""
     wants_gap = 'gap' in spec.properties
     parameters = tblite_parameters(spec.method, spec.halogen_bond) if spec.name != 'emt' else None
+    if parameters is not None:
+        import tblite.interface  # noqa: F401 -- loads tblite's OpenMP runtime now, for openmp_threads to limit
     if spec.name == 'tblite':
         return lambda atoms: _tblite_single_point(atoms, spec, parameters)
     if spec.name == 'emt':
@@ -128,26 +131,47 @@ def label_structures(structures: LabelledSet, spec: CalculatorSpec) -> tuple[Lab
     single_point = single_point_function(spec)
     wanted = set(spec.properties) | ({'vbm', 'cbm'} if 'gap' in spec.properties else set())
     records = []
-    for index in range(n):
-        atoms = structures.atoms(index, with_labels=False)
-        start = time.perf_counter()
-        record = {'index': index, 'status': 'ok', 'error': None}
-        try:
-            result = single_point(atoms)
-        except Exception as exception:  # noqa: BLE001 - a failed structure is recorded, the batch goes on
-            record.update(status='failed', error=f'{type(exception).__name__}: {exception}')
-        else:
-            for name in labels:
-                if name in wanted and name in result:
-                    labels[name][index] = result[name]
-            if 'forces' in wanted:
-                forces[offsets[index]:offsets[index + 1]] = result['forces']
-            if 'stress' in wanted:
-                stress[index] = result['stress']
-        record['seconds'] = time.perf_counter() - start
-        records.append(record)
+    with openmp_threads(spec.threads) as threads:
+        for index in range(n):
+            records.append(_label_one(structures.atoms(index, with_labels=False), single_point, wanted, index,
+                                      labels, forces[offsets[index]:offsets[index + 1]], stress[index]))
+            records[-1]['threads'] = threads
     labelled = LabelledSet(numbers=structures.numbers, positions=structures.positions, cells=structures.cells,
                            n_atoms=structures.n_atoms, forces=forces, stress=stress, x=structures.x,
                            temperature=structures.temperature, origin=structures.origin,
                            structure_uuid=structures.structure_uuid, **labels)
     return labelled, records
+
+
+@contextlib.contextmanager
+def openmp_threads(threads: int | None):
+    """Limit every OpenMP runtime loaded in this process (tblite's, torch's) to ``threads`` inside the block
+    (``None``: leave them); yields the number of threads the runtimes use there (the largest, None without
+    OpenMP)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(limits=threads, user_api='openmp'):
+        used = [pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'openmp']
+        yield max(used) if used else None
+
+
+def _label_one(atoms, single_point: Callable, wanted: set, index: int, labels: dict, forces: np.ndarray,
+               stress: np.ndarray) -> dict:
+    """Label one structure into the row ``index`` of ``labels`` and the views ``forces`` and ``stress``; return
+    its record."""
+    start = time.perf_counter()
+    record = {'index': index, 'status': 'ok', 'error': None}
+    try:
+        result = single_point(atoms)
+    except Exception as exception:  # noqa: BLE001 - a failed structure is recorded, the batch goes on
+        record.update(status='failed', error=f'{type(exception).__name__}: {exception}')
+    else:
+        for name in labels:
+            if name in wanted and name in result:
+                labels[name][index] = result[name]
+        if 'forces' in wanted:
+            forces[:] = result['forces']
+        if 'stress' in wanted:
+            stress[:] = result['stress']
+    record['seconds'] = time.perf_counter() - start
+    return record

@@ -307,6 +307,11 @@ class CalculatorSpec(BaseModel):
     mixer_damping: float = Field(0.4, gt=0, le=1, description='Broyden mixer damping.')
     properties: list[Literal['energy', 'forces', 'stress', 'gap']] = Field(
         default_factory=lambda: ['energy', 'forces', 'stress', 'gap'], description='Labels to compute.')
+    threads: PositiveInt | None = Field(
+        1, description="OpenMP threads of the calculator (tblite): 1 gives bit-identical labels run after run; with "
+                       "more, tblite's threaded sums differ in the last bits (1e-12 eV), which the MD of the "
+                       "active learning amplifies into a different study. Run batches side by side instead "
+                       "(max_concurrent). None: leave the environment's OMP_NUM_THREADS.")
 
     @property
     def tblite_method(self) -> str:
