@@ -124,3 +124,62 @@ def test_md_of_harmonic_and_quartic_crystals(quartic):
     else:
         assert shift.min() > settings.resolution and shift.mean() > 3 * settings.resolution  # every mode hardens
         assert np.all(np.sort(result['commensurate_frequencies'].ravel())[3:] > 0)
+
+
+def _double_well_crystal():
+    """The spring crystal with every S atom a rattler in a double well: its six S-Ag bonds softened by 2.6 eV/Å²
+    (central) and stiffened by a quartic term k4 = 9.4 eV/Å⁴. For S alone (Ag held) the curvature along x is
+    2 (1.5 − 2.6) + 4 x 0.3 = −1.0 eV/Å² and the quartic coefficient 2 k4 = 18.8 eV/Å⁴: eight wells along ⟨111⟩,
+    0.23 Å from the centre and 3 x 1.0² / (4 x 18.8) = 0.040 eV deep."""
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    unit, positions, phi, bonds, directions = _spring_crystal()
+    symbols = Phonopy(PhonopyAtoms(symbols=unit.get_chemical_symbols(), cell=unit.cell.array,
+                                   scaled_positions=unit.get_scaled_positions()),
+                      supercell_matrix=np.diag([2, 2, 2]), primitive_matrix=np.eye(3)).supercell.symbols
+    rattler = np.array([sorted((symbols[i], symbols[j])) == ['Ag', 'S'] for i, j in bonds])
+    phi = phi.copy()
+    for (i, j), e in zip(bonds[rattler], directions[rattler]):
+        block = 2.6 * np.outer(e, e)  # a central spring of -2.6 eV/Å² added
+        phi[3 * i:3 * i + 3, 3 * j:3 * j + 3] += block
+        phi[3 * j:3 * j + 3, 3 * i:3 * i + 3] += block
+        phi[3 * i:3 * i + 3, 3 * i:3 * i + 3] -= block
+        phi[3 * j:3 * j + 3, 3 * j:3 * j + 3] -= block
+    return unit, positions, phi, bonds[rattler], directions[rattler]
+
+
+def test_double_well_mode_is_stabilised_above_its_barrier_and_not_below():
+    """Known answer for dynamic stabilisation: rattlers in 0.04 eV double wells. At 0 K the 24 rattling modes are
+    imaginary. At 1000 K (k_B T = 0.086 eV, over the barrier) the MD oscillates about the cubic structure at the
+    frequency the self-consistent harmonic approximation gives for one rattler (k² + k − 3 x 18.8 k_B T = 0:
+    k = 1.76 eV/Å², 3.66 THz): stabilised. At 30 K every rattler sits in one well. Its velocities still oscillate
+    at a real frequency, so the spectra alone would call it stabilised; the displaced mean structure says it is
+    not, and the modes are reported trapped and unresolved, never as real renormalised branches."""
+    import torch
+
+    from aiida_capthermo.core.normal_modes import TRAPPED_RATIO
+    from aiida_capthermo.ml.mlip import batched_forces, phonopy_from_forces
+    from aiida_capthermo.ml.phonons import PhononConfig, finite_temperature_phonons
+    from aiida_capthermo.ml.thermal import HarmonicModel
+
+    torch.set_num_threads(1)
+    unit, positions, phi, bonds, directions = _double_well_crystal()
+    model = HarmonicModel(positions, phi, bonds=bonds, directions=directions, quartic=9.4)
+    phonon = phonopy_from_forces(unit, batched_forces(model), supercell=[2, 2, 2], displacement=0.01)
+    settings = PhononConfig(supercell=[2, 2, 2], temperatures=[30.0, 1000.0], replicas=2, steps=4000, timestep=2.0,
+                            sample_stride=4, equilibration_steps=1000, device='cpu')
+    cold, hot = (finite_temperature_phonons(model, [phonon], settings)[0][key] for key in ('30.0', '1000.0'))
+    for result in (cold, hot):
+        assert result['broke'] is None
+        assert len(result['imaginary_harmonic']) == 24  # the 8 rattlers x 3
+        assert np.all(result['harmonic'][result['imaginary_harmonic']] < -2.5)
+    # cold: real peaks (the spectrum alone is fooled), but the mean structure is displaced: not stabilised
+    assert np.all(cold['renormalised'][cold['imaginary_harmonic']] > 2.0)
+    assert not cold['stabilised'] and len(cold['trapped']) >= 20
+    assert set(cold['trapped']) <= set(cold['unresolved'])
+    assert np.median(cold['displacement_ratio']) > 3 * TRAPPED_RATIO
+    # hot: oscillation about the cubic structure at the SCHA frequency of a rattler
+    assert hot['stabilised'] and not hot['trapped'] and not hot['unresolved']
+    assert max(hot['displacement_ratio']) < 0.3 * TRAPPED_RATIO
+    assert np.mean(hot['renormalised'][hot['imaginary_harmonic']]) == pytest.approx(3.66, rel=0.2)

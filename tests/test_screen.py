@@ -371,6 +371,7 @@ def test_screen_finite_temperature_phonons_of_an_unstable_configuration(model_no
     finite = summary['temperatures']['T200']
     assert finite['broke'] is None and isinstance(finite['stabilised'], bool)
     assert finite['stabilised'] == (not finite['unresolved'])
+    assert set(finite['trapped']) <= set(finite['unresolved']) <= set(range(120))
     assert finite['resolution'] == pytest.approx(1 / (2000 * 4e-3))
     # the mode projections are complete: their kinetic energy is the atoms' (mean <v_s^2> / k_B T = T_kin / T)
     assert finite['equipartition'] == pytest.approx(finite['mean_temperature'] / 200.0, rel=1e-6)

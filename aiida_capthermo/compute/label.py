@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         summary.update(
             calculator=spec.model_dump(), units={'energy': 'eV', 'forces': 'eV/Angstrom', 'stress': 'eV/Angstrom^3',
                                                  'gap': 'eV'},
-            threads=records[0]['threads'], n_structures=len(records), n_ok=n_ok, n_failed=len(records) - n_ok, records=records, output=args.output,
+            threads=records[0]['threads'],
+            n_structures=len(records), n_ok=n_ok, n_failed=len(records) - n_ok, records=records, output=args.output,
             seconds_per_structure=sum(r['seconds'] for r in records) / len(records))
         if n_ok == 0:
             summary['error_kind'] = 'no_structure_labelled'

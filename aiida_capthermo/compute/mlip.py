@@ -425,9 +425,10 @@ def run_phonons(model: str, structures: str, config: dict, bands_path: str, phon
                 continue
             arrays[f'T{key}_{index}'] = band_structure(result['phonopy'], settings.band_points)['frequencies']
             arrays[f'spectrum_frequency_{index}_T{key}'], arrays[f'spectrum_{index}_T{key}'] = result['spectrum']
-            imaginary = [int(m) for m in np.flatnonzero(result['harmonic'] < settings.imaginary_threshold)]
+            imaginary = result['imaginary_harmonic']
             record['temperatures'][key] = {
                 'broke': None, 'stabilised': result['stabilised'], 'unresolved': result['unresolved'],
+                'trapped': result['trapped'], 'displacement_ratio': result['displacement_ratio'],
                 'harmonic': result['harmonic'].tolist(), 'renormalised': result['renormalised'].tolist(),
                 'linewidth': result['linewidth'].tolist(), 'fitted': result['fitted'].tolist(),
                 'acoustic': result['acoustic'].tolist(), 'imaginary_harmonic': imaginary,

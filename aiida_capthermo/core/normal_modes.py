@@ -10,6 +10,12 @@ Khinchin: ``|FFT|^2``), and a Lorentzian (eq. 4) fitted around its peak gives th
 the linewidth (FWHM). The renormalised supercell force constants ``M^1/2 E diag(omega~^2) E^T M^1/2`` give
 renormalised phonons at every commensurate q point and, Fourier-interpolated by phonopy, renormalised bands.
 
+A power spectrum only says how fast a mode oscillates, not about which structure: an atom trapped in one well of a
+double well oscillates at a real frequency too, about a displaced structure. So an imaginary harmonic mode counts as
+stabilised only when the MD also oscillates about the reference structure along it:
+:func:`project_displacements` gives the mode amplitudes ``Q_s(t)`` and :func:`displacement_ratio` the ratio of the
+mean amplitude to its spread, small about the reference, large in a well (:data:`TRAPPED_RATIO`).
+
 A Langevin thermostat of friction gamma broadens every line by gamma / (2 pi) (FWHM, in cycles per time): with
 1e-3 1/fs that is 0.16 THz; the fitted linewidth includes it.
 
@@ -24,8 +30,13 @@ import numpy as np
 
 from aiida_capthermo.core.displacements import EV_PER_A2_AMU_TO_THZ
 
-__all__ = ['project_velocities', 'power_spectrum', 'LorentzianFit', 'fit_lorentzian', 'renormalised_force_constants',
-           'lorentzian']
+__all__ = ['project_velocities', 'project_displacements', 'displacement_ratio', 'TRAPPED_RATIO', 'power_spectrum',
+           'LorentzianFit', 'fit_lorentzian', 'renormalised_force_constants', 'lorentzian']
+
+#: A mode whose mean amplitude exceeds this many standard deviations of its amplitude (averaged over the replicas)
+#: oscillates about a displaced structure: trapped in a well, not stabilised. About the reference the ratio is
+#: about 1/sqrt(independent samples): under 0.3 for 10 or more.
+TRAPPED_RATIO = 1.0
 
 
 def project_velocities(velocities: np.ndarray, masses: np.ndarray, eigenvectors: np.ndarray) -> np.ndarray:
@@ -39,6 +50,24 @@ def project_velocities(velocities: np.ndarray, masses: np.ndarray, eigenvectors:
     frames, n, _ = velocities.shape
     weighted = (velocities * np.sqrt(np.asarray(masses, dtype=float))[None, :, None]).reshape(frames, 3 * n)
     return weighted @ np.asarray(eigenvectors)
+
+
+def project_displacements(positions: np.ndarray, reference: np.ndarray, cell: np.ndarray, masses: np.ndarray,
+                          eigenvectors: np.ndarray) -> np.ndarray:
+    """Mode amplitudes ``Q_s(t) = sum_j sqrt(m_j) e_s,j . u_j(t)`` (amu^1/2 Å) of a trajectory, ``u`` the
+    minimum-image displacement of ``positions`` [F, N, 3] (Å, wrapped or not) from ``reference`` [N, 3] in the fixed
+    ``cell`` [3, 3] (rows are lattice vectors); ``masses`` [N] amu, ``eigenvectors`` [3N, M]; returns [F, M]."""
+    cell = np.asarray(cell, dtype=float)
+    fractional = (np.asarray(positions, dtype=float) - np.asarray(reference, dtype=float)[None]) @ np.linalg.inv(cell)
+    return project_velocities((fractional - np.round(fractional)) @ cell, masses, eigenvectors)
+
+
+def displacement_ratio(amplitudes) -> np.ndarray:
+    """Per mode, ``|<Q_s>| / std(Q_s)`` of each replica's amplitudes (a sequence of [F, M] series), averaged over
+    the replicas (replicas may sit in opposite wells, so their series are not pooled). About 1/sqrt(independent
+    samples) for a mode oscillating about the reference; ``Q_min / sigma`` in a well of a double well."""
+    ratios = [np.abs(series.mean(axis=0)) / np.maximum(series.std(axis=0), 1e-300) for series in amplitudes]
+    return np.mean(ratios, axis=0)
 
 
 def power_spectrum(series: np.ndarray, timestep_fs: float, segments: int = 1) -> tuple[np.ndarray, np.ndarray]:

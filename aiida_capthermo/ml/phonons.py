@@ -57,9 +57,12 @@ def finite_temperature_phonons(model, phonons: Sequence, settings: PhononConfig)
     supercell Γ modes (THz, harmonic order), ``linewidth`` (FWHM THz), ``fitted`` flags, ``acoustic`` mode indices,
     ``equipartition`` (mean over optical modes of <v_s^2> / k_B T, 1 at equilibrium), ``commensurate`` q points and
     their renormalised frequencies, the ``phonopy`` object with the renormalised force constants, ``spectrum``
-    (frequencies THz, spectra of every mode), ``resolution`` (THz), ``unresolved`` (optical modes whose peak stays
-    below max(resolution, |imaginary_threshold|): not stabilised), ``stabilised`` (none unresolved), ``broke`` (a
-    run's failure, in which case nothing else is given).
+    (frequencies THz, spectra of every mode), ``resolution`` (THz), ``imaginary_harmonic`` (optical modes below
+    ``imaginary_threshold`` at 0 K) with their ``displacement_ratio`` (:func:`~aiida_capthermo.core.normal_modes.
+    displacement_ratio`), ``trapped`` (those of them the MD holds about a displaced structure: a well, not the
+    reference), ``unresolved`` (optical modes whose peak stays below max(resolution, |imaginary_threshold|), and the
+    trapped ones: not stabilised), ``stabilised`` (none unresolved), ``broke`` (a run's failure, in which case
+    nothing else is given).
     """
     from aiida_capthermo.core.displacements import SupercellModes
 
@@ -78,7 +81,8 @@ def finite_temperature_phonons(model, phonons: Sequence, settings: PhononConfig)
             numbers = [n for n, (i, t, _) in enumerate(runs) if i == index and t == temperature]
             failures = [broke[n] for n in numbers if broke[n]]
             results[index][str(float(temperature))] = {'broke': failures[0]} if failures else _renormalised(
-                phonon, modes, masses, [trajectories[n] for n in numbers], temperature, settings)
+                phonon, modes, masses, cells[index].positions, [trajectories[n] for n in numbers], temperature,
+                settings)
     return results
 
 
@@ -120,16 +124,21 @@ def _phonon_md(model, cells: list, runs: list[tuple], settings: PhononConfig) ->
     return production, [before or trajectory.broke for before, trajectory in zip(broke, production)]
 
 
-def _renormalised(phonon, modes, masses: np.ndarray, trajectories: list, temperature: float,
+def _renormalised(phonon, modes, masses: np.ndarray, reference: np.ndarray, trajectories: list, temperature: float,
                   settings: PhononConfig) -> dict:
     """Renormalised phonons of one structure at one temperature (K) from the production ``trajectories`` of its
     replicas: the velocities projected on the harmonic ``modes``, their power spectra averaged over the replicas,
-    a Lorentzian fitted to every optical mode; the entry of :func:`finite_temperature_phonons`."""
+    a Lorentzian fitted to every optical mode; the positions of the imaginary modes projected too, to tell
+    oscillation about the ``reference`` supercell positions from oscillation in a well; the entry of
+    :func:`finite_temperature_phonons`."""
     from ase import units
 
     from aiida_capthermo.core.normal_modes import (
+        TRAPPED_RATIO,
+        displacement_ratio,
         fit_lorentzian,
         power_spectrum,
+        project_displacements,
         project_velocities,
         renormalised_force_constants,
     )
@@ -150,14 +159,19 @@ def _renormalised(phonon, modes, masses: np.ndarray, trajectories: list, tempera
     for mode in optical:
         fit = fit_lorentzian(frequencies, spectrum[:, mode], window=settings.fit_window, guess=abs(harmonic[mode]))
         renormalised[mode], linewidth[mode], fitted[mode] = fit.frequency, fit.linewidth, fit.fitted
+    imaginary = [int(mode) for mode in optical if harmonic[mode] < settings.imaginary_threshold]
+    ratio = displacement_ratio([project_displacements(trajectory.positions, reference, trajectory.cells[0], masses,
+                                                      eigenvectors[:, imaginary]) for trajectory in trajectories])
+    trapped = [mode for mode, value in zip(imaginary, ratio) if value > TRAPPED_RATIO]
     floor = max(settings.resolution, abs(settings.imaginary_threshold))
-    unresolved = [int(mode) for mode in optical if renormalised[mode] < floor]
+    unresolved = sorted({int(mode) for mode in optical if renormalised[mode] < floor} | set(trapped))
     renormalised_phonon = _with_force_constants(phonon, renormalised_force_constants(masses, eigenvectors,
                                                                                      renormalised))
     points, commensurate = commensurate_frequencies(renormalised_phonon)
     return {'broke': None, 'harmonic': harmonic, 'renormalised': renormalised, 'linewidth': linewidth,
             'fitted': fitted, 'acoustic': acoustic, 'equipartition': float(np.mean(kinetic[optical])),
             'commensurate_points': points, 'commensurate_frequencies': commensurate, 'phonopy': renormalised_phonon,
-            'spectrum': (frequencies, spectrum), 'resolution': settings.resolution, 'unresolved': unresolved,
+            'spectrum': (frequencies, spectrum), 'resolution': settings.resolution, 'imaginary_harmonic': imaginary,
+            'displacement_ratio': [float(value) for value in ratio], 'trapped': trapped, 'unresolved': unresolved,
             'stabilised': not unresolved,
             'mean_temperature': float(np.mean([trajectory.temperature.mean() for trajectory in trajectories]))}

@@ -173,17 +173,21 @@ def phonon_summary(key: orm.Str, harmonic: orm.Dict, bands: orm.BandsData, finit
                'temperatures': {}}
     for temperature, result in (finite[key.value]['temperatures'] if finite is not None else {}).items():
         summary['temperatures'][f'T{float(temperature):.0f}'] = {
-            name: result.get(name) for name in ('broke', 'stabilised', 'unresolved', 'imaginary_harmonic',
+            name: result.get(name) for name in ('broke', 'stabilised', 'unresolved', 'trapped', 'imaginary_harmonic',
                                                 'imaginary_renormalised', 'equipartition', 'mean_temperature',
                                                 'resolution', 'commensurate_frequencies')}
-    panels = [('0 K (harmonic)', bands)] + [(f'{key[1:]} K (renormalised)', renormalised[key])
-                                           for key in sorted(renormalised, key=lambda k: float(k[1:]))]
+    panels = [('0 K (harmonic)', bands, None)] + [
+        (f'{key[1:]} K (renormalised)', renormalised[key], summary['temperatures'].get(key))
+        for key in sorted(renormalised, key=lambda k: float(k[1:]))]
     figure, axes = pyplot().subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), sharey=True, squeeze=False)
-    for axis, (title, node) in zip(axes[0], panels):
+    for axis, (title, node, finite_t) in zip(axes[0], panels):
         frequencies = node.get_bands()
         labels = node.labels
         path = np.arange(len(frequencies))
-        axis.plot(path, frequencies, color='tab:blue' if node is bands else 'tab:red', lw=0.8)
+        if finite_t is None:
+            axis.plot(path, frequencies, color='tab:blue', lw=0.8)
+        else:
+            title = _renormalised_panel(axis, node, finite_t, np.asarray(record['commensurate_points']), title)
         axis.axhline(0.0, color='k', lw=0.5)
         ticks: list[list] = []  # the two ends of consecutive segments are adjacent points: one tick, X or X|M
         for index, name in labels:
@@ -199,6 +203,30 @@ def phonon_summary(key: orm.Str, harmonic: orm.Dict, bands: orm.BandsData, finit
         axis.set_title(title)
     axes[0][0].set_ylabel('frequency (THz; < 0: imaginary)')
     return {'summary': orm.Dict(summary), 'plot': png_node(figure, 'phonon_bands.png')}
+
+
+def _renormalised_panel(axis, node: orm.BandsData, result: dict, points: np.ndarray, title: str) -> str:
+    """Draw renormalised bands on ``axis``; return the panel's title.
+
+    The MD resolves the commensurate q ``points`` only: their frequencies (``result``) are drawn as dots where the
+    path passes them. Between them the bands are phonopy's interpolation of the renormalised force constants, a
+    thin line, and none of it below zero. An interpolation that dips there is not an imaginary branch the MD has
+    seen. Modes the MD did not resolve (no peak, or trapped in a well) are counted in the panel.
+    """
+    frequencies = node.get_bands()
+    path = np.arange(len(frequencies))
+    axis.plot(path, np.where(frequencies >= 0.0, frequencies, np.nan), color='tab:red', lw=0.6, alpha=0.5)
+    exact = np.asarray(result.get('commensurate_frequencies') or [])
+    kpoints = node.get_kpoints()
+    for q, values in zip(points, exact):
+        offset = kpoints - q
+        for index in np.flatnonzero(np.all(np.abs(offset - np.round(offset)) < 1e-6, axis=1)):
+            axis.plot(np.full(len(values), index), values, '.', color='darkred', ms=3)
+    unresolved, trapped = result.get('unresolved') or [], result.get('trapped') or []
+    if unresolved:
+        axis.text(0.02, 0.02, f'{len(unresolved)} modes unresolved\n({len(trapped)} trapped in a well)',
+                  transform=axis.transAxes, fontsize=7, va='bottom')
+    return title if result.get('stabilised', True) else f'{title}: not stabilised'
 
 
 def validate_inputs(inputs, ports) -> str | None:
