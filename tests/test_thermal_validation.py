@@ -59,6 +59,14 @@ def test_select_frames_respects_equilibration_and_spacing():
         select_frames([{**series[0], 'start': 60}], per_point=2)
 
 
+def test_pressure_by_hand():
+    """ASE's sign: a tensile (positive) stress is a negative pressure; 1 eV/Å^3 = 160.2176634 GPa."""
+    from aiida_capthermo.core.validation import pressure
+
+    assert pressure([-0.01, -0.01, -0.01, 0.3, 0.2, 0.1]) == pytest.approx(1.602176634)
+    assert pressure([0.03, 0.0, 0.0, 0.0, 0.0, 0.0]) == pytest.approx(-1.602176634)
+
+
 def test_vegard_deviations_by_hand():
     """V(x) against (1 - x) V(0) + x V(1): end members exactly on the line, a mixed cell 10 % above it, and no
     reference without both end members."""
@@ -249,6 +257,13 @@ def test_gnn_bias_and_mlip_errors_match_independent_computation(validation_run, 
         assert row['force_rmse'] == pytest.approx(np.sqrt(np.mean(errors**2)), rel=1e-6)
         per_atom = (low.energy[chosen] - own['energy'][chosen]) / low.n_atoms[chosen]
         assert row['energy_per_atom_mae'] == pytest.approx(np.abs(per_atom).mean(), rel=1e-6)
+        if row['temperature'] == 0:  # the teacher's and the MLIP's pressure and the teacher's force on the relaxed cell
+            (k,) = chosen
+            assert row['teacher_pressure'] == pytest.approx(-low.stress[k, :3].mean() * 160.2176634, rel=1e-9)
+            assert row['mlip_pressure'] == pytest.approx(-own['stress'][k, :3].mean() * 160.2176634, rel=1e-5)
+            forces = low.forces[low.offsets[k]:low.offsets[k + 1]]
+            assert row['teacher_max_force'] == pytest.approx(np.linalg.norm(forces, axis=1).max(), rel=1e-9)
+            assert np.isfinite(row['teacher_pressure']) and np.isfinite(row['mlip_pressure'])
         print(f'{point}: teacher {row["teacher_gap"]:.3f} eV, GNN bias {row["gnn_bias"]:+.3f} ± '
               f'{row["gnn_bias_stderr"] or 0.0:.3f} eV, force MAE {row["force_mae"]:.3f} eV/Å')
 

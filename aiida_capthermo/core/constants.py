@@ -7,7 +7,7 @@ here so that every module uses the same ones.
 
 from __future__ import annotations
 
-__all__ = ['HBAR', 'KB', 'EV', 'AMU', 'ANGSTROM', 'KB_EV']
+__all__ = ['HBAR', 'KB', 'EV', 'AMU', 'ANGSTROM', 'KB_EV', 'EV_PER_A3_TO_GPA']
 
 HBAR = 1.054571817e-34  # J s
 KB = 1.380649e-23  # J / K (exact)
@@ -17,3 +17,6 @@ ANGSTROM = 1e-10  # m
 
 #: Boltzmann constant in eV/K: 8.617333262e-5.
 KB_EV = KB / EV
+
+#: 1 eV/Å^3 in GPa: 160.2176634.
+EV_PER_A3_TO_GPA = EV / ANGSTROM**3 / 1e9

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ['allocate_budget', 'grid_indices', 'select_frames', 'spread_subset', 'vegard_deviations',
+__all__ = ['allocate_budget', 'grid_indices', 'select_frames', 'spread_subset', 'vegard_deviations', 'pressure',
            'paired_difference', 'mean_with_stderr', 'force_errors', 'point_key', 'validation_rows']
 
 
@@ -151,6 +151,15 @@ def spread_subset(x: Sequence[float], temperature: Sequence[float], n: int, seed
     for key, share in zip(keys, allocate_budget([len(groups[key]) for key in keys], n)):
         picked.extend(int(i) for i in rng.choice(groups[key], size=share, replace=False))
     return sorted(picked)
+
+
+def pressure(stress: Sequence[float]) -> float:
+    """Pressure (GPa) of a Voigt stress (eV/Å^3, ASE's sign: positive is tensile): ``-(s_xx + s_yy + s_zz) / 3``.
+    A relaxed structure sits at zero pressure of the potential that relaxed it; the teacher's pressure there says
+    how far the potential's equation of state is from the teacher's (for a bulk modulus B, ``dV/V = P / B``)."""
+    from aiida_capthermo.core.constants import EV_PER_A3_TO_GPA
+
+    return float(-np.mean(np.asarray(stress, dtype=float)[:3]) * EV_PER_A3_TO_GPA)
 
 
 def vegard_deviations(x: Sequence[float], volume_per_atom: Sequence[float]) -> list[float | None]:

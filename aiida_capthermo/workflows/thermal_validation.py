@@ -40,13 +40,17 @@ from aiida_capthermo.workflows.validation import supplied_by_parent
 
 __all__ = ['ThermalValidationWorkChain', 'pick_validation_frames', 'validation_table', 'replica_series']
 
+#: |teacher's pressure| (GPa) on a relaxed 0 K structure above which the potential's equation of state is reported
+#: off the teacher's (with a bulk modulus of 20 GPa, typical of these halides, 1 GPa is a 5 % volume error).
+PRESSURE_TOLERANCE = 1.0
 #: |V / V_Vegard - 1| above which a relaxed 0 K structure is reported as far from Vegard's law.
 VEGARD_TOLERANCE = 0.03
 #: Columns of the ``validation`` rows (see :func:`aiida_capthermo.core.validation.validation_rows`).
 COLUMNS = ('point', 'x', 'temperature', 'n_frames', 'teacher_gap', 'teacher_gap_stderr', 'gnn_bias',
            'gnn_bias_stderr', 'gnn_mae', 'gnn_rmse', 'n_gap', 'force_mae', 'force_rmse', 'energy_per_atom_mae',
            'energy_per_atom_bias', 'n_mlip')
-UNITS = {'temperature': 'K', 'volume_per_atom': 'Å^3', 'vegard_deviation': 'fraction',
+UNITS = {'temperature': 'K', 'volume_per_atom': 'Å^3', 'vegard_deviation': 'fraction', 'teacher_pressure': 'GPa',
+         'mlip_pressure': 'GPa', 'teacher_max_force': 'eV/Å',
          'teacher_gap': 'eV', 'teacher_gap_stderr': 'eV', 'gnn_bias': 'eV',
          'gnn_bias_stderr': 'eV', 'gnn_mae': 'eV', 'gnn_rmse': 'eV', 'force_mae': 'eV/Å', 'force_rmse': 'eV/Å',
          'energy_per_atom_mae': 'eV/atom', 'energy_per_atom_bias': 'eV/atom'}
@@ -167,7 +171,7 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
     when given, else the low gaps are. Outputs: ``validation`` (``rows``, one per (x, T), ``columns``, ``units``,
     ``teacher``) and ``plot`` (PNG: GNN against teacher and MLIP forces against the low engine, per frame).
     """
-    from aiida_capthermo.core.validation import validation_rows, vegard_deviations
+    from aiida_capthermo.core.validation import pressure, validation_rows, vegard_deviations
     from aiida_capthermo.workflows.report import validation_png
 
     uuids = settings['structure_uuids']
@@ -190,6 +194,8 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
     for k, row in enumerate(rows):
         forces_reference[offsets[row]:offsets[row + 1]] = reference[own[k]:own[k + 1]]
         forces_predicted[offsets[row]:offsets[row + 1]] = predicted[own[k]:own[k + 1]]
+    stress_reference, stress_predicted = np.full((n, 6), np.nan), np.full((n, 6), np.nan)
+    stress_reference[rows], stress_predicted[rows] = parity.get_array('stress_ref'), parity.get_array('stress_pred')
     teacher_set = high.get_labelled_set() if high is not None else labelled
     teacher = np.full(n, np.nan)
     teacher[_by_uuid(teacher_set, position) if high is not None else rows] = teacher_set.gap
@@ -199,10 +205,20 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
     volumes = np.abs(np.linalg.det(picked.cells[zero])) / picked.n_atoms[zero]
     deviation = dict(zip(np.round(picked.x[zero], 6), vegard_deviations(picked.x[zero], volumes)))
     volume_of = dict(zip(np.round(picked.x[zero], 6), volumes.tolist()))
+    mechanics = {}  # the teacher (low engine) on each relaxed structure, and the MLIP that relaxed it
+    for index in zero:
+        forces = forces_reference[offsets[index]:offsets[index + 1]]
+        mechanics[round(picked.x[index], 6)] = {
+            'teacher_pressure': pressure(stress_reference[index]) if np.all(np.isfinite(stress_reference[index]))
+            else None,
+            'mlip_pressure': pressure(stress_predicted[index]) if np.all(np.isfinite(stress_predicted[index]))
+            else None,
+            'teacher_max_force': float(np.linalg.norm(forces, axis=1).max()) if np.all(np.isfinite(forces)) else None}
     for row in table:
         if row['temperature'] == 0 and round(row['x'], 6) in volume_of:
             row['volume_per_atom'] = volume_of[round(row['x'], 6)]
             row['vegard_deviation'] = deviation[round(row['x'], 6)]
+            row.update(mechanics[round(row['x'], 6)])
     source = high if high is not None else low
     frame_of_atom = np.repeat(np.arange(n), picked.n_atoms)
     png = validation_png({'x': picked.x, 'temperature': picked.temperature, 'teacher_gap': teacher, 'gnn_gap': gnn,
@@ -308,8 +324,9 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
                     help='`rows`, one per (x, T): n_frames; teacher_gap ± teacher_gap_stderr (eV); gnn_bias = '
                          'mean(teacher - GNN) ± gnn_bias_stderr, gnn_mae, gnn_rmse (eV); force_mae, force_rmse '
                          '(eV/Å), energy_per_atom_mae and _bias (eV/atom) of the MLIP; at T = 0 (relaxed '
-                         'structures) volume_per_atom (Å^3) and vegard_deviation (V/V_Vegard - 1 between the end '
-                         'members, when both are there); plus `teacher` (low/high).')
+                         'structures) volume_per_atom (Å^3), vegard_deviation (V/V_Vegard - 1 between the end '
+                         'members, when both are there), teacher_pressure and mlip_pressure (GPa) and '
+                         'teacher_max_force (eV/Å) on the relaxed cell; plus `teacher` (low/high).')
         spec.output('plot', valid_type=orm.SinglefileData, required=False,
                     help='PNG: the GNN\'s gap against the teacher\'s and the MLIP\'s forces against the low engine\'s '
                          'on every validation frame, coloured by (x, T).')
@@ -448,6 +465,12 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
                             f'ranking and gaps rest on the potential far from where it was checked (teacher gap '
                             f'{row["teacher_gap"] or float("nan"):.3f} eV, GNN bias '
                             f'{row["gnn_bias"] or float("nan"):+.3f} eV)')
+            teacher_pressure = row.get('teacher_pressure')
+            if teacher_pressure is not None and abs(teacher_pressure) > PRESSURE_TOLERANCE:
+                self.report(f'WARNING: the teacher puts {teacher_pressure:+.2f} GPa on the relaxed structure of '
+                            f'x = {row["x"]:.3f} (the potential {row["mlip_pressure"] or 0.0:+.2f} GPa; largest '
+                            f'teacher force {row["teacher_max_force"] or float("nan"):.3f} eV/Å): the potential\'s '
+                            f'equation of state is off the teacher\'s there, and Eg(0) is the gap of a strained cell')
         if not any(row['n_gap'] for row in validation['rows']):
             return self.exit_codes.ERROR_NO_TEACHER_GAP.format(teacher=validation['teacher'])
         return None
