@@ -44,6 +44,11 @@ DATASET_CASES = [
     ({'low': {'vasp': {'potential_family': 'PBE.54'}}}, "no input of the dataset workchain takes: ['low.vasp']"),
     ({'low': {'code': 'gnn'}}, 'is set up for capthermo.gnn_train jobs, not capthermo.label'),
     ({'low': {'executable': 'x'}}, 'unknown low engine inputs'),
+    ({'prototype': {'a_hots': 5.5}}, "unknown prototype keys ['a_hots']"),
+    ({'prototype': {'a_host': 0.001}}, 'give a lattice parameter in [3.00, 10.00] Å'),
+    ({'prototype': {'a_guest': 40.0}}, 'give a lattice parameter in'),
+    ({'seed': 'abc'}, "seed must be an integer, got 'abc'"),
+    ({'low': {'calculator': 'emt'}}, "calculator must be a mapping {key: value}, got 'emt'"),
 ]
 
 #: (overrides of the demo study protocol, words of the message)
@@ -72,6 +77,10 @@ STUDY_CASES = [
     ({'screem': {}}, 'unknown inputs'),
     ({'dataset': {'protocol': 'nope'}}, "unknown protocol 'nope'"),
     ({'dataset': {'seed': -1}}, 'seed must be a non-negative integer'),
+    ({'gnn': {'hyperparameters': [1, 2]}}, 'hyperparameters must be a mapping {key: value}, got [1, 2]'),
+    ({'thermal': {'temperatures': 300}}, 'temperatures must be a list [a, b], got 300'),
+    ({'thermal': {'coupling': {'structures': ['x_0p250']}}},
+     "coupling.structures must be \"all\" or a list of keys of `structures` ['x_0p000', 'x_0p500', 'x_1p000']"),
 ]
 
 #: (command-line arguments after `capthermo`, words of the one-line error)
@@ -169,6 +178,32 @@ def test_every_stage_code_and_option_lands(codes):
             assert options['queue_name'] == f'queue-{path}' and options['max_wallclock_seconds'] == 3600, path
 
 
+def test_given_structure_with_a_wrong_composition_refused(codes):
+    """A structure given to the thermal stage must carry the x of its cell: pure Ag3SI recorded as x = 0.9 would put
+    its gaps in Table I at x = 0.9. Without a recorded x it is refused too; with the right one it is accepted."""
+    from aiida_capthermo.core.structures import antiperovskite
+    from aiida_capthermo.data.structures import set_structure_metadata
+
+    def build(x):
+        structure = orm.StructureData(ase=antiperovskite('Ag', 'S', 'I', 4.869).repeat((2, 2, 2)))
+        if x is not None:
+            set_structure_metadata(structure, x=x, temperature=0.0, origin='given')
+
+        def make():
+            builder = CapthermoStudyWorkChain.get_builder_from_protocol(
+                codes['label'], codes['gnn'], codes['mace'], protocol='demo', mlip_code=codes['mlip'],
+                evaluate_code=codes['evaluate'])
+            builder.given.structures = {'pure': structure}
+            return builder
+
+        return make
+
+    assert "structure 'pure' records x = 0.9, but its cell holds Br on a fraction 0 of the I/Br sites" in refusal(
+        build(0.9))
+    assert "structure 'pure' has no composition" in refusal(build(None))
+    assert 'given.structures' not in refusal(build(0.0))
+
+
 def test_training_set_with_nan_energies_refused(aiida_profile):
     """A MACE training set must carry energy, forces and stress on every structure: one NaN energy is refused."""
     from aiida_capthermo.calculations.mace import FinetuneMaceCalcJob
@@ -201,5 +236,5 @@ def test_command_line_mistake_is_one_line(codes, arguments, message):
 
 
 def test_table_size():
-    assert len(DATASET_CASES) + len(STUDY_CASES) + len(CLI_CASES) + 2 >= 40
+    assert len(DATASET_CASES) + len(STUDY_CASES) + len(CLI_CASES) + 3 >= 50
     assert set(GOOD.values()) <= set(CODES)

@@ -16,7 +16,7 @@ from aiida_capthermo.data.structures import set_structure_metadata
 from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain
 from aiida_capthermo.workflows.engines import engine_namespace
 from aiida_capthermo.workflows.phonons import ParentPhononsWorkChain
-from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options, unlanded_overrides
+from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options, to_node, unlanded_overrides
 from aiida_capthermo.workflows.validation import compositions_error, parent_error, prototype_error, supercell_error
 
 __all__ = ['PhononInformedDatasetWorkChain', 'build_parent', 'generate_structures']
@@ -409,18 +409,17 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         """
         inputs = cls.get_protocol_inputs(protocol, overrides)
         builder = cls.get_builder()
-        simple = {'prototype': orm.Dict, 'supercell': orm.List, 'temperatures': orm.List,
-                  'structures_per_temperature': orm.Int, 'scheme': orm.Str, 'distribution': orm.Str,
-                  'random_amplitudes': orm.List, 'composition_mode': orm.Str, 'n_equilibrium': orm.Int,
-                  'high_structures': orm.Int, 'seed': orm.Int, 'phonon_displacement': orm.Float, 'x_values': orm.List,
-                  'imaginary_modes': orm.Str,
-                  'frequency_cutoff': orm.Float, 'batch_size': orm.Int, 'max_concurrent': orm.Int}
+        ports = cls.spec().inputs
+        simple = ('prototype', 'supercell', 'temperatures', 'structures_per_temperature', 'scheme', 'distribution',
+                  'random_amplitudes', 'composition_mode', 'n_equilibrium', 'high_structures', 'seed',
+                  'phonon_displacement', 'x_values', 'imaginary_modes', 'frequency_cutoff', 'batch_size',
+                  'max_concurrent')
         unknown = set(inputs) - set(simple) - {'low', 'high', 'phonons'}
         if unknown:
             raise ValueError(f'unknown inputs in protocol or overrides: {sorted(unknown)}')
         for key, value in inputs.items():
             if key in simple:
-                builder[key] = simple[key](value)
+                builder[key] = to_node(ports[key], value)
         for fidelity, fidelity_code in (('low', code), ('high', high_code or code), ('phonons', code)):
             if fidelity == 'high' and inputs.get('high_structures', 0) == 0:
                 continue
@@ -434,7 +433,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
             builder[fidelity]['code'] = load_code(namespace.get('code', fidelity_code))
             for key in ('calculator', 'vasp'):
                 if key in namespace and (key == 'vasp') == (builder[fidelity]['engine'].value == 'vasp'):
-                    builder[fidelity][key] = orm.Dict(namespace[key])
+                    builder[fidelity][key] = to_node(ports[fidelity][key], namespace[key])
             set_options(builder[fidelity], 'options', options, namespace.get('options'))
         missing = unlanded_overrides(builder, overrides or {})
         if missing:

@@ -57,10 +57,34 @@ def _with_defaults(process, given: dict, extra: dict) -> dict:
     return inputs
 
 
+def given_structures_error(structures: dict, prototype: dict | None) -> str | None:
+    """Why a structure given to the thermal stage does not carry the composition of its cell, or None: its
+    ``capthermo_x`` must be there and equal guest / (host + guest) of its species (from the dataset's
+    ``prototype``, when given), or Table I would report its gaps at another x."""
+    from aiida_capthermo.core.structures import composition_x
+
+    for key, structure in sorted(structures.items()):
+        recorded = structure.base.attributes.get('capthermo_x', None)
+        if recorded is None:
+            return (f'structure {key!r} has no composition: set it with '
+                    '`aiida_capthermo.data.structures.set_structure_metadata(structure, x=...)`')
+        if prototype is None:
+            continue
+        try:
+            actual = composition_x(structure.get_ase(), prototype['host'], prototype['guest'])
+        except ValueError as exception:
+            return f'structure {key!r}: {exception}'
+        if abs(actual - recorded) > 1e-6:
+            return (f'structure {key!r} records x = {recorded:g}, but its cell holds {prototype["guest"]} on a '
+                    f'fraction {actual:g} of the {prototype["host"]}/{prototype["guest"]} sites: fix its capthermo_x')
+    return None
+
+
 def validate_study(inputs, _) -> str | None:
     from aiida_capthermo.workflows import screen, thermal
 
     given = inputs.get('given', {})
+    structure_keys = sorted(given['structures']) if given.get('structures') else None
     if 'screen' in inputs:
         if 'mace_model' not in given and 'code' not in inputs.get('mace', {}):
             return 'the screen needs a potential: give mace.code (train one) or given.mace_model'
@@ -68,15 +92,21 @@ def validate_study(inputs, _) -> str | None:
         extra = {'prototype': dataset['prototype']} if 'prototype' in dataset else {}
         if 'supercell' in dataset:
             extra['supercell'] = dataset['supercell']
-        error = screen.validate_inputs(_with_defaults(SolidSolutionScreenWorkChain, dict(inputs['screen']), extra),
-                                       None)
+        screen_inputs = _with_defaults(SolidSolutionScreenWorkChain, dict(inputs['screen']), extra)
+        error = screen.validate_inputs(screen_inputs, None)
         if error:
             return f'screen: {error}'
+        if structure_keys is None and 'compositions' in screen_inputs:  # the thermal stage: the screen's lowest
+            structure_keys = [screen.composition_key(x) for x in screen_inputs['compositions'].get_list()]
+    prototype = inputs['dataset']['prototype'].get_dict() if 'prototype' in inputs.get('dataset', {}) else None
+    error = given_structures_error(given.get('structures', {}), prototype)
+    if error:
+        return f'given.structures: {error}'
     if 'thermal' in inputs:
         if 'screen' not in inputs and not given.get('structures'):
             return 'the thermal stage needs structures: the screen namespace, or given.structures'
         error = thermal.settings_error(_with_defaults(ThermalGapWorkChain, dict(inputs['thermal']), {}),
-                                       sorted(given['structures']) if given.get('structures') else None)
+                                       structure_keys)
         if error:
             return f'thermal: {error}'
     mace = inputs.get('mace', {})

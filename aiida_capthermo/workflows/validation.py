@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ['PROTOTYPE_KEYS', 'compositions_error', 'parent_error', 'prototype_error', 'supercell_error',
-           'supplied_by_parent']
+__all__ = ['PROTOTYPE_KEYS', 'compositions_error', 'lattice_parameter_range', 'parent_error', 'prototype_error',
+           'supercell_error', 'supplied_by_parent']
 
 #: Keys of the ``prototype`` Dict: species a (face centres), b (body centre), host (x = 0) and guest (x = 1) on the
 #: corner sublattice, and the end members' primitive lattice parameters in Å.
@@ -26,6 +26,9 @@ def prototype_error(prototype: dict) -> str | None:
     missing = set(PROTOTYPE_KEYS) - set(prototype)
     if missing:
         return f'the prototype misses {sorted(missing)}'
+    unknown = set(prototype) - set(PROTOTYPE_KEYS)
+    if unknown:
+        return f'unknown prototype keys {sorted(unknown)}: the keys are {list(PROTOTYPE_KEYS)}'
     for key in ('a', 'b', 'host', 'guest'):
         if prototype[key] not in atomic_numbers:
             return f'prototype {key!r} is {prototype[key]!r}, which is not a chemical element'
@@ -35,7 +38,21 @@ def prototype_error(prototype: dict) -> str | None:
         value = prototype[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             return f'prototype {key!r} must be a positive number (Å), got {value!r}'
+        low, high = lattice_parameter_range(prototype['a'], prototype['b'])
+        if not low <= value <= high:
+            return (f'prototype {key!r} = {value!r} Å puts {prototype["a"]} and {prototype["b"]} {value / 2:.3g} Å '
+                    f'apart (a / 2), against {low / 2:.2f}-{high / 2:.2f} Å for 0.6-2 times the sum of their '
+                    f'covalent radii: give a lattice parameter in [{low:.2f}, {high:.2f}] Å')
     return None
+
+
+def lattice_parameter_range(a: str, b: str) -> tuple[float, float]:
+    """Physical bounds (Å) of the cubic A3BX lattice parameter: the A-B distance a / 2 between 0.6 and 2 times the
+    sum of the covalent radii of A and B (Ag3SI: 4.87 Å, the distance 0.97 times the sum)."""
+    from ase.data import atomic_numbers, covalent_radii
+
+    bond = covalent_radii[atomic_numbers[a]] + covalent_radii[atomic_numbers[b]]
+    return 2 * 0.6 * bond, 2 * 2.0 * bond
 
 
 def supercell_error(supercell: list) -> str | None:

@@ -22,14 +22,21 @@ def recursive_merge(left: dict, right: dict) -> dict:
 
 
 def to_node(port, value):
-    """A protocol ``value`` as the node type ``port`` takes (Dict, List, Bool, Int, Float, Str)."""
+    """A protocol ``value`` as the node type ``port`` takes (Dict, List, Bool, Int, Float, Str); a ValueError that
+    names the port and the type it takes when the value is of another kind (``seed: abc``, a list for a mapping)."""
     from aiida import orm
 
     valid = port.valid_type if isinstance(port.valid_type, tuple) else (port.valid_type,)
-    for node_class in (orm.Dict, orm.List, orm.Bool, orm.Int, orm.Float, orm.Str):
-        if node_class in valid:
-            return node_class(value)
-    raise ValueError(f'cannot set {port.name} from a protocol value {value!r}')
+    kinds = ((orm.Dict, dict, 'a mapping {key: value}'), (orm.List, (list, tuple), 'a list [a, b]'),
+             (orm.Bool, bool, 'true or false'), (orm.Int, int, 'an integer'), (orm.Float, (int, float), 'a number'),
+             (orm.Str, str, 'a string'))
+    wanted = [(node_class, python, words) for node_class, python, words in kinds if node_class in valid]
+    for node_class, python, _ in wanted:
+        if isinstance(value, python) and not (isinstance(value, bool) and node_class in (orm.Int, orm.Float)):
+            return node_class(list(value) if node_class is orm.List else value)
+    if not wanted:
+        raise ValueError(f'cannot set {port.name} from a protocol value {value!r}')
+    raise ValueError(f'{port.name} must be {" or ".join(words for _, _, words in wanted)}, got {value!r}')
 
 
 def load_code(value):
