@@ -82,6 +82,60 @@ def test_train_finetune_predict_on_localhost(train_code, tmp_path):
     assert results3['predictions'].base.attributes.get('units') == 'eV'
     assert 'Ag-S' in results3['bond_importance'].get_dict()
 
+    # the models know their training domain: the parent's from its 30 structures, counted here by brute force
+    frames = low.get_labelled_set().to_atoms_list(with_labels=False)
+    domain = model.domain
+    assert domain['elements'] == sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
+    closest = min(atoms.get_all_distances(mic=True)[np.triu_indices(len(atoms), 1)].min() for atoms in frames)
+    assert domain['min_distance'] == pytest.approx(closest, rel=1e-9)
+    volumes = [atoms.get_volume() / len(atoms) for atoms in frames]
+    assert domain['volume_per_atom'] == pytest.approx([min(volumes), max(volumes)])
+    assert domain['target'] == pytest.approx([low.get_array('gap').min(), low.get_array('gap').max()])
+    assert child.domain['n_structures'] == 50 and child.domain['min_distance'] <= domain['min_distance']
+    assert child.domain['target'] == pytest.approx([high.get_array('gap').min(), high.get_array('gap').max()])
+
+
+def test_predictions_outside_the_training_domain_are_refused_or_flagged(train_code, tmp_path):
+    """An unknown element, two atoms on top of each other and a cell scaled 100 times are refused, with the
+    reason, by ModelData.predict and by `capthermo predict` (one line naming the structure), or predicted and
+    flagged on request; a structure inside the domain is predicted exactly as the model does directly."""
+    import ase.io
+    from click.testing import CliRunner
+
+    from aiida_capthermo.cli.main import cli
+    from aiida_capthermo.ml.gnn.predict import predict
+    from aiida_capthermo.ml.gnn.training import load_model
+
+    low = dataset_node(30, seed=0)
+    results, _ = engine.run_get_node(GnnTrainCalcJob, code=train_code, datasets={'a': low},
+                                     hyperparameters=orm.Dict({**TINY, 'max_epochs': 2}))
+    model = results['model']
+    inside = synthetic_set(3, seed=5)
+    model.export_files(tmp_path / 'model')
+    direct = predict(load_model(tmp_path / 'model'), inside)
+    cells = inside.to_atoms_list(with_labels=False)
+    assert [r['gap'] for r in model.predict(cells)] == pytest.approx(direct.tolist(), abs=1e-6)
+    iron, collapsed, expanded = cells[0].copy(), cells[0].copy(), cells[0].copy()
+    iron.symbols[0] = 'Fe'
+    collapsed.positions[1] = collapsed.positions[0] + 0.05
+    expanded.set_cell(expanded.cell * 100, scale_atoms=True)
+    for atoms, words in ((iron, "elements ['Fe'] were not in the training set"),
+                         (collapsed, 'its closest pair is 0.0866 Å apart'),
+                         (expanded, 'its volume per atom is')):
+        with pytest.raises(ValueError, match='outside the training domain') as refused:
+            model.predict([cells[1], atoms])
+        assert str(refused.value).startswith('structure 1 ') and words in str(refused.value)
+        flagged = model.predict([cells[1], atoms], out_of_domain='flag')
+        assert flagged[0]['outside_domain'] == [] and words in flagged[1]['outside_domain'][0]
+    ase.io.write(tmp_path / 'collapsed.xyz', collapsed)
+    runner = CliRunner()
+    refused = runner.invoke(cli, ['predict', str(model.pk), str(tmp_path / 'collapsed.xyz')])
+    assert refused.exit_code == 1 and 'Traceback' not in refused.output, refused.output
+    assert f'{tmp_path / "collapsed.xyz"} lies outside the training domain' in refused.output
+    assert '--out-of-domain flag' in refused.output
+    flagged = runner.invoke(cli, ['predict', str(model.pk), str(tmp_path / 'collapsed.xyz'), '--out-of-domain', 'flag'])
+    assert flagged.exit_code == 0 and 'OUTSIDE THE TRAINING DOMAIN: its closest pair' in flagged.output
+
 
 @pytest.mark.slow
 def test_predict_from_structures_and_trajectory(train_code, tmp_path):

@@ -185,7 +185,7 @@ def test_console_script_train_predict_explain(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize('case, kind', [('typo', 'invalid_input'), ('no_labels', 'no_data'), ('walltime', 'walltime'),
-                                        ('nan_loss', 'nan_loss')])
+                                        ('nan_loss', 'nan_loss'), ('constant', 'no_data'), ('negative_gap', 'no_data')])
 def test_console_script_failures(tmp_path, monkeypatch, case, kind):
     monkeypatch.chdir(tmp_path)
     labelled = synthetic_set(10, seed=6)
@@ -198,11 +198,19 @@ def test_console_script_failures(tmp_path, monkeypatch, case, kind):
         extra = ['--time-limit', '0']
     if case == 'nan_loss':
         # labels at the edge of float64: max - min overflows, the normalised targets and the loss become NaN
-        labelled.gap[:] = np.where(np.arange(10) % 2, 1e308, -1e308)
+        hp['target'] = 'vbm'  # may be negative, unlike a gap
+        labelled.vbm = np.where(np.arange(10) % 2, 1e308, -1e308)
+    if case == 'constant':  # nothing to learn
+        labelled.gap[:] = 1.25
+    if case == 'negative_gap':
+        labelled.gap[3] = -0.2
     labelled.save('data.npz')
     (tmp_path / 'hp.json').write_text(json.dumps(hp))
     assert gnn_main(['train', '--dataset', 'data.npz', '--hyperparameters', 'hp.json', *extra]) == 1
     summary = json.loads((tmp_path / 'summary.json').read_text())
     assert summary['error_kind'] == kind, summary['error']
+    words = {'constant': 'all 10 gap labels are 1.25: a target with zero variance',
+             'negative_gap': '1 band-gap labels are negative (down to -0.2 eV)'}
+    assert words.get(case, '') in summary['error']
     if case == 'walltime':
         assert (tmp_path / 'checkpoint.pt').is_file()

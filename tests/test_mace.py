@@ -121,6 +121,13 @@ def test_scratch_training_outputs(scratch_run):
     assert (arch['num_channels'], arch['max_L'], arch['num_interactions']) == (8, 0, 2)
     assert model.base.attributes.get('r_max') == 4.0 and model.base.attributes.get('dtype') == 'float64'
     assert len(model.sha256) == 64
+    # its training domain, from the structures it trained on (train and valid), the closest pair by brute force
+    frames = [a for name in ('train', 'valid') if name in node.inputs
+              for a in node.inputs[name].get_labelled_set().to_atoms_list(with_labels=False)]
+    assert model.domain['n_structures'] == len(frames) and model.domain['target'] is None
+    assert model.domain['elements'] == sorted({s for a in frames for s in a.get_chemical_symbols()})
+    closest = min(a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)].min() for a in frames)
+    assert model.domain['min_distance'] == pytest.approx(closest, rel=1e-9)
     metrics = results['metrics'].get_dict()
     assert {'train', 'validation'} <= set(metrics)
     for split in ('train', 'validation'):

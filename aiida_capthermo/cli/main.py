@@ -452,11 +452,15 @@ def list_models(kind, as_json):
               help='Also write the predictions: FILE.json (one record per structure, units included) or an extxyz '
                    '(the structures with predicted_gap, or predicted_energy, predicted_stress and per-atom '
                    'predicted_forces).')
+@click.option('--out-of-domain', type=click.Choice(['refuse', 'flag']), default='refuse', show_default=True,
+              help='A structure outside the model\'s training domain (elements it never saw, atoms closer than it '
+                   'has seen, a volume far outside): refuse it, or predict and flag it.')
 @needs_profile
-def predict(model, structures, output):
+def predict(model, structures, output, out_of_domain):
     """Predict with MODEL (pk, UUID or label of a GNN or MACE model) on STRUCTURES (files ASE reads: CIF, POSCAR,
     extxyz...; or pks/UUIDs of StructureData nodes), in this process: gaps, or energies, forces and stress. A
-    non-finite prediction is an error."""
+    non-finite prediction is an error, and so is a structure outside the model's training domain (unless
+    --out-of-domain flag)."""
     import json
     import warnings
 
@@ -486,16 +490,23 @@ def predict(model, structures, output):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # e3nn's and torch's warnings are not the user's business here
         try:
-            results = node.predict(atoms)
+            results = node.predict(atoms, out_of_domain=out_of_domain)
         except ValueError as exception:
-            raise click.ClickException(str(exception)) from exception
+            message = str(exception)
+            if message.startswith('structure ') and 'training domain' in message:  # name the structure
+                index = int(message.split()[1])
+                message = f'{names[index]}{message[len(f"structure {index}"):]}'.replace(
+                    'out_of_domain="flag"', '--out-of-domain flag')
+            raise click.ClickException(message) from exception
     for name, result in zip(names, results):
+        flag = f'  OUTSIDE THE TRAINING DOMAIN: {"; ".join(result["outside_domain"])}' \
+            if result.get('outside_domain') else ''
         if node.kind == 'gnn':
             target = node.base.attributes.get('target', 'gap')
-            click.echo(f'{name}: {target} {result[target]:.4f} {result["units"]} ({result["n_atoms"]} atoms)')
+            click.echo(f'{name}: {target} {result[target]:.4f} {result["units"]} ({result["n_atoms"]} atoms){flag}')
         else:
             click.echo(f'{name}: energy {result["energy"]:.4f} eV ({result["energy_per_atom"]:.4f} eV/atom), '
-                       f'max force {result["max_force"]:.4f} eV/Å ({result["n_atoms"]} atoms)')
+                       f'max force {result["max_force"]:.4f} eV/Å ({result["n_atoms"]} atoms){flag}')
     if output is None:
         return
     if output.endswith('.json'):

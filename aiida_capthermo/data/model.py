@@ -68,17 +68,46 @@ class ModelData(orm.Data):
             paths[name] = target
         return paths
 
-    def predict(self, structures, batch_size: int = 8) -> list[dict]:
+    @property
+    def domain(self) -> dict | None:
+        """What the model was trained on (:func:`aiida_capthermo.core.domain.training_domain`: elements, closest
+        pair, volume per atom, target range); None for a model stored before domains were recorded."""
+        return self.base.attributes.get('domain', None)
+
+    def outside_domain(self, structures) -> list[list[str]]:
+        """For each structure (``ase.Atoms`` or ``StructureData``) what lies outside the model's training domain,
+        one sentence each (:func:`aiida_capthermo.core.domain.domain_violations`); empty lists without a domain."""
+        from aiida_capthermo.core.domain import domain_violations
+
+        atoms_list = [s.get_ase() if hasattr(s, 'get_ase') else s for s in structures]
+        return [domain_violations(self.domain, atoms) if self.domain else [] for atoms in atoms_list]
+
+    def predict(self, structures, batch_size: int = 8, out_of_domain: str = 'refuse') -> list[dict]:
         """Predict with this model in this process, on the CPU (no CalcJob): for each structure (``ase.Atoms`` or
         ``StructureData``) a dict with ``n_atoms`` and, for a GNN, its target (``gap`` ... in ``units``); for a
         MACE potential ``energy`` (eV), ``energy_per_atom`` (eV/atom), ``forces`` ([n_atoms, 3] eV/Å),
         ``max_force`` (eV/Å) and ``stress`` (eV/Å^3, Voigt, ASE's sign); a non-finite energy or force is a
-        ``ValueError``, never a number. Meant for a handful of structures: thousands go through the CalcJobs."""
-        import tempfile
+        ``ValueError``, never a number. A structure outside the model's training domain (:meth:`outside_domain`:
+        unknown elements, atoms closer than it has seen, a volume far outside) is a ``ValueError`` with
+        ``out_of_domain='refuse'``; with ``'flag'`` it is predicted and its dict lists why under
+        ``outside_domain``. Meant for a handful of structures: thousands go through the CalcJobs."""
 
+        if out_of_domain not in ('refuse', 'flag'):
+            raise ValueError(f"out_of_domain must be 'refuse' or 'flag', got {out_of_domain!r}")
         atoms_list = [s.get_ase() if hasattr(s, 'get_ase') else s for s in structures]
         if not atoms_list:
             return []
+        outside = self.outside_domain(atoms_list)
+        if out_of_domain == 'refuse' and any(outside):
+            index = next(i for i, reasons in enumerate(outside) if reasons)
+            raise ValueError(f'structure {index} lies outside the training domain of model {self.pk}: '
+                             f'{"; ".join(outside[index])} (flag instead of refusing: out_of_domain="flag")')
+        flags = [{'outside_domain': reasons} if out_of_domain == 'flag' else {} for reasons in outside]
+        return [{**result, **flag} for result, flag in zip(self._predict(atoms_list, batch_size), flags)]
+
+    def _predict(self, atoms_list: list, batch_size: int) -> list[dict]:
+        """The predictions of :meth:`predict`, without the domain check."""
+        import tempfile
         with tempfile.TemporaryDirectory() as folder:
             paths = self.export_files(folder)
             if self.kind == 'gnn':

@@ -70,7 +70,7 @@ class GnnTrainParser(_GnnParser):
                 split=metadata['split'], best_epoch=metadata['best_epoch'],
                 metrics={split: {name: metrics[split][name] for name in ('mae', 'rmse', 'r2')}
                          for split in ('train', 'validation', 'test')},
-                parent_model_uuid=parent.uuid if parent is not None else None)
+                parent_model_uuid=parent.uuid if parent is not None else None, domain=metadata.get('domain'))
             self.out('parity_plot', orm.SinglefileData(paths['parity.png']))
         self.out('model', model)
         self.out('metrics', orm.Dict(metrics))

@@ -243,7 +243,20 @@ class FinetuneMaceParser(SummaryParser):
                 r_max=architecture.get('r_max', params.r_max), dtype=params.default_dtype,
                 hyperparameters=params.model_dump(), foundation=foundation,
                 compiled_file=compiled if compiled in names else None, trained_by='FinetuneMaceCalcJob',
-                metrics=headline_metrics(metrics))
+                metrics=headline_metrics(metrics), domain=self._training_domain())
+
+    def _training_domain(self) -> dict:
+        """The domain of the structures this job trained on (``train`` and ``valid``):
+        :func:`aiida_capthermo.core.domain.training_domain`. A model fine-tuned from a foundation knows more than
+        this, but how well only its fine-tuning set says."""
+        from aiida_capthermo.core.domain import training_domain
+
+        atoms = []
+        for name in ('train', 'valid'):
+            if name in self.node.inputs:
+                labelled = self.node.inputs[name].get_labelled_set()
+                atoms.extend(labelled.atoms(i, with_labels=False) for i in range(len(labelled)))
+        return training_domain(atoms)
 
 
 def headline_metrics(metrics: dict) -> dict:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from aiida_capthermo.core.dataset import LabelledSet
+from aiida_capthermo.core.domain import merge_domains, training_domain
 from aiida_capthermo.core.graphs import MinMaxScaler
 from aiida_capthermo.ml.gnn.config import TARGET_UNITS, GnnHyperparameters
 from aiida_capthermo.ml.gnn.data import Normalisation, RawGraph, build_graphs, target_values, to_pyg
@@ -183,7 +184,7 @@ def _prepare_data(labelled: LabelledSet, hp: GnnHyperparameters) -> _PreparedDat
     Raises
     ------
     NoTrainingDataError
-        Infinite labels, or fewer than 2 finite ones.
+        Infinite labels, fewer than 2 finite ones, all of them equal (nothing to learn), or negative band gaps.
     """
     targets_all = target_values(labelled, hp.target)
     if np.any(np.isinf(targets_all)):
@@ -192,6 +193,13 @@ def _prepare_data(labelled: LabelledSet, hp: GnnHyperparameters) -> _PreparedDat
     if len(labelled_index) < 2:
         raise NoTrainingDataError(f'{len(labelled_index)} of {len(labelled)} structures carry a finite {hp.target} '
                                   'label; at least 2 are needed')
+    finite = targets_all[labelled_index]
+    if np.ptp(finite) == 0:
+        raise NoTrainingDataError(f'all {len(finite)} {hp.target} labels are {finite[0]:g}: a target with zero '
+                                  'variance cannot be learned (check the labelling)')
+    if hp.target == 'gap' and np.any(finite < 0):
+        raise NoTrainingDataError(f'{int(np.sum(finite < 0))} band-gap labels are negative (down to '
+                                  f'{finite.min():.3g} eV): a gap is >= 0; check the labelling')
     subset = labelled.subset(labelled_index)
     graphs = build_graphs(subset, hp.cutoff)
     split = dict(zip(SPLITS, split_indices(len(subset), hp.split, hp.seed)))
@@ -426,9 +434,10 @@ def _split_results(model: BandGapGNN, eval_loaders: dict, normalisation: Normali
 
 
 def _model_metadata(hp: GnnHyperparameters, prepared: _PreparedData, source: str, parent: LoadedModel | None,
-                    best_epoch: int) -> dict:
+                    best_epoch: int, domain: dict) -> dict:
     """``model.json`` without the normalisation (added by :func:`save_model`)."""
     return {
+        'domain': domain,
         'target': hp.target, 'units': TARGET_UNITS[hp.target], 'cutoff': hp.cutoff,
         'architecture': hp.architecture(in_channels=prepared.in_channels),
         'hyperparameters': hp.model_dump(mode='json'),
@@ -489,7 +498,11 @@ def train_gnn(labelled: LabelledSet, hyperparameters: GnnHyperparameters | dict,
                    epochs_run=len(state.history['epoch']), stopped_early=stopped_early,
                    best_val_loss=state.best['val_loss'], n_structures_input=len(labelled),
                    n_structures_labelled=n_used, n_structures_dropped=len(labelled) - n_used)
-    metadata = _model_metadata(hp, prepared, source, parent, int(state.best['epoch']))
+    used = labelled.subset(prepared.labelled_index)
+    domain = training_domain([used.atoms(i, with_labels=False) for i in range(len(used))], prepared.targets)
+    if parent is not None and parent.metadata.get('domain'):  # fine-tuned: it has seen the parent's structures too
+        domain = merge_domains(parent.metadata['domain'], domain)
+    metadata = _model_metadata(hp, prepared, source, parent, int(state.best['epoch']), domain)
     model.cpu().eval()
     return TrainResult(loaded=LoadedModel(model=model, normalisation=normalisation, metadata=metadata),
                        metrics=metrics, parity=parity, curve={k: np.asarray(v) for k, v in state.history.items()},
