@@ -303,3 +303,28 @@ def test_predict_mace_gives_forces_per_atom_and_refuses_nan(aiida_profile, mace_
     result = runner.invoke(cli, ['predict', str(model.pk), str(tmp_path / 'collapsed.extxyz')])
     assert result.exit_code == 1 and 'non-finite' in result.output and 'Traceback' not in result.output, \
         result.output
+
+
+def test_a_truncated_or_corrupted_model_is_refused_in_one_line(aiida_profile, mace_model_file, tmp_path):
+    """A MACE model file cut in half, or with one byte changed, is refused before any job runs: by the ports that
+    take a potential (the MD, screen and thermal jobs' validator) and by ModelData.predict, in one line naming the
+    node, not with torch's UnpicklingError. The intact file passes."""
+    from aiida_capthermo.calculations.mlip import validate_mace_model
+    from aiida_capthermo.data.model import ModelData
+
+    content = mace_model_file.read_bytes()
+    intact = ModelData.from_files(kind='mace', files={'m.model': mace_model_file}, main_file='m.model').store()
+    assert intact.integrity_error() is None and validate_mace_model(intact, None) is None
+    (tmp_path / 'half.model').write_bytes(content[:len(content) // 2])
+    half = ModelData.from_files(kind='mace', files={'m.model': tmp_path / 'half.model'}, main_file='m.model').store()
+    message = validate_mace_model(half, None)
+    assert message.startswith(f'model {half.pk} (mace): its file ') and 'not a readable torch archive' in message
+    flipped = bytearray(content)
+    archive_member = content.find(b'data.pkl') + 200  # inside the pickled model, not the zip directory
+    flipped[archive_member] ^= 0xFF
+    (tmp_path / 'flipped.model').write_bytes(bytes(flipped))
+    corrupted = ModelData.from_files(kind='mace', files={'m.model': tmp_path / 'flipped.model'},
+                                     main_file='m.model').store()
+    assert 'fails its CRC check' in validate_mace_model(corrupted, None)
+    with pytest.raises(ValueError, match=f'model {half.pk} \\(mace\\)'):
+        half.predict([small_cell(True, seed=3)])

@@ -31,7 +31,7 @@ def validate_hyperparameters(value: orm.Dict, _) -> str | None:
 def validate_gnn_model(value: ModelData, _) -> str | None:
     if value is not None and value.kind != 'gnn':
         return f'the model must be a GNN (kind "gnn"), got kind {value.kind!r}'
-    return None
+    return value.integrity_error() if value is not None else None
 
 
 def validate_train_inputs(inputs: dict, _) -> str | None:

@@ -232,7 +232,7 @@ def _validate_inputs(inputs: dict, _) -> str | None:
     model = inputs.get('foundation_model')
     if model is not None and model.kind != 'mace':
         return f'foundation_model is a {model.kind!r} model, expected a MACE model (kind "mace")'
-    return None
+    return model.integrity_error() if model is not None else None
 
 
 class FinetuneMaceCalcJob(CapthermoCalcJob):

@@ -32,7 +32,7 @@ def validate_mace_model(model: ModelData, _) -> str | None:
         return f'the model node has kind {model.kind!r}; the screen needs a MACE potential (kind "mace")'
     if model.main_file not in model.base.repository.list_object_names():
         return f'the model node lacks its main file {model.main_file!r}'
-    return None
+    return model.integrity_error()
 
 
 def validate_structures(structures, _) -> str | None:

@@ -68,6 +68,40 @@ class ModelData(orm.Data):
             paths[name] = target
         return paths
 
+    def integrity_error(self) -> str | None:
+        """Why the model's files cannot be the model they claim to be, or None. Every listed file must be in the
+        repository; the main file must have the recorded SHA-256; torch files (``.model``, ``.pt``: zip archives)
+        must pass the archive's CRC check, and JSON files must parse. A truncated or corrupted model is refused here,
+        in one line naming the node, before a job runs, not by a loader's UnpicklingError later. Standard library
+        only: the AiiDA side checks without torch."""
+        import io
+        import json
+        import zipfile
+
+        where = f'model {self.pk or self.uuid} ({self.kind})'
+        for name in self.base.attributes.get('files'):
+            try:
+                content = self.get_bytes(name)
+            except (FileNotFoundError, OSError):
+                return f'{where}: its file {name!r} is missing from the repository'
+            if name == self.main_file and hashlib.sha256(content).hexdigest() != self.sha256:
+                return f'{where}: its file {name!r} does not match the SHA-256 recorded when it was stored'
+            if name.endswith(('.model', '.pt')):
+                try:
+                    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+                        damaged = archive.testzip()
+                except (zipfile.BadZipFile, EOFError, ValueError) as exception:
+                    return (f'{where}: its file {name!r} ({len(content)} bytes) is not a readable torch archive '
+                            f'({exception}): truncated or corrupted; store the model again')
+                if damaged is not None:
+                    return f'{where}: its file {name!r} is corrupted (member {damaged!r} fails its CRC check)'
+            elif name.endswith('.json'):
+                try:
+                    json.loads(content)
+                except ValueError as exception:
+                    return f'{where}: its file {name!r} is not valid JSON ({exception}): truncated or corrupted'
+        return None
+
     @property
     def domain(self) -> dict | None:
         """What the model was trained on (:func:`aiida_capthermo.core.domain.training_domain`: elements, closest
@@ -94,6 +128,9 @@ class ModelData(orm.Data):
 
         if out_of_domain not in ('refuse', 'flag'):
             raise ValueError(f"out_of_domain must be 'refuse' or 'flag', got {out_of_domain!r}")
+        damaged = self.integrity_error()
+        if damaged:
+            raise ValueError(damaged)
         atoms_list = [s.get_ase() if hasattr(s, 'get_ase') else s for s in structures]
         if not atoms_list:
             return []
