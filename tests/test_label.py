@@ -148,6 +148,34 @@ def test_labels_are_bit_identical_run_after_run():
     assert records[0]['threads'] == 2
 
 
+def test_a_segfaulting_calculation_fails_one_structure_not_the_batch(tmp_path):
+    """tblite segfaults on a cell of 0.001 Å. In `capthermo-label` (run here as the job runs it) that structure is
+    recorded as failed with the signal, and the other structures of the batch carry the labels they get in a
+    process of their own."""
+    import json
+    import subprocess
+    import sys
+
+    from aiida_capthermo.core.structures import antiperovskite
+
+    good = [rattled(1), rattled(2)]
+    tiny = antiperovskite('Ag', 'S', 'I', 0.001)
+    LabelledSet.from_atoms_list([good[0], tiny, good[1]]).save(tmp_path / 'structures.npz')
+    (tmp_path / 'calculator.json').write_text(json.dumps({'name': 'tblite', 'method': 'GFN1-xTB'}))
+    run = subprocess.run([sys.executable, '-m', 'aiida_capthermo.compute.label'], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / 'summary.json').read_text())
+    assert (summary['n_ok'], summary['n_failed']) == (2, 1) and summary['threads'] == 1
+    crashed = summary['records'][1]
+    assert crashed['status'] == 'failed' and 'crashed its process (SIGSEGV)' in crashed['error']
+    labelled = LabelledSet.load(tmp_path / 'labels.npz')
+    alone, _ = label_structures(LabelledSet.from_atoms_list(good), CalculatorSpec())
+    assert np.isnan(labelled.energy[1]) and np.all(np.isnan(labelled.forces[5:10]))
+    np.testing.assert_array_equal(labelled.energy[[0, 2]], alone.energy)
+    np.testing.assert_array_equal(labelled.forces[np.r_[0:5, 10:15]], alone.forces)
+
+
 def test_label_structures_records_scf_failure():
     structures = LabelledSet.from_atoms_list([rattled(1)])
     labelled, records = label_structures(structures, CalculatorSpec(max_iterations=2))

@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import json
 
+    import numpy as np
+
     from aiida_capthermo.compute.summary import summary_writer
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.ml.labelling import label_structures
@@ -26,15 +28,15 @@ def main(argv: list[str] | None = None) -> int:
         structures = LabelledSet.load(args.structures)
         if len(structures) == 0:
             raise ValueError('no structures to label')
-        labelled, records = label_structures(structures, spec)
+        labelled, records = label_structures(structures, spec, isolate=True)  # a segfault fails one structure
         labelled.save(args.output)
         n_ok = sum(record['status'] == 'ok' for record in records)
         summary.update(
             calculator=spec.model_dump(), units={'energy': 'eV', 'forces': 'eV/Angstrom', 'stress': 'eV/Angstrom^3',
                                                  'gap': 'eV'},
-            threads=records[0]['threads'],
+            threads=next((r['threads'] for r in records if r['threads'] is not None), None),
             n_structures=len(records), n_ok=n_ok, n_failed=len(records) - n_ok, records=records, output=args.output,
-            seconds_per_structure=sum(r['seconds'] for r in records) / len(records))
+            seconds_per_structure=float(np.mean([r['seconds'] for r in records if r['seconds'] is not None] or [0.0])))
         if n_ok == 0:
             summary['error_kind'] = 'no_structure_labelled'
     return 0
