@@ -46,6 +46,7 @@ def main() -> None:
     load_profile()
     from ase import units
     from ase.calculators.calculator import Calculator, all_changes
+    from ase.constraints import FixCom
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
@@ -85,8 +86,9 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature, rng=rng)
     Stationary(atoms)
+    atoms.set_constraint(FixCom())  # the centre of mass fixed, as in the package's MD (3N - 3 degrees of freedom)
     dynamics = Langevin(atoms, timestep=args.timestep * units.fs, temperature_K=args.temperature,
-                        friction=args.friction / units.fs, fixcm=True, rng=rng)
+                        friction=args.friction / units.fs, fixcm=False, rng=rng)
     frames, series = [], {'time_fs': [], 'temperature': [], 'potential_energy': [], 'low_gap': []}
 
     def record():

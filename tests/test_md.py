@@ -236,6 +236,35 @@ def test_mlip_md_calcjob_localhost(aiida_profile, script_code, mace_model_file):
                    structures=structures, parameters=orm.Dict({'frictoin': 0.1}))
 
 
+def test_md_job_stops_at_its_wall_clock_limit_with_an_exit_code(aiida_profile, script_code, mace_model_file):
+    """Nothing hangs: an MD job of ten million steps with a walltime of 6 s gets max_seconds 4.8 (80 %) in its
+    config, stops there with the walltime exit code (400) and its summary says why, well before the direct scheduler
+    (which enforces no walltime) would ever end it. A unit check: the alarm interrupts a loop that never returns."""
+    import time
+
+    from aiida.plugins import CalculationFactory
+
+    from aiida_capthermo.compute.mlip import WallClockLimitError, wall_clock_limit
+
+    start = time.perf_counter()
+    with pytest.raises(WallClockLimitError, match='wall-clock limit of 0 s'), wall_clock_limit(0.3):
+        while True:
+            pass
+    assert time.perf_counter() - start < 2.0
+    model = ModelData.from_files(kind='mace', files={'tiny.model': mace_model_file}, main_file='tiny.model').store()
+    structures = {'a': orm.StructureData(ase=small_cell(False, seed=1, rattle=0.0))}
+    parameters = orm.Dict({'temperatures': [150.0], 'steps': 10_000_000, 'stride': 1000, 'device': 'cpu'})
+    start = time.perf_counter()
+    _, node = engine.run_get_node(
+        CalculationFactory('capthermo.mlip_md'), code=script_code('capthermo-mlip', 'capthermo.mlip_md'), model=model,
+        structures=structures, parameters=parameters, metadata={'options': {'max_wallclock_seconds': 6}})
+    assert node.exit_status == 400, (node.exit_status, node.exit_message)
+    assert time.perf_counter() - start < 60
+    summary = json.loads(node.outputs.retrieved.get_object_content('summary.json'))
+    assert summary['config']['max_seconds'] == pytest.approx(4.8) and summary['error_kind'] == 'walltime'
+    assert 'wall-clock limit of 5 s' in summary['error']
+
+
 @pytest.mark.parametrize('temperatures', [[-100.0], [float('nan')], [0.0]])
 def test_md_refuses_temperatures_it_would_hang_on(temperatures):
     """A negative, zero or NaN target temperature gives NaN momenta and a run that never ends: refused at once, by

@@ -78,8 +78,17 @@ class MlipCalcJob(CapthermoCalcJob):
         """Validate ``parameters`` against the task's settings model (unknown keys and bad values are errors)."""
         return pydantic_error(cls._SETTINGS, parameters.get_dict(), 'parameters')
 
+    #: Share of the job's walltime given to the script as ``max_seconds`` (where its settings take one).
+    WALLTIME_FRACTION = 0.8
+
     def _complete_parameters(self, parameters: dict) -> dict:
-        """Hook: the config the compute side gets (a task may derive settings from the job's options)."""
+        """The config the compute side gets: ``parameters`` with ``max_seconds`` from the job's
+        ``max_wallclock_seconds`` (:data:`WALLTIME_FRACTION` of it) when the task's settings take it and it is not
+        given: the script stops at its time limit, with the walltime exit code, before the scheduler kills it (and
+        on a scheduler that enforces no walltime, such as `core.direct`, at all)."""
+        walltime = self.inputs.metadata.options.get('max_wallclock_seconds')
+        if walltime and 'max_seconds' in self._SETTINGS.model_fields and 'max_seconds' not in parameters:
+            parameters = {**parameters, 'max_seconds': self.WALLTIME_FRACTION * walltime}
         return parameters
 
     def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
@@ -128,8 +137,6 @@ class MlipScreenCalcJob(MlipCalcJob):
     _RELAXED = 'relaxed.npz'
     _SCREEN = 'screen.json'
     _OUTPUTS: ClassVar[dict[str, str]] = {'--relaxed': _RELAXED, '--screen': _SCREEN}
-    #: Share of the job's walltime after which the script starts no new batch.
-    WALLTIME_FRACTION = 0.8
 
     @classmethod
     def define(cls, spec: engine.CalcJobProcessSpec) -> None:
@@ -144,12 +151,6 @@ class MlipScreenCalcJob(MlipCalcJob):
                          'max_force (eV/Å), max_stress (eV/Å^3), or error.')
         spec.default_output_node = 'results'
         spec.exit_code(311, 'ERROR_NO_STRUCTURE_RELAXED', message='No structure could be relaxed: {error}')
-
-    def _complete_parameters(self, parameters: dict) -> dict:
-        walltime = self.inputs.metadata.options.get('max_wallclock_seconds')
-        if walltime and 'max_seconds' not in parameters:
-            parameters = {**parameters, 'max_seconds': self.WALLTIME_FRACTION * walltime}
-        return parameters
 
 
 class MlipPhononsCalcJob(MlipCalcJob):

@@ -14,7 +14,9 @@ functions so ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 
 from aiida_capthermo.compute.summary import summary_writer
@@ -446,6 +448,42 @@ def run_phonons(model: str, structures: str, config: dict, bands_path: str, phon
             'files': {'bands': bands_path, 'phonons': phonons_path}}
 
 
+#: Tasks stopped by an alarm at ``max_seconds`` wherever they are; the screen stops itself between batches.
+HARD_LIMIT_TASKS = ('md', 'thermal', 'phonons')
+
+
+class WallClockLimitError(RuntimeError):
+    """The task ran to its wall-clock limit (``max_seconds``)."""
+
+    error_kind = 'walltime'
+
+
+@contextlib.contextmanager
+def wall_clock_limit(seconds: float | None):
+    """Raise :class:`WallClockLimitError` in the block after ``seconds`` (None: no limit), wherever it is: a SIGALRM
+    interrupts a step that would never return (a NaN state that sends a neighbour search into an endless loop)."""
+    if not seconds:
+        yield
+        return
+    message, fired = f'the task reached its wall-clock limit of {seconds:.0f} s (max_seconds) and stopped', []
+
+    def stop(signum, frame):
+        fired.append(True)
+        raise WallClockLimitError(message)
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    except Exception as exception:
+        if fired and not isinstance(exception, WallClockLimitError):  # raised inside an import, say: ImportError
+            raise WallClockLimitError(message) from exception
+        raise
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``capthermo-mlip``; returns 1 (after writing the summary) when the run failed."""
     args = _parser().parse_args(argv)
@@ -460,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
             summary['config'] = config
             run = globals()[f'run_{args.command}']  # one run_<task> per entry of TASKS
             files = [getattr(args, option) for option, _, _ in TASKS[args.command][3]]
-            summary['outputs'] = run(args.model, args.structures, config, *files)
+            with wall_clock_limit(config.get('max_seconds') if args.command in HARD_LIMIT_TASKS else None):
+                summary['outputs'] = run(args.model, args.structures, config, *files)
     except Exception as exception:  # noqa: BLE001 -- already in the summary
         print(f'{type(exception).__name__}: {exception}', file=sys.stderr)
         return 1

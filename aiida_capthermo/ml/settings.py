@@ -87,6 +87,11 @@ def torch_default_dtype(name: str | None = None):
 
 
 # ---------------------------------------------------------------------------------------------- relaxation, phonons
+#: The hard wall-clock limit of the MD tasks (a step that never returns included).
+MAX_SECONDS_HELP = ('Wall-clock limit of the task (s): a run still going then stops, even inside a step, with the '
+                    'walltime exit code (400); the job sets it to 80 % of its max_wallclock_seconds unless given.')
+
+
 class ScreenConfig(ModelRunSettings):
     """Settings of ``capthermo-mlip screen`` (unknown keys are rejected)."""
 
@@ -131,6 +136,7 @@ class PhononConfig(ModelRunSettings):
     fit_window: float = Field(1.0, gt=0, description='Half width (THz) of the Lorentzian fit around each peak.')
     seed: int = Field(0, ge=0, description='Seed of the velocities and of the Langevin noise.')
     stop_distance: float = Field(1.0, gt=0, description='A run with two atoms closer than this (Å) is broken.')
+    max_seconds: float | None = Field(None, gt=0, description=MAX_SECONDS_HELP)
 
     @field_validator('supercell')
     @classmethod
@@ -179,6 +185,7 @@ class MdSettings(ModelRunSettings):
     max_batch: PositiveInt | Literal['auto'] | None = Field(
         'auto', description='Replicas per batched simulation: auto = as many as half the free GPU memory '
                                   'holds (all on the CPU); None = all at once.')
+    max_seconds: float | None = Field(None, gt=0, description=MAX_SECONDS_HELP)
 
     @model_validator(mode='after')
     def _positive_temperatures(self) -> MdSettings:
