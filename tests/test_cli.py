@@ -48,7 +48,10 @@ def test_submit_screen_from_protocols(aiida_localhost, tmp_path):
     assert runner.invoke(cli, ['setup-codes', '--computer', aiida_localhost.label]).exit_code == 0
     result = runner.invoke(cli, ['submit', 'screen', '--computer', aiida_localhost.label, '--dry-run'])
     assert result.exit_code != 0 and 'no MACE model' in result.output
-    (tmp_path / 'tiny.model').write_bytes(b'weights')
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / 'tiny.model', 'w') as archive:  # a torch-archive-shaped file: a dry run loads none
+        archive.writestr('tiny/data.pkl', b'weights')
     model = ModelData.from_files(kind='mace', files={'tiny.model': tmp_path / 'tiny.model'},
                                  main_file='tiny.model').store()
     for protocol in SolidSolutionScreenWorkChain.get_available_protocols():

@@ -233,3 +233,23 @@ def test_mlip_potential_active_learning_learning_curve(script_code):
     del builder.evaluate_code
     with pytest.raises(ValueError, match='it needs evaluate_code'):
         engine.run(builder)
+
+
+def test_ground_state_warning_from_the_boltzmann_weights():
+    """The study warns when the lowest configuration carries under 90 % of the Boltzmann weight at a temperature of
+    the screen (its weight computed here by hand: g_i exp(-40 dE_i / kT) for a 40-atom cell), and not when it
+    dominates."""
+    import numpy as np
+
+    from aiida_capthermo.workflows.study import ground_state_warning
+
+    def ranking(margin_per_atom):
+        weights = {t: np.array([1.0, 1.0]) * np.exp(-40 * np.array([0.0, margin_per_atom]) / (8.617333262e-5 * t))
+                   for t in (300.0, 600.0)}
+        return {'keys': ['c001', 'c000'], 'lowest': 'c001', 'relative_energy_per_atom': [0.0, margin_per_atom],
+                'boltzmann': {f'T{t:.0f}': {'probability_lowest': float(w[0] / w.sum())} for t, w in weights.items()}}
+
+    close = ground_state_warning('x_0p500', ranking(0.0005))  # 0.5 meV/atom: 68 % at 300 K
+    assert close.startswith('WARNING: x_0p500: the lowest configuration c001 is 0.5 meV/atom below the next')
+    assert '68 % at 300 K, 60 % at 600 K' in close
+    assert ground_state_warning('x_0p500', ranking(0.01)) is None  # 10 meV/atom: over 99.9 % at 600 K

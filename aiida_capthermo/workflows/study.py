@@ -80,6 +80,25 @@ def given_structures_error(structures: dict, prototype: dict | None) -> str | No
     return None
 
 
+#: Below this Boltzmann weight of the lowest configuration at a temperature of the screen, the study warns that
+#: the thermal stage, which follows that configuration alone, does not stand for the composition there.
+GROUND_STATE_WEIGHT = 0.9
+
+
+def ground_state_warning(key: str, ranking: dict) -> str | None:
+    """A warning when the screen's lowest configuration of composition ``key`` carries less than
+    :data:`GROUND_STATE_WEIGHT` of the Boltzmann weight at one of the ranking's temperatures, else None."""
+    weights = {name[1:]: row['probability_lowest'] for name, row in ranking.get('boltzmann', {}).items()}
+    if len(ranking.get('keys', [])) < 2 or all(w >= GROUND_STATE_WEIGHT for w in weights.values()):
+        return None
+    margin = 1000 * ranking['relative_energy_per_atom'][1]
+    shares = ', '.join(f'{100 * w:.0f} % at {t} K' for t, w in weights.items())
+    return (f'WARNING: {key}: the lowest configuration {ranking["lowest"]} is {margin:.1f} meV/atom below the next '
+            f'and carries {shares} of the Boltzmann weight. The thermal stage follows it alone, so Eg(x, T) of this '
+            'composition is that configuration\'s, not the ensemble\'s; an energy error of this size in the '
+            'potential reorders them, and another run can pick another one')
+
+
 def validate_study(inputs, _) -> str | None:
     from aiida_capthermo.workflows import screen, thermal
 
@@ -328,6 +347,11 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         self.out_many(self.exposed_outputs(node, SolidSolutionScreenWorkChain, namespace='screen'))
         compositions = node.outputs.compositions
         self.ctx.structures = {key: compositions[key]['lowest'] for key in compositions}
+        for key in compositions:
+            warning = ground_state_warning(key, compositions[key]['ranking'].get_dict()) \
+                if 'ranking' in compositions[key] else None
+            if warning:
+                self.report(warning)
         for key in compositions:
             for value in compositions[key].values():
                 if isinstance(value, dict) and 'phonon_plot' in value:
