@@ -49,6 +49,8 @@ DATASET_CASES = [
     ({'prototype': {'a_guest': 40.0}}, 'give a lattice parameter in'),
     ({'seed': 'abc'}, "seed must be an integer, got 'abc'"),
     ({'low': {'calculator': 'emt'}}, "calculator must be a mapping {key: value}, got 'emt'"),
+    ({'low': {'calculator': {'name': 'emt'}}}, "low.calculator: EMT has no parameters for ['S', 'I', 'Br']"),
+    ({'prototype': {'a': 'U'}}, "tblite's xTB parametrisations cover H to Rn (Z <= 86), not ['U']"),
 ]
 
 #: (overrides of the demo study protocol, words of the message)
@@ -79,6 +81,10 @@ STUDY_CASES = [
     ({'dataset': {'seed': -1}}, 'seed must be a non-negative integer'),
     ({'gnn': {'hyperparameters': [1, 2]}}, 'hyperparameters must be a mapping {key: value}, got [1, 2]'),
     ({'thermal': {'temperatures': 300}}, 'temperatures must be a list [a, b], got 300'),
+    ({'mace': {'refine': {'temperatures': [-100.0]}}}, 'MD temperatures must be > 0 K, got [-100.0]'),
+    ({'dataset': {'supercell': [4, 4, 4]}}, 'the supercell [4, 4, 4] has 64 sites'),
+    ({'dataset': {'supercell': [1, 1, 1]}}, 'not a multiple of 1/1'),
+    ({'screen': {'max_iterations': 0}}, 'max_iterations must be a positive integer, got 0'),
     ({'thermal': {'coupling': {'structures': ['x_0p250']}}},
      "coupling.structures must be \"all\" or a list of keys of `structures` ['x_0p000', 'x_0p500', 'x_1p000']"),
 ]
@@ -236,5 +242,5 @@ def test_command_line_mistake_is_one_line(codes, arguments, message):
 
 
 def test_table_size():
-    assert len(DATASET_CASES) + len(STUDY_CASES) + len(CLI_CASES) + 3 >= 50
+    assert len(DATASET_CASES) + len(STUDY_CASES) + len(CLI_CASES) + 3 >= 56
     assert set(GOOD.values()) <= set(CODES)

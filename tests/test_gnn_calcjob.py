@@ -80,6 +80,9 @@ def test_train_finetune_predict_on_localhost(train_code, tmp_path):
     child.export_files(tmp_path / 'child')
     np.testing.assert_allclose(values, predict(load_model(tmp_path / 'child'), high.get_labelled_set()), atol=1e-5)
     assert results3['predictions'].base.attributes.get('units') == 'eV'
+    # the job flags (does not refuse) structures outside the model's domain: none here, the child trained on them
+    assert results3['predictions'].base.attributes.get('n_outside_domain') == 0
+    assert not results3['predictions'].get_array('outside_domain').any()
     assert 'Ag-S' in results3['bond_importance'].get_dict()
 
     # the models know their training domain: the parent's from its 30 structures, counted here by brute force

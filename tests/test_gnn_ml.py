@@ -214,3 +214,23 @@ def test_console_script_failures(tmp_path, monkeypatch, case, kind):
     assert words.get(case, '') in summary['error']
     if case == 'walltime':
         assert (tmp_path / 'checkpoint.pt').is_file()
+
+
+def test_console_script_predict_flags_structures_outside_the_domain(tmp_path, monkeypatch):
+    """`capthermo-gnn predict` predicts every structure and flags those outside the model's training domain: a cell
+    scaled 1.5 times (volume 3.4x) and one with an Fe atom, counted by reason."""
+    monkeypatch.chdir(tmp_path)
+    synthetic_set(12, seed=6).save('data.npz')
+    (tmp_path / 'hp.json').write_text(json.dumps(dict(TINY, max_epochs=2)))
+    assert gnn_main(['train', '--dataset', 'data.npz', '--hyperparameters', 'hp.json', '--output-dir', 'out']) == 0
+    cells = synthetic_set(3, seed=7).to_atoms_list(with_labels=False)
+    cells[1].set_cell(cells[1].cell * 1.5, scale_atoms=True)
+    cells[2].symbols[0] = 'Fe'
+    from aiida_capthermo.core.dataset import LabelledSet
+
+    LabelledSet.from_atoms_list(cells).save('new.npz')
+    assert gnn_main(['predict', '--model', 'out', '--dataset', 'new.npz']) == 0
+    with np.load('predictions.npz') as data:
+        assert data['outside_domain'].tolist() == [False, True, True] and np.all(np.isfinite(data['values']))
+    summary = json.loads((tmp_path / 'summary.json').read_text())
+    assert summary['n_outside_domain'] == 2 and summary['outside_domain_reasons'] == {'volume': 1, 'elements': 1}

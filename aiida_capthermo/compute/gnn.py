@@ -113,10 +113,22 @@ def run_predict(args, summary: dict) -> None:
     start = time.perf_counter()
     values = predict(loaded, labelled, batch_size=args.batch_size, device=device)
     seconds = time.perf_counter() - start
-    np.savez(args.output, values=values, x=labelled.x, temperature=labelled.temperature)
+    outside = np.zeros(len(labelled), dtype=bool)  # flagged, not refused: MD frames are predicted all the same
+    reasons: dict[str, int] = {}
+    if loaded.metadata.get('domain'):
+        from aiida_capthermo.core.domain import domain_violations
+
+        for index in range(len(labelled)):
+            found = domain_violations(loaded.metadata['domain'], labelled.atoms(index, with_labels=False))
+            outside[index] = bool(found)
+            for reason in found:
+                kind = reason.split(' ')[1] if reason.startswith('its ') else reason.split(' ')[0]
+                reasons[kind] = reasons.get(kind, 0) + 1
+    np.savez(args.output, values=values, x=labelled.x, temperature=labelled.temperature, outside_domain=outside)
     summary.update(target=loaded.target, units={'values': loaded.metadata['units']}, n_structures=len(labelled),
                    device=str(device), model_sha256=loaded.metadata['sha256'], outputs=[args.output],
-                   prediction_seconds=seconds, structures_per_second=len(labelled) / seconds if seconds else None)
+                   prediction_seconds=seconds, structures_per_second=len(labelled) / seconds if seconds else None,
+                   n_outside_domain=int(outside.sum()), outside_domain_reasons=reasons)
 
 
 def run_explain(args, summary: dict) -> None:

@@ -103,7 +103,9 @@ class GnnPredictParser(_GnnParser):
                 arrays = {name: data[name] for name in data.files}
             self.out('predictions', arrays_node(arrays, target=summary['target'], units=summary['units']['values'],
                                                 model_sha256=summary['model_sha256'],
-                                                structures_per_second=summary['structures_per_second']))
+                                                structures_per_second=summary['structures_per_second'],
+                                                n_outside_domain=summary.get('n_outside_domain', 0),
+                                                outside_domain_reasons=summary.get('outside_domain_reasons', {})))
             if self.node.inputs.explain.value:
                 explained = self.read_files(['explanation.json', 'explanation.png', 'explain_summary.json'], tmpdir)
                 if not isinstance(explained, dict):

@@ -17,7 +17,13 @@ from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain
 from aiida_capthermo.workflows.engines import engine_namespace
 from aiida_capthermo.workflows.phonons import ParentPhononsWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options, to_node, unlanded_overrides
-from aiida_capthermo.workflows.validation import compositions_error, parent_error, prototype_error, supercell_error
+from aiida_capthermo.workflows.validation import (
+    calculator_elements_error,
+    compositions_error,
+    parent_error,
+    prototype_error,
+    supercell_error,
+)
 
 __all__ = ['PhononInformedDatasetWorkChain', 'build_parent', 'generate_structures']
 
@@ -89,6 +95,12 @@ def validate_inputs(inputs, _) -> str | None:
     error = prototype_error(prototype) or supercell_error(supercell)
     if error:
         return error
+    elements = [prototype[key] for key in ('a', 'b', 'host', 'guest')]
+    for fidelity in ('low', 'high', 'phonons'):
+        calculator = inputs.get(fidelity, {}).get('calculator')
+        error = calculator_elements_error(calculator.get_dict(), elements) if calculator is not None else None
+        if error:
+            return f'{fidelity}.calculator: {error}'
     parents = inputs.get('parents', {})
     for role in ('host', 'guest'):
         error = parent_error(parents[role].get_ase(), prototype[role]) if role in parents else None

@@ -14,12 +14,15 @@ the 0 K instability is dynamically stabilised (the paper's Figure 6).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from aiida import orm
 from aiida.engine import ProcessHandlerReport, ToContext, WorkChain, calcfunction, if_, process_handler
 
 from aiida_capthermo.calculations.base import code_validator, pydantic_error, validate_options
 from aiida_capthermo.calculations.mlip import MlipPhononsCalcJob, MlipScreenCalcJob, validate_mace_model
+from aiida_capthermo.core.solid_solution import MAX_SITES
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.data.structures import set_structure_metadata
 from aiida_capthermo.workflows.base import CapthermoBaseRestartWorkChain
@@ -252,9 +255,13 @@ def validate_inputs(inputs, ports) -> str | None:
     keys = [composition_key(x) for x in compositions]
     if len(set(keys)) != len(keys):
         return f'compositions repeat: {compositions}'
-    for name in ('max_configurations', 'batch_size', 'keep'):
-        if inputs[name].value < 1:
+    for name in ('max_configurations', 'batch_size', 'keep', 'max_iterations'):
+        if name in inputs and inputs[name].value < 1:
             return f'{name} must be a positive integer, got {inputs[name].value}'
+    sites = math.prod(supercell)
+    if sites > MAX_SITES:
+        return (f'the supercell {supercell} has {sites} sites on the disordered sublattice; the enumeration of '
+                f'configurations handles at most {MAX_SITES}: use a smaller supercell')
     if 'parameters' in inputs:
         error = pydantic_error(ScreenConfig, inputs['parameters'].get_dict(), 'parameters (ScreenConfig)')
         if error:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import math
 
-__all__ = ['PROTOTYPE_KEYS', 'compositions_error', 'lattice_parameter_range', 'parent_error', 'prototype_error',
-           'supercell_error', 'supplied_by_parent']
+__all__ = ['PROTOTYPE_KEYS', 'calculator_elements_error', 'compositions_error', 'lattice_parameter_range',
+           'parent_error', 'prototype_error', 'supercell_error', 'supplied_by_parent']
+
+#: The elements ASE's EMT has parameters for.
+EMT_ELEMENTS = ('H', 'C', 'N', 'O', 'Al', 'Ni', 'Cu', 'Pd', 'Ag', 'Pt', 'Au')
+#: tblite's GFN1-xTB, GFN2-xTB and IPEA1-xTB cover hydrogen to radon.
+TBLITE_MAX_Z = 86
 
 #: Keys of the ``prototype`` Dict: species a (face centres), b (body centre), host (x = 0) and guest (x = 1) on the
 #: corner sublattice, and the end members' primitive lattice parameters in Å.
@@ -43,6 +48,23 @@ def prototype_error(prototype: dict) -> str | None:
             return (f'prototype {key!r} = {value!r} Å puts {prototype["a"]} and {prototype["b"]} {value / 2:.3g} Å '
                     f'apart (a / 2), against {low / 2:.2f}-{high / 2:.2f} Å for 0.6-2 times the sum of their '
                     f'covalent radii: give a lattice parameter in [{low:.2f}, {high:.2f}] Å')
+    return None
+
+
+def calculator_elements_error(calculator: dict, elements: list[str]) -> str | None:
+    """Why the local engine's ``calculator`` (a CalculatorSpec dict) cannot label structures of ``elements``, or
+    None: EMT knows 11 elements; tblite (the calculator, or the gap beside CHGNet) H to Rn."""
+    from ase.data import atomic_numbers
+
+    name = calculator.get('name', 'tblite')
+    if name == 'emt':
+        missing = [e for e in elements if e not in EMT_ELEMENTS]
+        return (f'EMT has no parameters for {missing} (it knows {list(EMT_ELEMENTS)}): choose name tblite or chgnet'
+                if missing else None)
+    if name == 'tblite' or 'gap' in calculator.get('properties', ['gap']):
+        heavy = [e for e in elements if atomic_numbers[e] > TBLITE_MAX_Z]
+        if heavy:
+            return f"tblite's xTB parametrisations cover H to Rn (Z <= {TBLITE_MAX_Z}), not {heavy}"
     return None
 
 
