@@ -316,8 +316,8 @@ class CalculatorSpec(BaseModel):
         default_factory=lambda: ['energy', 'forces', 'stress', 'gap'], description='Labels to compute.')
     threads: PositiveInt | None = Field(
         1, description="OpenMP threads of the calculator (tblite): 1 gives bit-identical labels run after run; with "
-                       "more, tblite's threaded sums differ in the last bits (1e-12 eV), which the MD of the "
-                       "active learning amplifies into a different study. Run batches side by side instead "
+                       "more, tblite's threaded sums differ in the last bits (1e-12 eV), which the chaotic MD "
+                       "of the active learning can grow into a different study. Run batches side by side instead "
                        "(max_concurrent). None: leave the environment's OMP_NUM_THREADS.")
 
     @property
