@@ -51,6 +51,7 @@ DATASET_CASES = [
     ({'low': {'calculator': 'emt'}}, "calculator must be a mapping {key: value}, got 'emt'"),
     ({'low': {'calculator': {'name': 'emt'}}}, "low.calculator: EMT has no parameters for ['S', 'I', 'Br']"),
     ({'prototype': {'a': 'U'}}, "tblite's xTB parametrisations cover H to Rn (Z <= 86), not ['U']"),
+    ({'scheme': 'random', 'random_amplitudes': [0.1, 1.5]}, 'give at most 1.20 Å'),
 ]
 
 #: (overrides of the demo study protocol, words of the message)
@@ -85,6 +86,9 @@ STUDY_CASES = [
     ({'dataset': {'supercell': [4, 4, 4]}}, 'the supercell [4, 4, 4] has 64 sites'),
     ({'dataset': {'supercell': [1, 1, 1]}}, 'not a multiple of 1/1'),
     ({'screen': {'max_iterations': 0}}, 'max_iterations must be a positive integer, got 0'),
+    ({'gnn': {'hyperparameters': {'target': 'vbm'}}}, "the GNN is trained on ['vbm']: set gnn.hyperparameters.target"),
+    ({'dataset': {'low': {'calculator': {'properties': ['energy', 'gap']}}}},
+     "dataset.low.calculator.properties lacks ['forces', 'stress']"),
     ({'thermal': {'coupling': {'structures': ['x_0p250']}}},
      "coupling.structures must be \"all\" or a list of keys of `structures` ['x_0p000', 'x_0p500', 'x_1p000']"),
 ]

@@ -89,6 +89,11 @@ def generate_structures(host_parent: orm.StructureData, settings: orm.Dict, **fo
 MAX_FREQUENCY_CUTOFF = 2.0
 
 
+#: Random displacement amplitudes may reach this fraction of the nearest-neighbour distance (the second paper's
+#: largest, 0.8 Å, is a third of the Ag-S distance of Ag3SBr).
+MAX_AMPLITUDE_FRACTION = 0.5
+
+
 def validate_inputs(inputs, _) -> str | None:
     prototype = inputs['prototype'].get_dict()
     supercell = inputs['supercell'].get_list()
@@ -124,6 +129,10 @@ def validate_inputs(inputs, _) -> str | None:
     amplitudes = inputs['random_amplitudes'].get_list()
     if scheme == 'random' and (not amplitudes or any(a <= 0 for a in amplitudes)):
         return f'random_amplitudes must be a non-empty list of positive numbers (Å), got {amplitudes}'
+    nearest = min(prototype['a_host'], prototype['a_guest']) / 2  # A-B, the shortest distance of the cubic cell
+    if scheme == 'random' and max(amplitudes) > MAX_AMPLITUDE_FRACTION * nearest:
+        return (f'random_amplitudes up to {max(amplitudes)} Å: above {MAX_AMPLITUDE_FRACTION} x the nearest-neighbour '
+                f'distance ({nearest:.2f} Å) atoms collide; give at most {MAX_AMPLITUDE_FRACTION * nearest:.2f} Å')
     if 'x_values' in inputs:
         if inputs['composition_mode'].value != 'grid':
             return "x_values is used by composition_mode 'grid' only"

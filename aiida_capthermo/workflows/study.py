@@ -128,7 +128,19 @@ def validate_study(inputs, _) -> str | None:
                                        structure_keys)
         if error:
             return f'thermal: {error}'
+    gnn = inputs.get('gnn', {})
+    targets = {gnn[key].get('target', 'gap') for key in ('hyperparameters', 'finetune_hyperparameters') if key in gnn}
+    if 'thermal' in inputs and targets - {'gap'}:
+        return (f'gnn: the thermal stage averages band gaps, but the GNN is trained on {sorted(targets - {"gap"})}: '
+                'set gnn.hyperparameters.target to gap')
     mace = inputs.get('mace', {})
+    low = inputs.get('dataset', {}).get('low', {})
+    if 'code' in mace and 'calculator' in low:  # the potential trains on the low labels: energy, forces, stress
+        missing = {'energy', 'forces', 'stress'} - set(low['calculator'].get('properties', ['energy', 'forces',
+                                                                                          'stress', 'gap']))
+        if missing:
+            return (f'dataset.low.calculator.properties lacks {sorted(missing)}: the MACE potential trains on the low '
+                    'labels and needs energy, forces and stress')
     if 'validation' in inputs and not ('thermal' in inputs and 'evaluate_code' in mace):
         return 'the validation stage needs the thermal stage and mace.evaluate_code (a capthermo-mace code)'
     if ('refine' in mace or 'md_check' in mace) and not ('mlip_code' in mace and 'code' in mace):
