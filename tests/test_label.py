@@ -303,3 +303,22 @@ def test_emt_engine_labels_metals_without_gap():
     assert labelled.energy[0] == pytest.approx(atoms.get_potential_energy())
     np.testing.assert_allclose(labelled.forces, atoms.get_forces())
     assert np.isnan(labelled.gap[0])
+
+
+def test_labelling_stops_at_its_wall_clock_limit(tmp_path):
+    """`capthermo-label --max-seconds 2` on a batch that takes longer stops after about 2 s with error_kind
+    walltime (exit code 400 of the job; the restart workchain resubmits it with twice the walltime)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    LabelledSet.from_atoms_list([rattled(seed).repeat((2, 2, 2)) for seed in range(20)]).save(
+        tmp_path / 'structures.npz')
+    (tmp_path / 'calculator.json').write_text(json.dumps({'name': 'tblite'}))
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, '-m', 'aiida_capthermo.compute.label', '--max-seconds', '2'], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and time.perf_counter() - start < 30
+    summary = json.loads((tmp_path / 'summary.json').read_text())
+    assert summary['error_kind'] == 'walltime' and 'wall-clock limit of 2 s' in summary['error']

@@ -244,7 +244,7 @@ def test_md_job_stops_at_its_wall_clock_limit_with_an_exit_code(aiida_profile, s
 
     from aiida.plugins import CalculationFactory
 
-    from aiida_capthermo.compute.mlip import WallClockLimitError, wall_clock_limit
+    from aiida_capthermo.compute.summary import WallClockLimitError, wall_clock_limit
 
     start = time.perf_counter()
     with pytest.raises(WallClockLimitError, match='wall-clock limit of 0 s'), wall_clock_limit(0.3):

@@ -36,6 +36,8 @@ class LabelCalcJob(CapthermoCalcJob):
 
     _STRUCTURES = 'structures.npz'
     _CALCULATOR = 'calculator.json'
+    #: Share of the job's walltime given to the script as its wall-clock limit.
+    WALLTIME_FRACTION = 0.8
     _LABELS = 'labels.npz'
 
     @classmethod
@@ -68,6 +70,9 @@ class LabelCalcJob(CapthermoCalcJob):
         codeinfo.code_uuid = self.inputs.code.uuid
         codeinfo.cmdline_params = ['--structures', self._STRUCTURES, '--calculator', self._CALCULATOR,
                                    '--output', self._LABELS, '--summary', self._SUMMARY]
+        walltime = self.inputs.metadata.options.get('max_wallclock_seconds')
+        if walltime:  # the script stops itself (exit 400, restarted with more time) before the scheduler kills it
+            codeinfo.cmdline_params += ['--max-seconds', str(self.WALLTIME_FRACTION * walltime)]
         codeinfo.stdout_name = self.metadata.options.output_filename
 
         calcinfo = CalcInfo()

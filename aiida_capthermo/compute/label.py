@@ -11,13 +11,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--calculator', default='calculator.json', help='JSON calculator spec (see CalculatorSpec).')
     parser.add_argument('--output', default='labels.npz', help='Where to write the labelled set.')
     parser.add_argument('--summary', default='summary.json', help='Where to write the machine-readable summary.')
+    parser.add_argument('--max-seconds', type=float, default=None,
+                        help='Wall-clock limit (s): the run stops there, wherever it is (error_kind walltime).')
     args = parser.parse_args(argv)
 
     import json
 
     import numpy as np
 
-    from aiida_capthermo.compute.summary import summary_writer
+    from aiida_capthermo.compute.summary import summary_writer, wall_clock_limit
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.ml.labelling import label_structures
     from aiida_capthermo.ml.settings import CalculatorSpec
@@ -28,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         structures = LabelledSet.load(args.structures)
         if len(structures) == 0:
             raise ValueError('no structures to label')
-        labelled, records = label_structures(structures, spec, isolate=True)  # a segfault fails one structure
+        with wall_clock_limit(args.max_seconds):
+            labelled, records = label_structures(structures, spec, isolate=True)  # a segfault fails one structure
         labelled.save(args.output)
         n_ok = sum(record['status'] == 'ok' for record in records)
         summary.update(

@@ -14,12 +14,10 @@ functions so ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
 
-from aiida_capthermo.compute.summary import summary_writer
+from aiida_capthermo.compute.summary import summary_writer, wall_clock_limit
 
 __all__ = ['main', 'run_screen', 'run_md', 'run_thermal', 'run_phonons', 'run_modes']
 
@@ -450,38 +448,6 @@ def run_phonons(model: str, structures: str, config: dict, bands_path: str, phon
 
 #: Tasks stopped by an alarm at ``max_seconds`` wherever they are; the screen stops itself between batches.
 HARD_LIMIT_TASKS = ('md', 'thermal', 'phonons')
-
-
-class WallClockLimitError(RuntimeError):
-    """The task ran to its wall-clock limit (``max_seconds``)."""
-
-    error_kind = 'walltime'
-
-
-@contextlib.contextmanager
-def wall_clock_limit(seconds: float | None):
-    """Raise :class:`WallClockLimitError` in the block after ``seconds`` (None: no limit), wherever it is: a SIGALRM
-    interrupts a step that would never return (a NaN state that sends a neighbour search into an endless loop)."""
-    if not seconds:
-        yield
-        return
-    message, fired = f'the task reached its wall-clock limit of {seconds:.0f} s (max_seconds) and stopped', []
-
-    def stop(signum, frame):
-        fired.append(True)
-        raise WallClockLimitError(message)
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, float(seconds))
-    try:
-        yield
-    except Exception as exception:
-        if fired and not isinstance(exception, WallClockLimitError):  # raised inside an import, say: ImportError
-            raise WallClockLimitError(message) from exception
-        raise
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0.0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

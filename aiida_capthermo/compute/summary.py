@@ -12,11 +12,12 @@ import contextlib
 import json
 import pathlib
 import platform
+import signal
 import sys
 import time
 import traceback
 
-__all__ = ['ERROR_KINDS', 'error_kind', 'summary_writer']
+__all__ = ['ERROR_KINDS', 'WallClockLimitError', 'error_kind', 'summary_writer', 'wall_clock_limit']
 
 #: error_kind -> the exit code (label) of the CalcJobs that report it; a job without that exit code reports
 #: ``ERROR_SCRIPT_FAILED`` with the error message. The kinds come from the package's scripts (their exceptions'
@@ -82,3 +83,35 @@ def _to_json(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
+
+
+class WallClockLimitError(RuntimeError):
+    """The task ran to its wall-clock limit (``max_seconds``)."""
+
+    error_kind = 'walltime'
+
+
+@contextlib.contextmanager
+def wall_clock_limit(seconds: float | None):
+    """Raise :class:`WallClockLimitError` in the block after ``seconds`` (None: no limit), wherever it is: a SIGALRM
+    interrupts a step that would never return (a NaN state that sends a neighbour search into an endless loop)."""
+    if not seconds:
+        yield
+        return
+    message, fired = f'the task reached its wall-clock limit of {seconds:.0f} s (max_seconds) and stopped', []
+
+    def stop(signum, frame):
+        fired.append(True)
+        raise WallClockLimitError(message)
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    except Exception as exception:
+        if fired and not isinstance(exception, WallClockLimitError):  # raised inside an import, say: ImportError
+            raise WallClockLimitError(message) from exception
+        raise
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)

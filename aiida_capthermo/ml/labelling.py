@@ -190,15 +190,19 @@ def _isolated_rows(structures: LabelledSet, spec: CalculatorSpec) -> list[tuple]
         child.start()
         sender.close()
         current = None
-        while True:
-            try:
-                message = receiver.recv()
-            except EOFError:
-                break
-            if message[0] == 'start':
-                current = message[1]
-            else:
-                rows[message[1]], current = message[2], None
+        try:
+            while True:
+                try:
+                    message = receiver.recv()
+                except EOFError:
+                    break
+                if message[0] == 'start':
+                    current = message[1]
+                else:
+                    rows[message[1]], current = message[2], None
+        except BaseException:  # a wall-clock limit, an interrupt: the child goes too
+            child.kill()
+            raise
         child.join()
         if len(rows) < n:  # the child died: in a calculation (current), or between two (the next one)
             crashed = current if current is not None else min(set(range(n)) - set(rows))
