@@ -163,7 +163,7 @@ def _rows(structures: LabelledSet, spec: CalculatorSpec, start: int, send) -> li
             atoms = structures.atoms(index, with_labels=False)
             labels = {name: np.full(1, np.nan) for name in LABELS}
             forces, stress = np.full((len(atoms), 3), np.nan), np.full(6, np.nan)
-            record = {**_label_one(atoms, single_point, wanted, 0, labels, forces, stress), 'index': index,
+            record = {**_label_one(atoms, single_point, wanted, labels, forces, stress), 'index': index,
                       'threads': threads}
             rows.append((record, {name: float(value[0]) for name, value in labels.items()}, forces, stress))
             send(('done', index, rows[-1]))
@@ -234,12 +234,12 @@ def openmp_threads(threads: int | None):
         yield max(used) if used else None
 
 
-def _label_one(atoms, single_point: Callable, wanted: set, index: int, labels: dict, forces: np.ndarray,
+def _label_one(atoms, single_point: Callable, wanted: set, labels: dict, forces: np.ndarray,
                stress: np.ndarray) -> dict:
-    """Label one structure into the row ``index`` of ``labels`` and the views ``forces`` and ``stress``; return
-    its record."""
+    """Label one structure into ``labels`` (one-element arrays) and the arrays ``forces`` and ``stress``; return
+    its record (status, error, seconds)."""
     start = time.perf_counter()
-    record = {'index': index, 'status': 'ok', 'error': None}
+    record = {'status': 'ok', 'error': None}
     try:
         result = single_point(atoms)
     except Exception as exception:  # noqa: BLE001 - a failed structure is recorded, the batch goes on
@@ -247,7 +247,7 @@ def _label_one(atoms, single_point: Callable, wanted: set, index: int, labels: d
     else:
         for name in labels:
             if name in wanted and name in result:
-                labels[name][index] = result[name]
+                labels[name][0] = result[name]
         if 'forces' in wanted:
             forces[:] = result['forces']
         if 'stress' in wanted:
