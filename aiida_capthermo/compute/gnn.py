@@ -116,13 +116,12 @@ def run_predict(args, summary: dict) -> None:
     outside = np.zeros(len(labelled), dtype=bool)  # flagged, not refused: MD frames are predicted all the same
     reasons: dict[str, int] = {}
     if loaded.metadata.get('domain'):
-        from aiida_capthermo.core.domain import domain_violations
+        from aiida_capthermo.core.domain import domain_violations, violation_kind
 
         for index in range(len(labelled)):
             found = domain_violations(loaded.metadata['domain'], labelled.atoms(index, with_labels=False))
             outside[index] = bool(found)
-            for reason in found:
-                kind = reason.split(' ')[1] if reason.startswith('its ') else reason.split(' ')[0]
+            for kind in map(violation_kind, found):
                 reasons[kind] = reasons.get(kind, 0) + 1
     np.savez(args.output, values=values, x=labelled.x, temperature=labelled.temperature, outside_domain=outside)
     summary.update(target=loaded.target, units={'values': loaded.metadata['units']}, n_structures=len(labelled),

@@ -21,7 +21,7 @@ import ase
 import numpy as np
 
 __all__ = ['MIN_DISTANCE_FACTOR', 'VOLUME_MARGIN', 'closest_pair', 'training_domain', 'merge_domains',
-           'domain_violations']
+           'domain_violations', 'violation_kind']
 
 #: A structure whose closest pair is below this fraction of the closest pair in training is outside the domain
 #: (the repulsive wall of a potential sits there; a gap model has never seen it).
@@ -97,3 +97,9 @@ def domain_violations(domain: dict, atoms: ase.Atoms) -> list[str]:
             reasons.append(f'its volume per atom is {volume:.4g} Å^3, outside the training range {low:.2f}-'
                            f'{high:.2f} Å^3 (with a {VOLUME_MARGIN:.0%} margin)')
     return reasons
+
+
+def violation_kind(reason: str) -> str:
+    """The kind of a sentence of :func:`domain_violations`: ``elements``, ``closest`` or ``volume`` (for counts)."""
+    words = reason.split()
+    return words[1] if words[0] == 'its' else words[0]
