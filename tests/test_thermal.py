@@ -4,6 +4,8 @@ localhost. The stability verdicts and the collapse checks of the same engine are
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from ase.neighborlist import neighbor_list
@@ -367,10 +369,10 @@ def test_thermal_relaxation_resumed_after_its_walltime(trained_models):
                   for key, bromide in (('x000', False), ('x050', True))}
     relax = {'fmax': 0.02, 'max_steps': 300, 'device': 'cpu', 'dtype': 'float64'}
 
-    def run(extra: dict):
+    def run(extra: dict, **overrides):
         builder = ThermalGapWorkChain.get_builder_from_protocol(
             trained_models['mlip_code'], trained_models['gnn_code'], trained_models['mace'], trained_models['gnn'],
-            structures, protocol='demo', overrides={'temperatures': [0.0], 'relax': {**relax, **extra}})
+            structures, protocol='demo', overrides={'temperatures': [0.0], 'relax': {**relax, **extra}, **overrides})
         del builder.coupling
         return engine.run_get_node(builder)
 
@@ -382,7 +384,15 @@ def test_thermal_relaxation_resumed_after_its_walltime(trained_models):
     assert [job.exit_status for job in jobs] == [MlipScreenCalcJob.exit_codes.ERROR_OUT_OF_WALLTIME.status, 0]
     assert [len(job.inputs.structures) for job in jobs] == [2, 1]
     assert set(results['relaxed']) == set(structures)
-    direct, _ = run({})
+    # A stage's md_options reach its jobs as a whole (here a walltime alone: the jobs keep the default resources),
+    # and the relaxation's script is told to stop itself at 80 % of that walltime.
+    direct, direct_node = run({}, md_options={'max_wallclock_seconds': 3600})
+    assert direct_node.is_finished_ok, (direct_node.exit_status, direct_node.exit_message)
+    job = next(c for c in direct_node.called_descendants if c.process_label == 'MlipScreenCalcJob')
+    assert job.get_option('max_wallclock_seconds') == 3600
+    assert job.get_option('resources') == {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+    config = json.loads(job.base.repository.get_object_content(MlipScreenCalcJob._CONFIG))
+    assert config['max_seconds'] == pytest.approx(0.8 * 3600)
     for key in structures:
         np.testing.assert_allclose(results['relaxed'][key].get_ase().positions,
                                    direct['relaxed'][key].get_ase().positions, atol=1e-6)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from aiida import engine, orm
 
-__all__ = ['CapthermoCalcJob', 'SUMMARY_FILE', 'EXECUTABLES', 'code_error', 'code_validator', 'options_error',
-           'pydantic_error', 'validate_options']
+__all__ = ['CapthermoCalcJob', 'DEFAULT_RESOURCES', 'SUMMARY_FILE', 'EXECUTABLES', 'code_error', 'code_validator',
+           'job_options', 'options_error', 'pydantic_error', 'validate_options']
 
 SUMMARY_FILE = 'summary.json'
 
@@ -57,6 +57,18 @@ def options_error(options: dict) -> str | None:
     return None
 
 
+#: The resources every capthermo job takes unless its options say otherwise (one process on one machine).
+DEFAULT_RESOURCES = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+
+
+def job_options(inputs, *names: str) -> dict:
+    """The ``metadata.options`` of a stage's job: the first of the Dict inputs ``names`` the stage was given (a job
+    kind's own options, e.g. ``md_options``, before the stage's ``options``), with :data:`DEFAULT_RESOURCES` where
+    it names none. A builder validates options assigned as a whole, so they must carry the resources."""
+    options = next((inputs[name].get_dict() for name in names if name in inputs), {})
+    return {'resources': dict(DEFAULT_RESOURCES), **options}
+
+
 def validate_options(value: orm.Dict | None, _) -> str | None:
     """Port validator of a Dict of scheduler options that a workchain passes to its jobs."""
     return None if value is None else options_error(value.get_dict())
@@ -96,7 +108,7 @@ class CapthermoCalcJob(engine.CalcJob):
         _, entry_point = get_entry_point_from_class(cls.__module__, cls.__name__)
         if entry_point is not None:
             spec.inputs['code'].validator = code_validator(entry_point.name)
-        spec.inputs['metadata']['options']['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+        spec.inputs['metadata']['options']['resources'].default = dict(DEFAULT_RESOURCES)
         spec.inputs['metadata']['options']['withmpi'].default = False
         spec.inputs['metadata']['options']['output_filename'].default = cls._STDOUT
         spec.output('summary', valid_type=orm.Dict, required=False,

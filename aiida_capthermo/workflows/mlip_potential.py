@@ -29,7 +29,7 @@ from aiida.engine import ToContext, WorkChain, append_, calcfunction, if_, while
 from aiida.plugins import CalculationFactory
 from pydantic import Field
 
-from aiida_capthermo.calculations.base import code_validator, pydantic_error, validate_options
+from aiida_capthermo.calculations.base import code_validator, job_options, pydantic_error, validate_options
 from aiida_capthermo.calculations.mace import validate_foundation_name
 from aiida_capthermo.calculations.mace import validate_hyperparameters as validate_mace_hyperparameters
 from aiida_capthermo.data.dataset import DatasetData
@@ -271,7 +271,7 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         return MdStageSettings.model_validate(self.inputs[name].get_dict())
 
     def _md_options(self) -> dict:
-        return self.inputs.get('md_options', self.inputs.get('options', orm.Dict({}))).get_dict()
+        return job_options(self.inputs, 'md_options', 'options')
 
     # ------------------------------------------------------------------ training
     def setup(self):

@@ -20,7 +20,7 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ProcessHandlerReport, ToContext, WorkChain, calcfunction, if_, process_handler
 
-from aiida_capthermo.calculations.base import code_validator, pydantic_error, validate_options
+from aiida_capthermo.calculations.base import code_validator, job_options, pydantic_error, validate_options
 from aiida_capthermo.calculations.mlip import MlipPhononsCalcJob, MlipScreenCalcJob, validate_mace_model
 from aiida_capthermo.core.solid_solution import MAX_SITES
 from aiida_capthermo.data.model import ModelData
@@ -436,9 +436,7 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
 
     # ------------------------------------------------------------------ steps
     def _options(self, phonons: bool = False) -> dict:
-        if phonons and 'phonon_options' in self.inputs:
-            return self.inputs.phonon_options.get_dict()
-        return self.inputs.options.get_dict() if 'options' in self.inputs else {}
+        return job_options(self.inputs, *(('phonon_options', 'options') if phonons else ('options',)))
 
     def setup(self):
         """Enumerate the configurations of every composition (one calcfunction call each)."""

@@ -22,7 +22,7 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, while_
 
-from aiida_capthermo.calculations.base import code_validator, pydantic_error, validate_options
+from aiida_capthermo.calculations.base import code_validator, job_options, pydantic_error, validate_options
 from aiida_capthermo.calculations.gnn import GnnPredictCalcJob, validate_gnn_model
 from aiida_capthermo.calculations.mlip import MlipModesCalcJob, MlipThermalCalcJob, validate_mace_model
 from aiida_capthermo.data.model import ModelData
@@ -323,9 +323,7 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
 
     # ------------------------------------------------------------------ steps
     def _options(self, md: bool = False) -> dict:
-        if md and 'md_options' in self.inputs:
-            return self.inputs.md_options.get_dict()
-        return self.inputs.options.get_dict() if 'options' in self.inputs else {}
+        return job_options(self.inputs, *(('md_options', 'options') if md else ('options',)))
 
     def _hot(self) -> list[float]:
         return [float(t) for t in self.inputs.temperatures.get_list() if t > 0]

@@ -26,7 +26,7 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction
 
-from aiida_capthermo.calculations.base import code_validator, validate_options
+from aiida_capthermo.calculations.base import code_validator, job_options, validate_options
 from aiida_capthermo.calculations.gnn import GnnPredictCalcJob, validate_gnn_model
 from aiida_capthermo.calculations.mace import MaceEvaluateCalcJob
 from aiida_capthermo.calculations.mlip import validate_mace_model
@@ -368,7 +368,7 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
 
     # ------------------------------------------------------------------ steps
     def _options(self) -> dict:
-        return self.inputs.options.get_dict() if 'options' in self.inputs else {}
+        return job_options(self.inputs, 'options')
 
     def pick(self):
         """Pick decorrelated production frames per (x, T) and turn them into structures."""
