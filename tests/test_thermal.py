@@ -104,6 +104,42 @@ def test_combine_replicas_takes_larger_error():
     assert combined['stderr'] == combined['stderr_seeds'] > combined['stderr_decorrelated']
 
 
+def test_thermal_gaps_count_the_frames_outside_the_gnn_domain(aiida_profile):
+    """Every Table I row counts its MD frames and those the GNN prediction job flagged outside its training domain
+    (counted here by hand over the replicas' frame ranges, a broken replica's excluded); the text table marks the
+    row and the CSV carries both counts. Without flags (a prediction node from before the domain) the count is 0."""
+    from aiida import orm
+
+    from aiida_capthermo.core.error_budget import budget_rows
+    from aiida_capthermo.workflows.report import table_csv, table_rows, table_text
+    from aiida_capthermo.workflows.thermal import thermal_gaps
+
+    def replica(index, temperature, offset, n_frames, broke=False):
+        return {'replica': index, 'key': 'x000', 'x': 0.0, 'temperature': temperature, 'seed': index,
+                'timestep': 2.0, 'broke': broke, 'frame_offset': offset, 'n_frames': n_frames}
+
+    results = orm.Dict({'replicas': [replica(0, 300.0, 0, 50), replica(1, 300.0, 50, 40),
+                                     replica(2, 600.0, 90, 0, broke=True), replica(3, 600.0, 90, 60)]})
+    gaps = np.random.default_rng(0).normal(1.0, 0.05, 150)
+    outside = np.zeros(150, dtype=bool)
+    outside[[3, 55, 56, 120]] = True
+    predictions = orm.ArrayData({'values': gaps, 'outside_domain': outside})
+    settings = orm.Dict({'keys': ['x000'], 'temperatures': [0.0, 300.0, 600.0], 'x': {'x000': 0.0}})
+    eg0 = orm.ArrayData({'values': np.array([1.2])})
+    rows = thermal_gaps(settings, eg0, results_0=results, gaps_0=predictions)['table']['rows']
+    counts = {row['temperature']: (row['n_frames'], row['n_outside_domain']) for row in rows}
+    assert counts == {0.0: (0, 0), 300.0: (90, 3), 600.0: (60, 1)}
+    assert rows[1]['gap'] != pytest.approx(rows[2]['gap'])  # the flagged frames are averaged, only counted
+    table = table_rows(budget_rows(rows, None))
+    text = table_text(table)
+    assert '†' in text and 'x = 0.000, 300 K: 3 of 90; x = 0.000, 600 K: 1 of 60' in text
+    assert [line.split(',')[-2:] for line in table_csv(table).splitlines()] == [
+        ['n_frames', 'n_outside_domain'], ['0', '0'], ['90', '3'], ['60', '1']]
+    unflagged = thermal_gaps(settings, eg0, results_0=results, gaps_0=orm.ArrayData({'values': gaps}))
+    assert [row['n_outside_domain'] for row in unflagged['table']['rows']] == [0, 0, 0]
+    assert '†' not in table_text(table_rows(budget_rows(unflagged['table']['rows'], None)))
+
+
 def test_batched_md_harmonic_crystal_known_answer():
     """Batched Langevin MD of a harmonic crystal in the same TorchSim engine as MACE, with the 'gap' replaced by the
     mean square displacement: the thermal average must equal the classical analytic value kT sum_nu |e_nu|^2 /

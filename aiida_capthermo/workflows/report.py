@@ -16,7 +16,8 @@ __all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'figure_png', '
 
 #: Per-(x, T) columns of a Table I row (lists over its temperatures), see core.error_budget.budget_rows.
 ROW_COLUMNS = ('gap', 'stderr', 'stderr_statistical', 'stderr_model', 'gap_model', 'bias', 'n_validation',
-               'teacher_gap', 'validated', 'delta_gap', 'delta_gap_stderr', 'relative_change')
+               'teacher_gap', 'validated', 'delta_gap', 'delta_gap_stderr', 'relative_change', 'n_frames',
+               'n_outside_domain')
 
 
 def table_rows(rows: list[dict]) -> list[dict]:
@@ -36,14 +37,15 @@ def table_rows(rows: list[dict]) -> list[dict]:
 
 def table_text(rows: list[dict]) -> str:
     """Table I as aligned text: x, then Eg ± total error (statistical part) at each T (eV), then ΔEg/Eg(0) at each
-    T > 0; a gap the teacher did not validate is marked ``*``."""
+    T > 0; a gap the teacher did not validate is marked ``*``, one averaged over MD frames of which some lie outside
+    the GNN's training domain ``†``."""
     temperatures = sorted({t for row in rows for t in row['temperatures']})
     hot = [t for t in temperatures if t > 0]
     width = 24
     header = f'{"x":>6} ' + ' '.join(f'{f"Eg({t:.0f} K)":>{width}}' for t in temperatures) + ' ' + ' '.join(
         f'{f"dEg/Eg({t:.0f} K)":>15}' for t in hot)
     lines = [header, '-' * len(header)]
-    unvalidated = False
+    unvalidated, outside = False, []
     for row in rows:
         by_t = {t: index for index, t in enumerate(row['temperatures'])}
         cells = []
@@ -54,6 +56,10 @@ def table_text(rows: list[dict]) -> str:
             i = by_t[t]
             mark = '' if row['validated'][i] else '*'
             unvalidated |= not row['validated'][i]
+            if row.get('n_outside_domain') and row['n_outside_domain'][i]:
+                mark += '†'
+                outside.append(f'x = {row["x"]:.3f}, {t:.0f} K: {row["n_outside_domain"][i]} of '
+                               f'{row["n_frames"][i]}')
             cells.append(f'{row["gap"][i]:.3f} ± {row["stderr"][i]:.3f} ({row["stderr_statistical"][i]:.3f}){mark}')
         relative = [f'{100 * row["relative_change"][by_t[t]]:+.1f} %'
                     if t in by_t and row['relative_change'][by_t[t]] is not None else '-' for t in hot]
@@ -63,6 +69,8 @@ def table_text(rows: list[dict]) -> str:
                  'measured by the teacher on frames of the same MD.')
     if unvalidated:
         lines.append('* not validated by the teacher: the model\'s own average, its error bar is statistical only.')
+    if outside:
+        lines.append('† MD frames outside the GNN\'s training domain (extrapolated gaps): ' + '; '.join(outside) + '.')
     return '\n'.join(lines)
 
 
@@ -70,10 +78,14 @@ def table_csv(rows: list[dict]) -> str:
     """Table I as CSV: one line per (x, T) with the gap, its total, statistical and model errors, the model's own
     average and the bias removed, Eg(0), ΔEg and its error (eV), the relative change."""
     lines = ['x,temperature_K,gap_eV,stderr_eV,stderr_statistical_eV,stderr_model_eV,gap_model_eV,bias_eV,'
-             'n_validation,validated,eg0_eV,delta_gap_eV,delta_gap_stderr_eV,relative_change']
+             'n_validation,validated,eg0_eV,delta_gap_eV,delta_gap_stderr_eV,relative_change,n_frames,n_outside_domain']
 
     def number(value) -> str:
         return '' if value is None else f'{value:.6f}'
+
+    def count(row: dict, name: str, index: int) -> str:
+        value = (row.get(name) or [None] * (index + 1))[index]
+        return '' if value is None else str(value)
 
     for row in rows:
         for i, temperature in enumerate(row['temperatures']):
@@ -82,7 +94,7 @@ def table_csv(rows: list[dict]) -> str:
                 number(row['stderr_statistical'][i]), number(row['stderr_model'][i]), number(row['gap_model'][i]),
                 number(row['bias'][i]), str(row['n_validation'][i]), str(bool(row['validated'][i])).lower(),
                 number(row['eg0']), number(row['delta_gap'][i]), number(row['delta_gap_stderr'][i]),
-                number(row['relative_change'][i])]))
+                number(row['relative_change'][i]), count(row, 'n_frames', i), count(row, 'n_outside_domain', i)]))
     return '\n'.join(lines) + '\n'
 
 

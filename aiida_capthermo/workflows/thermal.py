@@ -41,14 +41,16 @@ def gap_key(key: str, temperature: float) -> str:
     return f'{key}_T{temperature:.0f}'
 
 
-def _md_series(results: dict, gaps: np.ndarray) -> list[dict]:
-    """Per finished replica of one MD job: its record and its gap series (frames in replica order)."""
+def _md_series(results: dict, gaps: np.ndarray, outside: np.ndarray | None = None) -> list[dict]:
+    """Per finished replica of one MD job: its record, its gap series (frames in replica order) and how many of
+    those frames the GNN flagged outside its training domain (``outside``: one flag per frame, where recorded)."""
     replicas = []
     for record in results['replicas']:
         if record['broke'] or not record['n_frames']:
             continue
-        start = record['frame_offset']
-        replicas.append({**record, 'gaps': gaps[start:start + record['n_frames']]})
+        start, stop = record['frame_offset'], record['frame_offset'] + record['n_frames']
+        n_outside = int(np.count_nonzero(outside[start:stop])) if outside is not None else 0
+        replicas.append({**record, 'gaps': gaps[start:stop], 'n_outside_domain': n_outside})
     return replicas
 
 
@@ -59,23 +61,32 @@ def thermal_gaps(settings: orm.Dict, eg0: orm.ArrayData, **md) -> dict:
     ``settings``: ``keys`` (sorted structure keys, the order of ``eg0``), ``x`` per key, ``temperatures`` (K).
     ``md``: ``results_<i>`` (Dict of an MlipThermalCalcJob) and ``gaps_<i>`` (its frames' GnnPredictCalcJob
     predictions). Outputs: ``gap_<key>_T<T>`` Dict per (structure, T) with attributes x, temperature, gap,
-    stderr, stderr_decorrelated, stderr_seeds, n_independent, n_replicas, eg0, delta_gap, relative_change (eV;
-    T = 0 is the relaxed structure); ``curve_<key>`` XyData (T in K; gap and stderr in eV); ``table`` Dict (one row
-    per (structure, T)); ``replicas`` Dict (statistics of every replica).
+    stderr, stderr_decorrelated, stderr_seeds, n_independent, n_replicas, n_frames, n_outside_domain (frames the
+    GNN flagged outside its training domain), eg0, delta_gap, relative_change (eV; T = 0 is the relaxed
+    structure); ``curve_<key>`` XyData (T in K; gap and stderr in eV); ``table`` Dict (one row per (structure, T));
+    ``replicas`` Dict (statistics of every replica).
     """
     from aiida_capthermo.core.thermal import combine_replicas, series_statistics
 
     s = settings.get_dict()
     eg0_values = dict(zip(s['keys'], eg0.get_array('values').tolist()))
-    per_case, replica_rows = {}, []
+    per_case, counts, replica_rows = {}, {}, []
     for name in sorted(k for k in md if k.startswith('results_')):
         suffix = name[len('results_'):]
-        for replica in _md_series(md[name].get_dict(), md[f'gaps_{suffix}'].get_array('values')):
+        predictions = md[f'gaps_{suffix}']
+        outside = predictions.get_array('outside_domain') if 'outside_domain' in predictions.get_arraynames() \
+            else None
+        for replica in _md_series(md[name].get_dict(), predictions.get_array('values'), outside):
             stats = series_statistics(replica['gaps'])
-            per_case.setdefault((replica['key'], float(replica['temperature'])), []).append(stats)
+            case = (replica['key'], float(replica['temperature']))
+            per_case.setdefault(case, []).append(stats)
+            frames = counts.setdefault(case, [0, 0])
+            frames[0] += len(replica['gaps'])
+            frames[1] += replica['n_outside_domain']
             replica_rows.append({'replica': replica['replica'], 'key': replica['key'], 'x': replica['x'],
                                  'temperature': replica['temperature'], 'seed': replica['seed'],
-                                 'timestep': replica['timestep'], 'attempt': int(suffix), **stats.as_dict()})
+                                 'timestep': replica['timestep'], 'attempt': int(suffix),
+                                 'n_outside_domain': replica['n_outside_domain'], **stats.as_dict()})
     outputs, rows = {}, []
     for key in s['keys']:
         x, eg0_value = float(s['x'][key]), float(eg0_values[key])
@@ -83,11 +94,13 @@ def thermal_gaps(settings: orm.Dict, eg0: orm.ArrayData, **md) -> dict:
         for temperature in s['temperatures']:
             if temperature == 0:
                 row = {'gap': eg0_value, 'stderr': 0.0, 'stderr_decorrelated': 0.0, 'stderr_seeds': None,
-                       'n_independent': None, 'n_replicas': 0}
+                       'n_independent': None, 'n_replicas': 0, 'n_frames': 0, 'n_outside_domain': 0}
             elif (key, float(temperature)) in per_case:
                 combined = combine_replicas(per_case[(key, float(temperature))])
+                n_frames, n_outside = counts[(key, float(temperature))]
                 row = {'gap': combined['mean'], **{k: combined[k] for k in (
-                    'stderr', 'stderr_decorrelated', 'stderr_seeds', 'n_independent', 'n_replicas')}}
+                    'stderr', 'stderr_decorrelated', 'stderr_seeds', 'n_independent', 'n_replicas')},
+                    'n_frames': n_frames, 'n_outside_domain': n_outside}
             else:
                 continue  # every replica of this (structure, T) blew up: no number rather than a wrong one
             delta = row['gap'] - eg0_value
@@ -106,7 +119,8 @@ def thermal_gaps(settings: orm.Dict, eg0: orm.ArrayData, **md) -> dict:
             xy.base.attributes.set('key', key)
             outputs[f'curve_{key}'] = xy
     outputs['table'] = orm.Dict({'rows': rows, 'columns': ['key', 'x', 'temperature', 'gap', 'stderr', 'eg0',
-                                                           'delta_gap', 'relative_change', 'n_independent']})
+                                                           'delta_gap', 'relative_change', 'n_independent',
+                                                           'n_frames', 'n_outside_domain']})
     outputs['replicas'] = orm.Dict({'replicas': replica_rows})
     return outputs
 
@@ -286,7 +300,8 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
                               help='The relaxed (0 K) structures, same keys as `structures`.')
         spec.output_namespace('gaps', valid_type=orm.Dict, dynamic=True,
                               help='Per (structure, T), `<key>_T<T>`: attributes x, temperature (K), gap, stderr, '
-                                   'stderr_decorrelated, stderr_seeds, n_independent, n_replicas, eg0, delta_gap (eV), '
+                                   'stderr_decorrelated, stderr_seeds, n_independent, n_replicas, n_frames, '
+                                   'n_outside_domain (frames outside the GNN\'s training domain), eg0, delta_gap (eV), '
                                    'relative_change. Query with filters on attributes.x and attributes.temperature.')
         spec.output_namespace('curves', valid_type=orm.XyData, dynamic=True,
                               help='Eg(T) per structure key: T (K) against gap and stderr (eV).')
@@ -464,6 +479,10 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
         for row in outputs['table']['rows']:
             self.report(f'{row["key"]} x = {row["x"]:.3f}, T = {row["temperature"]:.0f} K: Eg = {row["gap"]:.3f} '
                         f'± {row["stderr"]:.3f} eV, ΔEg = {row["delta_gap"]:+.3f} eV')
+            if row['n_outside_domain']:
+                self.report(f'warning: {row["n_outside_domain"]} of the {row["n_frames"]} MD frames of '
+                            f'{row["key"]} at {row["temperature"]:.0f} K lie outside the GNN\'s training domain '
+                            '(their gaps are extrapolated: see the prediction jobs\' outside_domain_reasons)')
         if 'coupling' in self.inputs:
             coupling = mode_coupling(self.ctx.modes.outputs.modes, self.ctx.gaps_modes.outputs.predictions, eg0,
                                      orm.Dict({'keys': keys, 'temperatures': ModesConfig.model_validate(
