@@ -238,8 +238,9 @@ def test_mlip_md_calcjob_localhost(aiida_profile, script_code, mace_model_file):
 
 def test_md_job_stops_at_its_wall_clock_limit_with_an_exit_code(aiida_profile, script_code, mace_model_file):
     """Nothing hangs: an MD job of ten million steps with a walltime of 6 s gets max_seconds 4.8 (80 %) in its
-    config, stops there with the walltime exit code (400) and its summary says why, well before the direct scheduler
-    (which enforces no walltime) would ever end it. A unit check: the alarm interrupts a loop that never returns."""
+    config, also where its parameters give a longer one (a protocol's 3600 s), stops there with the walltime exit
+    code (400) and its summary says why, well before the direct scheduler (which enforces no walltime) would ever
+    end it. A unit check: the alarm interrupts a loop that never returns."""
     import time
 
     from aiida.plugins import CalculationFactory
@@ -253,7 +254,8 @@ def test_md_job_stops_at_its_wall_clock_limit_with_an_exit_code(aiida_profile, s
     assert time.perf_counter() - start < 2.0
     model = ModelData.from_files(kind='mace', files={'tiny.model': mace_model_file}, main_file='tiny.model').store()
     structures = {'a': orm.StructureData(ase=small_cell(False, seed=1, rattle=0.0))}
-    parameters = orm.Dict({'temperatures': [150.0], 'steps': 10_000_000, 'stride': 1000, 'device': 'cpu'})
+    parameters = orm.Dict({'temperatures': [150.0], 'steps': 10_000_000, 'stride': 1000, 'device': 'cpu',
+                           'max_seconds': 3600})
     start = time.perf_counter()
     _, node = engine.run_get_node(
         CalculationFactory('capthermo.mlip_md'), code=script_code('capthermo-mlip', 'capthermo.mlip_md'), model=model,

@@ -82,13 +82,15 @@ class MlipCalcJob(CapthermoCalcJob):
     WALLTIME_FRACTION = 0.8
 
     def _complete_parameters(self, parameters: dict) -> dict:
-        """The config the compute side gets: ``parameters`` with ``max_seconds`` from the job's
-        ``max_wallclock_seconds`` (:data:`WALLTIME_FRACTION` of it) when the task's settings take it and it is not
-        given: the script stops at its time limit, with the walltime exit code, before the scheduler kills it (and
-        on a scheduler that enforces no walltime, such as `core.direct`, at all)."""
+        """The config the compute side gets: ``parameters`` with ``max_seconds`` at most
+        :data:`WALLTIME_FRACTION` of the job's ``max_wallclock_seconds`` where the task's settings take it (a
+        protocol's own ``max_seconds`` stays when it is shorter): the script stops at its time limit, with the
+        walltime exit code, before the scheduler kills it (and on a scheduler that enforces no walltime, such as
+        `core.direct`, at all)."""
         walltime = self.inputs.metadata.options.get('max_wallclock_seconds')
-        if walltime and 'max_seconds' in self._SETTINGS.model_fields and 'max_seconds' not in parameters:
-            parameters = {**parameters, 'max_seconds': self.WALLTIME_FRACTION * walltime}
+        if walltime and 'max_seconds' in self._SETTINGS.model_fields:
+            limit, given = self.WALLTIME_FRACTION * walltime, parameters.get('max_seconds')
+            parameters = {**parameters, 'max_seconds': limit if given is None else min(float(given), limit)}
         return parameters
 
     def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
