@@ -113,6 +113,17 @@ def test_validation_rows_by_hand():
     assert second['n_gap'] == 0 and second['gnn_bias'] is None and second['n_mlip'] == 0
     assert second['force_mae'] is None
     assert force_errors(np.zeros((1, 3)), np.ones((1, 3)))['mae'] == 1.0
+    assert first['n_sampling'] == 2 and first['sampling_shift'] is None  # fewer than 3 frames: no estimate
+    # Three frames at 300 K, gaps 1.0/0.8/0.6 and U_low - U_MLIP = 0/0.1/0.2 eV (+ an offset of 5 eV that cancels):
+    # cov = -0.02 eV^2, shift = 0.02 beta; leave-one-out covariances -0.01, -0.04, -0.01: jackknife error 0.02 beta.
+    beta = 1 / (8.617333262e-5 * 300.0)
+    three = validation_rows(x=[0.5] * 3, temperature=[300.0] * 3, teacher_gap=[1.0, 0.8, 0.6],
+                            model_gap=[0.9] * 3, n_atoms=[1] * 3, energy_reference=[5.0, 5.1, 5.2],
+                            energy_predicted=[0.0] * 3, forces_reference=np.zeros((3, 3)),
+                            forces_predicted=np.zeros((3, 3)))[0]
+    assert three['sampling_shift'] == pytest.approx(0.02 * beta) and three['n_sampling'] == 3
+    assert three['sampling_shift_stderr'] == pytest.approx(0.02 * beta)
+    assert three['sampling_beta_sigma'] == pytest.approx(0.1 * beta)
 
 
 # ---------------------------------------------------------------------------------------------- the workchain

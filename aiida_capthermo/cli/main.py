@@ -595,7 +595,11 @@ def find_gap(x, temperature, study, as_json):
             model = 'not validated' if not values['validated'] else (
                 f'model {values["stderr_model"]:.4f} eV (GNN {values["gap_model"]:.4f} eV, bias '
                 f'{values["bias"]:+.4f} eV from {values["n_validation"]} teacher labels)')
-            click.echo(f'  error budget: statistical {values["stderr_statistical"]:.4f} eV, {model}')
+            sampling = '' if values.get('stderr_sampling') is None else (
+                f', potential sampling {values["stderr_sampling"]:.4f} eV (first-order shift '
+                f'{values["sampling_shift"]:+.4f} eV' + ('' if values.get('sampling_perturbative')
+                                                        else ', beyond first order: an order of magnitude') + ')')
+            click.echo(f'  error budget: statistical {values["stderr_statistical"]:.4f} eV, {model}{sampling}')
         for line in _ancestry(gap):
             click.echo(f'  {line}')
 

@@ -27,9 +27,19 @@ then holds the statistical part only and says so: no Table I row hides that its 
 
 ΔEg(T) = Eg(T) - Eg(0) and its error ``sqrt(s_total(T)^2 + s_total(0)^2)`` (the two come from different frames).
 
+**The potential's sampling error.** The correction gives the teacher's average over the *potential's* MD frames.
+The MD run by the low engine itself samples another distribution wherever the potential's energy surface differs
+from the engine's. On the same validation frames the low engine's energies give, to first order in
+``dU = U_low - U_MLIP``, the shift of the teacher's average between the two distributions, ``-beta cov(g, dU)``
+(:func:`aiida_capthermo.core.validation.sampling_shift`). It is not applied: a first-order estimate from 4-32
+frames is no correction. Its size enters the budget as a systematic term,
+
+    s_sampling = sqrt(shift^2 + s_shift^2),   s_total = sqrt(s_stat^2 + s_model^2 + s_sampling^2)
+
+and ``sampling_perturbative`` says whether the first order can be trusted (beta * std(dU) <= 1). Where it is not,
+the term is an order of magnitude only and Table I marks the gap.
+
 Not included yet: the spread of an ensemble of models and the spread over configurations of one composition.
-The MLIP's error enters only through the distribution of frames; the validation's force errors measure it but
-do not correct it (the acceptance of the potential is its out-of-sample force error on MD frames).
 
 No AiiDA and no torch here.
 """
@@ -38,6 +48,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+from aiida_capthermo.core.validation import PERTURBATIVE_LIMIT
 
 __all__ = ['ESTIMATOR', 'student_factor', 'corrected_gap', 'budget_rows', 'point_match']
 
@@ -57,7 +69,7 @@ def student_factor(n: int) -> float:
 
 
 def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | None, bias_stderr: float | None,
-                  temperature: float, n_validation: int | None = None) -> dict:
+                  temperature: float, n_validation: int | None = None, sampling: dict | None = None) -> dict:
     """Control-variate estimate of the teacher's thermal average of the gap, with its error components (eV).
 
     Parameters
@@ -71,24 +83,36 @@ def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | Non
     n_validation
         Frames behind ``bias_stderr``: the model's error is ``student_factor(n_validation) * bias_stderr``; None
         takes ``bias_stderr`` as it is.
+    sampling
+        The potential's first-order sampling shift of this (x, T) (``shift``, ``shift_stderr``, ``beta_sigma``:
+        :func:`aiida_capthermo.core.validation.sampling_shift`); None or None values: not estimated.
 
     Returns
     -------
     dict
         ``gap`` (the estimate), ``gap_model``, ``bias``, ``stderr_statistical``, ``stderr_model`` (the bias's
-        standard error times the Student factor), ``stderr`` (total, in quadrature), ``validated``, ``estimator``.
+        standard error times the Student factor), ``sampling_shift``, ``stderr_sampling`` (None where not
+        estimated), ``sampling_perturbative`` (None where not estimated), ``stderr`` (total, in quadrature),
+        ``validated``, ``estimator``.
     """
     if not math.isfinite(model_gap) or not math.isfinite(stderr_statistical) or stderr_statistical < 0:
         raise ValueError(f'model gap {model_gap} ± {stderr_statistical} is not a finite estimate')
+    sampling = sampling or {}
+    shift = sampling.get('shift') if temperature > 0 else None
+    term = {'sampling_shift': shift, 'stderr_sampling': None, 'sampling_perturbative': None}
+    if shift is not None:
+        term['stderr_sampling'] = math.hypot(shift, sampling.get('shift_stderr') or 0.0)
+        term['sampling_perturbative'] = bool(sampling.get('beta_sigma') is not None
+                                             and sampling['beta_sigma'] <= PERTURBATIVE_LIMIT)
     if temperature == 0 and bias is not None:
         bias_stderr = 0.0
     if bias is None or bias_stderr is None:
         return {'gap': model_gap, 'gap_model': model_gap, 'bias': None, 'stderr_statistical': stderr_statistical,
-                'stderr_model': None, 'stderr': stderr_statistical, 'validated': False, 'estimator': 'model'}
+                'stderr_model': None, **term, 'stderr': stderr_statistical, 'validated': False, 'estimator': 'model'}
     model = bias_stderr * (student_factor(n_validation) if n_validation and bias_stderr > 0 else 1.0)
+    total = math.sqrt(stderr_statistical**2 + model**2 + (term['stderr_sampling'] or 0.0) ** 2)
     return {'gap': model_gap + bias, 'gap_model': model_gap, 'bias': bias, 'stderr_statistical': stderr_statistical,
-            'stderr_model': model, 'stderr': math.hypot(stderr_statistical, model), 'validated': True,
-            'estimator': ESTIMATOR}
+            'stderr_model': model, **term, 'stderr': total, 'validated': True, 'estimator': ESTIMATOR}
 
 
 def point_match(x: float, temperature: float) -> tuple[float, float]:
@@ -113,8 +137,10 @@ def budget_rows(thermal_rows: Sequence[dict], validation_rows: Sequence[dict] | 
     for row in thermal_rows:
         check = validation.get(point_match(row['x'], row['temperature']), {})
         bias = check.get('gnn_bias') if check.get('n_gap') else None
+        sampling = {'shift': check.get('sampling_shift'), 'shift_stderr': check.get('sampling_shift_stderr'),
+                    'beta_sigma': check.get('sampling_beta_sigma')}
         budget = corrected_gap(float(row['gap']), float(row['stderr']), bias, check.get('gnn_bias_stderr'),
-                               float(row['temperature']), int(check.get('n_gap') or 0) or None)
+                               float(row['temperature']), int(check.get('n_gap') or 0) or None, sampling)
         corrected.append({**row, **budget, 'n_validation': int(check.get('n_gap') or 0),
                           'teacher_gap': check.get('teacher_gap')})
     zero = {row['key']: row for row in corrected if row['temperature'] == 0}

@@ -14,7 +14,10 @@ Errors per (x, T) (:func:`validation_rows`), on the frames labelled by the teach
   energy-per-atom MAE and bias (mean of reference minus model, eV/atom);
 * the gap GNN against the teacher: the bias ``mean(teacher - GNN)`` with its standard error, MAE and RMSE (eV),
   from :func:`paired_difference`;
-* the teacher's own mean gap with its standard error (eV), and the number of frames.
+* the teacher's own mean gap with its standard error (eV), and the number of frames;
+* the potential's sampling error (:func:`sampling_shift`): how far the teacher's gap averaged over the low
+  engine's own Boltzmann distribution lies from its average over the potential's MD frames, to first order in the
+  energy difference of the two on those frames.
 
 The picked frames are spaced by at least the statistical inefficiency, so they count as independent: a standard
 error is ``std(values, ddof=1) / sqrt(n)``, None for fewer than two frames.
@@ -30,7 +33,11 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ['allocate_budget', 'grid_indices', 'select_frames', 'spread_subset', 'vegard_deviations', 'pressure',
-           'paired_difference', 'mean_with_stderr', 'force_errors', 'point_key', 'validation_rows']
+           'paired_difference', 'mean_with_stderr', 'force_errors', 'point_key', 'sampling_shift', 'validation_rows']
+
+#: beta * std(E_low - E_MLIP) over the frames of an (x, T) up to which the first-order sampling shift is taken as
+#: the shift (the second-order term is about beta * sigma / 2 of the first; beyond 1 it is a lower bound only).
+PERTURBATIVE_LIMIT = 1.0
 
 
 def allocate_budget(capacities: Sequence[int], budget: int) -> list[int]:
@@ -224,6 +231,58 @@ def force_errors(reference: np.ndarray, predicted: np.ndarray) -> dict:
             'n_atoms': int(keep.sum())}
 
 
+def sampling_shift(gaps: Sequence[float], energy_reference: Sequence[float], energy_predicted: Sequence[float],
+                   temperature: float) -> dict:
+    """First-order estimate of the potential's sampling error of a thermal average of the gap.
+
+    The MD samples configurations with the potential's Boltzmann weight exp(-beta U_MLIP); the thermal average the
+    study wants is over the low engine's, exp(-beta U_low). With ``dU = U_low - U_MLIP`` on decorrelated frames of
+    the MLIP's MD (any constant offset cancels), reweighting gives ``<g>_low = <g e^{-beta dU}> / <e^{-beta dU}>``,
+    and to first order in dU (linear response)::
+
+        shift = <g>_low - <g>_MLIP = -beta cov(g, dU)
+
+    The covariance is estimated from the frames (ddof = 1), its standard error by the jackknife. Exponential
+    weights are not used: with a few frames and beta * std(dU) above 1 one frame carries them all. The first
+    order is the shift while ``beta * std(dU)`` (``beta_sigma``) is small (:data:`PERTURBATIVE_LIMIT`); beyond, it
+    is an order of magnitude only, and says the potential's distribution differs from the engine's by more than kT.
+
+    Parameters
+    ----------
+    gaps
+        [n] eV: the teacher's gap of each frame.
+    energy_reference, energy_predicted
+        [n] eV: the low engine's and the MLIP's total energies of the same frames (frames with a NaN are left out).
+    temperature
+        K, of the MD the frames come from.
+
+    Returns
+    -------
+    dict
+        ``shift`` and ``shift_stderr`` (eV), ``beta_sigma`` (dimensionless), ``n``; None values for T = 0 or fewer
+        than 3 frames.
+    """
+    from aiida_capthermo.core.constants import KB_EV
+
+    gaps = np.asarray(gaps, dtype=float).reshape(-1)
+    delta = np.asarray(energy_reference, dtype=float).reshape(-1) \
+        - np.asarray(energy_predicted, dtype=float).reshape(-1)
+    keep = np.isfinite(gaps) & np.isfinite(delta)
+    gaps, delta = gaps[keep], delta[keep]
+    n = int(gaps.size)
+    if temperature <= 0 or n < 3:
+        return {'shift': None, 'shift_stderr': None, 'beta_sigma': None, 'n': n}
+    beta = 1.0 / (KB_EV * temperature)
+
+    def first_order(g: np.ndarray, d: np.ndarray) -> float:
+        return float(-beta * np.cov(g, d, ddof=1)[0, 1])
+
+    shift = first_order(gaps, delta)
+    leave_one_out = np.array([first_order(np.delete(gaps, i), np.delete(delta, i)) for i in range(n)])
+    stderr = float(np.sqrt((n - 1) / n * np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
+    return {'shift': shift, 'shift_stderr': stderr, 'beta_sigma': float(beta * delta.std(ddof=1)), 'n': n}
+
+
 def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_gap: Sequence[float],
                     model_gap: Sequence[float], n_atoms: Sequence[int], energy_reference: Sequence[float],
                     energy_predicted: Sequence[float], forces_reference: np.ndarray,
@@ -249,7 +308,9 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
         One row per (x, T), sorted by x then T: ``point``, ``x``, ``temperature`` (K), ``n_frames``;
         ``teacher_gap`` and ``teacher_gap_stderr`` (eV); ``gnn_bias`` = mean(teacher - GNN), ``gnn_bias_stderr``,
         ``gnn_mae``, ``gnn_rmse`` (eV), ``n_gap``; ``force_mae``, ``force_rmse`` (eV/Å), ``energy_per_atom_mae``,
-        ``energy_per_atom_bias`` (reference - MLIP, eV/atom), ``n_mlip`` (frames with energy and forces).
+        ``energy_per_atom_bias`` (reference - MLIP, eV/atom), ``n_mlip`` (frames with energy and forces);
+        ``sampling_shift``, ``sampling_shift_stderr`` (eV), ``sampling_beta_sigma`` and ``n_sampling`` from
+        :func:`sampling_shift` on the frames with a teacher gap and both energies.
     """
     x = np.asarray(x, dtype=float)
     temperature = np.asarray(temperature, dtype=float)
@@ -278,11 +339,14 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
         atoms = np.isin(frame_of_atom, mlip)
         forces = force_errors(forces_reference[atoms], forces_predicted[atoms])
         per_atom = paired_difference(energy_reference[mlip] / n_atoms[mlip], energy_predicted[mlip] / n_atoms[mlip])
+        sampling = sampling_shift(teacher_gap[gaps], energy_reference[gaps], energy_predicted[gaps], t_value)
         rows.append({
             'point': point_key(x_value, t_value), 'x': x_value, 'temperature': t_value, 'n_frames': int(indices.size),
             'teacher_gap': teacher_mean, 'teacher_gap_stderr': teacher_stderr,
             'gnn_bias': gnn['bias'], 'gnn_bias_stderr': gnn['stderr'], 'gnn_mae': gnn['mae'], 'gnn_rmse': gnn['rmse'],
             'n_gap': gnn['n'], 'force_mae': forces['mae'], 'force_rmse': forces['rmse'],
             'energy_per_atom_mae': per_atom['mae'], 'energy_per_atom_bias': per_atom['bias'],
-            'n_mlip': int(mlip.size)})
+            'n_mlip': int(mlip.size), 'sampling_shift': sampling['shift'],
+            'sampling_shift_stderr': sampling['shift_stderr'], 'sampling_beta_sigma': sampling['beta_sigma'],
+            'n_sampling': sampling['n']})
     return rows

@@ -15,9 +15,9 @@ __all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'figure_png', '
 
 
 #: Per-(x, T) columns of a Table I row (lists over its temperatures), see core.error_budget.budget_rows.
-ROW_COLUMNS = ('gap', 'stderr', 'stderr_statistical', 'stderr_model', 'gap_model', 'bias', 'n_validation',
-               'teacher_gap', 'validated', 'delta_gap', 'delta_gap_stderr', 'relative_change', 'n_frames',
-               'n_outside_domain')
+ROW_COLUMNS = ('gap', 'stderr', 'stderr_statistical', 'stderr_model', 'stderr_sampling', 'sampling_shift',
+               'sampling_perturbative', 'gap_model', 'bias', 'n_validation', 'teacher_gap', 'validated', 'delta_gap',
+               'delta_gap_stderr', 'relative_change', 'n_frames', 'n_outside_domain')
 
 
 def table_rows(rows: list[dict]) -> list[dict]:
@@ -38,14 +38,15 @@ def table_rows(rows: list[dict]) -> list[dict]:
 def table_text(rows: list[dict]) -> str:
     """Table I as aligned text: x, then Eg ± total error (statistical part) at each T (eV), then ΔEg/Eg(0) at each
     T > 0; a gap the teacher did not validate is marked ``*``, one averaged over MD frames of which some lie outside
-    the GNN's training domain ``†``."""
+    the GNN's training domain ``†``, one whose potential's sampling error is known to first order only (its energies
+    on the frames differ from the engine's by more than kT) ``‡``."""
     temperatures = sorted({t for row in rows for t in row['temperatures']})
     hot = [t for t in temperatures if t > 0]
     width = 24
     header = f'{"x":>6} ' + ' '.join(f'{f"Eg({t:.0f} K)":>{width}}' for t in temperatures) + ' ' + ' '.join(
         f'{f"dEg/Eg({t:.0f} K)":>15}' for t in hot)
     lines = [header, '-' * len(header)]
-    unvalidated, outside = False, []
+    unvalidated, outside, beyond_first_order = False, [], False
     for row in rows:
         by_t = {t: index for index, t in enumerate(row['temperatures'])}
         cells = []
@@ -56,6 +57,9 @@ def table_text(rows: list[dict]) -> str:
             i = by_t[t]
             mark = '' if row['validated'][i] else '*'
             unvalidated |= not row['validated'][i]
+            if row.get('sampling_perturbative') and row['sampling_perturbative'][i] is False:
+                mark += '‡'
+                beyond_first_order = True
             if row.get('n_outside_domain') and row['n_outside_domain'][i]:
                 mark += '†'
                 outside.append(f'x = {row["x"]:.3f}, {t:.0f} K: {row["n_outside_domain"][i]} of '
@@ -66,9 +70,13 @@ def table_text(rows: list[dict]) -> str:
         lines.append(f'{row["x"]:>6.3f} ' + ' '.join(f'{c:>{width}}' for c in cells) + ' '
                      + ' '.join(f'{c:>15}' for c in relative))
     lines.append('Eg ± total error (statistical part), eV; the total adds the uncertainty of the GNN\'s bias '
-                 'measured by the teacher on frames of the same MD.')
+                 'measured by the teacher on frames of the same MD and the potential\'s sampling error (first-order '
+                 'reweighting to the low engine on those frames).')
     if unvalidated:
         lines.append('* not validated by the teacher: the model\'s own average, its error bar is statistical only.')
+    if beyond_first_order:
+        lines.append('‡ the potential\'s energies on these frames differ from the low engine\'s by more than kT '
+                     '(beta * std(dU) > 1): its sampling error is an order of magnitude, not a bound.')
     if outside:
         lines.append('† MD frames outside the GNN\'s training domain (extrapolated gaps): ' + '; '.join(outside) + '.')
     return '\n'.join(lines)
@@ -77,21 +85,29 @@ def table_text(rows: list[dict]) -> str:
 def table_csv(rows: list[dict]) -> str:
     """Table I as CSV: one line per (x, T) with the gap, its total, statistical and model errors, the model's own
     average and the bias removed, Eg(0), ΔEg and its error (eV), the relative change."""
-    lines = ['x,temperature_K,gap_eV,stderr_eV,stderr_statistical_eV,stderr_model_eV,gap_model_eV,bias_eV,'
+    lines = ['x,temperature_K,gap_eV,stderr_eV,stderr_statistical_eV,stderr_model_eV,stderr_sampling_eV,'
+             'sampling_shift_eV,sampling_perturbative,gap_model_eV,bias_eV,'
              'n_validation,validated,eg0_eV,delta_gap_eV,delta_gap_stderr_eV,relative_change,n_frames,n_outside_domain']
 
     def number(value) -> str:
         return '' if value is None else f'{value:.6f}'
 
+    def value(row: dict, name: str, index: int):
+        return (row.get(name) or [None] * (index + 1))[index]  # None for a column a stored older table lacks
+
     def count(row: dict, name: str, index: int) -> str:
-        value = (row.get(name) or [None] * (index + 1))[index]
-        return '' if value is None else str(value)
+        return '' if value(row, name, index) is None else str(value(row, name, index))
+
+    def flag(state) -> str:
+        return '' if state is None else str(bool(state)).lower()
 
     for row in rows:
         for i, temperature in enumerate(row['temperatures']):
             lines.append(','.join([
                 f'{row["x"]:.4f}', f'{temperature:.1f}', number(row['gap'][i]), number(row['stderr'][i]),
-                number(row['stderr_statistical'][i]), number(row['stderr_model'][i]), number(row['gap_model'][i]),
+                number(row['stderr_statistical'][i]), number(row['stderr_model'][i]),
+                number(value(row, 'stderr_sampling', i)), number(value(row, 'sampling_shift', i)),
+                flag(value(row, 'sampling_perturbative', i)), number(row['gap_model'][i]),
                 number(row['bias'][i]), str(row['n_validation'][i]), str(bool(row['validated'][i])).lower(),
                 number(row['eg0']), number(row['delta_gap'][i]), number(row['delta_gap_stderr'][i]),
                 number(row['relative_change'][i]), count(row, 'n_frames', i), count(row, 'n_outside_domain', i)]))
@@ -291,7 +307,8 @@ def run_record(node: orm.ProcessNode) -> dict:
         record['validation'] = {key: validation.get(key) for key in ('teacher', 'teacher_method', 'units', 'rows')}
     if 'table' in outputs:
         record['error_budget'] = [
-            {'x': row['x'], 'temperature': t, **{name: row[name][i] for name in ROW_COLUMNS}}
+            {'x': row['x'], 'temperature': t, **{name: (row.get(name) or [None] * len(row['temperatures']))[i]
+                                                 for name in ROW_COLUMNS}}
             for row in outputs.table['rows'] for i, t in enumerate(row['temperatures'])]
     if 'screen' in outputs and 'compositions' in outputs.screen:
         record['screen_phonons'] = {

@@ -230,12 +230,15 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                             namespace_options={'required': False})
         spec.output('table', valid_type=orm.Dict, required=False,
                     help='The paper\'s Table I: per composition x, Eg at each T with its error budget (total, '
-                         'statistical, model), ΔEg and the relative change (eV). With the validation stage, Eg is '
+                         'statistical, model, the potential\'s sampling), ΔEg and the relative change (eV). With '
+                         'the validation stage, Eg is '
                          'the GNN\'s thermal average corrected by the teacher on frames of the same MD (control '
                          'variate); without it, the GNN\'s own average, marked not validated.')
         spec.output_namespace('gaps', valid_type=orm.Dict, dynamic=True, required=False,
                               help='Per (structure, T), `<key>_T<T>`: the gap of Table I with its error budget: gap, '
-                                   'stderr (total), stderr_statistical, stderr_model, gap_model, bias, n_validation, '
+                                   'stderr (total), stderr_statistical, stderr_model, stderr_sampling (the '
+                                   'potential\'s, first-order), sampling_shift, sampling_perturbative, gap_model, '
+                                   'bias, n_validation, '
                                    'validated, estimator, eg0, delta_gap, delta_gap_stderr (eV), relative_change; x, '
                                    'temperature (K).')
         spec.output('table_csv', valid_type=orm.SinglefileData, required=False, help='Table I as CSV.')
