@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
-__all__ = ['PROTOTYPE_KEYS', 'calculator_elements_error', 'compositions_error', 'lattice_parameter_range',
-           'parent_error', 'prototype_error', 'supercell_error', 'supplied_by_parent']
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = ['PROTOTYPE_KEYS', 'Prototype', 'calculator_elements_error', 'compositions_error',
+           'lattice_parameter_range', 'parent_error', 'prototype_error', 'supercell_error', 'supplied_by_parent']
 
 #: The elements ASE's EMT has parameters for.
 EMT_ELEMENTS = ('H', 'C', 'N', 'O', 'Al', 'Ni', 'Cu', 'Pd', 'Ag', 'Pt', 'Au')
@@ -24,16 +26,49 @@ def supplied_by_parent(port_namespace, *names: str) -> bool:
         name not in port_namespace for name in names)
 
 
+class Prototype(BaseModel):
+    """The ``prototype`` Dict of an A3BX solid solution A3B(host_1-x guest_x). Unknown keys are rejected; the
+    species must be elements, host and guest must differ, and each lattice parameter must put A and B (a / 2 apart)
+    at 0.6-2 times the sum of their covalent radii (:func:`lattice_parameter_range`)."""
+
+    model_config = ConfigDict(extra='forbid')
+
+    a: str = Field(description='Species on the face centres (Ag in Ag3SI).')
+    b: str = Field(description='Species on the body centre (S in Ag3SI).')
+    host: str = Field(description='Species on the corners at x = 0 (I).')
+    guest: str = Field(description='Species on the corners at x = 1 (Br).')
+    a_host: float = Field(description='Lattice parameter of the x = 0 end member (Å).')
+    a_guest: float = Field(description='Lattice parameter of the x = 1 end member (Å).')
+
+    @model_validator(mode='before')
+    @classmethod
+    def _physical(cls, data):
+        if isinstance(data, dict):
+            problem = _prototype_problem(data)
+            if problem:
+                raise ValueError(problem)
+        return data
+
+
 def prototype_error(prototype: dict) -> str | None:
-    """Why ``prototype`` is not a valid A3BX solid-solution prototype, or None."""
+    """Why ``prototype`` is not a valid A3BX solid-solution prototype (:class:`Prototype`), or None."""
+    try:
+        Prototype.model_validate(prototype)
+    except ValidationError as exception:
+        return '; '.join(str(error['msg']).removeprefix('Value error, ') for error in exception.errors())
+    return None
+
+
+def _prototype_problem(prototype: dict) -> str | None:
+    """The first thing wrong with a prototype dict (keys, species, lattice parameters), or None."""
     from ase.data import atomic_numbers
 
-    missing = set(PROTOTYPE_KEYS) - set(prototype)
+    missing, unknown = set(PROTOTYPE_KEYS) - set(prototype), set(prototype) - set(PROTOTYPE_KEYS)
+    if unknown:  # first: a misspelt key is also a missing one
+        return f'unknown prototype keys {sorted(unknown)}: the keys are {list(PROTOTYPE_KEYS)}' + (
+            f' (the prototype misses {sorted(missing)})' if missing else '')
     if missing:
         return f'the prototype misses {sorted(missing)}'
-    unknown = set(prototype) - set(PROTOTYPE_KEYS)
-    if unknown:
-        return f'unknown prototype keys {sorted(unknown)}: the keys are {list(PROTOTYPE_KEYS)}'
     for key in ('a', 'b', 'host', 'guest'):
         if prototype[key] not in atomic_numbers:
             return f'prototype {key!r} is {prototype[key]!r}, which is not a chemical element'
