@@ -238,7 +238,7 @@ def test_mlip_md_calcjob_localhost(aiida_profile, script_code, mace_model_file):
 
 def test_md_job_stops_at_its_wall_clock_limit_with_an_exit_code(aiida_profile, script_code, mace_model_file):
     """Nothing hangs: an MD job of ten million steps with a walltime of 6 s gets max_seconds 4.8 (80 %) in its
-    config, also where its parameters give a longer one (a protocol's 3600 s), stops there with the walltime exit
+    config, also where its parameters give another (a protocol's 3600 s), stops there with the walltime exit
     code (400) and its summary says why, well before the direct scheduler (which enforces no walltime) would ever
     end it. A unit check: the alarm interrupts a loop that never returns."""
     import time

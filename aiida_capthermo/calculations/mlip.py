@@ -82,15 +82,14 @@ class MlipCalcJob(CapthermoCalcJob):
     WALLTIME_FRACTION = 0.8
 
     def _complete_parameters(self, parameters: dict) -> dict:
-        """The config the compute side gets: ``parameters`` with ``max_seconds`` at most
-        :data:`WALLTIME_FRACTION` of the job's ``max_wallclock_seconds`` where the task's settings take it (a
-        protocol's own ``max_seconds`` stays when it is shorter): the script stops at its time limit, with the
-        walltime exit code, before the scheduler kills it (and on a scheduler that enforces no walltime, such as
-        `core.direct`, at all)."""
+        """The config the compute side gets: where the job has a ``max_wallclock_seconds`` and the task's settings
+        take ``max_seconds``, ``max_seconds`` is :data:`WALLTIME_FRACTION` of that walltime (it replaces a
+        protocol's value: the walltime the user gave is the limit that matters on a cluster), so that the script
+        stops with the walltime exit code before the scheduler kills it. Without a walltime (``core.direct``
+        enforces none) the parameters' own ``max_seconds`` is the only limit."""
         walltime = self.inputs.metadata.options.get('max_wallclock_seconds')
         if walltime and 'max_seconds' in self._SETTINGS.model_fields:
-            limit, given = self.WALLTIME_FRACTION * walltime, parameters.get('max_seconds')
-            parameters = {**parameters, 'max_seconds': limit if given is None else min(float(given), limit)}
+            parameters = {**parameters, 'max_seconds': self.WALLTIME_FRACTION * walltime}
         return parameters
 
     def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
@@ -125,9 +124,10 @@ class MlipScreenCalcJob(MlipCalcJob):
 
     The structures go to the compute side as one LabelledSet (sorted by key), the model files are copied into
     the working directory; ``capthermo-mlip screen`` writes the relaxed set, one record per structure and the
-    summary, and checkpoints both after every batch. Unless ``parameters`` set ``max_seconds``, the script starts no
-    batch after 80 % of ``max_wallclock_seconds``; a job stopped that way, or killed by the scheduler for walltime,
-    attaches what it relaxed and exits with ERROR_OUT_OF_WALLTIME (``MlipScreenWorkChain`` relaxes the rest).
+    summary, and checkpoints both after every batch. With a ``max_wallclock_seconds`` the script starts no batch after
+    80 % of it (else after ``parameters['max_seconds']`` where given); a job stopped that way, or killed by the
+    scheduler for walltime, attaches what it relaxed and exits with ERROR_OUT_OF_WALLTIME (``MlipScreenWorkChain``
+    relaxes the rest).
     """
 
     _TASK = 'screen'

@@ -89,7 +89,7 @@ def torch_default_dtype(name: str | None = None):
 # ---------------------------------------------------------------------------------------------- relaxation, phonons
 #: The hard wall-clock limit of the MD tasks (a step that never returns included).
 MAX_SECONDS_HELP = ('Wall-clock limit of the task (s): a run still going then stops, even inside a step, with the '
-                    'walltime exit code (400); the job sets it to 80 % of its max_wallclock_seconds unless given.')
+                    'walltime exit code (400); a job with a max_wallclock_seconds sets it to 80 % of that.')
 
 
 class ScreenConfig(ModelRunSettings):
@@ -103,7 +103,7 @@ class ScreenConfig(ModelRunSettings):
                                   'the free GPU memory holds (all on the CPU); None = all at once.')
     max_seconds: float | None = Field(None, gt=0, description='Start no new batch after this many seconds; the '
                                                               'structures not reached are reported as remaining '
-                                                              '(set from the job walltime by the CalcJob).')
+                                                              '(80 % of the job\'s walltime where it has one).')
 
 
 class PhononConfig(ModelRunSettings):
