@@ -105,12 +105,14 @@ def test_combine_replicas_takes_larger_error():
 
 
 def test_thermal_gaps_count_the_frames_outside_the_gnn_domain(aiida_profile):
-    """Every Table I row counts its MD frames and those the GNN prediction job flagged outside its training domain
-    (counted here by hand over the replicas' frame ranges, a broken replica's excluded); the text table marks the
-    row and the CSV carries both counts. Without flags (a prediction node from before the domain) the count is 0."""
+    """Every Table I row counts the production frames it averages and those of them the GNN prediction job flagged
+    outside its training domain (counted here over each replica's frame range from its own equilibration start, a
+    broken replica excluded); the flags change no number. The text table marks the row and the CSV carries both
+    counts. Without flags (a prediction node from before the domain) the count is 0."""
     from aiida import orm
 
     from aiida_capthermo.core.error_budget import budget_rows
+    from aiida_capthermo.core.thermal import series_statistics
     from aiida_capthermo.workflows.report import table_csv, table_rows, table_text
     from aiida_capthermo.workflows.thermal import thermal_gaps
 
@@ -118,25 +120,34 @@ def test_thermal_gaps_count_the_frames_outside_the_gnn_domain(aiida_profile):
         return {'replica': index, 'key': 'x000', 'x': 0.0, 'temperature': temperature, 'seed': index,
                 'timestep': 2.0, 'broke': broke, 'frame_offset': offset, 'n_frames': n_frames}
 
+    ranges = {300.0: [(0, 50), (50, 90)], 600.0: [(90, 150)]}
     results = orm.Dict({'replicas': [replica(0, 300.0, 0, 50), replica(1, 300.0, 50, 40),
                                      replica(2, 600.0, 90, 0, broke=True), replica(3, 600.0, 90, 60)]})
     gaps = np.random.default_rng(0).normal(1.0, 0.05, 150)
+    gaps[:5] += 0.3  # an equilibration the statistics discard
     outside = np.zeros(150, dtype=bool)
-    outside[[3, 55, 56, 120]] = True
+    outside[[1, 3, 45, 55, 56, 120, 149]] = True
+    expected = {0.0: (0, 0)}
+    for temperature, spans in ranges.items():
+        starts = [start + series_statistics(gaps[start:stop]).start for start, stop in spans]
+        expected[temperature] = (sum(stop - first for first, (_, stop) in zip(starts, spans)),
+                                 sum(int(outside[first:stop].sum()) for first, (_, stop) in zip(starts, spans)))
+    assert series_statistics(gaps[0:50]).start > 3  # so the flags at frames 1 and 3 are not averaged
     predictions = orm.ArrayData({'values': gaps, 'outside_domain': outside})
     settings = orm.Dict({'keys': ['x000'], 'temperatures': [0.0, 300.0, 600.0], 'x': {'x000': 0.0}})
     eg0 = orm.ArrayData({'values': np.array([1.2])})
     rows = thermal_gaps(settings, eg0, results_0=results, gaps_0=predictions)['table']['rows']
     counts = {row['temperature']: (row['n_frames'], row['n_outside_domain']) for row in rows}
-    assert counts == {0.0: (0, 0), 300.0: (90, 3), 600.0: (60, 1)}
-    assert rows[1]['gap'] != pytest.approx(rows[2]['gap'])  # the flagged frames are averaged, only counted
+    assert counts == expected and expected[300.0][1] == 3 and expected[600.0][1] == 2
     table = table_rows(budget_rows(rows, None))
     text = table_text(table)
-    assert '†' in text and 'x = 0.000, 300 K: 3 of 90; x = 0.000, 600 K: 1 of 60' in text
+    assert '†' in text
+    assert f'x = 0.000, 300 K: 3 of {expected[300.0][0]}; x = 0.000, 600 K: 2 of {expected[600.0][0]}' in text
     assert [line.split(',')[-2:] for line in table_csv(table).splitlines()] == [
-        ['n_frames', 'n_outside_domain'], ['0', '0'], ['90', '3'], ['60', '1']]
+        ['n_frames', 'n_outside_domain'], ['0', '0'], [str(expected[300.0][0]), '3'], [str(expected[600.0][0]), '2']]
     unflagged = thermal_gaps(settings, eg0, results_0=results, gaps_0=orm.ArrayData({'values': gaps}))
     assert [row['n_outside_domain'] for row in unflagged['table']['rows']] == [0, 0, 0]
+    assert [row['gap'] for row in unflagged['table']['rows']] == [row['gap'] for row in rows]
     assert '†' not in table_text(table_rows(budget_rows(unflagged['table']['rows'], None)))
 
 

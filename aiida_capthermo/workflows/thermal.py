@@ -42,15 +42,15 @@ def gap_key(key: str, temperature: float) -> str:
 
 
 def _md_series(results: dict, gaps: np.ndarray, outside: np.ndarray | None = None) -> list[dict]:
-    """Per finished replica of one MD job: its record, its gap series (frames in replica order) and how many of
-    those frames the GNN flagged outside its training domain (``outside``: one flag per frame, where recorded)."""
+    """Per finished replica of one MD job: its record, its gap series and the GNN's out-of-domain flags of the
+    same frames (frames in replica order; ``outside``: one flag per frame, all False where not recorded)."""
     replicas = []
     for record in results['replicas']:
         if record['broke'] or not record['n_frames']:
             continue
         start, stop = record['frame_offset'], record['frame_offset'] + record['n_frames']
-        n_outside = int(np.count_nonzero(outside[start:stop])) if outside is not None else 0
-        replicas.append({**record, 'gaps': gaps[start:stop], 'n_outside_domain': n_outside})
+        flags = outside[start:stop].astype(bool) if outside is not None else np.zeros(stop - start, dtype=bool)
+        replicas.append({**record, 'gaps': gaps[start:stop], 'outside': flags})
     return replicas
 
 
@@ -60,11 +60,11 @@ def thermal_gaps(settings: orm.Dict, eg0: orm.ArrayData, **md) -> dict:
 
     ``settings``: ``keys`` (sorted structure keys, the order of ``eg0``), ``x`` per key, ``temperatures`` (K).
     ``md``: ``results_<i>`` (Dict of an MlipThermalCalcJob) and ``gaps_<i>`` (its frames' GnnPredictCalcJob
-    predictions). Outputs: ``gap_<key>_T<T>`` Dict per (structure, T) with attributes x, temperature, gap,
-    stderr, stderr_decorrelated, stderr_seeds, n_independent, n_replicas, n_frames, n_outside_domain (frames the
-    GNN flagged outside its training domain), eg0, delta_gap, relative_change (eV; T = 0 is the relaxed
-    structure); ``curve_<key>`` XyData (T in K; gap and stderr in eV); ``table`` Dict (one row per (structure, T));
-    ``replicas`` Dict (statistics of every replica).
+    predictions). Outputs: ``gap_<key>_T<T>`` Dict per (structure, T) with attributes x, temperature, gap, stderr,
+    stderr_decorrelated, stderr_seeds, n_independent, n_replicas, n_frames (the production frames averaged),
+    n_outside_domain (those of them the GNN flagged outside its training domain), eg0, delta_gap, relative_change
+    (eV; T = 0 is the relaxed structure); ``curve_<key>`` XyData (T in K; gap and stderr in eV); ``table`` Dict (one
+    row per (structure, T)); ``replicas`` Dict (statistics of every replica).
     """
     from aiida_capthermo.core.thermal import combine_replicas, series_statistics
 
@@ -80,13 +80,14 @@ def thermal_gaps(settings: orm.Dict, eg0: orm.ArrayData, **md) -> dict:
             stats = series_statistics(replica['gaps'])
             case = (replica['key'], float(replica['temperature']))
             per_case.setdefault(case, []).append(stats)
+            n_outside = int(np.count_nonzero(replica['outside'][stats.start:]))  # the frames averaged
             frames = counts.setdefault(case, [0, 0])
-            frames[0] += len(replica['gaps'])
-            frames[1] += replica['n_outside_domain']
+            frames[0] += stats.n_samples
+            frames[1] += n_outside
             replica_rows.append({'replica': replica['replica'], 'key': replica['key'], 'x': replica['x'],
                                  'temperature': replica['temperature'], 'seed': replica['seed'],
                                  'timestep': replica['timestep'], 'attempt': int(suffix),
-                                 'n_outside_domain': replica['n_outside_domain'], **stats.as_dict()})
+                                 'n_outside_domain': n_outside, **stats.as_dict()})
     outputs, rows = {}, []
     for key in s['keys']:
         x, eg0_value = float(s['x'][key]), float(eg0_values[key])
