@@ -9,7 +9,7 @@ The validation stage labels ``n`` decorrelated production frames of the same MD 
 paired bias ``b = mean(teacher - GNN)`` with its standard error ``s_b = std(teacher - GNN) / sqrt(n)``
 (:func:`aiida_capthermo.core.validation.paired_difference`). The **control-variate estimator** is
 
-    Eg = <Eg_GNN> + b,      s_total = sqrt(s_stat^2 + s_model^2),   s_model = t(n - 1) * s_b
+    Eg = <Eg_GNN> + b,      s_total = sqrt(s_stat^2 + s_model^2 [+ s_sampling^2]),   s_model = t(n - 1) * s_b
 
 It is unbiased for the teacher's average whatever the GNN's bias (the GNN's average over all frames is the control
 variate; the teacher is only needed on the ``n`` frames), and ``s_b`` is the model's error as it enters the
@@ -34,10 +34,12 @@ from the engine's. On the same validation frames the low engine's energies give,
 (:func:`aiida_capthermo.core.validation.sampling_shift`). It is not applied: a first-order estimate from 4-32
 frames is no correction. Its size enters the budget as a systematic term,
 
-    s_sampling = sqrt(shift^2 + s_shift^2),   s_total = sqrt(s_stat^2 + s_model^2 + s_sampling^2)
+    s_sampling = sqrt(shift^2 + (t(n - 1) s_shift)^2),   s_total = sqrt(s_stat^2 + s_model^2 + s_sampling^2)
 
 and ``sampling_perturbative`` says whether the first order can be trusted (beta * std(dU) <= 1). Where it is not,
-the term is an order of magnitude only and Table I marks the gap.
+the term is an order of magnitude only and Table I marks the gap. The term is conservative: ``shift^2`` already
+holds the estimate's noise, which ``s_shift`` counts again; and it comes from the frames of the bias, but is added
+in quadrature as if independent.
 
 Not included yet: the spread of an ensemble of models and the spread over configurations of one composition.
 
@@ -84,8 +86,9 @@ def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | Non
         Frames behind ``bias_stderr``: the model's error is ``student_factor(n_validation) * bias_stderr``; None
         takes ``bias_stderr`` as it is.
     sampling
-        The potential's first-order sampling shift of this (x, T) (``shift``, ``shift_stderr``, ``beta_sigma``:
-        :func:`aiida_capthermo.core.validation.sampling_shift`); None or None values: not estimated.
+        The potential's first-order sampling shift of this (x, T) (``shift``, ``shift_stderr``, ``beta_sigma``,
+        ``n``: :func:`aiida_capthermo.core.validation.sampling_shift`); None or None values: not estimated. Its
+        term is ``sqrt(shift^2 + (student_factor(n) * shift_stderr)^2)``.
 
     Returns
     -------
@@ -101,14 +104,17 @@ def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | Non
     shift = sampling.get('shift') if temperature > 0 else None
     term = {'sampling_shift': shift, 'stderr_sampling': None, 'sampling_perturbative': None}
     if shift is not None:
-        term['stderr_sampling'] = math.hypot(shift, sampling.get('shift_stderr') or 0.0)
+        n_sampling, shift_stderr = sampling.get('n'), sampling.get('shift_stderr') or 0.0
+        factor = student_factor(n_sampling) if n_sampling and n_sampling >= 2 and shift_stderr > 0 else 1.0
+        term['stderr_sampling'] = math.hypot(shift, factor * shift_stderr)
         term['sampling_perturbative'] = bool(sampling.get('beta_sigma') is not None
                                              and sampling['beta_sigma'] <= PERTURBATIVE_LIMIT)
     if temperature == 0 and bias is not None:
         bias_stderr = 0.0
     if bias is None or bias_stderr is None:
         return {'gap': model_gap, 'gap_model': model_gap, 'bias': None, 'stderr_statistical': stderr_statistical,
-                'stderr_model': None, **term, 'stderr': stderr_statistical, 'validated': False, 'estimator': 'model'}
+                'stderr_model': None, **term, 'stderr': math.hypot(stderr_statistical, term['stderr_sampling'] or 0.0),
+                'validated': False, 'estimator': 'model'}
     model = bias_stderr * (student_factor(n_validation) if n_validation and bias_stderr > 0 else 1.0)
     total = math.sqrt(stderr_statistical**2 + model**2 + (term['stderr_sampling'] or 0.0) ** 2)
     return {'gap': model_gap + bias, 'gap_model': model_gap, 'bias': bias, 'stderr_statistical': stderr_statistical,
@@ -138,7 +144,7 @@ def budget_rows(thermal_rows: Sequence[dict], validation_rows: Sequence[dict] | 
         check = validation.get(point_match(row['x'], row['temperature']), {})
         bias = check.get('gnn_bias') if check.get('n_gap') else None
         sampling = {'shift': check.get('sampling_shift'), 'shift_stderr': check.get('sampling_shift_stderr'),
-                    'beta_sigma': check.get('sampling_beta_sigma')}
+                    'beta_sigma': check.get('sampling_beta_sigma'), 'n': check.get('n_sampling')}
         budget = corrected_gap(float(row['gap']), float(row['stderr']), bias, check.get('gnn_bias_stderr'),
                                float(row['temperature']), int(check.get('n_gap') or 0) or None, sampling)
         corrected.append({**row, **budget, 'n_validation': int(check.get('n_gap') or 0),

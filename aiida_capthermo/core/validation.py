@@ -36,7 +36,8 @@ __all__ = ['allocate_budget', 'grid_indices', 'select_frames', 'spread_subset', 
            'paired_difference', 'mean_with_stderr', 'force_errors', 'point_key', 'sampling_shift', 'validation_rows']
 
 #: beta * std(E_low - E_MLIP) over the frames of an (x, T) up to which the first-order sampling shift is taken as
-#: the shift (the second-order term is about beta * sigma / 2 of the first; beyond 1 it is a lower bound only).
+#: the shift (the next order is about beta * sigma / 2 of it); beyond, it is an order of magnitude, not a bound
+#: (a potential 3x too soft: first order 1.0 eV for an exact 0.33 eV).
 PERTURBATIVE_LIMIT = 1.0
 
 

@@ -38,15 +38,15 @@ def table_rows(rows: list[dict]) -> list[dict]:
 def table_text(rows: list[dict]) -> str:
     """Table I as aligned text: x, then Eg ± total error (statistical part) at each T (eV), then ΔEg/Eg(0) at each
     T > 0; a gap the teacher did not validate is marked ``*``, one averaged over MD frames of which some lie outside
-    the GNN's training domain ``†``, one whose potential's sampling error is known to first order only (its energies
-    on the frames differ from the engine's by more than kT) ``‡``."""
+    the GNN's training domain ``†``, a validated one at T > 0 whose potential's sampling error is an order of
+    magnitude only (its energies on the frames differ from the engine's by more than kT) or not estimated ``‡``."""
     temperatures = sorted({t for row in rows for t in row['temperatures']})
     hot = [t for t in temperatures if t > 0]
     width = 24
     header = f'{"x":>6} ' + ' '.join(f'{f"Eg({t:.0f} K)":>{width}}' for t in temperatures) + ' ' + ' '.join(
         f'{f"dEg/Eg({t:.0f} K)":>15}' for t in hot)
     lines = [header, '-' * len(header)]
-    unvalidated, outside, beyond_first_order = False, [], False
+    unvalidated, outside, beyond_first_order, sampled = False, [], False, False
     for row in rows:
         by_t = {t: index for index, t in enumerate(row['temperatures'])}
         cells = []
@@ -57,7 +57,9 @@ def table_text(rows: list[dict]) -> str:
             i = by_t[t]
             mark = '' if row['validated'][i] else '*'
             unvalidated |= not row['validated'][i]
-            if row.get('sampling_perturbative') and row['sampling_perturbative'][i] is False:
+            perturbative = (row.get('sampling_perturbative') or [None] * len(row['temperatures']))[i]
+            sampled |= perturbative is not None
+            if row['validated'][i] and t > 0 and not perturbative:
                 mark += '‡'
                 beyond_first_order = True
             if row.get('n_outside_domain') and row['n_outside_domain'][i]:
@@ -70,13 +72,14 @@ def table_text(rows: list[dict]) -> str:
         lines.append(f'{row["x"]:>6.3f} ' + ' '.join(f'{c:>{width}}' for c in cells) + ' '
                      + ' '.join(f'{c:>15}' for c in relative))
     lines.append('Eg ± total error (statistical part), eV; the total adds the uncertainty of the GNN\'s bias '
-                 'measured by the teacher on frames of the same MD and the potential\'s sampling error (first-order '
-                 'reweighting to the low engine on those frames).')
+                 'measured by the teacher on frames of the same MD' + (
+                     ' and the potential\'s sampling error (first-order reweighting to the low engine on those '
+                     'frames).' if sampled else '.'))
     if unvalidated:
         lines.append('* not validated by the teacher: the model\'s own average, its error bar is statistical only.')
     if beyond_first_order:
-        lines.append('‡ the potential\'s energies on these frames differ from the low engine\'s by more than kT '
-                     '(beta * std(dU) > 1): its sampling error is an order of magnitude, not a bound.')
+        lines.append('‡ the potential\'s sampling error is an order of magnitude, not a bound (its energies on the '
+                     'frames differ from the low engine\'s by more than kT: beta * std(dU) > 1), or not estimated.')
     if outside:
         lines.append('† MD frames outside the GNN\'s training domain (extrapolated gaps): ' + '; '.join(outside) + '.')
     return '\n'.join(lines)

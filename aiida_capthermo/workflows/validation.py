@@ -70,7 +70,7 @@ def _prototype_problem(prototype: dict) -> str | None:
     if missing:
         return f'the prototype misses {sorted(missing)}'
     for key in ('a', 'b', 'host', 'guest'):
-        if prototype[key] not in atomic_numbers:
+        if not isinstance(prototype[key], str) or prototype[key] not in atomic_numbers:
             return f'prototype {key!r} is {prototype[key]!r}, which is not a chemical element'
     if prototype['host'] == prototype['guest']:
         return 'host and guest species of the solid solution must differ'
