@@ -70,6 +70,12 @@ def student_factor(n: int) -> float:
     return float(stats.t.ppf(stats.norm.cdf(1.0), n - 1))
 
 
+def one_sigma(stderr: float, n: int | None) -> float:
+    """Half-width of the 68.3 % interval of a mean of ``n`` samples with standard error ``stderr``
+    (:func:`student_factor`; ``stderr`` as it is where ``n`` is unknown, below 2 or the error is zero)."""
+    return stderr * (student_factor(n) if n and n >= 2 and stderr > 0 else 1.0)
+
+
 def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | None, bias_stderr: float | None,
                   temperature: float, n_validation: int | None = None, sampling: dict | None = None) -> dict:
     """Control-variate estimate of the teacher's thermal average of the gap, with its error components (eV).
@@ -104,9 +110,7 @@ def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | Non
     shift = sampling.get('shift') if temperature > 0 else None
     term = {'sampling_shift': shift, 'stderr_sampling': None, 'sampling_perturbative': None}
     if shift is not None:
-        n_sampling, shift_stderr = sampling.get('n'), sampling.get('shift_stderr') or 0.0
-        factor = student_factor(n_sampling) if n_sampling and n_sampling >= 2 and shift_stderr > 0 else 1.0
-        term['stderr_sampling'] = math.hypot(shift, factor * shift_stderr)
+        term['stderr_sampling'] = math.hypot(shift, one_sigma(sampling.get('shift_stderr') or 0.0, sampling.get('n')))
         term['sampling_perturbative'] = bool(sampling.get('beta_sigma') is not None
                                              and sampling['beta_sigma'] <= PERTURBATIVE_LIMIT)
     if temperature == 0 and bias is not None:
@@ -115,7 +119,7 @@ def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | Non
         return {'gap': model_gap, 'gap_model': model_gap, 'bias': None, 'stderr_statistical': stderr_statistical,
                 'stderr_model': None, **term, 'stderr': math.hypot(stderr_statistical, term['stderr_sampling'] or 0.0),
                 'validated': False, 'estimator': 'model'}
-    model = bias_stderr * (student_factor(n_validation) if n_validation and bias_stderr > 0 else 1.0)
+    model = one_sigma(bias_stderr, n_validation)
     total = math.sqrt(stderr_statistical**2 + model**2 + (term['stderr_sampling'] or 0.0) ** 2)
     return {'gap': model_gap + bias, 'gap_model': model_gap, 'bias': bias, 'stderr_statistical': stderr_statistical,
             'stderr_model': model, **term, 'stderr': total, 'validated': True, 'estimator': ESTIMATOR}
