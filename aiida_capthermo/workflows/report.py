@@ -20,6 +20,11 @@ ROW_COLUMNS = ('gap', 'stderr', 'stderr_statistical', 'stderr_model', 'stderr_sa
                'delta_gap_stderr', 'relative_change', 'n_frames', 'n_outside_domain')
 
 
+def column(row: dict, name: str, index: int):
+    """Value ``index`` of column ``name`` of a Table I row; None for a column a stored older table lacks."""
+    return (row.get(name) or [None] * (index + 1))[index]
+
+
 def table_rows(rows: list[dict]) -> list[dict]:
     """Group per-(structure, T) rows with their error budget (:func:`core.error_budget.budget_rows`) into one row
     per composition, sorted by x: ``x``, ``key``, ``temperatures`` (K), ``eg0`` and ``eg0_stderr`` (eV) and, per T,
@@ -57,7 +62,7 @@ def table_text(rows: list[dict]) -> str:
             i = by_t[t]
             mark = '' if row['validated'][i] else '*'
             unvalidated |= not row['validated'][i]
-            perturbative = (row.get('sampling_perturbative') or [None] * len(row['temperatures']))[i]
+            perturbative = column(row, 'sampling_perturbative', i)
             sampled |= perturbative is not None
             if row['validated'][i] and t > 0 and not perturbative:
                 mark += '‡'
@@ -95,11 +100,8 @@ def table_csv(rows: list[dict]) -> str:
     def number(value) -> str:
         return '' if value is None else f'{value:.6f}'
 
-    def value(row: dict, name: str, index: int):
-        return (row.get(name) or [None] * (index + 1))[index]  # None for a column a stored older table lacks
-
     def count(row: dict, name: str, index: int) -> str:
-        return '' if value(row, name, index) is None else str(value(row, name, index))
+        return '' if column(row, name, index) is None else str(column(row, name, index))
 
     def flag(state) -> str:
         return '' if state is None else str(bool(state)).lower()
@@ -109,8 +111,8 @@ def table_csv(rows: list[dict]) -> str:
             lines.append(','.join([
                 f'{row["x"]:.4f}', f'{temperature:.1f}', number(row['gap'][i]), number(row['stderr'][i]),
                 number(row['stderr_statistical'][i]), number(row['stderr_model'][i]),
-                number(value(row, 'stderr_sampling', i)), number(value(row, 'sampling_shift', i)),
-                flag(value(row, 'sampling_perturbative', i)), number(row['gap_model'][i]),
+                number(column(row, 'stderr_sampling', i)), number(column(row, 'sampling_shift', i)),
+                flag(column(row, 'sampling_perturbative', i)), number(row['gap_model'][i]),
                 number(row['bias'][i]), str(row['n_validation'][i]), str(bool(row['validated'][i])).lower(),
                 number(row['eg0']), number(row['delta_gap'][i]), number(row['delta_gap_stderr'][i]),
                 number(row['relative_change'][i]), count(row, 'n_frames', i), count(row, 'n_outside_domain', i)]))
@@ -310,8 +312,7 @@ def run_record(node: orm.ProcessNode) -> dict:
         record['validation'] = {key: validation.get(key) for key in ('teacher', 'teacher_method', 'units', 'rows')}
     if 'table' in outputs:
         record['error_budget'] = [
-            {'x': row['x'], 'temperature': t, **{name: (row.get(name) or [None] * len(row['temperatures']))[i]
-                                                 for name in ROW_COLUMNS}}
+            {'x': row['x'], 'temperature': t, **{name: column(row, name, i) for name in ROW_COLUMNS}}
             for row in outputs.table['rows'] for i, t in enumerate(row['temperatures'])]
     if 'screen' in outputs and 'compositions' in outputs.screen:
         record['screen_phonons'] = {
