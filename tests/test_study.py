@@ -151,6 +151,7 @@ def check_questions_answered(node, results):
     assert result.exit_code == 0, result.output
     assert f'{gap["gap"]:.4f} ± {gap["stderr"]:.4f} eV' in result.output
     assert f'statistical {gap["stderr_statistical"]:.4f} eV, model {gap["stderr_model"]:.4f} eV' in result.output
+    assert f'potential sampling {gap["stderr_sampling"]:.4f} eV' in result.output  # the potential's term
     for expected in (f'gnn model ModelData<{results["gnn"]["model"].pk}>',
                      f'mace model ModelData<{results["mace"]["model"].pk}>',
                      f'DatasetData<{results["dataset"]["low"].pk}>', 'MlipThermalCalcJob', 'GnnPredictCalcJob',
@@ -208,14 +209,21 @@ def check_validation(node, results):
         assert row['force_mae'] > 0
     from aiida_capthermo.core.error_budget import student_factor
 
-    # Table I: the GNN's average plus the bias the teacher measured, the error in quadrature; Eg(0) the teacher's
+    # Table I: the GNN's average plus the bias the teacher measured; the error in quadrature: statistical, the GNN's
+    # (Student t of its bias on the frames) and, at T > 0, the potential's sampling term from the same frames.
     checks = {(row['x'], row['temperature']): row for row in rows}
     for key, gap in results['gaps'].items():
         gap, thermal = gap.get_dict(), results['thermal']['gaps'][key].get_dict()
         check = checks[(gap['x'], gap['temperature'])]
         assert gap['validated'] and gap['gap'] == pytest.approx(thermal['gap'] + check['gnn_bias'], abs=1e-12)
         model = check['gnn_bias_stderr'] * student_factor(check['n_gap']) if gap['temperature'] else 0.0
-        assert gap['stderr'] == pytest.approx(np.hypot(thermal['stderr'], model), abs=1e-12)
+        sampling = 0.0
+        if gap['temperature']:
+            sampling = np.hypot(check['sampling_shift'],
+                                check['sampling_shift_stderr'] * student_factor(check['n_sampling']))
+            assert gap['stderr_sampling'] == pytest.approx(sampling, rel=1e-12)
+            assert gap['sampling_perturbative'] == (check['sampling_beta_sigma'] <= 1.0)
+        assert gap['stderr'] == pytest.approx(np.sqrt(thermal['stderr']**2 + model**2 + sampling**2), rel=1e-12)
         if gap['temperature'] == 0:
             assert gap['gap'] == pytest.approx(check['teacher_gap'], abs=1e-6)  # GNN in float32
 
