@@ -92,8 +92,9 @@ def run_train(args, summary: dict) -> None:
     (output / 'metrics.json').write_text(json.dumps(result.metrics, indent=2))
     np.savez(output / 'parity.npz', **result.parity)
     (output / 'training_curve.json').write_text(json.dumps({k: v.tolist() for k, v in result.curve.items()}))
+    stage = 'stage 2: all weights fine-tuned from the stage-1 model' if parent else 'stage 1: trained from scratch'
     plot_parity(result.parity, result.metrics, str(output / 'parity.png'), result.metrics['target'],
-                result.metrics['units'])
+                result.metrics['units'], title=f'GNN {stage}, {len(labelled)} structures')
     summary.update(hyperparameters=result.loaded.metadata['hyperparameters'], device=result.device,
                    units={'target': result.metrics['units'], 'loss': 'MSE of the min-max normalised target'},
                    metrics=result.metrics, parent=result.loaded.metadata['parent'],

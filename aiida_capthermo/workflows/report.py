@@ -9,7 +9,8 @@ import json
 from aiida import orm
 from aiida.engine import calcfunction
 
-__all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'figure_png', 'mace_parity_png', 'mace_parity_plot',
+__all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'table_figure', 'figure_png', 'composition_label',
+           'mace_parity_figure', 'mace_parity_png', 'mace_parity_plot',
            'validation_png', 'learning_curve_png',
            'run_record', 'write_report', 'pyplot', 'png_bytes', 'png_node']
 
@@ -119,18 +120,51 @@ def table_csv(rows: list[dict]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def figure_png(rows: list[dict], name: str) -> bytes:
+def composition_label(guest: str | None = None) -> str:
+    """Axis and legend name of the composition: ``x_Br`` (the guest's fraction on its sublattice) when the guest
+    species is known, else ``x``."""
+    return rf'$x_{{\mathrm{{{guest}}}}}$' if guest else '$x$'
+
+
+def table_figure(rows: list[dict], name: str, guest: str | None = None):
     """Figure 7b (``eg_vs_x``: Eg vs x per T), 7c (``eg_vs_t``: Eg vs T per x) or 7d (``relative_change``:
-    ΔEg/Eg(0) vs x per T > 0), with error bars, as PNG bytes."""
-    figure, axis = pyplot().subplots(figsize=(4.8, 3.6))
+    ΔEg/Eg(0) vs x per T > 0) of Table I ``rows`` as a matplotlib figure.
+
+    Eg(T) draws the thermal averages (T > 0) as a line with two error bars per point, the total (thin, capped) and
+    its statistical part (thick, translucent), and Eg(0), the static gap of the relaxed cell, as an open square that
+    no line joins to the MD averages; the compositions are set 1 % of the T range apart so that their bars show.
+    ``guest`` names the species of x in the labels (``x_Br``).
+    """
+    import numpy as np
+
+    def pick(values: list | None, indices: list[int]) -> np.ndarray:
+        return np.array([np.nan if values is None or values[i] is None else values[i] for i in indices], dtype=float)
+
+    plt = pyplot()
+    xname = composition_label(guest)
+    figure, axis = plt.subplots(figsize=(5.2, 3.9))
     temperatures = sorted({t for row in rows for t in row['temperatures']})
     if name == 'eg_vs_t':
-        for row in rows:  # total error: thin bars with caps; statistical part: thick bars
-            line = axis.errorbar(row['temperatures'], row['gap'], yerr=row['stderr'], marker='o', capsize=4,
-                                 elinewidth=0.8, label=f'x = {row["x"]:.3f}')
-            axis.errorbar(row['temperatures'], row['gap'], yerr=row['stderr_statistical'], fmt='none',
-                          elinewidth=3, color=line[0].get_color(), alpha=0.5)
-        axis.set_title('bars: total error (thin), statistical part (thick)', fontsize=8)
+        dodge = 0.01 * max(temperatures)  # compositions side by side at each T, so that their bars do not overlap
+        for number, row in enumerate(rows):
+            hot = [i for i, t in enumerate(row['temperatures']) if t > 0]
+            cold = [i for i, t in enumerate(row['temperatures']) if t == 0]
+            colour = None
+            if hot:
+                t_hot = pick(row['temperatures'], hot) + dodge * (number - (len(rows) - 1) / 2)
+                gap = pick(row['gap'], hot)
+                line = axis.errorbar(t_hot, gap, yerr=pick(row['stderr'], hot), marker='o', markersize=4,
+                                     capsize=5, elinewidth=1.0, zorder=3, label=f'{xname} = {row["x"]:.3f}')
+                colour = line[0].get_color()
+                statistical = np.nan_to_num(pick(row.get('stderr_statistical'), hot))  # older tables: none
+                axis.errorbar(t_hot, gap, yerr=statistical, fmt='none', elinewidth=4, color=colour, alpha=0.4,
+                              zorder=2)
+            for i in cold:
+                axis.errorbar([0.0], [row['gap'][i]], yerr=[row['stderr'][i] or 0.0], fmt='s', markersize=6,
+                              markerfacecolor='white', color=colour, capsize=5, zorder=4,
+                              label=None if hot else f'{xname} = {row["x"]:.3f}')
+        axis.plot([], [], 's', markerfacecolor='white', color='grey', label='Eg(0): relaxed cell (static)')
+        axis.set_title('bars: total error (thin, capped), statistical part (thick)', fontsize=8)
         axis.set_xlabel('T (K)')
         axis.set_ylabel('Eg (eV)')
     else:
@@ -144,11 +178,19 @@ def figure_png(rows: list[dict], name: str) -> bytes:
                     x.append(row['x'])
                     y.append(value)
                     error.append(row['stderr'][index] * scale)
-            axis.errorbar(x, y, yerr=error, marker='o', capsize=3, label=f'{temperature:.0f} K')
-        axis.set_xlabel('x (guest fraction)')
+            label = f'{temperature:.0f} K' + (' (static, relaxed cell)' if temperature == 0 else '')
+            axis.errorbar(x, y, yerr=error, marker='o', markersize=4, capsize=5, label=label)
+        if name == 'relative_change':
+            axis.axhline(0.0, color='grey', lw=0.8)
+        axis.set_xlabel(f'{xname} (guest fraction)')
         axis.set_ylabel('Eg (eV)' if name == 'eg_vs_x' else 'ΔEg / Eg(0 K) (%)')
-    axis.legend(fontsize=8)
-    return png_bytes(figure)
+    axis.legend(fontsize=7)
+    return figure
+
+
+def figure_png(rows: list[dict], name: str, guest: str | None = None) -> bytes:
+    """:func:`table_figure` as PNG bytes."""
+    return png_bytes(table_figure(rows, name, guest))
 
 
 def pyplot():
@@ -161,11 +203,18 @@ def pyplot():
     return plt
 
 
-def png_bytes(figure) -> bytes:
-    """The figure laid out (``tight_layout``) as PNG bytes at 120 dpi; the figure is closed."""
+#: Resolution of every PNG figure (dots per inch).
+DPI = 200
+
+
+def png_bytes(figure, file_format: str = 'png') -> bytes:
+    """The figure laid out (``tight_layout``) as PNG bytes at :data:`DPI` (``file_format='pdf'``: vector PDF);
+    the figure is closed."""
     figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format='png', dpi=120)
+    # No creation date in a PDF: the same figure gives the same bytes (a report of an imported archive is identical).
+    metadata = {'CreationDate': None} if file_format == 'pdf' else None
+    figure.savefig(buffer, format=file_format, dpi=DPI, metadata=metadata)
     pyplot().close(figure)
     return buffer.getvalue()
 
@@ -175,29 +224,44 @@ def png_node(figure, filename: str) -> orm.SinglefileData:
     return orm.SinglefileData(io.BytesIO(png_bytes(figure)), filename=filename)
 
 
-def mace_parity_png(parity: dict, title: str = '') -> bytes:
+def mace_parity_figure(parity: dict, title: str = ''):
     """Parity of a MACE evaluation (``capthermo-mace evaluate`` arrays): energy per atom (meV/atom, relative to the
-    reference mean) and force components (eV/Å), each with its MAE, as PNG bytes."""
+    reference mean), force components (eV/Å) and, where the reference has stresses, stress components (GPa), each
+    with its MAE, R² and number of values."""
     import numpy as np
 
-    figure, axes = pyplot().subplots(1, 2, figsize=(8.0, 3.8))
+    from aiida_capthermo.core.constants import EV_PER_A3_TO_GPA
+    from aiida_capthermo.ml.gnn.metrics import parity_caption, regression_metrics
+
     n_atoms = np.asarray(parity['n_atoms'], dtype=float)
     reference, predicted = parity['energy_ref'] / n_atoms, parity['energy_pred'] / n_atoms
-    shift = float(np.mean(reference))
-    panels = ((1000 * (reference - shift), 1000 * (predicted - shift), 'energy − mean (meV/atom)'),
-              (np.ravel(parity['forces_ref']), np.ravel(parity['forces_pred']), 'force component (eV/Å)'))
-    for axis, (true, pred, label) in zip(axes, panels):
+    shift = float(np.nanmean(reference))
+    panels = [(1000 * (reference - shift), 1000 * (predicted - shift), 'energy − mean', 'meV/atom', 'structures'),
+              (np.ravel(parity['forces_ref']), np.ravel(parity['forces_pred']), 'force component', 'eV/Å',
+               'force components')]
+    stress_ref = np.asarray(parity.get('stress_ref', []), dtype=float)
+    if stress_ref.size and np.isfinite(stress_ref).any():
+        panels.append((EV_PER_A3_TO_GPA * np.ravel(stress_ref),
+                       EV_PER_A3_TO_GPA * np.ravel(np.asarray(parity['stress_pred'], dtype=float)),
+                       'stress component', 'GPa', 'stress components'))
+    figure, axes = pyplot().subplots(1, len(panels), figsize=(4.0 * len(panels), 3.9), squeeze=False)
+    for axis, (true, pred, label, unit, what) in zip(axes[0], panels):
         finite = np.isfinite(true) & np.isfinite(pred)
         true, pred = true[finite], pred[finite]
         low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
         axis.plot([low, high], [low, high], 'k--', lw=1)
         axis.scatter(true, pred, s=6, alpha=0.5)
-        axis.set_xlabel(f'reference {label}')
-        axis.set_ylabel(f'MACE {label}')
-        axis.set_title(f'MAE {np.mean(np.abs(pred - true)):.3g}', fontsize=9)
+        axis.set_xlabel(f'reference {label} ({unit})')
+        axis.set_ylabel(f'MACE {label} ({unit})')
+        axis.set_title(parity_caption(regression_metrics(true, pred), unit, what), fontsize=8)
     if title:
         figure.suptitle(title, fontsize=9)
-    return png_bytes(figure)
+    return figure
+
+
+def mace_parity_png(parity: dict, title: str = '') -> bytes:
+    """:func:`mace_parity_figure` as PNG bytes."""
+    return png_bytes(mace_parity_figure(parity, title))
 
 
 @calcfunction
@@ -208,43 +272,58 @@ def mace_parity_plot(parity: orm.ArrayData) -> orm.SinglefileData:
     return orm.SinglefileData(io.BytesIO(mace_parity_png(arrays, title)), filename='mace_parity.png')
 
 
+#: Table I's figures (Figure 7b-d), written as PNG nodes by the study and as PDF by ``capthermo report``.
+TABLE_FIGURES = ('eg_vs_x', 'eg_vs_t', 'relative_change')
+
+
 @calcfunction
-def table_one(table: orm.Dict, validation: orm.Dict | None = None) -> dict:
+def table_one(table: orm.Dict, validation: orm.Dict | None = None, species: orm.Dict | None = None) -> dict:
     """Table I (``table`` Dict: one row per composition; ``csv``), Figure 7b-d (``eg_vs_x``, ``eg_vs_t``,
     ``relative_change`` PNG) and one ``gap_<key>_T<T>`` Dict per (structure, T), from the thermal stage's
     ``table`` and, when given, the validation stage's ``validation`` rows: the gaps are then the control-variate
     estimates of the teacher's thermal average with their error budget (:mod:`aiida_capthermo.core.error_budget`).
+    ``species`` (``host``, ``guest``: the substituted and the substituting element) names x in the figures and is
+    kept in the table.
     """
     from aiida_capthermo.core.error_budget import ESTIMATOR, budget_rows
 
     flat = budget_rows(table['rows'], validation['rows'] if validation is not None else None)
     rows = table_rows(flat)
+    names = species.get_dict() if species is not None else {}
     units = {'gap': 'eV', 'stderr': 'eV', 'temperature': 'K', 'x': 'guest fraction'}
-    outputs = {'table': orm.Dict({'rows': rows, 'units': units, 'estimator': ESTIMATOR,
+    outputs = {'table': orm.Dict({'rows': rows, 'units': units, 'estimator': ESTIMATOR, 'species': names,
                                   'teacher': validation['teacher_method'] if validation is not None else None}),
                'csv': orm.SinglefileData(io.BytesIO(table_csv(rows).encode()), filename='table_i.csv')}
     for row in flat:
         outputs[f'gap_{row["key"]}_T{row["temperature"]:.0f}'] = orm.Dict({**row, 'units': units})
-    for name in ('eg_vs_x', 'eg_vs_t', 'relative_change'):
-        outputs[name] = orm.SinglefileData(io.BytesIO(figure_png(rows, name)), filename=f'{name}.png')
+    for name in TABLE_FIGURES:
+        outputs[name] = orm.SinglefileData(io.BytesIO(figure_png(rows, name, names.get('guest'))),
+                                           filename=f'{name}.png')
     return outputs
 
 
 def write_report(node: orm.ProcessNode, folder) -> tuple[str, list[str]]:
-    """Table I of a finished study ``node`` as text, and its CSV and figures written to ``folder``; returns the text
-    and the file names. Reads stored nodes only, so it works the same on a study imported from an archive."""
+    """Table I of a finished study ``node`` as text, and its CSV, figures (the stored PNGs, and Table I's figures
+    again as vector PDF) and run record written to ``folder``; returns the text and the file names. Reads stored
+    nodes only, so it works the same on a study imported from an archive."""
     import pathlib
 
     outputs = node.outputs
-    text = table_text(outputs.table['rows'])
+    rows = outputs.table['rows']
+    text = table_text(rows)
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = {'table_i.csv': outputs.table_csv} if 'table_csv' in outputs else {}
     files.update({f'{name}.png': value for name, value in (outputs.figures.items() if 'figures' in outputs else [])})
     for filename, value in files.items():
         (folder / filename).write_bytes(value.get_content('rb'))
+    guest = (outputs.table.get('species') or {}).get('guest')
+    written = [*files]
+    for name in TABLE_FIGURES:
+        (folder / f'{name}.pdf').write_bytes(png_bytes(table_figure(rows, name, guest), file_format='pdf'))
+        written.append(f'{name}.pdf')
     (folder / 'run.json').write_text(json.dumps(run_record(node), indent=1, sort_keys=True, default=str) + '\n')
-    return text, sorted([*files, 'run.json'])
+    return text, sorted([*written, 'run.json'])
 
 
 def _timing(node: orm.ProcessNode, origin) -> dict:

@@ -431,6 +431,9 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         inputs = {'table': self.ctx.thermal.outputs.table}
         if 'validation' in self.ctx:
             inputs['validation'] = self.ctx.validation.outputs.validation
+        prototype = self.inputs.get('dataset', {}).get('prototype')
+        if prototype is not None:  # names x in the figures: x_Br
+            inputs['species'] = orm.Dict({'host': prototype['host'], 'guest': prototype['guest']})
         report = table_one(**inputs)
         self.out('table', report['table'])
         self.out('table_csv', report['csv'])

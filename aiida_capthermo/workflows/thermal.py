@@ -194,6 +194,9 @@ def _coupling_plot(columns: dict, shares: dict, temperatures: list, record: dict
         axis.set_ylabel(r'$\Delta E_g / E_g$ (%)')
         axis.set_title(f'x = {record["x"]:.3f}, T = {temperature:.0f} K')
         axis.legend(fontsize=7)
+    if len(temperatures) > 1:  # why the panels look alike
+        figure.suptitle('Each mode is frozen at its thermal amplitude, Q² ∝ coth(ħω/2kT) ≈ 2kT/ħω above ħω/2k: '
+                        'ΔEg, second order in Q, grows about ∝ T, so the panels differ mainly in scale', fontsize=7)
     return png_node(figure, f'mode_coupling_{record["key"]}.png')
 
 

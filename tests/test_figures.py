@@ -1,0 +1,108 @@
+"""The figures a researcher shows: what each axis says, which error bars are drawn and how long they are, which points
+a line joins, and the resolution of the files. Checked on the matplotlib figures themselves."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from aiida_capthermo.ml.gnn.metrics import parity_caption, regression_metrics
+from aiida_capthermo.workflows.report import DPI, mace_parity_figure, png_bytes, table_figure
+
+#: Two Table I rows (x = 0 and 1/2) at 0, 300 and 600 K: Eg(0) of the relaxed cell without an error, MD averages
+#: with a total error and its statistical part.
+ROWS = [
+    {'x': 0.0, 'key': 'x_0p000', 'eg0': 0.8, 'temperatures': [0.0, 300.0, 600.0], 'gap': [0.8, 0.6, 0.4],
+     'stderr': [0.0, 0.05, 0.09], 'stderr_statistical': [0.0, 0.01, 0.02], 'relative_change': [0.0, -0.25, -0.5]},
+    {'x': 0.5, 'key': 'x_0p500', 'eg0': 0.5, 'temperatures': [0.0, 300.0, 600.0], 'gap': [0.5, 0.45, 0.3],
+     'stderr': [0.0, 0.04, 0.07], 'stderr_statistical': [0.0, 0.012, 0.03], 'relative_change': [0.0, -0.1, -0.4]},
+]
+
+
+def _half_lengths(container) -> np.ndarray:
+    """Half-lengths of the vertical error bars of an ErrorbarContainer."""
+    segments = container.lines[2][0].get_segments()
+    return np.array([(segment[1][1] - segment[0][1]) / 2 for segment in segments])
+
+
+def test_eg_vs_t_marks_the_static_gap_and_draws_both_error_bars():
+    """Eg(0) is an open square no line joins to the MD averages; each MD point has its total error (capped) and
+    its statistical part, at their lengths, the compositions 1 % of the T range apart; x is named by its species."""
+    figure = table_figure(ROWS, 'eg_vs_t', guest='Br')
+    axis = figure.axes[0]
+    assert axis.get_xlabel() == 'T (K)' and axis.get_ylabel() == 'Eg (eV)'
+    joined = [line for line in axis.get_lines() if line.get_linestyle() not in ('None', '') and len(line.get_xdata())]
+    assert joined and all(0.0 not in line.get_xdata() for line in joined)  # no line from the static gap
+    assert np.allclose(sorted(tuple(line.get_xdata()) for line in joined), [(297.0, 597.0), (303.0, 603.0)])
+    bars = [_half_lengths(container) for container in axis.containers]
+    for row in ROWS:
+        assert any(np.allclose(b, row['stderr'][1:]) for b in bars)  # total
+        assert any(np.allclose(b, row['stderr_statistical'][1:]) for b in bars)  # statistical part
+    statics = [line for line in axis.get_lines() if line.get_marker() == 's' and list(line.get_xdata()) == [0.0]]
+    assert sorted(line.get_ydata()[0] for line in statics) == [0.5, 0.8]
+    assert all(line.get_markerfacecolor() in ('white', (1.0, 1.0, 1.0, 1.0)) for line in statics)
+    legend = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert sorted(legend) == [r'$x_{\mathrm{Br}}$ = 0.000', r'$x_{\mathrm{Br}}$ = 0.500',
+                              'Eg(0): relaxed cell (static)']
+    assert 'statistical' in axis.get_title()
+
+
+@pytest.mark.parametrize('name, ylabel', [('eg_vs_x', 'Eg (eV)'), ('relative_change', 'ΔEg / Eg(0 K) (%)')])
+def test_composition_figures_name_the_species_and_scale_the_errors(name, ylabel):
+    """Eg(x) per T and ΔEg/Eg(0) per T > 0 against x_Br, error bars in the plotted unit (% of Eg(0) for the
+    relative change)."""
+    figure = table_figure(ROWS, name, guest='Br')
+    axis = figure.axes[0]
+    assert axis.get_xlabel() == r'$x_{\mathrm{Br}}$ (guest fraction)' and axis.get_ylabel() == ylabel
+    legend = [text.get_text() for text in axis.get_legend().get_texts()]
+    if name == 'eg_vs_x':
+        assert legend == ['0 K (static, relaxed cell)', '300 K', '600 K']
+        assert np.allclose(_half_lengths(axis.containers[2]), [0.09, 0.07])
+    else:
+        assert legend == ['300 K', '600 K']
+        assert np.allclose(_half_lengths(axis.containers[1]), [100 * 0.09 / 0.8, 100 * 0.07 / 0.5])
+    assert table_figure(ROWS, name).axes[0].get_xlabel() == '$x$ (guest fraction)'  # no species known
+
+
+def test_figures_are_200_dpi_png_and_reproducible_pdf():
+    """The PNG has the figure's size at 200 dpi; the PDF carries no creation date, so the same rows give the same
+    bytes (a report from an imported archive is identical to the original's)."""
+    png = png_bytes(table_figure(ROWS, 'eg_vs_t'))
+    width, height = struct.unpack('>II', png[16:24])  # the IHDR chunk
+    assert DPI == 200 and (width, height) == (round(5.2 * DPI), round(3.9 * DPI))
+    first, second = (png_bytes(table_figure(ROWS, 'eg_vs_t'), file_format='pdf') for _ in range(2))
+    assert first[:5] == b'%PDF-' and first == second
+
+
+def _parity(n: int, stress: bool, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    n_atoms = np.full(n, 5)
+    energy = rng.normal(-20.0, 0.5, n)
+    forces = rng.normal(0.0, 1.0, (5 * n, 3))
+    stress_ref = rng.normal(0.0, 0.01, (n, 6)) if stress else np.full((n, 6), np.nan)
+    return {'n_atoms': n_atoms, 'energy_ref': energy, 'energy_pred': energy + 0.005 * rng.normal(size=n),
+            'forces_ref': forces, 'forces_pred': forces + 0.05, 'stress_ref': stress_ref,
+            'stress_pred': stress_ref + 0.001}
+
+
+def test_mace_parity_has_units_sizes_and_a_stress_panel():
+    """Energy (meV/atom), forces (eV/Å) and, where the reference has stresses, stress (GPa), each panel titled
+    with its MAE in its unit, R² and the number of values."""
+    figure = mace_parity_figure(_parity(6, stress=True), 'MACE on 6 held-out structures')
+    titles = [axis.get_title() for axis in figure.axes]
+    assert [axis.get_xlabel() for axis in figure.axes] == [
+        'reference energy − mean (meV/atom)', 'reference force component (eV/Å)', 'reference stress component (GPa)']
+    assert titles[1].startswith('MAE 0.05 eV/Å, R² ') and titles[1].endswith('(n = 90 force components)')
+    assert titles[2].startswith('MAE 0.16 GPa') and '(n = 36 stress components)' in titles[2]  # 0.001 eV/Å^3
+    assert '(n = 6 structures)' in titles[0]
+    assert len(mace_parity_figure(_parity(6, stress=False)).axes) == 2  # no stress labels: no panel
+
+
+def test_parity_caption_gives_r2_only_where_defined():
+    """One structure (or a constant reference) has no R²: the caption leaves it out instead of printing n/a."""
+    one = regression_metrics(np.array([1.2]), np.array([1.25]))
+    assert parity_caption(one, 'eV', 'structures') == 'MAE 0.05 eV (n = 1 structures)'
+    many = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.3]))
+    assert parity_caption(many, 'eV', 'structures') == f'MAE 0.1 eV, R² {1 - 0.09 / 2:.3f} (n = 3 structures)'
