@@ -281,7 +281,7 @@ def thermal_builder(trained_models, overrides: dict):
         structures, protocol='demo', overrides=overrides)
 
 
-def test_thermal_gap_workchain_on_localhost(trained_models):
+def test_thermal_gap_workchain_on_localhost(trained_models, tmp_path):
     from aiida import engine, orm
 
     from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
@@ -318,6 +318,7 @@ def test_thermal_gap_workchain_on_localhost(trained_models):
 
     own = next(r for r in results['replicas']['replicas'] if r['replica'] == replica['replica'])
     assert own['mean'] == pytest.approx(series_statistics(gaps).mean)
+    check_trajectory_export(md, tmp_path)
 
     # QueryBuilder finds the gap by x and T
     qb = orm.QueryBuilder().append(orm.Dict, filters={'attributes.x': 0.5, 'attributes.temperature': 600.0},
@@ -345,6 +346,54 @@ def test_thermal_gap_workchain_on_localhost(trained_models):
     assert coupling['plot_x050'].filename.endswith('.png')
     for row in table_rows(results):
         print(row)
+
+
+def check_trajectory_export(md, tmp_path):
+    """`capthermo export trajectory`: every finished replica of the MD job becomes a TrajectoryData with the job's
+    own frames and times, `verdi data core.trajectory list` lists them, a second call makes no new nodes, and the
+    extxyz files hold the same positions."""
+    import ase.io
+    from aiida.cmdline.commands.cmd_data.cmd_trajectory import trajectory_list
+    from click.testing import CliRunner
+
+    from aiida_capthermo.cli.main import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ['export', 'trajectory', str(md.pk), '-o', str(tmp_path / 'trajectories')])
+    assert result.exit_code == 0, result.output
+    frames, series = md.outputs.frames.get_labelled_set(), md.outputs.series
+    records = [r for r in md.outputs.results['replicas'] if not r['broke'] and r['n_frames']]
+    made = next(n for n in md.outputs.frames.base.links.get_outgoing().all_nodes()
+                if getattr(n, 'process_label', None) == 'md_trajectories')
+    trajectories = {link.link_label: link.node for link in made.base.links.get_outgoing().all()}
+    assert sorted(trajectories) == sorted(f'replica_{r["replica"]}' for r in records)
+    for record in records:
+        trajectory = trajectories[f'replica_{record["replica"]}']
+        first, count = record['frame_offset'], record['n_frames']
+        n_atoms = int(frames.n_atoms[first])
+        offset = int(frames.offsets[first])
+        np.testing.assert_array_equal(trajectory.get_positions(),
+                                      frames.positions[offset:offset + count * n_atoms].reshape(count, n_atoms, 3))
+        np.testing.assert_array_equal(trajectory.get_cells(), frames.cells[first:first + count])
+        times = series.get_array(f'time_fs_{record["replica"]}')
+        np.testing.assert_array_equal(trajectory.get_array('times'), times)
+        np.testing.assert_array_equal(trajectory.get_stepids(), np.rint(times / record['timestep']))
+        assert trajectory.base.attributes.get('temperature') == record['temperature']
+        assert f'TrajectoryData<{trajectory.pk}> replica {record["replica"]}' in result.output
+        written = ase.io.read(tmp_path / 'trajectories' / f'{record["key"]}_T{record["temperature"]:.0f}_r'
+                              f'{record["replica"]}.extxyz', ':')
+        assert len(written) == count and written[-1].info['time_fs'] == pytest.approx(times[-1])
+        np.testing.assert_allclose(written[-1].positions, trajectory.get_positions()[-1], atol=1e-6)
+    listed = runner.invoke(trajectory_list, ['--raw'])
+    assert listed.exit_code == 0, listed.output
+    assert {str(node.pk) for node in trajectories.values()} <= {line.split()[0] for line in listed.output.split('\n')
+                                                                  if line.strip()}
+    again = runner.invoke(cli, ['export', 'trajectory', str(md.pk)])
+    assert again.exit_code == 0 and again.output.count('TrajectoryData<') == len(records)
+    assert sum(getattr(n, 'process_label', None) == 'md_trajectories'
+               for n in md.outputs.frames.base.links.get_outgoing().all_nodes()) == 1  # found, not made again
+    wrong = runner.invoke(cli, ['export', 'trajectory', str(made.pk)])
+    assert wrong.exit_code != 0 and 'is not a thermal MD job' in wrong.output, wrong.output
 
 
 def table_rows(results) -> list[str]:

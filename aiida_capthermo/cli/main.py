@@ -543,6 +543,54 @@ def export_dataset(dataset, output, energy_key, forces_key, stress_key):
     click.echo(f'{written} structures of DatasetData<{dataset.pk}> written to {output}')
 
 
+@export.command('trajectory')
+@click.argument('md_job', type=ProcessParamType())
+@click.option('-o', '--output', type=click.Path(file_okay=False, writable=True), default=None,
+              help='Also write every replica to DIR/<key>_T<T>_r<replica>.extxyz (positions Å, cell, time_fs).')
+@needs_profile
+def export_trajectory(md_job, output):
+    """The replicas of a thermal MD job (MD_JOB: pk, UUID or label of an MlipThermalCalcJob, e.g. a study's
+    `md_0`) as TrajectoryData nodes that `verdi data core.trajectory list/show/export` know, made once by the
+    calcfunction md_trajectories from the job's frames, results and series (run again, it finds them)."""
+    from aiida import orm
+
+    from aiida_capthermo.workflows.functions import md_trajectories
+
+    if md_job.process_label != 'MlipThermalCalcJob' or 'frames' not in md_job.outputs:
+        raise click.ClickException(f'{md_job.process_label}<{md_job.pk}> is not a thermal MD job with frames: give an '
+                                   'MlipThermalCalcJob (a study\'s thermal stage calls them md_0, md_1, ...)')
+    frames = md_job.outputs.frames
+    made = [link.node for link in frames.base.links.get_outgoing(link_type=LinkType.INPUT_CALC).all()
+            if getattr(link.node, 'process_label', None) == 'md_trajectories' and link.node.is_finished_ok]
+    if made:
+        trajectories = {link.link_label: link.node for link in made[0].base.links.get_outgoing(
+            link_type=LinkType.CREATE).all()}
+    else:
+        trajectories = md_trajectories(frames, md_job.outputs.results, md_job.outputs.series)
+    folder = pathlib.Path(output) if output else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    for label in sorted(trajectories, key=lambda name: int(name.split('_')[-1])):
+        trajectory: orm.TrajectoryData = trajectories[label]
+        attributes = trajectory.base.attributes
+        line = (f'TrajectoryData<{trajectory.pk}> replica {attributes.get("replica")}: {attributes.get("key")}, '
+                f'x = {attributes.get("x"):.3f}, T = {attributes.get("temperature"):.0f} K, '
+                f'{trajectory.numsteps} frames over {trajectory.get_array("times")[-1] / 1000:.2f} ps')
+        if folder is not None:
+            import ase.io
+
+            replica = label.split('_')[-1]
+            path = folder / f'{attributes.get("key")}_T{attributes.get("temperature"):.0f}_r{replica}.extxyz'
+            frames_atoms = []
+            for index in range(trajectory.numsteps):
+                atoms = trajectory.get_step_structure(index).get_ase()
+                atoms.info['time_fs'] = float(trajectory.get_array('times')[index])
+                frames_atoms.append(atoms)
+            ase.io.write(path, frames_atoms, format='extxyz')
+            line += f' -> {path}'
+        click.echo(line)
+
+
 @cli.command('gap')
 @click.option('--x', 'x', type=float, required=True, help='Composition x (guest fraction).')
 @click.option('--T', 'temperature', type=float, default=None,

@@ -14,7 +14,7 @@ from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.structures import set_structure_metadata
 
-__all__ = ['assemble_dataset', 'frames_to_structures', 'merge_datasets', 'split_dataset']
+__all__ = ['assemble_dataset', 'frames_to_structures', 'md_trajectories', 'merge_datasets', 'split_dataset']
 
 
 @calcfunction
@@ -42,6 +42,43 @@ def frames_to_structures(frames: DatasetData) -> dict:
         set_structure_metadata(structure, x=float(labelled.x[index]), temperature=float(labelled.temperature[index]),
                                origin=str(labelled.origin[index]))
         outputs[f'structure_{index:05d}'] = structure
+    return outputs
+
+
+@calcfunction
+def md_trajectories(frames: DatasetData, results: orm.Dict, series: orm.ArrayData) -> dict:
+    """One ``TrajectoryData`` per finished replica of a thermal MD job (``MlipThermalCalcJob``: its ``frames``,
+    ``results`` and ``series``), so that ``verdi data core.trajectory`` lists, shows and exports them.
+
+    Each trajectory holds the replica's recorded frames (positions and cells in Å), their times (fs, from the
+    series) and MD steps (time / time step), and the attributes ``key`` (the structure), ``x``, ``temperature``
+    (K, the target), ``seed``, ``timestep`` (fs) and ``replica``. Output ``replica_<r>``.
+    """
+    from ase.data import chemical_symbols
+
+    labelled = frames.get_labelled_set()
+    offsets = labelled.offsets
+    outputs = {}
+    for record in results['replicas']:
+        if record.get('broke') or not record.get('n_frames'):
+            continue
+        first, count = int(record['frame_offset']), int(record['n_frames'])
+        atoms = slice(offsets[first], offsets[first + count])
+        n_atoms = int(labelled.n_atoms[first])
+        times = np.asarray(series.get_array(f'time_fs_{record["replica"]}'), dtype=float)
+        if len(times) != count or np.any(labelled.n_atoms[first:first + count] != n_atoms):
+            raise ValueError(f'replica {record["replica"]}: {count} frames of {n_atoms} atoms do not match its '
+                             f'series of {len(times)} times')
+        trajectory = orm.TrajectoryData()
+        trajectory.set_trajectory(
+            symbols=[chemical_symbols[z] for z in labelled.numbers[offsets[first]:offsets[first] + n_atoms]],
+            positions=labelled.positions[atoms].reshape(count, n_atoms, 3),
+            cells=labelled.cells[first:first + count],
+            stepids=np.rint(times / float(record['timestep'])).astype(int), times=times)
+        for name in ('key', 'x', 'temperature', 'seed', 'timestep', 'replica'):
+            if name in record:
+                trajectory.base.attributes.set(name, record[name])
+        outputs[f'replica_{int(record["replica"])}'] = trajectory
     return outputs
 
 
