@@ -224,7 +224,7 @@ def test_submit_through_daemon(label_code, submit_and_await):
 
 
 def test_no_mode_above_cutoff_gives_exit_code(label_code):
-    """Force constants so soft that every mode lies below the largest allowed cutoff: exit 403 at generation,
+    """Force constants so soft that every mode lies below the largest allowed cutoff: exit 501 at generation,
     before any structure is labelled (not a dataset of undisplaced 'phonon' structures)."""
     from aiida_capthermo.core.structures import antiperovskite
 
@@ -244,6 +244,6 @@ def test_no_mode_above_cutoff_gives_exit_code(label_code):
     builder = Workflow.get_builder_from_protocol(label_code, protocol='demo', overrides={'frequency_cutoff': 2.0})
     builder.force_constants = force_constants
     _, node = engine.run_get_node(builder)
-    assert node.exit_status == Workflow.exit_codes.ERROR_NO_MODE_TO_SAMPLE.status == 403
+    assert node.exit_status == Workflow.exit_codes.ERROR_NO_MODE_TO_SAMPLE.status == 501
     assert 'no mode above frequency_cutoff 2.0 THz' in node.exit_message
     assert not [c for c in node.called if c.process_type and 'label' in c.process_type]

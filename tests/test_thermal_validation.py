@@ -296,7 +296,7 @@ def test_provenance_and_no_frames_exit_code(validation_run, md_frames, trained_m
     builder.replicas = orm.Dict({'replicas': [{'attempt': 0, 'replica': r['replica'], 'start': r['n_frames'],
                                                'inefficiency': 1.0} for r in md_frames.outputs.results['replicas']]})
     _, failed = engine.run_get_node(builder)
-    assert failed.exit_status == 410
+    assert failed.exit_status == failed.process_class.exit_codes.ERROR_NO_FRAMES.status == 591
     assert not [c for c in failed.called if c.process_label != 'pick_validation_frames']
 
 

@@ -198,7 +198,7 @@ def test_parameters_override_and_failure_exit_code(vasp_engine, tmp_path):
     builder = _builder(vasp_engine, structures, 'low', options, parameters=orm.Dict({'encut': 600, 'lreal': None}),
                        max_iterations=orm.Int(1))
     _, node = run_get_node(builder)
-    assert node.exit_status == 300
+    assert node.exit_status == 410
     assert 'unregistered' in node.exit_message
     calc = _vasp_calculations(node)[0]
     incar = calc.base.repository.get_object_content('INCAR')

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from aiida import engine, orm
 
+from aiida_capthermo.exit_codes import EXIT_CODES
+
 __all__ = ['CapthermoCalcJob', 'DEFAULT_RESOURCES', 'SUMMARY_FILE', 'EXECUTABLES', 'code_error', 'code_validator',
            'job_options', 'options_error', 'pydantic_error', 'validate_options']
 
@@ -113,16 +115,16 @@ class CapthermoCalcJob(engine.CalcJob):
         spec.inputs['metadata']['options']['output_filename'].default = cls._STDOUT
         spec.output('summary', valid_type=orm.Dict, required=False,
                     help='The machine-readable summary the console script wrote: inputs, units, timings, outputs.')
-        spec.exit_code(303, 'ERROR_SUMMARY_MISSING',
+        spec.exit_code(EXIT_CODES['ERROR_SUMMARY_MISSING'], 'ERROR_SUMMARY_MISSING',
                        message='The console script did not write `summary.json`: it crashed before finishing.')
-        spec.exit_code(304, 'ERROR_SUMMARY_UNPARSABLE',
+        spec.exit_code(EXIT_CODES['ERROR_SUMMARY_UNPARSABLE'], 'ERROR_SUMMARY_UNPARSABLE',
                        message='`summary.json` could not be parsed: {exception}')
-        spec.exit_code(305, 'ERROR_OUTPUT_FILES_MISSING',
+        spec.exit_code(EXIT_CODES['ERROR_OUTPUT_FILES_MISSING'], 'ERROR_OUTPUT_FILES_MISSING',
                        message='An output file named in the summary is missing from the retrieved folder: {filename}')
-        spec.exit_code(310, 'ERROR_SCRIPT_FAILED',
+        spec.exit_code(EXIT_CODES['ERROR_SCRIPT_FAILED'], 'ERROR_SCRIPT_FAILED',
                        message='The console script reported an error: {error}')
-        spec.exit_code(400, 'ERROR_OUT_OF_WALLTIME',
+        spec.exit_code(EXIT_CODES['ERROR_OUT_OF_WALLTIME'], 'ERROR_OUT_OF_WALLTIME',
                        message='The job ran out of walltime (the scheduler killed it, or the script stopped at its '
                                'own time limit): restart from its checkpoint.')
-        spec.exit_code(401, 'ERROR_OUT_OF_MEMORY',
+        spec.exit_code(EXIT_CODES['ERROR_OUT_OF_MEMORY'], 'ERROR_OUT_OF_MEMORY',
                        message='The job ran out of (GPU or host) memory: {error}')

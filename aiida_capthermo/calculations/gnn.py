@@ -13,6 +13,7 @@ from aiida_capthermo.calculations.base import CapthermoCalcJob, pydantic_error
 from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.exit_codes import EXIT_CODES
 
 __all__ = ['GnnTrainCalcJob', 'GnnPredictCalcJob', 'labelled_set_from_trajectory']
 
@@ -119,11 +120,11 @@ class GnnTrainCalcJob(CapthermoCalcJob):
         spec.output('parity_plot', valid_type=orm.SinglefileData, required=False, help='The parity plot (PNG).')
         spec.output('checkpoint', valid_type=orm.SinglefileData, required=False,
                     help='Restart checkpoint, output when the job stopped at its walltime.')
-        spec.exit_code(320, 'ERROR_NO_TRAINING_DATA',
+        spec.exit_code(EXIT_CODES['ERROR_NO_TRAINING_DATA'], 'ERROR_NO_TRAINING_DATA',
                        message='No usable training data: {error}')
-        spec.exit_code(321, 'ERROR_INVALID_INPUT',
+        spec.exit_code(EXIT_CODES['ERROR_INVALID_INPUT'], 'ERROR_INVALID_INPUT',
                        message='The console script rejected its input: {error}')
-        spec.exit_code(410, 'ERROR_NAN_LOSS',
+        spec.exit_code(EXIT_CODES['ERROR_NAN_LOSS'], 'ERROR_NAN_LOSS',
                        message='The loss became NaN or infinite (try a lower learning rate): {error}')
 
     def prepare_for_submission(self, folder):
@@ -200,7 +201,8 @@ class GnnPredictCalcJob(CapthermoCalcJob):
                     help='Edge importance per bond type: mean, std, count, share.')
         spec.output('bond_importance_plot', valid_type=orm.SinglefileData, required=False,
                     help='Bar chart of the importance per bond type (PNG).')
-        spec.exit_code(321, 'ERROR_INVALID_INPUT', message='The console script rejected its input: {error}')
+        spec.exit_code(EXIT_CODES['ERROR_INVALID_INPUT'], 'ERROR_INVALID_INPUT',
+                       message='The console script rejected its input: {error}')
 
     @staticmethod
     def validate_inputs(inputs, _):

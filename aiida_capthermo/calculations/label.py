@@ -11,6 +11,7 @@ from aiida.common import CalcInfo, CodeInfo
 from aiida_capthermo.calculations.base import CapthermoCalcJob, pydantic_error
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.structures import labelled_set_from_structures
+from aiida_capthermo.exit_codes import EXIT_CODES
 
 __all__ = ['LabelCalcJob']
 
@@ -56,7 +57,7 @@ class LabelCalcJob(CapthermoCalcJob):
         spec.output('labels', valid_type=DatasetData,
                     help='DatasetData of the structures that were labelled (energies eV, forces eV/Å, stress eV/Å^3, '
                          'gaps eV), in sorted key order, with the keys of the failed ones in its `failed` attribute.')
-        spec.exit_code(410, 'ERROR_NO_STRUCTURE_LABELLED',
+        spec.exit_code(EXIT_CODES['ERROR_NO_STRUCTURE_LABELLED'], 'ERROR_NO_STRUCTURE_LABELLED',
                        message='No structure of the batch could be labelled (first error: {error}).')
 
     def prepare_for_submission(self, folder):

@@ -26,6 +26,7 @@ from aiida.common import datastructures
 from aiida_capthermo.calculations.base import CapthermoCalcJob, pydantic_error
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.exit_codes import EXIT_CODES
 
 __all__ = ['FinetuneMaceCalcJob', 'MaceEvaluateCalcJob', 'MaceHyperParameters', 'build_mace_config',
            'RESOLVE_SCRIPT', 'DEFAULT_FOUNDATION']
@@ -274,17 +275,20 @@ class FinetuneMaceCalcJob(CapthermoCalcJob):
         spec.output('log', valid_type=orm.SinglefileData, help='The MACE training log.')
         spec.default_output_node = 'metrics'
 
-        spec.exit_code(320, 'ERROR_NO_TRAINING_DATA', message='MACE found no training data: {error}')
-        spec.exit_code(321, 'ERROR_MISSING_LABELS',
+        spec.exit_code(EXIT_CODES['ERROR_NO_TRAINING_DATA'], 'ERROR_NO_TRAINING_DATA',
+                       message='MACE found no training data: {error}')
+        spec.exit_code(EXIT_CODES['ERROR_MISSING_LABELS'], 'ERROR_MISSING_LABELS',
                        message='The training data lack energy/forces/stress labels: {error}')
-        spec.exit_code(322, 'ERROR_MODEL_FILE_MISSING',
+        spec.exit_code(EXIT_CODES['ERROR_MODEL_FILE_MISSING'], 'ERROR_MODEL_FILE_MISSING',
                        message='MACE finished without writing the model file `{filename}`.')
-        spec.exit_code(323, 'ERROR_LOG_MISSING', message='The MACE log or results file was not retrieved.')
-        spec.exit_code(330, 'ERROR_FOUNDATION_NOT_OBTAINABLE',
+        spec.exit_code(EXIT_CODES['ERROR_LOG_MISSING'], 'ERROR_LOG_MISSING',
+                       message='The MACE log or results file was not retrieved.')
+        spec.exit_code(EXIT_CODES['ERROR_FOUNDATION_NOT_OBTAINABLE'], 'ERROR_FOUNDATION_NOT_OBTAINABLE',
                        message='The named foundation model could not be obtained on the remote computer: {error}')
-        spec.exit_code(331, 'ERROR_REMOTE_RESOLUTION_FAILED',
+        spec.exit_code(EXIT_CODES['ERROR_REMOTE_RESOLUTION_FAILED'], 'ERROR_REMOTE_RESOLUTION_FAILED',
                        message='Resolving the device/foundation model on the remote computer failed: {error}')
-        spec.exit_code(340, 'ERROR_NAN_LOSS', message='The validation loss became NaN: {error}')
+        spec.exit_code(EXIT_CODES['ERROR_NAN_LOSS'], 'ERROR_NAN_LOSS',
+                       message='The validation loss became NaN: {error}')
 
     def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
         """Write the extxyz data, the MACE config and (when needed) the remote resolution script."""

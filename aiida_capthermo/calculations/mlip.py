@@ -13,6 +13,7 @@ from aiida.common import datastructures
 from aiida_capthermo.calculations.base import CapthermoCalcJob, pydantic_error
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.ml.settings import (
     MdConfig,
     ModelRunSettings,
@@ -152,7 +153,8 @@ class MlipScreenCalcJob(MlipCalcJob):
                     help='Per key reached: energy (eV), initial_energy, energy_per_atom (eV/atom), converged, steps, '
                          'max_force (eV/Å), max_stress (eV/Å^3), or error.')
         spec.default_output_node = 'results'
-        spec.exit_code(311, 'ERROR_NO_STRUCTURE_RELAXED', message='No structure could be relaxed: {error}')
+        spec.exit_code(EXIT_CODES['ERROR_NO_STRUCTURE_RELAXED'], 'ERROR_NO_STRUCTURE_RELAXED',
+                       message='No structure could be relaxed: {error}')
 
 
 class MlipPhononsCalcJob(MlipCalcJob):
@@ -188,7 +190,7 @@ class MlipPhononsCalcJob(MlipCalcJob):
                     help='Power spectra of the supercell modes per key and temperature (`c003_T300`, [K, 3N]) and '
                          'their frequency grids (`frequency_c003_T300`, THz).')
         spec.default_output_node = 'results'
-        spec.exit_code(314, 'ERROR_MD_BROKE',
+        spec.exit_code(EXIT_CODES['ERROR_MD_BROKE'], 'ERROR_MD_BROKE',
                        message='The phonon MD of {runs} broke; the harmonic results are attached.')
 
 
@@ -223,7 +225,8 @@ class MlipMdCalcJob(MlipCalcJob):
         spec.output('frames', valid_type=DatasetData, required=False,
                     help='Frames kept every frame_stride steps (unlabelled; x, temperature, origin "md").')
         spec.default_output_node = 'results'
-        spec.exit_code(312, 'ERROR_NO_REPLICA_RAN', message='No MD replica could run: {error}')
+        spec.exit_code(EXIT_CODES['ERROR_NO_REPLICA_RAN'], 'ERROR_NO_REPLICA_RAN',
+                       message='No MD replica could run: {error}')
 
 
 class MlipThermalCalcJob(MlipCalcJob):
@@ -261,7 +264,7 @@ class MlipThermalCalcJob(MlipCalcJob):
                     help='Recorded frames of the replicas that finished (positions Å, cells Å, potential energy '
                          'eV, x, target temperature K, origin "md").')
         spec.default_output_node = 'results'
-        spec.exit_code(313, 'ERROR_REPLICAS_BROKE',
+        spec.exit_code(EXIT_CODES['ERROR_REPLICAS_BROKE'], 'ERROR_REPLICAS_BROKE',
                        message='Replicas {broken} blew up ({reasons}); the others finished and are attached.')
 
 

@@ -7,6 +7,8 @@ from typing import ClassVar
 from aiida import orm
 from aiida.engine import BaseRestartWorkChain, while_
 
+from aiida_capthermo.exit_codes import EXIT_CODES
+
 __all__ = ['CapthermoBaseRestartWorkChain']
 
 
@@ -29,7 +31,8 @@ class CapthermoBaseRestartWorkChain(BaseRestartWorkChain):
             cls.results,
         )
         spec.inputs['on_unhandled_failure'].default = lambda: orm.Str('abort')
-        spec.exit_code(300, 'ERROR_UNRECOVERABLE_FAILURE', message='The job failed with an unrecoverable error.')
+        spec.exit_code(EXIT_CODES['ERROR_UNRECOVERABLE_FAILURE'], 'ERROR_UNRECOVERABLE_FAILURE',
+                       message='The job failed with an unrecoverable error.')
 
     def increase_walltime(self, node) -> int | None:
         """Give the next job ``defaults['walltime_factor']`` (default 2) times the walltime of ``node``; returns the

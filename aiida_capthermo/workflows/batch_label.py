@@ -13,6 +13,7 @@ from aiida import orm
 from aiida.engine import WorkChain, append_, while_
 
 from aiida_capthermo.data.dataset import DatasetData
+from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.engines import engine_namespace, label_batch_inputs
 from aiida_capthermo.workflows.functions import assemble_dataset
 
@@ -60,7 +61,8 @@ class BatchLabelWorkChain(WorkChain):
             cls.results,
         )
         spec.output('labels', valid_type=DatasetData, help='Every labelled structure, in the order of the keys.')
-        spec.exit_code(410, 'ERROR_NO_STRUCTURE_LABELLED', message='No structure could be labelled.')
+        spec.exit_code(EXIT_CODES['ERROR_NO_STRUCTURE_LABELLED'], 'ERROR_NO_STRUCTURE_LABELLED',
+                       message='No structure could be labelled.')
 
     def setup(self):
         """Queue the batches: ``batch_size`` structures each, in key order."""

@@ -13,6 +13,7 @@ from aiida.plugins import DataFactory
 from aiida_capthermo.core.displacements import IMAGINARY_TREATMENTS
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.structures import set_structure_metadata
+from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain
 from aiida_capthermo.workflows.engines import engine_namespace
 from aiida_capthermo.workflows.phonons import ParentPhononsWorkChain
@@ -249,11 +250,12 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         spec.output('high', valid_type=DatasetData, required=False, help='High-fidelity band gaps.')
         spec.output_namespace('force_constants', valid_type=ForceConstantsData, required=False,
                               help='The parent force constants that informed the displacements.')
-        spec.exit_code(402, 'ERROR_PHONONS_FAILED', message='The parent phonons could not be computed: {message}')
-        spec.exit_code(403, 'ERROR_NO_MODE_TO_SAMPLE',
+        spec.exit_code(EXIT_CODES['ERROR_PHONONS_FAILED'], 'ERROR_PHONONS_FAILED',
+                       message='The parent phonons could not be computed: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_NO_MODE_TO_SAMPLE'], 'ERROR_NO_MODE_TO_SAMPLE',
                        message='The {role} parent has no mode above frequency_cutoff {cutoff} THz: every structure '
                                'would be undisplaced.')
-        spec.exit_code(410, 'ERROR_NO_STRUCTURE_LABELLED',
+        spec.exit_code(EXIT_CODES['ERROR_NO_STRUCTURE_LABELLED'], 'ERROR_NO_STRUCTURE_LABELLED',
                        message='No structure of the {fidelity} set could be labelled.')
 
     # ------------------------------------------------------------------ steps

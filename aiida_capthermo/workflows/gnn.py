@@ -22,6 +22,7 @@ from aiida_capthermo.calculations.gnn import GnnTrainCalcJob
 from aiida_capthermo.calculations.gnn import validate_hyperparameters as validate_gnn_hyperparameters
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain, balanced_batch_size
 from aiida_capthermo.workflows.engines import engine_namespace
 from aiida_capthermo.workflows.functions import frames_to_structures, spread_subset
@@ -101,9 +102,10 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
                     help='Parity plot of `model` (PNG).')
         spec.output('md_high', valid_type=DatasetData, required=False,
                     help='The high-fidelity gaps (eV) of the md_high_labels MD frames the second stage trained on.')
-        spec.exit_code(410, 'ERROR_MD_LABELLING_FAILED',
+        spec.exit_code(EXIT_CODES['ERROR_MD_LABELLING_FAILED'], 'ERROR_MD_LABELLING_FAILED',
                        message='The high-fidelity labelling of the MD frames failed: {message}')
-        spec.exit_code(420, 'ERROR_GNN_FAILED', message='GNN training ({stage}) failed: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_GNN_FAILED'], 'ERROR_GNN_FAILED',
+                       message='GNN training ({stage}) failed: {message}')
 
     @classmethod
     def get_builder_from_protocol(cls, code: orm.AbstractCode, protocol: str | None = None,

@@ -10,6 +10,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction
 
 from aiida_capthermo.calculations.gnn import GnnTrainCalcJob
 from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.exit_codes import EXIT_CODES
 
 __all__ = ['GnnSweepWorkChain', 'expand_grid']
 
@@ -87,7 +88,8 @@ class GnnSweepWorkChain(WorkChain):
         spec.output('best_metrics', valid_type=orm.Dict, help='Metrics of the best run.')
         spec.output('best_hyperparameters', valid_type=orm.Dict, help='Full hyper-parameters of the best run.')
         spec.output('table', valid_type=orm.Dict, help='All successful runs: grid values and per-split MAE/RMSE/R^2.')
-        spec.exit_code(401, 'ERROR_ALL_RUNS_FAILED', message='All {count} training runs of the sweep failed.')
+        spec.exit_code(EXIT_CODES['ERROR_ALL_RUNS_FAILED'], 'ERROR_ALL_RUNS_FAILED',
+                       message='All {count} training runs of the sweep failed.')
 
     def setup(self):
         """Expand the grid into the hyper-parameters of each run."""

@@ -10,6 +10,7 @@ from aiida.plugins import CalculationFactory
 
 from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.data.dataset import DatasetData
+from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.base import CapthermoBaseRestartWorkChain
 
 __all__ = ['LocalLabelWorkChain', 'merge_labels']
@@ -58,7 +59,7 @@ class LocalLabelWorkChain(CapthermoBaseRestartWorkChain):
                    help="'low': energy, forces, stress and gap; 'high': gap only.")
         spec.output('labels', valid_type=DatasetData,
                     help='The labelled structures (DatasetData) with the keys of those that failed in `failed`.')
-        spec.exit_code(410, 'ERROR_NO_STRUCTURE_LABELLED',
+        spec.exit_code(EXIT_CODES['ERROR_NO_STRUCTURE_LABELLED'], 'ERROR_NO_STRUCTURE_LABELLED',
                        message='No structure of the batch could be labelled, even with a robust SCF.')
 
     def setup(self):

@@ -34,6 +34,7 @@ from aiida_capthermo.calculations.mace import validate_foundation_name
 from aiida_capthermo.calculations.mace import validate_hyperparameters as validate_mace_hyperparameters
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.ml.settings import MdConfig
 from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain, balanced_batch_size
 from aiida_capthermo.workflows.dataset import build_parent, generate_structures
@@ -262,10 +263,12 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         spec.output('md_check', valid_type=orm.Dict, required=False,
                     help='MD stability of the final potential: stable, n_stable, per replica x, T (K), mean '
                          'temperature (K), closest pair and distance (Å).')
-        spec.exit_code(430, 'ERROR_MACE_FAILED', message='MACE training failed: {message}')
-        spec.exit_code(440, 'ERROR_MD_FAILED', message='An MD job failed: {message}')
-        spec.exit_code(450, 'ERROR_REFINE_LABELS_FAILED', message='No MD frame could be labelled: {message}')
-        spec.exit_code(480, 'ERROR_MACE_EVALUATION_FAILED', message='The evaluation of the potential failed: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_MACE_FAILED'], 'ERROR_MACE_FAILED', message='MACE training failed: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_MD_FAILED'], 'ERROR_MD_FAILED', message='An MD job failed: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_REFINE_LABELS_FAILED'], 'ERROR_REFINE_LABELS_FAILED',
+                       message='No MD frame could be labelled: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_EVALUATION_FAILED'], 'ERROR_EVALUATION_FAILED',
+                       message='The evaluation of the potential failed: {message}')
 
     def _md_settings(self, name: str) -> MdStageSettings:
         return MdStageSettings.model_validate(self.inputs[name].get_dict())
@@ -399,7 +402,7 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         """Record the round on the learning curve; converged when the force MAE is within the tolerance."""
         node = self.ctx.refine_evaluation
         if not node.is_finished_ok:
-            return self.exit_codes.ERROR_MACE_EVALUATION_FAILED.format(
+            return self.exit_codes.ERROR_EVALUATION_FAILED.format(
                 message=f'{node.pk} [{node.exit_status}] {node.exit_message}')
         settings = self._md_settings('refine')
         metrics = node.outputs.metrics.get_dict()
@@ -478,7 +481,7 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         if 'evaluation' in self.ctx:
             node = self.ctx.evaluation
             if not node.is_finished_ok:
-                return self.exit_codes.ERROR_MACE_EVALUATION_FAILED.format(
+                return self.exit_codes.ERROR_EVALUATION_FAILED.format(
                     message=f'{node.pk} [{node.exit_status}] {node.exit_message}')
             self.out('evaluation', node.outputs.metrics)
             self.out('parity_plot', mace_parity_plot(node.outputs.parity))

@@ -12,6 +12,7 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction
 from aiida.plugins import DataFactory
 
+from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.engines import engine_namespace, label_batch_inputs
 
 __all__ = ['ParentPhononsWorkChain', 'force_constants_from_labels']
@@ -56,7 +57,7 @@ class ParentPhononsWorkChain(WorkChain):
         spec.output('force_constants', valid_type=ForceConstantsData,
                     help='Harmonic force constants (eV/Å^2) with the unit cell and supercell matrix.')
         spec.output('preprocess_data', valid_type=PreProcessData, help='The displacement dataset (phonopy).')
-        spec.exit_code(401, 'ERROR_FORCES_FAILED',
+        spec.exit_code(EXIT_CODES['ERROR_FORCES_FAILED'], 'ERROR_FORCES_FAILED',
                        message='The forces of displaced supercells could not be computed: {message}')
 
     def setup(self):

@@ -25,6 +25,7 @@ from aiida_capthermo.calculations.mlip import MlipPhononsCalcJob, MlipScreenCalc
 from aiida_capthermo.core.solid_solution import MAX_SITES
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.data.structures import set_structure_metadata
+from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.base import CapthermoBaseRestartWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin, set_options
 from aiida_capthermo.workflows.report import png_node, pyplot
@@ -301,7 +302,7 @@ class MlipScreenWorkChain(CapthermoBaseRestartWorkChain):
                               help='Relaxed structures by input key.')
         spec.output('results', valid_type=orm.Dict,
                     help='Per input key: the record of the job that relaxed it (energies, converged, steps, ...).')
-        spec.exit_code(410, 'ERROR_BATCH_SIZE_ONE_OUT_OF_MEMORY',
+        spec.exit_code(EXIT_CODES['ERROR_BATCH_SIZE_ONE_OUT_OF_MEMORY'], 'ERROR_BATCH_SIZE_ONE_OUT_OF_MEMORY',
                        message='A batch of one structure ran out of memory: the model or the cell is too large.')
 
     def setup(self):
@@ -413,11 +414,11 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
                                    'not), and per kept configuration (`c003`): `phonons` Dict (0 K stability; '
                                    'finite-T stabilisation), `bands` and `renormalised_bands.T200` BandsData, '
                                    '`phonon_plot` PNG.')
-        spec.exit_code(400, 'ERROR_SCREEN_FAILED',
+        spec.exit_code(EXIT_CODES['ERROR_SCREEN_FAILED'], 'ERROR_SCREEN_FAILED',
                        message='The relaxations of composition {x} failed in {batch}: {reason}.')
-        spec.exit_code(410, 'ERROR_PHONONS_FAILED',
+        spec.exit_code(EXIT_CODES['ERROR_PHONONS_FAILED'], 'ERROR_PHONONS_FAILED',
                        message='The harmonic phonon job failed with exit status {status}.')
-        spec.exit_code(420, 'ERROR_FINITE_TEMPERATURE_FAILED',
+        spec.exit_code(EXIT_CODES['ERROR_FINITE_TEMPERATURE_FAILED'], 'ERROR_FINITE_TEMPERATURE_FAILED',
                        message='The finite-temperature phonon job failed with exit status {status}.')
 
     @classmethod

@@ -25,6 +25,7 @@ from aiida.engine import ToContext, WorkChain, if_
 
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.dataset import PhononInformedDatasetWorkChain
 from aiida_capthermo.workflows.gnn import GnnTwoStageWorkChain
 from aiida_capthermo.workflows.mlip_potential import MlipPotentialWorkChain
@@ -247,12 +248,16 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                                    '(Figure 8a), phonons_<key> (Figure 6), gnn_parity_low / gnn_parity, '
                                    'mace_parity, mace_learning_curve (active learning), validation (both models '
                                    'against the teacher on the thermal frames).')
-        spec.exit_code(410, 'ERROR_DATASET_FAILED', message='The dataset stage failed: {message}')
-        spec.exit_code(420, 'ERROR_GNN_FAILED', message='The GNN stage failed: {message}')
-        spec.exit_code(430, 'ERROR_MACE_FAILED', message='The potential stage failed: {message}')
-        spec.exit_code(460, 'ERROR_SCREEN_FAILED', message='The screen failed: {message}')
-        spec.exit_code(470, 'ERROR_THERMAL_FAILED', message='The thermal-gap stage failed: {message}')
-        spec.exit_code(490, 'ERROR_VALIDATION_FAILED', message='The validation stage failed: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_DATASET_FAILED'], 'ERROR_DATASET_FAILED',
+                       message='The dataset stage failed: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_GNN_FAILED'], 'ERROR_GNN_FAILED', message='The GNN stage failed: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_MACE_FAILED'], 'ERROR_MACE_FAILED',
+                       message='The potential stage failed: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_SCREEN_FAILED'], 'ERROR_SCREEN_FAILED', message='The screen failed: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_THERMAL_FAILED'], 'ERROR_THERMAL_FAILED',
+                       message='The thermal-gap stage failed: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_VALIDATION_FAILED'], 'ERROR_VALIDATION_FAILED',
+                       message='The validation stage failed: {message}')
 
     def _given(self) -> dict:
         return self.inputs.get('given', {})

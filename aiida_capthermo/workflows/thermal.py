@@ -26,6 +26,7 @@ from aiida_capthermo.calculations.base import code_validator, job_options, pydan
 from aiida_capthermo.calculations.gnn import GnnPredictCalcJob, validate_gnn_model
 from aiida_capthermo.calculations.mlip import MlipModesCalcJob, MlipThermalCalcJob, validate_mace_model
 from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.protocols import ProtocolMixin, set_options
 from aiida_capthermo.workflows.screen import MlipScreenWorkChain
 from aiida_capthermo.workflows.validation import supplied_by_parent
@@ -314,11 +315,15 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
                     help='Statistics of every replica: equilibration start, statistical inefficiency, mean, stderr.')
         spec.output_namespace('coupling', dynamic=True,
                               help='Per structure key: `table_<key>` (ArrayData) and `plot_<key>` (PNG).')
-        spec.exit_code(410, 'ERROR_RELAX_FAILED', message='The relaxation job failed with exit status {status}.')
-        spec.exit_code(420, 'ERROR_MD_FAILED', message='The MD job failed with exit status {status}: {message}')
-        spec.exit_code(430, 'ERROR_PREDICTION_FAILED', message='A GNN prediction job ({label}) failed ({status}).')
-        spec.exit_code(440, 'ERROR_MODES_FAILED', message='The frozen-mode job failed with exit status {status}.')
-        spec.exit_code(450, 'ERROR_REPLICAS_LOST',
+        spec.exit_code(EXIT_CODES['ERROR_RELAX_FAILED'], 'ERROR_RELAX_FAILED',
+                       message='The relaxation job failed with exit status {status}.')
+        spec.exit_code(EXIT_CODES['ERROR_MD_FAILED'], 'ERROR_MD_FAILED',
+                       message='The MD job failed with exit status {status}: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_PREDICTION_FAILED'], 'ERROR_PREDICTION_FAILED',
+                       message='A GNN prediction job ({label}) failed ({status}).')
+        spec.exit_code(EXIT_CODES['ERROR_MODES_FAILED'], 'ERROR_MODES_FAILED',
+                       message='The frozen-mode job failed with exit status {status}.')
+        spec.exit_code(EXIT_CODES['ERROR_REPLICAS_LOST'], 'ERROR_REPLICAS_LOST',
                        message='Replicas {replicas} still blew up after {restarts} restarts; the gaps of the other '
                                'replicas are in the outputs.')
 

@@ -32,6 +32,7 @@ from aiida_capthermo.calculations.mace import MaceEvaluateCalcJob
 from aiida_capthermo.calculations.mlip import validate_mace_model
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain
 from aiida_capthermo.workflows.engines import engine_namespace
 from aiida_capthermo.workflows.functions import frames_to_structures
@@ -332,15 +333,17 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
         spec.output('plot', valid_type=orm.SinglefileData, required=False,
                     help='PNG: the GNN\'s gap against the teacher\'s and the MLIP\'s forces against the low engine\'s '
                          'on every validation frame, coloured by (x, T).')
-        spec.exit_code(410, 'ERROR_NO_FRAMES', message='No production frame could be picked from the MD frames.')
-        spec.exit_code(420, 'ERROR_LOW_LABELLING_FAILED',
+        spec.exit_code(EXIT_CODES['ERROR_NO_FRAMES'], 'ERROR_NO_FRAMES',
+                       message='No production frame could be picked from the MD frames.')
+        spec.exit_code(EXIT_CODES['ERROR_LOW_LABELLING_FAILED'], 'ERROR_LOW_LABELLING_FAILED',
                        message='The low-fidelity labelling failed ({status}: {message}).')
-        spec.exit_code(421, 'ERROR_HIGH_LABELLING_FAILED',
+        spec.exit_code(EXIT_CODES['ERROR_HIGH_LABELLING_FAILED'], 'ERROR_HIGH_LABELLING_FAILED',
                        message='The high-fidelity labelling failed ({status}: {message}).')
-        spec.exit_code(430, 'ERROR_PREDICTION_FAILED', message='The GNN prediction failed ({status}: {message}).')
-        spec.exit_code(440, 'ERROR_EVALUATION_FAILED',
+        spec.exit_code(EXIT_CODES['ERROR_PREDICTION_FAILED'], 'ERROR_PREDICTION_FAILED',
+                       message='The GNN prediction failed ({status}: {message}).')
+        spec.exit_code(EXIT_CODES['ERROR_EVALUATION_FAILED'], 'ERROR_EVALUATION_FAILED',
                        message='The MACE evaluation failed ({status}: {message}).')
-        spec.exit_code(450, 'ERROR_NO_TEACHER_GAP',
+        spec.exit_code(EXIT_CODES['ERROR_NO_TEACHER_GAP'], 'ERROR_NO_TEACHER_GAP',
                        message='No validation frame has a teacher gap: does the {teacher} engine give gaps?')
 
     @classmethod

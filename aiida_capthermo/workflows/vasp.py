@@ -38,6 +38,7 @@ from aiida.plugins import WorkflowFactory
 
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.structures import labelled_set_from_structures
+from aiida_capthermo.exit_codes import EXIT_CODES
 
 __all__ = [
     'VaspLabelWorkChain',
@@ -279,7 +280,7 @@ class VaspLabelWorkChain(WorkChain):
         spec.output('labels', valid_type=DatasetData,
                     help='Labelled dataset, one row per structure that succeeded (sorted keys); attributes n_failed, '
                          'failed, engine, method, fidelity, energy_type.')
-        spec.exit_code(300, 'ERROR_NO_STRUCTURE_LABELLED',
+        spec.exit_code(EXIT_CODES['ERROR_NO_STRUCTURE_LABELLED'], 'ERROR_NO_STRUCTURE_LABELLED',
                        message='No structure of the batch was labelled; failures: {failures}')
 
     # ------------------------------------------------------------------ steps
