@@ -192,9 +192,11 @@ def test_protocol_overrides_land_in_builder(label_code):
     assert builder.low.options['max_wallclock_seconds'] == 600
     with pytest.raises(ValueError, match='unknown inputs'):
         Workflow.get_builder_from_protocol(label_code, overrides={'temperatrues': [1.0]})
-    balanced = Workflow.get_protocol_inputs('balanced')
-    assert balanced['structures_per_temperature'] * len(balanced['temperatures']) + balanced['n_equilibrium'] == 2200
-    assert balanced['high_structures'] == 1000
+    paper = Workflow.get_protocol_inputs('paper')
+    assert paper['structures_per_temperature'] * len(paper['temperatures']) + paper['n_equilibrium'] == 2200
+    assert paper['high_structures'] == 1000
+    with pytest.warns(FutureWarning, match="'balanced' is now called 'paper'"):
+        assert Workflow.get_protocol_inputs('balanced') == paper  # the old name, for one release
 
 
 def test_failed_labelling_gives_exit_code(label_code):

@@ -425,7 +425,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
     def get_builder_from_protocol(cls, code: orm.AbstractCode, high_code: orm.AbstractCode | None = None,
                                   protocol: str | None = None, overrides: dict | None = None,
                                   options: dict | None = None, engine: str = 'local'):
-        """Return a builder filled from the protocol (``demo``, ``fast``, ``balanced``) and ``overrides``.
+        """Return a builder filled from the protocol (``demo``, ``fast``, ``paper``) and ``overrides``.
 
         ``code`` labels the low-fidelity set (and the parent phonons), ``high_code`` (default: ``code``) the
         high-fidelity gaps; ``options`` are the scheduler options of every labelling job.

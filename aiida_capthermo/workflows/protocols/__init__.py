@@ -1,4 +1,11 @@
-"""Protocols: YAML files of default inputs per workchain, merged defaults -> protocol -> overrides."""
+"""Protocols: YAML files of default inputs per workchain, merged defaults -> protocol -> overrides.
+
+Every workchain names its protocols the same way: ``demo`` (a laptop demo, offline, minutes), ``fast`` (a small
+study, the default: the local engine, no VASP) and ``paper`` (the papers' sizes; the study's with VASP). The names
+say what a protocol reproduces rather than a numerical precision (aiida-quantumespresso's ``fast``/``moderate``/
+``precise`` tune one DFT calculation; these size a whole study). Old names stay for one release as
+:data:`ALIASES`, with a warning.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,10 @@ import pathlib
 
 import yaml
 
-__all__ = ['ProtocolMixin', 'load_code', 'recursive_merge', 'set_options', 'to_node', 'unlanded_overrides']
+__all__ = ['ALIASES', 'ProtocolMixin', 'load_code', 'recursive_merge', 'set_options', 'to_node', 'unlanded_overrides']
+
+#: Old protocol names and the names they have now (accepted with a FutureWarning until the next release).
+ALIASES = {'balanced': 'paper'}
 
 
 def recursive_merge(left: dict, right: dict) -> dict:
@@ -139,6 +149,12 @@ class ProtocolMixin:
         """Merge default inputs, the protocol and the overrides into a new dict."""
         data = cls._load_protocol_file()
         protocol = protocol or data['default_protocol']
+        if protocol in ALIASES and protocol not in data['protocols']:
+            import warnings
+
+            warnings.warn(f'protocol {protocol!r} is now called {ALIASES[protocol]!r}; the old name goes in the next '
+                          'release', FutureWarning, stacklevel=2)
+            protocol = ALIASES[protocol]
         if protocol not in data['protocols']:
             raise ValueError(f'unknown protocol {protocol!r}; available: {sorted(data["protocols"])}')
         protocol_inputs = {k: v for k, v in data['protocols'][protocol].items() if k != 'description'}
