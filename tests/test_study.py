@@ -153,10 +153,18 @@ def check_questions_answered(node, results):
     assert f'statistical {gap["stderr_statistical"]:.4f} eV, model {gap["stderr_model"]:.4f} eV' in result.output
     assert f'potential sampling {gap["stderr_sampling"]:.4f} eV' in result.output  # the potential's term
     for expected in (f'gnn model ModelData<{results["gnn"]["model"].pk}>',
-                     f'mace model ModelData<{results["mace"]["model"].pk}>',
-                     f'DatasetData<{results["dataset"]["low"].pk}>', 'MlipThermalCalcJob', 'GnnPredictCalcJob',
-                     'LabelCalcJob', 'parent force constants'):
+                     f'mace model ModelData<{results["mace"]["model"].pk}>', 'parent force constants',
+                     'dataset stage: DatasetData x', f'{results["dataset"]["low"].pk} '
+                     f'({results["dataset"]["low"].n_structures})', 'dataset stage: LabelCalcJob',
+                     'mace stage: FinetuneMaceCalcJob', 'gnn stage: GnnTrainCalcJob',
+                     'thermal stage: MlipThermalCalcJob', 'thermal stage: GnnPredictCalcJob'):
         assert expected in result.output, (expected, result.output)
+    # the configuration the gap belongs to: the screen's lowest class of x = 1/2, with its rank and weight
+    ranking = results['screen']['compositions']['x_0p500']['ranking'].get_dict()
+    lowest = results['screen']['compositions']['x_0p500']['lowest']
+    assert (f'configuration: x_0p500, StructureData<{lowest.pk}> {lowest.get_formula()}, the screen\'s class '
+            f'{ranking["lowest"]} (rank 1 of {len(ranking["keys"])} relaxed, {ranking["multiplicity"][0]} '
+            'arrangements') in result.output, result.output
     missing = runner.invoke(cli, ['gap', '--x', '0.25', '--T', '300', '--study', str(node.pk)])
     assert missing.exit_code == 1 and '(0.5, 300 K)' in missing.output, missing.output  # what exists is listed
     curve = runner.invoke(cli, ['gap', '--x', '0.5', '--study', node.uuid, '--json'])  # no --T: the Eg(T) curve
@@ -164,6 +172,7 @@ def check_questions_answered(node, results):
     rows = json.loads(curve.output)
     assert [row['temperature'] for row in rows] == [0.0, 300.0] and rows[1]['gap'] == pytest.approx(gap['gap'])
     assert rows[1]['units']['gap'] == 'eV' and rows[1]['units']['temperature'] == 'K' and rows[1]['depends_on']
+    assert rows[1]['configuration']['configuration'] == ranking['lowest'] and rows[1]['configuration']['rank'] == 1
     result = runner.invoke(cli, ['models'])
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line for line in result.output.splitlines()[1:]}

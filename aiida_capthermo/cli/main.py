@@ -630,8 +630,8 @@ def find_gap(x, temperature, study, as_json):
     gaps = sorted(gaps, key=lambda n: (n.get('temperature'), n.pk))
     if as_json:
         click.echo(json.dumps([{'pk': gap.pk, 'uuid': gap.uuid, 'units': {'gap': 'eV', 'temperature': 'K'},
-                                **gap.get_dict(), 'depends_on': _ancestry(gap)} for gap in gaps], indent=1,
-                              default=str))
+                                **gap.get_dict(), 'configuration': _configuration(gap),
+                                'depends_on': _ancestry(gap)} for gap in gaps], indent=1, default=str))
         return
     for gap in gaps:
         values = gap.get_dict()
@@ -648,19 +648,82 @@ def find_gap(x, temperature, study, as_json):
                 f'{values["sampling_shift"]:+.4f} eV' + ('' if values.get('sampling_perturbative')
                                                         else ', beyond first order: an order of magnitude') + ')')
             click.echo(f'  error budget: statistical {values["stderr_statistical"]:.4f} eV, {model}{sampling}')
+        found = _configuration(gap)
+        if found is not None:
+            click.echo(f'  {_configuration_line(found)}')
         for line in _ancestry(gap):
             click.echo(f'  {line}')
 
 
+def _stage(process) -> str | None:
+    """The study stage (the study's call link label: ``dataset``, ``mace``, ``gnn``, ``screen``, ``thermal``,
+    ``validation``) that ran ``process``; None outside a study."""
+    current = process
+    while current is not None:
+        caller = current.caller
+        if caller is not None and caller.process_label == 'CapthermoStudyWorkChain':
+            link = current.base.links.get_incoming(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK)).first()
+            return link.link_label if link else None
+        current = caller
+    return None
+
+
+def _configuration(gap) -> dict | None:
+    """The structure a gap belongs to: its key, the StructureData the thermal stage started from and, when the
+    screen made it, the configuration (class) name, its multiplicity, rank and Boltzmann weights there."""
+    key = gap.get('key')
+    if not key:
+        return None
+    function = gap.creator  # table_one (on the thermal stage's table, made by thermal_gaps) or thermal_gaps
+    if function.process_label == 'table_one':
+        function = function.inputs.table.creator
+    thermal = function.caller if function is not None else None
+    if thermal is None or 'structures' not in thermal.inputs or key not in thermal.inputs.structures:
+        return None
+    structure = thermal.inputs.structures[key]
+    found = {'key': key, 'structure': structure.pk, 'formula': structure.get_formula()}
+    creator = structure.creator
+    link = structure.base.links.get_incoming(link_type=LinkType.CREATE).first()
+    if creator is None or creator.process_label != 'MlipScreenCalcJob' or link is None:
+        return found
+    name = link.link_label.split('__')[-1]
+    found['configuration'] = name
+    screen = creator
+    while screen is not None and screen.process_label != 'SolidSolutionScreenWorkChain':
+        screen = screen.caller
+    if screen is not None and 'compositions' in screen.outputs and key in screen.outputs.compositions:
+        ranking = screen.outputs.compositions[key]['ranking'].get_dict()
+        if name in ranking['keys']:
+            rank = ranking['keys'].index(name)
+            found.update(rank=rank + 1, n_relaxed=len(ranking['keys']), multiplicity=ranking['multiplicity'][rank],
+                         relative_energy_mev_per_atom=1000 * ranking['relative_energy_per_atom'][rank],
+                         boltzmann_weight={name: row['probability'][rank]
+                                           for name, row in ranking.get('boltzmann', {}).items()})
+    return found
+
+
+def _configuration_line(found: dict) -> str:
+    line = f'configuration: {found["key"]}, StructureData<{found["structure"]}> {found["formula"]}'
+    if 'configuration' in found:
+        line += f', the screen\'s class {found["configuration"]}'
+    if 'rank' in found:
+        weights = ', '.join(f'{w:.2f} at {t[1:]} K' for t, w in found['boltzmann_weight'].items())
+        line += (f' (rank {found["rank"]} of {found["n_relaxed"]} relaxed, {found["multiplicity"]} arrangements, '
+                 f'{found["relative_energy_mev_per_atom"]:+.2f} meV/atom; Boltzmann weight {weights})')
+    return line
+
+
 def _ancestry(node) -> list[str]:
-    """The models, datasets, structures and jobs ``node`` depends on, one line each (nearest first)."""
+    """The models and parent force constants ``node`` depends on, one line each, then its datasets and jobs grouped
+    by the study stage that made or ran them (``dataset``, ``mace``, ``gnn``, ``screen``, ``thermal``,
+    ``validation``): datasets as ``pk (structures)``, the largest first, jobs by pk."""
     from aiida import orm
 
     from aiida_capthermo.data.dataset import DatasetData
     from aiida_capthermo.data.model import ModelData
 
     seen, queue, lines = {node.pk}, [node], []
-    jobs: dict[str, list[int]] = {}
+    grouped: dict[tuple[str, str], list] = {}
     while queue:
         current = queue.pop(0)
         for link in current.base.links.get_incoming().all():
@@ -672,14 +735,20 @@ def _ancestry(node) -> list[str]:
             if isinstance(other, ModelData):
                 lines.append(f'{other.kind} model ModelData<{other.pk}> sha256 {other.sha256[:12]}')
             elif isinstance(other, DatasetData):
-                lines.append(f'dataset DatasetData<{other.pk}>: {other.n_structures} structures, '
-                             f'{other.base.attributes.get("fidelity", "-")} {other.base.attributes.get("method", "")}')
+                stage = _stage(other.creator) if other.creator is not None else None
+                grouped.setdefault((stage or 'outside a study', 'DatasetData'), []).append(
+                    (-other.n_structures, f'{other.pk} ({other.n_structures})'))  # the largest first
             elif isinstance(other, orm.CalcJobNode):
-                jobs.setdefault(other.process_label, []).append(other.pk)
+                grouped.setdefault((_stage(other) or 'outside a study', other.process_label), []).append(
+                    (other.pk, str(other.pk)))
             elif type(other).__name__ == 'ForceConstantsData':
                 lines.append(f'parent force constants ForceConstantsData<{other.pk}>')
-    lines += [f'{label} x{len(pks)}: {", ".join(map(str, sorted(pks)[:6]))}{" ..." if len(pks) > 6 else ""}'
-              for label, pks in sorted(jobs.items())]
+    order = ['dataset', 'mace', 'gnn', 'screen', 'thermal', 'validation']
+    for stage, label in sorted(grouped, key=lambda item: (order.index(item[0]) if item[0] in order else len(order),
+                                                           item[1] != 'DatasetData', item)):
+        entries = [text for _, text in sorted(grouped[(stage, label)])]
+        what = f'{label} x{len(entries)}' + (' (structures)' if label == 'DatasetData' else '')
+        lines.append(f'{stage} stage: {what}: {", ".join(entries[:6])}{" ..." if len(entries) > 6 else ""}')
     return lines
 
 
