@@ -12,28 +12,9 @@ import pathlib
 import time
 
 from aiida import load_profile, orm
-from aiida.common.links import LinkType
 from aiida.engine import submit
 
-
-def running_stages(node: orm.ProcessNode) -> list[str]:
-    """The stages of ``node`` that are running, each with its newest step (``mace/refine0_md_00``)."""
-    stages = []
-    for link in sorted(node.base.links.get_outgoing(link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC)).all(),
-                       key=lambda link: link.node.ctime):
-        if link.node.is_terminated:
-            continue
-        steps = sorted(link.node.base.links.get_outgoing(link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC)).all(),
-                       key=lambda step: step.node.ctime)
-        stages.append(f'{link.link_label}/{steps[-1].link_label}' if steps else link.link_label)
-    return stages
-
-
-def progress(node: orm.ProcessNode) -> str:
-    """The stages running now and the jobs done/total below the study."""
-    jobs = [child for child in node.called_descendants if isinstance(child, orm.CalcJobNode)]
-    done = sum(job.is_terminated for job in jobs)
-    return f'stages {", ".join(running_stages(node)) or "-"}; jobs {done}/{len(jobs)} done'
+from aiida_capthermo.workflows.progress import progress_line
 
 
 def wait(node: orm.ProcessNode, timeout: float) -> orm.ProcessNode:
@@ -41,7 +22,7 @@ def wait(node: orm.ProcessNode, timeout: float) -> orm.ProcessNode:
     while not node.is_terminated:
         if time.monotonic() - start > timeout:
             raise TimeoutError(f'{node.process_label}<{node.pk}> did not finish within {timeout} s')
-        line = progress(node)
+        line = progress_line(node)
         if line != last:
             print(f'  [{time.monotonic() - start:5.0f} s] {line}', flush=True)
             last = line

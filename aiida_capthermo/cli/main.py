@@ -591,6 +591,42 @@ def export_trajectory(md_job, output):
         click.echo(line)
 
 
+@cli.command('status')
+@click.argument('study', type=STUDY)
+@click.option('--watch', type=click.FloatRange(min=2.0), default=None, metavar='SECONDS',
+              help='Print again every SECONDS (at least 2; one query per look, asleep in between) until the study '
+                   'ends.')
+@JSON
+@needs_profile
+def status(study, watch, as_json):
+    """Where a study is: per stage its state, elapsed seconds, running step and jobs done, running and waiting
+    (read from the nodes; works while the daemon runs it and after)."""
+    import json
+    import time
+
+    from aiida_capthermo.workflows.progress import job_counts, stage_status
+
+    node = _study(study)
+    while True:
+        rows = stage_status(node)
+        if as_json:
+            click.echo(json.dumps({'study': {'pk': node.pk, 'uuid': node.uuid}, 'terminated': node.is_terminated,
+                                   'exit_status': node.exit_status, 'stages': rows, 'jobs': job_counts(node)},
+                                  indent=1))
+        else:
+            state = ('running' if not node.is_terminated else 'finished' if node.is_finished_ok
+                     else f'failed [{node.exit_status}]' if node.is_finished else node.process_state.value)
+            click.echo(f'CapthermoStudyWorkChain<{node.pk}>: {state}')
+            click.echo(f'  {"stage":<12} {"state":<13} {"seconds":>8} {"jobs done/running/waiting":>26}  step')
+            for row in rows:
+                jobs = f'{row["done"]}/{row["running"]}/{row["waiting"]}'
+                click.echo(f'  {row["stage"]:<12} {row["state"]:<13} {row["seconds"]:>8.0f} {jobs:>26}  '
+                           f'{row["step"] or ""}'.rstrip())
+        if watch is None or node.is_terminated:
+            return
+        time.sleep(watch)
+
+
 @cli.command('gap')
 @click.option('--x', 'x', type=float, required=True, help='Composition x (guest fraction).')
 @click.option('--T', 'temperature', type=float, default=None,
