@@ -143,8 +143,15 @@ def test_thermal_gaps_count_the_frames_outside_the_gnn_domain(aiida_profile):
     text = table_text(table)
     assert '†' in text
     assert f'x = 0.000, 300 K: 3 of {expected[300.0][0]}; x = 0.000, 600 K: 2 of {expected[600.0][0]}' in text
-    assert [line.split(',')[-2:] for line in table_csv(table).splitlines()] == [
-        ['n_frames', 'n_outside_domain'], ['0', '0'], [str(expected[300.0][0]), '3'], [str(expected[600.0][0]), '2']]
+    independent = {row['temperature']: row['n_independent'] for row in rows}
+    assert [line.split(',')[-3:] for line in table_csv(table).splitlines()] == [
+        ['n_frames', 'n_outside_domain', 'n_independent'], ['0', '0', ''],
+        [str(expected[300.0][0]), '3', f'{independent[300.0]:.6f}'],
+        [str(expected[600.0][0]), '2', f'{independent[600.0]:.6f}']]
+    # the sample sizes behind each average, and Eg(0) of the relaxed cell without a made-up error bar
+    assert (f'x = 0.000, 300 K: {expected[300.0][0]} / {independent[300.0]:.0f} / 0; x = 0.000, 600 K: '
+            f'{expected[600.0][0]} / {independent[600.0]:.0f} / 0.') in text
+    assert text.splitlines()[2].split()[1:3] == ['1.200', '(static)*'] and '± 0.000' not in text
     unflagged = thermal_gaps(settings, eg0, results_0=results, gaps_0=orm.ArrayData({'values': gaps}))
     assert [row['n_outside_domain'] for row in unflagged['table']['rows']] == [0, 0, 0]
     assert [row['gap'] for row in unflagged['table']['rows']] == [row['gap'] for row in rows]

@@ -18,7 +18,7 @@ __all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'table_figure',
 #: Per-(x, T) columns of a Table I row (lists over its temperatures), see core.error_budget.budget_rows.
 ROW_COLUMNS = ('gap', 'stderr', 'stderr_statistical', 'stderr_model', 'stderr_sampling', 'sampling_shift',
                'sampling_perturbative', 'gap_model', 'bias', 'n_validation', 'teacher_gap', 'validated', 'delta_gap',
-               'delta_gap_stderr', 'relative_change', 'n_frames', 'n_outside_domain')
+               'delta_gap_stderr', 'relative_change', 'n_frames', 'n_independent', 'n_outside_domain')
 
 
 def column(row: dict, name: str, index: int):
@@ -42,17 +42,23 @@ def table_rows(rows: list[dict]) -> list[dict]:
 
 
 def table_text(rows: list[dict]) -> str:
-    """Table I as aligned text: x, then Eg ± total error (statistical part) at each T (eV), then ΔEg/Eg(0) at each
-    T > 0; a gap the teacher did not validate is marked ``*``, one averaged over MD frames of which some lie outside
-    the GNN's training domain ``†``, a validated one at T > 0 whose potential's sampling error is an order of
-    magnitude only (its energies on the frames differ from the engine's by more than kT) or not estimated ``‡``."""
+    """Table I as aligned text: x, then Eg ± total error (statistical part) at each T (eV; Eg(0) of the relaxed
+    cell without an error estimate is marked static), then ΔEg/Eg(0) at each T > 0, then the sample sizes behind
+    each MD average; a gap the teacher did not validate is marked ``*``, one averaged over MD frames of which some
+    lie outside the GNN's training domain ``†``, a validated one at T > 0 whose potential's sampling error is an
+    order of magnitude only (its energies on the frames differ from the engine's by more than kT) or not estimated
+    ``‡``."""
     temperatures = sorted({t for row in rows for t in row['temperatures']})
     hot = [t for t in temperatures if t > 0]
     width = 24
     header = f'{"x":>6} ' + ' '.join(f'{f"Eg({t:.0f} K)":>{width}}' for t in temperatures) + ' ' + ' '.join(
         f'{f"dEg/Eg({t:.0f} K)":>15}' for t in hot)
     lines = [header, '-' * len(header)]
-    unvalidated, outside, beyond_first_order, sampled = False, [], False, False
+    unvalidated, outside, beyond_first_order, sampled, static, samples = False, [], False, False, False, []
+
+    def count(value, spec: str = 'd') -> str:
+        return '-' if value is None else format(value, spec)
+
     for row in rows:
         by_t = {t: index for index, t in enumerate(row['temperatures'])}
         cells = []
@@ -72,7 +78,16 @@ def table_text(rows: list[dict]) -> str:
                 mark += '†'
                 outside.append(f'x = {row["x"]:.3f}, {t:.0f} K: {row["n_outside_domain"][i]} of '
                                f'{row["n_frames"][i]}')
-            cells.append(f'{row["gap"][i]:.3f} ± {row["stderr"][i]:.3f} ({row["stderr_statistical"][i]:.3f}){mark}')
+            if t == 0 and not row['stderr'][i]:  # the relaxed cell's own gap: no average, no error estimate
+                cells.append(f'{row["gap"][i]:.3f} (static){mark}')
+                static = True
+            else:
+                cells.append(f'{row["gap"][i]:.3f} ± {row["stderr"][i]:.3f} ({row["stderr_statistical"][i]:.3f})'
+                             f'{mark}')
+            if t > 0:
+                samples.append(f'x = {row["x"]:.3f}, {t:.0f} K: {count(column(row, "n_frames", i))} / '
+                               f'{count(column(row, "n_independent", i), ".0f")} / '
+                               f'{count(column(row, "n_validation", i))}')
         relative = [f'{100 * row["relative_change"][by_t[t]]:+.1f} %'
                     if t in by_t and row['relative_change'][by_t[t]] is not None else '-' for t in hot]
         lines.append(f'{row["x"]:>6.3f} ' + ' '.join(f'{c:>{width}}' for c in cells) + ' '
@@ -81,6 +96,12 @@ def table_text(rows: list[dict]) -> str:
                  'measured by the teacher on frames of the same MD' + (
                      ' and the potential\'s sampling error (first-order reweighting to the low engine on those '
                      'frames).' if sampled else '.'))
+    if static:
+        lines.append('(static): Eg(0), the gap of the relaxed cell itself: the teacher\'s where validated (so no '
+                     'model error), the GNN\'s where not; no average, so no statistical error.')
+    if samples:
+        lines.append('Samples, MD frames averaged / independent samples / teacher-labelled frames: '
+                     + '; '.join(samples) + '.')
     if unvalidated:
         lines.append('* not validated by the teacher: the model\'s own average, its error bar is statistical only.')
     if beyond_first_order:
@@ -93,10 +114,12 @@ def table_text(rows: list[dict]) -> str:
 
 def table_csv(rows: list[dict]) -> str:
     """Table I as CSV: one line per (x, T) with the gap, its total, statistical and model errors, the model's own
-    average and the bias removed, Eg(0), ΔEg and its error (eV), the relative change."""
+    average and the bias removed, Eg(0), ΔEg and its error (eV), the relative change, and the samples behind it
+    (teacher frames, MD frames averaged, those outside the GNN's domain, independent samples)."""
     lines = ['x,temperature_K,gap_eV,stderr_eV,stderr_statistical_eV,stderr_model_eV,stderr_sampling_eV,'
              'sampling_shift_eV,sampling_perturbative,gap_model_eV,bias_eV,'
-             'n_validation,validated,eg0_eV,delta_gap_eV,delta_gap_stderr_eV,relative_change,n_frames,n_outside_domain']
+             'n_validation,validated,eg0_eV,delta_gap_eV,delta_gap_stderr_eV,relative_change,n_frames,n_outside_domain,'
+             'n_independent']
 
     def number(value) -> str:
         return '' if value is None else f'{value:.6f}'
@@ -116,7 +139,8 @@ def table_csv(rows: list[dict]) -> str:
                 flag(column(row, 'sampling_perturbative', i)), number(row['gap_model'][i]),
                 number(row['bias'][i]), str(row['n_validation'][i]), str(bool(row['validated'][i])).lower(),
                 number(row['eg0']), number(row['delta_gap'][i]), number(row['delta_gap_stderr'][i]),
-                number(row['relative_change'][i]), count(row, 'n_frames', i), count(row, 'n_outside_domain', i)]))
+                number(row['relative_change'][i]), count(row, 'n_frames', i), count(row, 'n_outside_domain', i),
+                number(column(row, 'n_independent', i))]))
     return '\n'.join(lines) + '\n'
 
 
