@@ -132,3 +132,26 @@ def test_demo_teacher_check_matches_its_json():
     largest = max(abs(row['z']) for row in rows)
     assert largest <= 1.5 and 'all six within 1.5 of the two errors' in text, largest
     assert f'{sum(row["n_frames"] for row in rows)} other' in text
+
+
+def test_md_settings_quoted_from_the_protocols():
+    """The MD settings that docs/thermal.md and docs/study.md quote are the protocol files' (the thermal stage's own
+    protocols, and the study's `demo` override of them), computed here from the YAML."""
+    import yaml
+
+    protocols = ROOT / 'aiida_capthermo/workflows/protocols'
+    thermal = yaml.safe_load((protocols / 'thermal.yaml').read_text())
+    study = yaml.safe_load((protocols / 'study.yaml').read_text())
+    page = (ROOT / 'docs/thermal.md').read_text()
+    for name, protocol in thermal['protocols'].items():
+        md = {**thermal['default_inputs']['md'], **protocol.get('md', {})}
+        picoseconds = md['steps'] * md['timestep'] / 1000
+        frames = md['stride'] * md['timestep']
+        assert (f'| `{name}` |' in page and f'| {md["replicas"]} | {picoseconds:g} ps, frames every {frames:g} fs'
+                in page and f'| {md["friction"]:g} |' in page), (name, md)
+    demo = study['protocols']['demo']['thermal']['md']
+    picoseconds, frames = demo['steps'] * demo['timestep'] / 1000, demo['stride'] * demo['timestep']
+    replicas = {1: 'one', 2: 'two', 3: 'three'}[demo['replicas']]
+    assert f'{replicas} {picoseconds:g} ps replica at {demo["timestep"]:g} fs per composition and temperature' in page
+    assert (f'{replicas} {picoseconds:g} ps replica per composition and temperature at {demo["timestep"]:g} fs, '
+            f'friction {demo["friction"]:g} fs⁻¹, frames every {frames:g} fs') in (ROOT / 'docs/study.md').read_text()
