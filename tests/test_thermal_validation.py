@@ -193,7 +193,9 @@ def test_frames_picked_from_production_and_decorrelated(validation_run, md_frame
     assert len(picked) == 4 * 3 + 2  # 2 compositions x 2 temperatures x 3 frames, and the 0 K structures
     zero = [frame for frame in picked if frame['source'] == 'relaxed']
     assert sorted(frame['index'] for frame in zero) == ['x000', 'x050']
-    assert sorted(frame['point'] for frame in zero) == ['x0.0000_T0', 'x0.5000_T0']
+    assert sorted(frame['point'] for frame in zero) == ['x000_T0', 'x050_T0']  # per structure: its key
+    assert {frame['point'] for frame in picked if frame['source'] != 'relaxed'} == {
+        f'{key}_T{t}' for key in ('x000', 'x050') for t in (300, 600)}
     picked = [frame for frame in picked if frame['source'] != 'relaxed']
     by_replica = {}
     for frame in picked:
@@ -234,7 +236,7 @@ def test_gnn_bias_and_mlip_errors_match_independent_computation(validation_run, 
     assert len(high) == len(low) == len(frames) == 14
     teacher = np.full(len(frames), np.nan)
     teacher[[position[u] for u in high.structure_uuid]] = high.gap
-    keys = [f'x{x:.4f}_T{t:.0f}' for x, t in zip(frames.x, frames.temperature)]
+    keys = [f'{"x000" if x == 0 else "x050"}_T{t:.0f}' for x, t in zip(frames.x, frames.temperature)]
     relaxed = node.inputs.relaxed
     for row in rows.values():  # the 0 K rows carry the relaxed cell's volume; no x = 1 here, so no Vegard line
         if row['temperature'] == 0:
@@ -242,6 +244,7 @@ def test_gnn_bias_and_mlip_errors_match_independent_computation(validation_run, 
             assert row['volume_per_atom'] == pytest.approx(structure.get_cell_volume() / len(structure.sites))
             assert row['vegard_deviation'] is None
     for point, row in rows.items():
+        assert row['key'] == ('x000' if row['x'] == 0 else 'x050') and point.startswith(row['key'])
         mask = np.array([k == point for k in keys])
         d = teacher[mask] - gnn[mask]
         n = 1 if row['temperature'] == 0 else 3

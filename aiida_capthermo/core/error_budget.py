@@ -41,7 +41,16 @@ the term is an order of magnitude only and Table I marks the gap. The term is co
 holds the estimate's noise, which ``s_shift`` counts again; and it comes from the frames of the bias, but is added
 in quadrature as if independent.
 
-Not included yet: the spread of an ensemble of models and the spread over configurations of one composition.
+**Configurations.** Where a composition is an ensemble of configurations (the screen's k lowest with their
+Boltzmann weights at the synthesis temperature, :func:`ensemble_rows`), Eg(x, T) is the weighted average of the
+configurations' corrected gaps. Each configuration has its own MD and its own validation frames, so their
+statistical and model errors are independent and add as ``sqrt(sum w_i^2 s_i^2)``; their sampling terms come from
+one potential and may share a sign, so they add linearly, ``sum w_i s_i`` (an upper bound). The weights are taken as
+exact; the spread of the configurations' gaps, ``sqrt(sum w_i (Eg_i - Eg)^2)``, is reported beside the error: it is
+the width of the alloy's gap distribution, not an error of its mean.
+
+Not included yet: the spread of an ensemble of models, and the error of the configurational weights from the
+potential's relative energies.
 
 No AiiDA and no torch here.
 """
@@ -53,7 +62,7 @@ from collections.abc import Sequence
 
 from aiida_capthermo.core.validation import PERTURBATIVE_LIMIT
 
-__all__ = ['ESTIMATOR', 'student_factor', 'corrected_gap', 'budget_rows', 'point_match']
+__all__ = ['ESTIMATOR', 'student_factor', 'corrected_gap', 'budget_rows', 'point_match', 'ensemble_rows']
 
 #: Name of the estimator recorded beside every corrected gap.
 ESTIMATOR = 'control_variate'
@@ -125,14 +134,16 @@ def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | Non
             'stderr_model': model, **term, 'stderr': total, 'validated': True, 'estimator': ESTIMATOR}
 
 
-def point_match(x: float, temperature: float) -> tuple[float, float]:
-    """The key matching a thermal row to a validation row: (x, T) rounded to 1e-6."""
-    return round(float(x), 6), round(float(temperature), 6)
+def point_match(x: float, temperature: float, key: str | None = None) -> tuple:
+    """The key matching a thermal row to a validation row: (x, T) rounded to 1e-6, and the structure's key where
+    the validation has one (several configurations of one composition are validated apart)."""
+    return round(float(x), 6), round(float(temperature), 6), key
 
 
 def budget_rows(thermal_rows: Sequence[dict], validation_rows: Sequence[dict] | None) -> list[dict]:
     """The thermal stage's rows (one per structure and T: ``key``, ``x``, ``temperature``, ``gap``, ``stderr``...)
-    with the validation's bias applied (:func:`corrected_gap`) and ΔEg, the relative change and their errors
+    with the validation's bias applied (the validation row of the same structure and T; of the same (x, T) where
+    the validation rows name no structure) (:func:`corrected_gap`) and ΔEg, the relative change and their errors
     recomputed from the corrected gaps.
 
     Returns
@@ -142,10 +153,11 @@ def budget_rows(thermal_rows: Sequence[dict], validation_rows: Sequence[dict] | 
         ``teacher_gap`` (their mean, eV), ``eg0`` and ``eg0_stderr``, ``delta_gap`` and ``delta_gap_stderr`` (eV),
         ``relative_change``.
     """
-    validation = {point_match(r['x'], r['temperature']): r for r in (validation_rows or [])}
+    validation = {point_match(r['x'], r['temperature'], r.get('key')): r for r in (validation_rows or [])}
     corrected = []
     for row in thermal_rows:
-        check = validation.get(point_match(row['x'], row['temperature']), {})
+        check = validation.get(point_match(row['x'], row['temperature'], row.get('key')),
+                               validation.get(point_match(row['x'], row['temperature']), {}))
         bias = check.get('gnn_bias') if check.get('n_gap') else None
         sampling = {'shift': check.get('sampling_shift'), 'shift_stderr': check.get('sampling_shift_stderr'),
                     'beta_sigma': check.get('sampling_beta_sigma'), 'n': check.get('n_sampling')}
@@ -165,3 +177,88 @@ def budget_rows(thermal_rows: Sequence[dict], validation_rows: Sequence[dict] | 
         row['delta_gap_stderr'] = 0.0 if row['temperature'] == 0 else math.hypot(row['stderr'], eg0_stderr)
         row['relative_change'] = row['delta_gap'] / eg0 if eg0 else None
     return corrected
+
+
+def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]]) -> list[dict]:
+    """The rows of :func:`budget_rows` with the configurations of each composition replaced by their weighted
+    average, per T.
+
+    Parameters
+    ----------
+    rows
+        :func:`budget_rows` output, one row per structure (``key``) and T.
+    ensemble
+        ``{composition key: {structure key: weight}}``: the configurations of each composition and their weights
+        (>= 0, normalised here). Rows of structures in no composition pass unchanged.
+
+    Returns
+    -------
+    list of dict
+        Per composition and T where every configuration has a row (else none: no number rather than a partial
+        average): ``key`` (the composition's), ``x``, ``temperature``; ``gap``, ``gap_model``, ``bias``,
+        ``teacher_gap``, ``eg0`` and ``delta_gap`` weighted averages (eV); ``stderr_statistical``,
+        ``stderr_model``, ``eg0_stderr`` in quadrature with the squared weights, ``stderr_sampling`` and
+        ``sampling_shift`` summed with the weights, ``stderr`` their quadrature sum, ``delta_gap_stderr``;
+        ``configuration_spread`` (eV); ``validated``, ``sampling_perturbative`` (every configuration's);
+        ``n_validation``, ``n_frames``, ``n_independent``, ``n_outside_domain`` (summed); ``relative_change``;
+        ``configurations`` (``key``, ``weight``, ``gap`` of each).
+    """
+    member_of = {}
+    for composition, members in ensemble.items():
+        total = float(sum(members.values()))
+        if not members or total <= 0 or any(w < 0 or not math.isfinite(w) for w in members.values()):
+            raise ValueError(f'{composition}: the weights {members} must be >= 0 with a positive sum')
+        for key, weight in members.items():
+            if key in member_of:
+                raise ValueError(f'structure {key} is a configuration of {member_of[key][0]} and of {composition}')
+            member_of[key] = (composition, weight / total)
+    passed, grouped = [], {}
+    for row in rows:
+        if row['key'] in member_of:
+            composition, _ = member_of[row['key']]
+            grouped.setdefault((composition, round(float(row['temperature']), 6)), {})[row['key']] = row
+        else:
+            passed.append(row)
+
+    def weighted(members, name):
+        values = [(w, m.get(name)) for w, m in members]
+        return None if any(v is None for _, v in values) else sum(w * v for w, v in values)
+
+    def quadrature(members, name):
+        values = [(w, m.get(name)) for w, m in members]
+        return None if any(v is None for _, v in values) else math.sqrt(sum((w * v) ** 2 for w, v in values))
+
+    def total(members, name):
+        values = [m.get(name) for _, m in members]
+        return None if any(v is None for v in values) else sum(values)
+
+    combined = []
+    for (composition, temperature), found in sorted(grouped.items()):
+        weights = ensemble[composition]
+        if set(found) != set(weights):
+            continue  # a configuration without a row at this T (its replicas all broke)
+        members = [(member_of[key][1], found[key]) for key in sorted(weights)]
+        xs = {round(float(m['x']), 6) for _, m in members}
+        if len(xs) > 1:
+            raise ValueError(f'{composition}: configurations of different compositions {sorted(xs)}')
+        gap = weighted(members, 'gap')
+        statistical, model = quadrature(members, 'stderr_statistical'), quadrature(members, 'stderr_model')
+        sampling = weighted(members, 'stderr_sampling')
+        stderr = math.sqrt(sum(v**2 for v in (statistical, model, sampling) if v is not None))
+        eg0, eg0_stderr = weighted(members, 'eg0'), quadrature(members, 'eg0_stderr') or 0.0
+        perturbative = [m.get('sampling_perturbative') for _, m in members]
+        combined.append({
+            'key': composition, 'x': float(members[0][1]['x']), 'temperature': temperature, 'gap': gap,
+            'gap_model': weighted(members, 'gap_model'), 'bias': weighted(members, 'bias'),
+            'teacher_gap': weighted(members, 'teacher_gap'), 'stderr_statistical': statistical,
+            'stderr_model': model, 'stderr_sampling': sampling, 'sampling_shift': weighted(members, 'sampling_shift'),
+            'sampling_perturbative': None if None in perturbative else all(perturbative), 'stderr': stderr,
+            'validated': all(m.get('validated') for _, m in members),
+            'estimator': members[0][1].get('estimator'), 'n_validation': total(members, 'n_validation'),
+            'n_frames': total(members, 'n_frames'), 'n_independent': total(members, 'n_independent'),
+            'n_outside_domain': total(members, 'n_outside_domain'), 'eg0': eg0, 'eg0_stderr': eg0_stderr,
+            'delta_gap': gap - eg0, 'delta_gap_stderr': 0.0 if temperature == 0 else math.hypot(stderr, eg0_stderr),
+            'relative_change': (gap - eg0) / eg0 if eg0 else None,
+            'configuration_spread': math.sqrt(sum(w * (m['gap'] - gap) ** 2 for w, m in members)),
+            'configurations': [{'key': m['key'], 'weight': w, 'gap': m['gap']} for w, m in members]})
+    return passed + combined

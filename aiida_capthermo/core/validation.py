@@ -89,21 +89,23 @@ def grid_indices(start: int, stop: int, spacing: int, n: int, rng: np.random.Gen
     return grid.astype(np.int64)
 
 
-def point_key(x: float, temperature: float) -> str:
-    """Key of one (x, T) point: ``x0.5000_T300``."""
-    return f'x{x:.4f}_T{temperature:.0f}'
+def point_key(x: float, temperature: float, key: str | None = None) -> str:
+    """Key of one validation point: the structure's when known (``x_0p500_c003_T300``: configurations of one
+    composition are validated apart), else the composition's (``x0.5000_T300``)."""
+    return f'{key}_T{temperature:.0f}' if key else f'x{x:.4f}_T{temperature:.0f}'
 
 
 def select_frames(series: Sequence[dict], per_point: int, min_spacing: int = 1, seed: int = 0) -> list[dict]:
-    """Pick decorrelated production frames, ``per_point`` per (x, T), spread over the replicas of each (x, T).
+    """Pick decorrelated production frames, ``per_point`` per point (structure and T, or (x, T) where the replicas
+    carry no structure key), spread over the replicas of each point.
 
     Parameters
     ----------
     series
         One dict per replica: ``x``, ``temperature`` (K), ``offset`` (index of its first frame in the frames
         dataset), ``n_frames``, ``start`` (first production frame, counted from the replica's first frame) and,
-        optionally, ``inefficiency`` (statistical inefficiency g of the replica, in frames) and ``replica`` (an id
-        carried into the result).
+        optionally, ``inefficiency`` (statistical inefficiency g of the replica, in frames), ``replica`` (an id
+        carried into the result) and ``key`` (the structure it started from: points per structure and T).
     per_point
         Frames wanted per (x, T) (the labelling budget).
     min_spacing
@@ -115,8 +117,8 @@ def select_frames(series: Sequence[dict], per_point: int, min_spacing: int = 1, 
     Returns
     -------
     list of dict
-        Per picked frame, sorted by its index: ``index`` (in the frames dataset), ``x``, ``temperature``, ``point``
-        (:func:`point_key`), ``replica`` and ``spacing`` (frames) of its replica.
+        Per picked frame, sorted by its index: ``index`` (in the frames dataset), ``x``, ``temperature``, ``key``,
+        ``point`` (:func:`point_key`), ``replica`` and ``spacing`` (frames) of its replica.
     """
     if per_point < 1:
         raise ValueError(f'per_point must be at least 1, got {per_point}')
@@ -125,7 +127,7 @@ def select_frames(series: Sequence[dict], per_point: int, min_spacing: int = 1, 
     rng = np.random.default_rng(seed)
     groups: dict[str, list[dict]] = {}
     for position, record in enumerate(series):
-        key = point_key(float(record['x']), float(record['temperature']))
+        key = point_key(float(record['x']), float(record['temperature']), record.get('key'))
         start = int(record.get('start', 0))
         if not 0 <= start <= int(record['n_frames']):
             raise ValueError(f'replica {record.get("replica", position)}: start {start} outside its '
@@ -142,7 +144,7 @@ def select_frames(series: Sequence[dict], per_point: int, min_spacing: int = 1, 
         for member, share in zip(members, allocate_budget(capacities, per_point)):
             for local in grid_indices(member['start'], int(member['n_frames']), member['spacing'], share, rng):
                 picked.append({'index': int(member['offset']) + int(local), 'x': float(member['x']),
-                               'temperature': float(member['temperature']), 'point': key,
+                               'temperature': float(member['temperature']), 'key': member.get('key'), 'point': key,
                                'replica': member['replica'], 'spacing': member['spacing']})
     return sorted(picked, key=lambda frame: frame['index'])
 
@@ -287,8 +289,9 @@ def sampling_shift(gaps: Sequence[float], energy_reference: Sequence[float], ene
 def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_gap: Sequence[float],
                     model_gap: Sequence[float], n_atoms: Sequence[int], energy_reference: Sequence[float],
                     energy_predicted: Sequence[float], forces_reference: np.ndarray,
-                    forces_predicted: np.ndarray) -> list[dict]:
-    """Errors of both models per (x, T) on the validation frames.
+                    forces_predicted: np.ndarray, points: Sequence[str] | None = None,
+                    keys: Sequence[str | None] | None = None) -> list[dict]:
+    """Errors of both models per validation point (a structure at T, or an (x, T)) on the validation frames.
 
     Parameters
     ----------
@@ -302,11 +305,15 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
         [n_frames] eV: low-fidelity energy (NaN where not labelled) and the MLIP's.
     forces_reference, forces_predicted
         [sum(n_atoms), 3] eV/Å, NaN rows where not labelled.
+    points, keys
+        [n_frames] the point of every frame (:func:`point_key`) and the structure it comes from; None: points per
+        (x, T) without a structure.
 
     Returns
     -------
     list of dict
-        One row per (x, T), sorted by x then T: ``point``, ``x``, ``temperature`` (K), ``n_frames``;
+        One row per point, sorted by x, T, point: ``point``, ``key`` (the structure, or None), ``x``,
+        ``temperature`` (K), ``n_frames``;
         ``teacher_gap`` and ``teacher_gap_stderr`` (eV); ``gnn_bias`` = mean(teacher - GNN), ``gnn_bias_stderr``,
         ``gnn_mae``, ``gnn_rmse`` (eV), ``n_gap``; ``force_mae``, ``force_rmse`` (eV/Å), ``energy_per_atom_mae``,
         ``energy_per_atom_bias`` (reference - MLIP, eV/atom), ``n_mlip`` (frames with energy and forces);
@@ -327,11 +334,19 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
     frame_of_atom = np.repeat(np.arange(len(n_atoms)), n_atoms)
     forces_ok = np.ones(len(n_atoms), dtype=bool)
     np.logical_and.at(forces_ok, frame_of_atom, np.all(np.isfinite(forces_reference), axis=1))
-    points: dict[tuple[float, float], list[int]] = {}
-    for index, (x_value, t_value) in enumerate(zip(x, temperature)):
-        points.setdefault((round(float(x_value), 6), round(float(t_value), 6)), []).append(index)
+    if points is None:
+        points = [point_key(float(x_value), float(t_value)) for x_value, t_value in zip(x, temperature)]
+        keys = None
+    keys = list(keys) if keys is not None else [None] * len(points)
+    if len(points) != len(x) or len(keys) != len(x):
+        raise ValueError(f'{len(points)} points and {len(keys)} keys for {len(x)} frames')
+    groups: dict[tuple[float, float, str], list[int]] = {}
+    for index, (x_value, t_value, point) in enumerate(zip(x, temperature, points)):
+        groups.setdefault((round(float(x_value), 6), round(float(t_value), 6), str(point)), []).append(index)
+    if len({point for _, _, point in groups}) != len(groups):
+        raise ValueError('a validation point holds frames of different compositions or temperatures')
     rows = []
-    for (x_value, t_value), indices in sorted(points.items()):
+    for (x_value, t_value, point), indices in sorted(groups.items()):
         indices = np.array(indices)
         gaps = indices[np.isfinite(teacher_gap[indices]) & np.isfinite(model_gap[indices])]
         gnn = paired_difference(teacher_gap[gaps], model_gap[gaps])
@@ -342,7 +357,8 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
         per_atom = paired_difference(energy_reference[mlip] / n_atoms[mlip], energy_predicted[mlip] / n_atoms[mlip])
         sampling = sampling_shift(teacher_gap[gaps], energy_reference[gaps], energy_predicted[gaps], t_value)
         rows.append({
-            'point': point_key(x_value, t_value), 'x': x_value, 'temperature': t_value, 'n_frames': int(indices.size),
+            'point': point, 'key': keys[indices[0]], 'x': x_value, 'temperature': t_value,
+            'n_frames': int(indices.size),
             'teacher_gap': teacher_mean, 'teacher_gap_stderr': teacher_stderr,
             'gnn_bias': gnn['bias'], 'gnn_bias_stderr': gnn['stderr'], 'gnn_mae': gnn['mae'], 'gnn_rmse': gnn['rmse'],
             'n_gap': gnn['n'], 'force_mae': forces['mae'], 'force_rmse': forces['rmse'],

@@ -18,7 +18,8 @@ __all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'table_figure',
 #: Per-(x, T) columns of a Table I row (lists over its temperatures), see core.error_budget.budget_rows.
 ROW_COLUMNS = ('gap', 'stderr', 'stderr_statistical', 'stderr_model', 'stderr_sampling', 'sampling_shift',
                'sampling_perturbative', 'gap_model', 'bias', 'n_validation', 'teacher_gap', 'validated', 'delta_gap',
-               'delta_gap_stderr', 'relative_change', 'n_frames', 'n_independent', 'n_outside_domain')
+               'delta_gap_stderr', 'relative_change', 'n_frames', 'n_independent', 'n_outside_domain',
+               'configuration_spread')
 
 
 def column(row: dict, name: str, index: int):
@@ -38,6 +39,8 @@ def table_rows(rows: list[dict]) -> list[dict]:
         entry['temperatures'].append(row['temperature'])
         for name in ROW_COLUMNS:
             entry[name].append(row.get(name))
+        if row.get('configurations'):  # an ensemble's row: its configurations and their weights
+            entry['configurations'] = [{'key': c['key'], 'weight': c['weight']} for c in row['configurations']]
     return sorted(grouped.values(), key=lambda r: r['x'])
 
 
@@ -102,6 +105,13 @@ def table_text(rows: list[dict]) -> str:
     if samples:
         lines.append('Samples, MD frames averaged / independent samples / teacher-labelled frames: '
                      + '; '.join(samples) + '.')
+    ensembles = [row for row in rows if row.get('configurations')]
+    for row in ensembles:
+        members = ', '.join(f'{c["key"]} {c["weight"]:.2f}' for c in row['configurations'])
+        spread = ', '.join(f'{t:.0f} K {s:.3f} eV' for t, s in zip(row['temperatures'], row['configuration_spread'])
+                           if t > 0 and s is not None)
+        lines.append(f'x = {row["x"]:.3f} is the weighted average of {len(row["configurations"])} configurations '
+                     f'({members}); the spread of their gaps: {spread}.')
     if unvalidated:
         lines.append('* not validated by the teacher: the model\'s own average, its error bar is statistical only.')
     if beyond_first_order:
@@ -119,7 +129,7 @@ def table_csv(rows: list[dict]) -> str:
     lines = ['x,temperature_K,gap_eV,stderr_eV,stderr_statistical_eV,stderr_model_eV,stderr_sampling_eV,'
              'sampling_shift_eV,sampling_perturbative,gap_model_eV,bias_eV,'
              'n_validation,validated,eg0_eV,delta_gap_eV,delta_gap_stderr_eV,relative_change,n_frames,n_outside_domain,'
-             'n_independent']
+             'n_independent,configuration_spread_eV']
 
     def number(value) -> str:
         return '' if value is None else f'{value:.6f}'
@@ -140,7 +150,7 @@ def table_csv(rows: list[dict]) -> str:
                 number(row['bias'][i]), str(row['n_validation'][i]), str(bool(row['validated'][i])).lower(),
                 number(row['eg0']), number(row['delta_gap'][i]), number(row['delta_gap_stderr'][i]),
                 number(row['relative_change'][i]), count(row, 'n_frames', i), count(row, 'n_outside_domain', i),
-                number(column(row, 'n_independent', i))]))
+                number(column(row, 'n_independent', i)), number(column(row, 'configuration_spread', i))]))
     return '\n'.join(lines) + '\n'
 
 
@@ -301,24 +311,34 @@ TABLE_FIGURES = ('eg_vs_x', 'eg_vs_t', 'relative_change')
 
 
 @calcfunction
-def table_one(table: orm.Dict, validation: orm.Dict | None = None, species: orm.Dict | None = None) -> dict:
+def table_one(table: orm.Dict, validation: orm.Dict | None = None, species: orm.Dict | None = None,
+              ensemble: orm.Dict | None = None) -> dict:
     """Table I (``table`` Dict: one row per composition; ``csv``), Figure 7b-d (``eg_vs_x``, ``eg_vs_t``,
     ``relative_change`` PNG) and one ``gap_<key>_T<T>`` Dict per (structure, T), from the thermal stage's
     ``table`` and, when given, the validation stage's ``validation`` rows: the gaps are then the control-variate
     estimates of the teacher's thermal average with their error budget (:mod:`aiida_capthermo.core.error_budget`).
     ``species`` (``host``, ``guest``: the substituted and the substituting element) names x in the figures and is
-    kept in the table.
+    kept in the table. ``ensemble`` (``{composition key: {structure key: weight}}``) makes each such composition's
+    row the weighted average of its configurations (:func:`core.error_budget.ensemble_rows`); the table then keeps
+    the configurations' own rows as ``configurations``, and every configuration keeps its gap nodes.
     """
-    from aiida_capthermo.core.error_budget import ESTIMATOR, budget_rows
+    from aiida_capthermo.core.error_budget import ESTIMATOR, budget_rows, ensemble_rows
 
     flat = budget_rows(table['rows'], validation['rows'] if validation is not None else None)
-    rows = table_rows(flat)
+    weights = ensemble.get_dict() if ensemble is not None else {}
+    combined = ensemble_rows(flat, weights) if weights else flat
+    gaps = flat + [row for row in combined if 'configurations' in row]  # every structure's, and the averages
+    rows = table_rows(combined)
     names = species.get_dict() if species is not None else {}
     units = {'gap': 'eV', 'stderr': 'eV', 'temperature': 'K', 'x': 'guest fraction'}
+    members = {key for composition in weights.values() for key in composition}
+    extra = {'configurations': table_rows([row for row in flat if row['key'] in members]),
+             'ensemble': weights} if weights else {}
     outputs = {'table': orm.Dict({'rows': rows, 'units': units, 'estimator': ESTIMATOR, 'species': names,
-                                  'teacher': validation['teacher_method'] if validation is not None else None}),
+                                  'teacher': validation['teacher_method'] if validation is not None else None,
+                                  **extra}),
                'csv': orm.SinglefileData(io.BytesIO(table_csv(rows).encode()), filename='table_i.csv')}
-    for row in flat:
+    for row in gaps:
         outputs[f'gap_{row["key"]}_T{row["temperature"]:.0f}'] = orm.Dict({**row, 'units': units})
     for name in TABLE_FIGURES:
         outputs[name] = orm.SinglefileData(io.BytesIO(figure_png(rows, name, names.get('guest'))),

@@ -47,7 +47,7 @@ PRESSURE_TOLERANCE = 1.0
 #: |V / V_Vegard - 1| above which a relaxed 0 K structure is reported as far from Vegard's law.
 VEGARD_TOLERANCE = 0.03
 #: Columns of the ``validation`` rows (see :func:`aiida_capthermo.core.validation.validation_rows`).
-COLUMNS = ('point', 'x', 'temperature', 'n_frames', 'teacher_gap', 'teacher_gap_stderr', 'gnn_bias',
+COLUMNS = ('point', 'key', 'x', 'temperature', 'n_frames', 'teacher_gap', 'teacher_gap_stderr', 'gnn_bias',
            'gnn_bias_stderr', 'gnn_mae', 'gnn_rmse', 'n_gap', 'force_mae', 'force_rmse', 'energy_per_atom_mae',
            'energy_per_atom_bias', 'n_mlip', 'sampling_shift', 'sampling_shift_stderr', 'sampling_beta_sigma',
            'n_sampling')
@@ -74,8 +74,8 @@ def replica_series(frames, results: dict | None, replicas: list[dict] | None, at
     frames
         The frames (a :class:`~aiida_capthermo.core.dataset.LabelledSet`) of one MD job.
     results
-        That job's ``results`` (replica records with ``frame_offset`` and ``n_frames``); None: each run of frames
-        with the same (x, T) counts as one replica.
+        That job's ``results`` (replica records with ``frame_offset``, ``n_frames`` and the structure ``key``);
+        None: each run of frames with the same (x, T) counts as one replica, of no known structure.
     replicas
         The thermal stage's ``replicas`` rows (``attempt``, ``replica``, ``start``, ``inefficiency``), or None.
     attempt
@@ -85,7 +85,7 @@ def replica_series(frames, results: dict | None, replicas: list[dict] | None, at
     """
     if results is not None:
         records = [{'replica': r['replica'], 'offset': int(r['frame_offset']), 'n_frames': int(r['n_frames']),
-                    'x': float(r['x']), 'temperature': float(r['temperature'])}
+                    'x': float(r['x']), 'temperature': float(r['temperature']), 'key': r.get('key')}
                    for r in results['replicas'] if not r.get('broke') and r.get('n_frames')]
     else:
         records, start = [], 0
@@ -107,7 +107,7 @@ def replica_series(frames, results: dict | None, replicas: list[dict] | None, at
 
 @calcfunction
 def pick_validation_frames(settings: orm.Dict, **nodes) -> dict:
-    """Decorrelated production frames per (x, T) of the thermal MD, as one DatasetData ``frames``.
+    """Decorrelated production frames per structure and T of the thermal MD, as one DatasetData ``frames``.
 
     ``settings``: ``frames_per_point``, ``min_spacing`` (recorded frames), ``seed``, ``equilibration_fraction``.
     ``nodes``: ``frames_<key>`` (frames DatasetData of an MD job), optionally ``results_<key>`` (that job's
@@ -115,7 +115,9 @@ def pick_validation_frames(settings: orm.Dict, **nodes) -> dict:
     equilibration start and statistical inefficiency per replica, matched by the attempt number ending ``key``)
     and ``relaxed_<key>`` (the relaxed 0 K structure of a composition, appended at T = 0).
     Output ``frames``: the picked frames (x, temperature K), attribute ``picked`` (per frame: source key, index
-    in its source, replica, point, spacing); no output when no frame could be picked.
+    in its source, replica, structure key, point, spacing); no output when no frame could be picked. Points are
+    per structure (its key in the thermal stage) and T, so that configurations of one composition are validated
+    apart; per (x, T) where the MD results name no structure.
     """
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.core.validation import point_key, select_frames
@@ -138,7 +140,7 @@ def pick_validation_frames(settings: orm.Dict, **nodes) -> dict:
         return {}
     chosen = LabelledSet.concatenate(sets).subset([frame['index'] for frame in picked])
     records = [{'source': sources[f['index']][0], 'index': sources[f['index']][1], 'replica': f['replica'],
-                'point': f['point'], 'spacing': f['spacing']} for f in picked]
+                'key': f['key'], 'point': f['point'], 'spacing': f['spacing']} for f in picked]
     relaxed = sorted(name[len('relaxed_'):] for name in nodes if name.startswith('relaxed_'))
     if relaxed:  # the 0 K structures: Eg(0) is the gap of the structure itself
         zero = labelled_set_from_structures({key: nodes[f'relaxed_{key}'] for key in relaxed})
@@ -146,8 +148,10 @@ def pick_validation_frames(settings: orm.Dict, **nodes) -> dict:
             raise ValueError('every relaxed structure needs its composition x (capthermo metadata)')
         zero.temperature = np.zeros(len(zero))
         chosen = LabelledSet.concatenate([chosen, zero])
-        records += [{'source': 'relaxed', 'index': key, 'replica': None, 'point': point_key(zero.x[i], 0.0),
-                     'spacing': None} for i, key in enumerate(relaxed)]
+        keyed = any(record['key'] for record in records) or not records  # points per structure, as the MD's
+        records += [{'source': 'relaxed', 'index': key, 'replica': None, 'key': key if keyed else None,
+                     'point': point_key(zero.x[i], 0.0, key if keyed else None), 'spacing': None}
+                    for i, key in enumerate(relaxed)]
     chosen.energy = np.full(len(chosen), np.nan)  # the MD's own energies are the model's, not labels
     chosen.forces = np.full_like(chosen.forces, np.nan)
     return {'frames': DatasetData.from_labelled_set(chosen, subset='thermal_validation', picked=records,
@@ -174,7 +178,7 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
     when given, else the low gaps are. Outputs: ``validation`` (``rows``, one per (x, T), ``columns``, ``units``,
     ``teacher``) and ``plot`` (PNG: GNN against teacher and MLIP forces against the low engine, per frame).
     """
-    from aiida_capthermo.core.validation import pressure, validation_rows, vegard_deviations
+    from aiida_capthermo.core.validation import point_key, pressure, validation_rows, vegard_deviations
     from aiida_capthermo.workflows.report import validation_png
 
     uuids = settings['structure_uuids']
@@ -202,26 +206,30 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
     teacher_set = high.get_labelled_set() if high is not None else labelled
     teacher = np.full(n, np.nan)
     teacher[_by_uuid(teacher_set, position) if high is not None else rows] = teacher_set.gap
+    records = frames.base.attributes.get('picked', None)
+    points = [record['point'] for record in records] if records and len(records) == n else None
+    keys = [record.get('key') for record in records] if points is not None else None
     table = validation_rows(picked.x, picked.temperature, teacher, gnn, picked.n_atoms, energy_reference,
-                            energy_predicted, forces_reference, forces_predicted)
+                            energy_predicted, forces_reference, forces_predicted, points=points, keys=keys)
+    point_of = points or [point_key(float(a), float(b)) for a, b in zip(picked.x, picked.temperature)]
     zero = np.flatnonzero(picked.temperature == 0)  # the relaxed structures: their volume against Vegard's law
     volumes = np.abs(np.linalg.det(picked.cells[zero])) / picked.n_atoms[zero]
-    deviation = dict(zip(np.round(picked.x[zero], 6), vegard_deviations(picked.x[zero], volumes)))
-    volume_of = dict(zip(np.round(picked.x[zero], 6), volumes.tolist()))
+    deviation = dict(zip([point_of[i] for i in zero], vegard_deviations(picked.x[zero], volumes)))
+    volume_of = dict(zip([point_of[i] for i in zero], volumes.tolist()))
     mechanics = {}  # the teacher (low engine) on each relaxed structure, and the MLIP that relaxed it
     for index in zero:
         forces = forces_reference[offsets[index]:offsets[index + 1]]
-        mechanics[round(picked.x[index], 6)] = {
+        mechanics[point_of[index]] = {
             'teacher_pressure': pressure(stress_reference[index]) if np.all(np.isfinite(stress_reference[index]))
             else None,
             'mlip_pressure': pressure(stress_predicted[index]) if np.all(np.isfinite(stress_predicted[index]))
             else None,
             'teacher_max_force': float(np.linalg.norm(forces, axis=1).max()) if np.all(np.isfinite(forces)) else None}
     for row in table:
-        if row['temperature'] == 0 and round(row['x'], 6) in volume_of:
-            row['volume_per_atom'] = volume_of[round(row['x'], 6)]
-            row['vegard_deviation'] = deviation[round(row['x'], 6)]
-            row.update(mechanics[round(row['x'], 6)])
+        if row['temperature'] == 0 and row['point'] in volume_of:
+            row['volume_per_atom'] = volume_of[row['point']]
+            row['vegard_deviation'] = deviation[row['point']]
+            row.update(mechanics[row['point']])
     source = high if high is not None else low
     frame_of_atom = np.repeat(np.arange(n), picked.n_atoms)
     png = validation_png({'x': picked.x, 'temperature': picked.temperature, 'teacher_gap': teacher, 'gnn_gap': gnn,
