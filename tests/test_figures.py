@@ -106,3 +106,21 @@ def test_parity_caption_gives_r2_only_where_defined():
     assert parity_caption(one, 'eV', 'structures') == 'MAE 0.05 eV (n = 1 structures)'
     many = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.3]))
     assert parity_caption(many, 'eV', 'structures') == f'MAE 0.1 eV, R² {1 - 0.09 / 2:.3f} (n = 3 structures)'
+
+
+def test_band_path_axis_is_the_wave_vector_distance_with_labelled_breaks(aiida_profile):
+    """Γ-X then M-R of a cubic cell with a = 2π Å (reciprocal vectors of 1/Å): the axis is the distance along the
+    path, nothing is added across the X|M break, the break is one tick, and the two sides are separate lines."""
+    from aiida import orm
+
+    from aiida_capthermo.workflows.screen import band_path_axis
+
+    bands = orm.BandsData()
+    bands.set_cell(np.eye(3) * 2 * np.pi)
+    bands.set_kpoints(np.array([[0, 0, 0], [0.25, 0, 0], [0.5, 0, 0], [0.5, 0.5, 0], [0.5, 0.5, 0.25],
+                                [0.5, 0.5, 0.5]]))
+    bands.labels = [(0, 'G'), (2, 'X'), (3, 'M'), (5, 'R')]
+    distance, ticks, segments = band_path_axis(bands)
+    np.testing.assert_allclose(distance, [0.0, 0.25, 0.5, 0.5, 0.75, 1.0])
+    assert [(round(d, 12), name) for d, name in ticks] == [(0.0, 'G'), (0.5, 'X|M'), (1.0, 'R')]
+    assert segments == [slice(0, 3), slice(3, 6)]

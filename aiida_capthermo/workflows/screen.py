@@ -14,6 +14,7 @@ the 0 K instability is dynamically stabilised (the paper's Figure 6).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -185,31 +186,49 @@ def phonon_summary(key: orm.Str, harmonic: orm.Dict, bands: orm.BandsData, finit
         for key in sorted(renormalised, key=lambda k: float(k[1:]))]
     figure, axes = pyplot().subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), sharey=True, squeeze=False)
     for axis, (title, node, finite_t) in zip(axes[0], panels):
+        distance, ticks, segments = band_path_axis(node)
         frequencies = node.get_bands()
-        labels = node.labels
-        path = np.arange(len(frequencies))
         if finite_t is None:
-            axis.plot(path, frequencies, color='tab:blue', lw=0.8)
+            for part in segments:
+                axis.plot(distance[part], frequencies[part], color='tab:blue', lw=0.8)
         else:
-            title = _renormalised_panel(axis, node, finite_t, np.asarray(record['commensurate_points']), title)
+            title = _renormalised_panel(axis, node, finite_t, np.asarray(record['commensurate_points']), title,
+                                        distance, segments)
         axis.axhline(0.0, color='k', lw=0.5)
-        ticks: list[list] = []  # the two ends of consecutive segments are adjacent points: one tick, X or X|M
-        for index, name in labels:
-            if ticks and index - ticks[-1][0] <= 1:
-                if name != ticks[-1][1]:
-                    ticks[-1][1] = f'{ticks[-1][1]}|{name}'
-            else:
-                ticks.append([index, name])
-        axis.set_xticks([index for index, _ in ticks], [name for _, name in ticks])
-        for index, _ in ticks:
-            axis.axvline(index, color='0.8', lw=0.5)
-        axis.set_xlim(0, len(frequencies) - 1)
-        axis.set_title(title)
+        axis.set_xticks([position for position, _ in ticks], [name for _, name in ticks])
+        for position, _ in ticks:
+            axis.axvline(position, color='0.8', lw=0.5)
+        axis.set_xlim(distance[0], distance[-1])
+        axis.set_xlabel('wave vector along the path (1/Å)')
+        axis.set_title(title, fontsize=9)
     axes[0][0].set_ylabel('frequency (THz; < 0: imaginary)')
+    figure.suptitle(f'phonons of {key.value}', fontsize=9)
     return {'summary': orm.Dict(summary), 'plot': png_node(figure, 'phonon_bands.png')}
 
 
-def _renormalised_panel(axis, node: orm.BandsData, result: dict, points: np.ndarray, title: str) -> str:
+def band_path_axis(node: orm.BandsData) -> tuple[np.ndarray, list[tuple[float, str]], list[slice]]:
+    """The x axis of a band structure along its path: the distance of every point along the path (1/Å, with the
+    2π of the reciprocal cell), the labelled points as ticks (``X|M`` where one segment ends at X and the next
+    starts at M: no distance is added across such a break) and the continuous segments (slices) to draw one line
+    each, so that no line joins the two sides of a break."""
+    kpoints = node.get_kpoints(cartesian=True)  # [n, 3] 1/Å
+    steps = np.linalg.norm(np.diff(kpoints, axis=0), axis=1)  # [n - 1]
+    names = dict(node.labels or [])
+    breaks = [index for index in range(len(kpoints) - 1)
+              if index in names and index + 1 in names and names[index] != names[index + 1]]
+    steps[breaks] = 0.0
+    distance = np.concatenate([[0.0], np.cumsum(steps)])
+    ticks: list[tuple[float, str]] = []
+    for index, name in sorted(names.items()):
+        if index - 1 in breaks or names.get(index - 1) == name:
+            continue  # the start of a segment after a break, or a point repeated, shares the tick before it
+        ticks.append((float(distance[index]), f'{name}|{names[index + 1]}' if index in breaks else name))
+    bounds = [0, *[index + 1 for index in breaks], len(kpoints)]
+    return distance, ticks, [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
+
+
+def _renormalised_panel(axis, node: orm.BandsData, result: dict, points: np.ndarray, title: str,
+                        distance: np.ndarray, segments: list[slice]) -> str:
     """Draw renormalised bands on ``axis``; return the panel's title.
 
     The MD resolves the commensurate q ``points`` only: their frequencies (``result``) are drawn as dots where the
@@ -217,15 +236,15 @@ def _renormalised_panel(axis, node: orm.BandsData, result: dict, points: np.ndar
     thin line, and none of it below zero. An interpolation that dips there is not an imaginary branch the MD has
     seen. Modes the MD did not resolve (no peak, or trapped in a well) are counted in the panel.
     """
-    frequencies = node.get_bands()
-    path = np.arange(len(frequencies))
-    axis.plot(path, np.where(frequencies >= 0.0, frequencies, np.nan), color='tab:red', lw=0.6, alpha=0.5)
+    frequencies = np.where(node.get_bands() >= 0.0, node.get_bands(), np.nan)
+    for part in segments:
+        axis.plot(distance[part], frequencies[part], color='tab:red', lw=0.6, alpha=0.5)
     exact = np.asarray(result.get('commensurate_frequencies') or [])
     kpoints = node.get_kpoints()
     for q, values in zip(points, exact):
         offset = kpoints - q
         for index in np.flatnonzero(np.all(np.abs(offset - np.round(offset)) < 1e-6, axis=1)):
-            axis.plot(np.full(len(values), index), values, '.', color='darkred', ms=3)
+            axis.plot(np.full(len(values), distance[index]), values, '.', color='darkred', ms=3)
     unresolved, trapped = result.get('unresolved') or [], result.get('trapped') or []
     if unresolved:
         axis.text(0.02, 0.02, f'{len(unresolved)} modes unresolved\n({len(trapped)} trapped in a well)',
