@@ -30,6 +30,7 @@ def study_codes(computer, prefix: str) -> list:
                                  ('capthermo-mace', 'capthermo.mace_evaluate'))]
 
 
+@pytest.mark.timeout(1800)  # two studies through the daemon (the second an ensemble): above the default 900 s on CI
 def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
     *codes, mlip, evaluate = study_codes(localhost_session, 'study')
     overrides = {'dataset': {'temperatures': [300.0, 600.0], 'structures_per_temperature': 3,
@@ -136,6 +137,7 @@ def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
     assert np.isfinite(results['mace']['metrics']['validation']['mae_f'])
     check_screen_thermal_and_report(node, results, tmp_path)
     check_rerun_from_given_nodes(node, results, codes, mlip, overrides)
+    check_ensemble_from_given_models(results, codes, mlip, evaluate, overrides, submit_and_await)
 
 
 def check_questions_answered(node, results):
@@ -260,6 +262,48 @@ def check_rerun_from_given_nodes(node, results, codes, mlip, overrides):
     assert outputs['thermal']['table']['rows'] == results['thermal']['table']['rows']
 
 
+def check_ensemble_from_given_models(results, codes, mlip, evaluate, overrides, submit_and_await):
+    """The study with `ensemble`: every composition is its screen's two lowest configurations (x = 0 has one),
+    weighted by their Boltzmann probabilities at 600 K from the screen's own energies and multiplicities; the thermal
+    stage and the validation run each configuration apart, and Table I's x = 1/2 is their weighted average."""
+    import copy
+
+    from aiida_capthermo.core.solid_solution import class_probabilities
+
+    overrides = copy.deepcopy(overrides)
+    overrides['screen']['keep'] = 2
+    overrides['ensemble'] = {'configurations': 2, 'temperature': 600.0}
+    overrides['validation'] = {'frames_per_point': 2}
+    builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='demo', overrides=overrides,
+                                                                mlip_code=mlip, evaluate_code=evaluate)
+    builder.given = {'mace_model': results['mace']['model'], 'gnn_model': results['gnn']['model']}
+    study = submit_and_await(builder, timeout=900)  # through the daemon, as the README's demo
+    assert study.is_finished_ok, study.exit_message
+    outputs = study.outputs
+    weights = outputs['ensemble'].get_dict()
+    for key in ('x_0p000', 'x_0p500'):
+        ranking = outputs['screen']['compositions'][key]['ranking'].get_dict()
+        n_atoms = len(outputs['screen']['compositions'][key]['lowest'].sites)
+        k = min(2, len(ranking['keys']))
+        expected = class_probabilities(np.array(ranking['energy_per_atom'][:k]) * n_atoms,
+                                       ranking['multiplicity'][:k], 600.0)
+        assert weights[key] == pytest.approx({f'{key}_{name}': w for name, w in zip(ranking['keys'][:k], expected)})
+    assert len(weights['x_0p000']) == 1 and len(weights['x_0p500']) == 2
+    members = {member for composition in weights.values() for member in composition}
+    assert set(outputs['thermal']['relaxed']) == members
+    assert {row['key'] for row in outputs['validation']['validation']['rows']} == members  # validated apart
+    rows = {row['key']: row for row in outputs['table']['rows']}
+    assert sorted(rows) == ['x_0p000', 'x_0p500'] and rows['x_0p500']['configurations']
+    configurations = {row['key']: row for row in outputs['table']['configurations']}
+    for i, temperature in enumerate(rows['x_0p500']['temperatures']):
+        average = sum(w * configurations[m]['gap'][configurations[m]['temperatures'].index(temperature)]
+                      for m, w in weights['x_0p500'].items())
+        assert rows['x_0p500']['gap'][i] == pytest.approx(average, abs=1e-12)
+    assert rows['x_0p500']['configuration_spread'][1] >= 0 and outputs['gaps']['x_0p500_T300']['configurations']
+    assert {'phonons_x_0p500', 'phonons_x_0p000'} <= set(outputs['figures'])
+    assert any(label.startswith('phonons_x_0p500_c') for label in outputs['figures'])  # the second configuration
+
+
 def check_screen_thermal_and_report(node, results, tmp_path):
     """The screen and thermal stages: Table I, figures, the provenance of a gap, `capthermo report`."""
     from click.testing import CliRunner
@@ -369,7 +413,10 @@ def test_study_stage_settings_checked_at_submission(localhost_session, tmp_path)
     for override, message in (({'screen': {'compositions': [0.3]}}, 'screen: composition 0.3'),
                               ({'screen': {'parameters': {'fmaxx': 1}}}, 'fmaxx'),
                               ({'thermal': {'md': {'stepz': 5}}}, 'thermal: invalid md'),
-                              ({'thermal': {'coupling': {'structures': 'some'}}}, 'coupling.structures')):
+                              ({'thermal': {'coupling': {'structures': 'some'}}}, 'coupling.structures'),
+                              ({'ensemble': {'configurations': 3, 'temperature': 600.0}}, r'screen.keep >= 3'),
+                              ({'ensemble': {'configurations': 1, 'temperature': 0.0}}, 'synthesis temperature'),
+                              ({'ensemble': {'configurations': 1}}, "takes exactly \\['configurations'")):
         builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='demo', mlip_code=mlip,
                                                                     overrides=override)
         with pytest.raises(ValueError, match=message):
@@ -385,6 +432,10 @@ def test_study_stage_settings_checked_at_submission(localhost_session, tmp_path)
         engine.run(builder)
     structure = set_structure_metadata(orm.StructureData(ase=antiperovskite('Ag', 'S', 'I', 4.869).repeat(2)), x=0.0)
     builder.given = {'mace_model': mace, 'gnn_model': gnn, 'structures': {'x_0p000': structure}}
+    builder.ensemble = orm.Dict({'configurations': 1, 'temperature': 600.0})
+    with pytest.raises(ValueError, match='ensemble averages the screen'):  # no screen, no configurations
+        engine.run(builder)
+    del builder['ensemble']
     builder.thermal.md = orm.Dict({'stepz': 5})
     with pytest.raises(ValueError, match='thermal: invalid md'):
         engine.run(builder)

@@ -687,6 +687,10 @@ def find_gap(x, temperature, study, as_json):
         found = _configuration(gap)
         if found is not None:
             click.echo(f'  {_configuration_line(found)}')
+        if values.get('configurations'):  # an ensemble's gap: its configurations, their weights and gaps
+            members = ', '.join(f'{c["key"]} {c["weight"]:.2f} ({c["gap"]:.4f} eV)' for c in values['configurations'])
+            click.echo(f'  ensemble of {len(values["configurations"])} configurations: {members}; spread '
+                       f'{values["configuration_spread"]:.4f} eV')
         for line in _ancestry(gap):
             click.echo(f'  {line}')
 

@@ -430,7 +430,8 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
         spec.output_namespace('compositions', dynamic=True,
                               help='Per composition (`x_0p250`): `lowest` relaxed StructureData, `ranking` Dict (with '
                                    'Boltzmann averages), `configurations` Dict (classes, multiplicities, sampled or '
-                                   'not), and per kept configuration (`c003`): `phonons` Dict (0 K stability; '
+                                   'not), and per kept configuration (`c003`): `structure` (relaxed), `phonons` Dict '
+                                   '(0 K stability; '
                                    'finite-T stabilisation), `bands` and `renormalised_bands.T200` BandsData, '
                                    '`phonon_plot` PNG.')
         spec.exit_code(EXIT_CODES['ERROR_SCREEN_FAILED'], 'ERROR_SCREEN_FAILED',
@@ -575,6 +576,7 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
                                    if bands.startswith(f'{link}_T')})
                 summary = phonon_summary(orm.Str(link), harmonic.results, harmonic.bands[link], **kwargs)
                 prefix = f'compositions.{key}.{name}'
+                self.out(f'{prefix}.structure', self.ctx.kept[key][name])
                 self.out(f'{prefix}.phonons', summary['summary'])
                 self.out(f'{prefix}.bands', harmonic.bands[link])
                 self.out(f'{prefix}.phonon_plot', summary['plot'])

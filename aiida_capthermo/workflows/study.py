@@ -19,9 +19,12 @@ recomputed. docs/architecture.md says how to add a stage.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 from aiida import orm
 from aiida.common.links import LinkType
-from aiida.engine import ToContext, WorkChain, if_
+from aiida.engine import ToContext, WorkChain, calcfunction, if_
 
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
@@ -100,6 +103,53 @@ def ground_state_warning(key: str, ranking: dict) -> str | None:
             'potential reorders them, and another run can pick another one')
 
 
+#: Keys of the study's ``ensemble`` input.
+ENSEMBLE_KEYS = ('configurations', 'temperature')
+
+
+def ensemble_error(ensemble: dict, keep: int | None) -> str | None:
+    """``ensemble``: ``configurations`` (k >= 1, at most the screen's ``keep``) and ``temperature`` (K > 0)."""
+    unknown = sorted(set(ensemble) - set(ENSEMBLE_KEYS))
+    if unknown or set(ensemble) != set(ENSEMBLE_KEYS):
+        return f'ensemble takes exactly {list(ENSEMBLE_KEYS)}, got {sorted(ensemble)}'
+    k, temperature = ensemble['configurations'], ensemble['temperature']
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        return f'ensemble.configurations must be an integer >= 1, got {k!r}'
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature) \
+            or temperature <= 0:
+        return f'ensemble.temperature (the synthesis temperature, K) must be a finite number > 0, got {temperature!r}'
+    if keep is not None and k > keep:
+        return (f'ensemble.configurations = {k} needs the screen to keep that many: set screen.keep >= {k} (it is '
+                f'{keep})')
+    return None
+
+
+@calcfunction
+def ensemble_weights(settings: orm.Dict, **rankings: orm.Dict) -> dict:
+    """The configurations of each composition that the thermal stage runs, and their Boltzmann weights at the
+    synthesis temperature: the ``configurations`` lowest of the screen's ranking (``rankings``, by composition key),
+    ``p_i = g_i exp(-(E_i - E_min) / k_B T) / Z`` over them (g_i the multiplicity, E_i the energy of the cell:
+    energy per atom times ``settings['n_atoms'][composition]``; :func:`core.solid_solution.class_probabilities`).
+
+    Outputs ``weights`` (``{composition: {<composition>_<class>: weight}}``, what ``table_one`` averages with) and
+    ``coverage`` (``{composition: the weight the kept classes hold among all the relaxed ones}``: below 1 the
+    ensemble is truncated).
+    """
+    from aiida_capthermo.core.solid_solution import class_probabilities
+
+    s = settings.get_dict()
+    weights, coverage = {}, {}
+    for composition, node in sorted(rankings.items()):
+        ranking = node.get_dict()
+        per_cell = np.asarray(ranking['energy_per_atom'], dtype=float) * s['n_atoms'][composition]
+        multiplicity = np.asarray(ranking['multiplicity'], dtype=float)
+        k = min(int(s['configurations']), len(ranking['keys']))
+        kept = class_probabilities(per_cell[:k], multiplicity[:k], float(s['temperature']))
+        weights[composition] = {f'{composition}_{name}': float(w) for name, w in zip(ranking['keys'][:k], kept)}
+        coverage[composition] = float(class_probabilities(per_cell, multiplicity, float(s['temperature']))[:k].sum())
+    return {'weights': orm.Dict(weights), 'coverage': orm.Dict(coverage)}
+
+
 def validate_study(inputs, _) -> str | None:
     from aiida_capthermo.workflows import screen, thermal
 
@@ -118,6 +168,13 @@ def validate_study(inputs, _) -> str | None:
             return f'screen: {error}'
         if structure_keys is None and 'compositions' in screen_inputs:  # the thermal stage: the screen's lowest
             structure_keys = [screen.composition_key(x) for x in screen_inputs['compositions'].get_list()]
+    if 'ensemble' in inputs:
+        if 'screen' not in inputs or given.get('structures'):
+            return 'ensemble averages the screen\'s configurations: it needs the screen namespace, not given.structures'
+        keep = inputs['screen']['keep'].value if 'keep' in inputs['screen'] else 1
+        error = ensemble_error(inputs['ensemble'].get_dict(), keep)
+        if error:
+            return error
     prototype = inputs['dataset']['prototype'].get_dict() if 'prototype' in inputs.get('dataset', {}) else None
     error = given_structures_error(given.get('structures', {}), prototype)
     if error:
@@ -205,6 +262,13 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                                               'help': 'The teacher on frames of the thermal MD (the dataset\'s '
                                                       'engines, both models; needs mace.evaluate_code); none: no '
                                                       'validation.'})
+        spec.input('ensemble', valid_type=orm.Dict, required=False,
+                   help='Each composition as the ensemble of its screen\'s lowest configurations rather than its '
+                        'ground state: `configurations` (k, at most screen.keep) and `temperature` (K, the synthesis '
+                        'temperature at which the configurations are frozen in): the thermal stage and the '
+                        'validation run every one, and Table I averages them with their Boltzmann weights there '
+                        '(multiplicities included), the spread of their gaps beside. Absent: the ground state, as '
+                        'in the paper.')
         spec.inputs.validator = validate_study
         spec.outline(
             if_(cls.should_run_dataset)(cls.run_dataset, cls.inspect_dataset),
@@ -243,6 +307,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                                    'validated, estimator, eg0, delta_gap, delta_gap_stderr (eV), relative_change; x, '
                                    'temperature (K).')
         spec.output('table_csv', valid_type=orm.SinglefileData, required=False, help='Table I as CSV.')
+        spec.output('ensemble', valid_type=orm.Dict, required=False,
+                    help='With `ensemble`: the weight of every configuration the thermal stage ran, by composition.')
         spec.output_namespace('figures', valid_type=orm.SinglefileData, dynamic=True,
                               help='PNG figures: eg_vs_x, eg_vs_t, relative_change (Figure 7b-d), coupling_<key> '
                                    '(Figure 8a), phonons_<key> (Figure 6), gnn_parity_low / gnn_parity, '
@@ -366,17 +432,39 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             self.report(f'screen: {node.exit_message}; going on with the ground states')
         self.out_many(self.exposed_outputs(node, SolidSolutionScreenWorkChain, namespace='screen'))
         compositions = node.outputs.compositions
-        self.ctx.structures = {key: compositions[key]['lowest'] for key in compositions}
+        if 'ensemble' in self.inputs:
+            self._take_ensemble(compositions)
+        else:
+            self.ctx.structures = {key: compositions[key]['lowest'] for key in compositions}
+            for key in compositions:
+                warning = ground_state_warning(key, compositions[key]['ranking'].get_dict()) \
+                    if 'ranking' in compositions[key] else None
+                if warning:
+                    self.report(warning)
         for key in compositions:
-            warning = ground_state_warning(key, compositions[key]['ranking'].get_dict()) \
-                if 'ranking' in compositions[key] else None
-            if warning:
-                self.report(warning)
-        for key in compositions:
-            for value in compositions[key].values():
+            lowest = compositions[key]['ranking']['lowest'] if 'ranking' in compositions[key] else None
+            for name, value in compositions[key].items():
                 if isinstance(value, dict) and 'phonon_plot' in value:
-                    self.out(f'figures.phonons_{key}', value['phonon_plot'])
+                    label = f'phonons_{key}' if name == lowest else f'phonons_{key}_{name}'
+                    self.out(f'figures.{label}', value['phonon_plot'])
         return None
+
+    def _take_ensemble(self, compositions) -> None:
+        """The configurations of every composition that the thermal stage runs, with their weights."""
+        ensemble = self.inputs.ensemble.get_dict()
+        rankings = {key: compositions[key]['ranking'] for key in compositions}
+        n_atoms = {key: len(compositions[key]['lowest'].sites) for key in compositions}
+        made = ensemble_weights(orm.Dict({**ensemble, 'n_atoms': n_atoms}), **rankings)
+        self.ctx.ensemble = made['weights']
+        self.ctx.lowest_member = {key: f'{key}_{rankings[key]["lowest"]}' for key in rankings}
+        self.out('ensemble', made['weights'])
+        self.ctx.structures = {}
+        for key, members in made['weights'].get_dict().items():
+            for member in members:
+                self.ctx.structures[member] = compositions[key][member[len(key) + 1:]]['structure']
+            weights = ', '.join(f'{member[len(key) + 1:]} {w:.2f}' for member, w in members.items())
+            self.report(f'{key}: the ensemble of {len(members)} configurations at {ensemble["temperature"]:g} K '
+                        f'({weights}) holds {100 * made["coverage"][key]:.1f} % of the relaxed ones\' weight')
 
     def should_thermal(self) -> bool:
         return 'thermal' in self.inputs
@@ -384,6 +472,12 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
     def run_thermal(self):
         inputs = self.exposed_inputs(ThermalGapWorkChain, 'thermal')
         structures = self.ctx.get('structures') or dict(self._given()['structures'])
+        if 'ensemble' in self.ctx and 'coupling' in inputs:  # a composition's modes: those of its lowest
+            coupling = inputs['coupling'].get_dict()
+            chosen = coupling.get('structures', 'all')
+            if chosen != 'all':
+                coupling['structures'] = [self.ctx.lowest_member.get(key, key) for key in chosen]
+                inputs['coupling'] = orm.Dict(coupling)
         inputs.update(structures=structures, mace_model=self.ctx.mace_model, gnn_model=self.ctx.gnn_model,
                       gnn_code=self.inputs.gnn.code, metadata={'call_link_label': 'thermal'})
         self.report(f'thermal gaps of {sorted(structures)} at {inputs["temperatures"].get_list()} K')
@@ -436,6 +530,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         inputs = {'table': self.ctx.thermal.outputs.table}
         if 'validation' in self.ctx:
             inputs['validation'] = self.ctx.validation.outputs.validation
+        if 'ensemble' in self.ctx:
+            inputs['ensemble'] = self.ctx.ensemble
         prototype = self.inputs.get('dataset', {}).get('prototype')
         if prototype is not None:  # names x in the figures: x_Br
             inputs['species'] = orm.Dict({'host': prototype['host'], 'guest': prototype['guest']})
@@ -474,10 +570,12 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         protocol's validation stage (the teacher on frames of the thermal MD).
         """
         inputs = cls.get_protocol_inputs(protocol, overrides)
-        unknown = set(inputs) - {'dataset', 'gnn', 'mace', 'screen', 'thermal', 'validation'}
+        unknown = set(inputs) - {'dataset', 'gnn', 'mace', 'screen', 'thermal', 'validation', 'ensemble'}
         if unknown:
             raise ValueError(f'unknown inputs in protocol or overrides: {sorted(unknown)}')
         builder = cls.get_builder()
+        if inputs.get('ensemble') is not None:
+            builder.ensemble = orm.Dict(inputs['ensemble'])
 
         def stage_inputs(name: str, process, *codes, **kwargs) -> dict:
             """The inputs of stage ``name`` from its own builder; its errors name the stage."""
