@@ -76,6 +76,24 @@ def test_figures_are_200_dpi_png_and_reproducible_pdf():
     assert first[:5] == b'%PDF-' and first == second
 
 
+def test_report_pdfs_do_not_depend_on_the_rc_state_of_the_process(tmp_path):
+    """`capthermo report` draws Table I's PDFs in matplotlib's default style, so that a library which changed the
+    process's rcParams (fonts, sizes) cannot change their bytes: the report of an archive imported elsewhere is
+    byte-identical."""
+    import matplotlib
+
+    from aiida_capthermo.workflows.report import pyplot
+
+    def drawn() -> bytes:
+        with pyplot().style.context('default'):
+            return png_bytes(table_figure(ROWS, 'eg_vs_x'), file_format='pdf')
+
+    clean = drawn()
+    with matplotlib.rc_context({'font.size': 15, 'font.family': 'serif'}):
+        assert drawn() == clean
+        assert png_bytes(table_figure(ROWS, 'eg_vs_x'), file_format='pdf') != clean  # what the style context prevents
+
+
 def _parity(n: int, stress: bool, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     n_atoms = np.full(n, 5)

@@ -363,9 +363,10 @@ def write_report(node: orm.ProcessNode, folder) -> tuple[str, list[str]]:
         (folder / filename).write_bytes(value.get_content('rb'))
     guest = (outputs.table.get('species') or {}).get('guest')
     written = [*files]
-    for name in TABLE_FIGURES:
-        (folder / f'{name}.pdf').write_bytes(png_bytes(table_figure(rows, name, guest), file_format='pdf'))
-        written.append(f'{name}.pdf')
+    with pyplot().style.context('default'):  # the same bytes whatever another library set in this process
+        for name in TABLE_FIGURES:
+            (folder / f'{name}.pdf').write_bytes(png_bytes(table_figure(rows, name, guest), file_format='pdf'))
+            written.append(f'{name}.pdf')
     (folder / 'run.json').write_text(json.dumps(run_record(node), indent=1, sort_keys=True, default=str) + '\n')
     return text, sorted([*written, 'run.json'])
 
