@@ -604,14 +604,14 @@ def status(study, watch, as_json):
     import json
     import time
 
-    from aiida_capthermo.workflows.progress import job_counts, stage_status
+    from aiida_capthermo.workflows.progress import stage_status, total_counts
 
     node = _study(study)
     while True:
         rows = stage_status(node)
         if as_json:
             click.echo(json.dumps({'study': {'pk': node.pk, 'uuid': node.uuid}, 'terminated': node.is_terminated,
-                                   'exit_status': node.exit_status, 'stages': rows, 'jobs': job_counts(node)},
+                                   'exit_status': node.exit_status, 'stages': rows, 'jobs': total_counts(rows)},
                                   indent=1))
         else:
             state = ('running' if not node.is_terminated else 'finished' if node.is_finished_ok

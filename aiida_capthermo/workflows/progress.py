@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiida import orm
 from aiida.common.links import LinkType
 
-__all__ = ['job_counts', 'stage_status', 'progress_line']
+__all__ = ['job_counts', 'stage_status', 'total_counts', 'progress_line']
 
 _CALLS = (LinkType.CALL_WORK, LinkType.CALL_CALC)
 
@@ -65,10 +65,17 @@ def stage_status(node: orm.ProcessNode) -> list[dict]:
     return rows
 
 
+def total_counts(rows: list[dict]) -> dict:
+    """The :func:`job_counts` of a study summed over its :func:`stage_status` rows (a study runs its jobs through its
+    stages: no second walk over every descendant)."""
+    return {name: sum(row[name] for row in rows) for name in ('done', 'running', 'waiting', 'total')}
+
+
 def progress_line(node: orm.ProcessNode) -> str:
     """One line: the running stages with their running step, and the jobs done/running/waiting below ``node``."""
+    rows = stage_status(node)
     running = [f'{row["stage"]}/{row["step"]}' if row['step'] else row['stage']
-               for row in stage_status(node) if row['state'] == 'running']
-    jobs = job_counts(node)
+               for row in rows if row['state'] == 'running']
+    jobs = total_counts(rows)
     return (f'running {", ".join(running) or "-"}; jobs {jobs["done"]} done, {jobs["running"]} running, '
             f'{jobs["waiting"]} waiting')
