@@ -38,16 +38,19 @@ def main() -> int:
     parser.add_argument('--protocol', default='demo', help='Protocol of the workchains (demo, fast, paper).')
     parser.add_argument('--timeout', type=float, default=3600.0, help='Seconds to wait for the study.')
     parser.add_argument('--figures', default='demo-output', help='Folder for Table I (CSV) and the figures.')
+    parser.add_argument('-o', '--override', action='append', default=[], metavar='KEY=VALUE',
+                        help='Protocol override, as `capthermo submit study -o` (e.g. ensemble.configurations=3).')
     args = parser.parse_args()
     load_profile()
 
-    from aiida_capthermo.cli.main import ensure_codes
+    from aiida_capthermo.cli.main import _parse_override, ensure_codes
     from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
 
     codes = {name: code for name, (code, _) in ensure_codes('localhost').items()}
     label_code, gnn_code, mace_code = codes['capthermo-label'], codes['capthermo-gnn'], codes['mace_run_train']
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(label_code, gnn_code, mace_code,
                                                                 protocol=args.protocol,
+                                                                overrides=_parse_override(tuple(args.override)),
                                                                 mlip_code=codes['capthermo-mlip'],
                                                                 evaluate_code=codes['capthermo-mace'])
     start = time.monotonic()
