@@ -76,22 +76,16 @@ def test_figures_are_200_dpi_png_and_reproducible_pdf():
     assert first[:5] == b'%PDF-' and first == second
 
 
-def test_report_pdfs_do_not_depend_on_the_rc_state_of_the_process(tmp_path):
-    """`capthermo report` draws Table I's PDFs in matplotlib's default style, so that a library which changed the
-    process's rcParams (fonts, sizes) cannot change their bytes: the report of an archive imported elsewhere is
-    byte-identical."""
+def test_figures_do_not_depend_on_the_rc_state_of_the_process():
+    """Every figure is drawn in matplotlib's default style (``report.styled``), so that a library which changed the
+    process's rcParams (pymatgen's plotter sets font.size 8) changes no byte: a daemon worker, a test and
+    `capthermo report` on an imported archive draw the same file."""
     import matplotlib
 
-    from aiida_capthermo.workflows.report import pyplot
-
-    def drawn() -> bytes:
-        with pyplot().style.context('default'):
-            return png_bytes(table_figure(ROWS, 'eg_vs_x'), file_format='pdf')
-
-    clean = drawn()
+    clean = png_bytes(table_figure(ROWS, 'eg_vs_x'), file_format='pdf')
     with matplotlib.rc_context({'font.size': 15, 'font.family': 'serif'}):
-        assert drawn() == clean
-        assert png_bytes(table_figure(ROWS, 'eg_vs_x'), file_format='pdf') != clean  # what the style context prevents
+        assert png_bytes(table_figure(ROWS, 'eg_vs_x'), file_format='pdf') == clean
+        assert png_bytes(table_figure.__wrapped__(ROWS, 'eg_vs_x'), file_format='pdf') != clean  # what it prevents
 
 
 def _parity(n: int, stress: bool, seed: int = 0) -> dict:
@@ -142,3 +136,72 @@ def test_band_path_axis_is_the_wave_vector_distance_with_labelled_breaks(aiida_p
     np.testing.assert_allclose(distance, [0.0, 0.25, 0.5, 0.5, 0.75, 1.0])
     assert [(round(d, 12), name) for d, name in ticks] == [(0.0, 'G'), (0.5, 'X|M'), (1.0, 'R')]
     assert segments == [slice(0, 3), slice(3, 6)]
+
+
+def test_total_dos_integrates_to_3n_and_is_the_smeared_mesh(aiida_profile):
+    """The phonon DOS of fcc Cu (EMT, conventional cell, 4 atoms) on a 4x4x4 mesh: it integrates to 3N = 12 states
+    and equals a brute-force sum of Gaussians over the mesh frequencies with their q-point weights."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from aiida_capthermo.ml.mlip import calculator_forces, phonopy_from_forces, total_dos
+
+    phonon = phonopy_from_forces(bulk('Cu', 'fcc', a=3.61, cubic=True), calculator_forces(EMT()), (2, 2, 2), 0.01)
+    sigma = 0.2
+    frequency, dos = total_dos(phonon, (4, 4, 4), sigma)
+    assert np.trapezoid(dos, frequency) == pytest.approx(12.0, rel=2e-3)
+    mesh = phonon.get_mesh_dict()
+    weights = mesh['weights'] / mesh['weights'].sum()
+    gaussians = np.exp(-((frequency[:, None, None] - mesh['frequencies'][None]) ** 2) / (2 * sigma ** 2))
+    brute = np.einsum('fqm,q->f', gaussians, weights) / (sigma * np.sqrt(2 * np.pi))
+    np.testing.assert_allclose(dos, brute, atol=1e-8 * brute.max())
+
+
+def _bands(frequencies: np.ndarray, dos_peak: float):
+    """Bands of a cubic cell along G-X|M-R with a DOS (one Gaussian of 12 states at ``dos_peak`` THz)."""
+    from aiida import orm
+
+    bands = orm.BandsData()
+    bands.set_cell(np.eye(3) * 5.0)
+    bands.set_kpoints(np.array([[0, 0, 0], [0.25, 0, 0], [0.5, 0, 0], [0.5, 0.5, 0], [0.5, 0.5, 0.25],
+                                [0.5, 0.5, 0.5]]))
+    bands.labels = [(0, 'G'), (2, 'X'), (3, 'M'), (5, 'R')]
+    bands.set_bands(frequencies, units='THz')
+    grid = np.linspace(-2.0, 8.0, 201)
+    bands.set_array('dos_frequency', grid)
+    bands.set_array('dos', 12 * np.exp(-((grid - dos_peak) ** 2) / 2) / np.sqrt(2 * np.pi))
+    bands.base.attributes.set('formula', 'Ag24Br4I4S8')
+    bands.base.attributes.set('x', 0.5)
+    return bands
+
+
+def test_phonon_figure_overlays_harmonic_and_renormalised_bands_beside_their_dos(aiida_profile):
+    """One band panel per temperature with the 0 K harmonic bands (grey) under the renormalised ones, a DOS panel
+    with both DOS, the unresolved modes marked at their harmonic frequencies, a title that names formula, x and
+    configuration; without temperatures, the harmonic bands alone (blue) beside their DOS."""
+    from aiida_capthermo.workflows.screen import phonon_figure
+
+    harmonic = np.tile(np.array([-0.5, 1.0, 3.0]), (6, 1))  # one imaginary branch at 0 K
+    result = {'unresolved': [1], 'harmonic': [0.0, -0.5, 2.0], 'stabilised': False,
+              'commensurate_frequencies': [[0.2, 1.1, 3.1]]}
+    figure = phonon_figure('x_0p500_c003', _bands(harmonic, 2.0),
+                           {'T300': (_bands(np.tile(np.array([0.4, 1.1, 3.2]), (6, 1)), 2.5), result)},
+                           np.array([[0.0, 0.0, 0.0]]))
+    bands_axis, dos_axis = figure.axes
+    assert figure._suptitle.get_text() == 'phonons of Ag24Br4I4S8, x = 0.500, configuration c003'
+    assert bands_axis.get_title() == '300 K renormalised over 0 K harmonic: not stabilised'
+    assert [tick.get_text() for tick in bands_axis.get_xticklabels()] == ['G', 'X|M', 'R']
+    grey = [line for line in bands_axis.lines if line.get_color() == '0.6']
+    assert len(grey) == 6 and np.allclose(grey[0].get_ydata(), -0.5)  # 3 branches x 2 segments, harmonic
+    assert [text.get_text() for text in bands_axis.get_legend().get_texts()] == [
+        '0 K harmonic', 'renormalised (interpolated)', 'measured by the MD']
+    assert dos_axis.get_xlabel() == 'DOS (1/THz)'
+    labels = [text.get_text() for text in dos_axis.get_legend().get_texts()]
+    assert labels == ['0 K', '300 K', 'unresolved at 300 K']
+    marks = [line for line in dos_axis.lines if line.get_marker() == 'x']
+    assert len(marks) == 1 and list(marks[0].get_ydata()) == [-0.5]  # mode 1 at its harmonic frequency
+    peak = next(line for line in dos_axis.lines if line.get_label() == '300 K')
+    assert peak.get_ydata()[np.nanargmax(peak.get_xdata())] == pytest.approx(2.5)
+    alone = phonon_figure('x_0p000_c000', _bands(harmonic, 2.0), {}, np.zeros((0, 3)))
+    assert len(alone.axes) == 2 and alone.axes[0].get_title() == '0 K (harmonic)'
+    assert {line.get_color() for line in alone.axes[0].lines if line.get_marker() != 'x'} >= {'tab:blue'}

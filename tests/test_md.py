@@ -298,8 +298,9 @@ def test_every_model_settings_round_trips_through_its_dump():
 
 
 def test_predict_mace_gives_forces_per_atom_and_refuses_nan(aiida_profile, mace_model_file, tmp_path):
-    """`capthermo predict` with a MACE model: energy, stress and every atom's force as the MD engine's model gives
-    them, written to JSON and extxyz; atoms on top of each other are an error (one line), not "energy nan"."""
+    """`capthermo predict` with a MACE model: energy, stress and every atom's force as the MD engine's model and
+    MACE's own ASE calculator give them (1e-6 eV/Å), written to JSON and extxyz; atoms on top of each other are an
+    error (one line), not "energy nan"."""
     import ase.io
     import torch
     import torch_sim as ts
@@ -322,6 +323,14 @@ def test_predict_mace_gives_forces_per_atom_and_refuses_nan(aiida_profile, mace_
     np.testing.assert_allclose(np.concatenate([r['forces'] for r in records]), reference['forces'].numpy(),
                                atol=1e-8)
     np.testing.assert_allclose([r['energy'] for r in records], reference['energy'].numpy(), atol=1e-8)
+    from mace.calculators import MACECalculator  # MACE's own ASE calculator, independent of the MD engine's path
+
+    calculator = MACECalculator(model_paths=str(mace_model_file), device='cpu', default_dtype='float64')
+    for record, cell in zip(records, cells):
+        cell = cell.copy()
+        cell.calc = calculator
+        np.testing.assert_allclose(record['forces'], cell.get_forces(), atol=1e-6)
+        assert record['energy'] == pytest.approx(cell.get_potential_energy(), abs=1e-6)
     assert records[0]['structure'].endswith('cells.extxyz@0') and records[0]['units']['forces'] == 'eV/Å'
     result = runner.invoke(cli, ['predict', model.uuid, str(tmp_path / 'cells.extxyz'), '--output',
                                  str(tmp_path / 'p.extxyz')])

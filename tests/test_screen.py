@@ -20,6 +20,7 @@ from aiida.common.links import LinkType
 from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.core.structures import antiperovskite
 from aiida_capthermo.data.model import ModelData
+from aiida_capthermo.workflows.report import pdf_beside
 
 from mlip_helpers import mace_model_file, small_cell  # noqa: F401 -- the module fixture; tests/ is on sys.path
 
@@ -343,6 +344,10 @@ def test_screen_workchain_2x2x2(model_node, script_code, mace_model_file):
         assert kept['phonons']['n_imaginary'] == int(np.sum(gamma < -0.1))
         assert kept['phonons']['stable_0K'] == (kept['phonons']['n_imaginary'] == 0)
         assert kept['phonon_plot'].get_content('rb')[:8] == b'\x89PNG\r\n\x1a\n'
+        assert pdf_beside(kept['phonon_plot']).get_content('rb')[:5] == b'%PDF-'
+        dos = bands.get_array('dos')  # the total DOS on the job's mesh: 3N = 120 states per cell
+        assert np.trapezoid(dos, bands.get_array('dos_frequency')) == pytest.approx(120, rel=5e-3)
+        assert bands.base.attributes.get('formula') == lowest.get_formula()
     job = compositions['x_0p250']['lowest'].base.links.get_incoming(link_type=LinkType.CREATE).one().node
     for structure in job.inputs.structures.values():
         assert np.allclose(structure.cell, np.eye(3) * 2 * vegard_lattice_parameter(0.25, 4.869, 4.793))

@@ -349,7 +349,8 @@ def check_screen_thermal_and_report(node, results, tmp_path):
     assert '0.500' in result.output and 'Eg(300 K)' in result.output
     written = sorted(path.name for path in (tmp_path / 'report').iterdir())
     assert 'table_i.csv' in written and 'eg_vs_x.png' in written and 'eg_vs_t.pdf' in written
-    assert len(written) == 2 + len(figures) + 3  # CSV, run.json, the PNGs, and Table I's figures as PDF
+    assert len(written) == 2 + 2 * len(figures)  # CSV, run.json, and every figure as PNG and PDF
+    assert all((tmp_path / 'report' / f'{name}.pdf').read_bytes()[:5] == b'%PDF-' for name in figures)
     # run.json: the run's own record (timings from the nodes, sizes, errors) that the docs quote about a run.
     record = json.loads((tmp_path / 'report' / 'run.json').read_text())
     labels = [stage['label'] for stage in record['stages']]

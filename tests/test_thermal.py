@@ -343,7 +343,8 @@ def test_thermal_gap_workchain_on_localhost(trained_models, tmp_path):
 
     # mode coupling: the table of the chosen structure, its amplitudes those of the modes job
     coupling = results['coupling']
-    assert set(coupling) == {'table_x050', 'plot_x050'}
+    assert set(coupling) == {'table_x050', 'plot_x050', 'plot_x050_pdf'}
+    assert coupling['plot_x050_pdf'].get_content('rb')[:5] == b'%PDF-'
     table = coupling['table_x050']
     n_imaginary = table.base.attributes.get('n_imaginary')
     assert len(table.get_array('frequency')) == 27 - n_imaginary  # 30 modes - 3 translations - imaginary (skipped)

@@ -87,7 +87,8 @@ class GnnTrainCalcJob(CapthermoCalcJob):
     _HYPERPARAMETERS = 'hyperparameters.json'
     _RESTART = 'restart.pt'
     _CHECKPOINT = 'checkpoint.pt'
-    _OUTPUT_FILES = ('model.pt', 'model.json', 'metrics.json', 'parity.npz', 'parity.png', 'training_curve.json')
+    _OUTPUT_FILES = ('model.pt', 'model.json', 'metrics.json', 'parity.npz', 'parity.png', 'parity.pdf',
+                     'training_curve.json')
 
     @classmethod
     def define(cls, spec):
@@ -118,6 +119,8 @@ class GnnTrainCalcJob(CapthermoCalcJob):
         spec.output('training_curve', valid_type=orm.ArrayData,
                     help='Per epoch: train and validation MSE (normalised), validation MAE (target units), seconds.')
         spec.output('parity_plot', valid_type=orm.SinglefileData, required=False, help='The parity plot (PNG).')
+        spec.output('parity_plot_pdf', valid_type=orm.SinglefileData, required=False,
+                    help='The parity plot as vector PDF.')
         spec.output('checkpoint', valid_type=orm.SinglefileData, required=False,
                     help='Restart checkpoint, output when the job stopped at its walltime.')
         spec.exit_code(EXIT_CODES['ERROR_NO_TRAINING_DATA'], 'ERROR_NO_TRAINING_DATA',

@@ -3,7 +3,7 @@
 Subcommands
 -----------
 ``train``    datasets (``LabelledSet`` ``.npz``) + hyper-parameter file (JSON/YAML) [+ parent model dir] ->
-             ``model.pt``, ``model.json``, ``metrics.json``, ``parity.npz``, ``parity.png``,
+             ``model.pt``, ``model.json``, ``metrics.json``, ``parity.npz``, ``parity.png``, ``parity.pdf``,
              ``training_curve.json``, ``checkpoint.pt``, ``summary.json``.
 ``predict``  model dir + dataset -> ``predictions.npz`` (``values`` in the target's units), ``summary.json``.
 ``explain``  model dir + dataset -> ``explanation.json`` (edge importance per bond type), ``explanation.png``.
@@ -21,7 +21,8 @@ import pathlib
 import time
 import traceback
 
-TRAIN_OUTPUTS = ('model.pt', 'model.json', 'metrics.json', 'parity.npz', 'parity.png', 'training_curve.json')
+TRAIN_OUTPUTS = ('model.pt', 'model.json', 'metrics.json', 'parity.npz', 'parity.png', 'parity.pdf',
+                 'training_curve.json')
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -382,7 +382,8 @@ def run_phonons(model: str, structures: str, config: dict, bands_path: str, phon
     ``phonons.json`` holds one record per structure (harmonic commensurate frequencies, number of imaginary modes,
     band labels; per temperature: harmonic and renormalised supercell-mode frequencies, linewidths, the
     renormalised commensurate frequencies, whether the 0 K instabilities are stabilised); ``bands.npz`` the bands
-    (``distance_i``, ``qpoints_i``, ``harmonic_i``, ``T300.0_i``) and the mode spectra (``spectrum_i_T300.0``,
+    (``distance_i``, ``qpoints_i``, ``harmonic_i``, ``T300.0_i``), the total DOS (``dos_frequency_i``, ``dos_i``,
+    ``dos_frequency_i_T300.0``, ``dos_i_T300.0``) and the mode spectra (``spectrum_i_T300.0``,
     ``spectrum_frequency_i_T300.0``) of structure i.
     """
     import time
@@ -390,7 +391,7 @@ def run_phonons(model: str, structures: str, config: dict, bands_path: str, phon
     import numpy as np
 
     from aiida_capthermo.core.dataset import LabelledSet
-    from aiida_capthermo.ml.mlip import band_structure, batched_forces, phonopy_from_forces
+    from aiida_capthermo.ml.mlip import band_structure, batched_forces, phonopy_from_forces, total_dos
     from aiida_capthermo.ml.phonons import commensurate_frequencies, finite_temperature_phonons
     from aiida_capthermo.ml.settings import PhononConfig
 
@@ -409,6 +410,8 @@ def run_phonons(model: str, structures: str, config: dict, bands_path: str, phon
         bands = band_structure(phonon, settings.band_points)
         arrays.update({f'distance_{index}': bands['distances'], f'qpoints_{index}': bands['qpoints'],
                        f'harmonic_{index}': bands['frequencies']})
+        arrays[f'dos_frequency_{index}'], arrays[f'dos_{index}'] = total_dos(phonon, settings.dos_mesh,
+                                                                             settings.dos_sigma)
         records.append({
             'index': index, 'structure_uuid': str(inputs.structure_uuid[index]), 'x': float(inputs.x[index]),
             'n_atoms': int(inputs.n_atoms[index]), 'supercell': settings.supercell,
@@ -424,6 +427,8 @@ def run_phonons(model: str, structures: str, config: dict, bands_path: str, phon
                 record['temperatures'][key] = {'broke': result['broke']}
                 continue
             arrays[f'T{key}_{index}'] = band_structure(result['phonopy'], settings.band_points)['frequencies']
+            arrays[f'dos_frequency_{index}_T{key}'], arrays[f'dos_{index}_T{key}'] = total_dos(
+                result['phonopy'], settings.dos_mesh, settings.dos_sigma)
             arrays[f'spectrum_frequency_{index}_T{key}'], arrays[f'spectrum_{index}_T{key}'] = result['spectrum']
             imaginary = result['imaginary_harmonic']
             record['temperatures'][key] = {

@@ -252,6 +252,16 @@ def harmonic_phonons(atoms, forces, supercell: Sequence[int] = (1, 1, 1), displa
     return result
 
 
+def total_dos(phonon, mesh: Sequence[int], sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Total phonon DOS of ``phonon`` (its current force constants) on a Γ-centred ``mesh``: the frequency points
+    (THz; imaginary modes at negative frequencies) and the DOS (states/THz per cell: it integrates to 3N), each mesh
+    frequency a Gaussian of width ``sigma`` (THz) weighted by its q point's symmetry weight."""
+    phonon.run_mesh([int(m) for m in mesh], is_gamma_center=True)
+    phonon.run_total_dos(sigma=float(sigma), freq_pitch=float(sigma) / 4.0)
+    dos = phonon.get_total_dos_dict()
+    return np.asarray(dos['frequency_points']), np.asarray(dos['total_dos'])
+
+
 #: The standard path of the simple-cubic Brillouin zone (Setyawan-Curtarolo) Γ-X-M-Γ-R-X | M-R: its special points
 #: in reciprocal lattice coordinates of the (near-)cubic cell, and the two continuous pieces.
 CUBIC_POINTS = {'Γ': [0.0, 0.0, 0.0], 'X': [0.0, 0.5, 0.0], 'M': [0.5, 0.5, 0.0], 'R': [0.5, 0.5, 0.5]}

@@ -116,6 +116,9 @@ class PhononConfig(ModelRunSettings):
     displacement: float = Field(0.01, gt=0, le=0.1, description='Finite displacement of phonopy (Å).')
     imaginary_threshold: float = Field(-0.1, le=0, description='Frequencies below this (THz) count as imaginary.')
     band_points: int = Field(31, ge=2, description='q points per segment of the band path.')
+    dos_mesh: list[int] = Field(default_factory=lambda: [8, 8, 8],
+                                description="Γ-centred q mesh (of the structure's reciprocal cell) of the phonon DOS.")
+    dos_sigma: float = Field(0.1, gt=0, description='Gaussian smearing of the phonon DOS (THz).')
     batch_size: PositiveInt | Literal['auto'] = Field(
         'auto', description='Displaced supercells per model call: auto = as many as half the free GPU memory '
                                   'holds, 8 on the CPU (the fastest on one thread: 1.24x over one by one, 64 is 0.6x).')
@@ -138,7 +141,7 @@ class PhononConfig(ModelRunSettings):
     stop_distance: float = Field(1.0, gt=0, description='A run with two atoms closer than this (Å) is broken.')
     max_seconds: float | None = Field(None, gt=0, description=MAX_SECONDS_HELP)
 
-    @field_validator('supercell')
+    @field_validator('supercell', 'dos_mesh')
     @classmethod
     def _three_positive(cls, value):
         if len(value) != 3 or min(value) < 1:

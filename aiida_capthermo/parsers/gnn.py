@@ -39,7 +39,8 @@ class _GnnParser(SummaryParser):
 
 
 class GnnTrainParser(_GnnParser):
-    """Outputs ``model`` (ModelData kind gnn), ``metrics``, ``parity``, ``training_curve``, ``parity_plot``;
+    """Outputs ``model`` (ModelData kind gnn), ``metrics``, ``parity``, ``training_curve``, ``parity_plot`` (and
+    ``parity_plot_pdf``);
     on a walltime stop the ``checkpoint`` to restart from."""
 
     def parse(self, **kwargs):
@@ -72,6 +73,9 @@ class GnnTrainParser(_GnnParser):
                          for split in ('train', 'validation', 'test')},
                 parent_model_uuid=parent.uuid if parent is not None else None, domain=metadata.get('domain'))
             self.out('parity_plot', orm.SinglefileData(paths['parity.png']))
+            if 'parity.pdf' in self.retrieved.base.repository.list_object_names():
+                with self.retrieved.base.repository.open('parity.pdf', 'rb') as handle:
+                    self.out('parity_plot_pdf', orm.SinglefileData(handle, filename='parity.pdf'))
         self.out('model', model)
         self.out('metrics', orm.Dict(metrics))
         self.out('parity', arrays_node(parity_arrays, target=metrics['target'], units=metrics['units']))

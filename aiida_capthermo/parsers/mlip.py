@@ -142,14 +142,16 @@ class MlipPhononsParser(MlipParser):
             for number, record in enumerate(records):
                 key = record['key']
                 self.out(f'bands.{key}', phonon_bands(arrays[f'qpoints_{number}'], arrays[f'harmonic_{number}'],
-                                                      record, self.node.inputs.structures[key]))
+                                                      record, self.node.inputs.structures[key],
+                                                      dos=_dos(arrays, f'{number}')))
                 for temperature, result in record['temperatures'].items():
                     if result['broke']:
                         continue
                     link = f'{key}_T{float(temperature):.0f}'
                     self.out(f'renormalised_bands.{link}', phonon_bands(
                         arrays[f'qpoints_{number}'], arrays[f'T{temperature}_{number}'], record,
-                        self.node.inputs.structures[key], temperature=float(temperature)))
+                        self.node.inputs.structures[key], temperature=float(temperature),
+                        dos=_dos(arrays, f'{number}_T{temperature}')))
                     spectra.set_array(link, arrays[f'spectrum_{number}_T{temperature}'])
                     spectra.set_array(f'frequency_{link}', arrays[f'spectrum_frequency_{number}_T{temperature}'])
         if spectra.get_arraynames():
@@ -163,16 +165,30 @@ class MlipPhononsParser(MlipParser):
 
 
 def phonon_bands(qpoints: np.ndarray, frequencies: np.ndarray, record: dict, structure: orm.StructureData,
-                 temperature: float | None = None) -> orm.BandsData:
-    """BandsData (THz) of one structure's bands along the cubic path, labels at the segment ends."""
+                 temperature: float | None = None, dos: tuple[np.ndarray, np.ndarray] | None = None) -> orm.BandsData:
+    """BandsData (THz) of one structure's bands along the cubic path, labels at the segment ends; the structure's
+    formula and x as attributes and, where the job computed it, the total DOS on a q mesh as the arrays
+    ``dos_frequency`` (THz) and ``dos`` (states/THz per cell)."""
     bands = orm.BandsData()
     bands.set_cell_from_structure(structure)
     bands.set_kpoints(np.asarray(qpoints))
     bands.labels = [(int(index), name) for index, name in record['band_labels']]
     bands.set_bands(np.asarray(frequencies), units='THz')
+    bands.base.attributes.set('formula', structure.get_formula())
+    bands.base.attributes.set('x', float(record['x']))
     if temperature is not None:
         bands.base.attributes.set('temperature', temperature)
+    if dos is not None:
+        bands.set_array('dos_frequency', dos[0])
+        bands.set_array('dos', dos[1])
     return bands
+
+
+def _dos(arrays, suffix: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The DOS of ``bands.npz`` for one structure (and temperature), None in the files of older jobs."""
+    if f'dos_{suffix}' not in arrays:
+        return None
+    return arrays[f'dos_frequency_{suffix}'], arrays[f'dos_{suffix}']
 
 
 def _clean(value):

@@ -22,8 +22,6 @@ A low validation error does not make a potential that MD can run with: that is w
 
 from __future__ import annotations
 
-import io
-
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, append_, calcfunction, if_, while_
 from aiida.plugins import CalculationFactory
@@ -42,7 +40,7 @@ from aiida_capthermo.workflows.engines import engine_namespace
 from aiida_capthermo.workflows.functions import frames_to_structures, merge_datasets, split_dataset
 from aiida_capthermo.workflows.mace import FinetuneMaceWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options
-from aiida_capthermo.workflows.report import learning_curve_png, mace_parity_plot
+from aiida_capthermo.workflows.report import figure_nodes, learning_curve_figure, mace_parity_plot
 from aiida_capthermo.workflows.validation import compositions_error, supplied_by_parent
 
 __all__ = ['MdStageSettings', 'MlipPotentialWorkChain']
@@ -129,9 +127,8 @@ def learning_curve(settings: orm.Dict, **metrics) -> dict:
              'converged': None if tolerance is None or not rows else bool(rows[-1]['force_mae'] <= tolerance),
              'units': {'force_mae': 'eV/Å', 'force_rmse': 'eV/Å', 'energy_per_atom_mae': 'eV/atom',
                        'force_tolerance': 'eV/Å'}}
-    png = learning_curve_png(curve)
-    return {'learning_curve': orm.Dict(curve),
-            'plot': orm.SinglefileData(io.BytesIO(png), filename='mace_learning_curve.png')}
+    png, pdf = figure_nodes(learning_curve_figure(curve), 'mace_learning_curve')
+    return {'learning_curve': orm.Dict(curve), 'plot': png, 'plot_pdf': pdf}
 
 
 class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
@@ -484,7 +481,7 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
                 return self.exit_codes.ERROR_EVALUATION_FAILED.format(
                     message=f'{node.pk} [{node.exit_status}] {node.exit_message}')
             self.out('evaluation', node.outputs.metrics)
-            self.out('parity_plot', mace_parity_plot(node.outputs.parity))
+            self.out('parity_plot', mace_parity_plot(node.outputs.parity)['plot'])
             forces = node.outputs.metrics.get_dict().get('forces', {})
             self.report(f'potential on {node.inputs.dataset.n_structures} held-out structures: force MAE '
                         f'{forces.get("mae", float("nan")):.4g} eV/Å')

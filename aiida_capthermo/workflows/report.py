@@ -3,16 +3,39 @@ and plain functions for ``capthermo report`` (which reads the stored nodes and r
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 
 from aiida import orm
 from aiida.engine import calcfunction
 
-__all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'table_figure', 'figure_png', 'composition_label',
-           'mace_parity_figure', 'mace_parity_png', 'mace_parity_plot',
-           'validation_png', 'learning_curve_png',
-           'run_record', 'write_report', 'pyplot', 'png_bytes', 'png_node']
+__all__ = ['table_one', 'table_rows', 'table_text', 'table_csv', 'table_figure', 'composition_label',
+           'mace_parity_figure', 'mace_parity_plot', 'validation_figure', 'learning_curve_figure',
+           'run_record', 'write_report', 'pyplot', 'styled', 'png_bytes', 'figure_bytes', 'figure_nodes', 'pdf_beside']
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (daemon workers have no display)."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def styled(draw):
+    """Decorator of a function that draws a figure: it draws in matplotlib's default style, so that what another
+    library set in the process's rcParams (pymatgen's plotter sets ``font.size`` 8 on import) changes no figure:
+    a daemon worker, a test and ``capthermo report`` on an imported archive draw the same bytes."""
+
+    @functools.wraps(draw)
+    def in_default_style(*args, **kwargs):
+        with pyplot().style.context('default'):
+            return draw(*args, **kwargs)
+
+    return in_default_style
 
 
 #: Per-(x, T) columns of a Table I row (lists over its temperatures), see core.error_budget.budget_rows.
@@ -160,6 +183,7 @@ def composition_label(guest: str | None = None) -> str:
     return rf'$x_{{\mathrm{{{guest}}}}}$' if guest else '$x$'
 
 
+@styled
 def table_figure(rows: list[dict], name: str, guest: str | None = None):
     """Figure 7b (``eg_vs_x``: Eg vs x per T), 7c (``eg_vs_t``: Eg vs T per x) or 7d (``relative_change``:
     ΔEg/Eg(0) vs x per T > 0) of Table I ``rows`` as a matplotlib figure.
@@ -222,42 +246,53 @@ def table_figure(rows: list[dict], name: str, guest: str | None = None):
     return figure
 
 
-def figure_png(rows: list[dict], name: str, guest: str | None = None) -> bytes:
-    """:func:`table_figure` as PNG bytes."""
-    return png_bytes(table_figure(rows, name, guest))
-
-
-def pyplot():
-    """``matplotlib.pyplot`` on the non-interactive Agg backend (daemon workers have no display)."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 #: Resolution of every PNG figure (dots per inch).
 DPI = 200
 
 
-def png_bytes(figure, file_format: str = 'png') -> bytes:
-    """The figure laid out (``tight_layout``) as PNG bytes at :data:`DPI` (``file_format='pdf'``: vector PDF);
-    the figure is closed."""
+@styled
+def figure_bytes(figure, *formats: str) -> list[bytes]:
+    """The figure laid out (``tight_layout``) in each of ``formats``: PNG at :data:`DPI`, vector PDF without a
+    creation date (the same figure gives the same bytes); the figure is closed."""
     figure.tight_layout()
-    buffer = io.BytesIO()
-    # No creation date in a PDF: the same figure gives the same bytes (a report of an imported archive is identical).
-    metadata = {'CreationDate': None} if file_format == 'pdf' else None
-    figure.savefig(buffer, format=file_format, dpi=DPI, metadata=metadata)
+    files = []
+    for file_format in formats:
+        buffer = io.BytesIO()
+        metadata = {'CreationDate': None} if file_format == 'pdf' else None
+        figure.savefig(buffer, format=file_format, dpi=DPI, metadata=metadata)
+        files.append(buffer.getvalue())
     pyplot().close(figure)
-    return buffer.getvalue()
+    return files
 
 
-def png_node(figure, filename: str) -> orm.SinglefileData:
-    """The figure as a PNG ``SinglefileData`` named ``filename`` (see :func:`png_bytes`)."""
-    return orm.SinglefileData(io.BytesIO(png_bytes(figure)), filename=filename)
+def png_bytes(figure, file_format: str = 'png') -> bytes:
+    """The figure as PNG bytes at :data:`DPI` (``file_format='pdf'``: vector PDF); see :func:`figure_bytes`."""
+    return figure_bytes(figure, file_format)[0]
 
 
+def figure_nodes(figure, stem: str) -> tuple[orm.SinglefileData, orm.SinglefileData]:
+    """The figure as a PNG and a PDF ``SinglefileData`` (``stem.png``, ``stem.pdf``). A process that makes a figure
+    stores the PNG as output ``<link>`` and the PDF as ``<link>_pdf`` beside it, where :func:`pdf_beside` finds it."""
+    png, pdf = figure_bytes(figure, 'png', 'pdf')
+    return (orm.SinglefileData(io.BytesIO(png), filename=f'{stem}.png'),
+            orm.SinglefileData(io.BytesIO(pdf), filename=f'{stem}.pdf'))
+
+
+def pdf_beside(png: orm.SinglefileData) -> orm.SinglefileData | None:
+    """The vector PDF that the process which made the PNG figure ``png`` stored beside it (its output
+    ``<link>_pdf``); None where it made none (figures of runs older than the PDFs)."""
+    from aiida.common.links import LinkType
+
+    created = png.base.links.get_incoming(link_type=LinkType.CREATE).all()
+    if not created:
+        return None
+    label = created[0].link_label
+    pdfs = created[0].node.base.links.get_outgoing(link_type=LinkType.CREATE,
+                                                   link_label_filter=f'{label}_pdf').all()
+    return pdfs[0].node if pdfs else None
+
+
+@styled
 def mace_parity_figure(parity: dict, title: str = ''):
     """Parity of a MACE evaluation (``capthermo-mace evaluate`` arrays): energy per atom (meV/atom, relative to the
     reference mean), force components (eV/Å) and, where the reference has stresses, stress components (GPa), each
@@ -293,20 +328,16 @@ def mace_parity_figure(parity: dict, title: str = ''):
     return figure
 
 
-def mace_parity_png(parity: dict, title: str = '') -> bytes:
-    """:func:`mace_parity_figure` as PNG bytes."""
-    return png_bytes(mace_parity_figure(parity, title))
-
-
 @calcfunction
-def mace_parity_plot(parity: orm.ArrayData) -> orm.SinglefileData:
-    """The parity plot (PNG) of a MACE evaluation's ``parity`` arrays."""
+def mace_parity_plot(parity: orm.ArrayData) -> dict:
+    """The parity plot of a MACE evaluation's ``parity`` arrays: ``plot`` (PNG) and ``plot_pdf``."""
     arrays = {name: parity.get_array(name) for name in parity.get_arraynames()}
     title = f'MACE on {len(arrays["energy_ref"])} held-out structures'
-    return orm.SinglefileData(io.BytesIO(mace_parity_png(arrays, title)), filename='mace_parity.png')
+    png, pdf = figure_nodes(mace_parity_figure(arrays, title), 'mace_parity')
+    return {'plot': png, 'plot_pdf': pdf}
 
 
-#: Table I's figures (Figure 7b-d), written as PNG nodes by the study and as PDF by ``capthermo report``.
+#: Table I's figures (Figure 7b-d), stored by the study as PNG and PDF nodes.
 TABLE_FIGURES = ('eg_vs_x', 'eg_vs_t', 'relative_change')
 
 
@@ -341,8 +372,7 @@ def table_one(table: orm.Dict, validation: orm.Dict | None = None, species: orm.
     for row in gaps:
         outputs[f'gap_{row["key"]}_T{row["temperature"]:.0f}'] = orm.Dict({**row, 'units': units})
     for name in TABLE_FIGURES:
-        outputs[name] = orm.SinglefileData(io.BytesIO(figure_png(rows, name, names.get('guest'))),
-                                           filename=f'{name}.png')
+        outputs[name], outputs[f'{name}_pdf'] = figure_nodes(table_figure(rows, name, names.get('guest')), name)
     return outputs
 
 
@@ -358,17 +388,15 @@ def write_report(node: orm.ProcessNode, folder) -> tuple[str, list[str]]:
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = {'table_i.csv': outputs.table_csv} if 'table_csv' in outputs else {}
-    files.update({f'{name}.png': value for name, value in (outputs.figures.items() if 'figures' in outputs else [])})
+    for name, value in (outputs.figures.items() if 'figures' in outputs else []):
+        files[f'{name}.png'] = value
+        pdf = pdf_beside(value)
+        if pdf is not None:
+            files[f'{name}.pdf'] = pdf
     for filename, value in files.items():
         (folder / filename).write_bytes(value.get_content('rb'))
-    guest = (outputs.table.get('species') or {}).get('guest')
-    written = [*files]
-    with pyplot().style.context('default'):  # the same bytes whatever another library set in this process
-        for name in TABLE_FIGURES:
-            (folder / f'{name}.pdf').write_bytes(png_bytes(table_figure(rows, name, guest), file_format='pdf'))
-            written.append(f'{name}.pdf')
     (folder / 'run.json').write_text(json.dumps(run_record(node), indent=1, sort_keys=True, default=str) + '\n')
-    return text, sorted([*written, 'run.json'])
+    return text, sorted([*files, 'run.json'])
 
 
 def _timing(node: orm.ProcessNode, origin) -> dict:
@@ -447,8 +475,9 @@ def run_record(node: orm.ProcessNode) -> dict:
     return record
 
 
-def validation_png(frames: dict) -> bytes:
-    """The validation on the thermal frames as PNG bytes: the GNN's gap against the teacher's (eV) and the MLIP's
+@styled
+def validation_figure(frames: dict):
+    """The validation on the thermal frames (a figure): the GNN's gap against the teacher's (eV) and the MLIP's
     force components against the low engine's (eV/Å), one colour per (x, T), with the MAE of each (x, T).
 
     ``frames``: per-frame arrays ``x``, ``temperature`` (K), ``teacher_gap``, ``gnn_gap`` (eV) and per-atom arrays
@@ -484,11 +513,12 @@ def validation_png(frames: dict) -> bytes:
         axis.set_ylabel(f'model ({unit})')
         axis.set_title(title, fontsize=9)
         axis.legend(fontsize=6, title='MAE per (x, T)', title_fontsize=6)
-    return png_bytes(figure)
+    return figure
 
 
-def learning_curve_png(curve: dict) -> bytes:
-    """The potential's active learning as PNG bytes: force MAE and RMSE (eV/Å) of each round's potential on that
+@styled
+def learning_curve_figure(curve: dict):
+    """The potential's active learning (a figure): force MAE and RMSE (eV/Å) of each round's potential on that
     round's fresh MD frames against the size of its training set, with the tolerance."""
     figure, axis = pyplot().subplots(figsize=(4.8, 3.6))
     rows = curve['rounds']
@@ -504,5 +534,5 @@ def learning_curve_png(curve: dict) -> bytes:
     axis.set_ylabel('error on fresh MD frames (eV/Å)')
     axis.set_title('out-of-sample ' + ('(converged)' if curve.get('converged') else '(not converged)'), fontsize=9)
     axis.legend(fontsize=8)
-    return png_bytes(figure)
+    return figure
 

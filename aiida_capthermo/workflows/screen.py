@@ -29,7 +29,7 @@ from aiida_capthermo.data.structures import set_structure_metadata
 from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.base import CapthermoBaseRestartWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin, set_options
-from aiida_capthermo.workflows.report import png_node, pyplot
+from aiida_capthermo.workflows.report import figure_nodes, pyplot, styled
 from aiida_capthermo.workflows.validation import (
     compositions_error,
     parent_error,
@@ -164,8 +164,8 @@ def rank_configurations(configurations: orm.Dict, temperatures: orm.List, **resu
 @calcfunction
 def phonon_summary(key: orm.Str, harmonic: orm.Dict, bands: orm.BandsData, finite: orm.Dict | None = None,
                    **renormalised: orm.BandsData) -> dict:
-    """One structure's vibrational stability: ``summary`` (Dict) and ``plot`` (PNG of the harmonic bands and the
-    renormalised bands at each temperature, the paper's Figure 6b-c).
+    """One structure's vibrational stability: ``summary`` (Dict), ``plot`` (PNG, the paper's Figure 6b-c: see
+    :func:`phonon_figure`) and ``plot_pdf``.
 
     ``key``: the structure's key in the results of the harmonic phonons job (``harmonic``) and of the
     finite-temperature job (``finite``, optional); ``bands``: its harmonic bands; ``renormalised``: its renormalised
@@ -180,30 +180,93 @@ def phonon_summary(key: orm.Str, harmonic: orm.Dict, bands: orm.BandsData, finit
         summary['temperatures'][f'T{float(temperature):.0f}'] = {
             name: result.get(name) for name in ('broke', 'stabilised', 'unresolved', 'trapped', 'imaginary_harmonic',
                                                 'imaginary_renormalised', 'equipartition', 'mean_temperature',
-                                                'resolution', 'commensurate_frequencies')}
-    panels = [('0 K (harmonic)', bands, None)] + [
-        (f'{key[1:]} K (renormalised)', renormalised[key], summary['temperatures'].get(key))
-        for key in sorted(renormalised, key=lambda k: float(k[1:]))]
-    figure, axes = pyplot().subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), sharey=True, squeeze=False)
-    for axis, (title, node, finite_t) in zip(axes[0], panels):
-        distance, ticks, segments = band_path_axis(node)
-        frequencies = node.get_bands()
-        if finite_t is None:
-            for part in segments:
-                axis.plot(distance[part], frequencies[part], color='tab:blue', lw=0.8)
-        else:
-            title = _renormalised_panel(axis, node, finite_t, np.asarray(record['commensurate_points']), title,
-                                        distance, segments)
+                                                'resolution', 'commensurate_frequencies', 'harmonic')}
+    figure = phonon_figure(key.value, bands, {name: (renormalised[name], summary['temperatures'].get(name) or {})
+                                              for name in renormalised},
+                           np.asarray(record['commensurate_points']))
+    for result in summary['temperatures'].values():
+        result.pop('harmonic', None)  # drawn, not kept: the finite-temperature job's results have it
+    png, pdf = figure_nodes(figure, 'phonon_bands')
+    return {'summary': orm.Dict(summary), 'plot': png, 'plot_pdf': pdf}
+
+
+@styled
+def phonon_figure(key: str, bands: orm.BandsData, renormalised: dict, points: np.ndarray):
+    """A structure's phonons: one band panel per temperature, the renormalised bands over the 0 K harmonic ones
+    (grey), or the harmonic bands alone when no temperature was run; on the right the total DOS of each (on the
+    job's q mesh, where the bands carry it). The x axis is the wave-vector distance with labelled breaks
+    (:func:`band_path_axis`). Modes the MD did not resolve are marked in the DOS panel at their harmonic
+    frequencies (crosses) and counted in their panel. The title names the structure's formula, x and configuration.
+
+    ``renormalised``: temperature key (``T200``) -> (BandsData, that temperature's results); ``points``: the
+    commensurate q points whose renormalised frequencies the MD measured.
+    """
+    plt = pyplot()
+    ordered = sorted(renormalised, key=lambda name: float(name[1:]))
+    has_dos = 'dos' in bands.get_arraynames()
+    columns = max(len(ordered), 1)
+    ratios = [1.0] * columns + ([0.35] if has_dos else [])
+    figure, axes = plt.subplots(1, len(ratios), figsize=(4.0 * columns + 1.6 * has_dos, 3.9), sharey=True,
+                                squeeze=False, gridspec_kw={'width_ratios': ratios})
+    axes = axes[0]
+    distance, ticks, segments = band_path_axis(bands)
+    harmonic = bands.get_bands()
+    colours = [tuple(colour) for colour in plt.get_cmap('autumn')(np.linspace(0.0, 0.6, max(len(ordered), 1)))]
+    for index, axis in enumerate(axes[:columns]):
+        overlay = bool(ordered)
+        for number, part in enumerate(segments):
+            _branches(axis, distance[part], harmonic[part], '0 K harmonic' if number == 0 else None,
+                      color='0.6' if overlay else 'tab:blue', lw=0.7)
+        title = '0 K (harmonic)'
+        if overlay:
+            name = ordered[index]
+            node, result = renormalised[name]
+            title = _renormalised_panel(axis, node, result, points, f'{name[1:]} K renormalised over 0 K harmonic',
+                                        distance, segments, colours[index])
         axis.axhline(0.0, color='k', lw=0.5)
-        axis.set_xticks([position for position, _ in ticks], [name for _, name in ticks])
+        axis.set_xticks([position for position, _ in ticks], [label for _, label in ticks])
         for position, _ in ticks:
-            axis.axvline(position, color='0.8', lw=0.5)
+            axis.axvline(position, color='0.85', lw=0.5)
         axis.set_xlim(distance[0], distance[-1])
         axis.set_xlabel('wave vector along the path (1/Å)')
-        axis.set_title(title, fontsize=9)
-    axes[0][0].set_ylabel('frequency (THz; < 0: imaginary)')
-    figure.suptitle(f'phonons of {key.value}', fontsize=9)
-    return {'summary': orm.Dict(summary), 'plot': png_node(figure, 'phonon_bands.png')}
+        axis.set_title(title, fontsize=8)
+        axis.legend(fontsize=6, loc='upper right')
+    axes[0].set_ylabel('frequency (THz; < 0: imaginary)')
+    if has_dos:
+        _dos_panel(axes[-1], bands, [(name, *renormalised[name], colour) for name, colour in zip(ordered, colours)])
+    formula, x = bands.base.attributes.get('formula', None), bands.base.attributes.get('x', None)
+    composition, _, configuration = key.rpartition('_')
+    what = f'{formula}, x = {x:.3f}' if formula is not None and x is not None else composition or key
+    figure.suptitle(f'phonons of {what}, configuration {configuration}' if configuration.startswith('c')
+                    else f'phonons of {what} ({key})', fontsize=9)
+    return figure
+
+
+def _branches(axis, distance: np.ndarray, frequencies: np.ndarray, label: str | None, **style) -> None:
+    """One line per branch (column of ``frequencies``), the legend's ``label`` on the first only."""
+    for number, line in enumerate(axis.plot(distance, frequencies, **style)):
+        line.set_label(label if number == 0 and label else '_nolegend_')
+
+
+def _dos_panel(axis, bands: orm.BandsData, renormalised: list[tuple]) -> None:
+    """The total DOS (states/THz per cell) of the harmonic bands and of each temperature's renormalised force
+    constants (its imaginary part, which only the interpolation makes, not drawn); the harmonic frequencies of the
+    modes the MD did not resolve as crosses at the left edge."""
+    axis.plot(bands.get_array('dos'), bands.get_array('dos_frequency'), color='0.4', lw=0.8, label='0 K')
+    for name, node, result, colour in renormalised:
+        if 'dos' in node.get_arraynames():
+            frequency, dos = node.get_array('dos_frequency'), node.get_array('dos')
+            axis.plot(np.where(frequency >= 0.0, dos, np.nan), frequency, color=colour, lw=0.8, label=f'{name[1:]} K')
+        unresolved = [result['harmonic'][mode] for mode in result.get('unresolved') or []
+                      if result.get('harmonic') is not None]
+        if unresolved:
+            axis.plot(np.zeros(len(unresolved)), unresolved, 'x', color=colour, ms=5, clip_on=False,
+                      label=f'unresolved at {name[1:]} K')
+    axis.axhline(0.0, color='k', lw=0.5)
+    axis.set_xlim(left=0.0)
+    axis.set_xlabel('DOS (1/THz)')
+    axis.set_title('total DOS', fontsize=8)
+    axis.legend(fontsize=6, loc='upper right')
 
 
 def band_path_axis(node: orm.BandsData) -> tuple[np.ndarray, list[tuple[float, str]], list[slice]]:
@@ -228,7 +291,7 @@ def band_path_axis(node: orm.BandsData) -> tuple[np.ndarray, list[tuple[float, s
 
 
 def _renormalised_panel(axis, node: orm.BandsData, result: dict, points: np.ndarray, title: str,
-                        distance: np.ndarray, segments: list[slice]) -> str:
+                        distance: np.ndarray, segments: list[slice], colour='tab:red') -> str:
     """Draw renormalised bands on ``axis``; return the panel's title.
 
     The MD resolves the commensurate q ``points`` only: their frequencies (``result``) are drawn as dots where the
@@ -237,14 +300,18 @@ def _renormalised_panel(axis, node: orm.BandsData, result: dict, points: np.ndar
     seen. Modes the MD did not resolve (no peak, or trapped in a well) are counted in the panel.
     """
     frequencies = np.where(node.get_bands() >= 0.0, node.get_bands(), np.nan)
-    for part in segments:
-        axis.plot(distance[part], frequencies[part], color='tab:red', lw=0.6, alpha=0.5)
+    for number, part in enumerate(segments):
+        _branches(axis, distance[part], frequencies[part], 'renormalised (interpolated)' if number == 0 else None,
+                  color=colour, lw=0.7, alpha=0.8)
     exact = np.asarray(result.get('commensurate_frequencies') or [])
     kpoints = node.get_kpoints()
+    first = True
     for q, values in zip(points, exact):
         offset = kpoints - q
         for index in np.flatnonzero(np.all(np.abs(offset - np.round(offset)) < 1e-6, axis=1)):
-            axis.plot(np.full(len(values), distance[index]), values, '.', color='darkred', ms=3)
+            axis.plot(np.full(len(values), distance[index]), values, '.', color='darkred', ms=3,
+                      label='measured by the MD' if first else None)
+            first = False
     unresolved, trapped = result.get('unresolved') or [], result.get('trapped') or []
     if unresolved:
         axis.text(0.02, 0.02, f'{len(unresolved)} modes unresolved\n({len(trapped)} trapped in a well)',

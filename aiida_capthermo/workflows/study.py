@@ -489,7 +489,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             return self.exit_codes.ERROR_THERMAL_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
         self.out_many(self.exposed_outputs(node, ThermalGapWorkChain, namespace='thermal'))
         for label, value in (node.outputs.coupling.items() if 'coupling' in node.outputs else []):
-            if label.startswith('plot_'):
+            if label.startswith('plot_') and not label.endswith('_pdf'):  # the PDF beside it: report.pdf_beside
                 self.out(f'figures.coupling_{label[5:]}', value)
         if node.exit_status == ThermalGapWorkChain.exit_codes.ERROR_REPLICAS_LOST.status:
             self.report(f'thermal: {node.exit_message}; Table I holds the gaps of the replicas that finished')

@@ -28,6 +28,7 @@ from aiida_capthermo.calculations.mlip import MlipModesCalcJob, MlipThermalCalcJ
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.protocols import ProtocolMixin, set_options
+from aiida_capthermo.workflows.report import figure_nodes, pyplot, styled
 from aiida_capthermo.workflows.screen import MlipScreenWorkChain
 from aiida_capthermo.workflows.validation import supplied_by_parent
 
@@ -136,7 +137,8 @@ def mode_coupling(modes: orm.Dict, predictions: orm.ArrayData, eg0: orm.ArrayDat
     ``settings['keys']``), ``settings['temperatures']`` the temperatures of the modes job. ΔEg of a mode is the mean
     of the two signs minus Eg(0) (``core.thermal.pair_frozen_modes``: the linear term cancels). Outputs per structure
     key: ``table_<key>`` ArrayData (mode, frequency THz, temperature K, amplitude amu^1/2 Å, gap_plus, gap_minus,
-    delta_gap eV, relative_change, share_<species>), ``plot_<key>`` PNG of ΔEg/Eg against frequency.
+    delta_gap eV, relative_change, share_<species>), ``plot_<key>`` PNG of ΔEg/Eg against frequency (and
+    ``plot_<key>_pdf``).
     """
     from aiida_capthermo.core.thermal import pair_frozen_modes
 
@@ -174,13 +176,14 @@ def mode_coupling(modes: orm.Dict, predictions: orm.ArrayData, eg0: orm.ArrayDat
         table.base.attributes.set('units', {'frequency': 'THz', 'temperature': 'K', 'amplitude': 'amu^1/2 Å',
                                             'gap': 'eV'})
         outputs[f'table_{record["key"]}'] = table
-        outputs[f'plot_{record["key"]}'] = _coupling_plot(columns, shares, s['temperatures'], record)
+        outputs[f'plot_{record["key"]}'], outputs[f'plot_{record["key"]}_pdf'] = figure_nodes(
+            _coupling_figure(columns, shares, s['temperatures'], record), f'mode_coupling_{record["key"]}')
     return outputs
 
 
-def _coupling_plot(columns: dict, shares: dict, temperatures: list, record: dict) -> orm.SinglefileData:
+@styled
+def _coupling_figure(columns: dict, shares: dict, temperatures: list, record: dict):
     """ΔEg/Eg (%) against frequency, one panel per temperature, coloured by the species that moves most."""
-    from aiida_capthermo.workflows.report import png_node, pyplot
 
     symbols = sorted(shares)
     dominant = np.array(symbols)[np.argmax(np.stack([shares[s] for s in symbols]), axis=0)]
@@ -198,7 +201,7 @@ def _coupling_plot(columns: dict, shares: dict, temperatures: list, record: dict
     if len(temperatures) > 1:  # why the panels look alike
         figure.suptitle('Each mode is frozen at its thermal amplitude, Q² ∝ coth(ħω/2kT) ≈ 2kT/ħω above ħω/2k: '
                         'ΔEg, second order in Q, grows about ∝ T, so the panels differ mainly in scale', fontsize=7)
-    return png_node(figure, f'mode_coupling_{record["key"]}.png')
+    return figure
 
 
 def validate_inputs(inputs, ports) -> str | None:

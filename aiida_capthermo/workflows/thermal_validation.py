@@ -19,7 +19,6 @@ After the thermal MD (``ThermalGapWorkChain``), for every (x, T):
 
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np
@@ -179,7 +178,7 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
     ``teacher``) and ``plot`` (PNG: GNN against teacher and MLIP forces against the low engine, per frame).
     """
     from aiida_capthermo.core.validation import point_key, pressure, validation_rows, vegard_deviations
-    from aiida_capthermo.workflows.report import validation_png
+    from aiida_capthermo.workflows.report import figure_nodes, validation_figure
 
     uuids = settings['structure_uuids']
     position = {uuid: index for index, uuid in enumerate(uuids)}
@@ -232,16 +231,18 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
             row.update(mechanics[row['point']])
     source = high if high is not None else low
     frame_of_atom = np.repeat(np.arange(n), picked.n_atoms)
-    png = validation_png({'x': picked.x, 'temperature': picked.temperature, 'teacher_gap': teacher, 'gnn_gap': gnn,
-                          'force_x': picked.x[frame_of_atom], 'force_temperature': picked.temperature[frame_of_atom],
-                          'forces_reference': forces_reference, 'forces_predicted': forces_predicted})
+    figure = validation_figure({
+        'x': picked.x, 'temperature': picked.temperature, 'teacher_gap': teacher, 'gnn_gap': gnn,
+        'force_x': picked.x[frame_of_atom], 'force_temperature': picked.temperature[frame_of_atom],
+        'forces_reference': forces_reference, 'forces_predicted': forces_predicted})
+    png, pdf = figure_nodes(figure, 'validation')
     return {'validation': orm.Dict({'rows': table, 'columns': list(COLUMNS), 'units': UNITS,
                                     'teacher': 'high' if high is not None else 'low',
                                     'teacher_method': source.base.attributes.get('gap_method', None)
                                     or source.base.attributes.get('method', None),
                                     'n_frames': n, 'n_low': len(labelled),
                                     'n_teacher': int(np.isfinite(teacher).sum())}),
-            'plot': orm.SinglefileData(io.BytesIO(png), filename='validation.png')}
+            'plot': png, 'plot_pdf': pdf}
 
 
 def validate_inputs(inputs, ports) -> str | None:

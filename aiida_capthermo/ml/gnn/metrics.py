@@ -32,11 +32,19 @@ def parity_caption(metrics: dict, units: str, what: str) -> str:
 def plot_parity(parity: dict, metrics: dict, path: str, target: str = 'gap', units: str = 'eV',
                 title: str = '') -> None:
     """Parity plot (true vs predicted) of the train/validation/test splits, each with its MAE, R² (where defined)
-    and size in the legend, written to ``path`` (PNG); ``title`` names the model (e.g. its training stage)."""
+    and size in the legend, written to ``path`` (PNG) and beside it as vector PDF (``.pdf``, no creation date);
+    ``title`` names the model (e.g. its training stage)."""
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
+    with plt.style.context('default'):  # whatever the process's rcParams
+        _draw_parity(plt, parity, metrics, target, units, title, path)
+
+
+def _draw_parity(plt, parity, metrics, target, units, title, path) -> None:
+    import pathlib
 
     figure, axis = plt.subplots(figsize=(4.8, 4.8), dpi=DPI)
     values = []
@@ -56,6 +64,7 @@ def plot_parity(parity: dict, metrics: dict, path: str, target: str = 'gap', uni
     axis.legend(fontsize=6)
     figure.tight_layout()
     figure.savefig(path)
+    figure.savefig(pathlib.Path(path).with_suffix('.pdf'), metadata={'CreationDate': None})
     plt.close(figure)
 
 
