@@ -168,7 +168,8 @@ def test_a_segfaulting_calculation_fails_one_structure_not_the_batch(tmp_path):
     summary = json.loads((tmp_path / 'summary.json').read_text())
     assert (summary['n_ok'], summary['n_failed']) == (2, 1) and summary['threads'] == 1
     crashed = summary['records'][1]
-    assert crashed['status'] == 'failed' and 'crashed its process (SIGSEGV)' in crashed['error']
+    assert crashed['status'] == 'failed' and crashed['index'] == 1
+    assert crashed['error'].startswith('the calculation of structure 1 (Ag3IS) crashed its process (SIGSEGV)')
     labelled = LabelledSet.load(tmp_path / 'labels.npz')
     alone, _ = label_structures(LabelledSet.from_atoms_list(good), CalculatorSpec())
     assert np.isnan(labelled.energy[1]) and np.all(np.isnan(labelled.forces[5:10]))

@@ -86,13 +86,20 @@ def code_validator(entry_point: str):
 
 
 def pydantic_error(model, data: dict, what: str) -> str | None:
-    """Validate ``data`` against the pydantic ``model``; return a port-validator message, or None when valid."""
+    """Validate ``data`` against the pydantic ``model``; return a port-validator message, or None when valid: one
+    ``field: reason (got value)`` per error, without pydantic's links and type tags."""
     from pydantic import ValidationError
 
     try:
         model.model_validate(data)
     except ValidationError as exception:
-        return f'invalid {what}: {exception}'
+        reasons = []
+        for error in exception.errors():
+            where = '.'.join(str(part) for part in error['loc'])
+            reason = str(error['msg']).removeprefix('Value error, ')
+            got = '' if error['type'] in ('missing', 'value_error') else f' (got {error.get("input")!r})'
+            reasons.append(f'{where}: {reason}{got}' if where else f'{reason}{got}')
+        return f'invalid {what}: ' + '; '.join(reasons)
     return None
 
 

@@ -209,9 +209,10 @@ def _isolated_rows(structures: LabelledSet, spec: CalculatorSpec) -> list[tuple]
             code = child.exitcode
             cause = signal.Signals(-code).name if code is not None and code < 0 else f'exit code {code}'
             atoms = int(structures.n_atoms[crashed])
+            formula = structures.atoms(crashed, with_labels=False).get_chemical_formula()
             rows[crashed] = ({'index': crashed, 'status': 'failed', 'seconds': None, 'threads': None,
-                              'error': f'the calculation crashed its process ({cause}); the other structures of '
-                                       'the batch were labelled in a new one'},
+                              'error': f'the calculation of structure {crashed} ({formula}) crashed its process '
+                                       f'({cause}); the other structures of the batch were labelled in a new one'},
                              {}, np.full((atoms, 3), np.nan), np.full(6, np.nan))
     return [rows[index] for index in range(n)]
 

@@ -570,9 +570,12 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         protocol's validation stage (the teacher on frames of the thermal MD).
         """
         inputs = cls.get_protocol_inputs(protocol, overrides)
-        unknown = set(inputs) - {'dataset', 'gnn', 'mace', 'screen', 'thermal', 'validation', 'ensemble'}
+        stages = ('dataset', 'gnn', 'mace', 'screen', 'thermal', 'validation', 'ensemble')
+        unknown = set(inputs) - set(stages)
         if unknown:
-            raise ValueError(f'unknown inputs in protocol or overrides: {sorted(unknown)}')
+            raise ValueError(f'unknown inputs in protocol or overrides: {sorted(unknown)}; a study takes '
+                             f'{", ".join(stages)}, each with its own keys (e.g. dataset.prototype.a_host, '
+                             'dataset.seed, thermal.temperatures)')
         builder = cls.get_builder()
         if inputs.get('ensemble') is not None:
             builder.ensemble = orm.Dict(inputs['ensemble'])

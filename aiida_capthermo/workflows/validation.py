@@ -135,7 +135,8 @@ def compositions_error(x_values: list, supercell: list) -> str | None:
             guest_count(x, n_sites)
         except ValueError as exception:
             return (f'{exception} (compositions must be multiples of 1/{n_sites} in [0, 1]: the supercell {supercell} '
-                    f'has {n_sites} sites on the disordered sublattice)')
+                    f'has {n_sites} sites on the disordered sublattice); give a supercell with more sites (e.g. '
+                    '[2, 2, 2]: steps of 1/8) or compositions on its grid')
     return None
 
 
