@@ -177,3 +177,60 @@ def test_export_dataset_writes_extxyz_that_ase_reads_back(aiida_localhost, tmp_p
     assert result.exit_code == 0 and read(tmp_path / 'plain.extxyz', 0).info['energy_dft'] == -1.5
     wrong = runner.invoke(cli, ['export', 'dataset', '999999', str(tmp_path / 'x.extxyz')])
     assert wrong.exit_code == 2 and 'Traceback' not in wrong.output
+
+
+#: Every command that takes a node, a file or a typed option, with each kind of wrong value: `{pk}` a node that
+#: exists but is of the wrong kind (a dataset, or a plain workflow for the commands that want a study or an MD job).
+WRONG_VALUES = [
+    *[(command, value) for value in ('999999', '01234567-89ab-cdef-0123-456789abcdef', 'no-such-label', '{dataset}',
+                                     '{workflow}')
+      for command in (['report', '{}'], ['status', '{}'], ['gap', '--x', '0.5', '--study', '{}'],
+                      ['export', 'trajectory', '{}'])],
+    *[(['predict', '{}', '{file}'], value) for value in ('999999', 'no-such-label', '{dataset}')],
+    *[(['export', 'dataset', '{}', '{tmp}/out.extxyz'], value) for value in ('999999', 'no-such-label', '{workflow}')],
+    *[(['submit', 'screen', '--dry-run', '--model', '{}'], value) for value in ('999999', '{dataset}')],
+    (['predict', '{model}', '{}'], '{tmp}/missing.xyz'),
+    (['predict', '{model}', '{}'], '{tmp}/not-a-structure.xyz'),
+    (['enumerate', '{}', '--site', 'I', '--guest', 'Br', '--supercell', '2', '2', '2'], '{tmp}/missing.cif'),
+    (['enumerate', '{}', '--site', 'I', '--guest', 'Br', '--supercell', '2', '2', '2'], '{tmp}/not-a-structure.xyz'),
+    (['gap', '--x', '{}'], 'half'),
+    (['gap', '--x', '0.5', '--T', '{}'], 'hot'),
+    (['status', '{study}', '--watch', '{}'], '0.1'),
+    (['models', '--kind', '{}'], 'transformer'),
+    (['datasets', '--fidelity', '{}'], 'medium'),
+    (['predict', '{model}', '{file}', '--out-of-domain', '{}'], 'ignore'),
+    (['submit', '{}', '--dry-run'], 'everything'),
+]
+
+
+def test_every_command_refuses_a_wrong_node_file_or_option_in_one_line(aiida_localhost, tmp_path):
+    """The table above: each wrong pk, UUID, label, node kind, file and option value gives a non-zero exit, exactly
+    one line that starts with `Error:`, and no traceback."""
+    labelled = LabelledSet(numbers=[1, 1], positions=np.zeros((2, 3)), cells=np.stack([np.eye(3)] * 2),
+                           n_atoms=[1, 1], gap=[1.0, 2.0], temperature=[300.0, 600.0])
+    dataset = DatasetData.from_labelled_set(labelled, fidelity='high', method='HSEsol').store()
+    workflow = orm.WorkflowNode().store()
+    (tmp_path / 'h2.xyz').write_text('2\n\nH 0 0 0\nH 0 0 0.74\n')
+    (tmp_path / 'not-a-structure.xyz').write_text('this is not a structure\n')
+    import zipfile
+
+    from aiida_capthermo.data.model import ModelData
+
+    with zipfile.ZipFile(tmp_path / 'tiny.model', 'w') as archive:
+        archive.writestr('tiny/data.pkl', b'weights')
+    model = ModelData.from_files(kind='mace', files={'tiny.model': tmp_path / 'tiny.model'},
+                                 main_file='tiny.model').store()
+    names = {'dataset': str(dataset.pk), 'workflow': workflow.uuid, 'file': str(tmp_path / 'h2.xyz'),
+             'tmp': str(tmp_path), 'model': str(model.pk), 'study': str(workflow.pk)}
+    runner = CliRunner()
+    failures = []
+    for command, value in WRONG_VALUES:
+        arguments = [part.format(value.format(**names), **names) if part == '{}' else part.format(**names)
+                     for part in command]
+        result = runner.invoke(cli, arguments)
+        errors = [line for line in result.output.splitlines() if line.startswith('Error:')]
+        if result.exit_code == 0 or len(errors) != 1 or 'Traceback' in result.output or (
+                result.exception is not None and not isinstance(result.exception, SystemExit)):
+            failures.append((arguments, result.exit_code, result.output[-400:], repr(result.exception)))
+    assert not failures, '\n'.join(map(str, failures))
+    assert len(WRONG_VALUES) == 39
