@@ -302,6 +302,12 @@ def check_ensemble_from_given_models(results, codes, mlip, evaluate, overrides, 
     assert rows['x_0p500']['configuration_spread'][1] >= 0 and outputs['gaps']['x_0p500_T300']['configurations']
     assert {'phonons_x_0p500', 'phonons_x_0p000'} <= set(outputs['figures'])
     assert any(label.startswith('phonons_x_0p500_c') for label in outputs['figures'])  # the second configuration
+    from aiida_capthermo.workflows.report import run_record
+
+    record = run_record(study)  # run.json keeps the weights, their coverage and every configuration's rows
+    assert record['ensemble']['weights'] == weights and record['ensemble']['coverage']['x_0p500'] <= 1.0 + 1e-12
+    assert {row['key'] for row in record['configurations']} == members
+    assert set(record['screen_ranking']['x_0p500']['keys'][:2]) == {m.split('_')[-1] for m in weights['x_0p500']}
 
 
 def check_screen_thermal_and_report(node, results, tmp_path):

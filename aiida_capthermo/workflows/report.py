@@ -413,10 +413,22 @@ def _timing(node: orm.ProcessNode, origin) -> dict:
     return entry
 
 
+def _ensemble_coverage(node: orm.ProcessNode) -> dict | None:
+    """The ``coverage`` of the study's ``ensemble_weights`` calcfunction (the weight its kept classes hold among all
+    the screen's relaxed ones, per composition), None when it made none."""
+    from aiida.common.links import LinkType
+
+    for link in node.base.links.get_outgoing(link_type=LinkType.CALL_CALC).all():
+        if getattr(link.node, 'process_label', None) == 'ensemble_weights' and 'coverage' in link.node.outputs:
+            return link.node.outputs.coverage.get_dict()
+    return None
+
+
 def run_record(node: orm.ProcessNode) -> dict:
     """What a finished study did, from its stored nodes: wall time, every stage's timing (each process the study
     called, and the processes its workchains called), dataset sizes and the parents' imaginary modes, model errors,
-    the screen's 0 K phonons, the validation on the thermal frames and Table I's error budget. ``capthermo report``
+    the screen's 0 K phonons, the validation on the thermal frames and Table I's error budget (with an ensemble:
+    every configuration's row, the weights and their coverage). ``capthermo report``
     and the demo write it as ``run.json`` beside Table I, so every figure quoted about a run comes from the run
     itself."""
     origin = node.ctime
@@ -466,12 +478,24 @@ def run_record(node: orm.ProcessNode) -> dict:
         record['error_budget'] = [
             {'x': row['x'], 'temperature': t, **{name: column(row, name, i) for name in ROW_COLUMNS}}
             for row in outputs.table['rows'] for i, t in enumerate(row['temperatures'])]
+        if outputs.table.get('configurations'):  # an ensemble: every configuration's own row, and the weights
+            record['configurations'] = [
+                {'key': row['key'], 'x': row['x'], 'temperature': t,
+                 **{name: column(row, name, i) for name in ROW_COLUMNS}}
+                for row in outputs.table['configurations'] for i, t in enumerate(row['temperatures'])]
+            record['ensemble'] = {'weights': outputs.table.get('ensemble'),
+                                  'settings': node.inputs.ensemble.get_dict() if 'ensemble' in node.inputs else None,
+                                  'coverage': _ensemble_coverage(node)}
     if 'screen' in outputs and 'compositions' in outputs.screen:
         record['screen_phonons'] = {
             f'{composition}.{key}': {name: value['phonons'].get_dict().get(name)
                                      for name in ('n_imaginary', 'min_frequency', 'stable_0K')}
             for composition, entries in outputs.screen.compositions.items()
             for key, value in entries.items() if hasattr(value, 'items') and 'phonons' in value}
+        record['screen_ranking'] = {  # the relaxed classes by energy: what the ground state and the weights rest on
+            composition: {name: entries['ranking'].get_dict().get(name)
+                          for name in ('keys', 'relative_energy_per_atom', 'multiplicity', 'lowest')}
+            for composition, entries in outputs.screen.compositions.items() if 'ranking' in entries}
     return record
 
 
