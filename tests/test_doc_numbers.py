@@ -155,3 +155,35 @@ def test_md_settings_quoted_from_the_protocols():
     assert f'{replicas} {picoseconds:g} ps replica at {demo["timestep"]:g} fs per composition and temperature' in page
     assert (f'{replicas} {picoseconds:g} ps replica per composition and temperature at {demo["timestep"]:g} fs, '
             f'friction {demo["friction"]:g} fs⁻¹, frames every {frames:g} fs') in (ROOT / 'docs/study.md').read_text()
+
+
+def test_ensemble_side_by_side_matches_its_run():
+    """The ground-state-versus-ensemble table in docs/study.md: every configuration's weight, relative energies (the
+    potential's from the screen's ranking, the teacher's from the validation's 0 K rows) and gaps, and the ensemble's
+    row, from docs/figures/demo_ensemble/run.json; the largest distance of ensemble and ground state as quoted."""
+    record = _json('docs/figures/demo_ensemble/run.json')
+    text = (ROOT / 'docs/study.md').read_text()
+    rows = {(row['key'], row['temperature']): row for row in record['configurations']}
+    ensemble = {row['temperature']: row for row in record['error_budget'] if row['x'] == 0.5}
+    weights = record['ensemble']['weights']['x_0p500']
+    ranking = record['screen_ranking']['x_0p500']
+    validation = {row['point']: row for row in record['validation']['rows']}
+    lowest = validation['x_0p500_c000_T0']['energy_per_atom_bias']
+
+    def gaps(row_of) -> str:
+        return ' | '.join([f'{row_of(0.0)["gap"]:.3f}'] + [f'{row_of(t)["gap"]:.3f} ± {row_of(t)["stderr"]:.3f}'
+                                                            for t in (300.0, 600.0)])
+
+    for name, relative in zip(ranking['keys'], ranking['relative_energy_per_atom']):
+        key = f'x_0p500_{name}'
+        if key not in weights:
+            continue
+        teacher = 1000 * (relative + validation[f'{key}_T0']['energy_per_atom_bias'] - lowest)
+        weight = f'{weights[key]:.7f}' if weights[key] > 0.5 else f'{weights[key]:.1e}'
+        label = f'{name} (ground state)' if name == ranking['lowest'] else name
+        expected = (f'| {label} | {weight} | {1000 * relative:.1f} / {teacher:.1f} | '
+                    + gaps(lambda t, key=key: rows[(key, t)]) + ' |')
+        assert expected in text, expected
+    assert '| ensemble of the three | | | ' + gaps(lambda t: ensemble[t]) + ' |' in text
+    distance = max(abs(ensemble[t]['gap'] - rows[('x_0p500_c000', t)]['gap']) for t in (0.0, 300.0, 600.0))
+    assert f'{distance:.1e} eV apart at most' in text, distance
