@@ -205,3 +205,20 @@ def test_phonon_figure_overlays_harmonic_and_renormalised_bands_beside_their_dos
     alone = phonon_figure('x_0p000_c000', _bands(harmonic, 2.0), {}, np.zeros((0, 3)))
     assert len(alone.axes) == 2 and alone.axes[0].get_title() == '0 K (harmonic)'
     assert {line.get_color() for line in alone.axes[0].lines if line.get_marker() != 'x'} >= {'tab:blue'}
+
+
+def test_the_committed_demo_figures_are_200_dpi_with_a_pdf_beside_each():
+    """docs/figures/demo holds the recorded run's figures as the study stored them: every PNG at 200 dpi (its pHYs
+    chunk) with its vector PDF, and every figure of the run's Table I and stages present."""
+    import pathlib
+
+    folder = pathlib.Path(__file__).parent.parent / 'docs/figures/demo'
+    pngs = sorted(folder.glob('*.png'))
+    assert {'eg_vs_t', 'eg_vs_x', 'relative_change', 'mace_parity', 'mace_learning_curve', 'gnn_parity',
+            'validation', 'phonons_x_0p500'} <= {png.stem for png in pngs}
+    for png in pngs:
+        content = png.read_bytes()
+        chunk = content.index(b'pHYs')
+        x, y, unit = struct.unpack('>IIB', content[chunk + 4:chunk + 13])
+        assert unit == 1 and x == y == round(DPI / 0.0254), png.name  # pixels per metre
+        assert png.with_suffix('.pdf').read_bytes()[:5] == b'%PDF-', png.name
