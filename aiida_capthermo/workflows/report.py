@@ -554,6 +554,7 @@ def learning_curve_figure(curve: dict):
                       fontsize=7, textcoords='offset points', xytext=(4, 4))
     if curve.get('force_tolerance') is not None:
         axis.axhline(curve['force_tolerance'], color='grey', linestyle='--', label='tolerance')
+    axis.margins(x=0.3)  # room for the last round's annotation
     axis.set_xlabel('structures the potential was trained on')
     axis.set_ylabel('error on fresh MD frames (eV/Å)')
     axis.set_title('out-of-sample ' + ('(converged)' if curve.get('converged') else '(not converged)'), fontsize=9)
