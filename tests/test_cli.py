@@ -46,8 +46,12 @@ def test_submit_screen_from_protocols(aiida_localhost, tmp_path):
 
     runner = CliRunner()
     assert runner.invoke(cli, ['setup-codes', '--computer', aiida_localhost.label]).exit_code == 0
+    newest = orm.QueryBuilder().append(ModelData, filters={'attributes.kind': 'mace'}, project='id').all(flat=True)
     result = runner.invoke(cli, ['submit', 'screen', '--computer', aiida_localhost.label, '--dry-run'])
-    assert result.exit_code != 0 and 'no MACE model' in result.output
+    if newest:  # another test of this session stored one first: the newest MACE model is taken
+        assert result.exit_code == 0 and 'inputs are valid' in result.output, result.output
+    else:
+        assert result.exit_code != 0 and 'no MACE model' in result.output
     import zipfile
 
     with zipfile.ZipFile(tmp_path / 'tiny.model', 'w') as archive:  # a torch-archive-shaped file: a dry run loads none

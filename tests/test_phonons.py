@@ -176,9 +176,11 @@ def test_double_well_mode_is_stabilised_above_its_barrier_and_not_below():
         assert np.all(result['harmonic'][result['imaginary_harmonic']] < -2.5)
     # cold: real peaks (the spectrum alone is fooled), but the mean structure is displaced: not stabilised
     assert np.all(cold['renormalised'][cold['imaginary_harmonic']] > 2.0)
-    assert not cold['stabilised'] and len(cold['trapped']) >= 20
+    # over MD seeds 0-11 the cold run traps 19-24 of the 24 modes with a median ratio of 2.5-5.8; the hot run's
+    # largest ratio is 0.11-0.19 and its mean frequency 3.47-3.85 THz (seeds 0-7): the bounds leave that margin
+    assert not cold['stabilised'] and len(cold['trapped']) >= 16
     assert set(cold['trapped']) <= set(cold['unresolved'])
-    assert np.median(cold['displacement_ratio']) > 3 * TRAPPED_RATIO
+    assert np.median(cold['displacement_ratio']) > 2 * TRAPPED_RATIO
     # hot: oscillation about the cubic structure at the SCHA frequency of a rattler
     assert hot['stabilised'] and not hot['trapped'] and not hot['unresolved']
     assert max(hot['displacement_ratio']) < 0.3 * TRAPPED_RATIO
