@@ -8,7 +8,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import aiida_capthermo, torch, torch_geometric, mace, tblite, chgnet, aiida_vasp, pytest, ruff" 2>/dev/null; then
+if ! .venv/bin/python -c "import aiida_capthermo, torch, torch_geometric, mace, tblite, chgnet, aiida_vasp, pytest, xdist, ruff" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # shellcheck disable=SC2086  # TORCH_SPEC may carry extra pip arguments
     .venv/bin/python -m pip install --quiet ${TORCH_SPEC:-torch==2.13.0}

@@ -13,6 +13,17 @@ import pytest
 pytest_plugins = ['aiida.tools.pytest_fixtures']
 
 
+#: Test files that run for minutes (a whole study through the daemon): collected first, so that with
+#: ``--dist loadfile --no-loadscope-reorder`` (scripts/run-tests.sh) one worker starts on them while the other
+#: takes the rest, instead of the run ending on one of them alone.
+LONG_FILES = ('test_study.py',)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Move the tests of :data:`LONG_FILES` to the front, keeping the order within each group."""
+    items.sort(key=lambda item: item.path.name not in LONG_FILES)
+
+
 @pytest.fixture(scope='session')
 def aiida_profile(aiida_config, aiida_profile_factory):
     """Temporary SQLite profile with the ZeroMQ broker: no services needed, ``submit`` and the daemon work."""

@@ -30,8 +30,13 @@ def study_codes(computer, prefix: str) -> list:
                                  ('capthermo-mace', 'capthermo.mace_evaluate'))]
 
 
-@pytest.mark.timeout(1800)  # two studies through the daemon (the second an ensemble): above the default 900 s on CI
-def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
+@pytest.fixture(scope='module')
+def study(localhost_session, daemon_client):
+    """The demo-protocol study, shrunk, submitted to the daemon as the README's demo does: its node, codes and
+    overrides, shared by the tests that check it and the one that reruns it as an ensemble."""
+    import time
+    from types import SimpleNamespace
+
     *codes, mlip, evaluate = study_codes(localhost_session, 'study')
     overrides = {'dataset': {'temperatures': [300.0, 600.0], 'structures_per_temperature': 3,
                                'n_equilibrium': 1, 'high_structures': 3},
@@ -55,7 +60,19 @@ def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
                                                                 mlip_code=mlip, evaluate_code=evaluate)
     assert builder.gnn.hyperparameters['max_epochs'] == 5 and builder.gnn.hyperparameters['batch_size'] == 8
     assert builder.dataset.structures_per_temperature.value == 3
-    node = submit_and_await(builder, timeout=1200)  # through the daemon, as the README's demo
+    if not daemon_client.is_daemon_running:
+        daemon_client.start_daemon()
+    node, deadline = engine.submit(builder), time.monotonic() + 1200
+    while not node.is_terminated:
+        assert time.monotonic() < deadline, f'the study <{node.pk}> did not finish within 1200 s'
+        time.sleep(1.0)
+    return SimpleNamespace(node=node, codes=codes, mlip=mlip, evaluate=evaluate, overrides=overrides)
+
+
+# the module's study runs in this test's set-up: above the default timeout on CI
+@pytest.mark.timeout(1800)
+def test_study_end_to_end(study, tmp_path):
+    node, codes, mlip, overrides = study.node, study.codes, study.mlip, study.overrides
     failed = [(n.process_label, n.exception) for n in node.called_descendants if n.is_excepted]
     assert node.is_finished_ok, (node.exit_message, failed)
     results = node.outputs
@@ -137,7 +154,6 @@ def test_study_end_to_end(localhost_session, tmp_path, submit_and_await):
     assert np.isfinite(results['mace']['metrics']['validation']['mae_f'])
     check_screen_thermal_and_report(node, results, tmp_path)
     check_rerun_from_given_nodes(node, results, codes, mlip, overrides)
-    check_ensemble_from_given_models(results, codes, mlip, evaluate, overrides, submit_and_await)
 
 
 def check_questions_answered(node, results):
@@ -262,7 +278,8 @@ def check_rerun_from_given_nodes(node, results, codes, mlip, overrides):
     assert outputs['thermal']['table']['rows'] == results['thermal']['table']['rows']
 
 
-def check_ensemble_from_given_models(results, codes, mlip, evaluate, overrides, submit_and_await):
+@pytest.mark.timeout(1800)  # the module's study, when this test runs alone, and a second one
+def test_study_ensemble_from_given_models(study, submit_and_await):
     """The study with `ensemble`: every composition is its screen's two lowest configurations (x = 0 has one),
     weighted by their Boltzmann probabilities at 600 K from the screen's own energies and multiplicities; the thermal
     stage and the validation run each configuration apart, and Table I's x = 1/2 is their weighted average."""
@@ -270,16 +287,18 @@ def check_ensemble_from_given_models(results, codes, mlip, evaluate, overrides, 
 
     from aiida_capthermo.core.solid_solution import class_probabilities
 
-    overrides = copy.deepcopy(overrides)
+    assert study.node.is_finished_ok, study.node.exit_message
+    results, codes, mlip, evaluate = study.node.outputs, study.codes, study.mlip, study.evaluate
+    overrides = copy.deepcopy(study.overrides)
     overrides['screen']['keep'] = 2
     overrides['ensemble'] = {'configurations': 2, 'temperature': 600.0}
     overrides['validation'] = {'frames_per_point': 2}
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='demo', overrides=overrides,
                                                                 mlip_code=mlip, evaluate_code=evaluate)
     builder.given = {'mace_model': results['mace']['model'], 'gnn_model': results['gnn']['model']}
-    study = submit_and_await(builder, timeout=900)  # through the daemon, as the README's demo
-    assert study.is_finished_ok, study.exit_message
-    outputs = study.outputs
+    ensemble = submit_and_await(builder, timeout=900)  # through the daemon, as the README's demo
+    assert ensemble.is_finished_ok, ensemble.exit_message
+    outputs = ensemble.outputs
     weights = outputs['ensemble'].get_dict()
     for key in ('x_0p000', 'x_0p500'):
         ranking = outputs['screen']['compositions'][key]['ranking'].get_dict()
@@ -304,7 +323,7 @@ def check_ensemble_from_given_models(results, codes, mlip, evaluate, overrides, 
     assert any(label.startswith('phonons_x_0p500_c') for label in outputs['figures'])  # the second configuration
     from aiida_capthermo.workflows.report import run_record
 
-    record = run_record(study)  # run.json keeps the weights, their coverage and every configuration's rows
+    record = run_record(ensemble)  # run.json keeps the weights, their coverage and every configuration's rows
     assert record['ensemble']['weights'] == weights and record['ensemble']['coverage']['x_0p500'] <= 1.0 + 1e-12
     assert {row['key'] for row in record['configurations']} == members
     assert set(record['screen_ranking']['x_0p500']['keys'][:2]) == {m.split('_')[-1] for m in weights['x_0p500']}
