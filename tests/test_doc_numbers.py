@@ -187,3 +187,21 @@ def test_ensemble_side_by_side_matches_its_run():
     assert '| ensemble of the three | | | ' + gaps(lambda t: ensemble[t]) + ' |' in text
     distance = max(abs(ensemble[t]['gap'] - rows[('x_0p500_c000', t)]['gap']) for t in (0.0, 300.0, 600.0))
     assert f'{distance:.1e} eV apart at most' in text, distance
+
+
+def test_ensemble_weights_error_quoted_from_its_run():
+    """docs/study.md's weights' error of the demo ensemble, recomputed from its run.json: the weights with the
+    teacher's energies of the relaxed cells (the validation's 0 K rows, 40-atom cells, 600 K) against the run's."""
+    from aiida_capthermo.core.error_budget import engine_weights
+
+    record = _json('docs/figures/demo_ensemble/run.json')
+    weights = record['ensemble']['weights']['x_0p500']
+    assert record['ensemble']['settings']['temperature'] == 600
+    bias = {row['key']: 40 * row['energy_per_atom_bias'] for row in record['validation']['rows']
+            if row['temperature'] == 0.0 and row['key'] in weights}
+    engine = engine_weights(weights, bias, 600.0)
+    gaps = {(row['key'], row['temperature']): row['gap'] for row in record['configurations']}
+    error = {t: abs(sum((engine[key] - w) * gaps[(key, t)] for key, w in weights.items())) for t in (0.0, 300, 600)}
+    text = ' '.join((ROOT / 'docs/study.md').read_text().split())
+    assert (f'is at most {max(error.values()):.1e} eV (at 0 K; {error[300]:.1e} and {error[600]:.1e} eV at 300 and '
+            '600 K)') in text, error

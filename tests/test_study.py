@@ -319,6 +319,17 @@ def test_study_ensemble_from_given_models(study, submit_and_await):
                       for m, w in weights['x_0p500'].items())
         assert rows['x_0p500']['gap'][i] == pytest.approx(average, abs=1e-12)
     assert rows['x_0p500']['configuration_spread'][1] >= 0 and outputs['gaps']['x_0p500_T300']['configurations']
+    # the weights' error: the same average with the weights of the low engine's energies of the relaxed cells
+    from aiida_capthermo.core.error_budget import engine_weights
+
+    n_atoms = len(outputs['screen']['compositions']['x_0p500']['lowest'].sites)
+    bias = {row['key']: row['energy_per_atom_bias'] * n_atoms for row in outputs['validation']['validation']['rows']
+            if row['temperature'] == 0.0 and row['key'] in weights['x_0p500']}
+    engine = engine_weights(weights['x_0p500'], bias, 600.0)
+    for i, temperature in enumerate(rows['x_0p500']['temperatures']):
+        moved = sum((engine[m] - w) * configurations[m]['gap'][configurations[m]['temperatures'].index(temperature)]
+                    for m, w in weights['x_0p500'].items())
+        assert rows['x_0p500']['stderr_weights'][i] == pytest.approx(abs(moved), abs=1e-12)
     assert {'phonons_x_0p500', 'phonons_x_0p000'} <= set(outputs['figures'])
     assert any(label.startswith('phonons_x_0p500_c') for label in outputs['figures'])  # the second configuration
     from aiida_capthermo.workflows.report import run_record
@@ -442,7 +453,13 @@ def test_study_stage_settings_checked_at_submission(localhost_session, tmp_path)
                               ({'thermal': {'coupling': {'structures': 'some'}}}, 'coupling.structures'),
                               ({'ensemble': {'configurations': 3, 'temperature': 600.0}}, r'screen.keep >= 3'),
                               ({'ensemble': {'configurations': 1, 'temperature': 0.0}}, 'synthesis temperature'),
-                              ({'ensemble': {'configurations': 1}}, "takes exactly \\['configurations'")):
+                              ({'ensemble': {'configurations': 1}}, 'needed for Boltzmann weights'),
+                              ({'ensemble': {'configurations': 1, 'temperature': 600.0, 'weighting': 'uniform'}},
+                               "weighting must be one of \\['boltzmann', 'random'\\]"),
+                              ({'ensemble': {'configurations': 1, 'temperature': 600.0, 'weighting': 'random'}},
+                               'remove ensemble.temperature'),
+                              ({'ensemble': {'configurations': 1, 'tempreature': 600.0}}, "unknown keys \\['tempr"),
+                              ({'ensemble': {'weighting': 'random'}}, 'ensemble needs configurations')):
         builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='demo', mlip_code=mlip,
                                                                     overrides=override)
         with pytest.raises(ValueError, match=message):

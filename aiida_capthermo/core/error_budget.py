@@ -45,12 +45,23 @@ in quadrature as if independent.
 Boltzmann weights at the synthesis temperature, :func:`ensemble_rows`), Eg(x, T) is the weighted average of the
 configurations' corrected gaps. Each configuration has its own MD and its own validation frames, so their
 statistical and model errors are independent and add as ``sqrt(sum w_i^2 s_i^2)``; their sampling terms come from
-one potential and may share a sign, so they add linearly, ``sum w_i s_i`` (an upper bound). The weights are taken as
-exact; the spread of the configurations' gaps, ``sqrt(sum w_i (Eg_i - Eg)^2)``, is reported beside the error: it is
-the width of the alloy's gap distribution, not an error of its mean.
+one potential and may share a sign, so they add linearly, ``sum w_i s_i`` (an upper bound). The spread of the
+configurations' gaps, ``sqrt(sum w_i (Eg_i - Eg)^2)``, is reported beside the error: it is the width of the alloy's
+gap distribution, not an error of its mean.
 
-Not included yet: the spread of an ensemble of models, and the error of the configurational weights from the
-potential's relative energies.
+**The weights' error.** The weights ``w_i ∝ g_i exp(-E_i / k_B T_s)`` come from the potential's energies of the
+relaxed configurations. The validation's 0 K rows give the low engine's energy of each relaxed configuration, so the
+error of the potential's relative energies is known: ``D_i = E_i(engine) - E_i(potential)`` per cell (a common
+offset cancels). The engine's weights are ``w'_i ∝ w_i exp(-(D_i - min D) / k_B T_s)``, and the term
+
+    s_weights = |sum_i (w'_i - w_i) Eg_i|
+
+is the change of the average if the engine's relative energies were used. Like the sampling term it is a systematic
+estimate, not a correction (the engine's energies are of the cells the potential relaxed), and it enters ``s_total``
+in quadrature. ΔEg gets ``|sum_i (w'_i - w_i) (Eg_i - Eg_i(0))|`` instead, since a wrong weight moves Eg(T) and
+Eg(0) together. Without an engine energy for every configuration the term is None and left out, and the row says so.
+
+Not included yet: the spread of an ensemble of models.
 
 No AiiDA and no torch here.
 """
@@ -62,7 +73,8 @@ from collections.abc import Sequence
 
 from aiida_capthermo.core.validation import PERTURBATIVE_LIMIT
 
-__all__ = ['ESTIMATOR', 'student_factor', 'corrected_gap', 'budget_rows', 'point_match', 'ensemble_rows']
+__all__ = ['ESTIMATOR', 'student_factor', 'corrected_gap', 'budget_rows', 'point_match', 'engine_weights',
+           'ensemble_rows']
 
 #: Name of the estimator recorded beside every corrected gap.
 ESTIMATOR = 'control_variate'
@@ -179,7 +191,30 @@ def budget_rows(thermal_rows: Sequence[dict], validation_rows: Sequence[dict] | 
     return corrected
 
 
-def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]]) -> list[dict]:
+def engine_weights(weights: dict[str, float], energy_bias: dict[str, float], temperature: float) -> dict:
+    """The weights of :func:`ensemble_rows` recomputed with the engine's relative energies: ``w'_i ∝ w_i
+    exp(-(D_i - min D) / k_B T)`` for ``weights`` ``{structure key: w_i}`` (normalised here), ``energy_bias``
+    ``{structure key: D_i}`` (engine minus potential energy of the configuration's cell, eV) and the weights'
+    ``temperature`` (K). Raises ValueError for a configuration without a finite D_i or a temperature <= 0."""
+    from aiida_capthermo.core.constants import KB_EV
+
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f'the weights\' temperature must be a finite number > 0 K, got {temperature}')
+    missing = sorted(key for key in weights if not math.isfinite(energy_bias.get(key, math.nan)))
+    if missing:
+        raise ValueError(f'no engine energy for the configurations {missing}')
+    lowest = min(energy_bias[key] for key in weights)
+    total = float(sum(weights.values()))
+    if all(energy_bias[key] == lowest for key in weights):  # the engine ranks them as the potential does
+        return {key: w / total for key, w in weights.items()}
+    raw = {key: w / total * math.exp(-(energy_bias[key] - lowest) / (KB_EV * temperature))
+           for key, w in weights.items()}
+    norm = sum(raw.values())
+    return {key: value / norm for key, value in raw.items()}
+
+
+def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]],
+                  energy_bias: dict[str, float] | None = None, temperature: float | None = None) -> list[dict]:
     """The rows of :func:`budget_rows` with the configurations of each composition replaced by their weighted
     average, per T.
 
@@ -190,6 +225,10 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]]) -
     ensemble
         ``{composition key: {structure key: weight}}``: the configurations of each composition and their weights
         (>= 0, normalised here). Rows of structures in no composition pass unchanged.
+    energy_bias, temperature
+        ``{structure key: engine minus potential energy of its relaxed cell (eV)}`` and the temperature the
+        weights were made at (K): with both, and a value for every configuration of a composition, its rows carry
+        the weights' error ``stderr_weights`` (:func:`engine_weights`); otherwise that term is None.
 
     Returns
     -------
@@ -201,7 +240,8 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]]) -
         ``sampling_shift`` summed with the weights, ``stderr`` their quadrature sum, ``delta_gap_stderr``;
         ``configuration_spread`` (eV); ``validated``, ``sampling_perturbative`` (every configuration's);
         ``n_validation``, ``n_frames``, ``n_independent``, ``n_outside_domain`` (summed); ``relative_change``;
-        ``configurations`` (``key``, ``weight``, ``gap`` of each).
+        ``stderr_weights`` (eV, in ``stderr``; None where not estimated); ``configurations`` (``key``,
+        ``weight``, ``gap`` of each, and ``weight_engine`` where the weights' error is estimated).
     """
     member_of = {}
     for composition, members in ensemble.items():
@@ -232,8 +272,14 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]]) -
         values = [m.get(name) for _, m in members]
         return None if any(v is None for v in values) else sum(values)
 
+    reweighted = {}  # composition: the engine's weights, where every configuration has an engine energy
+    for composition, members in ensemble.items():
+        if energy_bias is not None and temperature is not None and all(
+                math.isfinite(energy_bias.get(key, math.nan)) for key in members):
+            reweighted[composition] = engine_weights(members, energy_bias, float(temperature))
+
     combined = []
-    for (composition, temperature), found in sorted(grouped.items()):
+    for (composition, temperature_k), found in sorted(grouped.items()):
         weights = ensemble[composition]
         if set(found) != set(weights):
             continue  # a configuration without a row at this T (its replicas all broke)
@@ -244,11 +290,19 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]]) -
         gap = weighted(members, 'gap')
         statistical, model = quadrature(members, 'stderr_statistical'), quadrature(members, 'stderr_model')
         sampling = weighted(members, 'stderr_sampling')
-        stderr = math.sqrt(sum(v**2 for v in (statistical, model, sampling) if v is not None))
         eg0, eg0_stderr = weighted(members, 'eg0'), quadrature(members, 'eg0_stderr') or 0.0
+        core = math.sqrt(sum(v**2 for v in (statistical, model, sampling) if v is not None))
+        shift = reweighted.get(composition)
+        if shift is not None:  # the weights' error of Eg(T), and of ΔEg
+            moved = [(shift[m['key']] - w, m) for w, m in members]
+            weights_error = abs(sum(dw * m['gap'] for dw, m in moved))
+            delta_weights_error = None if eg0 is None else abs(sum(dw * (m['gap'] - m['eg0']) for dw, m in moved))
+        else:
+            weights_error = delta_weights_error = None
+        stderr = math.hypot(core, weights_error or 0.0)
         perturbative = [m.get('sampling_perturbative') for _, m in members]
         combined.append({
-            'key': composition, 'x': float(members[0][1]['x']), 'temperature': temperature, 'gap': gap,
+            'key': composition, 'x': float(members[0][1]['x']), 'temperature': temperature_k, 'gap': gap,
             'gap_model': weighted(members, 'gap_model'), 'bias': weighted(members, 'bias'),
             'teacher_gap': weighted(members, 'teacher_gap'), 'stderr_statistical': statistical,
             'stderr_model': model, 'stderr_sampling': sampling, 'sampling_shift': weighted(members, 'sampling_shift'),
@@ -257,8 +311,13 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]]) -
             'estimator': members[0][1].get('estimator'), 'n_validation': total(members, 'n_validation'),
             'n_frames': total(members, 'n_frames'), 'n_independent': total(members, 'n_independent'),
             'n_outside_domain': total(members, 'n_outside_domain'), 'eg0': eg0, 'eg0_stderr': eg0_stderr,
-            'delta_gap': gap - eg0, 'delta_gap_stderr': 0.0 if temperature == 0 else math.hypot(stderr, eg0_stderr),
+            'delta_gap': gap - eg0,
+            'delta_gap_stderr': 0.0 if temperature_k == 0 else math.sqrt(
+                core**2 + eg0_stderr**2 + (delta_weights_error or 0.0) ** 2),
             'relative_change': (gap - eg0) / eg0 if eg0 else None,
             'configuration_spread': math.sqrt(sum(w * (m['gap'] - gap) ** 2 for w, m in members)),
-            'configurations': [{'key': m['key'], 'weight': w, 'gap': m['gap']} for w, m in members]})
+            'stderr_weights': weights_error,
+            'configurations': [{'key': m['key'], 'weight': w, 'gap': m['gap'],
+                                **({'weight_engine': shift[m['key']]} if shift is not None else {})}
+                               for w, m in members]})
     return passed + combined

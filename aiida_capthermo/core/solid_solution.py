@@ -44,6 +44,7 @@ from aiida_capthermo.core.constants import KB_EV
 
 __all__ = [
     'Configuration',
+    'kept_weights',
     'site_permutations',
     'enumerate_configurations',
     'count_inequivalent',
@@ -474,6 +475,38 @@ def class_probabilities(energies: Sequence[float], multiplicities: Sequence[int]
     else:
         weights = np.where(excess == 0, weights, 0.0)
     return weights / weights.sum()
+
+
+def kept_weights(energies: Sequence[float], multiplicities: Sequence[int], k: int,
+                 temperature: float | None) -> tuple[np.ndarray, float]:
+    """The weights of an ensemble of the ``k`` first classes (the lowest, ``energies`` sorted ascending), and the
+    share of all the given classes' weight they hold (their coverage).
+
+    ``temperature`` in K gives the Boltzmann weights there (:func:`class_probabilities`, multiplicities included);
+    ``None`` gives the random alloy, ``g_i / sum(g)``: every arrangement equally likely, energies unused (the
+    limit T -> infinity). With every class of the composition given and k of them all, the random alloy's average
+    of a property of the arrangements is exact.
+
+    Returns
+    -------
+    tuple
+        [min(k, n)] weights summing to one, and the coverage in (0, 1].
+    """
+    energies = np.asarray(energies, dtype=float).reshape(-1)  # [n] eV
+    multiplicity = np.asarray(multiplicities, dtype=float).reshape(-1)  # [n]
+    if int(k) < 1:
+        raise ValueError(f'k must be a positive integer, got {k}.')
+    if energies.size and np.any(np.diff(energies) < 0):
+        raise ValueError('the classes must be sorted by energy, lowest first.')
+    k = min(int(k), energies.size)
+    if temperature is None:
+        if energies.size == 0 or energies.shape != multiplicity.shape or np.any(multiplicity < 1):
+            raise ValueError(f'need one multiplicity >= 1 per class, got {multiplicity.tolist()}.')
+        every = multiplicity / multiplicity.sum()
+    else:
+        every = class_probabilities(energies, multiplicity, temperature)
+    kept = every[:k]
+    return kept / kept.sum(), float(kept.sum())
 
 
 def configurational_average(values: Sequence[float], energies: Sequence[float], multiplicities: Sequence[int],

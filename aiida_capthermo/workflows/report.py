@@ -42,7 +42,7 @@ def styled(draw):
 ROW_COLUMNS = ('gap', 'stderr', 'stderr_statistical', 'stderr_model', 'stderr_sampling', 'sampling_shift',
                'sampling_perturbative', 'gap_model', 'bias', 'n_validation', 'teacher_gap', 'validated', 'delta_gap',
                'delta_gap_stderr', 'relative_change', 'n_frames', 'n_independent', 'n_outside_domain',
-               'configuration_spread')
+               'configuration_spread', 'stderr_weights')
 
 
 def column(row: dict, name: str, index: int):
@@ -63,7 +63,8 @@ def table_rows(rows: list[dict]) -> list[dict]:
         for name in ROW_COLUMNS:
             entry[name].append(row.get(name))
         if row.get('configurations'):  # an ensemble's row: its configurations and their weights
-            entry['configurations'] = [{'key': c['key'], 'weight': c['weight']} for c in row['configurations']]
+            entry['configurations'] = [{key: c[key] for key in ('key', 'weight', 'weight_engine') if key in c}
+                                       for c in row['configurations']]
     return sorted(grouped.values(), key=lambda r: r['x'])
 
 
@@ -133,8 +134,12 @@ def table_text(rows: list[dict]) -> str:
         members = ', '.join(f'{c["key"]} {c["weight"]:.2f}' for c in row['configurations'])
         spread = ', '.join(f'{t:.0f} K {s:.3f} eV' for t, s in zip(row['temperatures'], row['configuration_spread'])
                            if t > 0 and s is not None)
+        moved = [(t, w) for t, w in zip(row['temperatures'], row.get('stderr_weights') or []) if w is not None]
+        weights = ('; the weights\' error from the low engine\'s relative energies (in the total): '
+                   + ', '.join(f'{t:.0f} K {w:.2g} eV' for t, w in moved)) if moved else (
+                       '; the weights\' error is not estimated (no engine energy of every configuration)')
         lines.append(f'x = {row["x"]:.3f} is the weighted average of {len(row["configurations"])} configurations '
-                     f'({members}); the spread of their gaps: {spread}.')
+                     f'({members}); the spread of their gaps: {spread}{weights}.')
     if unvalidated:
         lines.append('* not validated by the teacher: the model\'s own average, its error bar is statistical only.')
     if beyond_first_order:
@@ -152,7 +157,7 @@ def table_csv(rows: list[dict]) -> str:
     lines = ['x,temperature_K,gap_eV,stderr_eV,stderr_statistical_eV,stderr_model_eV,stderr_sampling_eV,'
              'sampling_shift_eV,sampling_perturbative,gap_model_eV,bias_eV,'
              'n_validation,validated,eg0_eV,delta_gap_eV,delta_gap_stderr_eV,relative_change,n_frames,n_outside_domain,'
-             'n_independent,configuration_spread_eV']
+             'n_independent,configuration_spread_eV,stderr_weights_eV']
 
     def number(value) -> str:
         return '' if value is None else f'{value:.6f}'
@@ -173,7 +178,8 @@ def table_csv(rows: list[dict]) -> str:
                 number(row['bias'][i]), str(row['n_validation'][i]), str(bool(row['validated'][i])).lower(),
                 number(row['eg0']), number(row['delta_gap'][i]), number(row['delta_gap_stderr'][i]),
                 number(row['relative_change'][i]), count(row, 'n_frames', i), count(row, 'n_outside_domain', i),
-                number(column(row, 'n_independent', i)), number(column(row, 'configuration_spread', i))]))
+                number(column(row, 'n_independent', i)), number(column(row, 'configuration_spread', i)),
+                number(column(row, 'stderr_weights', i))]))
     return '\n'.join(lines) + '\n'
 
 
@@ -343,7 +349,7 @@ TABLE_FIGURES = ('eg_vs_x', 'eg_vs_t', 'relative_change')
 
 @calcfunction
 def table_one(table: orm.Dict, validation: orm.Dict | None = None, species: orm.Dict | None = None,
-              ensemble: orm.Dict | None = None) -> dict:
+              ensemble: orm.Dict | None = None, ensemble_settings: orm.Dict | None = None) -> dict:
     """Table I (``table`` Dict: one row per composition; ``csv``), Figure 7b-d (``eg_vs_x``, ``eg_vs_t``,
     ``relative_change`` PNG) and one ``gap_<key>_T<T>`` Dict per (structure, T), from the thermal stage's
     ``table`` and, when given, the validation stage's ``validation`` rows: the gaps are then the control-variate
@@ -352,12 +358,26 @@ def table_one(table: orm.Dict, validation: orm.Dict | None = None, species: orm.
     kept in the table. ``ensemble`` (``{composition key: {structure key: weight}}``) makes each such composition's
     row the weighted average of its configurations (:func:`core.error_budget.ensemble_rows`); the table then keeps
     the configurations' own rows as ``configurations``, and every configuration keeps its gap nodes.
+    ``ensemble_settings`` (the weights' ``temperature``, K, and ``n_atoms`` per composition, as the study's
+    ``ensemble_weights`` got them) with the validation's 0 K rows (the low engine's energy of each relaxed
+    configuration) add the weights' error, ``stderr_weights``.
     """
     from aiida_capthermo.core.error_budget import ESTIMATOR, budget_rows, ensemble_rows
 
     flat = budget_rows(table['rows'], validation['rows'] if validation is not None else None)
     weights = ensemble.get_dict() if ensemble is not None else {}
-    combined = ensemble_rows(flat, weights) if weights else flat
+    energy_bias, temperature = None, None
+    if weights and ensemble_settings is not None and validation is not None:
+        settings = ensemble_settings.get_dict()
+        composition_of = {key: composition for composition, members in weights.items() for key in members}
+        energy_bias = {row['key']: row['energy_per_atom_bias'] * settings['n_atoms'][composition_of[row['key']]]
+                       for row in validation['rows'] if row.get('temperature') == 0.0
+                       and row.get('key') in composition_of and row.get('energy_per_atom_bias') is not None}
+        if settings.get('weighting') == 'random':  # multiplicities alone: no energy enters, the term is zero
+            energy_bias, temperature = dict.fromkeys(composition_of, 0.0), 1.0
+        else:
+            temperature = float(settings['temperature'])
+    combined = ensemble_rows(flat, weights, energy_bias, temperature) if weights else flat
     gaps = flat + [row for row in combined if 'configurations' in row]  # every structure's, and the averages
     rows = table_rows(combined)
     names = species.get_dict() if species is not None else {}

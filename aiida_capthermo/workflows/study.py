@@ -103,21 +103,38 @@ def ground_state_warning(key: str, ranking: dict) -> str | None:
             'potential reorders them, and another run can pick another one')
 
 
-#: Keys of the study's ``ensemble`` input.
-ENSEMBLE_KEYS = ('configurations', 'temperature')
+#: Keys of the study's ``ensemble`` input, and its weightings.
+ENSEMBLE_KEYS = ('configurations', 'temperature', 'weighting')
+WEIGHTINGS = ('boltzmann', 'random')
 
 
 def ensemble_error(ensemble: dict, keep: int | None) -> str | None:
-    """``ensemble``: ``configurations`` (k >= 1, at most the screen's ``keep``) and ``temperature`` (K > 0)."""
+    """``ensemble``: ``configurations`` (k >= 1, at most the screen's ``keep``) and either ``temperature`` (K > 0,
+    Boltzmann weights; ``weighting`` absent or ``boltzmann``) or ``weighting: random`` (no temperature)."""
     unknown = sorted(set(ensemble) - set(ENSEMBLE_KEYS))
-    if unknown or set(ensemble) != set(ENSEMBLE_KEYS):
-        return f'ensemble takes exactly {list(ENSEMBLE_KEYS)}, got {sorted(ensemble)}'
-    k, temperature = ensemble['configurations'], ensemble['temperature']
+    if unknown:
+        return f'ensemble takes {list(ENSEMBLE_KEYS)}, got the unknown keys {unknown}'
+    weighting = ensemble.get('weighting', 'boltzmann')
+    if weighting not in WEIGHTINGS:
+        return f'ensemble.weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}'
+    if 'configurations' not in ensemble:
+        return 'ensemble needs configurations (k, the number of the screen\'s lowest classes to average)'
+    k = ensemble['configurations']
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         return f'ensemble.configurations must be an integer >= 1, got {k!r}'
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature) \
-            or temperature <= 0:
-        return f'ensemble.temperature (the synthesis temperature, K) must be a finite number > 0, got {temperature!r}'
+    if weighting == 'random':
+        if 'temperature' in ensemble:
+            return ('ensemble.weighting random weights the classes by their multiplicities alone: remove '
+                    'ensemble.temperature, or set weighting boltzmann')
+    else:
+        temperature = ensemble.get('temperature')
+        if temperature is None:
+            return ('ensemble.temperature (the synthesis temperature, K) is needed for Boltzmann weights; or set '
+                    'ensemble.weighting random for the random alloy')
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) \
+                or not math.isfinite(temperature) or temperature <= 0:
+            return ('ensemble.temperature (the synthesis temperature, K) must be a finite number > 0, got '
+                    f'{temperature!r}')
     if keep is not None and k > keep:
         return (f'ensemble.configurations = {k} needs the screen to keep that many: set screen.keep >= {k} (it is '
                 f'{keep})')
@@ -126,27 +143,27 @@ def ensemble_error(ensemble: dict, keep: int | None) -> str | None:
 
 @calcfunction
 def ensemble_weights(settings: orm.Dict, **rankings: orm.Dict) -> dict:
-    """The configurations of each composition that the thermal stage runs, and their Boltzmann weights at the
-    synthesis temperature: the ``configurations`` lowest of the screen's ranking (``rankings``, by composition key),
-    ``p_i = g_i exp(-(E_i - E_min) / k_B T) / Z`` over them (g_i the multiplicity, E_i the energy of the cell:
-    energy per atom times ``settings['n_atoms'][composition]``; :func:`core.solid_solution.class_probabilities`).
+    """The configurations of each composition that the thermal stage runs, and their weights: the
+    ``configurations`` lowest of the screen's ranking (``rankings``, by composition key), with Boltzmann weights at
+    the synthesis temperature, ``p_i = g_i exp(-(E_i - E_min) / k_B T) / Z`` over them (g_i the multiplicity, E_i
+    the energy of the cell: energy per atom times ``settings['n_atoms'][composition]``), or, with ``weighting``
+    ``random``, the random alloy's ``g_i / sum(g)`` (:func:`core.solid_solution.kept_weights`).
 
     Outputs ``weights`` (``{composition: {<composition>_<class>: weight}}``, what ``table_one`` averages with) and
     ``coverage`` (``{composition: the weight the kept classes hold among all the relaxed ones}``: below 1 the
     ensemble is truncated).
     """
-    from aiida_capthermo.core.solid_solution import class_probabilities
+    from aiida_capthermo.core.solid_solution import kept_weights
 
     s = settings.get_dict()
+    temperature = None if s.get('weighting') == 'random' else float(s['temperature'])
     weights, coverage = {}, {}
     for composition, node in sorted(rankings.items()):
         ranking = node.get_dict()
         per_cell = np.asarray(ranking['energy_per_atom'], dtype=float) * s['n_atoms'][composition]
-        multiplicity = np.asarray(ranking['multiplicity'], dtype=float)
-        k = min(int(s['configurations']), len(ranking['keys']))
-        kept = class_probabilities(per_cell[:k], multiplicity[:k], float(s['temperature']))
-        weights[composition] = {f'{composition}_{name}': float(w) for name, w in zip(ranking['keys'][:k], kept)}
-        coverage[composition] = float(class_probabilities(per_cell, multiplicity, float(s['temperature']))[:k].sum())
+        kept, coverage[composition] = kept_weights(per_cell, ranking['multiplicity'], int(s['configurations']),
+                                                   temperature)
+        weights[composition] = {f'{composition}_{name}': float(w) for name, w in zip(ranking['keys'], kept)}
     return {'weights': orm.Dict(weights), 'coverage': orm.Dict(coverage)}
 
 
@@ -267,8 +284,10 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                         'ground state: `configurations` (k, at most screen.keep) and `temperature` (K, the synthesis '
                         'temperature at which the configurations are frozen in): the thermal stage and the '
                         'validation run every one, and Table I averages them with their Boltzmann weights there '
-                        '(multiplicities included), the spread of their gaps beside. Absent: the ground state, as '
-                        'in the paper.')
+                        '(multiplicities included), the spread of their gaps beside; or `weighting: random` '
+                        '(no temperature): the random alloy, each class weighted by its multiplicity alone (keep '
+                        'every class of the screen for the exact average; the coverage says what is left out). '
+                        'Absent: the ground state, as in the paper.')
         spec.inputs.validator = validate_study
         spec.outline(
             if_(cls.should_run_dataset)(cls.run_dataset, cls.inspect_dataset),
@@ -454,7 +473,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         ensemble = self.inputs.ensemble.get_dict()
         rankings = {key: compositions[key]['ranking'] for key in compositions}
         n_atoms = {key: len(compositions[key]['lowest'].sites) for key in compositions}
-        made = ensemble_weights(orm.Dict({**ensemble, 'n_atoms': n_atoms}), **rankings)
+        self.ctx.ensemble_settings = orm.Dict({**ensemble, 'n_atoms': n_atoms})
+        made = ensemble_weights(self.ctx.ensemble_settings, **rankings)
         self.ctx.ensemble = made['weights']
         self.ctx.lowest_member = {key: f'{key}_{rankings[key]["lowest"]}' for key in rankings}
         self.out('ensemble', made['weights'])
@@ -463,7 +483,9 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             for member in members:
                 self.ctx.structures[member] = compositions[key][member[len(key) + 1:]]['structure']
             weights = ', '.join(f'{member[len(key) + 1:]} {w:.2f}' for member, w in members.items())
-            self.report(f'{key}: the ensemble of {len(members)} configurations at {ensemble["temperature"]:g} K '
+            where = 'of the random alloy' if ensemble.get('weighting') == 'random' else \
+                f'at {ensemble["temperature"]:g} K'
+            self.report(f'{key}: the ensemble of {len(members)} configurations {where} '
                         f'({weights}) holds {100 * made["coverage"][key]:.1f} % of the relaxed ones\' weight')
 
     def should_thermal(self) -> bool:
@@ -532,6 +554,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
             inputs['validation'] = self.ctx.validation.outputs.validation
         if 'ensemble' in self.ctx:
             inputs['ensemble'] = self.ctx.ensemble
+            inputs['ensemble_settings'] = self.ctx.ensemble_settings  # the weights' error from the engine's energies
         prototype = self.inputs.get('dataset', {}).get('prototype')
         if prototype is not None:  # names x in the figures: x_Br
             inputs['species'] = orm.Dict({'host': prototype['host'], 'guest': prototype['guest']})

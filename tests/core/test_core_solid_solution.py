@@ -264,3 +264,43 @@ def test_guest_count_on_the_grid():
     for bad in (1.5, -0.125, '0.5', True):
         with pytest.raises(ValueError, match=r'not a fraction in \[0, 1\]'):
             guest_count(bad, 8)
+
+
+def test_random_alloy_weights_average_every_arrangement_equally(halide_2x2x2):
+    """The random alloy's weights (multiplicity over the total) average a property of the arrangements as the
+    plain mean over all C(8, 4) = 70 arrangements does, counted here one by one: the property is the number of
+    nearest guest-guest pairs on the halide sublattice (invariant under the cell's symmetry, so one number per
+    class). The Boltzmann weights at 800 K of two classes and the coverage of a truncated ensemble are checked by
+    hand."""
+    import itertools
+
+    from aiida_capthermo.core.solid_solution import kept_weights
+
+    supercell, sites, perms = halide_2x2x2
+    distances = supercell.get_all_distances(mic=True)[np.ix_(sites, sites)]  # [8, 8] Å
+    nearest = np.isclose(distances, distances[distances > 0.1].min(), atol=1e-6)  # [8, 8]
+
+    def pairs(occupied) -> int:
+        mask = np.zeros(len(sites), dtype=bool)
+        mask[list(occupied)] = True
+        return int(nearest[np.ix_(mask, mask)].sum()) // 2
+
+    brute = np.mean([pairs(c) for c in itertools.combinations(range(len(sites)), 4)])
+    classes = enumerate_configurations(perms, 4)
+    values = np.array([pairs(c.occupied) for c in classes])
+    order = np.argsort(values, kind='stable')  # "energies": J = 10 meV per pair, sorted lowest first
+    energies, multiplicity = 0.01 * values[order], [classes[i].multiplicity for i in order]
+    weights, coverage = kept_weights(energies, multiplicity, k=len(classes), temperature=None)
+    assert coverage == 1.0 and weights @ values[order] == pytest.approx(brute, abs=1e-12)
+    assert 0 < brute < 12  # not a trivial property: the classes differ in it
+    # truncated: the first two classes, their share of the 70 arrangements
+    weights, coverage = kept_weights(energies, multiplicity, k=2, temperature=None)
+    assert coverage == pytest.approx((multiplicity[0] + multiplicity[1]) / 70)
+    np.testing.assert_allclose(weights, np.array(multiplicity[:2]) / (multiplicity[0] + multiplicity[1]))
+    # Boltzmann at 800 K over the first two, by hand
+    weights, coverage = kept_weights(energies, multiplicity, k=2, temperature=800.0)
+    boltzmann = np.array(multiplicity, dtype=float) * np.exp(-(energies - energies[0]) / (8.617333262e-5 * 800.0))
+    np.testing.assert_allclose(weights, boltzmann[:2] / boltzmann[:2].sum(), rtol=1e-7)
+    assert coverage == pytest.approx(boltzmann[:2].sum() / boltzmann.sum(), rel=1e-7)
+    with pytest.raises(ValueError, match='sorted by energy'):
+        kept_weights(energies[::-1], multiplicity[::-1], k=2, temperature=None)
