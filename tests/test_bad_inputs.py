@@ -62,6 +62,12 @@ STUDY_CASES = [
     ({'gnn': {'code': 'label'}}, 'is set up for capthermo.label jobs, not capthermo.gnn_train'),
     ({'mace': {'hyperparameters': {'num_channel': 8}}}, 'invalid MACE hyper-parameters'),
     ({'mace': {'foundation_name': 'medium-mpa-9'}}, "unknown MACE foundation model 'medium-mpa-9'"),
+    # radii wider than the 2x2x2 cell of the smaller end member (4.793 Å: 9.586 Å between opposite faces)
+    ({'gnn': {'hyperparameters': {'cutoff': 10.0}}},
+     'dataset.supercell: the supercell [2, 2, 2] is 9.59 Å wide (between opposite faces), not more than the GNN '
+     'cutoff of 10 Å: an atom would see its own periodic image inside it. Use a supercell of at least [3, 3, 3], '
+     'or a smaller GNN cutoff.'),
+    ({'mace': {'hyperparameters': {'r_max': 9.6}}}, 'not more than the MACE r_max of 9.6 Å'),
     ({'mace': {'code': 'gnn'}}, 'not capthermo.mace_finetune'),
     ({'mace': {'mlip_code': 'mace'}}, 'not capthermo.mlip_md'),
     ({'mace': {'evaluate_code': 'mlip'}}, 'not capthermo.mace_evaluate'),

@@ -29,6 +29,8 @@ __all__ = [
     'substitute',
     'scale_to_lattice',
     'composition_x',
+    'perpendicular_widths',
+    'cutoff_error',
 ]
 
 #: Lattice parameter of the 5-atom Ag3SI cell (x = 0) in Å (2x2x2 cell: 9.738 Å).
@@ -295,3 +297,31 @@ def composition_x(atoms: ase.Atoms, host: str, guest: str) -> float:
     if n_host + n_guest == 0:
         raise ValueError(f'the structure contains neither {host!r} nor {guest!r}.')
     return n_guest / (n_host + n_guest)
+
+
+def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
+    """The distances between opposite faces of a cell, ``V / |a_j x a_k|`` (Å), [3] for the rows ``cell`` [3, 3].
+    Every lattice vector is at least as long as the smallest: an atom meets its own periodic image no nearer."""
+    cell = np.asarray(cell, dtype=float).reshape(3, 3)  # [3, 3] Å, lattice vectors as rows
+    volume = abs(float(np.linalg.det(cell)))
+    if volume <= 0:
+        raise ValueError('the cell has no volume.')
+    faces = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)  # [3] Å^2, face j opposite a_j
+    return volume / faces
+
+
+def cutoff_error(unit_cell: np.ndarray, repeats: Sequence[int], cutoffs: dict[str, float]) -> str | None:
+    """Why the supercell ``repeats`` of ``unit_cell`` [3, 3] (Å) is too small for the models' ``cutoffs``
+    (``{name: radius in Å}``), or None. It is too small when a perpendicular width is not above a cutoff: an atom
+    then sees its own periodic image inside the model's radius, so a displaced atom drags its images into its own
+    environment and the model learns (or predicts) the artefact. The message names the smallest supercell of this
+    unit cell that fits."""
+    widths = perpendicular_widths(np.asarray(unit_cell, dtype=float) * np.asarray(repeats, dtype=float)[:, None])
+    unit = perpendicular_widths(unit_cell)
+    for name, radius in cutoffs.items():
+        if widths.min() <= radius:
+            fits = [max(int(n), int(np.floor(radius / w)) + 1) for n, w in zip(repeats, unit)]
+            return (f'the supercell {list(repeats)} is {widths.min():.2f} Å wide (between opposite faces), not more '
+                    f'than the {name} of {radius:g} Å: an atom would see its own periodic image inside it. Use a '
+                    f'supercell of at least {fits}, or a smaller {name}.')
+    return None

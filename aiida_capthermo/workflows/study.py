@@ -229,6 +229,53 @@ def validate_study(inputs, _) -> str | None:
     if 'refine' in mace and 'evaluate_code' not in mace and 'mace_model' not in given:
         return ('mace.refine evaluates each round\'s potential on its fresh MD frames: it needs mace.evaluate_code '
                 '(a capthermo-mace code)')
+    return supercell_cutoff_error(inputs, supercell)
+
+
+def model_cutoffs(inputs) -> dict[str, float]:
+    """The radii the study's models see, where known before anything runs: the GNN's radius-graph cutoff and the
+    r_max of a MACE potential trained from scratch (a foundation's comes with its weights, on the cluster)."""
+    from aiida_capthermo.calculations.mace import MaceHyperParameters
+    from aiida_capthermo.ml.gnn.config import GnnHyperparameters
+
+    cutoffs = {}
+    gnn = inputs.get('gnn', {})
+    if 'code' in gnn:
+        hyper = gnn['hyperparameters'].get_dict() if 'hyperparameters' in gnn else {}
+        cutoffs['GNN cutoff'] = float(hyper.get('cutoff', GnnHyperparameters.model_fields['cutoff'].default))
+    mace = inputs.get('mace', {})
+    if 'code' in mace:
+        hyper = mace['hyperparameters'].get_dict() if 'hyperparameters' in mace else {}
+        if 'r_max' in hyper:
+            cutoffs['MACE r_max'] = float(hyper['r_max'])
+        elif 'foundation_name' not in mace and 'foundation_model' not in mace:
+            cutoffs['MACE r_max'] = float(MaceHyperParameters.model_fields['r_max'].default)
+    return cutoffs
+
+
+def supercell_cutoff_error(inputs, supercell: list) -> str | None:
+    """The dataset's supercell (of the smaller end member's cubic cell, the narrowest composition) and every
+    given structure must be wider than the models' radii (:func:`core.structures.cutoff_error`)."""
+    from aiida_capthermo.core.structures import cutoff_error
+
+    cutoffs = model_cutoffs(inputs)
+    if not cutoffs:
+        return None
+    dataset = inputs.get('dataset', {})
+    if 'prototype' in dataset:
+        prototype = dataset['prototype'].get_dict()
+        try:
+            a = min(float(prototype.get('a_host', math.inf)), float(prototype.get('a_guest', math.inf)))
+        except (TypeError, ValueError):  # refused by the dataset's own validator, with its message
+            a = math.inf
+        if math.isfinite(a) and a > 0:
+            error = cutoff_error(np.eye(3) * a, supercell, cutoffs)
+            if error:
+                return f'dataset.supercell: {error}'
+    for key, structure in sorted(inputs.get('given', {}).get('structures', {}).items()):
+        error = cutoff_error(np.asarray(structure.cell), [1, 1, 1], cutoffs)
+        if error:
+            return f'given.structures.{key}: {error}'
     return None
 
 

@@ -130,3 +130,40 @@ def test_check_end_member_rejects_supercells_wrong_species_and_distortions():
     stretched.set_cell(stretched.cell[:] * [1, 1, 1.05], scale_atoms=True)
     with pytest.raises(ValueError, match='space group'):
         check_end_member(stretched, 'I')
+
+
+def test_perpendicular_widths_and_the_shortest_image():
+    """Widths between opposite faces, against the reciprocal lattice (1 / |b_j|, b = the rows of A^-T) for a cubic,
+    a hexagonal and a triclinic cell; no lattice vector (a brute-force search over n_j in [-3, 3]) is shorter than
+    the smallest width; the hexagonal in-plane width is a sqrt(3) / 2."""
+    import itertools
+
+    from aiida_capthermo.core.structures import perpendicular_widths
+
+    cubic = np.eye(3) * 4.869
+    hexagonal = np.array([[3.25, 0, 0], [-1.625, 3.25 * np.sqrt(3) / 2, 0], [0, 0, 5.21]])
+    triclinic = np.array([[5.0, 0.3, 0.2], [1.1, 4.2, -0.4], [0.7, 1.3, 6.1]])
+    for cell in (cubic, hexagonal, triclinic):
+        widths = perpendicular_widths(cell)
+        np.testing.assert_allclose(widths, 1 / np.linalg.norm(np.linalg.inv(cell).T, axis=1), rtol=1e-12)
+        shortest = min(np.linalg.norm(np.array(n) @ cell) for n in itertools.product(range(-3, 4), repeat=3) if any(n))
+        assert shortest >= widths.min() - 1e-12
+    np.testing.assert_allclose(perpendicular_widths(hexagonal), [3.25 * np.sqrt(3) / 2] * 2 + [5.21], rtol=1e-12)
+    np.testing.assert_allclose(perpendicular_widths(cubic), [4.869] * 3)
+
+
+def test_cutoff_error_names_the_supercell_that_fits():
+    """A 2x2x2 cubic cell of 4.793 Å (9.586 Å wide) takes a 5.5 Å GNN cutoff and refuses a 10 Å one, naming
+    [3, 3, 3]. A hexagonal cell (2.81 Å wide in plane, 5.21 Å along c) refuses a 5 Å r_max and names [2, 2, 1]
+    (5.63 Å in plane), which takes it."""
+    from aiida_capthermo.core.structures import cutoff_error, perpendicular_widths
+
+    cubic = np.eye(3) * 4.793
+    assert cutoff_error(cubic, [2, 2, 2], {'GNN cutoff': 5.5}) is None
+    message = cutoff_error(cubic, [2, 2, 2], {'GNN cutoff': 10.0})
+    assert 'is 9.59 Å wide' in message and 'at least [3, 3, 3]' in message
+    hexagonal = np.array([[3.25, 0, 0], [-1.625, 3.25 * np.sqrt(3) / 2, 0], [0, 0, 5.21]])
+    message = cutoff_error(hexagonal, [1, 1, 1], {'MACE r_max': 5.0})
+    assert 'is 2.81 Å wide' in message and 'at least [2, 2, 1]' in message
+    assert perpendicular_widths(hexagonal * np.array([2, 2, 1])[:, None]).min() > 5.0
+    assert cutoff_error(hexagonal, [2, 2, 1], {'MACE r_max': 5.0}) is None
