@@ -12,6 +12,10 @@ VERDI=verdi
 PROFILE=capthermo-demo
 if ! $VERDI profile show "$PROFILE" >/dev/null 2>&1; then
     $VERDI presto --use-zeromq --profile-name "$PROFILE" --email demo@capthermo.local >/dev/null
+    # Jobs are submitted and polled without a login shell: `bash -l` would run the user's profile every time (a
+    # `pyenv rehash` there can wait 60 s on a lock another shell left behind).
+    $VERDI -p "$PROFILE" computer configure core.local localhost -n --safe-interval 0 --no-use-login-shell \
+        >/dev/null
 fi
 $VERDI profile set-default "$PROFILE" >/dev/null
 $VERDI daemon start 2 >/dev/null 2>&1 || $VERDI daemon restart --reset >/dev/null

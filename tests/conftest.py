@@ -60,6 +60,18 @@ def _single_thread_torch():
     yield
 
 
+@pytest.fixture
+def aiida_localhost(aiida_computer_local):
+    """aiida's localhost computer, configured without a login shell. A login shell (`bash -l`, AiiDA's default)
+    runs the user's profile for every submission and poll; where that profile runs `pyenv rehash`, one shell killed
+    while it holds pyenv's lock leaves the lock behind, and every later login shell waits 60 s for it (a test run
+    that took over 90 minutes). Every computer of the tests is configured so."""
+    computer = aiida_computer_local(label='localhost', configure=False)
+    if not computer.is_configured:
+        computer.configure(use_login_shell=False, safe_interval=0.0)
+    return computer
+
+
 @pytest.fixture(scope='session')
 def localhost_session(aiida_profile, tmp_path_factory):
     """A session-scoped localhost computer (core.local transport, core.direct scheduler) for module-scoped runs."""
@@ -72,6 +84,6 @@ def localhost_session(aiida_profile, tmp_path_factory):
         computer = orm.Computer(label='localhost-session', hostname='localhost', transport_type='core.local',
                                 scheduler_type='core.direct',
                                 workdir=str(tmp_path_factory.mktemp('aiida-workdir'))).store()
-        computer.configure(safe_interval=0.0)
+        computer.configure(safe_interval=0.0, use_login_shell=False)  # see aiida_localhost
         computer.set_minimum_job_poll_interval(0.0)
         return computer

@@ -138,7 +138,7 @@ def codes(aiida_profile):
     """The package's codes on a localhost computer of this module."""
     computer = orm.Computer(label='bad-inputs', hostname='localhost', transport_type='core.local',
                             scheduler_type='core.direct', workdir='/tmp/bad-inputs').store()
-    computer.configure()
+    computer.configure(use_login_shell=False)  # see conftest's aiida_localhost
     created = {name: code for name, (code, _) in ensure_codes(computer.label).items()}
     return {key: created[name] for key, name in GOOD.items()}
 

@@ -103,7 +103,7 @@ from aiida_capthermo.cli.main import ensure_codes
 from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
 
 orm.Computer(label='localhost', hostname='localhost', transport_type='core.local', scheduler_type='core.direct',
-             workdir='/tmp').store().configure()
+             workdir='/tmp').store().configure(use_login_shell=False)
 codes = {{name: code for name, (code, _) in ensure_codes('localhost').items()}}
 builder = CapthermoStudyWorkChain.get_builder_from_protocol(
     codes['capthermo-label'], codes['capthermo-gnn'], codes['mace_run_train'], protocol='demo',

@@ -59,7 +59,7 @@ def mace_code(aiida_profile, tmp_path_factory):
     workdir = tmp_path_factory.mktemp('mace_work')
     computer = orm.Computer(label='localhost-mace-tests', hostname='localhost', transport_type='core.local',
                             scheduler_type='core.direct', workdir=str(workdir)).store()
-    computer.configure()
+    computer.configure(use_login_shell=False)  # see conftest's aiida_localhost
     computer.set_minimum_job_poll_interval(0.0)
     code = orm.InstalledCode(computer=computer, filepath_executable=str(VENV_BIN / 'mace_run_train'),
                              label='mace_run_train', default_calc_job_plugin='capthermo.mace_finetune',

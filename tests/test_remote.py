@@ -77,7 +77,7 @@ def slurm_computer(aiida_profile, tmp_path_factory):
         computer.set_default_mpiprocs_per_machine(1)
     key = {'key_filename': str(SSH_KEY), 'look_for_keys': False} if SSH_KEY.is_file() else {'look_for_keys': True}
     computer.configure(username=getpass.getuser(), port=22, allow_agent=False, load_system_host_keys=True,
-                       key_policy='RejectPolicy', safe_interval=0.0, timeout=30, **key)
+                       key_policy='RejectPolicy', safe_interval=0.0, timeout=30, use_login_shell=False, **key)
     computer.set_minimum_job_poll_interval(1.0)
     return computer
 

@@ -250,7 +250,7 @@ def trained_models(aiida_profile, tmp_path_factory):
     except NotExistent:
         computer = orm.Computer(label='localhost-thermal', hostname='localhost', transport_type='core.local',
                                 scheduler_type='core.direct', workdir=str(tmp_path_factory.mktemp('thermal'))).store()
-        computer.configure(safe_interval=0.0)
+        computer.configure(safe_interval=0.0, use_login_shell=False)  # see conftest's aiida_localhost
         computer.set_minimum_job_poll_interval(0.0)
     codes = {name: orm.InstalledCode(computer=computer, filepath_executable=os.path.join(bin_dir, executable),
                                      label=name, prepend_text='export OMP_NUM_THREADS=1').store()
