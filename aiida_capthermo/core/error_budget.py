@@ -205,8 +205,6 @@ def engine_weights(weights: dict[str, float], energy_bias: dict[str, float], tem
         raise ValueError(f'no engine energy for the configurations {missing}')
     lowest = min(energy_bias[key] for key in weights)
     total = float(sum(weights.values()))
-    if all(energy_bias[key] == lowest for key in weights):  # the engine ranks them as the potential does
-        return {key: w / total for key, w in weights.items()}
     raw = {key: w / total * math.exp(-(energy_bias[key] - lowest) / (KB_EV * temperature))
            for key, w in weights.items()}
     norm = sum(raw.values())
@@ -214,7 +212,7 @@ def engine_weights(weights: dict[str, float], energy_bias: dict[str, float], tem
 
 
 def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]],
-                  energy_bias: dict[str, float] | None = None, temperature: float | None = None) -> list[dict]:
+                  engine: dict[str, dict[str, float]] | None = None) -> list[dict]:
     """The rows of :func:`budget_rows` with the configurations of each composition replaced by their weighted
     average, per T.
 
@@ -225,10 +223,11 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]],
     ensemble
         ``{composition key: {structure key: weight}}``: the configurations of each composition and their weights
         (>= 0, normalised here). Rows of structures in no composition pass unchanged.
-    energy_bias, temperature
-        ``{structure key: engine minus potential energy of its relaxed cell (eV)}`` and the temperature the
-        weights were made at (K): with both, and a value for every configuration of a composition, its rows carry
-        the weights' error ``stderr_weights`` (:func:`engine_weights`); otherwise that term is None.
+    engine
+        ``{composition key: {structure key: weight}}``: the weights the engine's energies give
+        (:func:`engine_weights`; the same weights where they do not depend on energies, as the random alloy's).
+        A composition in it gets the weights' error ``stderr_weights``, the change of its average with these
+        weights (normalised here as ``ensemble``'s); for the others that term is None.
 
     Returns
     -------
@@ -272,14 +271,16 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]],
         values = [m.get(name) for _, m in members]
         return None if any(v is None for v in values) else sum(values)
 
-    reweighted = {}  # composition: the engine's weights, where every configuration has an engine energy
-    for composition, members in ensemble.items():
-        if energy_bias is not None and temperature is not None and all(
-                math.isfinite(energy_bias.get(key, math.nan)) for key in members):
-            reweighted[composition] = engine_weights(members, energy_bias, float(temperature))
+    reweighted = {}  # composition: the engine's weights, normalised as the ensemble's
+    for composition, members in (engine or {}).items():
+        if set(members) != set(ensemble.get(composition, {})):
+            raise ValueError(f'{composition}: the engine\'s weights are of {sorted(members)}, the ensemble\'s of '
+                             f'{sorted(ensemble.get(composition, {}))}')
+        norm = float(sum(members.values()))
+        reweighted[composition] = {key: w / norm for key, w in members.items()}
 
     combined = []
-    for (composition, temperature_k), found in sorted(grouped.items()):
+    for (composition, temperature), found in sorted(grouped.items()):
         weights = ensemble[composition]
         if set(found) != set(weights):
             continue  # a configuration without a row at this T (its replicas all broke)
@@ -302,7 +303,7 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]],
         stderr = math.hypot(core, weights_error or 0.0)
         perturbative = [m.get('sampling_perturbative') for _, m in members]
         combined.append({
-            'key': composition, 'x': float(members[0][1]['x']), 'temperature': temperature_k, 'gap': gap,
+            'key': composition, 'x': float(members[0][1]['x']), 'temperature': temperature, 'gap': gap,
             'gap_model': weighted(members, 'gap_model'), 'bias': weighted(members, 'bias'),
             'teacher_gap': weighted(members, 'teacher_gap'), 'stderr_statistical': statistical,
             'stderr_model': model, 'stderr_sampling': sampling, 'sampling_shift': weighted(members, 'sampling_shift'),
@@ -312,7 +313,7 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]],
             'n_frames': total(members, 'n_frames'), 'n_independent': total(members, 'n_independent'),
             'n_outside_domain': total(members, 'n_outside_domain'), 'eg0': eg0, 'eg0_stderr': eg0_stderr,
             'delta_gap': gap - eg0,
-            'delta_gap_stderr': 0.0 if temperature_k == 0 else math.sqrt(
+            'delta_gap_stderr': 0.0 if temperature == 0 else math.sqrt(
                 core**2 + eg0_stderr**2 + (delta_weights_error or 0.0) ** 2),
             'relative_change': (gap - eg0) / eg0 if eg0 else None,
             'configuration_spread': math.sqrt(sum(w * (m['gap'] - gap) ** 2 for w, m in members)),

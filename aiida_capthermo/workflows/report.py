@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import math
 
 from aiida import orm
 from aiida.engine import calcfunction
@@ -347,6 +348,31 @@ def mace_parity_plot(parity: orm.ArrayData) -> dict:
 TABLE_FIGURES = ('eg_vs_x', 'eg_vs_t', 'relative_change')
 
 
+def _engine_weights(weights: dict, ensemble_settings: orm.Dict | None, validation: orm.Dict | None) -> dict:
+    """Per composition of ``weights``, the weights the low engine's energies of the relaxed configurations give
+    (the validation's 0 K rows, engine minus potential per atom, times the cell's atoms), where every configuration
+    has one; the random alloy's weights use no energy and are their own."""
+    from aiida_capthermo.core.error_budget import engine_weights
+
+    if ensemble_settings is None:
+        return {}
+    settings = ensemble_settings.get_dict()
+    if settings.get('weighting') == 'random':
+        return weights
+    if validation is None:
+        return {}
+    per_atom = {row['key']: row.get('energy_per_atom_bias') for row in validation['rows']
+                if row.get('temperature') == 0.0}
+    engine = {}
+    for composition, members in weights.items():
+        bias = {key: per_atom.get(key) for key in members}
+        if all(value is not None and math.isfinite(value) for value in bias.values()):
+            engine[composition] = engine_weights(
+                members, {key: value * settings['n_atoms'][composition] for key, value in bias.items()},
+                float(settings['temperature']))
+    return engine
+
+
 @calcfunction
 def table_one(table: orm.Dict, validation: orm.Dict | None = None, species: orm.Dict | None = None,
               ensemble: orm.Dict | None = None, ensemble_settings: orm.Dict | None = None) -> dict:
@@ -366,18 +392,8 @@ def table_one(table: orm.Dict, validation: orm.Dict | None = None, species: orm.
 
     flat = budget_rows(table['rows'], validation['rows'] if validation is not None else None)
     weights = ensemble.get_dict() if ensemble is not None else {}
-    energy_bias, temperature = None, None
-    if weights and ensemble_settings is not None and validation is not None:
-        settings = ensemble_settings.get_dict()
-        composition_of = {key: composition for composition, members in weights.items() for key in members}
-        energy_bias = {row['key']: row['energy_per_atom_bias'] * settings['n_atoms'][composition_of[row['key']]]
-                       for row in validation['rows'] if row.get('temperature') == 0.0
-                       and row.get('key') in composition_of and row.get('energy_per_atom_bias') is not None}
-        if settings.get('weighting') == 'random':  # multiplicities alone: no energy enters, the term is zero
-            energy_bias, temperature = dict.fromkeys(composition_of, 0.0), 1.0
-        else:
-            temperature = float(settings['temperature'])
-    combined = ensemble_rows(flat, weights, energy_bias, temperature) if weights else flat
+    combined = ensemble_rows(flat, weights, _engine_weights(weights, ensemble_settings, validation)) if weights \
+        else flat
     gaps = flat + [row for row in combined if 'configurations' in row]  # every structure's, and the averages
     rows = table_rows(combined)
     names = species.get_dict() if species is not None else {}

@@ -106,7 +106,7 @@ def test_weights_error_from_the_engines_relative_energies_equals_a_hand_calculat
     assert engine_weights(ensemble['x_0p500'], bias, temperature) == pytest.approx(
         {'c000': engine[0], 'c004': engine[1]}, abs=1e-15)
     moved = engine[1] - w_b  # what c000 gains, c004 loses
-    cold, hot = ensemble_rows(flat, ensemble, bias, temperature)
+    cold, hot = ensemble_rows(flat, ensemble, {'x_0p500': engine_weights(ensemble['x_0p500'], bias, temperature)})
     without = {r['temperature']: r for r in ensemble_rows(flat, ensemble)}
     # corrected gaps: c000 0.95 (0 K) and 0.70 (300 K), c004 0.40 and 0.25
     assert cold['stderr_weights'] == pytest.approx(abs(moved * (0.40 - 0.95)), abs=1e-15)
@@ -117,8 +117,9 @@ def test_weights_error_from_the_engines_relative_energies_equals_a_hand_calculat
     delta = abs(moved * ((0.25 - 0.40) - (0.70 - 0.95)))
     assert hot['delta_gap_stderr'] == pytest.approx(math.hypot(without[300.0]['delta_gap_stderr'], delta), abs=1e-15)
     assert [c['weight_engine'] for c in hot['configurations']] == pytest.approx(list(engine), abs=1e-15)
-    # no engine energy of one configuration: the term is not estimated, and the rows are those without it
-    partial = ensemble_rows(flat, ensemble, {'c000': 0.1}, temperature)
+    # no engine weights for the composition (table_one gives none without an engine energy of every
+    # configuration): the term is not estimated, and the rows are those without it
+    partial = ensemble_rows(flat, ensemble, {})
     assert [r['stderr_weights'] for r in partial] == [None, None]
     assert [r['stderr'] for r in partial] == [without[0.0]['stderr'], without[300.0]['stderr']]
     with pytest.raises(ValueError, match='no engine energy'):
@@ -181,6 +182,17 @@ def test_table_one_averages_the_ensemble_and_keeps_the_configurations(aiida_prof
     assert header.endswith('configuration_spread_eV,stderr_weights_eV') and lines[-1].endswith(
         f'{gap["configuration_spread"]:.6f},{gap["stderr_weights"]:.6f}')
     assert rows[1]['configurations'][1]['weight_engine'] == pytest.approx(engine['c004'])
+    # one configuration without an engine energy: the term is not estimated, and the text says so
+    partial = _validation('c000', 0.05, 0.10, 0.02, 0.03, energy_bias=0.100) + _validation(
+        'c004', -0.10, -0.20, 0.04, -0.01)
+    outputs = table_one(orm.Dict({'rows': thermal}), orm.Dict({'rows': partial, 'teacher_method': 'teacher'}),
+                        ensemble=orm.Dict({'x_0p500': weights}),
+                        ensemble_settings=orm.Dict({'configurations': 2, 'temperature': 600.0,
+                                                    'n_atoms': {'x_0p500': 40}}))
+    assert outputs['gap_x_0p500_T300']['stderr_weights'] is None
+    assert 'the weights\' error is not estimated' in table_text(outputs['table']['rows'])
+    with pytest.raises(ValueError, match='the engine\'s weights are of'):
+        ensemble_rows(budget_rows(thermal, None), {'x_0p500': weights}, {'x_0p500': {'c000': 1.0}})
 
 
 def test_random_alloy_ensemble_weights_and_table(aiida_profile):
