@@ -53,6 +53,7 @@ TABLE: dict[str, tuple[int, str]] = {
     'ERROR_FORCES_FAILED': (502, 'the forces of displaced supercells could not be computed'),
     'ERROR_ALL_RUNS_FAILED': (503, 'every training run of a sweep failed'),
     'ERROR_DATASET_FAILED': (510, 'the dataset stage failed'),
+    'ERROR_PARENT_RELAX_FAILED': (511, 'the end members could not be relaxed with the engine'),
     'ERROR_GNN_FAILED': (520, 'GNN training (or the GNN stage) failed'),
     'ERROR_MD_LABELLING_FAILED': (521, 'the high-fidelity labelling of MD frames failed'),
     'ERROR_MACE_FAILED': (530, 'MACE training (or the potential stage) failed'),

@@ -71,10 +71,12 @@ def main() -> int:
     from ase import Atoms
 
     reference = Atoms(symbols=reference.symbols, positions=reference.positions, cell=reference.cell, pbc=True)
-    spec = GenerationSpec(host='I', guest='Br', a_host=4.869, a_guest=4.793, n_structures=args.n, seed=1,
-                          temperature=300.0)
+    spec = GenerationSpec(host='I', guest='Br', n_structures=args.n, seed=1, temperature=300.0)
+    guest_reference = reference.copy()
+    guest_reference.symbols[guest_reference.symbols == 'I'] = 'Br'
+    guest_reference.set_cell(reference.cell * 4.793 / 4.869, scale_atoms=True)
     start = time.perf_counter()
-    generated = generate_structures(spec, reference, modes, modes)
+    generated = generate_structures(spec, reference, modes, modes, guest_reference)
     sampling = (time.perf_counter() - start) / args.n
 
     # Sampling + storing through the calcfunction on an isolated presto profile.
@@ -89,12 +91,13 @@ def main() -> int:
     from aiida_capthermo.workflows.dataset import generate_structures as generate_calcfunction
 
     fc_node = _force_constants_node(phonon, parent)
-    settings = orm.Dict({'host': 'I', 'guest': 'Br', 'a_host': 4.869, 'a_guest': 4.793, 'supercell': [2, 2, 2],
+    settings = orm.Dict({'host': 'I', 'guest': 'Br', 'supercell': [2, 2, 2],
                          'n_structures': args.n, 'seed': 1, 'scheme': 'phonon', 'distribution': 'uniform',
                          'temperature': 300.0, 'composition_mode': 'grid', 'frequency_cutoff': 0.1})
     host = orm.StructureData(ase=parent).store()
+    guest = orm.StructureData(ase=antiperovskite(x='Br', lattice_parameter=4.793)).store()
     start = time.perf_counter()
-    outputs = generate_calcfunction(host, settings, host=fc_node, guest=fc_node)
+    outputs = generate_calcfunction(host, guest, settings, host=fc_node, guest=fc_node)
     storing = (time.perf_counter() - start) / args.n
     assert len(outputs) == args.n
 

@@ -49,9 +49,10 @@ def displaced_cells(n: int, seed: int = 7) -> list:
     """Mixed (x = 1/2) 40-atom cells with uniform displacements of 0.1 Å amplitude, as thermal cells at ~300 K."""
     from aiida_capthermo.core.generation import GenerationSpec, generate_structures
 
-    spec = GenerationSpec(host='I', guest='Br', a_host=9.738, a_guest=9.586, n_structures=n, seed=seed,
-                          scheme='random', amplitude=0.1, x_values=(0.5,))
-    return [item.atoms for item in generate_structures(spec, ideal('I', LATTICE['I']))]
+    spec = GenerationSpec(host='I', guest='Br', n_structures=n, seed=seed, scheme='random', amplitude=0.1,
+                          x_values=(0.5,))
+    return [item.atoms for item in generate_structures(spec, ideal('I', LATTICE['I']),
+                                                       guest_reference=ideal('Br', LATTICE['Br']))]
 
 
 def zero_pressure_lattice(single_point, halide: str, xtol: float = 1e-3) -> float:

@@ -323,3 +323,70 @@ def test_labelling_stops_at_its_wall_clock_limit(tmp_path):
     assert run.returncode != 0 and time.perf_counter() - start < 30
     summary = json.loads((tmp_path / 'summary.json').read_text())
     assert summary['error_kind'] == 'walltime' and 'wall-clock limit of 2 s' in summary['error']
+
+
+#: Zero-pressure lattice parameters (Å) of the 2x2x2 end members with GFN1-xTB-noXB, from an independent root search
+#: of the mean diagonal stress of the cubic cell (benchmarks/bench_label_methods.py, committed JSON; xtol 1e-3 Å).
+ZERO_PRESSURE_GFN1_NOXB = {'I': 4.950885, 'Br': 4.866427}
+
+
+def test_relaxed_end_members_have_zero_forces_and_sit_at_the_energy_minimum():
+    """``label_structures(relax=...)`` on the preset's end members, in the 2x2x2 cell the study labels. A fresh
+    calculation on the relaxed cells (not the optimiser's symmetrised forces) gives zero forces and stress; the
+    energy rises when the cell is scaled by 0.5 % either way; the lattice parameters are the zero-pressure ones of an
+    independent root search; the cubic symmetry and the labels' geometry are the relaxed ones."""
+    import spglib
+
+    from aiida_capthermo.ml.labelling import single_point_function
+    from aiida_capthermo.ml.settings import RelaxSpec
+
+    cells = [ideal_supercell('I'), ideal_supercell('Br')]
+    labelled, records = label_structures(LabelledSet.from_atoms_list(cells), CalculatorSpec(), relax=RelaxSpec())
+    single_point = single_point_function(CalculatorSpec())
+    for index, halide in enumerate(('I', 'Br')):
+        assert records[index]['status'] == 'ok' and records[index]['relax']['converged']
+        relaxed = labelled.atoms(index, with_labels=False)
+        fresh = single_point(relaxed)
+        assert np.abs(fresh['forces']).max() < 1e-3  # eV/Å
+        assert np.abs(fresh['stress']).max() < 1e-4  # eV/Å^3 (16 MPa)
+        np.testing.assert_allclose(labelled.forces[labelled.offsets[index]:labelled.offsets[index + 1]],
+                                   fresh['forces'], atol=1e-8)  # the labels are of the relaxed cell
+        lattice = relaxed.cell.lengths() / 2
+        np.testing.assert_allclose(lattice, ZERO_PRESSURE_GFN1_NOXB[halide], atol=1e-3)
+        assert lattice[0] > {'I': 4.869, 'Br': 4.793}[halide]  # the preset's cells are compressed for this engine
+        for factor in (0.995, 1.005):
+            scaled = relaxed.copy()
+            scaled.set_cell(relaxed.cell * factor, scale_atoms=True)
+            assert single_point(scaled)['energy'] > fresh['energy']
+        cell = (relaxed.cell.array, relaxed.get_scaled_positions(), relaxed.numbers)
+        assert spglib.get_symmetry_dataset(cell, symprec=1e-4).number == 221
+
+
+def test_relaxation_finds_a_free_internal_coordinate_from_either_side():
+    """Wurtzite's u is not fixed by symmetry. Relaxed from u = 0.36 and from u = 0.40 (positions only, GFN1-xTB-noXB,
+    a 2x2x1 ZnO cell), both reach the same u with zero forces in a fresh calculation: a minimum, bracketed."""
+    from ase.build import bulk
+
+    from aiida_capthermo.ml.labelling import relax_atoms, single_point_function
+    from aiida_capthermo.ml.settings import RelaxSpec
+
+    single_point = single_point_function(CalculatorSpec())
+    found = []
+    for u in (0.36, 0.40):
+        relaxed, record = relax_atoms(bulk('ZnO', 'wurtzite', a=3.25, c=5.2, u=u).repeat((2, 2, 1)), single_point,
+                                      RelaxSpec(cell=False))
+        assert record['converged'] and record['max_stress'] is None
+        assert np.abs(single_point(relaxed)['forces']).max() < 2e-3
+        frac = relaxed.get_scaled_positions()
+        found.append((1 - (frac[3, 2] - frac[0, 2])) % 1.0)
+    assert found[0] == pytest.approx(found[1], abs=1e-3)
+    assert 0.36 + 0.005 < found[0] < 0.40 - 0.005
+
+
+def test_relax_spec_refuses_unknown_keys_and_bad_values():
+    from aiida_capthermo.ml.settings import RelaxSpec
+
+    with pytest.raises(Exception, match='extra'):
+        RelaxSpec.model_validate({'fmax_': 0.01})
+    with pytest.raises(Exception, match='greater than 0'):
+        RelaxSpec.model_validate({'fmax': -1})

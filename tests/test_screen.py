@@ -392,14 +392,15 @@ def test_screen_finite_temperature_phonons_of_an_unstable_configuration(model_no
 
 
 def test_enumeration_sampling_and_parent(aiida_profile):
-    """More classes than ``max_configurations``: a seeded sample of distinct classes; a given parent is rescaled."""
-    from aiida_capthermo.core.structures import vegard_lattice_parameter
+    """More classes than ``max_configurations``: a seeded sample of distinct classes; the cell is Vegard's between
+    the end members given."""
     from aiida_capthermo.workflows.screen import enumerate_structures
 
-    settings = {**PROTOTYPE, 'supercell': [2, 2, 2], 'x': 0.5, 'max_configurations': 3, 'seed': 4}
-    parent = orm.StructureData(ase=antiperovskite('Ag', 'S', 'I', 5.0))
-    first = enumerate_structures(orm.Dict(settings), parent=parent)
-    again = enumerate_structures(orm.Dict(settings), parent=parent)
+    settings = {'host': 'I', 'guest': 'Br', 'supercell': [2, 2, 2], 'x': 0.5, 'max_configurations': 3, 'seed': 4}
+    host = orm.StructureData(ase=antiperovskite('Ag', 'S', 'I', 5.0))
+    guest = orm.StructureData(ase=antiperovskite('Ag', 'S', 'Br', 4.8))
+    first = enumerate_structures(orm.Dict(settings), host, guest)
+    again = enumerate_structures(orm.Dict(settings), host, guest)
     table = first['configurations'].get_dict()
     assert table['n_classes'] > 3 and table['sampled'] and len(table['configurations']) == 3
     assert table == again['configurations'].get_dict()  # same seed, same sample
@@ -407,9 +408,9 @@ def test_enumeration_sampling_and_parent(aiida_profile):
     for key in table['configurations']:
         atoms = first[key].get_ase()
         assert atoms.get_chemical_symbols().count('Br') == 4
-        assert np.allclose(atoms.cell.lengths(), 2 * vegard_lattice_parameter(0.5, 4.869, 4.793))
+        assert np.allclose(atoms.cell.lengths(), 2 * 4.9)  # (5.0 + 4.8) / 2 per cell
     # multiplicities of the sample are true orbit sizes: all 70 arrangements split into the Burnside count
-    full = enumerate_structures(orm.Dict({**settings, 'max_configurations': 100}))
+    full = enumerate_structures(orm.Dict({**settings, 'max_configurations': 100}), host, guest)
     full_table = full['configurations'].get_dict()
     assert not full_table['sampled'] and len(full_table['configurations']) == table['n_classes']
     assert sum(c['multiplicity'] for c in full_table['configurations'].values()) == 70
@@ -439,10 +440,13 @@ def test_screen_workchain_validation(model_node, script_code, tmp_path):
         engine.run(builder_with(compositions=orm.List([1.5])))
     with pytest.raises(ValueError, match='misses'):
         engine.run(builder_with(prototype=orm.Dict({'a': 'Ag', 'b': 'S', 'host': 'I'})))
-    tetragonal = antiperovskite('Ag', 'S', 'I', 4.869)
-    tetragonal.set_cell(tetragonal.cell.array * [1, 1, 1.05], scale_atoms=True)
-    with pytest.raises(ValueError, match='parent: space group'):
-        engine.run(builder_with(parent=orm.StructureData(ase=tetragonal)))
+    bromide = antiperovskite('Ag', 'S', 'Br', 4.869)  # a parent without the host species
+    with pytest.raises(ValueError, match=r'parents\.host: the structure Ag3BrS has no I to substitute'):
+        engine.run(builder_with(parents={'host': orm.StructureData(ase=bromide)}))
+    slab = antiperovskite('Ag', 'S', 'I', 4.869)
+    slab.pbc = [True, True, False]
+    with pytest.raises(ValueError, match='periodic in all three directions'):
+        engine.run(builder_with(parents={'host': orm.StructureData(ase=slab)}))
     (tmp_path / 'state.pt').write_bytes(b'not a mace model')
     gnn = ModelData.from_files(kind='gnn', files={'state.pt': tmp_path / 'state.pt'}, main_file='state.pt').store()
     with pytest.raises(ValueError, match='needs a MACE potential'):

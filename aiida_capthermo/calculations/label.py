@@ -22,6 +22,12 @@ def validate_calculator(value: orm.Dict, _=None) -> str | None:
     return pydantic_error(CalculatorSpec, value.get_dict(), 'calculator specification')
 
 
+def validate_relax(value: orm.Dict, _=None) -> str | None:
+    from aiida_capthermo.ml.settings import RelaxSpec
+
+    return pydantic_error(RelaxSpec, value.get_dict(), 'relaxation specification')
+
+
 def validate_structures(value, _) -> str | None:
     if not value:
         return 'at least one structure is needed in `structures`'
@@ -37,6 +43,7 @@ class LabelCalcJob(CapthermoCalcJob):
 
     _STRUCTURES = 'structures.npz'
     _CALCULATOR = 'calculator.json'
+    _RELAX = 'relax.json'
     #: Share of the job's walltime given to the script as its wall-clock limit.
     WALLTIME_FRACTION = 0.8
     _LABELS = 'labels.npz'
@@ -53,6 +60,9 @@ class LabelCalcJob(CapthermoCalcJob):
                         'halogen_bond (default false: GFN1/IPEA1 without the halogen-bond term, `GFN1-xTB-noXB`), '
                         'chgnet_model, accuracy, electronic_temperature (K), max_iterations, mixer_damping, '
                         'properties (energy, forces, stress, gap).')
+        spec.input('relax', valid_type=orm.Dict, required=False, validator=validate_relax,
+                   help='Relax every structure first (fmax eV/Å, max_steps, cell, symprec) and label it at its relaxed '
+                        'geometry, which the output holds; a structure that does not converge counts as failed.')
         spec.inputs['metadata']['options']['parser_name'].default = 'capthermo.label'
         spec.output('labels', valid_type=DatasetData,
                     help='DatasetData of the structures that were labelled (energies eV, forces eV/Å, stress eV/Å^3, '
@@ -67,10 +77,16 @@ class LabelCalcJob(CapthermoCalcJob):
         with folder.open(self._CALCULATOR, 'w') as handle:
             json.dump(self.inputs.calculator.get_dict(), handle, indent=2)
 
+        if 'relax' in self.inputs:
+            with folder.open(self._RELAX, 'w') as handle:
+                json.dump(self.inputs.relax.get_dict(), handle, indent=2)
+
         codeinfo = CodeInfo()
         codeinfo.code_uuid = self.inputs.code.uuid
         codeinfo.cmdline_params = ['--structures', self._STRUCTURES, '--calculator', self._CALCULATOR,
                                    '--output', self._LABELS, '--summary', self._SUMMARY]
+        if 'relax' in self.inputs:
+            codeinfo.cmdline_params += ['--relax', self._RELAX]
         walltime = self.inputs.metadata.options.get('max_wallclock_seconds')
         if walltime:  # the script stops itself (exit 400, restarted with more time) before the scheduler kills it
             codeinfo.cmdline_params += ['--max-seconds', str(self.WALLTIME_FRACTION * walltime)]

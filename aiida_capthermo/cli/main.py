@@ -233,15 +233,25 @@ def setup_codes(computer, bin_dir, vasp, prepend_text):
 @click.option('--override', '-o', multiple=True, help='Override a protocol input: key.sub=value (YAML value), '
               'e.g. -o temperatures=[300,600] -o low.calculator.method=GFN2-xTB.')
 @click.option('--dry-run', is_flag=True, help='Build and validate the inputs, submit nothing.')
+@click.option('--parent', 'parent_file', type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Your own parent structure (CIF, POSCAR, extxyz: any file ASE reads) instead of the protocol's "
+                   'anti-perovskite; with --site and --guest.')
+@click.option('--site', default=None, help='With --parent: its species on the substituted sublattice (x = 0).')
+@click.option('--guest', default=None, help='With --parent: the species that takes those sites (x = 1).')
 @needs_profile
-def submit_workflow(workflow, protocol, computer, override, dry_run, model_node):
+def submit_workflow(workflow, protocol, computer, override, dry_run, model_node, parent_file, site, guest):
     """Submit the dataset, study or screen workchain to the daemon, built from a protocol. Every mistake (unknown
     protocol, override or code, invalid input) is a one-line error before anything is submitted."""
     from aiida.engine import submit
 
     overrides = _parse_override(override)
+    if (parent_file is None) != (site is None) or (site is None) != (guest is None):
+        raise click.UsageError('--parent, --site and --guest go together: the file, the species it has on the '
+                               'substituted sublattice, and the one that takes its sites')
     try:
         builder = _build(workflow, protocol, computer, overrides, model_node)
+        if parent_file is not None:
+            _set_parent(builder, workflow, parent_file, site, guest)
         error = builder._process_class.spec().inputs.validate(builder._inputs(prune=True))
         if error is not None:
             raise ValueError(str(error))
@@ -279,6 +289,21 @@ def _build(workflow, protocol, computer, overrides, model_node):
             label_code, code('capthermo-gnn'), code('mace_run_train'), protocol=protocol, overrides=overrides,
             mlip_code=code('capthermo-mlip'), evaluate_code=code('capthermo-mace'))
     return builder
+
+
+def _set_parent(builder, workflow: str, path: str, site: str, guest: str) -> None:
+    """Make ``builder`` build its solid solution from the parent in ``path``: prototype ``{host: site, guest}`` and
+    ``parents.host`` (the dataset's, in a study)."""
+    import ase.io
+    from aiida import orm
+
+    try:
+        atoms = ase.io.read(path)
+    except Exception as exception:  # noqa: BLE001 - any reader error is the user's file
+        raise ValueError(f'--parent {path}: ASE cannot read it ({type(exception).__name__}: {exception})') from None
+    target = builder.dataset if workflow == 'study' else builder
+    target.prototype = orm.Dict({'host': site, 'guest': guest})
+    target.parents = {'host': orm.StructureData(ase=atoms)}
 
 
 def _mace_model(node=None):

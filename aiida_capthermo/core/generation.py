@@ -2,7 +2,8 @@
 
 One call makes a batch of chemically disordered, thermally displaced supercells of a binary
 solid solution host_(1-x) guest_x on one sublattice: compositions drawn per structure, sites
-decorated at random, the cell scaled by Vegard's law, and displacements drawn from the
+decorated at random, the cell and fractional coordinates interpolated between the two end members'
+supercells by Vegard's law, and displacements drawn from the
 parents' harmonic phonons (paper eq. 1, ``uniform``; canonical normal modes, ``gaussian``) or
 uniformly at random (second paper eq. 2). Pure numpy/ase: the AiiDA calcfunctions call it and
 the benchmark times it.
@@ -22,19 +23,17 @@ from aiida_capthermo.core.displacements import (
     sample_random_displacements,
 )
 from aiida_capthermo.core.solid_solution import draw_compositions, random_configuration
+from aiida_capthermo.core.structures import vegard_structure
 
 __all__ = ['GenerationSpec', 'GeneratedStructure', 'generate_structures']
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationSpec:
-    """What to generate. Lattice parameters are those of the reference supercell at x = 0 and x = 1 (Å, any cell length
-    ratio works: the cell is scaled by ``a(x) / a_host``)."""
+    """What to generate (the end members' cells come with the reference supercells)."""
 
     host: str  # species on the disordered sublattice at x = 0 (e.g. I)
     guest: str  # substituting species (e.g. Br)
-    a_host: float  # lattice parameter at x = 0, Å
-    a_guest: float  # lattice parameter at x = 1, Å
     n_structures: int
     seed: int
     scheme: Literal['phonon', 'random', 'equilibrium'] = 'phonon'
@@ -56,8 +55,6 @@ class GenerationSpec:
             raise ValueError(f'temperature must be a finite number >= 0 K, got {self.temperature}')
         if self.amplitude <= 0 and self.scheme == 'random':
             raise ValueError(f'the random amplitude must be positive, got {self.amplitude}')
-        if self.a_host <= 0 or self.a_guest <= 0:
-            raise ValueError('lattice parameters must be positive')
 
 
 @dataclasses.dataclass
@@ -69,7 +66,8 @@ class GeneratedStructure:
 
 
 def generate_structures(spec: GenerationSpec, reference: ase.Atoms, modes_host: SupercellModes | None = None,
-                        modes_guest: SupercellModes | None = None) -> list[GeneratedStructure]:
+                        modes_guest: SupercellModes | None = None,
+                        guest_reference: ase.Atoms | None = None) -> list[GeneratedStructure]:
     """Generate ``spec.n_structures`` structures from the reference supercell (all host on the sublattice).
 
     Parameters
@@ -78,6 +76,11 @@ def generate_structures(spec: GenerationSpec, reference: ase.Atoms, modes_host: 
         What to generate.
     reference
         The undisplaced parent supercell at x = 0, in the atom order of the phonon modes (phonopy's supercell).
+    guest_reference
+        The undisplaced x = 1 end member's supercell in the same atom order (every host site taken by the guest).
+        A structure of composition x gets the cell and fractional coordinates of
+        :func:`~aiida_capthermo.core.structures.vegard_structure` between the two. None: the reference's cell at
+        every x.
     modes_host, modes_guest
         Harmonic modes of the x = 0 and x = 1 parents in that supercell. For the phonon scheme at least one is
         needed; with both, a structure of composition x draws from their mixture with weights (1 - x, x)
@@ -102,7 +105,9 @@ def generate_structures(spec: GenerationSpec, reference: ase.Atoms, modes_host: 
     rng = np.random.default_rng(spec.seed)
     counts = draw_compositions(spec.n_structures, len(sites), spec.composition_mode, rng, spec.x_values,
                                stratum=spec.stratum)
-    fractional = reference.get_scaled_positions(wrap=False)  # [N, 3]
+    if guest_reference is None:
+        guest_reference = reference.copy()
+        guest_reference.symbols[sites] = spec.guest
     symbols = np.array(reference.get_chemical_symbols())
     generated = []
     for count in counts:
@@ -110,9 +115,9 @@ def generate_structures(spec: GenerationSpec, reference: ase.Atoms, modes_host: 
         mask = random_configuration(len(sites), int(count), rng)
         new_symbols = symbols.copy()
         new_symbols[sites[mask]] = spec.guest
-        a_x = (1.0 - x) * spec.a_host + x * spec.a_guest
-        cell = np.asarray(reference.cell) * (a_x / spec.a_host)  # [3, 3]
-        positions = fractional @ cell  # [N, 3]
+        ideal = vegard_structure(reference, guest_reference, x)
+        cell = ideal.cell.array  # [3, 3] Å
+        positions = ideal.positions  # [N, 3] Å
         temperature = float('nan')
         if spec.scheme == 'phonon':
             mix = [(m, w) for m, w in ((modes_host, 1.0 - x), (modes_guest, x)) if m is not None]

@@ -1,9 +1,14 @@
-"""Prototype structures of the A3BX anti-perovskites and simple structure transforms.
+"""Parent structures of a substitutional solid solution, and simple structure transforms.
 
-The prototype is the cubic Pm-3m (No. 221) anti-perovskite A3BX with 5 atoms per cell, in the
-order ``[X, B, A, A, A]``: the halide X at the corner (0, 0, 0), the chalcogen B at the body
-centre (1/2, 1/2, 1/2) and the three A (Ag) at the face centres. For Ag3SBr_xI_(1-x) the
-disordered sublattice is the halide one (X = I or Br).
+A binary solid solution host_(1-x) guest_x lives on one sublattice of a parent crystal: the sites of species
+``host`` in the parent (x = 0). Its two end members are the parent and the parent with every host site taken by the
+guest (x = 1); they share the atom order, and each may have its own (relaxed) cell and internal coordinates.
+:func:`vegard_structure` interpolates both linearly in x (Vegard's law for the whole cell matrix). Any periodic
+parent works: :func:`parent_error` says why one does not.
+
+The named preset is the cubic Pm-3m (No. 221) anti-perovskite A3BX with 5 atoms per cell, in the order
+``[X, B, A, A, A]``: the halide X at the corner (0, 0, 0), the chalcogen B at the body centre (1/2, 1/2, 1/2) and
+the three A (Ag) at the face centres. For Ag3SBr_xI_(1-x) the disordered sublattice is the halide one (X = I or Br).
 
 Units: lengths in Å. Only numpy, ase and spglib are used here (no AiiDA, no torch).
 """
@@ -31,7 +36,18 @@ __all__ = [
     'composition_x',
     'perpendicular_widths',
     'cutoff_error',
+    'guest_end_member',
+    'vegard_structure',
+    'parent_error',
+    'end_members_error',
+    'end_members',
+    'is_preset',
+    'PRESET_KEYS',
+    'nearest_neighbour_distance',
 ]
+
+#: The keys that make a solid-solution ``prototype`` the cubic anti-perovskite preset (besides host and guest).
+PRESET_KEYS = ('a', 'b', 'a_host', 'a_guest')
 
 #: Lattice parameter of the 5-atom Ag3SI cell (x = 0) in Å (2x2x2 cell: 9.738 Å).
 AG3SI_LATTICE_PARAMETER = 4.869
@@ -325,3 +341,126 @@ def cutoff_error(unit_cell: np.ndarray, repeats: Sequence[int], cutoffs: dict[st
                     f'than the {name} of {radius:g} Å: an atom would see its own periodic image inside it. Use a '
                     f'supercell of at least {fits}, or a smaller {name}.')
     return None
+
+
+def guest_end_member(parent: ase.Atoms, host: str, guest: str) -> ase.Atoms:
+    """The x = 1 end member of ``parent``: every ``host`` atom replaced by ``guest``, same cell, positions and order
+    (unrelaxed: the study relaxes it with its engine)."""
+    sites = sublattice_indices(parent, host)
+    if len(sites) == 0:
+        raise ValueError(f'the parent {parent.get_chemical_formula()} has no {host} site to substitute.')
+    return substitute(parent, sites, np.ones(len(sites), dtype=bool), guest)
+
+
+def vegard_structure(host: ase.Atoms, guest: ase.Atoms, x: float) -> ase.Atoms:
+    """The structure at composition ``x`` between the end members ``host`` (x = 0) and ``guest`` (x = 1), with the
+    species of ``host``: the cell matrix and the fractional coordinates are both linear in x (Vegard's law; the
+    fractional differences are taken to the nearest image, so an atom that crossed the cell boundary in a relaxation
+    is not dragged across the cell). For end members that differ by a scale factor (a cubic cell) the cell is
+    ``a(x) / a_host`` times the host's, with ``a(x)`` from :func:`vegard_lattice_parameter`."""
+    x = float(x)
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f'composition x must lie in [0, 1], got {x}.')
+    error = end_members_error(host, guest)
+    if error:
+        raise ValueError(error)
+    frac_host = host.get_scaled_positions(wrap=False)  # [N, 3]
+    step = guest.get_scaled_positions(wrap=False) - frac_host  # [N, 3]
+    step -= np.round(step)
+    cell = (1.0 - x) * host.cell.array + x * guest.cell.array  # [3, 3] Å
+    new = host.copy()
+    new.set_cell(cell, scale_atoms=False)
+    new.set_scaled_positions(frac_host + x * step)
+    return new
+
+
+def parent_error(atoms: ase.Atoms, host: str, guest: str | None = None) -> str | None:
+    """Why ``atoms`` cannot be the x = 0 parent of a solid solution with ``host`` replaced by ``guest``, or None: it
+    must be periodic in three directions with a volume, hold at least one ``host`` atom, and ``guest`` must be an
+    element other than ``host``."""
+    try:
+        _check_element(host, 'host')
+        if guest is not None:
+            _check_element(guest, 'guest')
+    except ValueError as exception:
+        return str(exception)
+    if guest == host:
+        return f'the guest must differ from the host, both are {host!r}: name the substituting species'
+    if len(atoms) == 0:
+        return 'the structure has no atoms'
+    if not np.all(atoms.pbc):
+        return (f'the structure must be periodic in all three directions (a crystal), got pbc={atoms.pbc.tolist()}: '
+                'give a bulk cell (a CIF or POSCAR)')
+    if abs(atoms.cell.volume) < 1e-6:
+        return 'the structure has no cell volume: give a bulk cell with three lattice vectors'
+    symbols = atoms.get_chemical_symbols()
+    if host not in symbols:
+        return (f'the structure {atoms.get_chemical_formula()} has no {host} to substitute: the host is one of its '
+                f'species {sorted(set(symbols))}')
+    return None
+
+
+def end_members_error(host: ase.Atoms, guest: ase.Atoms) -> str | None:
+    """Why ``host`` and ``guest`` are not the two end members of one solid solution, or None: the same number of
+    atoms in the same order, the same species except on one sublattice, where every atom of ``host``'s species there
+    is one species in ``guest``, and three-dimensional cells."""
+    if len(host) != len(guest):
+        return f'the end members have {len(host)} and {len(guest)} atoms: they must be the same cell, site by site'
+    a, b = np.array(host.get_chemical_symbols()), np.array(guest.get_chemical_symbols())
+    differ = a != b
+    if not differ.any():
+        return f'the end members have the same species ({host.get_chemical_formula()}): nothing is substituted'
+    if len(set(a[differ])) != 1 or len(set(b[differ])) != 1:
+        return (f'the end members differ on {sorted(set(a[differ]))} -> {sorted(set(b[differ]))}: a binary solid '
+                'solution substitutes one species by one other')
+    if (a == a[differ][0]).sum() != differ.sum():
+        return f'only some {a[differ][0]} sites are substituted in the x = 1 end member: it must take all of them'
+    for atoms in (host, guest):
+        if not np.all(atoms.pbc) or abs(atoms.cell.volume) < 1e-6:
+            return 'the end members must be periodic cells with a volume'
+    return None
+
+
+def is_preset(prototype: dict) -> bool:
+    """True when ``prototype`` names the cubic anti-perovskite preset (a, b, a_host, a_guest besides host and guest);
+    False when it only names the sublattice (host, guest) of a parent given as a structure."""
+    return any(key in prototype for key in PRESET_KEYS)
+
+
+def end_members(prototype: dict, host: ase.Atoms | None = None,
+                guest: ase.Atoms | None = None) -> tuple[ase.Atoms, ase.Atoms]:
+    """The end members (x = 0, x = 1) of the solid solution ``prototype`` (``host``, ``guest``; with ``a``, ``b``,
+    ``a_host``, ``a_guest`` the anti-perovskite preset), in one atom order.
+
+    ``host``: the user's parent, or None for the preset's cubic cell at ``a_host``. ``guest``: the user's x = 1 cell
+    (same atoms, same order), or None: the preset's cell at ``a_guest`` when the host is the preset's too; otherwise
+    the host with every host site substituted (:func:`guest_end_member`), its cell scaled by ``a_guest / a_host``
+    for the preset and left as it is for the user's own parent (the study relaxes both with its engine)."""
+    if host is None:
+        if not is_preset(prototype):
+            raise ValueError('the prototype names only the sublattice (host, guest): give the parent structure as '
+                             'parents.host (capthermo submit --parent FILE), or the preset keys a, b, a_host, a_guest')
+        host_atoms = end_member(prototype, prototype['host'])
+        if guest is None:
+            return host_atoms, end_member(prototype, prototype['guest'])
+    else:
+        host_atoms = host.copy()
+    if guest is None:
+        guest = guest_end_member(host_atoms, prototype['host'], prototype['guest'])
+        if is_preset(prototype):
+            guest = scale_to_lattice(guest, float(prototype['a_guest']) / float(prototype['a_host']))
+    error = end_members_error(host_atoms, guest)
+    if error:
+        raise ValueError(error)
+    return host_atoms, guest.copy()
+
+
+def nearest_neighbour_distance(atoms: ase.Atoms) -> float:
+    """The shortest distance (Å) between two atoms of the periodic structure, periodic images included."""
+    from ase.neighborlist import neighbor_list
+
+    cutoff = 2.0 * float(np.cbrt(abs(atoms.cell.volume) / max(len(atoms), 1))) + 1.0
+    distances = neighbor_list('d', atoms, cutoff)
+    if len(distances) == 0:
+        raise ValueError(f'no two atoms are closer than {cutoff:.1f} Å')
+    return float(distances.min())

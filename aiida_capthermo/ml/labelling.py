@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 
 from aiida_capthermo.core.dataset import LabelledSet
-from aiida_capthermo.ml.settings import HALOGEN_BOND_METHODS, CalculatorSpec, torch_default_dtype
+from aiida_capthermo.ml.settings import HALOGEN_BOND_METHODS, CalculatorSpec, RelaxSpec, torch_default_dtype
 
-__all__ = ['label_structures', 'gap_from_orbitals', 'tblite_parameters', 'single_point_function']
+__all__ = ['label_structures', 'gap_from_orbitals', 'tblite_parameters', 'single_point_function', 'relax_atoms']
 
 
 def gap_from_orbitals(orbital_energies: np.ndarray, occupations: np.ndarray) -> tuple[float, float, float]:
@@ -116,8 +117,45 @@ def single_point_function(spec: CalculatorSpec) -> Callable:
     return chgnet_single_point
 
 
-def label_structures(structures: LabelledSet, spec: CalculatorSpec,
-                     isolate: bool = False) -> tuple[LabelledSet, list[dict]]:
+def relax_atoms(atoms, single_point: Callable, relax: RelaxSpec):
+    """Relax ``atoms`` (a copy) with the calculator of ``single_point``: BFGS on the positions and, with
+    ``relax.cell``, on the cell through ASE's ``FrechetCellFilter`` (zero stress), keeping the space group with
+    ``FixSymmetry``. Returns the relaxed atoms (no constraint, no calculator) and a record: ``steps``, ``converged``,
+    ``max_force`` (eV/Å) and ``max_stress`` (eV/Å^3) at the end."""
+    from ase.calculators.calculator import Calculator, all_changes
+    from ase.constraints import FixSymmetry
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    class Engine(Calculator):  # the labeller's single point as an ASE calculator
+        implemented_properties = ('energy', 'free_energy', 'forces', 'stress')
+
+        def calculate(self, atoms=None, properties=('energy',), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            result = single_point(self.atoms.copy())
+            self.results = {'energy': result['energy'], 'free_energy': result['energy'],
+                            'forces': np.asarray(result['forces']), 'stress': np.asarray(result['stress'])}
+
+    work = atoms.copy()
+    work.calc = Engine()
+    if relax.symprec is not None:
+        work.set_constraint(FixSymmetry(work, symprec=relax.symprec))
+    optimizer = BFGS(FrechetCellFilter(work) if relax.cell else work, logfile=None)
+    with warnings.catch_warnings():  # scipy's logm of the cell deformation warns at 1e-13 accuracy
+        warnings.filterwarnings('ignore', message='logm result may be inaccurate')
+        converged = bool(optimizer.run(fmax=relax.fmax, steps=relax.max_steps))
+    forces, stress = work.get_forces(), work.get_stress(voigt=True)  # symmetrised, as the optimiser saw them
+    record = {'steps': int(optimizer.nsteps), 'converged': converged,
+              'max_force': float(np.abs(forces).max()) if len(work) else 0.0,
+              'max_stress': float(np.abs(stress).max()) if relax.cell else None}
+    relaxed = atoms.copy()
+    relaxed.set_cell(work.cell.array, scale_atoms=False)
+    relaxed.positions = work.positions
+    return relaxed, record
+
+
+def label_structures(structures: LabelledSet, spec: CalculatorSpec, isolate: bool = False,
+                     relax: RelaxSpec | None = None) -> tuple[LabelledSet, list[dict]]:
     """Label every structure of ``structures``; return the labelled set (NaN rows for failures) and per-structure
     records.
 
@@ -125,21 +163,28 @@ def label_structures(structures: LabelledSet, spec: CalculatorSpec,
     properties are stored; the others stay NaN. With ``isolate`` the calculations run in a child process: a native
     crash (a segfault of the calculator's library) fails the structure it happened on, with the signal in its
     ``error``, and a new child labels the rest (:func:`_isolated_rows`); the labelling job runs this way.
+    With ``relax`` each structure is first relaxed (:func:`relax_atoms`) and labelled at its relaxed geometry, which
+    the returned set holds; its record gets ``relax`` (steps, converged, largest force and stress), and a structure
+    that did not converge counts as failed.
     """
-    rows = _isolated_rows(structures, spec) if isolate else _rows(structures, spec, 0, lambda message: None)
+    rows = _isolated_rows(structures, spec, relax) if isolate else _rows(structures, spec, 0, lambda message: None,
+                                                                          relax)
     n = len(structures)
     labels = {name: np.full(n, np.nan) for name in LABELS}
     stress = np.full((n, 6), np.nan)
     forces = np.full((int(structures.n_atoms.sum()), 3), np.nan)
     offsets = structures.offsets
+    positions, cells = structures.positions.copy(), structures.cells.copy()
     records = []
-    for index, (record, values, atom_forces, atom_stress) in enumerate(rows):
+    for index, (record, values, atom_forces, atom_stress, geometry) in enumerate(rows):
         records.append(record)
         for name in LABELS:
             labels[name][index] = values.get(name, np.nan)
         forces[offsets[index]:offsets[index + 1]] = atom_forces
         stress[index] = atom_stress
-    labelled = LabelledSet(numbers=structures.numbers, positions=structures.positions, cells=structures.cells,
+        if geometry is not None:
+            positions[offsets[index]:offsets[index + 1]], cells[index] = geometry
+    labelled = LabelledSet(numbers=structures.numbers, positions=positions, cells=cells,
                            n_atoms=structures.n_atoms, forces=forces, stress=stress, x=structures.x,
                            temperature=structures.temperature, origin=structures.origin,
                            structure_uuid=structures.structure_uuid, **labels)
@@ -150,9 +195,11 @@ def label_structures(structures: LabelledSet, spec: CalculatorSpec,
 LABELS = ('energy', 'gap', 'vbm', 'cbm')
 
 
-def _rows(structures: LabelledSet, spec: CalculatorSpec, start: int, send) -> list[tuple]:
+def _rows(structures: LabelledSet, spec: CalculatorSpec, start: int, send,
+          relax: RelaxSpec | None = None) -> list[tuple]:
     """Label structures ``start``, ``start + 1``... in this process: per structure ``(record, {label: value},
-    forces [n_atoms, 3], stress [6])``. ``send`` gets ``('start', index)`` before each calculation and
+    forces [n_atoms, 3], stress [6], geometry)``, where geometry is ``(positions [n_atoms, 3], cell [3, 3])`` of a
+    relaxed structure (None without ``relax``). ``send`` gets ``('start', index)`` before each calculation and
     ``('done', index, row)`` after it."""
     single_point = single_point_function(spec)
     wanted = set(spec.properties) | ({'vbm', 'cbm'} if 'gap' in spec.properties else set())
@@ -163,14 +210,28 @@ def _rows(structures: LabelledSet, spec: CalculatorSpec, start: int, send) -> li
             atoms = structures.atoms(index, with_labels=False)
             labels = {name: np.full(1, np.nan) for name in LABELS}
             forces, stress = np.full((len(atoms), 3), np.nan), np.full(6, np.nan)
-            record = {**_label_one(atoms, single_point, wanted, labels, forces, stress), 'index': index,
-                      'threads': threads}
-            rows.append((record, {name: float(value[0]) for name, value in labels.items()}, forces, stress))
+            geometry, relaxed, started = None, None, time.perf_counter()
+            if relax is not None:
+                try:
+                    atoms, relaxed = relax_atoms(atoms, single_point, relax)
+                    geometry = (atoms.positions, atoms.cell.array)
+                except Exception as exception:  # noqa: BLE001 - a failed structure is recorded, the batch goes on
+                    relaxed = {'converged': False, 'error': f'{type(exception).__name__}: {exception}'}
+            if relaxed is not None and not relaxed['converged']:
+                record = {'status': 'failed', 'seconds': time.perf_counter() - started,
+                          'error': relaxed.get('error') or f'the relaxation did not reach fmax {relax.fmax} eV/Å in '
+                                                           f'{relax.max_steps} steps'}
+            else:
+                record = _label_one(atoms, single_point, wanted, labels, forces, stress)
+                record['seconds'] = time.perf_counter() - started  # with the relaxation
+            record.update(index=index, threads=threads, **({'relax': relaxed} if relaxed is not None else {}))
+            rows.append((record, {name: float(value[0]) for name, value in labels.items()}, forces, stress,
+                         geometry))
             send(('done', index, rows[-1]))
     return rows
 
 
-def _isolated_rows(structures: LabelledSet, spec: CalculatorSpec) -> list[tuple]:
+def _isolated_rows(structures: LabelledSet, spec: CalculatorSpec, relax: RelaxSpec | None = None) -> list[tuple]:
     """The rows of :func:`_rows`, computed in a child process. When the child dies in a calculation (a
     segfault, an abort), that structure's row records the signal and a new child goes on from the next one."""
     import multiprocessing
@@ -186,7 +247,7 @@ def _isolated_rows(structures: LabelledSet, spec: CalculatorSpec) -> list[tuple]
     while len(rows) < n:
         start = min(set(range(n)) - set(rows))
         receiver, sender = context.Pipe(duplex=False)
-        child = context.Process(target=_child, args=(structures, spec, start, sender), daemon=True)
+        child = context.Process(target=_child, args=(structures, spec, start, sender, relax), daemon=True)
         child.start()
         sender.close()
         current = None
@@ -213,13 +274,13 @@ def _isolated_rows(structures: LabelledSet, spec: CalculatorSpec) -> list[tuple]
             rows[crashed] = ({'index': crashed, 'status': 'failed', 'seconds': None, 'threads': None,
                               'error': f'the calculation of structure {crashed} ({formula}) crashed its process '
                                        f'({cause}); the other structures of the batch were labelled in a new one'},
-                             {}, np.full((atoms, 3), np.nan), np.full(6, np.nan))
+                             {}, np.full((atoms, 3), np.nan), np.full(6, np.nan), None)
     return [rows[index] for index in range(n)]
 
 
-def _child(structures: LabelledSet, spec: CalculatorSpec, start: int, sender) -> None:
+def _child(structures: LabelledSet, spec: CalculatorSpec, start: int, sender, relax: RelaxSpec | None) -> None:
     """The child process of :func:`_isolated_rows`: label from ``start`` on, sending every step to the parent."""
-    _rows(structures, spec, start, sender.send)
+    _rows(structures, spec, start, sender.send, relax)
     sender.close()
 
 

@@ -338,3 +338,18 @@ class CalculatorSpec(BaseModel):
         if self.name == 'chgnet':
             return {'method': f'CHGNet-{self.chgnet_model}', 'gap_method': self.tblite_method if gap else None}
         return {'method': 'EMT', 'gap_method': None}
+
+
+class RelaxSpec(BaseModel):
+    """How ``capthermo-label --relax`` relaxes each structure before labelling it (the end members of a solid solution,
+    with the engine that then computes their phonons). Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra='forbid', allow_inf_nan=False)
+
+    fmax: float = Field(0.005, gt=0, le=0.5,
+                        description='Convergence: largest force (eV/Å) and largest stress times volume per atom.')
+    max_steps: PositiveInt = Field(500, le=10_000, description='Optimiser steps before the relaxation counts as '
+                                                               'failed (the structure is then not labelled).')
+    cell: bool = Field(True, description='Relax the cell (shape and volume, zero stress) as well as the positions.')
+    symprec: float | None = Field(1e-3, gt=0, description="Keep the structure's space group (spglib tolerance, Å) "
+                                                          'so that noise cannot lower it; None: no constraint.')

@@ -42,6 +42,8 @@ class LabelParser(SummaryParser):
             labelled, engine='local', **calculator.describe(), calculator=calculator.model_dump(),
             keys=[keys[i] for i in ok], failed=failed, n_failed=len(failed),
             failed_errors={keys[r['index']]: r['error'] for r in records if r['status'] != 'ok'},
-            seconds_per_structure=float(np.mean([r['seconds'] for r in records])))
+            seconds_per_structure=float(np.mean([r['seconds'] for r in records])),
+            **({'relax': summary['relax'], 'relaxations': {keys[r['index']]: r.get('relax') for r in records}}
+               if summary.get('relax') else {}))
         self.out('labels', dataset)
         return None

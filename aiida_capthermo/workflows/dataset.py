@@ -1,4 +1,5 @@
-"""``PhononInformedDatasetWorkChain``: from a prototype to labelled, phonon-informed training sets in the graph."""
+"""``PhononInformedDatasetWorkChain``: from the parent structures to labelled, phonon-informed training sets in the
+graph."""
 
 from __future__ import annotations
 
@@ -15,18 +16,19 @@ from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.structures import set_structure_metadata
 from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain
-from aiida_capthermo.workflows.engines import engine_namespace
+from aiida_capthermo.workflows.engines import engine_namespace, label_batch_inputs, relax_engine_error
+from aiida_capthermo.workflows.functions import build_end_members
 from aiida_capthermo.workflows.phonons import ParentPhononsWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options, to_node, unlanded_overrides
 from aiida_capthermo.workflows.validation import (
     calculator_elements_error,
     compositions_error,
-    parent_error,
+    end_member_atoms,
     prototype_error,
     supercell_error,
 )
 
-__all__ = ['PhononInformedDatasetWorkChain', 'build_parent', 'generate_structures']
+__all__ = ['PhononInformedDatasetWorkChain', 'generate_structures', 'relaxed_end_members']
 
 ForceConstantsData = DataFactory('phonopy.force_constants')
 
@@ -37,11 +39,39 @@ COMPOSITION_MODES = ('grid', 'binomial')
 
 # ---------------------------------------------------------------------------------------------- calcfunctions
 @calcfunction
-def build_parent(prototype: orm.Dict, species: orm.Str) -> orm.StructureData:
-    """The cubic A3BX parent with halide ``species`` and its end-member lattice parameter from ``prototype``."""
-    from aiida_capthermo.core.structures import end_member
+def parent_supercells(host: orm.StructureData, guest: orm.StructureData, supercell: orm.List) -> dict:
+    """The end members repeated ``supercell`` times (ASE's order: the unit cell's atoms first), to relax in the
+    supercell whose Γ point the engine samples for the phonons and labels."""
+    repeats = tuple(int(n) for n in supercell.get_list())
+    return {role: orm.StructureData(ase=node.get_ase().repeat(repeats)) for role, node in
+            (('host', host), ('guest', guest))}
 
-    return orm.StructureData(ase=end_member(prototype.get_dict(), species.value))
+
+@calcfunction
+def relaxed_end_members(labels: DatasetData, host: orm.StructureData, guest: orm.StructureData,
+                        supercell: orm.List) -> dict:
+    """The relaxed unit cells of the end members from their relaxed supercells (``labels``, keys host and guest):
+    the cell divided by the repeats and the first image's atoms. The relaxation keeps the space group, so every
+    image stays a copy of the first; that is checked (to 1e-4 Å) before the cell is cut."""
+    import ase
+
+    repeats = np.array(supercell.get_list())
+    labelled = labels.get_labelled_set()
+    keys = labels.base.attributes.get('keys')
+    outputs = {}
+    for role, unit in (('host', host.get_ase()), ('guest', guest.get_ase())):
+        relaxed = labelled.atoms(keys.index(role), with_labels=False)
+        cell = relaxed.cell.array / repeats[:, None]  # [3, 3] Å
+        cut = ase.Atoms(unit.get_chemical_symbols(), positions=relaxed.positions[:len(unit)], cell=cell, pbc=True)
+        tiled = cut.repeat(tuple(int(n) for n in repeats))
+        shift = tiled.get_scaled_positions(wrap=False) - relaxed.get_scaled_positions(wrap=False)  # [N, 3]
+        shift = (shift - np.round(shift)) @ relaxed.cell.array
+        if np.abs(shift).max() > 1e-4:
+            raise ValueError(f'the relaxed {role} supercell is not {repeats.tolist()} copies of one cell (images '
+                             f'{np.abs(shift).max():.2g} Å apart): relax with its symmetry kept (symprec)')
+        cut.wrap()
+        outputs[role] = orm.StructureData(ase=cut)
+    return outputs
 
 
 def _reference_supercell(parent: orm.StructureData, supercell: list):
@@ -52,10 +82,12 @@ def _reference_supercell(parent: orm.StructureData, supercell: list):
 
 
 @calcfunction
-def generate_structures(host_parent: orm.StructureData, settings: orm.Dict, **force_constants) -> dict:
-    """Make ``settings['n_structures']`` disordered, displaced supercells (see ``core.generation``).
+def generate_structures(host_parent: orm.StructureData, guest_parent: orm.StructureData, settings: orm.Dict,
+                        **force_constants) -> dict:
+    """Make ``settings['n_structures']`` disordered, displaced supercells (see ``core.generation``) between the
+    end members ``host_parent`` (x = 0) and ``guest_parent`` (x = 1), whose cells Vegard's law interpolates.
 
-    ``settings``: host, guest, a_host, a_guest (Å), supercell, n_structures, seed, scheme (phonon|random|equilibrium),
+    ``settings``: host, guest, supercell, n_structures, seed, scheme (phonon|random|equilibrium),
     distribution, temperature (K), amplitude (Å), composition_mode, frequency_cutoff (THz), imaginary_modes
     (skip|absolute), stratum (index of the temperature or amplitude: the compositions are stratified over (x, T), see
     ``draw_compositions``). ``force_constants`` may hold ``host`` and/or ``guest`` ForceConstantsData for the phonon
@@ -67,17 +99,18 @@ def generate_structures(host_parent: orm.StructureData, settings: orm.Dict, **fo
 
     s = settings.get_dict()
     reference = _reference_supercell(host_parent, s['supercell'])
+    guest_reference = _reference_supercell(guest_parent, s['supercell'])
     modes = {key: SupercellModes.from_phonopy(node.get_phonopy_instance(), frequency_cutoff=s['frequency_cutoff'],
                                               imaginary=s.get('imaginary_modes', 'skip'))
              for key, node in force_constants.items()}
-    spec = GenerationSpec(host=s['host'], guest=s['guest'], a_host=s['a_host'], a_guest=s['a_guest'],
-                          n_structures=s['n_structures'], seed=s['seed'], scheme=s['scheme'],
+    spec = GenerationSpec(host=s['host'], guest=s['guest'], n_structures=s['n_structures'], seed=s['seed'],
+                          scheme=s['scheme'],
                           distribution=s['distribution'], temperature=s.get('temperature', 0.0),
                           amplitude=s.get('amplitude', 0.1), composition_mode=s['composition_mode'],
                           stratum=s.get('stratum', 0),
                           x_values=tuple(s['x_values']) if s.get('x_values') else None)
     outputs = {}
-    for index, item in enumerate(generate(spec, reference, modes.get('host'), modes.get('guest'))):
+    for index, item in enumerate(generate(spec, reference, modes.get('host'), modes.get('guest'), guest_reference)):
         structure = orm.StructureData(ase=item.atoms)
         set_structure_metadata(structure, x=item.x, temperature=item.temperature, origin=item.origin)
         outputs[f'structure_{index:05d}'] = structure
@@ -101,17 +134,26 @@ def validate_inputs(inputs, _) -> str | None:
     error = prototype_error(prototype) or supercell_error(supercell)
     if error:
         return error
-    elements = [prototype[key] for key in ('a', 'b', 'host', 'guest')]
+    try:
+        host, guest = end_member_atoms(prototype, inputs.get('parents', {}))
+    except ValueError as exception:
+        return str(exception)
+    elements = sorted(set(host.get_chemical_symbols()) | set(guest.get_chemical_symbols()))
     for fidelity in ('low', 'high', 'phonons'):
         calculator = inputs.get(fidelity, {}).get('calculator')
         error = calculator_elements_error(calculator.get_dict(), elements) if calculator is not None else None
         if error:
             return f'{fidelity}.calculator: {error}'
-    parents = inputs.get('parents', {})
-    for role in ('host', 'guest'):
-        error = parent_error(parents[role].get_ase(), prototype[role]) if role in parents else None
+    if 'relax' in inputs:
+        from aiida_capthermo.calculations.label import validate_relax
+
+        engine = inputs['phonons'] if 'code' in inputs.get('phonons', {}) else inputs.get('low', {})
+        error = validate_relax(inputs['relax']) or relax_engine_error(engine)
         if error:
-            return f'parents.{role}: {error}'
+            return f'relax: {error}'
+        if inputs.get('force_constants'):
+            return ('relax and force_constants exclude each other: given force constants belong to the unrelaxed '
+                    'parents; leave out one of them')
     scheme = inputs['scheme'].value
     if scheme not in SCHEMES:
         return f'scheme must be one of {SCHEMES}, got {scheme!r}'
@@ -130,14 +172,17 @@ def validate_inputs(inputs, _) -> str | None:
     amplitudes = inputs['random_amplitudes'].get_list()
     if scheme == 'random' and (not amplitudes or any(a <= 0 for a in amplitudes)):
         return f'random_amplitudes must be a non-empty list of positive numbers (Å), got {amplitudes}'
-    nearest = min(prototype['a_host'], prototype['a_guest']) / 2  # A-B, the shortest distance of the cubic cell
+    from aiida_capthermo.core.structures import nearest_neighbour_distance
+
+    nearest = min(nearest_neighbour_distance(host), nearest_neighbour_distance(guest))
     if scheme == 'random' and max(amplitudes) > MAX_AMPLITUDE_FRACTION * nearest:
         return (f'random_amplitudes up to {max(amplitudes)} Å: above {MAX_AMPLITUDE_FRACTION} x the nearest-neighbour '
                 f'distance ({nearest:.2f} Å) atoms collide; give at most {MAX_AMPLITUDE_FRACTION * nearest:.2f} Å')
     if 'x_values' in inputs:
         if inputs['composition_mode'].value != 'grid':
             return "x_values is used by composition_mode 'grid' only"
-        error = compositions_error(inputs['x_values'].get_list(), supercell)
+        error = compositions_error(inputs['x_values'].get_list(), supercell,
+                                   host.get_chemical_symbols().count(prototype['host']))
         if error:
             return f'x_values: {error}'
     if inputs['structures_per_temperature'].value < 1:
@@ -184,11 +229,17 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
     def define(cls, spec):
         super().define(spec)
         spec.input('prototype', valid_type=orm.Dict,
-                   help='Cubic A3BX solid solution: species a (face centres), b (body centre), host (x=0) and guest '
-                        '(x=1) on the corner sublattice, end-member primitive lattice parameters a_host, a_guest (Å).')
+                   help='The solid solution: host (x=0) and guest (x=1) species of the substituted sublattice. Alone, '
+                        'they name the sublattice of parents.host; with a (face centres), b (body centre), a_host and '
+                        'a_guest (Å) they are the cubic A3BX anti-perovskite preset, built for you.')
         spec.input_namespace('parents', valid_type=orm.StructureData, required=False,
-                             help='Optional relaxed parent unit cells `host` (x=0) and `guest` (x=1); built from the '
-                                  'prototype when absent. Must be cubic Pm-3m A3BX.')
+                             help='The parent unit cells: `host` (x=0; any periodic structure with host atoms, '
+                                  'required without the preset) and optionally `guest` (x=1: the same atoms in the '
+                                  'same order, every host site taken by the guest; default: substituted from host).')
+        spec.input('relax', valid_type=orm.Dict, required=False,
+                   help='Relax both end members (cell and positions, space group kept) with the phonon engine (the '
+                        'low engine by default) in the supercell before their phonons: fmax (eV/Å), max_steps, cell, '
+                        'symprec. Absent: the parents are used as they are. The local engine only.')
         spec.input_namespace('force_constants', valid_type=ForceConstantsData, required=False,
                              help='Optional harmonic force constants `host` and/or `guest` in the chosen supercell; '
                                   'computed with the low engine when absent (phonon scheme).')
@@ -238,6 +289,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
 
         spec.outline(
             cls.setup,
+            if_(cls.should_relax)(cls.run_relax, cls.inspect_relax),
             if_(cls.should_compute_phonons)(cls.run_phonons, cls.inspect_phonons),
             cls.generate,
             cls.run_labels,
@@ -250,8 +302,14 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         spec.output('high', valid_type=DatasetData, required=False, help='High-fidelity band gaps.')
         spec.output_namespace('force_constants', valid_type=ForceConstantsData, required=False,
                               help='The parent force constants that informed the displacements.')
+        spec.output_namespace('parents', valid_type=orm.StructureData,
+                              help='The end members the structures were built from: `host` (x = 0) and `guest` '
+                                   '(x = 1), relaxed when `relax` was given. Later stages build their cells from '
+                                   'these.')
         spec.exit_code(EXIT_CODES['ERROR_PHONONS_FAILED'], 'ERROR_PHONONS_FAILED',
                        message='The parent phonons could not be computed: {message}')
+        spec.exit_code(EXIT_CODES['ERROR_PARENT_RELAX_FAILED'], 'ERROR_PARENT_RELAX_FAILED',
+                       message='The end members could not be relaxed: {message}')
         spec.exit_code(EXIT_CODES['ERROR_NO_MODE_TO_SAMPLE'], 'ERROR_NO_MODE_TO_SAMPLE',
                        message='The {role} parent has no mode above frequency_cutoff {cutoff} THz: every structure '
                                'would be undisplaced.')
@@ -262,12 +320,38 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
     def setup(self):
         self.ctx.prototype = self.inputs.prototype.get_dict()
         parents = dict(self.inputs.get('parents', {}))
-        for role in ('host', 'guest'):
-            if role not in parents:
-                parents[role] = build_parent(self.inputs.prototype, orm.Str(self.ctx.prototype[role]))
-        self.ctx.parents = parents
-        self.ctx.lattice = {role: float(np.cbrt(abs(np.linalg.det(parents[role].cell)))) for role in parents}
+        if set(parents) != {'host', 'guest'}:
+            parents = build_end_members(self.inputs.prototype, **parents)
+        self.ctx.parents = dict(parents)
         self.ctx.force_constants = dict(self.inputs.get('force_constants', {}))
+
+    def should_relax(self):
+        return 'relax' in self.inputs
+
+    def run_relax(self):
+        """Relax both end members in the supercell with the phonon engine (one job)."""
+        supercells = parent_supercells(self.ctx.parents['host'], self.ctx.parents['guest'], self.inputs.supercell)
+        process, inputs = label_batch_inputs(self._phonon_engine(), dict(supercells), 'low', relax=self.inputs.relax)
+        inputs['metadata'] = {'call_link_label': 'relax_parents'}
+        self.report('relaxing the end members (cell and positions) with the phonon engine')
+        return ToContext(relax=self.submit(process, **inputs))
+
+    def inspect_relax(self):
+        node = self.ctx.relax
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_PARENT_RELAX_FAILED.format(message=f'{node.exit_message}')
+        labels = node.outputs.labels
+        failed = labels.base.attributes.get('failed')
+        if failed:
+            errors = labels.base.attributes.get('failed_errors')
+            return self.exit_codes.ERROR_PARENT_RELAX_FAILED.format(message=f'{errors}')
+        self.ctx.parents = dict(relaxed_end_members(labels, self.ctx.parents['host'], self.ctx.parents['guest'],
+                                                    self.inputs.supercell))
+        for role, record in sorted(labels.base.attributes.get('relaxations', {}).items()):
+            lengths = self.ctx.parents[role].get_ase().cell.lengths()
+            self.report(f'{role} end member relaxed in {record["steps"]} steps: largest force '
+                        f'{record["max_force"]:.1e} eV/Å, cell lengths {np.round(lengths, 4).tolist()} Å')
+        return None
 
     def should_compute_phonons(self):
         return self.inputs.scheme.value == 'phonon' and set(self.ctx.force_constants) != {'host', 'guest'}
@@ -303,8 +387,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
     def _settings(self, **kwargs) -> orm.Dict:
         p = self.ctx.prototype
         settings = {
-            'host': p['host'], 'guest': p['guest'], 'a_host': self.ctx.lattice['host'],
-            'a_guest': self.ctx.lattice['guest'], 'supercell': self.inputs.supercell.get_list(),
+            'host': p['host'], 'guest': p['guest'], 'supercell': self.inputs.supercell.get_list(),
             'distribution': self.inputs.distribution.value, 'composition_mode': self.inputs.composition_mode.value,
             'frequency_cutoff': self.inputs.frequency_cutoff.value,
             'imaginary_modes': self.inputs.imaginary_modes.value}
@@ -325,7 +408,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         n_per = self.inputs.structures_per_temperature.value
         fc = {key: self.ctx.force_constants[key] for key in self.ctx.force_constants} \
             if self.inputs.scheme.value == 'phonon' else {}
-        host = self.ctx.parents['host']
+        host, guest = self.ctx.parents['host'], self.ctx.parents['guest']
         structures = {'low': [], 'equilibrium': [], 'high': []}
         if self.inputs.scheme.value == 'phonon':
             points = [('temperature', float(t)) for t in self.inputs.temperatures.get_list()]
@@ -334,12 +417,12 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         for index, (key, value) in enumerate(points):
             settings = self._settings(scheme=self.inputs.scheme.value, n_structures=n_per, seed=seed + index,
                                       stratum=index, **{key: value})
-            outputs = generate_structures(host, settings, **fc)
+            outputs = generate_structures(host, guest, settings, **fc)
             structures['low'].extend(outputs[k] for k in sorted(outputs))
         if self.inputs.n_equilibrium.value > 0:
             settings = self._settings(scheme='equilibrium', n_structures=self.inputs.n_equilibrium.value,
                                       seed=seed + 10_000)
-            outputs = generate_structures(host, settings)
+            outputs = generate_structures(host, guest, settings)
             structures['equilibrium'].extend(outputs[k] for k in sorted(outputs))
         n_high = self.inputs.high_structures.value
         if n_high > 0:
@@ -351,7 +434,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
                 settings = self._settings(scheme=self.inputs.scheme.value, n_structures=len(part),
                                           seed=seed + 20_000 + index, stratum=index + len(points),
                                           **{key: value})
-                outputs = generate_structures(host, settings, **fc)
+                outputs = generate_structures(host, guest, settings, **fc)
                 structures['high'].extend(outputs[k] for k in sorted(outputs))
         self.ctx.structures = {name: [node.pk for node in nodes] for name, nodes in structures.items() if nodes}
         self.report(f'generated {dict((n, len(v)) for n, v in structures.items())} structures')
@@ -399,6 +482,8 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
             if key in self.ctx and self.ctx[key].is_finished_ok:
                 self.out(name, self.ctx[key].outputs.labels)
         scheme = self.inputs.scheme.value
+        for role, node in self.ctx.parents.items():
+            self.out(f'parents.{role}', node)
         for role, node in self.ctx.force_constants.items():
             if scheme == 'phonon':
                 self.out(f'force_constants.{role}', node)
@@ -433,7 +518,8 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         inputs = cls.get_protocol_inputs(protocol, overrides)
         builder = cls.get_builder()
         ports = cls.spec().inputs
-        simple = ('prototype', 'supercell', 'temperatures', 'structures_per_temperature', 'scheme', 'distribution',
+        simple = ('prototype', 'relax', 'supercell', 'temperatures', 'structures_per_temperature', 'scheme',
+                  'distribution',
                   'random_amplitudes', 'composition_mode', 'n_equilibrium', 'high_structures', 'seed',
                   'phonon_displacement', 'x_values', 'imaginary_modes', 'frequency_cutoff', 'batch_size',
                   'max_concurrent')

@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiida import orm
 from aiida.plugins import WorkflowFactory
 
-__all__ = ['ENGINES', 'engine_namespace', 'label_batch_inputs', 'validate_engine_namespace']
+__all__ = ['ENGINES', 'engine_namespace', 'label_batch_inputs', 'relax_engine_error', 'validate_engine_namespace']
 
 ENGINES = ('local', 'vasp')
 
@@ -72,8 +72,11 @@ def engine_namespace(spec, name: str, help: str, required: bool = True) -> None:
                     'custom_scheduler_commands ...).')
 
 
-def label_batch_inputs(namespace: dict, structures: dict, fidelity: str) -> tuple[type, dict]:
-    """Return the process class and its inputs that label ``structures`` with the engine of ``namespace``."""
+def label_batch_inputs(namespace: dict, structures: dict, fidelity: str,
+                       relax: orm.Dict | None = None) -> tuple[type, dict]:
+    """Return the process class and its inputs that label ``structures`` with the engine of ``namespace``; with
+    ``relax`` (a RelaxSpec dict; the local engine only, see :func:`relax_engine_error`) each structure is relaxed first
+    and the labels hold the relaxed geometry."""
     engine = namespace['engine'].value if 'engine' in namespace else 'local'
     options = namespace['options'].get_dict() if 'options' in namespace else {}
     if engine == 'local':
@@ -81,7 +84,11 @@ def label_batch_inputs(namespace: dict, structures: dict, fidelity: str) -> tupl
         label = {'code': namespace['code'], 'structures': structures, 'metadata': {'options': options}}
         if 'calculator' in namespace:
             label['calculator'] = namespace['calculator']
+        if relax is not None:
+            label['relax'] = relax
         return process, {'label': label, 'fidelity': orm.Str(fidelity)}
+    if relax is not None:
+        raise ValueError(relax_engine_error(namespace))
     process = WorkflowFactory('capthermo.label_vasp')
     settings = namespace['vasp'].get_dict()  # keys checked by validate_engine_namespace
     inputs = {'structures': structures, 'fidelity': orm.Str(fidelity), 'code': namespace['code']}
@@ -90,6 +97,17 @@ def label_batch_inputs(namespace: dict, structures: dict, fidelity: str) -> tupl
     if options:
         inputs['options'] = orm.Dict(options)
     return process, inputs
+
+
+def relax_engine_error(namespace: dict) -> str | None:
+    """Why the engine of ``namespace`` cannot relax structures, or None: the local engine relaxes them in its labelling
+    job; with VASP, relax the end members in a VASP relaxation (ISIF = 3) and give them as the study's parents."""
+    engine = namespace['engine'].value if 'engine' in namespace else 'local'
+    if engine != 'local':
+        return (f'the {engine} engine does not relax structures here: relax the end members with it yourself (e.g. '
+                'an aiida-vasp relaxation, ISIF = 3) and give them as parents.host and parents.guest, or leave out '
+                '`relax`')
+    return None
 
 
 _VASP_SETTINGS = {

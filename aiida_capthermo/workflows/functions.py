@@ -1,4 +1,5 @@
-"""Calcfunctions that transform datasets: join labelled batches, turn MD frames into structures, merge and split.
+"""Calcfunctions that transform datasets (join labelled batches, turn MD frames into structures, merge and split) and
+build the end members of a solid solution.
 
 Thin Data-in/Data-out steps shared by the stage workchains (dataset, batch labelling, MLIP potential); the arrays
 and their statistics are :class:`~aiida_capthermo.core.dataset.LabelledSet`'s.
@@ -14,7 +15,8 @@ from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.structures import set_structure_metadata
 
-__all__ = ['assemble_dataset', 'frames_to_structures', 'md_trajectories', 'merge_datasets', 'split_dataset']
+__all__ = ['assemble_dataset', 'build_end_members', 'frames_to_structures', 'md_trajectories', 'merge_datasets',
+           'split_dataset']
 
 
 @calcfunction
@@ -134,3 +136,13 @@ def spread_subset(dataset: DatasetData, settings: orm.Dict) -> DatasetData:
     return _dataset_like(dataset, labelled.subset(chosen), source=dataset.uuid, picked=chosen,
                          subset=dataset.base.attributes.get('subset', None))
 
+
+@calcfunction
+def build_end_members(prototype: orm.Dict, **parents: orm.StructureData) -> dict:
+    """The end members ``host`` (x = 0) and ``guest`` (x = 1) of the solid solution ``prototype``, from the
+    ``parents`` given (none, ``host``, or both): :func:`aiida_capthermo.core.structures.end_members`."""
+    from aiida_capthermo.core.structures import end_members
+
+    host, guest = end_members(prototype.get_dict(), *(parents[r].get_ase() if r in parents else None
+                                                      for r in ('host', 'guest')))
+    return {'host': orm.StructureData(ase=host), 'guest': orm.StructureData(ase=guest)}

@@ -35,13 +35,18 @@ from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.ml.settings import MdConfig
 from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain, balanced_batch_size
-from aiida_capthermo.workflows.dataset import build_parent, generate_structures
+from aiida_capthermo.workflows.dataset import generate_structures
 from aiida_capthermo.workflows.engines import engine_namespace
-from aiida_capthermo.workflows.functions import frames_to_structures, merge_datasets, split_dataset
+from aiida_capthermo.workflows.functions import build_end_members, frames_to_structures, merge_datasets, split_dataset
 from aiida_capthermo.workflows.mace import FinetuneMaceWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options
 from aiida_capthermo.workflows.report import figure_nodes, learning_curve_figure, mace_parity_plot
-from aiida_capthermo.workflows.validation import compositions_error, supplied_by_parent
+from aiida_capthermo.workflows.validation import (
+    compositions_error,
+    end_member_atoms,
+    prototype_error,
+    supplied_by_parent,
+)
 
 __all__ = ['MdStageSettings', 'MlipPotentialWorkChain']
 
@@ -92,9 +97,20 @@ def validate_inputs(inputs, ports) -> str | None:
     if 'refine' in inputs and 'code' not in inputs.get('engine', {}):
         return 'refine labels MD frames: it needs the labelling engine (engine.code)'
     supercell = inputs['supercell'].get_list() if 'supercell' in inputs else [2, 2, 2]
+    sites_per_cell = 1
+    if 'prototype' in inputs:
+        prototype = inputs['prototype'].get_dict()
+        error = prototype_error(prototype)
+        if error:
+            return f'prototype: {error}'
+        try:
+            host, _ = end_member_atoms(prototype, inputs.get('parents', {}))
+        except ValueError as exception:
+            return str(exception)
+        sites_per_cell = host.get_chemical_symbols().count(prototype['host'])
     for name in ('refine', 'md_check'):
         if name in inputs:
-            error = compositions_error(inputs[name].get_dict().get('compositions', [0.5]), supercell)
+            error = compositions_error(inputs[name].get_dict().get('compositions', [0.5]), supercell, sites_per_cell)
             if error:
                 return f'{name}.compositions: {error}'
     return None
@@ -204,7 +220,11 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
                    help='A capthermo-mace code: evaluates the final potential on the held-out set, and each '
                         'refinement round\'s potential on its fresh MD frames (required by refine).')
         spec.input('prototype', valid_type=orm.Dict, required=False,
-                   help='The solid solution (species a, b, host, guest; a_host, a_guest Å) of the MD start cells.')
+                   help='The solid solution (host, guest; the anti-perovskite preset with a, b, a_host, a_guest Å) of '
+                        'the MD start cells.')
+        spec.input_namespace('parents', valid_type=orm.StructureData, required=False,
+                             help="The end members `host` and `guest` of the MD start cells (the dataset's parents); "
+                                  'built from the prototype preset when absent.')
         spec.input('supercell', valid_type=orm.List, default=lambda: orm.List([2, 2, 2]),
                    help='Diagonal supercell of the MD start cells.')
         engine_namespace(spec, 'engine', required=False,
@@ -322,14 +342,18 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         """One MlipMdCalcJob per composition (they run side by side), each at every temperature; appended to the
         context list ``context``."""
         p = self.inputs.prototype.get_dict()
-        if 'md_parent' not in self.ctx:
-            self.ctx.md_parent = build_parent(self.inputs.prototype, orm.Str(p['host']))
+        if 'md_parents' not in self.ctx:
+            parents = dict(self.inputs.get('parents', {}))
+            if set(parents) != {'host', 'guest'}:
+                parents = build_end_members(self.inputs.prototype, **parents)
+            self.ctx.md_parents = dict(parents)
         start_settings = {
-            'host': p['host'], 'guest': p['guest'], 'a_host': p['a_host'], 'a_guest': p['a_guest'],
+            'host': p['host'], 'guest': p['guest'],
             'supercell': self.inputs.supercell.get_list(), 'n_structures': len(settings.compositions),
             'seed': settings.seed + 40_000 + seed_offset, 'scheme': 'equilibrium', 'distribution': 'uniform',
             'composition_mode': 'grid', 'frequency_cutoff': 0.1, 'x_values': settings.compositions}
-        starts = generate_structures(self.ctx.md_parent, orm.Dict(start_settings))
+        starts = generate_structures(self.ctx.md_parents['host'], self.ctx.md_parents['guest'],
+                                     orm.Dict(start_settings))
         for index, key in enumerate(sorted(starts)):
             inputs = {'code': self.inputs.mlip_code, 'model': self.ctx.model, 'structures': {'start': starts[key]},
                       'parameters': orm.Dict(settings.md_parameters(seed_offset + 1000 * index)),

@@ -28,11 +28,12 @@ from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.data.structures import set_structure_metadata
 from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.base import CapthermoBaseRestartWorkChain
+from aiida_capthermo.workflows.functions import build_end_members
 from aiida_capthermo.workflows.protocols import ProtocolMixin, set_options
 from aiida_capthermo.workflows.report import figure_nodes, pyplot, styled
 from aiida_capthermo.workflows.validation import (
     compositions_error,
-    parent_error,
+    end_member_atoms,
     prototype_error,
     supercell_error,
     supplied_by_parent,
@@ -50,14 +51,15 @@ def composition_key(x: float) -> str:
 
 
 @calcfunction
-def enumerate_structures(settings: orm.Dict, parent: orm.StructureData | None = None) -> dict:
+def enumerate_structures(settings: orm.Dict, host_parent: orm.StructureData, guest_parent: orm.StructureData) -> dict:
     """Inequivalent decorations of the host sublattice of the supercell at composition ``settings['x']``.
 
-    ``settings``: the prototype keys (a, b, host, guest, a_host, a_guest in Å), ``supercell`` [3], ``x``,
-    ``max_configurations``, ``seed``. The supercell of ``parent`` (or of the prototype's host cell) is scaled to
-    the Vegard lattice parameter a(x) (per primitive cell), then the guest occupies the class representative's
+    ``settings``: ``host``, ``guest``, ``supercell`` [3], ``x``, ``max_configurations``, ``seed``. The symmetry is
+    that of the host parent's supercell (spglib). The supercell's cell and fractional coordinates are Vegard's
+    interpolation at x between the end members ``host_parent`` and ``guest_parent``
+    (:func:`aiida_capthermo.core.structures.vegard_structure`), then the guest occupies the class representative's
     sites. Outputs: ``c000``... StructureData (attributes x, origin ``screen``, multiplicity) and ``configurations``
-    (Dict: per key the occupied site indices, multiplicity; plus totals).
+    (Dict: per key the occupied site indices, multiplicity; plus totals and the cell).
     """
     import math
 
@@ -67,18 +69,11 @@ def enumerate_structures(settings: orm.Dict, parent: orm.StructureData | None = 
         guest_count,
         site_permutations,
     )
-    from aiida_capthermo.core.structures import (
-        end_member,
-        scale_to_lattice,
-        sublattice_indices,
-        substitute,
-        vegard_lattice_parameter,
-    )
+    from aiida_capthermo.core.structures import sublattice_indices, substitute, vegard_structure
 
     s = settings.get_dict()
-    unit = parent.get_ase() if parent is not None else end_member(s)
-    a_parent = float(np.cbrt(abs(np.linalg.det(unit.cell.array))))
-    supercell = unit.repeat(tuple(int(n) for n in s['supercell']))
+    repeats = tuple(int(n) for n in s['supercell'])
+    supercell = host_parent.get_ase().repeat(repeats)
     sites = sublattice_indices(supercell, s['host'])
     n_sites = len(sites)
     n_guest = guest_count(s['x'], n_sites)
@@ -86,8 +81,7 @@ def enumerate_structures(settings: orm.Dict, parent: orm.StructureData | None = 
     n_classes = count_inequivalent(permutations, n_guest)
     configurations = enumerate_configurations(permutations, n_guest, max_configurations=s['max_configurations'],
                                               rng=s['seed'])
-    lattice = vegard_lattice_parameter(s['x'], s['a_host'], s['a_guest'])
-    scaled = scale_to_lattice(supercell, lattice / a_parent)
+    scaled = vegard_structure(supercell, guest_parent.get_ase().repeat(repeats), n_guest / n_sites)
     outputs, table = {}, {}
     for index, configuration in enumerate(configurations):
         key = f'c{index:03d}'
@@ -100,7 +94,7 @@ def enumerate_structures(settings: orm.Dict, parent: orm.StructureData | None = 
     outputs['configurations'] = orm.Dict({
         'x': n_guest / n_sites, 'n_sites': n_sites, 'n_guest': n_guest, 'n_classes': n_classes,
         'n_arrangements': math.comb(n_sites, n_guest), 'n_permutations': int(len(permutations)),
-        'sampled': len(configurations) < n_classes, 'lattice_parameter': lattice, 'configurations': table,
+        'sampled': len(configurations) < n_classes, 'cell': scaled.cell.array.tolist(), 'configurations': table,
     })
     return outputs
 
@@ -332,11 +326,13 @@ def validate_inputs(inputs, ports) -> str | None:
     error = prototype_error(prototype) or supercell_error(supercell)
     if error:
         return error
-    error = parent_error(inputs['parent'].get_ase(), prototype['host']) if 'parent' in inputs else None
-    if error:
-        return f'parent: {error}'
+    try:
+        host, _ = end_member_atoms(prototype, inputs.get('parents', {}))
+    except ValueError as exception:
+        return str(exception)
+    sites_per_cell = host.get_chemical_symbols().count(prototype['host'])
     compositions = inputs['compositions'].get_list()
-    error = compositions_error(compositions, supercell)
+    error = compositions_error(compositions, supercell, sites_per_cell)
     if error:
         return error
     keys = [composition_key(x) for x in compositions]
@@ -345,7 +341,7 @@ def validate_inputs(inputs, ports) -> str | None:
     for name in ('max_configurations', 'batch_size', 'keep', 'max_iterations'):
         if name in inputs and inputs[name].value < 1:
             return f'{name} must be a positive integer, got {inputs[name].value}'
-    sites = math.prod(supercell)
+    sites = sites_per_cell * math.prod(supercell)
     if sites > MAX_SITES:
         return (f'the supercell {supercell} has {sites} sites on the disordered sublattice; the enumeration of '
                 f'configurations handles at most {MAX_SITES}: use a smaller supercell')
@@ -456,11 +452,14 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
         spec.input('model', valid_type=ModelData, validator=validate_mace_model,
                    help='The MACE potential (ModelData of kind "mace"), e.g. the fine-tuned model.')
         spec.input('prototype', valid_type=orm.Dict,
-                   help='Cubic A3BX solid solution: species a (face centres), b (body centre), host (x=0) and guest '
-                        '(x=1) on the corner sublattice, end-member primitive lattice parameters a_host, a_guest (Å).')
-        spec.input('parent', valid_type=orm.StructureData, required=False,
-                   help='Optional 5-atom host cell (cubic Pm-3m, e.g. relaxed) replacing the one built from the '
-                        'prototype; its cell is rescaled to the Vegard lattice parameter of each composition.')
+                   help='The solid solution: host (x=0) and guest (x=1) species of the substituted sublattice. Alone, '
+                        'they name the sublattice of parents.host; with a (face centres), b (body centre), a_host and '
+                        'a_guest (Å) they are the cubic A3BX anti-perovskite preset, built for you.')
+        spec.input_namespace('parents', valid_type=orm.StructureData, required=False,
+                             help='The end members: `host` (x=0; required without the preset) and optionally `guest` '
+                                  '(x=1, same atoms and order; default: substituted from host). The cell of each '
+                                  "composition is Vegard's interpolation between them (e.g. the dataset's relaxed "
+                                  'parents).')
         spec.input('supercell', valid_type=orm.List, default=lambda: orm.List([2, 2, 2]),
                    help='Diagonal supercell of the primitive cell, e.g. [2, 2, 2] (8 halide sites, 40 atoms).')
         spec.input('compositions', valid_type=orm.List,
@@ -528,12 +527,16 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
 
     def setup(self):
         """Enumerate the configurations of every composition (one calcfunction call each)."""
-        settings = {**self.inputs.prototype.get_dict(), 'supercell': self.inputs.supercell.get_list(),
+        prototype = self.inputs.prototype.get_dict()
+        settings = {'host': prototype['host'], 'guest': prototype['guest'],
+                    'supercell': self.inputs.supercell.get_list(),
                     'max_configurations': self.inputs.max_configurations.value, 'seed': self.inputs.seed.value}
+        parents = dict(self.inputs.get('parents', {}))
+        if set(parents) != {'host', 'guest'}:
+            parents = build_end_members(self.inputs.prototype, **parents)
         self.ctx.enumerated = {}
         for x in self.inputs.compositions.get_list():
-            kwargs = {'parent': self.inputs.parent} if 'parent' in self.inputs else {}
-            outputs = enumerate_structures(orm.Dict({**settings, 'x': float(x)}), **kwargs)
+            outputs = enumerate_structures(orm.Dict({**settings, 'x': float(x)}), parents['host'], parents['guest'])
             self.ctx.enumerated[composition_key(x)] = outputs
             table = outputs['configurations'].get_dict()
             self.report(f'x = {x}: {len(table["configurations"])} of {table["n_classes"]} inequivalent classes '

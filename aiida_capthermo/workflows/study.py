@@ -42,7 +42,7 @@ from aiida_capthermo.workflows.validation import compositions_error
 __all__ = ['CapthermoStudyWorkChain']
 
 #: Inputs of the potential's stage that the study supplies from the dataset stage.
-MACE_SUPPLIED = ('dataset', 'prototype', 'supercell', 'engine', 'batch_size', 'max_concurrent')
+MACE_SUPPLIED = ('dataset', 'prototype', 'parents', 'supercell', 'engine', 'batch_size', 'max_concurrent')
 #: Inputs of the GNN stage that the study supplies: the datasets, the potential's MD frames, the high engine.
 GNN_SUPPLIED = ('low', 'equilibrium', 'high', 'md_frames', 'high_engine', 'batch_size', 'max_concurrent')
 #: Inputs of the validation stage that the study supplies: the thermal stage's frames, the models and the engines.
@@ -177,6 +177,8 @@ def validate_study(inputs, _) -> str | None:
             return 'the screen needs a potential: give mace.code (train one) or given.mace_model'
         dataset = inputs.get('dataset', {})
         extra = {'prototype': dataset['prototype']} if 'prototype' in dataset else {}
+        if dataset.get('parents'):
+            extra['parents'] = dict(dataset['parents'])
         if 'supercell' in dataset:
             extra['supercell'] = dataset['supercell']
         screen_inputs = _with_defaults(SolidSolutionScreenWorkChain, dict(inputs['screen']), extra)
@@ -221,15 +223,30 @@ def validate_study(inputs, _) -> str | None:
     if ('refine' in mace or 'md_check' in mace) and not ('mlip_code' in mace and 'code' in mace):
         return 'mace.refine and mace.md_check need mace.code and mace.mlip_code (a capthermo-mlip code)'
     supercell = inputs['dataset']['supercell'].get_list() if 'supercell' in inputs.get('dataset', {}) else [2, 2, 2]
+    end_members = _end_members(inputs)
+    sites_per_cell = end_members[0].get_chemical_symbols().count(prototype['host']) if end_members else 1
     for name in ('refine', 'md_check'):
         if name in mace:
-            error = compositions_error(mace[name].get_dict().get('compositions', [0.5]), supercell)
+            error = compositions_error(mace[name].get_dict().get('compositions', [0.5]), supercell, sites_per_cell)
             if error:
                 return f'mace.{name}.compositions: {error}'
     if 'refine' in mace and 'evaluate_code' not in mace and 'mace_model' not in given:
         return ('mace.refine evaluates each round\'s potential on its fresh MD frames: it needs mace.evaluate_code '
                 '(a capthermo-mace code)')
     return supercell_cutoff_error(inputs, supercell)
+
+
+def _end_members(inputs) -> tuple | None:
+    """The dataset's end members (ase.Atoms, unrelaxed), or None where the dataset's own validator refuses them."""
+    from aiida_capthermo.workflows.validation import end_member_atoms, prototype_error
+
+    dataset = inputs.get('dataset', {})
+    if 'prototype' not in dataset or prototype_error(dataset['prototype'].get_dict()):
+        return None
+    try:
+        return end_member_atoms(dataset['prototype'].get_dict(), dataset.get('parents', {}))
+    except ValueError:
+        return None
 
 
 def model_cutoffs(inputs) -> dict[str, float]:
@@ -254,24 +271,18 @@ def model_cutoffs(inputs) -> dict[str, float]:
 
 
 def supercell_cutoff_error(inputs, supercell: list) -> str | None:
-    """The dataset's supercell (of the smaller end member's cubic cell, the narrowest composition) and every
-    given structure must be wider than the models' radii (:func:`core.structures.cutoff_error`)."""
+    """The dataset's supercell of each end member (the narrower one bounds every composition, Vegard's cells lie
+    between them) and every given structure must be wider than the models' radii
+    (:func:`core.structures.cutoff_error`)."""
     from aiida_capthermo.core.structures import cutoff_error
 
     cutoffs = model_cutoffs(inputs)
     if not cutoffs:
         return None
-    dataset = inputs.get('dataset', {})
-    if 'prototype' in dataset:
-        prototype = dataset['prototype'].get_dict()
-        try:
-            a = min(float(prototype.get('a_host', math.inf)), float(prototype.get('a_guest', math.inf)))
-        except (TypeError, ValueError):  # refused by the dataset's own validator, with its message
-            a = math.inf
-        if math.isfinite(a) and a > 0:
-            error = cutoff_error(np.eye(3) * a, supercell, cutoffs)
-            if error:
-                return f'dataset.supercell: {error}'
+    for atoms in _end_members(inputs) or ():
+        error = cutoff_error(atoms.cell.array, supercell, cutoffs)
+        if error:
+            return f'dataset.supercell: {error}'
     for key, structure in sorted(inputs.get('given', {}).get('structures', {}).items()):
         error = cutoff_error(np.asarray(structure.cell), [1, 1, 1], cutoffs)
         if error:
@@ -311,7 +322,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         spec.input_namespace('given.structures', valid_type=orm.StructureData, dynamic=True, required=False,
                              help='Structures of the thermal stage by key (each with its x): no screen.')
         spec.expose_inputs(SolidSolutionScreenWorkChain, namespace='screen',
-                           exclude=('model', 'prototype', 'parent', 'supercell'),
+                           exclude=('model', 'prototype', 'parents', 'supercell'),
                            namespace_options={'required': False, 'populate_defaults': False,
                                               'help': 'The solid-solution screen with the final potential (the '
                                                       'prototype and supercell are the dataset\'s); none: no screen.'})
@@ -411,6 +422,13 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         self.out_many(self.exposed_outputs(node, PhononInformedDatasetWorkChain, namespace='dataset'))
         return None
 
+    def _parents(self) -> dict:
+        """The end members the later stages build their cells from: the dataset stage's (relaxed when it relaxed
+        them), else the given ``dataset.parents`` (the stages build the preset's when there are none)."""
+        if 'dataset' in self.ctx and 'parents' in self.ctx.dataset.outputs:
+            return dict(self.ctx.dataset.outputs.parents)
+        return dict(self.inputs.dataset.get('parents', {}))
+
     def take_datasets(self):
         """The datasets the models train on: the dataset stage's, or the given ones."""
         source = self.ctx.dataset.outputs if 'dataset' in self.ctx else self._given()
@@ -425,7 +443,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         dataset = self.inputs.dataset
         inputs = self.exposed_inputs(MlipPotentialWorkChain, 'mace')
         inputs.update(dataset=self.ctx.datasets['low'], prototype=dataset.prototype, supercell=dataset.supercell,
-                      engine=dict(dataset.low), batch_size=dataset.batch_size,
+                      engine=dict(dataset.low), batch_size=dataset.batch_size, parents=self._parents(),
                       max_concurrent=dataset.max_concurrent, metadata={'call_link_label': 'mace'})
         self.report('training the potential')
         return ToContext(mace=self.submit(MlipPotentialWorkChain, **inputs))
@@ -482,7 +500,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
 
     def run_screen(self):
         inputs = self.exposed_inputs(SolidSolutionScreenWorkChain, 'screen')
-        inputs.update(model=self.ctx.mace_model, prototype=self.inputs.dataset.prototype,
+        inputs.update(model=self.ctx.mace_model, prototype=self.inputs.dataset.prototype, parents=self._parents(),
                       metadata={'call_link_label': 'screen'})
         if 'supercell' in self.inputs.dataset:
             inputs['supercell'] = self.inputs.dataset.supercell

@@ -1,4 +1,5 @@
-"""Input checks shared by the workchains that build A3BX solid solutions from a prototype."""
+"""Input checks shared by the workchains that build substitutional solid solutions from a prototype (the
+anti-perovskite preset, or the sublattice of the user's own parent structure)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import math
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = ['PROTOTYPE_KEYS', 'Prototype', 'calculator_elements_error', 'compositions_error',
-           'lattice_parameter_range', 'parent_error', 'prototype_error', 'supercell_error', 'supplied_by_parent']
+           'end_member_atoms', 'end_members_input_error', 'lattice_parameter_range', 'prototype_error',
+           'supercell_error', 'supplied_by_parent']
 
 #: The elements ASE's EMT has parameters for.
 EMT_ELEMENTS = ('H', 'C', 'N', 'O', 'Al', 'Ni', 'Cu', 'Pd', 'Ag', 'Pt', 'Au')
@@ -15,8 +17,11 @@ EMT_ELEMENTS = ('H', 'C', 'N', 'O', 'Al', 'Ni', 'Cu', 'Pd', 'Ag', 'Pt', 'Au')
 TBLITE_MAX_Z = 86
 
 #: Keys of the ``prototype`` Dict: species a (face centres), b (body centre), host (x = 0) and guest (x = 1) on the
-#: corner sublattice, and the end members' primitive lattice parameters in Å.
+#: corner sublattice, and the end members' primitive lattice parameters in Å (the anti-perovskite preset). With only
+#: host and guest it names the substituted sublattice of a parent given as a structure (``parents.host``).
 PROTOTYPE_KEYS = ('a', 'b', 'host', 'guest', 'a_host', 'a_guest')
+#: The keys of a prototype that names only the sublattice of the user's parent.
+SUBLATTICE_KEYS = ('host', 'guest')
 
 
 def supplied_by_parent(port_namespace, *names: str) -> bool:
@@ -27,18 +32,20 @@ def supplied_by_parent(port_namespace, *names: str) -> bool:
 
 
 class Prototype(BaseModel):
-    """The ``prototype`` Dict of an A3BX solid solution A3B(host_1-x guest_x). Unknown keys are rejected; the
-    species must be elements, host and guest must differ, and each lattice parameter must put A and B (a / 2 apart)
-    at 0.6-2 times the sum of their covalent radii (:func:`lattice_parameter_range`)."""
+    """The ``prototype`` Dict of a binary solid solution: ``host`` (x = 0) and ``guest`` (x = 1) on one sublattice,
+    alone (the parent is then given as a structure) or with ``a``, ``b``, ``a_host``, ``a_guest``, the cubic A3BX
+    anti-perovskite preset A3B(host_1-x guest_x). Unknown keys are rejected; the species must be elements, host and
+    guest must differ, and each lattice parameter must put A and B (a / 2 apart) at 0.6-2 times the sum of their
+    covalent radii (:func:`lattice_parameter_range`)."""
 
     model_config = ConfigDict(extra='forbid')
 
-    a: str = Field(description='Species on the face centres (Ag in Ag3SI).')
-    b: str = Field(description='Species on the body centre (S in Ag3SI).')
-    host: str = Field(description='Species on the corners at x = 0 (I).')
-    guest: str = Field(description='Species on the corners at x = 1 (Br).')
-    a_host: float = Field(description='Lattice parameter of the x = 0 end member (Å).')
-    a_guest: float = Field(description='Lattice parameter of the x = 1 end member (Å).')
+    a: str | None = Field(None, description='Preset: species on the face centres (Ag in Ag3SI).')
+    b: str | None = Field(None, description='Preset: species on the body centre (S in Ag3SI).')
+    host: str = Field(description='Species on the substituted sublattice at x = 0 (I; the corners of the preset).')
+    guest: str = Field(description='Species that takes the host sites, all of them at x = 1 (Br).')
+    a_host: float | None = Field(None, description='Preset: lattice parameter of the x = 0 end member (Å).')
+    a_guest: float | None = Field(None, description='Preset: lattice parameter of the x = 1 end member (Å).')
 
     @model_validator(mode='before')
     @classmethod
@@ -66,14 +73,20 @@ def _prototype_problem(prototype: dict) -> str | None:
     missing, unknown = set(PROTOTYPE_KEYS) - set(prototype), set(prototype) - set(PROTOTYPE_KEYS)
     if unknown:  # first: a misspelt key is also a missing one
         return f'unknown prototype keys {sorted(unknown)}: the keys are {list(PROTOTYPE_KEYS)}' + (
-            f' (the prototype misses {sorted(missing)})' if missing else '')
-    if missing:
-        return f'the prototype misses {sorted(missing)}'
+            f' (the prototype misses {sorted(missing)})' if missing and set(prototype) - set(SUBLATTICE_KEYS) else '')
+    if set(SUBLATTICE_KEYS) - set(prototype):
+        return (f'the prototype misses {sorted(set(SUBLATTICE_KEYS) - set(prototype))}: it names the substituted '
+                'species (host) and the one that takes its sites (guest)')
+    if missing and set(prototype) != set(SUBLATTICE_KEYS):
+        return (f'the prototype misses {sorted(missing)}: the anti-perovskite preset needs all of a, b, a_host and '
+                'a_guest; for your own parent give only host and guest, and the parent as parents.host')
     for key in ('a', 'b', 'host', 'guest'):
-        if not isinstance(prototype[key], str) or prototype[key] not in atomic_numbers:
+        if key in prototype and (not isinstance(prototype[key], str) or prototype[key] not in atomic_numbers):
             return f'prototype {key!r} is {prototype[key]!r}, which is not a chemical element'
     if prototype['host'] == prototype['guest']:
         return 'host and guest species of the solid solution must differ'
+    if missing:
+        return None
     for key in ('a_host', 'a_guest'):
         value = prototype[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -119,15 +132,16 @@ def supercell_error(supercell: list) -> str | None:
     return None
 
 
-def compositions_error(x_values: list, supercell: list) -> str | None:
+def compositions_error(x_values: list, supercell: list, sites_per_cell: int = 1) -> str | None:
     """Why ``x_values`` are not compositions the supercell can hold (multiples of 1/n_sites in [0, 1]), or None.
 
-    The disordered sublattice has one site per primitive cell, so ``n_sites`` is the product of the diagonal; the
-    check is :func:`aiida_capthermo.core.solid_solution.guest_count`.
+    The disordered sublattice has ``sites_per_cell`` sites per parent cell (one in the anti-perovskite), so
+    ``n_sites`` is that times the product of the diagonal; the check is
+    :func:`aiida_capthermo.core.solid_solution.guest_count`.
     """
     from aiida_capthermo.core.solid_solution import guest_count
 
-    n_sites = supercell[0] * supercell[1] * supercell[2]
+    n_sites = sites_per_cell * supercell[0] * supercell[1] * supercell[2]
     if not x_values:
         return f'compositions is empty: give at least one x (a multiple of 1/{n_sites} in [0, 1])'
     for x in x_values:
@@ -140,13 +154,32 @@ def compositions_error(x_values: list, supercell: list) -> str | None:
     return None
 
 
-def parent_error(atoms, species: str) -> str | None:
-    """Why ``atoms`` (ase.Atoms) is not the 5-atom cubic A3BX end member with ``species`` on the corner, or None
-    (:func:`aiida_capthermo.core.structures.check_end_member`)."""
-    from aiida_capthermo.core.structures import check_end_member
+def end_member_atoms(prototype: dict, parents: dict) -> tuple:
+    """The two end members (ase.Atoms, unrelaxed) of ``prototype`` with the ``parents`` given (StructureData by role
+    ``host``/``guest``), as the workchains will build them (:func:`aiida_capthermo.core.structures.end_members`);
+    raises ValueError with the reason where they cannot be."""
+    from aiida_capthermo.core.structures import end_members, parent_error
 
+    atoms = {role: node.get_ase() for role, node in parents.items()}
+    if 'host' in atoms:
+        error = parent_error(atoms['host'], prototype['host'], prototype['guest'])
+        if error:
+            raise ValueError(f'parents.host: {error}')
+    elif 'guest' in atoms:
+        raise ValueError('parents.guest needs parents.host: the x = 1 cell is the host parent with its host sites '
+                         'substituted')
+    if 'guest' in atoms and prototype['guest'] not in atoms['guest'].get_chemical_symbols():
+        raise ValueError(f'parents.guest has no {prototype["guest"]}: it is the x = 1 end member')
+    return end_members(prototype, atoms.get('host'), atoms.get('guest'))
+
+
+def end_members_input_error(prototype: dict, parents: dict) -> str | None:
+    """Why the end members of ``prototype`` and ``parents`` cannot be built (:func:`end_member_atoms`), or None."""
     try:
-        check_end_member(atoms, species)
+        end_member_atoms(prototype, parents)
     except ValueError as exception:
-        return str(exception)
+        message = str(exception)
+        if not message.startswith('parents.'):
+            message = f'parents: {message}'
+        return message
     return None
