@@ -40,10 +40,16 @@ def main() -> int:
     parser.add_argument('--figures', default='demo-output', help='Folder for Table I (CSV) and the figures.')
     parser.add_argument('-o', '--override', action='append', default=[], metavar='KEY=VALUE',
                         help='Protocol override, as `capthermo submit study -o` (e.g. ensemble.configurations=3).')
+    parser.add_argument('--parent', default=None, help="Your own parent structure (CIF, POSCAR...) instead of the "
+                                                       "anti-perovskite, as `capthermo submit study --parent`.")
+    parser.add_argument('--site', default=None, help='With --parent: its species on the substituted sublattice.')
+    parser.add_argument('--guest', default=None, help='With --parent: the species that takes those sites.')
     args = parser.parse_args()
+    if (args.parent is None) != (args.site is None) or (args.site is None) != (args.guest is None):
+        parser.error('--parent, --site and --guest go together')
     load_profile()
 
-    from aiida_capthermo.cli.main import _parse_override, ensure_codes
+    from aiida_capthermo.cli.main import _parse_override, ensure_codes, set_parent
     from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
 
     codes = {name: code for name, (code, _) in ensure_codes('localhost').items()}
@@ -53,6 +59,8 @@ def main() -> int:
                                                                 overrides=_parse_override(tuple(args.override)),
                                                                 mlip_code=codes['capthermo-mlip'],
                                                                 evaluate_code=codes['capthermo-mace'])
+    if args.parent is not None:
+        set_parent(builder, 'study', args.parent, args.site, args.guest)
     start = time.monotonic()
     node = submit(builder)
     print(f'Submitted CapthermoStudyWorkChain<{node.pk}> ({args.protocol}); waiting for the daemon...')

@@ -43,12 +43,22 @@ def script_path(name: str) -> str:
 
 
 @pytest.fixture
-def script_code(aiida_code_installed):
-    """Factory: an ``InstalledCode`` on localhost for console script ``name`` (e.g. ``capthermo-label``)."""
+def script_code(aiida_code_installed, aiida_localhost):
+    """Factory: an ``InstalledCode`` on localhost for console script ``name`` (e.g. ``capthermo-label``); the one
+    made before with that label and plugin when there is one, so that no label is taken twice on the computer (a
+    second ``mace_run_train@localhost`` would make ``capthermo setup-codes`` ambiguous in a later test file)."""
+    from aiida import orm
 
     def factory(name: str, default_calc_job_plugin: str | None = None):
+        label = name.replace('-', '_')
+        query = orm.QueryBuilder().append(orm.Computer, filters={'label': aiida_localhost.label}, tag='computer')
+        query.append(orm.InstalledCode, with_computer='computer', filters={'label': label})
+        for (code,) in query.all():
+            if code.default_calc_job_plugin == default_calc_job_plugin and str(code.filepath_executable) == \
+                    script_path(name):
+                return code
         return aiida_code_installed(filepath_executable=script_path(name),
-                                    default_calc_job_plugin=default_calc_job_plugin, label=name.replace('-', '_'))
+                                    default_calc_job_plugin=default_calc_job_plugin, label=label)
 
     return factory
 

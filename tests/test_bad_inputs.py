@@ -49,7 +49,7 @@ DATASET_CASES = [
     ({'prototype': {'a_guest': 40.0}}, 'give a lattice parameter in'),
     ({'seed': 'abc'}, "seed must be an integer, got 'abc'"),
     ({'low': {'calculator': 'emt'}}, "calculator must be a mapping {key: value}, got 'emt'"),
-    ({'low': {'calculator': {'name': 'emt'}}}, "low.calculator: EMT has no parameters for ['S', 'I', 'Br']"),
+    ({'low': {'calculator': {'name': 'emt'}}}, "low.calculator: EMT has no parameters for ['Br', 'I', 'S']"),
     ({'prototype': {'a': 'U'}}, "tblite's xTB parametrisations cover H to Rn (Z <= 86), not ['U']"),
     ({'scheme': 'random', 'random_amplitudes': [0.1, 1.5]}, 'give at most 1.20 Å'),
 ]

@@ -251,7 +251,7 @@ def submit_workflow(workflow, protocol, computer, override, dry_run, model_node,
     try:
         builder = _build(workflow, protocol, computer, overrides, model_node)
         if parent_file is not None:
-            _set_parent(builder, workflow, parent_file, site, guest)
+            set_parent(builder, workflow, parent_file, site, guest)
         error = builder._process_class.spec().inputs.validate(builder._inputs(prune=True))
         if error is not None:
             raise ValueError(str(error))
@@ -291,9 +291,9 @@ def _build(workflow, protocol, computer, overrides, model_node):
     return builder
 
 
-def _set_parent(builder, workflow: str, path: str, site: str, guest: str) -> None:
-    """Make ``builder`` build its solid solution from the parent in ``path``: prototype ``{host: site, guest}`` and
-    ``parents.host`` (the dataset's, in a study)."""
+def set_parent(builder, workflow: str, path: str, site: str, guest: str) -> None:
+    """Make ``builder`` (of ``workflow``: dataset, screen or study) build its solid solution from the parent in
+    ``path``: prototype ``{host: site, guest}`` and ``parents.host`` (the dataset's, in a study)."""
     import ase.io
     from aiida import orm
 

@@ -279,7 +279,10 @@ def supercell_cutoff_error(inputs, supercell: list) -> str | None:
     cutoffs = model_cutoffs(inputs)
     if not cutoffs:
         return None
-    for atoms in _end_members(inputs) or ():
+    from aiida_capthermo.core.structures import perpendicular_widths
+
+    narrow_first = sorted(_end_members(inputs) or (), key=lambda atoms: perpendicular_widths(atoms.cell.array).min())
+    for atoms in narrow_first:
         error = cutoff_error(atoms.cell.array, supercell, cutoffs)
         if error:
             return f'dataset.supercell: {error}'
