@@ -130,7 +130,49 @@ CLI_CASES = [
     (['submit', 'dataset', '--dry-run', '-o', 'prototype.a_host=0.001'], 'give a lattice parameter in [3.00, 10.00] Å'),
     (['submit', 'study', '--protocol', 'demo', '--dry-run', '-o', 'dataset.supercell=[1,1,1]'],
      'give a supercell with more sites'),
+    # the user's own parent ({cif}: CsPbI3, {molecule}: an xyz molecule, {garbage}: not a structure file)
+    (['submit', 'study', '--protocol', 'demo', '--dry-run', '--parent', '{cif}'],
+     '--parent, --site and --guest go together'),
+    (['submit', 'study', '--protocol', 'demo', '--dry-run', '--parent', '{cif}', '--site', 'Br', '--guest', 'Cl'],
+     'parents.host: the structure CsI3Pb has no Br to substitute: the host is one of its species'),
+    (['submit', 'dataset', '--dry-run', '--parent', '{cif}', '--site', 'I', '--guest', 'I'], 'must differ'),
+    (['submit', 'dataset', '--dry-run', '--parent', '{cif}', '--site', 'I', '--guest', 'Qq'],
+     "prototype 'guest' is 'Qq', which is not a chemical element"),
+    (['submit', 'study', '--protocol', 'demo', '--dry-run', '--parent', '{molecule}', '--site', 'O', '--guest', 'S'],
+     'periodic in all three directions'),
+    (['submit', 'dataset', '--dry-run', '--parent', '{garbage}', '--site', 'I', '--guest', 'Br'],
+     'ASE cannot read it'),
 ]
+
+CSPBI3_CIF = """data_CsPbI3
+_cell_length_a 6.29
+_cell_length_b 6.29
+_cell_length_c 6.29
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'P 1'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Cs1 Cs 0.0 0.0 0.0
+Pb1 Pb 0.5 0.5 0.5
+I1 I 0.5 0.5 0.0
+I2 I 0.5 0.0 0.5
+I3 I 0.0 0.5 0.5
+"""
+
+
+def structure_files(folder) -> dict:
+    """The files the command-line cases name: a CIF of CsPbI3, an xyz molecule, and a file that is no structure."""
+    files = {'cif': folder / 'CsPbI3.cif', 'molecule': folder / 'water.xyz', 'garbage': folder / 'notes.cif'}
+    files['cif'].write_text(CSPBI3_CIF)
+    files['molecule'].write_text('3\nwater\nO 0 0 0\nH 0.76 0.59 0\nH -0.76 0.59 0\n')
+    files['garbage'].write_text('these are my notes, not a crystal\n')
+    return {key: str(path) for key, path in files.items()}
 
 
 @pytest.fixture(scope='module')
@@ -258,9 +300,11 @@ def test_training_set_with_nan_energies_refused(aiida_profile):
 
 
 @pytest.mark.parametrize('arguments, message', CLI_CASES, ids=[' '.join(c[0]) for c in CLI_CASES])
-def test_command_line_mistake_is_one_line(codes, arguments, message):
+def test_command_line_mistake_is_one_line(codes, arguments, message, tmp_path):
     computer = codes['label'].computer.label
-    arguments = [a.replace('{computer}', computer) for a in arguments]
+    files = structure_files(tmp_path)
+    arguments = [a.replace('{computer}', computer).format(**files) if a.startswith('{') and a != '{computer}'
+                 else a.replace('{computer}', computer) for a in arguments]
     if arguments[0] == 'submit' and '--computer' not in arguments:
         arguments += ['--computer', computer]
     result = CliRunner().invoke(cli, arguments)
@@ -270,6 +314,16 @@ def test_command_line_mistake_is_one_line(codes, arguments, message):
     assert 'Traceback' not in result.output and lines[-1].startswith('Error:'), result.output
     assert message in result.output, result.output
     assert 'errors.pydantic.dev' not in result.output and 'input_value=' not in result.output, result.output
+
+
+def test_own_parent_from_the_command_line(codes, tmp_path):
+    """A CIF of CsPbI3 through `capthermo submit study --parent --site --guest --dry-run`: valid, as a study of
+    CsPb(Br,I)3 with 24 halide sites in the 2x2x2 cell (the demo's x = 0, 1/2, 1 are on that grid)."""
+    files = structure_files(tmp_path)
+    result = CliRunner().invoke(cli, ['submit', 'study', '--protocol', 'demo', '--dry-run', '--computer',
+                                      codes['label'].computer.label, '--parent', files['cif'], '--site', 'I',
+                                      '--guest', 'Br'])
+    assert result.exit_code == 0 and 'inputs are valid' in result.output, result.output
 
 
 def test_table_size():
