@@ -10,7 +10,7 @@ The named preset is the cubic Pm-3m (No. 221) anti-perovskite A3BX with 5 atoms 
 ``[X, B, A, A, A]``: the halide X at the corner (0, 0, 0), the chalcogen B at the body centre (1/2, 1/2, 1/2) and
 the three A (Ag) at the face centres. For Ag3SBr_xI_(1-x) the disordered sublattice is the halide one (X = I or Br).
 
-Units: lengths in Å. Only numpy, ase and spglib are used here (no AiiDA, no torch).
+Units: lengths in Å. Only numpy and ase are used here (no AiiDA, no torch).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 import ase
 import numpy as np
-import spglib
 from ase.data import atomic_numbers
 
 __all__ = [
@@ -28,8 +27,6 @@ __all__ = [
     'antiperovskite',
     'end_member',
     'vegard_lattice_parameter',
-    'check_cubic_prototype',
-    'check_end_member',
     'sublattice_indices',
     'substitute',
     'scale_to_lattice',
@@ -158,57 +155,6 @@ def vegard_lattice_parameter(
     if not 0.0 <= x <= 1.0:
         raise ValueError(f'composition x must lie in [0, 1], got {x}.')
     return (1.0 - x) * float(a_x0) + x * float(a_x1)
-
-
-def check_cubic_prototype(atoms: ase.Atoms, symprec: float = 1e-3) -> None:
-    """Raise ``ValueError`` unless ``atoms`` is a cubic Pm-3m (221) A3BX structure.
-
-    Both the 5-atom cell and its (ordered) supercells of any shape pass, since spglib reduces them to
-    the primitive cell; chemically disordered configurations (lower symmetry, four species) fail.
-    The stoichiometry check requires exactly three species with counts in the ratio 3 : 1 : 1.
-
-    Parameters
-    ----------
-    atoms
-        The structure to check.
-    symprec
-        spglib symmetry tolerance in Å.
-    """
-    if len(atoms) == 0:
-        raise ValueError('the structure has no atoms.')
-    if not np.all(atoms.pbc):
-        raise ValueError(f'the structure must be periodic in all three directions, got pbc={atoms.pbc.tolist()}.')
-    symbols, counts = np.unique(atoms.get_chemical_symbols(), return_counts=True)
-    if len(symbols) != 3:
-        raise ValueError(
-            f'A3BX needs exactly three species, got {len(symbols)}: {dict(zip(symbols.tolist(), counts.tolist()))}.'
-        )
-    counts_sorted = np.sort(counts)
-    unit = counts_sorted[0]
-    if not (counts_sorted[1] == unit and counts_sorted[2] == 3 * unit):
-        raise ValueError(
-            f'stoichiometry is not A3BX (3:1:1): counts {dict(zip(symbols.tolist(), counts.tolist()))}.'
-        )
-    cell = (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers)
-    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
-    if dataset is None:
-        raise ValueError(f'spglib could not determine the symmetry of the structure (symprec={symprec}).')
-    number = int(dataset.number)
-    if number != 221:
-        raise ValueError(
-            f'space group is {dataset.international} (No. {number}), expected cubic Pm-3m (No. 221) '
-            f'at symprec={symprec}.'
-        )
-
-
-def check_end_member(atoms: ase.Atoms, species: str, symprec: float = 1e-3) -> None:
-    """Raise ``ValueError`` unless ``atoms`` is a 5-atom cubic Pm-3m A3BX cell with one ``species`` atom (the corner
-    species of an end member: the cell the solid solution's supercells are built from)."""
-    check_cubic_prototype(atoms, symprec)
-    symbols = atoms.get_chemical_symbols()
-    if len(atoms) != 5 or symbols.count(species) != 1:
-        raise ValueError(f'expected the 5-atom A3BX cell with one {species}, got {len(atoms)} atoms '
-                         f'{atoms.get_chemical_formula()}.')
 
 
 def sublattice_indices(atoms: ase.Atoms, species: str | Sequence[str]) -> np.ndarray:
