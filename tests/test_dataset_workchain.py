@@ -110,8 +110,10 @@ def test_structures_provenance_and_reproducibility(demo_run):
     zeta = np.sqrt((1 - x) * thermal_msd(modes[0], 600.0) + x * thermal_msd(modes[1], 600.0))  # [N, 3]
     a_host, a_guest = (np.cbrt(inputs[f'{r}_parent'].get_ase().cell.volume) for r in ('host', 'guest'))
     a_x = (1 - x) * a_host + x * a_guest  # Vegard's law of the cubic cells, by hand
-    ideal = reference.get_scaled_positions() @ (np.asarray(reference.cell) * a_x / a_host)
-    displacement = structure.get_ase().positions - ideal
+    cell = np.asarray(reference.cell) * a_x / a_host
+    ideal = reference.get_scaled_positions() @ cell
+    fractional = (structure.get_ase().positions - ideal) @ np.linalg.inv(cell)
+    displacement = (fractional - np.round(fractional)) @ cell  # to the nearest image of the ideal site
     assert np.all(np.abs(displacement) <= zeta + 1e-9)
     assert np.abs(displacement).max() > 0.01
 
@@ -193,6 +195,9 @@ def test_force_constants_in_other_supercell_rejected(label_code, demo_run):
     results, _ = demo_run
     builder = Workflow.get_builder_from_protocol(label_code, protocol='demo', overrides={'supercell': [1, 1, 1]})
     builder.force_constants = {'host': results['force_constants']['host']}
+    with pytest.raises(ValueError, match='relax and force_constants exclude each other'):
+        engine.run(builder)  # given force constants belong to the parents as given, not to relaxed ones
+    del builder['relax']
     with pytest.raises(ValueError, match='computed in supercell'):
         engine.run(builder)
 
@@ -220,10 +225,15 @@ def test_protocol_overrides_land_in_builder(label_code):
 
 
 def test_failed_labelling_gives_exit_code(label_code):
-    """Every SCF fails (1 iteration, and 4 on the robust retry): the workchain says so with its exit code."""
+    """Every SCF fails (1 iteration, and 4 on the robust retry): the workchain says so with its exit code, at the
+    relaxation of the end members when there is one, else at the labels."""
     builder = Workflow.get_builder_from_protocol(label_code, protocol='demo', overrides={
         'scheme': 'random', 'random_amplitudes': [0.2], 'n_equilibrium': 0, 'high_structures': 0,
         'structures_per_temperature': 1, 'low': {'calculator': {'max_iterations': 1}}})
+    _, node = engine.run_get_node(builder)
+    assert node.exit_status == Workflow.exit_codes.ERROR_PARENT_RELAX_FAILED.status
+    assert 'SCF not converged' in node.exit_message
+    del builder['relax']
     _, node = engine.run_get_node(builder)
     assert node.exit_status == Workflow.exit_codes.ERROR_NO_STRUCTURE_LABELLED.status
     (labelling,) = [child for child in node.called_descendants if child.process_label == 'LocalLabelWorkChain']

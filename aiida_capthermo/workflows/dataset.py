@@ -339,7 +339,9 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
     def inspect_relax(self):
         node = self.ctx.relax
         if not node.is_finished_ok:
-            return self.exit_codes.ERROR_PARENT_RELAX_FAILED.format(message=f'{node.exit_message}')
+            jobs = [child.exit_message for child in node.called if child.exit_message]
+            detail = f' (its last job: {jobs[-1]})' if jobs else ''
+            return self.exit_codes.ERROR_PARENT_RELAX_FAILED.format(message=f'{node.exit_message}{detail}')
         labels = node.outputs.labels
         failed = labels.base.attributes.get('failed')
         if failed:
