@@ -60,7 +60,10 @@ def main() -> int:
                                                                 mlip_code=codes['capthermo-mlip'],
                                                                 evaluate_code=codes['capthermo-mace'])
     if args.parent is not None:
-        set_parent(builder, 'study', args.parent, args.site, args.guest)
+        try:
+            set_parent(builder, 'study', args.parent, args.site, args.guest)
+        except ValueError as exception:
+            parser.error(str(exception))
     start = time.monotonic()
     node = submit(builder)
     print(f'Submitted CapthermoStudyWorkChain<{node.pk}> ({args.protocol}); waiting for the daemon...')

@@ -183,6 +183,13 @@ def test_parents_that_cannot_be_end_members_rejected(label_code):
         run({}, prototype={'host': 'I', 'guest': 'Br', 'a': 'Ag'})
     with pytest.raises(ValueError, match=r'give the parent structure as parents\.host'):
         run({}, prototype={'host': 'I', 'guest': 'Br'})
+    own = {'host': 'I', 'guest': 'Br'}
+    with pytest.raises(ValueError, match='neither relaxed: give `relax`'):
+        builder = Workflow.get_builder_from_protocol(label_code, protocol='demo')
+        del builder['relax']
+        builder.prototype = orm.Dict(own)
+        builder.parents = {'host': orm.StructureData(ase=antiperovskite(x='I'))}
+        engine.run(builder)
     with pytest.raises(ValueError, match=r'relax: .*max_steps'):
         run({}, relax=orm.Dict({'max_steps': 0}))
     from aiida_capthermo.workflows.engines import relax_engine_error

@@ -296,6 +296,9 @@ def test_study_ensemble_from_given_models(study, submit_and_await):
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='demo', overrides=overrides,
                                                                 mlip_code=mlip, evaluate_code=evaluate)
     builder.given = {'mace_model': results['mace']['model'], 'gnn_model': results['gnn']['model']}
+    with pytest.raises(ValueError, match='skip the dataset stage, and its relaxation with it'):
+        engine.run(builder)  # the protocol relaxes; without the dataset stage it needs the relaxed end members
+    builder.dataset.parents = dict(results['dataset']['parents'])
     ensemble = submit_and_await(builder, timeout=900)  # through the daemon, as the README's demo
     assert ensemble.is_finished_ok, ensemble.exit_message
     outputs = ensemble.outputs
@@ -325,9 +328,9 @@ def test_study_ensemble_from_given_models(study, submit_and_await):
     n_atoms = len(outputs['screen']['compositions']['x_0p500']['lowest'].sites)
     bias = {row['key']: row['energy_per_atom_bias'] * n_atoms for row in outputs['validation']['validation']['rows']
             if row['temperature'] == 0.0 and row['key'] in weights['x_0p500']}
-    engine = engine_weights(weights['x_0p500'], bias, 600.0)
+    by_engine = engine_weights(weights['x_0p500'], bias, 600.0)
     for i, temperature in enumerate(rows['x_0p500']['temperatures']):
-        moved = sum((engine[m] - w) * configurations[m]['gap'][configurations[m]['temperatures'].index(temperature)]
+        moved = sum((by_engine[m] - w) * configurations[m]['gap'][configurations[m]['temperatures'].index(temperature)]
                     for m, w in weights['x_0p500'].items())
         assert rows['x_0p500']['stderr_weights'][i] == pytest.approx(abs(moved), abs=1e-12)
     assert {'phonons_x_0p500', 'phonons_x_0p000'} <= set(outputs['figures'])

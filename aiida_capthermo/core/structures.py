@@ -41,6 +41,8 @@ __all__ = [
     'is_preset',
     'PRESET_KEYS',
     'nearest_neighbour_distance',
+    'align_to',
+    'unit_cell_of_supercell',
 ]
 
 #: The keys that make a solid-solution ``prototype`` the cubic anti-perovskite preset (besides host and guest).
@@ -343,13 +345,36 @@ def parent_error(atoms: ase.Atoms, host: str, guest: str | None = None) -> str |
     if host not in symbols:
         return (f'the structure {atoms.get_chemical_formula()} has no {host} to substitute: the host is one of its '
                 f'species {sorted(set(symbols))}')
+    if guest is not None and guest in symbols:
+        return (f'the structure {atoms.get_chemical_formula()} already holds the guest {guest}: the parent is the '
+                f'x = 0 end member, with every site of the sublattice taken by {host}')
     return None
+
+
+#: End members whose cells differ by more than this (relative, largest element of (C_guest - C_host) C_host^-1), or
+#: whose atoms sit further apart than this share of the nearest-neighbour distance, are not one lattice.
+MAX_CELL_STRAIN = 0.25
+MAX_SITE_SHIFT = 0.5
+
+
+def align_to(host: ase.Atoms, guest: ase.Atoms) -> ase.Atoms:
+    """A copy of ``guest`` whose fractional coordinates are each atom's nearest image to the same atom of ``host``:
+    two relaxed cells can wrap one site to 0.0001 and 0.9999, and supercells built from them would then pair an atom
+    with another copy of it (:func:`vegard_structure`, the phonon modes of the two end members)."""
+    frac_host = host.get_scaled_positions(wrap=False)
+    step = guest.get_scaled_positions(wrap=False) - frac_host
+    aligned = guest.copy()
+    aligned.set_scaled_positions(frac_host + step - np.round(step))
+    return aligned
 
 
 def end_members_error(host: ase.Atoms, guest: ase.Atoms) -> str | None:
     """Why ``host`` and ``guest`` are not the two end members of one solid solution, or None: the same number of
     atoms in the same order, the same species except on one sublattice, where every atom of ``host``'s species there
-    is one species in ``guest``, and three-dimensional cells."""
+    is one species in ``guest``, three-dimensional cells within :data:`MAX_CELL_STRAIN` of each other, and each atom
+    (nearest image, in the host's cell) within :data:`MAX_SITE_SHIFT` nearest-neighbour distances of its site in the
+    host: another atom order, origin or setting of the same crystal would make Vegard's cells slide atoms through
+    the cell."""
     if len(host) != len(guest):
         return f'the end members have {len(host)} and {len(guest)} atoms: they must be the same cell, site by site'
     a, b = np.array(host.get_chemical_symbols()), np.array(guest.get_chemical_symbols())
@@ -364,6 +389,18 @@ def end_members_error(host: ase.Atoms, guest: ase.Atoms) -> str | None:
     for atoms in (host, guest):
         if not np.all(atoms.pbc) or abs(atoms.cell.volume) < 1e-6:
             return 'the end members must be periodic cells with a volume'
+    strain = float(np.abs((guest.cell.array - host.cell.array) @ np.linalg.inv(host.cell.array)).max())
+    if strain > MAX_CELL_STRAIN:
+        return (f'the end members\' cells differ by {100 * strain:.0f} % (more than {100 * MAX_CELL_STRAIN:.0f} %): '
+                'give both in the same setting and orientation (the same lattice vectors, rescaled)')
+    step = guest.get_scaled_positions(wrap=False) - host.get_scaled_positions(wrap=False)
+    shift = np.linalg.norm((step - np.round(step)) @ host.cell.array, axis=1)  # [N] Å
+    nearest = nearest_neighbour_distance(host)
+    if shift.max() > MAX_SITE_SHIFT * nearest:
+        atom = int(shift.argmax())
+        return (f'atom {atom} ({host[atom].symbol}) of the x = 1 end member sits {shift.max():.2f} Å from its site in '
+                f'the parent (nearest-neighbour distance {nearest:.2f} Å): give both cells with the same origin and '
+                'the atoms in the same order')
     return None
 
 
@@ -398,7 +435,24 @@ def end_members(prototype: dict, host: ase.Atoms | None = None,
     error = end_members_error(host_atoms, guest)
     if error:
         raise ValueError(error)
-    return host_atoms, guest.copy()
+    return host_atoms, align_to(host_atoms, guest)
+
+
+def unit_cell_of_supercell(supercell: ase.Atoms, unit: ase.Atoms, repeats, tolerance: float = 1e-4) -> ase.Atoms:
+    """The unit cell of ``supercell``, which is ``unit.repeat(repeats)`` after a relaxation that kept its symmetry
+    (ASE's order: the unit cell's atoms first): the cell divided by the repeats and the first image's atoms. Raises
+    ValueError when the images are not copies of the first to ``tolerance`` Å (a relaxation that broke the
+    translations of the unit cell)."""
+    repeats = np.asarray(repeats, dtype=int).reshape(3)
+    cell = supercell.cell.array / repeats[:, None]  # [3, 3] Å
+    cut = ase.Atoms(unit.get_chemical_symbols(), positions=supercell.positions[:len(unit)], cell=cell, pbc=True)
+    tiled = cut.repeat(tuple(int(n) for n in repeats))
+    shift = tiled.get_scaled_positions(wrap=False) - supercell.get_scaled_positions(wrap=False)  # [N, 3]
+    shift = np.abs((shift - np.round(shift)) @ supercell.cell.array).max()
+    if shift > tolerance:
+        raise ValueError(f'the relaxed supercell is not {repeats.tolist()} copies of one cell (images {shift:.2g} Å '
+                         'apart): relax with the symmetry kept (symprec), or give the relaxed end members')
+    return cut
 
 
 def nearest_neighbour_distance(atoms: ase.Atoms) -> float:

@@ -51,27 +51,25 @@ def parent_supercells(host: orm.StructureData, guest: orm.StructureData, superce
 def relaxed_end_members(labels: DatasetData, host: orm.StructureData, guest: orm.StructureData,
                         supercell: orm.List) -> dict:
     """The relaxed unit cells of the end members from their relaxed supercells (``labels``, keys host and guest):
-    the cell divided by the repeats and the first image's atoms. The relaxation keeps the space group, so every
-    image stays a copy of the first; that is checked (to 1e-4 Å) before the cell is cut."""
-    import ase
+    :func:`aiida_capthermo.core.structures.unit_cell_of_supercell`; the host's atoms wrapped into its cell and the
+    guest's aligned to them (each atom the nearest image of the host's)."""
+    from aiida_capthermo.core.structures import align_to
 
-    repeats = np.array(supercell.get_list())
+    cells = _relaxed_unit_cells(labels, host, guest, supercell)
+    cells['host'].wrap()
+    cells['guest'] = align_to(cells['host'], cells['guest'])
+    return {role: orm.StructureData(ase=atoms) for role, atoms in cells.items()}
+
+
+def _relaxed_unit_cells(labels, host, guest, supercell) -> dict:
+    """The relaxed unit cells (ase.Atoms) by role; ValueError where a relaxation broke the unit cell's translations."""
+    from aiida_capthermo.core.structures import unit_cell_of_supercell
+
     labelled = labels.get_labelled_set()
     keys = labels.base.attributes.get('keys')
-    outputs = {}
-    for role, unit in (('host', host.get_ase()), ('guest', guest.get_ase())):
-        relaxed = labelled.atoms(keys.index(role), with_labels=False)
-        cell = relaxed.cell.array / repeats[:, None]  # [3, 3] Å
-        cut = ase.Atoms(unit.get_chemical_symbols(), positions=relaxed.positions[:len(unit)], cell=cell, pbc=True)
-        tiled = cut.repeat(tuple(int(n) for n in repeats))
-        shift = tiled.get_scaled_positions(wrap=False) - relaxed.get_scaled_positions(wrap=False)  # [N, 3]
-        shift = (shift - np.round(shift)) @ relaxed.cell.array
-        if np.abs(shift).max() > 1e-4:
-            raise ValueError(f'the relaxed {role} supercell is not {repeats.tolist()} copies of one cell (images '
-                             f'{np.abs(shift).max():.2g} Å apart): relax with its symmetry kept (symprec)')
-        cut.wrap()
-        outputs[role] = orm.StructureData(ase=cut)
-    return outputs
+    return {role: unit_cell_of_supercell(labelled.atoms(keys.index(role), with_labels=False), unit.get_ase(),
+                                         supercell.get_list())
+            for role, unit in (('host', host), ('guest', guest))}
 
 
 def _reference_supercell(parent: orm.StructureData, supercell: list):
@@ -138,6 +136,12 @@ def validate_inputs(inputs, _) -> str | None:
         host, guest = end_member_atoms(prototype, inputs.get('parents', {}))
     except ValueError as exception:
         return str(exception)
+    from aiida_capthermo.core.structures import is_preset
+
+    if not is_preset(prototype) and 'guest' not in inputs.get('parents', {}) and 'relax' not in inputs:
+        return ('your own parent\'s x = 1 end member would be its substituted copy in the parent\'s cell, neither '
+                'relaxed: give `relax` (the local engine relaxes both end members), or the relaxed x = 1 cell as '
+                'parents.guest')
     elements = sorted(set(host.get_chemical_symbols()) | set(guest.get_chemical_symbols()))
     for fidelity in ('low', 'high', 'phonons'):
         calculator = inputs.get(fidelity, {}).get('calculator')
@@ -319,9 +323,7 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
     # ------------------------------------------------------------------ steps
     def setup(self):
         self.ctx.prototype = self.inputs.prototype.get_dict()
-        parents = dict(self.inputs.get('parents', {}))
-        if set(parents) != {'host', 'guest'}:
-            parents = build_end_members(self.inputs.prototype, **parents)
+        parents = build_end_members(self.inputs.prototype, **self.inputs.get('parents', {}))
         self.ctx.parents = dict(parents)
         self.ctx.force_constants = dict(self.inputs.get('force_constants', {}))
 
@@ -347,6 +349,10 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         if failed:
             errors = labels.base.attributes.get('failed_errors')
             return self.exit_codes.ERROR_PARENT_RELAX_FAILED.format(message=f'{errors}')
+        try:
+            _relaxed_unit_cells(labels, self.ctx.parents['host'], self.ctx.parents['guest'], self.inputs.supercell)
+        except ValueError as exception:
+            return self.exit_codes.ERROR_PARENT_RELAX_FAILED.format(message=str(exception))
         self.ctx.parents = dict(relaxed_end_members(labels, self.ctx.parents['host'], self.ctx.parents['guest'],
                                                     self.inputs.supercell))
         for role, record in sorted(labels.base.attributes.get('relaxations', {}).items()):

@@ -343,10 +343,7 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         context list ``context``."""
         p = self.inputs.prototype.get_dict()
         if 'md_parents' not in self.ctx:
-            parents = dict(self.inputs.get('parents', {}))
-            if set(parents) != {'host', 'guest'}:
-                parents = build_end_members(self.inputs.prototype, **parents)
-            self.ctx.md_parents = dict(parents)
+            self.ctx.md_parents = dict(build_end_members(self.inputs.prototype, **self.inputs.get('parents', {})))
         start_settings = {
             'host': p['host'], 'guest': p['guest'],
             'supercell': self.inputs.supercell.get_list(), 'n_structures': len(settings.compositions),

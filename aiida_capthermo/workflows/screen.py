@@ -1,9 +1,10 @@
 """``SolidSolutionScreenWorkChain``: enumerate the inequivalent configurations per composition, relax them in batched
 jobs, rank them, and check the vibrational stability of the lowest at 0 K and at finite temperature.
 
-For each composition x of the halide sublattice of a cubic A3BX supercell, a calcfunction enumerates the
-symmetry-inequivalent decorations (all classes when there are at most ``max_configurations``, otherwise a seeded
-random sample of that many distinct classes) and emits them as StructureData at the Vegard lattice parameter,
+For each composition x of the substituted sublattice of the parent's supercell (the halide sites of the cubic A3BX
+preset, or any parent's host sites), a calcfunction enumerates the symmetry-inequivalent decorations (all classes
+when there are at most ``max_configurations``, otherwise a seeded random sample of that many distinct classes) and
+emits them as StructureData in Vegard's cell between the end members,
 recording x and the class multiplicity. ``MlipScreenWorkChain`` (a restart workchain around ``MlipScreenCalcJob``:
 walltime -> relax the rest, out of memory -> smaller batches) relaxes them ``batch_size`` per job in one batched
 simulation each; a calcfunction ranks them by energy per atom and gives Boltzmann-weighted configurational averages
@@ -314,8 +315,8 @@ def _renormalised_panel(axis, node: orm.BandsData, result: dict, points: np.ndar
 
 
 def validate_inputs(inputs, ports) -> str | None:
-    """Prototype keys and species, supercell, compositions on the sublattice grid, cubic parent, the settings of the
-    relaxation and phonon jobs (through their pydantic models), temperatures."""
+    """Prototype keys and species, supercell, the end members (parents), compositions on the sublattice grid, the
+    settings of the relaxation and phonon jobs (through their pydantic models), temperatures."""
     from aiida_capthermo.ml.settings import PhononConfig, ScreenConfig
 
     if supplied_by_parent(ports, 'prototype', 'supercell'):
@@ -531,9 +532,7 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
         settings = {'host': prototype['host'], 'guest': prototype['guest'],
                     'supercell': self.inputs.supercell.get_list(),
                     'max_configurations': self.inputs.max_configurations.value, 'seed': self.inputs.seed.value}
-        parents = dict(self.inputs.get('parents', {}))
-        if set(parents) != {'host', 'guest'}:
-            parents = build_end_members(self.inputs.prototype, **parents)
+        parents = build_end_members(self.inputs.prototype, **self.inputs.get('parents', {}))
         self.ctx.enumerated = {}
         for x in self.inputs.compositions.get_list():
             outputs = enumerate_structures(orm.Dict({**settings, 'x': float(x)}), parents['host'], parents['guest'])

@@ -194,7 +194,15 @@ def validate_study(inputs, _) -> str | None:
         error = ensemble_error(inputs['ensemble'].get_dict(), keep)
         if error:
             return error
-    prototype = inputs['dataset']['prototype'].get_dict() if 'prototype' in inputs.get('dataset', {}) else None
+    dataset = inputs.get('dataset', {})
+    skipped = 'low' in given or ('mace_model' in given and 'gnn_model' in given)
+    if skipped and 'relax' in dataset and set(dataset.get('parents', {})) != {'host', 'guest'} and (
+            'screen' in inputs or 'refine' in inputs.get('mace', {}) or 'md_check' in inputs.get('mace', {})):
+        return ('dataset.relax: the given datasets or models skip the dataset stage, and its relaxation with it, so '
+                'the screen and the MD would start from end members that are not relaxed: give the relaxed ones as '
+                'dataset.parents.host and dataset.parents.guest (the outputs dataset.parents of the study that made '
+                'them)')
+    prototype = dataset['prototype'].get_dict() if 'prototype' in dataset else None
     error = given_structures_error(given.get('structures', {}), prototype)
     if error:
         return f'given.structures: {error}'

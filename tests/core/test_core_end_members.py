@@ -102,3 +102,54 @@ def test_nearest_neighbour_distance_by_hand():
     a = 3.25
     ideal = wurtzite(a, a * np.sqrt(8 / 3), 0.375)
     assert nearest_neighbour_distance(ideal) == pytest.approx(0.375 * a * np.sqrt(8 / 3), rel=1e-9)
+
+
+def test_end_members_are_one_lattice_site_by_site():
+    """Another origin, another order of the substituted sites, or another cell setting would make Vegard slide atoms
+    through the cell: refused, naming the fix. A site wrapped to the other side of the cell is the same site."""
+    from aiida_capthermo.core.structures import align_to
+
+    host = antiperovskite('Ag', 'S', 'I', 4.869)
+    guest = antiperovskite('Ag', 'S', 'Br', 4.793)
+    shifted = guest.copy()
+    shifted.translate([2.4, 0, 0])  # the same crystal with another origin
+    assert 'from its site in the parent' in end_members_error(host, shifted)
+    reordered = guest.copy()
+    reordered.positions[[2, 3]] = reordered.positions[[3, 2]]  # two Ag face centres swapped
+    assert 'same order' in end_members_error(host, reordered)
+    tilted = guest.copy()
+    tilted.set_cell(guest.cell.array @ np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]]) * 1.4, scale_atoms=True)
+    assert 'cells differ by' in end_members_error(host, tilted)
+    wrapped = guest.copy()
+    frac = wrapped.get_scaled_positions(wrap=False)
+    frac[0] = [0.99999, -0.00001, 0.99999]  # the corner, written on the other side
+    wrapped.set_scaled_positions(frac)
+    assert end_members_error(host, wrapped) is None
+    aligned = align_to(host, wrapped)
+    np.testing.assert_allclose(aligned.get_scaled_positions(wrap=False)[0], [-1e-5, -1e-5, -1e-5], atol=1e-12)
+    # so the supercells pair each atom with its own copy: at x = 1/2 every atom is on its ideal site
+    mixed = vegard_structure(host.repeat(2), align_to(host, wrapped).repeat(2), 0.5)
+    ideal = vegard_structure(host.repeat(2), guest.repeat(2), 0.5)
+    np.testing.assert_allclose(mixed.positions, ideal.positions, atol=1e-3)
+    _, built = end_members({'host': 'I', 'guest': 'Br'}, host, wrapped)  # end_members aligns what it is given
+    np.testing.assert_allclose(built.get_scaled_positions(wrap=False), aligned.get_scaled_positions(wrap=False))
+
+
+def test_a_parent_that_already_holds_the_guest_is_refused():
+    mixed = antiperovskite('Ag', 'S', 'I').repeat((2, 1, 1))
+    mixed.symbols[5] = 'Br'
+    assert 'already holds the guest Br' in parent_error(mixed, 'I', 'Br')
+
+
+def test_unit_cell_of_a_relaxed_supercell():
+    from aiida_capthermo.core.structures import unit_cell_of_supercell
+
+    unit = wurtzite(3.25, 5.20, 0.38)
+    relaxed = wurtzite(3.30, 5.25, 0.377).repeat((2, 2, 2))
+    cut = unit_cell_of_supercell(relaxed, unit, (2, 2, 2))
+    np.testing.assert_allclose(cut.cell.cellpar(), wurtzite(3.30, 5.25, 0.377).cell.cellpar(), atol=1e-12)
+    np.testing.assert_allclose(cut.positions, wurtzite(3.30, 5.25, 0.377).positions, atol=1e-12)
+    broken = relaxed.copy()
+    broken.positions[7] += [0.05, 0, 0]  # one image moved on its own: no longer copies of one cell
+    with pytest.raises(ValueError, match='not \\[2, 2, 2\\] copies of one cell'):
+        unit_cell_of_supercell(broken, unit, (2, 2, 2))
