@@ -467,3 +467,17 @@ def test_screen_workchain_job_failure(model_node, script_code):
     _, node = engine.run_get_node(builder)
     assert node.exit_status == SolidSolutionScreenWorkChain.exit_codes.ERROR_SCREEN_FAILED.status
     assert 'x_1p000' in node.exit_message and 'status 311' in node.exit_message
+
+
+def test_band_path_follows_the_parents_lattice():
+    """The screen's phonon bands: the simple-cubic path for (near-)cubic cells, as before; a hexagonal (wurtzite)
+    parent gets the hexagonal path, with K at (1/3, 1/3, 0) of its reciprocal lattice."""
+    from ase.build import bulk
+
+    from aiida_capthermo.ml.mlip import CUBIC_PATH, special_path
+
+    assert special_path(np.eye(3) * 9.9)[1] == CUBIC_PATH
+    assert special_path(np.diag([9.90, 9.91, 9.89]))[1] == CUBIC_PATH  # a relaxed alloy cell of a cubic parent
+    points, pieces = special_path(bulk('ZnO', 'wurtzite', a=3.25, c=5.2).cell.array * 2)
+    assert pieces[0][:4] == ['Γ', 'M', 'K', 'Γ'] and 'A' in pieces[0]
+    assert points['K'] == pytest.approx([1 / 3, 1 / 3, 0.0]) and points['A'] == pytest.approx([0.0, 0.0, 0.5])

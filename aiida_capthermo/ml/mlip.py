@@ -268,8 +268,33 @@ CUBIC_POINTS = {'Γ': [0.0, 0.0, 0.0], 'X': [0.0, 0.5, 0.0], 'M': [0.5, 0.5, 0.0
 CUBIC_PATH = [['Γ', 'X', 'M', 'Γ', 'R', 'X'], ['M', 'R']]
 
 
+def special_path(cell) -> tuple[dict, list]:
+    """The special points (reciprocal lattice coordinates of ``cell`` [3, 3]) and the pieces of the standard band path
+    of its Bravais lattice (Setyawan-Curtarolo, through ASE's ``Cell.bandpath``, lattice found within 2 %):
+    :data:`CUBIC_POINTS` and :data:`CUBIC_PATH` for a (near-)cubic cell, as the disordered supercells of a cubic
+    parent are; any other lattice (a hexagonal wurtzite, a tetragonal kesterite) its own."""
+    from ase.cell import Cell
+
+    path = Cell(np.asarray(cell, dtype=float)).bandpath(eps=0.02, npoints=0)
+    if path.path == 'GXMGRX,MR':
+        return CUBIC_POINTS, CUBIC_PATH
+    names = {'G': 'Γ'}
+    points = {names.get(k, k): np.asarray(v, dtype=float).tolist() for k, v in path.special_points.items()}
+    pieces, piece = [], []
+    for piece_text in path.path.split(','):
+        piece = []
+        for char in piece_text:  # ASE's labels are a letter with an optional digit (e.g. 'X1')
+            if char.isdigit() and piece:
+                piece[-1] += char
+            else:
+                piece.append(names.get(char, char))
+        pieces.append(piece)
+    return points, pieces
+
+
 def band_structure(phonon, npoints: int = 31) -> dict:
-    """Phonon bands of ``phonon`` along :data:`CUBIC_PATH` (``npoints`` per segment).
+    """Phonon bands of ``phonon`` along the standard path of its cell's lattice (:func:`special_path`;
+    :data:`CUBIC_PATH` for a cubic parent), ``npoints`` per segment.
 
     Returns ``qpoints`` [n_q, 3] (reciprocal lattice coordinates), ``distances`` [n_q] (1/Å, cumulative, as
     phonopy), ``frequencies`` [n_q, 3N] (THz) and ``labels``: (index of the q point, name) at both ends of every
@@ -277,12 +302,13 @@ def band_structure(phonon, npoints: int = 31) -> dict:
     """
     from phonopy.phonon.band_structure import get_band_qpoints_and_path_connections
 
-    path = [[CUBIC_POINTS[name] for name in piece] for piece in CUBIC_PATH]
+    points, pieces = special_path(phonon.unitcell.cell)
+    path = [[points[name] for name in piece] for piece in pieces]
     qpoints, connections = get_band_qpoints_and_path_connections(path, npoints=npoints)
     phonon.run_band_structure(qpoints, path_connections=connections)
     bands = phonon.get_band_structure_dict()
     labels, start = [], 0
-    segments = [(piece[i], piece[i + 1]) for piece in CUBIC_PATH for i in range(len(piece) - 1)]
+    segments = [(piece[i], piece[i + 1]) for piece in pieces for i in range(len(piece) - 1)]
     for (first, last), segment in zip(segments, bands['qpoints']):
         labels += [(start, first), (start + len(segment) - 1, last)]
         start += len(segment)
