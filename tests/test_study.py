@@ -399,6 +399,13 @@ def check_screen_thermal_and_report(node, results, tmp_path):
     dataset_stage = record['stages'][0]
     assert dataset_stage['n_calcjobs'] >= sum(c['label'].startswith('label_') for c in dataset_stage['called']) > 0
     assert record['datasets']['low']['n_structures'] == results['dataset']['low'].n_structures
+    # the end members, relaxed by the low engine (GFN1-xTB-noXB's zero pressure; test_label.py's independent root
+    # search gives 4.9509 and 4.8664 Å), and every later cell built from them: the screen's x = 0 cell is the host's
+    ends = record['end_members']
+    assert ends['host']['formula'] == 'Ag3IS' and ends['host']['cellpar'][0] == pytest.approx(4.9509, abs=1e-3)
+    assert ends['guest']['formula'] == 'Ag3BrS' and ends['guest']['cellpar'][0] == pytest.approx(4.8664, abs=1e-3)
+    np.testing.assert_allclose(results['screen']['compositions']['x_0p000']['configurations']['cell'],
+                               2 * results['dataset']['parents']['host'].cell, atol=1e-8)
     assert record['mace_evaluation']['force_mae_eV_per_A'] == results['mace']['evaluation']['forces']['mae']
     assert all(entry['n_imaginary'] >= 0 for entry in record['screen_phonons'].values())
     check_questions_answered(node, results)

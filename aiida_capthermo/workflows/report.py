@@ -462,11 +462,14 @@ def _ensemble_coverage(node: orm.ProcessNode) -> dict | None:
 
 def run_record(node: orm.ProcessNode) -> dict:
     """What a finished study did, from its stored nodes: wall time, every stage's timing (each process the study
-    called, and the processes its workchains called), dataset sizes and the parents' imaginary modes, model errors,
+    called, and the processes its workchains called), dataset sizes, the end members and their imaginary modes,
+    model errors,
     the screen's 0 K phonons, the validation on the thermal frames and Table I's error budget (with an ensemble:
     every configuration's row, the weights and their coverage). ``capthermo report``
     and the demo write it as ``run.json`` beside Table I, so every figure quoted about a run comes from the run
     itself."""
+    import numpy as np
+
     origin = node.ctime
     stages = []
     for child in sorted(node.called, key=lambda n: n.ctime):
@@ -485,6 +488,11 @@ def run_record(node: orm.ProcessNode) -> dict:
         record['datasets'] = {name: {'n_structures': dataset.n_structures,
                                      'method': dataset.base.attributes.get('method')}
                               for name, dataset in outputs.dataset.items() if hasattr(dataset, 'n_structures')}
+        if 'parents' in outputs.dataset:  # the end members every cell was built from (relaxed where the study did)
+            record['end_members'] = {
+                role: {'formula': atoms.get_chemical_formula(), 'cellpar': np.round(atoms.cell.cellpar(), 6).tolist(),
+                       'volume_per_atom': round(atoms.get_volume() / len(atoms), 6)}
+                for role, atoms in ((role, structure.get_ase()) for role, structure in outputs.dataset.parents.items())}
         modes = outputs.dataset.low.base.attributes.get('phonon_modes', None) if 'low' in outputs.dataset else None
         if modes:
             record['parent_phonon_modes'] = {
