@@ -405,7 +405,7 @@ def check_screen_thermal_and_report(node, results, tmp_path):
     assert ends['host']['formula'] == 'Ag3IS' and ends['host']['cellpar'][0] == pytest.approx(4.9509, abs=1e-3)
     assert ends['guest']['formula'] == 'Ag3BrS' and ends['guest']['cellpar'][0] == pytest.approx(4.8664, abs=1e-3)
     np.testing.assert_allclose(results['screen']['compositions']['x_0p000']['configurations']['cell'],
-                               2 * results['dataset']['parents']['host'].cell, atol=1e-8)
+                               2 * np.asarray(results['dataset']['parents']['host'].cell), atol=1e-8)
     assert record['mace_evaluation']['force_mae_eV_per_A'] == results['mace']['evaluation']['forces']['mae']
     assert all(entry['n_imaginary'] >= 0 for entry in record['screen_phonons'].values())
     check_questions_answered(node, results)
