@@ -521,9 +521,14 @@ class PhononInformedDatasetWorkChain(ProtocolMixin, WorkChain):
         """Return a builder filled from the protocol (``demo``, ``fast``, ``paper``) and ``overrides``.
 
         ``code`` labels the low-fidelity set (and the parent phonons), ``high_code`` (default: ``code``) the
-        high-fidelity gaps; ``options`` are the scheduler options of every labelling job.
+        high-fidelity gaps; ``options`` are the scheduler options of every labelling job. The protocols' ``relax`` of
+        the end members needs the local engine: with ``engine='vasp'`` it is left out unless the overrides ask for it
+        (which is then refused, with the message to give relaxed parents).
         """
         inputs = cls.get_protocol_inputs(protocol, overrides)
+        low_engine = inputs.get('phonons', inputs.get('low', {})).get('engine', engine)
+        if low_engine != 'local' and 'relax' not in (overrides or {}):
+            inputs.pop('relax', None)  # the protocols relax with the local engine; with VASP give relaxed parents
         builder = cls.get_builder()
         ports = cls.spec().inputs
         simple = ('prototype', 'relax', 'supercell', 'temperatures', 'structures_per_temperature', 'scheme',
