@@ -195,13 +195,6 @@ def validate_study(inputs, _) -> str | None:
         if error:
             return error
     dataset = inputs.get('dataset', {})
-    skipped = 'low' in given or ('mace_model' in given and 'gnn_model' in given)
-    if skipped and 'relax' in dataset and set(dataset.get('parents', {})) != {'host', 'guest'} and (
-            'screen' in inputs or 'refine' in inputs.get('mace', {}) or 'md_check' in inputs.get('mace', {})):
-        return ('dataset.relax: the given datasets or models skip the dataset stage, and its relaxation with it, so '
-                'the screen and the MD would start from end members that are not relaxed: give the relaxed ones as '
-                'dataset.parents.host and dataset.parents.guest (the outputs dataset.parents of the study that made '
-                'them)')
     prototype = dataset['prototype'].get_dict() if 'prototype' in dataset else None
     error = given_structures_error(given.get('structures', {}), prototype)
     if error:
@@ -241,7 +234,23 @@ def validate_study(inputs, _) -> str | None:
     if 'refine' in mace and 'evaluate_code' not in mace and 'mace_model' not in given:
         return ('mace.refine evaluates each round\'s potential on its fresh MD frames: it needs mace.evaluate_code '
                 '(a capthermo-mace code)')
-    return supercell_cutoff_error(inputs, supercell)
+    return unrelaxed_end_members_error(inputs) or supercell_cutoff_error(inputs, supercell)
+
+
+def unrelaxed_end_members_error(inputs) -> str | None:
+    """Given datasets or models skip the dataset stage and its relaxation: the stages that build cells from the end
+    members (the screen, the potential's MD) then need the relaxed ones given, or they would start from unrelaxed
+    cells."""
+    given, dataset, mace = inputs.get('given', {}), inputs.get('dataset', {}), inputs.get('mace', {})
+    skipped = 'low' in given or ('mace_model' in given and 'gnn_model' in given)
+    builds_cells = ('screen' in inputs and not given.get('structures')) or (
+        'mace_model' not in given and 'code' in mace and ('refine' in mace or 'md_check' in mace))
+    if skipped and builds_cells and 'relax' in dataset and set(dataset.get('parents', {})) != {'host', 'guest'}:
+        return ('dataset.relax: the given datasets or models skip the dataset stage, and its relaxation with it, so '
+                'the screen and the MD would start from end members that are not relaxed: give the relaxed ones as '
+                'dataset.parents.host and dataset.parents.guest (the outputs dataset.parents of the study that made '
+                'them)')
+    return None
 
 
 def _end_members(inputs) -> tuple | None:
