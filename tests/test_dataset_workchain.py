@@ -288,26 +288,7 @@ def test_no_mode_above_cutoff_gives_exit_code(label_code):
     assert not [c for c in node.called if c.process_type and 'label' in c.process_type]
 
 
-CSPBI3_CIF = """data_CsPbI3
-_cell_length_a 6.29
-_cell_length_b 6.29
-_cell_length_c 6.29
-_cell_angle_alpha 90
-_cell_angle_beta 90
-_cell_angle_gamma 90
-_symmetry_space_group_name_H-M 'P 1'
-loop_
-_atom_site_label
-_atom_site_type_symbol
-_atom_site_fract_x
-_atom_site_fract_y
-_atom_site_fract_z
-Cs1 Cs 0.0 0.0 0.0
-Pb1 Pb 0.5 0.5 0.5
-I1 I 0.5 0.5 0.0
-I2 I 0.5 0.0 0.5
-I3 I 0.0 0.5 0.5
-"""
+from parent_helpers import CSPBI3_CIF  # noqa: E402
 
 
 def test_own_parent_from_a_cif_relaxed_then_vegard(label_code, tmp_path):
