@@ -281,7 +281,8 @@ def test_no_mode_above_cutoff_gives_exit_code(label_code):
     modes = SupercellModes.from_phonopy(force_constants['host'].get_phonopy_instance(), frequency_cutoff=2.0)
     assert modes.frequencies.max() < 2.0 and len(modes.active) == 0
     builder = Workflow.get_builder_from_protocol(label_code, protocol='demo', overrides={'frequency_cutoff': 2.0})
-    builder.force_constants = force_constants
+    builder.force_constants = force_constants  # they belong to the unrelaxed anti-perovskites: no relaxation
+    builder.pop('relax')
     _, node = engine.run_get_node(builder)
     assert node.exit_status == Workflow.exit_codes.ERROR_NO_MODE_TO_SAMPLE.status == 501
     assert 'no mode above frequency_cutoff 2.0 THz' in node.exit_message
