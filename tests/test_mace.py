@@ -446,3 +446,39 @@ def test_resolution_of_device_and_foundation(tmp_path):
     assert report['foundation'] == {'name': 'small', 'path': str(model),
                                     'sha256': hashlib.sha256(model.read_bytes()).hexdigest()}
     assert config.read_text() == f'name: mace_model\ndevice: {device}\nfoundation_model: {json.dumps(str(model))}\n'
+
+
+def test_demo_training_is_bit_reproducible_under_load(tmp_path):
+    """The demo protocol's training job environment gives the same potential bit for bit whether the machine is
+    quiet or busy. On two OpenMP threads it does not: under load a float32 rounding difference appears in the first
+    epochs and grows, over 20 epochs, into another potential (two README demo runs with the same inputs and seed
+    gave different potentials and different x = 1/2 ground states). The training runs twice, the second time beside
+    two processes that keep both cores busy."""
+    import hashlib
+    import subprocess
+
+    import yaml
+
+    from aiida_capthermo.calculations.mace import MaceHyperParameters, build_mace_config
+
+    protocol = yaml.safe_load((pathlib.Path(__file__).parent.parent / 'aiida_capthermo/workflows/protocols/'
+                               'mlip_potential.yaml').read_text())['protocols']['demo']
+    environment = {**protocol['options']['environment_variables']}
+    hyperparameters = {**protocol['hyperparameters'], 'max_num_epochs': 3}
+    config = build_mace_config(MaceHyperParameters.model_validate(hyperparameters), foundation=None,
+                               has_valid=False, has_test=False)
+    hashes = []
+    for run, busy in (('quiet', 0), ('busy', 2)):
+        folder = tmp_path / run
+        folder.mkdir()
+        emt_set(20, ag_max=4, seed=3).write_extxyz(folder / 'train.xyz')
+        (folder / 'config.yaml').write_text(yaml.safe_dump(config))
+        hogs = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(busy)]
+        try:
+            subprocess.run([str(VENV_BIN / 'mace_run_train'), '--config', 'config.yaml'], cwd=folder, check=True,
+                           capture_output=True, env={**__import__('os').environ, **environment}, timeout=600)
+        finally:
+            for hog in hogs:
+                hog.kill()
+        hashes.append(hashlib.sha256((folder / 'mace_model.model').read_bytes()).hexdigest())
+    assert hashes[0] == hashes[1]
