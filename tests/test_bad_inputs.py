@@ -15,6 +15,8 @@ from aiida_capthermo.cli.main import CODES, cli, ensure_codes
 from aiida_capthermo.workflows.dataset import PhononInformedDatasetWorkChain
 from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
 
+from parent_helpers import CSPBI3_CIF  # tests/ is on sys.path (rootdir-style test modules)
+
 GOOD = {'gnn': 'capthermo-gnn', 'label': 'capthermo-label', 'mace': 'mace_run_train', 'mlip': 'capthermo-mlip',
         'evaluate': 'capthermo-mace'}
 
@@ -143,8 +145,6 @@ CLI_CASES = [
     (['submit', 'dataset', '--dry-run', '--parent', '{garbage}', '--site', 'I', '--guest', 'Br'],
      'ASE cannot read it'),
 ]
-
-from parent_helpers import CSPBI3_CIF  # noqa: E402
 
 
 def structure_files(folder) -> dict:

@@ -13,6 +13,8 @@ from aiida_capthermo.core.generation import GenerationSpec, generate_structures
 from aiida_capthermo.ml.labelling import CalculatorSpec, single_point_function
 from aiida_capthermo.workflows.dataset import _reference_supercell
 
+from parent_helpers import CSPBI3_CIF  # tests/ is on sys.path (rootdir-style test modules)
+
 Workflow = WorkflowFactory('capthermo.dataset')
 ForceConstantsData = DataFactory('phonopy.force_constants')
 
@@ -288,8 +290,6 @@ def test_no_mode_above_cutoff_gives_exit_code(label_code):
     assert 'no mode above frequency_cutoff 2.0 THz' in node.exit_message
     assert not [c for c in node.called if c.process_type and 'label' in c.process_type]
 
-
-from parent_helpers import CSPBI3_CIF  # noqa: E402
 
 
 def test_own_parent_from_a_cif_relaxed_then_vegard(label_code, tmp_path):

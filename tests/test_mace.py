@@ -455,15 +455,16 @@ def test_demo_training_is_bit_reproducible_under_load(tmp_path):
     gave different potentials and different x = 1/2 ground states). The training runs twice, the second time beside
     two processes that keep both cores busy."""
     import hashlib
+    import os
     import subprocess
 
     import yaml
 
     from aiida_capthermo.calculations.mace import MaceHyperParameters, build_mace_config
+    from aiida_capthermo.workflows.mlip_potential import MlipPotentialWorkChain
 
-    protocol = yaml.safe_load((pathlib.Path(__file__).parent.parent / 'aiida_capthermo/workflows/protocols/'
-                               'mlip_potential.yaml').read_text())['protocols']['demo']
-    environment = {**protocol['options']['environment_variables']}
+    protocol = MlipPotentialWorkChain.get_protocol_inputs('demo')
+    environment = protocol['options']['environment_variables']
     hyperparameters = {**protocol['hyperparameters'], 'max_num_epochs': 3}
     config = build_mace_config(MaceHyperParameters.model_validate(hyperparameters), foundation=None,
                                has_valid=False, has_test=False)
@@ -476,7 +477,7 @@ def test_demo_training_is_bit_reproducible_under_load(tmp_path):
         hogs = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(busy)]
         try:
             subprocess.run([str(VENV_BIN / 'mace_run_train'), '--config', 'config.yaml'], cwd=folder, check=True,
-                           capture_output=True, env={**__import__('os').environ, **environment}, timeout=600)
+                           capture_output=True, env={**os.environ, **environment}, timeout=600)
         finally:
             for hog in hogs:
                 hog.kill()

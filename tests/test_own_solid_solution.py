@@ -11,9 +11,9 @@ from aiida import engine
 
 from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
 
-pytestmark = pytest.mark.slow
+from parent_helpers import CSPBI3_CIF  # tests/ is on sys.path (rootdir-style test modules)
 
-from parent_helpers import CSPBI3_CIF  # noqa: E402
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(3600)
