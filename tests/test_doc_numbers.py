@@ -73,6 +73,7 @@ CLAIMS = [
     ('docs/mace.md', 'benchmarks/bench_mace.json', 'ratio_medium_over_tiny/training_seconds_per_structure', '{:.0f}x'),
     ('docs/displacements.md', 'benchmarks/bench_sampling.json', 'ms_per_structure/uniform', '{:.4f}'),
     ('docs/study.md', 'docs/figures/demo/run.json', 'study_seconds', '{:.0f} s'),
+    ('docs/study.md', 'docs/figures/demo/label_time.json', 'rows/0/seconds_per_label', '{:.2f} s that day'),
     ('docs/study.md', 'docs/figures/demo/run.json', 'mace_evaluation/force_mae_eV_per_A', '{:.3f} eV/Å'),
     ('docs/study.md', 'docs/figures/demo/run.json', 'mace_training_set/origins/md', '{} frames'),
     ('docs/study.md', 'docs/figures/demo/run.json', 'screen_phonons/x_0p000.c000/n_imaginary', '{} imaginary modes'),
