@@ -20,6 +20,7 @@ def machine(threads: int | None = None, device: str = 'cpu') -> dict:
     import numpy as np
 
     facts = {'platform': platform.platform(), 'processor': platform.processor() or platform.machine(),
+             'cpu': cpu_model(),
              'cpu_count': os.cpu_count(), 'python': platform.python_version(), 'numpy': np.__version__,
              'threads': threads, 'device': device, 'load_average_1_5_15_min': list(os.getloadavg())}
     try:
@@ -30,6 +31,21 @@ def machine(threads: int | None = None, device: str = 'cpu') -> dict:
     if device.startswith('cuda') and torch.cuda.is_available():
         facts['gpu'] = torch.cuda.get_device_name()
     return facts
+
+
+def cpu_model() -> dict:
+    """The CPU's model name and widest vector extension from /proc/cpuinfo (Linux; empty elsewhere): float results
+    of BLAS and of torch on the CPU differ in the last bits between code paths, and a chaotic run (MD, float32
+    training) amplifies them, so a run's record names its CPU."""
+    try:
+        with open('/proc/cpuinfo') as handle:
+            lines = [line.split(':', 1) for line in handle if ':' in line]
+    except OSError:
+        return {}
+    info = {key.strip(): value.strip() for key, value in reversed(lines)}  # the first processor's
+    flags = set(info.get('flags', '').split())
+    vector = next((name for name in ('avx512f', 'avx2', 'avx', 'sse4_2') if name in flags), None)
+    return {'model_name': info.get('model name'), 'vector': vector}
 
 
 def default_output(name: str) -> str:

@@ -92,6 +92,13 @@ CLAIMS = [
     ('docs/thermal.md', 'docs/figures/demo/teacher_md_check.json', 'z', 'z = {:.1f} (over'),
     ('docs/thermal.md', 'docs/figures/demo/teacher_md_check.json', 'inefficiency', 'inefficiency {:.1f}'),
     ('docs/study.md', 'docs/figures/teacher_gaps.json', 'rows/0/gap_high_eV', '{:.2f}'),
+    ('docs/study.md', 'docs/figures/demo/run_other_day.json', 'study_seconds', '{:.0f} s, with a label'),
+    ('docs/study.md', 'docs/figures/demo/label_time_other_day.json', 'rows/0/seconds_per_label',
+     '{:.2f} s that afternoon'),
+    ('docs/study.md', 'docs/figures/demo/run_other_day.json', 'mace_learning_curve/rounds/0/force_mae',
+     'first MD frames is {:.3f} eV/Å'),
+    ('docs/study.md', 'docs/figures/demo/run.json', 'mace_learning_curve/rounds/0/force_mae',
+     'against {:.3f}.\n- Every job'),
     ('docs/study.md', 'docs/figures/teacher_gaps.json', 'rows/9/gap_high_eV', '{:.2f}'),
 ]
 
@@ -206,3 +213,33 @@ def test_ensemble_weights_error_quoted_from_its_run():
     text = ' '.join((ROOT / 'docs/study.md').read_text().split())
     assert (f'is at most {max(error.values()):.1e} eV (at 0 K; {error[300]:.1e} and {error[600]:.1e} eV at 300 and '
             '600 K)') in text, error
+
+
+def test_other_day_run_matches_its_csv():
+    """docs/study.md's second-day Table I is its CSV's, and the run-to-run figures quoted beside it (the largest
+    difference over the statistical and model parts, x = 1/2's Eg(0) in both runs) are recomputed from the CSVs."""
+    text = (ROOT / 'docs/study.md').read_text()
+    recorded, other = _table_i(), _table_i('table_i_other_day.csv')
+    for x in sorted({x for x, _ in other}):
+        rows = [other[key] for key in sorted(other) if key[0] == x]
+        cells = [f'{float(rows[0]["gap_eV"]):.3f}']
+        cells += [f'{float(r["gap_eV"]):.3f} ± {float(r["stderr_eV"]):.3f}' for r in rows[1:]]
+        cells += [f'{100 * float(r["relative_change"]):.1f} %'.replace('-', '−') for r in rows[1:]]
+        assert f'| {x:g} | ' + ' | '.join(cells) + ' |' in text, cells
+
+    def core(row) -> float:
+        return math.hypot(float(row['stderr_statistical_eV']), float(row['stderr_model_eV']))
+
+    hot = [key for key in other if key[1] > 0]
+    z = {key: (float(other[key]['gap_eV']) - float(recorded[key]['gap_eV']))
+         / math.hypot(core(other[key]), core(recorded[key])) for key in hot}
+    worst = max(z, key=lambda key: abs(z[key]))
+    difference = float(other[worst]['gap_eV']) - float(recorded[worst]['gap_eV'])
+    assert (f'x = {worst[0]:g} at {worst[1]:.0f} K differs by {abs(z[worst]):.1f} standard\n  errors '
+            f'({difference:+.3f} eV)').replace('-', '−') in text, (worst, z[worst])
+    half = f"x = 1/2's Eg(0) is {float(other[(0.5, 0.0)]['gap_eV']):.3f} eV instead of " \
+           f"{float(recorded[(0.5, 0.0)]['gap_eV']):.3f}"
+    assert half in text, half
+    total = max(abs(float(other[k]['gap_eV']) - float(recorded[k]['gap_eV']))
+                / math.hypot(float(other[k]['stderr_eV']), float(recorded[k]['stderr_eV'])) for k in hot)
+    assert f'(at most {total:.2f} of them)' in text, total
