@@ -15,6 +15,8 @@ import numpy as np
 from aiida_capthermo.core.solid_solution import count_inequivalent, site_permutations
 from aiida_capthermo.core.structures import antiperovskite
 from aiida_capthermo.workflows.dataset import PhononInformedDatasetWorkChain
+from aiida_capthermo.workflows.gnn import GnnTwoStageWorkChain
+from aiida_capthermo.workflows.mlip_potential import MlipPotentialWorkChain
 from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
 from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
 from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
@@ -40,7 +42,8 @@ def costs(protocol: str) -> dict:
     phonons = screen['phonons']
     hot = [t for t in thermal['temperatures'] if t > 0]
     md = thermal['md']
-    mace = study.get('mace', {})
+    mace = stage(MlipPotentialWorkChain, study.get('mace'))
+    gnn = stage(GnnTwoStageWorkChain, study.get('gnn'))
     refine = mace.get('refine') or {}
     low = len(dataset['temperatures']) * dataset['structures_per_temperature']
     return {
@@ -49,9 +52,10 @@ def costs(protocol: str) -> dict:
         'MACE': (f'{mace.get("foundation_name", "from scratch")}, {mace["hyperparameters"].get("max_num_epochs")}'
                  ' epochs' + (f'; up to {refine.get("rounds", 1)} active-learning rounds '
                               f'({len(refine["compositions"]) * len(refine["temperatures"])} x {refine["steps"]} MD '
-                              f'steps each, then {refine.get("finetune_epochs") or "all"} epochs)' if refine else '')),
-        'GNN epochs (low, high)': f'{study["gnn"]["hyperparameters"].get("max_epochs")}, '
-                                  f'{study["gnn"].get("finetune_hyperparameters", {}).get("max_epochs", "same")}',
+                              f'steps of {refine.get("timestep", 1.0):g} fs each, then '
+                              f'{refine.get("finetune_epochs") or "all"} epochs)' if refine else '')),
+        'GNN epochs (low, high)': f'{gnn["hyperparameters"].get("max_epochs")}, '
+                                  f'{gnn.get("finetune_hyperparameters", {}).get("max_epochs", "same")}',
         'screen relaxations': f'{relaxations} ({len(screen["compositions"])} compositions)',
         'finite-T phonons per unstable structure': (
             f'{len(screen["temperatures"])} T x {phonons.get("replicas", 1)} x '
@@ -64,7 +68,7 @@ def costs(protocol: str) -> dict:
 
 
 def main() -> None:
-    protocols = ['demo', 'fast', 'paper']
+    protocols = ['demo', 'mid', 'fast', 'paper']
     table = {name: costs(name) for name in protocols}
     rows = list(table['demo'])
     print('| | ' + ' | '.join(protocols) + ' |')

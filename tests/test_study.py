@@ -518,3 +518,22 @@ def test_study_paper_protocol_labels_with_vasp(localhost_session):
     assert builder.thermal.md['steps'] * builder.thermal.md.get('timestep', 1.0) == 50_000  # 50 ps
     assert builder.thermal.temperatures.get_list() == [0.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
     assert builder._process_class.spec().inputs.validate(builder._inputs(prune=True)) is None
+
+
+def test_study_mid_protocol_learns_from_the_thermal_md(localhost_session):
+    """The `mid` protocol runs offline (MACE from scratch, no foundation to download) and its active learning runs
+    the MD the thermal stage runs: the same time step, friction and length, at every composition the screen ranks
+    and every finite temperature of Table I, so the frames the potential learns from are of the distribution it is
+    used on."""
+    *codes, mlip, evaluate = study_codes(localhost_session, 'mid')
+    builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='mid', mlip_code=mlip,
+                                                                evaluate_code=evaluate)
+    assert 'foundation_name' not in builder.mace and 'foundation_model' not in builder.mace
+    refine, md = builder.mace.refine.get_dict(), builder.thermal.md.get_dict()
+    for key in ('timestep', 'friction', 'steps'):
+        assert refine[key] == md[key], key
+    assert set(builder.screen.compositions.get_list()) <= set(refine['compositions'])
+    assert {t for t in builder.thermal.temperatures.get_list() if t > 0} <= set(refine['temperatures'])
+    assert refine['force_tolerance'] == 0.10 and refine['rounds'] > 2
+    assert builder.validation.frames_per_point.value > 8  # more teacher frames per (x, T) than the demo
+    assert builder._process_class.spec().inputs.validate(builder._inputs(prune=True)) is None
