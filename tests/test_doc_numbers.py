@@ -243,3 +243,74 @@ def test_other_day_run_matches_its_csv():
     total = max(abs(float(other[k]['gap_eV']) - float(recorded[k]['gap_eV']))
                 / math.hypot(float(other[k]['stderr_eV']), float(recorded[k]['stderr_eV'])) for k in hot)
     assert f'(at most {total:.2f} of them)' in text, total
+
+
+def _table_rows(table: dict) -> list[str]:
+    """Table I's Markdown rows as docs/study.md prints them, from a table_i.csv read by :func:`_table_i`."""
+    lines = []
+    for x in sorted({x for x, _ in table}):
+        rows = [table[key] for key in sorted(table) if key[0] == x]
+        cells = [f'{float(rows[0]["gap_eV"]):.3f}']
+        cells += [f'{float(r["gap_eV"]):.3f} ± {float(r["stderr_eV"]):.3f}' for r in rows[1:]]
+        cells += [f'{100 * float(r["relative_change"]):.1f} %'.replace('-', '−') for r in rows[1:]]
+        lines.append(f'| {x:g} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def test_mid_run_quoted_from_its_record():
+    """docs/study.md's section on the `mid` run and docs/thermal.md's end-to-end check with it: Table I, the
+    learning curve, the ranges of the validation and of the error parts, the teacher check on other frames, the
+    choice of the model and the comparison with the teacher's own MD, all recomputed from docs/figures/mid/."""
+    study, thermal = (ROOT / 'docs/study.md').read_text(), (ROOT / 'docs/thermal.md').read_text()
+    record = _json('docs/figures/mid/run.json')
+    with open(ROOT / 'docs/figures/mid/table_i.csv') as handle:
+        table = {(float(r['x']), float(r['temperature_K'])): r for r in csv.DictReader(handle)}
+    for line in _table_rows(table):
+        assert line in study, line
+    assert f'**{record["study_seconds"]:.0f} s**' in study
+    names = {'mace': 'potential', 'gnn': 'GNN', 'thermal': 'thermal stage'}
+    for stage in record['stages']:
+        line = f'- {names.get(stage["label"], stage["label"])} {stage["seconds"]:.0f} s;'
+        assert line in study.replace(' s.\n', ' s;\n'), line
+    for row in record['mace_learning_curve']['rounds']:
+        assert (f'| {row["round"]} | {row["n_training"]} | {row["n_frames"]} | {row["force_mae"]:.3f} | '
+                f'{1000 * row["energy_per_atom_mae"]:.1f} |') in study, row
+    evaluation = record['mace_evaluation']
+    assert (f'has {evaluation["force_mae_eV_per_A"]:.3f} eV/Å and {1000 * evaluation["energy_mae_eV_per_atom"]:.1f} '
+            'meV/atom') in study
+
+    def span(values, fmt='{:.3f}') -> str:
+        return f'{fmt.format(min(values))}-{fmt.format(max(values))}'
+
+    hot = [row for row in record['validation']['rows'] if row['temperature'] > 0]
+    assert f'the force MAE is {span([r["force_mae"] for r in hot])} eV/Å at every (x, T)' in study
+    assert f'`β·std(dU)` is {span([r["sampling_beta_sigma"] for r in hot], "{:.1f}")}. The demo' in study
+    bias = [1000 * r['energy_per_atom_bias'] for r in hot]
+    assert f'within {min(bias):.1f} to {max(bias):+.1f} meV/atom' in study
+    budget = [row for row in record['error_budget'] if row['temperature'] > 0]
+    parts = (f'statistical part {span([r["stderr_statistical"] for r in budget])} eV, model part '
+             f'{span([r["stderr_model"] for r in budget])} eV, sampling term')
+    assert parts in study.replace('\n', ' '), parts
+    assert f'{span([r["stderr_sampling"] for r in budget])} eV):' in study.replace('\n', ' ')
+
+    check = _json('docs/figures/mid/teacher_check.json')['rows']
+    differences = [row['difference'] for row in check]
+    assert f'Table I are {min(differences):+.3f} to {max(differences):+.3f} eV' in study.replace('\n  ', ' ')
+    assert all(row['within'] for row in check) and 'six of the six points lie within' in study
+    assert f'off by up to {max(abs(r["gnn_gap"] - r["teacher_gap"]) for r in check):.3f} eV there' in study
+
+    trainings = _json('docs/figures/mid/model_choice.json')['trainings']
+    baseline = next(row for row in trainings if row['name'] == 'baseline')
+    chosen = next(row for row in trainings if row['name'].startswith('ScaleShiftMACE'))
+    assert f'the force MAE was {span([r["force_mae"] for r in baseline["rows"]])} eV/Å' in study
+    assert f'had {span([r["force_mae"] for r in chosen["rows"]])} eV/Å, at' in study
+    assert f'at {chosen["train_seconds"] / baseline["train_seconds"]:.1f} times the training time' in study
+
+    teacher = _json('docs/figures/demo/teacher_md_check.json')
+    row = table[(1.0, 600.0)]
+    difference = float(row['gap_eV']) - teacher['teacher_md_gap']
+    z = difference / math.hypot(float(row['stderr_eV']), teacher['teacher_md_stderr'])
+    assert f'| Table I of the `mid` study | {float(row["gap_eV"]):.3f} ± {float(row["stderr_eV"]):.3f} |' in thermal
+    assert f'| the GNN alone on the same MD | {float(row["gap_model_eV"]):.3f} |' in thermal
+    assert f'is {difference:+.3f} eV, {z:.1f} standard errors' in thermal
+    assert f'+{difference:.3f} eV, {z:.1f} combined standard errors' in study
