@@ -35,8 +35,8 @@ def wait(node: orm.ProcessNode, timeout: float) -> orm.ProcessNode:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--protocol', default='demo', help='Protocol of the study (demo, mid, fast, paper; '
-                                                                   'protocols/study.yaml).')
+    parser.add_argument('--protocol', default='demo',
+                        help='Protocol of the study (demo, mid, fast, paper; protocols/study.yaml).')
     parser.add_argument('--timeout', type=float, default=3600.0, help='Seconds to wait for the study.')
     parser.add_argument('--figures', default='demo-output', help='Folder for Table I (CSV) and the figures.')
     parser.add_argument('-o', '--override', action='append', default=[], metavar='KEY=VALUE',
