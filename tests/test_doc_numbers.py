@@ -314,3 +314,53 @@ def test_mid_run_quoted_from_its_record():
     assert f'| the GNN alone on the same MD | {float(row["gap_model_eV"]):.3f} |' in thermal
     assert f'is {difference:+.3f} eV, {z:.1f} standard errors' in thermal
     assert f'+{difference:.3f} eV, {z:.1f} combined standard errors' in study
+
+
+def test_mid_second_seed_quoted_from_its_record():
+    """docs/study.md's second seed of the `mid` potential: its Table I, its teacher check, its learning curve and the
+    comparison with the first seed (largest difference over the stated totals, over the statistical and model parts,
+    x = 1/2's Eg(0) and ranking), recomputed from docs/figures/mid/."""
+    study = (ROOT / 'docs/study.md').read_text()
+    flat = study.replace('\n  ', ' ').replace('\n', ' ')
+
+    def read(name: str) -> dict:
+        with open(ROOT / 'docs/figures/mid' / name) as handle:
+            return {(float(r['x']), float(r['temperature_K'])): r for r in csv.DictReader(handle)}
+
+    first, second = read('table_i.csv'), read('table_i_seed7.csv')
+    for line in _table_rows(second):
+        assert line in study, line
+    record = _json('docs/figures/mid/run_seed7.json')
+    assert f'({record["study_seconds"]:.0f} s)' in study
+    rounds = record['mace_learning_curve']['rounds']
+    assert f'{rounds[0]["force_mae"]:.3f} and then {rounds[1]["force_mae"]:.3f} eV/Å on fresh frames' in flat
+    hot = [row['force_mae'] for row in record['validation']['rows'] if row['temperature'] > 0]
+    assert f'{min(hot):.3f}-{max(hot):.3f} eV/Å on the thermal frames' in flat
+    assert f'{1000 * record["mace_evaluation"]["energy_mae_eV_per_atom"]:.1f} meV/atom on the held-out' in flat
+    check = _json('docs/figures/mid/teacher_check_seed7.json')['rows']
+    differences = [row['difference'] for row in check]
+    assert (f'{sum(r["n_frames"] for r in check)} other frames of its MD: {min(differences):+.3f} to '
+            f'{max(differences):+.3f} eV') in flat
+    assert all(row['within'] for row in check)
+
+    def core(row) -> float:
+        return math.hypot(float(row['stderr_statistical_eV']), float(row['stderr_model_eV']))
+
+    hot_keys = [key for key in first if key[1] > 0]
+    total = max(abs(float(second[k]['gap_eV']) - float(first[k]['gap_eV']))
+                / math.hypot(float(first[k]['stderr_eV']), float(second[k]['stderr_eV'])) for k in hot_keys)
+    assert f'the largest difference is {total:.2f} of the two combined' in flat, total
+    z = {k: (float(second[k]['gap_eV']) - float(first[k]['gap_eV'])) / math.hypot(core(first[k]), core(second[k]))
+         for k in hot_keys}
+    worst = max(z, key=lambda k: abs(z[k]))
+    difference = float(second[worst]['gap_eV']) - float(first[worst]['gap_eV'])
+    assert (f'x = {"1/2" if worst[0] == 0.5 else f"{worst[0]:g}"} at {worst[1]:.0f} K differs by {abs(z[worst]):.1f} '
+            f'standard errors ({difference:+.3f} eV)') in flat, (worst, z[worst])
+    assert (f"x = 1/2's Eg(0) does not agree: {float(second[(0.5, 0.0)]['gap_eV']):.3f} eV against "
+            f"{float(first[(0.5, 0.0)]['gap_eV']):.3f}") in flat
+    rankings = [_json(f'docs/figures/mid/{name}')['screen_ranking']['x_0p500'] for name in ('run_seed7.json',
+                                                                                          'run.json')]
+    for ranking, other in zip(rankings, reversed(rankings)):
+        gap = dict(zip(ranking['keys'], ranking['relative_energy_per_atom']))[other['lowest']]
+        assert f'ranks {ranking["lowest"]} lowest, with {other["lowest"]} {1000 * gap:.{0 if gap > 0.01 else 2}f}' \
+               in flat, (ranking['lowest'], gap)
