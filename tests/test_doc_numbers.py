@@ -24,9 +24,26 @@ def _get(data, path: str):
     return data
 
 
-def _table_i(name: str = 'table_i.csv') -> dict:
-    with open(ROOT / 'docs/figures/demo' / name) as handle:
+def _table_i(name: str = 'table_i.csv', folder: str = 'docs/figures/demo') -> dict:
+    with open(ROOT / folder / name) as handle:
         return {(float(r['x']), float(r['temperature_K'])): r for r in csv.DictReader(handle)}
+
+
+def _table_rows(table: dict) -> list[str]:
+    """Table I's Markdown rows as docs/study.md prints them, from a table_i.csv read by :func:`_table_i`."""
+    lines = []
+    for x in sorted({x for x, _ in table}):
+        rows = [table[key] for key in sorted(table) if key[0] == x]
+        cells = [f'{float(rows[0]["gap_eV"]):.3f}']
+        cells += [f'{float(r["gap_eV"]):.3f} ± {float(r["stderr_eV"]):.3f}' for r in rows[1:]]
+        cells += [f'{100 * float(r["relative_change"]):.1f} %'.replace('-', '−') for r in rows[1:]]
+        lines.append(f'| {x:g} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def _core_stderr(row: dict) -> float:
+    """A Table I row's statistical and model errors in quadrature (eV): its stated total less the sampling term."""
+    return math.hypot(float(row['stderr_statistical_eV']), float(row['stderr_model_eV']))
 
 
 # (page, source JSON, key path, how the page writes it)
@@ -114,12 +131,7 @@ def test_demo_table_i_matches_its_csv():
     printed; the run-to-run sentence quotes the largest difference of the relative changes between the two CSVs."""
     text = (ROOT / 'docs/study.md').read_text()
     table = _table_i()
-    for x in sorted({x for x, _ in table}):
-        rows = [table[key] for key in sorted(table) if key[0] == x]
-        cells = [f'{float(rows[0]["gap_eV"]):.3f}']
-        cells += [f'{float(r["gap_eV"]):.3f} ± {float(r["stderr_eV"]):.3f}' for r in rows[1:]]
-        cells += [f'{100 * float(r["relative_change"]):.1f} %'.replace('-', '−') for r in rows[1:]]
-        expected = f'| {x:g} | ' + ' | '.join(cells) + ' |'
+    for expected in _table_rows(table):
         assert expected in text, expected
     previous = _table_i('table_i_previous_run.csv')
     ends = [key for key in table if key[0] in (0.0, 1.0) and key[1] > 0]
@@ -220,19 +232,11 @@ def test_other_day_run_matches_its_csv():
     difference over the statistical and model parts, x = 1/2's Eg(0) in both runs) are recomputed from the CSVs."""
     text = (ROOT / 'docs/study.md').read_text()
     recorded, other = _table_i(), _table_i('table_i_other_day.csv')
-    for x in sorted({x for x, _ in other}):
-        rows = [other[key] for key in sorted(other) if key[0] == x]
-        cells = [f'{float(rows[0]["gap_eV"]):.3f}']
-        cells += [f'{float(r["gap_eV"]):.3f} ± {float(r["stderr_eV"]):.3f}' for r in rows[1:]]
-        cells += [f'{100 * float(r["relative_change"]):.1f} %'.replace('-', '−') for r in rows[1:]]
-        assert f'| {x:g} | ' + ' | '.join(cells) + ' |' in text, cells
-
-    def core(row) -> float:
-        return math.hypot(float(row['stderr_statistical_eV']), float(row['stderr_model_eV']))
-
+    for line in _table_rows(other):
+        assert line in text, line
     hot = [key for key in other if key[1] > 0]
     z = {key: (float(other[key]['gap_eV']) - float(recorded[key]['gap_eV']))
-         / math.hypot(core(other[key]), core(recorded[key])) for key in hot}
+         / math.hypot(_core_stderr(other[key]), _core_stderr(recorded[key])) for key in hot}
     worst = max(z, key=lambda key: abs(z[key]))
     difference = float(other[worst]['gap_eV']) - float(recorded[worst]['gap_eV'])
     assert (f'x = {worst[0]:g} at {worst[1]:.0f} K differs by {abs(z[worst]):.1f} standard\n  errors '
@@ -245,26 +249,13 @@ def test_other_day_run_matches_its_csv():
     assert f'(at most {total:.2f} of them)' in text, total
 
 
-def _table_rows(table: dict) -> list[str]:
-    """Table I's Markdown rows as docs/study.md prints them, from a table_i.csv read by :func:`_table_i`."""
-    lines = []
-    for x in sorted({x for x, _ in table}):
-        rows = [table[key] for key in sorted(table) if key[0] == x]
-        cells = [f'{float(rows[0]["gap_eV"]):.3f}']
-        cells += [f'{float(r["gap_eV"]):.3f} ± {float(r["stderr_eV"]):.3f}' for r in rows[1:]]
-        cells += [f'{100 * float(r["relative_change"]):.1f} %'.replace('-', '−') for r in rows[1:]]
-        lines.append(f'| {x:g} | ' + ' | '.join(cells) + ' |')
-    return lines
-
-
 def test_mid_run_quoted_from_its_record():
     """docs/study.md's section on the `mid` run and docs/thermal.md's end-to-end check with it: Table I, the
     learning curve, the ranges of the validation and of the error parts, the teacher check on other frames, the
     choice of the model and the comparison with the teacher's own MD, all recomputed from docs/figures/mid/."""
     study, thermal = (ROOT / 'docs/study.md').read_text(), (ROOT / 'docs/thermal.md').read_text()
     record = _json('docs/figures/mid/run.json')
-    with open(ROOT / 'docs/figures/mid/table_i.csv') as handle:
-        table = {(float(r['x']), float(r['temperature_K'])): r for r in csv.DictReader(handle)}
+    table = _table_i(folder='docs/figures/mid')
     for line in _table_rows(table):
         assert line in study, line
     assert f'**{record["study_seconds"]:.0f} s**' in study
@@ -323,11 +314,7 @@ def test_mid_second_seed_quoted_from_its_record():
     study = (ROOT / 'docs/study.md').read_text()
     flat = study.replace('\n  ', ' ').replace('\n', ' ')
 
-    def read(name: str) -> dict:
-        with open(ROOT / 'docs/figures/mid' / name) as handle:
-            return {(float(r['x']), float(r['temperature_K'])): r for r in csv.DictReader(handle)}
-
-    first, second = read('table_i.csv'), read('table_i_seed7.csv')
+    first, second = _table_i(folder='docs/figures/mid'), _table_i('table_i_seed7.csv', 'docs/figures/mid')
     for line in _table_rows(second):
         assert line in study, line
     record = _json('docs/figures/mid/run_seed7.json')
@@ -343,15 +330,12 @@ def test_mid_second_seed_quoted_from_its_record():
             f'{max(differences):+.3f} eV') in flat
     assert all(row['within'] for row in check)
 
-    def core(row) -> float:
-        return math.hypot(float(row['stderr_statistical_eV']), float(row['stderr_model_eV']))
-
     hot_keys = [key for key in first if key[1] > 0]
     total = max(abs(float(second[k]['gap_eV']) - float(first[k]['gap_eV']))
                 / math.hypot(float(first[k]['stderr_eV']), float(second[k]['stderr_eV'])) for k in hot_keys)
     assert f'the largest difference is {total:.2f} of the two combined' in flat, total
-    z = {k: (float(second[k]['gap_eV']) - float(first[k]['gap_eV'])) / math.hypot(core(first[k]), core(second[k]))
-         for k in hot_keys}
+    z = {k: (float(second[k]['gap_eV']) - float(first[k]['gap_eV']))
+         / math.hypot(_core_stderr(first[k]), _core_stderr(second[k])) for k in hot_keys}
     worst = max(z, key=lambda k: abs(z[k]))
     difference = float(second[worst]['gap_eV']) - float(first[worst]['gap_eV'])
     assert (f'x = {"1/2" if worst[0] == 0.5 else f"{worst[0]:g}"} at {worst[1]:.0f} K differs by {abs(z[worst]):.1f} '
