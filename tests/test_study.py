@@ -475,7 +475,12 @@ def test_study_stage_settings_checked_at_submission(localhost_session, tmp_path)
         with pytest.raises(ValueError, match=message):
             engine.run(builder)
     # given models and structures: the thermal stage alone; without structures or a screen it is refused
-    (tmp_path / 'm.model').write_bytes(b'weights')
+    import zipfile
+
+    # a torch-archive-shaped file (nothing here loads it): another test of the session may take the newest MACE model
+    # for a dry run, whose integrity check refuses a file that is no archive
+    with zipfile.ZipFile(tmp_path / 'm.model', 'w') as archive:
+        archive.writestr('m/data.pkl', b'weights')
     mace = ModelData.from_files(kind='mace', files={'m.model': tmp_path / 'm.model'}, main_file='m.model').store()
     gnn = ModelData.from_files(kind='gnn', files={'m.model': tmp_path / 'm.model'}, main_file='m.model').store()
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='demo', mlip_code=mlip)
