@@ -44,14 +44,8 @@ def main() -> None:
     from aiida import load_profile, orm
 
     load_profile()
-    from ase import units
-    from ase.calculators.calculator import Calculator, all_changes
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
-
     from aiida_capthermo.core.thermal import series_statistics
-    from aiida_capthermo.ml.labelling import single_point_function
+    from aiida_capthermo.ml.labelling import engine_md, single_point_function
     from aiida_capthermo.ml.settings import CalculatorSpec
 
     study = orm.load_node(args.study)
@@ -70,38 +64,11 @@ def main() -> None:
                                   .calculator.get_dict())
     low, teacher = single_point_function(low_spec), single_point_function(teacher_spec)
 
-    class LowEngine(Calculator):
-        """The study's low engine as an ASE calculator (energy, forces; its gap kept for the record)."""
-
-        implemented_properties = ('energy', 'forces')
-
-        def calculate(self, atoms=None, properties=('energy',), system_changes=all_changes):
-            super().calculate(atoms, properties, system_changes)
-            result = low(self.atoms)
-            self.results = {'energy': result['energy'], 'forces': result['forces']}
-            self.low_gap = result.get('gap', float('nan'))
-
-    atoms = relaxed[0].get_ase()
-    atoms.calc = LowEngine()
-    rng = np.random.default_rng(args.seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature, rng=rng)
-    Stationary(atoms)
-    atoms.set_constraint(FixCom())  # the centre of mass fixed, as in the package's MD (3N - 3 degrees of freedom)
-    dynamics = Langevin(atoms, timestep=args.timestep * units.fs, temperature_K=args.temperature,
-                        friction=args.friction / units.fs, fixcm=False, rng=rng)
-    frames, series = [], {'time_fs': [], 'temperature': [], 'potential_energy': [], 'low_gap': []}
-
-    def record():
-        frames.append(atoms.copy())
-        series['time_fs'].append(dynamics.nsteps * args.timestep)
-        series['temperature'].append(float(atoms.get_temperature()))
-        series['potential_energy'].append(float(atoms.get_potential_energy()))
-        series['low_gap'].append(float(atoms.calc.low_gap))
-
-    dynamics.attach(record, interval=args.stride)
     start = time.perf_counter()
-    dynamics.run(args.steps)
+    frames, series = engine_md(relaxed[0].get_ase(), low, args.temperature, args.steps, timestep=args.timestep,
+                               friction=args.friction, stride=args.stride, seed=args.seed)
     md_seconds = time.perf_counter() - start
+    series['low_gap'] = series.pop('gap')
     first = int(np.searchsorted(series['time_fs'], args.equilibration))
     labelled = list(range(first, len(frames), args.label_every))
     start = time.perf_counter()

@@ -22,7 +22,8 @@ import numpy as np
 from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.ml.settings import HALOGEN_BOND_METHODS, CalculatorSpec, RelaxSpec, torch_default_dtype
 
-__all__ = ['label_structures', 'gap_from_orbitals', 'tblite_parameters', 'single_point_function', 'relax_atoms']
+__all__ = ['label_structures', 'gap_from_orbitals', 'tblite_parameters', 'single_point_function', 'relax_atoms',
+           'engine_calculator', 'engine_md']
 
 
 def gap_from_orbitals(orbital_energies: np.ndarray, occupations: np.ndarray) -> tuple[float, float, float]:
@@ -122,22 +123,12 @@ def relax_atoms(atoms, single_point: Callable, relax: RelaxSpec):
     ``relax.cell``, on the cell through ASE's ``FrechetCellFilter`` (zero stress), keeping the space group with
     ``FixSymmetry``. Returns the relaxed atoms (no constraint, no calculator) and a record: ``steps``, ``converged``,
     ``max_force`` (eV/Å) and ``max_stress`` (eV/Å^3) at the end."""
-    from ase.calculators.calculator import Calculator, all_changes
     from ase.constraints import FixSymmetry
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
 
-    class Engine(Calculator):  # the labeller's single point as an ASE calculator
-        implemented_properties = ('energy', 'free_energy', 'forces', 'stress')
-
-        def calculate(self, atoms=None, properties=('energy',), system_changes=all_changes):
-            super().calculate(atoms, properties, system_changes)
-            result = single_point(self.atoms.copy())
-            self.results = {'energy': result['energy'], 'free_energy': result['energy'],
-                            'forces': np.asarray(result['forces']), 'stress': np.asarray(result['stress'])}
-
     work = atoms.copy()
-    work.calc = Engine()
+    work.calc = engine_calculator(single_point)
     if relax.symprec is not None:
         work.set_constraint(FixSymmetry(work, symprec=relax.symprec))
     optimizer = BFGS(FrechetCellFilter(work) if relax.cell else work, logfile=None)
@@ -152,6 +143,73 @@ def relax_atoms(atoms, single_point: Callable, relax: RelaxSpec):
     relaxed.set_cell(work.cell.array, scale_atoms=False)
     relaxed.positions = work.positions
     return relaxed, record
+
+
+def engine_calculator(single_point: Callable):
+    """The labeller's ``single_point`` (:func:`single_point_function`) as an ASE calculator: energy, forces and
+    stress, with every other label of the last call (the gap, where the engine gives one) in ``calc.labels``."""
+    from ase.calculators.calculator import Calculator, all_changes
+
+    class Engine(Calculator):
+        implemented_properties = ('energy', 'free_energy', 'forces', 'stress')
+
+        def calculate(self, atoms=None, properties=('energy',), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            result = single_point(self.atoms.copy())
+            self.labels = result
+            self.results = {'energy': result['energy'], 'free_energy': result['energy'],
+                            'forces': np.asarray(result['forces'])}
+            if result.get('stress') is not None:
+                self.results['stress'] = np.asarray(result['stress'])
+
+    return Engine()
+
+
+def engine_md(atoms, single_point: Callable, temperature: float, steps: int, *, timestep: float = 2.0,
+              friction: float = 0.01, stride: int = 5, seed: int = 0) -> tuple[list, dict]:
+    """Langevin MD driven by the labelling engine itself (``single_point``; ASE's integrator, an implementation
+    independent of the package's TorchSim engine): the reference distribution that the potential's MD
+    approximates.
+
+    Velocities from Maxwell-Boltzmann at ``temperature`` (K) with the centre of mass fixed (3N - 3 degrees of
+    freedom, as in the package's MD); ``timestep`` fs, ``friction`` 1/fs. Every ``stride`` steps (step 0 included)
+    the frame is recorded *with the engine's labels of that step* (energy, forces, stress and gap where the engine
+    gives them: an MD step is a label). Returns the labelled frames (``ase.Atoms`` with a single-point calculator)
+    and the series ``time_fs``, ``temperature`` (K), ``potential_energy`` (eV), ``gap`` (eV, NaN without one)."""
+    from ase import units
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.constraints import FixCom
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    work = atoms.copy()
+    work.calc = engine_calculator(single_point)
+    rng = np.random.default_rng(seed)
+    MaxwellBoltzmannDistribution(work, temperature_K=temperature, rng=rng)
+    Stationary(work)
+    work.set_constraint(FixCom())
+    dynamics = Langevin(work, timestep=timestep * units.fs, temperature_K=temperature, friction=friction / units.fs,
+                        fixcm=False, rng=rng)
+    frames, series = [], {'time_fs': [], 'temperature': [], 'potential_energy': [], 'gap': []}
+
+    def record():
+        labels = work.calc.labels
+        frame = atoms.copy()
+        frame.set_cell(work.cell.array)
+        frame.positions = work.positions
+        frame.calc = SinglePointCalculator(frame, energy=labels['energy'], forces=np.asarray(labels['forces']),
+                                           stress=labels.get('stress'))
+        frame.info['gap'] = float(labels.get('gap', np.nan))
+        frames.append(frame)
+        series['time_fs'].append(dynamics.nsteps * timestep)
+        series['temperature'].append(float(work.get_temperature()))
+        series['potential_energy'].append(float(labels['energy']))
+        series['gap'].append(frame.info['gap'])
+
+    work.get_potential_energy()
+    dynamics.attach(record, interval=stride)
+    dynamics.run(steps)
+    return frames, series
 
 
 def label_structures(structures: LabelledSet, spec: CalculatorSpec, isolate: bool = False,
