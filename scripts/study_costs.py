@@ -54,8 +54,9 @@ def costs(protocol: str) -> dict:
                               f'({len(refine["compositions"]) * len(refine["temperatures"])} x {refine["steps"]} MD '
                               f'steps of {refine.get("timestep", 1.0):g} fs each, then '
                               f'{refine.get("finetune_epochs") or "all"} epochs)' if refine else '')),
-        'GNN epochs (low, high)': f'{gnn["hyperparameters"].get("max_epochs")}, '
-                                  f'{gnn.get("finetune_hyperparameters", {}).get("max_epochs", "same")}',
+        'GNN epochs (low, high) x models': f'{gnn["hyperparameters"].get("max_epochs")}, '
+                                           f'{gnn.get("finetune_hyperparameters", {}).get("max_epochs", "same")} x '
+                                           f'{gnn.get("members", 1)}',
         'screen relaxations': f'{relaxations} ({len(screen["compositions"])} compositions)',
         'finite-T phonons per unstable structure': (
             f'{len(screen["temperatures"])} T x {phonons.get("replicas", 1)} x '

@@ -97,6 +97,7 @@ STUDY_CASES = [
                                            'a supercell with more sites'),
     ({'screen': {'max_iterations': 0}}, 'max_iterations must be a positive integer, got 0'),
     ({'gnn': {'hyperparameters': {'target': 'vbm'}}}, "the GNN is trained on ['vbm']: set gnn.hyperparameters.target"),
+    ({'gnn': {'members': 0}}, 'members must be between 1 and 16, got 0'),
     ({'dataset': {'low': {'calculator': {'properties': ['energy', 'gap']}}}},
      "dataset.low.calculator.properties lacks ['forces', 'stress']"),
     ({'thermal': {'coupling': {'structures': ['x_0p250']}}},

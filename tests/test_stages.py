@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from aiida import engine, orm
 
+from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.data.dataset import DatasetData
 
 from gnn_helpers import synthetic_set
@@ -42,6 +43,56 @@ def test_gnn_two_stage_learns_the_high_fidelity_shift(script_code):
     del builder.high
     results, node = engine.run_get_node(builder)
     assert node.is_finished_ok and results['model'].uuid == results['model_low'].uuid
+
+
+def test_gnn_ensemble_members_and_their_predictions(script_code):
+    """Three models: each member is trained like the model with the seed plus its index (another split) in both
+    stages, its second stage from its own first; the prediction job with the members gives their mean as `values`
+    and each model's gaps in `members`, the same as each model alone. The models disagree more on thermal frames
+    (displacements 0.3-0.5 Å) than on the near-equilibrium cells they were trained on: the spread knows the
+    domain."""
+    from aiida_capthermo.calculations.gnn import GnnPredictCalcJob
+    from aiida_capthermo.data.dataset import DatasetData
+    from aiida_capthermo.workflows.gnn import GnnTwoStageWorkChain
+
+    low = DatasetData.from_labelled_set(synthetic_set(60, seed=0, amplitude=(0.0, 0.15)), fidelity='low',
+                                        method='synthetic').store()
+    high = DatasetData.from_labelled_set(synthetic_set(30, seed=1, amplitude=(0.0, 0.15), high_fidelity=True),
+                                         fidelity='high', method='synthetic-high').store()
+    hyper = {'max_epochs': 12, 'hidden_channels': 16, 'batch_size': 8, 'learning_rate': 5e-3, 'dropout': 0.0,
+             'patience': None, 'seed': 4}
+    code = script_code('capthermo-gnn', 'capthermo.gnn_train')
+    builder = GnnTwoStageWorkChain.get_builder_from_protocol(
+        code, protocol='demo', overrides={'hyperparameters': hyper, 'finetune_hyperparameters': {
+            **hyper, 'max_epochs': 6}, 'members': 3}, low=low, high=high)
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    models = [results['model'], results['members']['member_01'], results['members']['member_02']]
+    assert len({model.sha256 for model in models}) == 3
+    for index, model in enumerate(models):
+        assert model.creator.inputs.hyperparameters['seed'] == 4 + index
+        parent = model.creator.inputs.parent_model
+        assert parent.creator.inputs.hyperparameters['seed'] == 4 + index
+    metrics = results['member_metrics']
+    assert [row['model'] for row in metrics['models']] == ['model', 'member_01', 'member_02']
+    assert [row['seed'] for row in metrics['models']] == [4, 5, 6] and metrics['test_mae_std'] > 0
+
+    near, thermal = synthetic_set(20, seed=7, amplitude=(0.0, 0.15)), synthetic_set(20, seed=8, amplitude=(0.3, 0.5))
+    dataset = DatasetData.from_labelled_set(LabelledSet.concatenate([near, thermal]), fidelity='low',
+                                            method='synthetic').store()
+    predicted, job = engine.run_get_node(GnnPredictCalcJob, code=script_code('capthermo-gnn', 'capthermo.gnn_predict'),
+                                         model=models[0], members={'member_01': models[1], 'member_02': models[2]},
+                                         dataset=dataset)
+    assert job.is_finished_ok, (job.exit_status, job.exit_message)
+    arrays = predicted['predictions']
+    each = arrays.get_array('members')
+    structures = [dataset.get_labelled_set().atoms(i, with_labels=False) for i in range(40)]
+    alone = np.array([[p['gap'] for p in model.predict(structures, out_of_domain='flag')] for model in models])
+    np.testing.assert_allclose(each, alone, atol=1e-5)
+    np.testing.assert_allclose(arrays.get_array('values'), alone.mean(axis=0), atol=1e-5)
+    spread = each.std(axis=0, ddof=1)
+    print('spread near equilibrium', spread[:20].mean(), 'on thermal frames', spread[20:].mean())
+    assert spread[20:].mean() > spread[:20].mean()
 
 
 def test_batch_label_throttles_and_labels_like_a_direct_calculation(script_code):

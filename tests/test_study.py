@@ -222,6 +222,9 @@ def check_validation(node, results):
     Table I, and the GNN bias it reports is the mean of teacher minus GNN over the frames it labelled."""
     validation = node.base.links.get_outgoing(link_label_filter='validation').one().node
     assert validation.inputs.gnn_model.uuid == results['gnn']['model'].uuid
+    members = {key: model.uuid for key, model in results['gnn']['members'].items()}
+    assert len(members) == 3  # the demo's ensemble of four GNNs: the model and three members
+    assert {key: model.uuid for key, model in validation.inputs.gnn_members.items()} == members
     assert validation.inputs.mace_model.uuid == results['mace']['model'].uuid
     md_jobs = {link.link_label: link.node for link in
                node.base.links.get_outgoing(link_label_filter='thermal').one().node.base.links.get_outgoing(
@@ -250,7 +253,13 @@ def check_validation(node, results):
                                 check['sampling_shift_stderr'] * student_factor(check['n_sampling']))
             assert gap['stderr_sampling'] == pytest.approx(sampling, rel=1e-12)
             assert gap['sampling_perturbative'] == (check['sampling_beta_sigma'] <= 1.0)
-        assert gap['stderr'] == pytest.approx(np.sqrt(thermal['stderr']**2 + model**2 + sampling**2), rel=1e-12)
+        # every GNN of the ensemble corrected by its own bias on the same frames; their spread is a term
+        corrected = np.array(thermal['gap_members']) + np.array(check['gnn_bias_members'])
+        assert thermal['gap'] == pytest.approx(np.mean(thermal['gap_members']), abs=1e-9)
+        spread = np.std(corrected, ddof=1) if gap['temperature'] else 0.0
+        assert gap['stderr_members'] == pytest.approx(spread, abs=1e-9)
+        assert gap['stderr'] == pytest.approx(np.sqrt(thermal['stderr']**2 + model**2 + sampling**2 + spread**2),
+                                              rel=1e-9)
         if gap['temperature'] == 0:
             assert gap['gap'] == pytest.approx(check['teacher_gap'], abs=1e-6)  # GNN in float32
 
@@ -266,6 +275,7 @@ def check_rerun_from_given_nodes(node, results, codes, mlip, overrides):
     del builder['validation']
     compositions = results['screen']['compositions']
     builder.given = {'mace_model': results['mace']['model'], 'gnn_model': results['gnn']['model'],
+                     'gnn_members': dict(results['gnn']['members']),
                      'structures': {key: compositions[key]['lowest'] for key in compositions}}
     with enable_caching():
         outputs, rerun = engine.run_get_node(builder)
@@ -295,7 +305,8 @@ def test_study_ensemble_from_given_models(study, submit_and_await):
     overrides['validation'] = {'frames_per_point': 2}
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='demo', overrides=overrides,
                                                                 mlip_code=mlip, evaluate_code=evaluate)
-    builder.given = {'mace_model': results['mace']['model'], 'gnn_model': results['gnn']['model']}
+    builder.given = {'mace_model': results['mace']['model'], 'gnn_model': results['gnn']['model'],
+                     'gnn_members': dict(results['gnn']['members'])}
     with pytest.raises(ValueError, match='skip the dataset stage, and its relaxation with it'):
         engine.run(builder)  # the protocol relaxes; without the dataset stage it needs the relaxed end members
     builder.dataset.parents = dict(results['dataset']['parents'])
@@ -366,6 +377,8 @@ def check_screen_thermal_and_report(node, results, tmp_path):
     assert thermal.inputs.structures['x_0p500'].uuid == lowest.uuid
     assert thermal.inputs.mace_model.uuid == results['mace']['model'].uuid
     assert thermal.inputs.gnn_model.uuid == results['gnn']['model'].uuid
+    assert {key: m.uuid for key, m in thermal.inputs.gnn_members.items()} == {
+        key: m.uuid for key, m in results['gnn']['members'].items()}
     # Walk the provenance back from the 300 K gap of x = 0.5: MD, both models, their datasets, the labelling jobs
     # and the parent phonons must all be ancestors.
     gap = results['thermal']['gaps']['x_0p500_T300']

@@ -160,6 +160,33 @@ def test_thermal_gaps_count_the_frames_outside_the_gnn_domain(aiida_profile):
     assert '†' not in table_text(table_rows(budget_rows(unflagged['table']['rows'], None)))
 
 
+def test_thermal_gaps_of_an_ensemble_of_gnns(aiida_profile):
+    """With every model's gaps (predictions ``members``), each row holds every model's average over the same
+    production frames, weighted over the replicas as the mean is: their mean is the row's gap (the ensemble's
+    mean prediction), and a model shifted by a constant has an average shifted by it."""
+    from aiida import orm
+
+    from aiida_capthermo.workflows.thermal import thermal_gaps
+
+    rng = np.random.default_rng(1)
+    replicas = [{'replica': k, 'key': 'x000', 'x': 0.0, 'temperature': 300.0, 'seed': k, 'timestep': 2.0,
+                 'broke': False, 'frame_offset': 60 * k, 'n_frames': 60} for k in range(2)]
+    members = np.stack([rng.normal(1.0, 0.05, 120) + shift for shift in (-0.1, 0.0, 0.1)])
+    members[:, :4] += 0.3  # an equilibration the statistics discard
+    predictions = orm.ArrayData({'values': members.mean(axis=0), 'members': members})
+    settings = orm.Dict({'keys': ['x000'], 'temperatures': [0.0, 300.0], 'x': {'x000': 0.0}})
+    eg0 = orm.ArrayData({'values': np.array([1.2]), 'members': np.array([[1.1], [1.2], [1.3]])})
+    zero, warm = thermal_gaps(settings, eg0, results_0=orm.Dict({'replicas': replicas}),
+                              gaps_0=predictions)['table']['rows']
+    assert zero['gap_members'] == pytest.approx([1.1, 1.2, 1.3]) and warm['eg0_members'] == zero['gap_members']
+    assert np.mean(warm['gap_members']) == pytest.approx(warm['gap'], abs=1e-12)
+    assert np.diff(warm['gap_members']) == pytest.approx([0.1, 0.1], abs=0.02)
+    single = thermal_gaps(settings, orm.ArrayData({'values': np.array([1.2])}),
+                          results_0=orm.Dict({'replicas': replicas}),
+                          gaps_0=orm.ArrayData({'values': members.mean(axis=0)}))['table']['rows']
+    assert 'gap_members' not in single[1] and single[1]['gap'] == warm['gap']
+
+
 def test_batched_md_harmonic_crystal_known_answer():
     """Batched Langevin MD of a harmonic crystal in the same TorchSim engine as MACE, with the 'gap' replaced by the
     mean square displacement: the thermal average must equal the classical analytic value kT sum_nu |e_nu|^2 /

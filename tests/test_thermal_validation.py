@@ -124,6 +124,18 @@ def test_validation_rows_by_hand():
     assert three['sampling_shift'] == pytest.approx(0.02 * beta) and three['n_sampling'] == 3
     assert three['sampling_shift_stderr'] == pytest.approx(0.02 * beta)
     assert three['sampling_beta_sigma'] == pytest.approx(0.1 * beta)
+    # an ensemble of two models whose mean is model_gap: each model's own bias on the frames with a teacher gap
+    members = np.array([[0.8, 1.0, 0.0], [1.0, 0.8, 2.0]])
+    both = validation_rows(x=[0.0, 0.0, 1.0], temperature=[300.0] * 3, teacher_gap=[1.0, 0.6, np.nan],
+                           model_gap=members.mean(axis=0), n_atoms=n_atoms, energy_reference=[-4.0, -3.0, np.nan],
+                           energy_predicted=[-3.0, -3.0, 0.0], forces_reference=forces_reference,
+                           forces_predicted=forces_predicted, member_gaps=members)
+    assert both[0]['gnn_bias_members'] == pytest.approx([-0.1, -0.1]) and both[1]['gnn_bias_members'] is None
+    assert both[0]['gnn_bias'] == pytest.approx(np.mean(both[0]['gnn_bias_members']))
+    with pytest.raises(ValueError, match='member_gaps'):
+        validation_rows(x=[0.0], temperature=[300.0], teacher_gap=[1.0], model_gap=[1.0], n_atoms=[1],
+                        energy_reference=[0.0], energy_predicted=[0.0], forces_reference=np.zeros((1, 3)),
+                        forces_predicted=np.zeros((1, 3)), member_gaps=np.zeros((2, 3)))
 
 
 # ---------------------------------------------------------------------------------------------- the workchain

@@ -35,6 +35,15 @@ def validate_gnn_model(value: ModelData, _) -> str | None:
     return value.integrity_error() if value is not None else None
 
 
+def validate_members(value: dict | None, _) -> str | None:
+    """Every member of an ensemble is a GNN."""
+    for key, node in (value or {}).items():
+        error = validate_gnn_model(node, None)
+        if error:
+            return f'member {key}: {error}'
+    return None
+
+
 def validate_train_inputs(inputs: dict, _) -> str | None:
     datasets = list(inputs.get('datasets', {}).values())
     if 'dataset' in inputs:
@@ -184,6 +193,11 @@ class GnnPredictCalcJob(CapthermoCalcJob):
         super().define(spec)
         spec.input('model', valid_type=ModelData, validator=validate_gnn_model,
                    help='The trained GNN (output `model` of a GnnTrainCalcJob).')
+        spec.input_namespace('members', valid_type=ModelData, dynamic=True, required=False,
+                             validator=validate_members,
+                             help='Other members of an ensemble of GNNs with the same target (sorted by key): '
+                                  '`values` is then the mean of `model` and the members, and `members` holds each '
+                                  'one\'s predictions (`model` first).')
         spec.input('dataset', valid_type=DatasetData, required=False, help='Structures as a dataset node.')
         spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, required=False,
                              help='Structures keyed by label; predictions come in sorted key order.')
@@ -198,7 +212,8 @@ class GnnPredictCalcJob(CapthermoCalcJob):
         spec.inputs.validator = cls.validate_inputs
         spec.inputs['metadata']['options']['parser_name'].default = 'capthermo.gnn_predict'
         spec.output('predictions', valid_type=orm.ArrayData,
-                    help='Array `values` [n_structures] in the model target units (eV for gaps), plus `x` and '
+                    help='Array `values` [n_structures] in the model target units (eV for gaps; with `members` the '
+                         'mean of the models), `members` [n_models, n_structures] with members, plus `x` and '
                          '`temperature` (K) of the structures; attributes target, units, model_sha256.')
         spec.output('bond_importance', valid_type=orm.Dict, required=False,
                     help='Edge importance per bond type: mean, std, count, share.')
@@ -228,9 +243,13 @@ class GnnPredictCalcJob(CapthermoCalcJob):
     def prepare_for_submission(self, folder):
         _write_dataset(folder, self._STRUCTURES, self._labelled_set())
         _write_model(folder, self.inputs.model, MODEL_DIR)
+        members = []
+        for key in sorted(self.inputs.get('members', {})):
+            _write_model(folder, self.inputs.members[key], f'{MODEL_DIR}_{key}')
+            members += ['--member', f'{MODEL_DIR}_{key}']
         predict = CodeInfo()
         predict.code_uuid = self.inputs.code.uuid
-        predict.cmdline_params = ['--summary', self._SUMMARY, 'predict', '--model', MODEL_DIR, '--dataset',
+        predict.cmdline_params = ['--summary', self._SUMMARY, 'predict', '--model', MODEL_DIR, *members, '--dataset',
                                   self._STRUCTURES, '--batch-size', str(self.inputs.batch_size.value),
                                   '--output', self._PREDICTIONS]
         predict.stdout_name = self.metadata.options.output_filename

@@ -708,7 +708,11 @@ def find_gap(x, temperature, study, as_json):
                 f', potential sampling {values["stderr_sampling"]:.4f} eV (first-order shift '
                 f'{values["sampling_shift"]:+.4f} eV' + ('' if values.get('sampling_perturbative')
                                                         else ', beyond first order: an order of magnitude') + ')')
-            click.echo(f'  error budget: statistical {values["stderr_statistical"]:.4f} eV, {model}{sampling}')
+            members = '' if values.get('stderr_members') is None else (
+                f', GNN ensemble {values["stderr_members"]:.4f} eV '
+                f'({len(values.get("gap_members_corrected") or [])} models)')
+            click.echo(f'  error budget: statistical {values["stderr_statistical"]:.4f} eV, {model}{sampling}'
+                       f'{members}')
         found = _configuration(gap)
         if found is not None:
             click.echo(f'  {_configuration_line(found)}')

@@ -5,7 +5,9 @@ Subcommands
 ``train``    datasets (``LabelledSet`` ``.npz``) + hyper-parameter file (JSON/YAML) [+ parent model dir] ->
              ``model.pt``, ``model.json``, ``metrics.json``, ``parity.npz``, ``parity.png``, ``parity.pdf``,
              ``training_curve.json``, ``checkpoint.pt``, ``summary.json``.
-``predict``  model dir + dataset -> ``predictions.npz`` (``values`` in the target's units), ``summary.json``.
+``predict``  model dir (+ ``--member`` dirs) + dataset -> ``predictions.npz`` (``values`` in the target's units:
+             the mean of the models; with members also ``members`` [n_models, n_structures], the model first),
+             ``summary.json``.
 ``explain``  model dir + dataset -> ``explanation.json`` (edge importance per bond type), ``explanation.png``.
 
 Every run writes ``summary.json`` (inputs, units, outputs, timings; ``error`` and ``error_kind`` on failure:
@@ -42,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser('predict', help='Predict the target for every structure of a dataset.')
     predict.add_argument('--model', required=True, help='Model directory (model.pt + model.json).')
+    predict.add_argument('--member', action='append', default=[],
+                         help='Directory of another member of an ensemble (same target); repeat. `values` is then the '
+                              'mean of all the models, `members` each one\'s.')
     predict.add_argument('--dataset', required=True, help='LabelledSet .npz of the structures.')
     predict.add_argument('--batch-size', type=int, default=256, help='Structures per batch.')
     predict.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='Torch device.')
@@ -111,9 +116,15 @@ def run_predict(args, summary: dict) -> None:
 
     device = select_device(args.device)
     loaded = load_model(args.model, device=device)
+    members = [load_model(path, device=device) for path in args.member]
+    for path, member in zip(args.member, members):
+        if member.target != loaded.target:
+            raise ValueError(f'member {path} predicts {member.target!r}, the model {loaded.target!r}')
     labelled = LabelledSet.load(args.dataset)
     start = time.perf_counter()
-    values = predict(loaded, labelled, batch_size=args.batch_size, device=device)
+    each = np.array([predict(model, labelled, batch_size=args.batch_size, device=device)
+                     for model in (loaded, *members)])
+    values = each.mean(axis=0)
     seconds = time.perf_counter() - start
     outside = np.zeros(len(labelled), dtype=bool)  # flagged, not refused: MD frames are predicted all the same
     reasons: dict[str, int] = {}
@@ -125,8 +136,11 @@ def run_predict(args, summary: dict) -> None:
             outside[index] = bool(found)
             for kind in map(violation_kind, found):
                 reasons[kind] = reasons.get(kind, 0) + 1
-    np.savez(args.output, values=values, x=labelled.x, temperature=labelled.temperature, outside_domain=outside)
+    arrays = {'members': each} if members else {}
+    np.savez(args.output, values=values, x=labelled.x, temperature=labelled.temperature, outside_domain=outside,
+             **arrays)
     summary.update(target=loaded.target, units={'values': loaded.metadata['units']}, n_structures=len(labelled),
+                   n_models=len(each), member_sha256=[member.metadata['sha256'] for member in members],
                    device=str(device), model_sha256=loaded.metadata['sha256'], outputs=[args.output],
                    prediction_seconds=seconds, structures_per_second=len(labelled) / seconds if seconds else None,
                    n_outside_domain=int(outside.sum()), outside_domain_reasons=reasons)

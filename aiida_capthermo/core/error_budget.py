@@ -61,7 +61,22 @@ estimate, not a correction (the engine's energies are of the cells the potential
 in quadrature. ΔEg gets ``|sum_i (w'_i - w_i) (Eg_i - Eg_i(0))|`` instead, since a wrong weight moves Eg(T) and
 Eg(0) together. Without an engine energy for every configuration the term is None and left out, and the row says so.
 
-Not included yet: the spread of an ensemble of models.
+**An ensemble of GNNs.** With ``M`` GNNs trained alike from other seeds (other splits, initial weights and batch
+orders), "the GNN" is their mean: its average over the frames is the mean of the models' averages ``<Eg_m>``, and
+its bias the mean of theirs ``b_m``. Every model gives its own corrected estimate ``Eg_m = <Eg_m> + b_m``; their
+standard deviation over the models (ddof 1)
+
+    s_members = std_m(Eg_m)
+
+is how much the answer depends on which equally good model was trained, and enters ``s_total`` in quadrature. It
+is small where the correction works (every model is corrected on the same frames: what differs is only the
+models' disagreement off the validation frames) and it is the only model error of a row without validation, where
+it is ``std_m(<Eg_m>)``. It is the spread of one model, not the standard error of the mean of ``M``: the models
+share their training data and its gaps, so their errors are not independent. At T = 0 a validated row has the
+teacher's gap whatever the model, and ``s_members = 0``. Configurations of one composition share the ensemble, so
+for their weighted average the spread is taken of the models' weighted averages ``sum_i w_i Eg_i,m``.
+
+Not included: the spread over ensembles of potentials (the MD's distribution and the relaxed structures).
 
 No AiiDA and no torch here.
 """
@@ -74,7 +89,7 @@ from collections.abc import Sequence
 from aiida_capthermo.core.validation import PERTURBATIVE_LIMIT
 
 __all__ = ['ESTIMATOR', 'student_factor', 'corrected_gap', 'budget_rows', 'point_match', 'engine_weights',
-           'ensemble_rows']
+           'ensemble_rows', 'member_spread']
 
 #: Name of the estimator recorded beside every corrected gap.
 ESTIMATOR = 'control_variate'
@@ -97,8 +112,19 @@ def one_sigma(stderr: float, n: int | None) -> float:
     return stderr * (student_factor(n) if n and n >= 2 and stderr > 0 else 1.0)
 
 
+def member_spread(values: Sequence[float] | None) -> float | None:
+    """Standard deviation (ddof 1) of the models' estimates of one gap; None for fewer than two models."""
+    if values is None or len(values) < 2:
+        return None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f'the models\' estimates {list(values)} are not all finite')
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | None, bias_stderr: float | None,
-                  temperature: float, n_validation: int | None = None, sampling: dict | None = None) -> dict:
+                  temperature: float, n_validation: int | None = None, sampling: dict | None = None,
+                  stderr_members: float | None = None) -> dict:
     """Control-variate estimate of the teacher's thermal average of the gap, with its error components (eV).
 
     Parameters
@@ -116,14 +142,17 @@ def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | Non
         The potential's first-order sampling shift of this (x, T) (``shift``, ``shift_stderr``, ``beta_sigma``,
         ``n``: :func:`aiida_capthermo.core.validation.sampling_shift`); None or None values: not estimated. Its
         term is ``sqrt(shift^2 + (student_factor(n) * shift_stderr)^2)``.
+    stderr_members
+        The spread of the ensemble's estimates of this gap (:func:`member_spread`: of the corrected ones where
+        validated, of the models' averages where not); None: one model.
 
     Returns
     -------
     dict
         ``gap`` (the estimate), ``gap_model``, ``bias``, ``stderr_statistical``, ``stderr_model`` (the bias's
         standard error times the Student factor), ``sampling_shift``, ``stderr_sampling`` (None where not
-        estimated), ``sampling_perturbative`` (None where not estimated), ``stderr`` (total, in quadrature),
-        ``validated``, ``estimator``.
+        estimated), ``sampling_perturbative`` (None where not estimated), ``stderr_members`` (None: one model),
+        ``stderr`` (total, in quadrature), ``validated``, ``estimator``.
     """
     if not math.isfinite(model_gap) or not math.isfinite(stderr_statistical) or stderr_statistical < 0:
         raise ValueError(f'model gap {model_gap} ± {stderr_statistical} is not a finite estimate')
@@ -134,14 +163,19 @@ def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | Non
         term['stderr_sampling'] = math.hypot(shift, one_sigma(sampling.get('shift_stderr') or 0.0, sampling.get('n')))
         term['sampling_perturbative'] = bool(sampling.get('beta_sigma') is not None
                                              and sampling['beta_sigma'] <= PERTURBATIVE_LIMIT)
+    if stderr_members is not None and not (math.isfinite(stderr_members) and stderr_members >= 0):
+        raise ValueError(f'the ensemble spread {stderr_members} is not a finite error')
+    term['stderr_members'] = stderr_members
     if temperature == 0 and bias is not None:
         bias_stderr = 0.0
+        term['stderr_members'] = 0.0 if stderr_members is not None else None  # the teacher's gap, whatever the model
+    systematic = (term['stderr_sampling'] or 0.0) ** 2 + (term['stderr_members'] or 0.0) ** 2
     if bias is None or bias_stderr is None:
         return {'gap': model_gap, 'gap_model': model_gap, 'bias': None, 'stderr_statistical': stderr_statistical,
-                'stderr_model': None, **term, 'stderr': math.hypot(stderr_statistical, term['stderr_sampling'] or 0.0),
+                'stderr_model': None, **term, 'stderr': math.sqrt(stderr_statistical**2 + systematic),
                 'validated': False, 'estimator': 'model'}
     model = one_sigma(bias_stderr, n_validation)
-    total = math.sqrt(stderr_statistical**2 + model**2 + (term['stderr_sampling'] or 0.0) ** 2)
+    total = math.sqrt(stderr_statistical**2 + model**2 + systematic)
     return {'gap': model_gap + bias, 'gap_model': model_gap, 'bias': bias, 'stderr_statistical': stderr_statistical,
             'stderr_model': model, **term, 'stderr': total, 'validated': True, 'estimator': ESTIMATOR}
 
@@ -163,7 +197,8 @@ def budget_rows(thermal_rows: Sequence[dict], validation_rows: Sequence[dict] | 
     list of dict
         Per input row, its keys plus those of :func:`corrected_gap`, ``n_validation`` (teacher-labelled frames),
         ``teacher_gap`` (their mean, eV), ``eg0`` and ``eg0_stderr``, ``delta_gap`` and ``delta_gap_stderr`` (eV),
-        ``relative_change``.
+        ``relative_change``; ``gap_members_corrected``: every model's estimate with an ensemble of GNNs (eV; None
+        with one model).
     """
     validation = {point_match(r['x'], r['temperature'], r.get('key')): r for r in (validation_rows or [])}
     corrected = []
@@ -173,10 +208,13 @@ def budget_rows(thermal_rows: Sequence[dict], validation_rows: Sequence[dict] | 
         bias = check.get('gnn_bias') if check.get('n_gap') else None
         sampling = {'shift': check.get('sampling_shift'), 'shift_stderr': check.get('sampling_shift_stderr'),
                     'beta_sigma': check.get('sampling_beta_sigma'), 'n': check.get('n_sampling')}
+        members = _member_estimates(row.get('gap_members'), check.get('gnn_bias_members') if bias is not None
+                                    else None, bias is not None)
         budget = corrected_gap(float(row['gap']), float(row['stderr']), bias, check.get('gnn_bias_stderr'),
-                               float(row['temperature']), int(check.get('n_gap') or 0) or None, sampling)
+                               float(row['temperature']), int(check.get('n_gap') or 0) or None, sampling,
+                               member_spread(members))
         corrected.append({**row, **budget, 'n_validation': int(check.get('n_gap') or 0),
-                          'teacher_gap': check.get('teacher_gap')})
+                          'teacher_gap': check.get('teacher_gap'), 'gap_members_corrected': members})
     zero = {row['key']: row for row in corrected if row['temperature'] == 0}
     for row in corrected:
         reference = zero.get(row['key'])
@@ -189,6 +227,19 @@ def budget_rows(thermal_rows: Sequence[dict], validation_rows: Sequence[dict] | 
         row['delta_gap_stderr'] = 0.0 if row['temperature'] == 0 else math.hypot(row['stderr'], eg0_stderr)
         row['relative_change'] = row['delta_gap'] / eg0 if eg0 else None
     return corrected
+
+
+def _member_estimates(gaps: Sequence[float] | None, biases: Sequence[float] | None,
+                      validated: bool) -> list[float] | None:
+    """Every model's estimate of a gap: its average plus its bias where the row is validated, its average where
+    it is not; None without an ensemble (or, validated, without every model's bias)."""
+    if gaps is None or len(gaps) < 2:
+        return None
+    if not validated:
+        return [float(g) for g in gaps]
+    if biases is None or len(biases) != len(gaps):
+        return None
+    return [float(g) + float(b) for g, b in zip(gaps, biases)]
 
 
 def engine_weights(weights: dict[str, float], energy_bias: dict[str, float], temperature: float) -> dict:
@@ -236,7 +287,9 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]],
         average): ``key`` (the composition's), ``x``, ``temperature``; ``gap``, ``gap_model``, ``bias``,
         ``teacher_gap``, ``eg0`` and ``delta_gap`` weighted averages (eV); ``stderr_statistical``,
         ``stderr_model``, ``eg0_stderr`` in quadrature with the squared weights, ``stderr_sampling`` and
-        ``sampling_shift`` summed with the weights, ``stderr`` their quadrature sum, ``delta_gap_stderr``;
+        ``sampling_shift`` summed with the weights, ``stderr_members`` the spread of the GNN models' weighted
+        averages (``gap_members_corrected``; None with one model), ``stderr`` their quadrature sum,
+        ``delta_gap_stderr``;
         ``configuration_spread`` (eV); ``validated``, ``sampling_perturbative`` (every configuration's);
         ``n_validation``, ``n_frames``, ``n_independent``, ``n_outside_domain`` (summed); ``relative_change``;
         ``stderr_weights`` (eV, in ``stderr``; None where not estimated); ``configurations`` (``key``,
@@ -292,7 +345,12 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]],
         statistical, model = quadrature(members, 'stderr_statistical'), quadrature(members, 'stderr_model')
         sampling = weighted(members, 'stderr_sampling')
         eg0, eg0_stderr = weighted(members, 'eg0'), quadrature(members, 'eg0_stderr') or 0.0
-        core = math.sqrt(sum(v**2 for v in (statistical, model, sampling) if v is not None))
+        per_model = [m.get('gap_members_corrected') for _, m in members]
+        models = None
+        if all(v is not None for v in per_model) and len({len(v) for v in per_model}) == 1:
+            models = [sum(w * v[j] for (w, _), v in zip(members, per_model)) for j in range(len(per_model[0]))]
+        spread = member_spread(models)
+        core = math.sqrt(sum(v**2 for v in (statistical, model, sampling, spread) if v is not None))
         shift = reweighted.get(composition)
         if shift is not None:  # the weights' error of Eg(T), and of ΔEg
             moved = [(shift[m['key']] - w, m) for w, m in members]
@@ -307,7 +365,8 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]],
             'gap_model': weighted(members, 'gap_model'), 'bias': weighted(members, 'bias'),
             'teacher_gap': weighted(members, 'teacher_gap'), 'stderr_statistical': statistical,
             'stderr_model': model, 'stderr_sampling': sampling, 'sampling_shift': weighted(members, 'sampling_shift'),
-            'sampling_perturbative': None if None in perturbative else all(perturbative), 'stderr': stderr,
+            'sampling_perturbative': None if None in perturbative else all(perturbative),
+            'stderr_members': spread, 'gap_members_corrected': models, 'stderr': stderr,
             'validated': all(m.get('validated') for _, m in members),
             'estimator': members[0][1].get('estimator'), 'n_validation': total(members, 'n_validation'),
             'n_frames': total(members, 'n_frames'), 'n_independent': total(members, 'n_independent'),

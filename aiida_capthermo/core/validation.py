@@ -290,7 +290,7 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
                     model_gap: Sequence[float], n_atoms: Sequence[int], energy_reference: Sequence[float],
                     energy_predicted: Sequence[float], forces_reference: np.ndarray,
                     forces_predicted: np.ndarray, points: Sequence[str] | None = None,
-                    keys: Sequence[str | None] | None = None) -> list[dict]:
+                    keys: Sequence[str | None] | None = None, member_gaps: np.ndarray | None = None) -> list[dict]:
     """Errors of both models per validation point (a structure at T, or an (x, T)) on the validation frames.
 
     Parameters
@@ -308,6 +308,8 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
     points, keys
         [n_frames] the point of every frame (:func:`point_key`) and the structure it comes from; None: points per
         (x, T) without a structure.
+    member_gaps
+        [n_models, n_frames] eV: every model's gap where ``model_gap`` is the mean of an ensemble; None: one model.
 
     Returns
     -------
@@ -318,12 +320,17 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
         ``gnn_mae``, ``gnn_rmse`` (eV), ``n_gap``; ``force_mae``, ``force_rmse`` (eV/Å), ``energy_per_atom_mae``,
         ``energy_per_atom_bias`` (reference - MLIP, eV/atom), ``n_mlip`` (frames with energy and forces);
         ``sampling_shift``, ``sampling_shift_stderr`` (eV), ``sampling_beta_sigma`` and ``n_sampling`` from
-        :func:`sampling_shift` on the frames with a teacher gap and both energies.
+        :func:`sampling_shift` on the frames with a teacher gap and both energies; with ``member_gaps``,
+        ``gnn_bias_members``: every model's mean(teacher - model) on the frames of ``gnn_bias`` (eV).
     """
     x = np.asarray(x, dtype=float)
     temperature = np.asarray(temperature, dtype=float)
     teacher_gap = np.asarray(teacher_gap, dtype=float)
     model_gap = np.asarray(model_gap, dtype=float)
+    if member_gaps is not None:
+        member_gaps = np.asarray(member_gaps, dtype=float)
+        if member_gaps.ndim != 2 or member_gaps.shape[1] != len(model_gap):
+            raise ValueError(f'member_gaps must be [n_models, {len(model_gap)}], got {member_gaps.shape}')
     n_atoms = np.asarray(n_atoms, dtype=np.int64)
     energy_reference = np.asarray(energy_reference, dtype=float)
     energy_predicted = np.asarray(energy_predicted, dtype=float)
@@ -366,4 +373,7 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
             'n_mlip': int(mlip.size), 'sampling_shift': sampling['shift'],
             'sampling_shift_stderr': sampling['shift_stderr'], 'sampling_beta_sigma': sampling['beta_sigma'],
             'n_sampling': sampling['n']})
+        if member_gaps is not None:
+            rows[-1]['gnn_bias_members'] = ([float(np.mean(teacher_gap[gaps] - member[gaps])) for member in member_gaps]
+                                            if gaps.size else None)
     return rows

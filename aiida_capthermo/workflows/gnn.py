@@ -10,12 +10,17 @@ active learning makes them) teach the model the thermal disorder it will be aver
 join stage one at no extra cost, and ``md_high_labels`` of them, spread over their (x, T), are labelled by the high
 engine (``high_engine``, a budget of teacher labels) and join stage two. The thermal stage's own frames, on which
 the validation stage checks the model, are never among them.
+
+With ``members`` > 1 the stage trains an ensemble: member i exactly as the model but with the hyper-parameters' seed
+plus i (another split, initial weights and batch order), in both stages, its second stage from its own first. The
+thermal and validation stages predict with every member; the spread of the models' corrected gaps is a term of the
+error budget (:mod:`aiida_capthermo.core.error_budget`).
 """
 
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, if_
+from aiida.engine import ToContext, WorkChain, calcfunction, if_
 
 from aiida_capthermo.calculations.base import code_validator, validate_options
 from aiida_capthermo.calculations.gnn import GnnTrainCalcJob
@@ -29,12 +34,42 @@ from aiida_capthermo.workflows.functions import frames_to_structures, spread_sub
 from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options
 from aiida_capthermo.workflows.validation import supplied_by_parent
 
-__all__ = ['GnnTwoStageWorkChain']
+__all__ = ['GnnTwoStageWorkChain', 'member_label']
+
+
+#: Most models of an ensemble (each one is a training job per stage).
+MAX_MEMBERS = 16
+
+
+def member_label(index: int) -> str:
+    """Output key of ensemble member ``index`` (1, 2, ...; the ``model`` output is member 0)."""
+    return f'member_{index:02d}'
+
+
+@calcfunction
+def collect_member_metrics(seeds: orm.List, **metrics: orm.Dict) -> orm.Dict:
+    """Per model of the ensemble (``model`` first, then the members by key) its seed and its validation and test
+    MAE; their mean and standard deviation over the models."""
+    import numpy as np
+
+    rows = []
+    for seed, key in zip(seeds.get_list(), sorted(metrics, key=lambda k: (k != 'model', k))):
+        values = metrics[key].get_dict()
+        rows.append({'model': key, 'seed': seed, 'units': values.get('units'),
+                     **{f'{split}_mae': (values.get(split) or {}).get('mae') for split in ('validation', 'test')}})
+    summary = {}
+    for split in ('validation', 'test'):
+        found = [row[f'{split}_mae'] for row in rows if row[f'{split}_mae'] is not None]
+        summary[f'{split}_mae_mean'] = float(np.mean(found)) if found else None
+        summary[f'{split}_mae_std'] = float(np.std(found, ddof=1)) if len(found) > 1 else None
+    return orm.Dict({'models': rows, **summary})
 
 
 def validate_inputs(inputs, ports) -> str | None:
     """High-fidelity labels of MD frames need the high engine. (Without md_frames or a high-fidelity set, the
     protocol's md_high_labels has nothing to label and is not used.)"""
+    if 'members' in inputs and not 1 <= inputs['members'].value <= MAX_MEMBERS:
+        return f'members must be between 1 and {MAX_MEMBERS}, got {inputs["members"].value}'
     n = inputs['md_high_labels'].value if 'md_high_labels' in inputs else 0
     if n < 0:
         return f'md_high_labels must be >= 0, got {n}'
@@ -77,6 +112,10 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
                         'stage (the budget of teacher labels on thermal frames); 0: none.')
         spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0),
                    help='Seed of the choice of the md_high_labels frames.')
+        spec.input('members', valid_type=orm.Int, default=lambda: orm.Int(1),
+                   help='Models of the ensemble: member i is trained like `model` with the hyper-parameters\' seed '
+                        'plus i (another split, initialisation and batch order) in both stages, its second stage '
+                        'from its own first. The spread of their gaps is a model error of the thermal gaps.')
         spec.input('batch_size', valid_type=orm.Int, default=lambda: orm.Int(20),
                    help='At most this many MD frames per high-fidelity labelling job.')
         spec.input('max_concurrent', valid_type=orm.Int, default=lambda: orm.Int(4),
@@ -100,6 +139,12 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
         spec.output('metrics', valid_type=orm.Dict, help='Metrics per split of `model`.')
         spec.output('parity_plot', valid_type=orm.SinglefileData, required=False,
                     help='Parity plot of `model` (PNG).')
+        spec.output_namespace('members', valid_type=ModelData, dynamic=True, required=False,
+                              help='The other members of the ensemble (member_01, ...; `model` is member 0), as '
+                                   '`model`: from the last stage.')
+        spec.output('member_metrics', valid_type=orm.Dict, required=False,
+                    help='With members: per model (`model` first) its seed and validation and test MAE (target '
+                         'units) of the last stage, and their mean and spread.')
         spec.output('md_high', valid_type=DatasetData, required=False,
                     help='The high-fidelity gaps (eV) of the md_high_labels MD frames the second stage trained on.')
         spec.exit_code(EXIT_CODES['ERROR_MD_LABELLING_FAILED'], 'ERROR_MD_LABELLING_FAILED',
@@ -131,6 +176,26 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
             inputs['metadata']['options'] = self.inputs.options.get_dict()
         return inputs
 
+    def _submit_members(self, stage: str, hyperparameters: orm.Dict, datasets: dict, parent: str | None = None):
+        """One training job per member of the ensemble: member i with the seed plus i (member 0 as given)."""
+        jobs = {}
+        for index in range(self.inputs.members.value):
+            hyper = hyperparameters
+            label = f'gnn_{stage}' if index == 0 else f'gnn_{stage}_{member_label(index)}'
+            if index:
+                values = hyperparameters.get_dict()
+                hyper = orm.Dict({**values, 'seed': int(values.get('seed', 0)) + index})
+            inputs = self._inputs(hyper, label, **datasets)
+            if parent is not None:
+                inputs['parent_model'] = self.ctx[parent if index == 0 else f'{parent}_{member_label(index)}'
+                                                  ].outputs.model
+            jobs[label] = self.submit(GnnTrainCalcJob, **inputs)
+        return ToContext(**jobs)
+
+    def _member_nodes(self, stage: str) -> list:
+        return [self.ctx[f'gnn_{stage}' if index == 0 else f'gnn_{stage}_{member_label(index)}']
+                for index in range(self.inputs.members.value)]
+
     def should_label_md(self) -> bool:
         return (self.inputs.md_high_labels.value > 0 and 'high' in self.inputs and 'md_frames' in self.inputs
                 and 'code' in self.inputs.get('high_engine', {}))
@@ -161,11 +226,10 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
             datasets['equilibrium'] = self.inputs.equilibrium
         if 'md_frames' in self.inputs:
             datasets['md'] = self.inputs.md_frames
-        return ToContext(gnn_low=self.submit(GnnTrainCalcJob, **self._inputs(self.inputs.hyperparameters,
-                                                                              'gnn_low', **datasets)))
+        return self._submit_members('low', self.inputs.hyperparameters, datasets)
 
     def inspect_low(self):
-        return self._take(self.ctx.gnn_low, 'low')
+        return self._take_members('low')
 
     def has_high_fidelity(self) -> bool:
         return 'high' in self.inputs
@@ -175,12 +239,17 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
         datasets = {'high': self.inputs.high}
         if 'md_labels' in self.ctx:
             datasets['md'] = self.ctx.md_labels.outputs.labels
-        inputs = self._inputs(hyperparameters, 'gnn_high', **datasets)
-        inputs['parent_model'] = self.ctx.gnn_low.outputs.model
-        return ToContext(gnn_high=self.submit(GnnTrainCalcJob, **inputs))
+        return self._submit_members('high', hyperparameters, datasets, parent='gnn_low')
 
     def inspect_high(self):
-        return self._take(self.ctx.gnn_high, 'high')
+        return self._take_members('high')
+
+    def _take_members(self, stage: str):
+        for index, node in enumerate(self._member_nodes(stage)):
+            error = self._take(node, stage if index == 0 else f'{stage}, {member_label(index)}')
+            if error:
+                return error
+        return None
 
     def _take(self, node, stage: str):
         if not node.is_finished_ok:
@@ -202,3 +271,11 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
         self.out('metrics', final.outputs.metrics)
         if 'parity_plot' in final.outputs:
             self.out('parity_plot', final.outputs.parity_plot)
+        if self.inputs.members.value > 1:
+            nodes = self._member_nodes('high' if 'gnn_high' in self.ctx else 'low')
+            for index, node in enumerate(nodes[1:], start=1):
+                self.out(f'members.{member_label(index)}', node.outputs.model)
+            seeds = orm.List([int(node.inputs.hyperparameters.get('seed', 0)) for node in nodes])
+            self.out('member_metrics', collect_member_metrics(seeds, **{
+                'model' if index == 0 else member_label(index): node.outputs.metrics
+                for index, node in enumerate(nodes)}))

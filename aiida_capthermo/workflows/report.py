@@ -43,7 +43,7 @@ def styled(draw):
 ROW_COLUMNS = ('gap', 'stderr', 'stderr_statistical', 'stderr_model', 'stderr_sampling', 'sampling_shift',
                'sampling_perturbative', 'gap_model', 'bias', 'n_validation', 'teacher_gap', 'validated', 'delta_gap',
                'delta_gap_stderr', 'relative_change', 'n_frames', 'n_independent', 'n_outside_domain',
-               'configuration_spread', 'stderr_weights')
+               'configuration_spread', 'stderr_weights', 'stderr_members')
 
 
 def column(row: dict, name: str, index: int):
@@ -154,11 +154,12 @@ def table_text(rows: list[dict]) -> str:
 def table_csv(rows: list[dict]) -> str:
     """Table I as CSV: one line per (x, T) with the gap, its total, statistical and model errors, the model's own
     average and the bias removed, Eg(0), ΔEg and its error (eV), the relative change, and the samples behind it
-    (teacher frames, MD frames averaged, those outside the GNN's domain, independent samples)."""
+    (teacher frames, MD frames averaged, those outside the GNN's domain, independent samples), the configurations'
+    spread, the weights' error and the spread over an ensemble of GNNs (eV)."""
     lines = ['x,temperature_K,gap_eV,stderr_eV,stderr_statistical_eV,stderr_model_eV,stderr_sampling_eV,'
              'sampling_shift_eV,sampling_perturbative,gap_model_eV,bias_eV,'
              'n_validation,validated,eg0_eV,delta_gap_eV,delta_gap_stderr_eV,relative_change,n_frames,n_outside_domain,'
-             'n_independent,configuration_spread_eV,stderr_weights_eV']
+             'n_independent,configuration_spread_eV,stderr_weights_eV,stderr_members_eV']
 
     def number(value) -> str:
         return '' if value is None else f'{value:.6f}'
@@ -180,7 +181,7 @@ def table_csv(rows: list[dict]) -> str:
                 number(row['eg0']), number(row['delta_gap'][i]), number(row['delta_gap_stderr'][i]),
                 number(row['relative_change'][i]), count(row, 'n_frames', i), count(row, 'n_outside_domain', i),
                 number(column(row, 'n_independent', i)), number(column(row, 'configuration_spread', i)),
-                number(column(row, 'stderr_weights', i))]))
+                number(column(row, 'stderr_weights', i)), number(column(row, 'stderr_members', i))]))
     return '\n'.join(lines) + '\n'
 
 

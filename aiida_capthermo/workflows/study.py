@@ -46,8 +46,8 @@ MACE_SUPPLIED = ('dataset', 'prototype', 'parents', 'supercell', 'engine', 'batc
 #: Inputs of the GNN stage that the study supplies: the datasets, the potential's MD frames, the high engine.
 GNN_SUPPLIED = ('low', 'equilibrium', 'high', 'md_frames', 'high_engine', 'batch_size', 'max_concurrent')
 #: Inputs of the validation stage that the study supplies: the thermal stage's frames, the models and the engines.
-VALIDATION_SUPPLIED = ('frames', 'relaxed', 'replicas', 'mace_model', 'gnn_model', 'gnn_code', 'evaluate_code', 'low',
-                       'high')
+VALIDATION_SUPPLIED = ('frames', 'relaxed', 'replicas', 'mace_model', 'gnn_model', 'gnn_members', 'gnn_code',
+                       'evaluate_code', 'low', 'high')
 
 
 def _with_defaults(process, given: dict, extra: dict) -> dict:
@@ -206,6 +206,8 @@ def validate_study(inputs, _) -> str | None:
                                        structure_keys)
         if error:
             return f'thermal: {error}'
+    if given.get('gnn_members') and 'gnn_model' not in given:
+        return 'given.gnn_members are the other models of a given GNN\'s ensemble: give given.gnn_model too'
     gnn = inputs.get('gnn', {})
     targets = {gnn[key].get('target', 'gap') for key in ('hyperparameters', 'finetune_hyperparameters') if key in gnn}
     if 'thermal' in inputs and targets - {'gap'}:
@@ -339,6 +341,9 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                    help='An existing MACE potential: no MACE training, refinement or MD check.')
         spec.input('given.gnn_model', valid_type=ModelData, required=False,
                    help='An existing band-gap GNN (the one the thermal stage uses): no GNN training.')
+        spec.input_namespace('given.gnn_members', valid_type=ModelData, dynamic=True, required=False,
+                             help='The other members of the given GNN\'s ensemble (a GNN stage\'s `members`), '
+                                  'with given.gnn_model.')
         spec.input_namespace('given.structures', valid_type=orm.StructureData, dynamic=True, required=False,
                              help='Structures of the thermal stage by key (each with its x): no screen.')
         spec.expose_inputs(SolidSolutionScreenWorkChain, namespace='screen',
@@ -347,7 +352,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                                               'help': 'The solid-solution screen with the final potential (the '
                                                       'prototype and supercell are the dataset\'s); none: no screen.'})
         spec.expose_inputs(ThermalGapWorkChain, namespace='thermal',
-                           exclude=('structures', 'mace_model', 'gnn_model', 'gnn_code'),
+                           exclude=('structures', 'mace_model', 'gnn_model', 'gnn_members', 'gnn_code'),
                            namespace_options={'required': False, 'populate_defaults': False,
                                               'help': 'Thermal band gaps of the screen\'s lowest configurations '
                                                       '(or given.structures) with the potential and the GNN (its '
@@ -399,8 +404,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         spec.output_namespace('gaps', valid_type=orm.Dict, dynamic=True, required=False,
                               help='Per (structure, T), `<key>_T<T>`: the gap of Table I with its error budget: gap, '
                                    'stderr (total), stderr_statistical, stderr_model, stderr_sampling (the '
-                                   'potential\'s, first-order), sampling_shift, sampling_perturbative, gap_model, '
-                                   'bias, n_validation, '
+                                   'potential\'s, first-order), sampling_shift, sampling_perturbative, '
+                                   'stderr_members (spread over an ensemble of GNNs), gap_model, bias, n_validation, '
                                    'validated, estimator, eg0, delta_gap, delta_gap_stderr (eV), relative_change; x, '
                                    'temperature (K).')
         spec.output('table_csv', valid_type=orm.SinglefileData, required=False, help='Table I as CSV.')
@@ -493,6 +498,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         """The two-stage GNN (unless given) on the datasets and the potential's labelled MD frames."""
         self.ctx.gnn_model = self._given().get('gnn_model')
         if self.ctx.gnn_model is not None:
+            self.ctx.gnn_members = dict(self._given().get('gnn_members', {}))
             return None
         dataset = self.inputs.dataset
         inputs = self.exposed_inputs(GnnTwoStageWorkChain, 'gnn')
@@ -512,6 +518,7 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                                  {'gnn_parity_low': 'parity_plot_low', 'gnn_parity': 'parity_plot'})
         if error is None:
             self.ctx.gnn_model = self.ctx.gnn.outputs.model
+            self.ctx.gnn_members = dict(self.ctx.gnn.outputs.get('members', {}))
         return error
 
     # ------------------------------------------------------------------ screen and thermal gaps
@@ -587,6 +594,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                 inputs['coupling'] = orm.Dict(coupling)
         inputs.update(structures=structures, mace_model=self.ctx.mace_model, gnn_model=self.ctx.gnn_model,
                       gnn_code=self.inputs.gnn.code, metadata={'call_link_label': 'thermal'})
+        if self.ctx.get('gnn_members'):
+            inputs['gnn_members'] = self.ctx.gnn_members
         self.report(f'thermal gaps of {sorted(structures)} at {inputs["temperatures"].get_list()} K')
         return ToContext(thermal=self.submit(ThermalGapWorkChain, **inputs))
 
@@ -620,6 +629,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                       gnn_model=self.ctx.gnn_model, gnn_code=self.inputs.gnn.code,
                       evaluate_code=self.inputs.mace.evaluate_code, low=dict(dataset.low),
                       metadata={'call_link_label': 'validation'})
+        if self.ctx.get('gnn_members'):
+            inputs['gnn_members'] = self.ctx.gnn_members
         if 'code' in dataset.get('high', {}):
             inputs['high'] = dict(dataset.high)
         return ToContext(validation=self.submit(ThermalValidationWorkChain, **inputs))

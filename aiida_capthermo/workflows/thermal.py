@@ -23,7 +23,7 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, while_
 
 from aiida_capthermo.calculations.base import code_validator, job_options, pydantic_error, validate_options
-from aiida_capthermo.calculations.gnn import GnnPredictCalcJob, validate_gnn_model
+from aiida_capthermo.calculations.gnn import GnnPredictCalcJob, validate_gnn_model, validate_members
 from aiida_capthermo.calculations.mlip import MlipModesCalcJob, MlipThermalCalcJob, validate_mace_model
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.exit_codes import EXIT_CODES
@@ -43,16 +43,19 @@ def gap_key(key: str, temperature: float) -> str:
     return f'{key}_T{temperature:.0f}'
 
 
-def _md_series(results: dict, gaps: np.ndarray, outside: np.ndarray | None = None) -> list[dict]:
+def _md_series(results: dict, gaps: np.ndarray, outside: np.ndarray | None = None,
+               members: np.ndarray | None = None) -> list[dict]:
     """Per finished replica of one MD job: its record, its gap series and the GNN's out-of-domain flags of the
-    same frames (frames in replica order; ``outside``: one flag per frame, all False where not recorded)."""
+    same frames (frames in replica order; ``outside``: one flag per frame, all False where not recorded) and, for
+    an ensemble, every model's series ``members`` [n_models, n_frames] (None without)."""
     replicas = []
     for record in results['replicas']:
         if record['broke'] or not record['n_frames']:
             continue
         start, stop = record['frame_offset'], record['frame_offset'] + record['n_frames']
         flags = outside[start:stop].astype(bool) if outside is not None else np.zeros(stop - start, dtype=bool)
-        replicas.append({**record, 'gaps': gaps[start:stop], 'outside': flags})
+        replicas.append({**record, 'gaps': gaps[start:stop], 'outside': flags,
+                         'members': None if members is None else members[:, start:stop]})
     return replicas
 
 
@@ -65,23 +68,31 @@ def thermal_gaps(settings: orm.Dict, eg0: orm.ArrayData, **md) -> dict:
     predictions). Outputs: ``gap_<key>_T<T>`` Dict per (structure, T) with attributes x, temperature, gap, stderr,
     stderr_decorrelated, stderr_seeds, n_independent, n_replicas, n_frames (the production frames averaged),
     n_outside_domain (those of them the GNN flagged outside its training domain), eg0, delta_gap, relative_change
-    (eV; T = 0 is the relaxed structure); ``curve_<key>`` XyData (T in K; gap and stderr in eV); ``table`` Dict (one
-    row per (structure, T)); ``replicas`` Dict (statistics of every replica).
+    (eV; T = 0 is the relaxed structure) and, with an ensemble of GNNs (predictions with ``members``), every model's
+    average over the same production frames with the replicas' weights ``gap_members`` (their mean is ``gap``) and
+    its Eg(0) ``eg0_members``; ``curve_<key>`` XyData (T in K; gap and stderr in eV); ``table`` Dict (one row per
+    (structure, T)); ``replicas`` Dict (statistics of every replica).
     """
     from aiida_capthermo.core.thermal import combine_replicas, series_statistics
 
     s = settings.get_dict()
     eg0_values = dict(zip(s['keys'], eg0.get_array('values').tolist()))
-    per_case, counts, replica_rows = {}, {}, []
+    eg0_members = dict(zip(s['keys'], eg0.get_array('members').T.tolist())) \
+        if 'members' in eg0.get_arraynames() else {}
+    per_case, counts, replica_rows, member_means = {}, {}, [], {}
     for name in sorted(k for k in md if k.startswith('results_')):
         suffix = name[len('results_'):]
         predictions = md[f'gaps_{suffix}']
         outside = predictions.get_array('outside_domain') if 'outside_domain' in predictions.get_arraynames() \
             else None
-        for replica in _md_series(md[name].get_dict(), predictions.get_array('values'), outside):
+        members = predictions.get_array('members') if 'members' in predictions.get_arraynames() else None
+        for replica in _md_series(md[name].get_dict(), predictions.get_array('values'), outside, members):
             stats = series_statistics(replica['gaps'])
             case = (replica['key'], float(replica['temperature']))
             per_case.setdefault(case, []).append(stats)
+            if replica['members'] is not None:  # every model over the production frames of the mean's series
+                member_means.setdefault(case, []).append(
+                    (stats.n_independent, replica['members'][:, stats.start:].mean(axis=1)))
             n_outside = int(np.count_nonzero(replica['outside'][stats.start:]))  # the frames averaged
             frames = counts.setdefault(case, [0, 0])
             frames[0] += stats.n_samples
@@ -98,15 +109,22 @@ def thermal_gaps(settings: orm.Dict, eg0: orm.ArrayData, **md) -> dict:
             if temperature == 0:
                 row = {'gap': eg0_value, 'stderr': 0.0, 'stderr_decorrelated': 0.0, 'stderr_seeds': None,
                        'n_independent': None, 'n_replicas': 0, 'n_frames': 0, 'n_outside_domain': 0}
+                if key in eg0_members:
+                    row['gap_members'] = eg0_members[key]
             elif (key, float(temperature)) in per_case:
                 combined = combine_replicas(per_case[(key, float(temperature))])
                 n_frames, n_outside = counts[(key, float(temperature))]
                 row = {'gap': combined['mean'], **{k: combined[k] for k in (
                     'stderr', 'stderr_decorrelated', 'stderr_seeds', 'n_independent', 'n_replicas')},
                     'n_frames': n_frames, 'n_outside_domain': n_outside}
+                if (key, float(temperature)) in member_means:  # every model's average, weighted as the mean's
+                    weights, averages = zip(*member_means[(key, float(temperature))])
+                    row['gap_members'] = (np.asarray(weights) @ np.asarray(averages) / np.sum(weights)).tolist()
             else:
                 continue  # every replica of this (structure, T) blew up: no number rather than a wrong one
             delta = row['gap'] - eg0_value
+            if key in eg0_members:
+                row['eg0_members'] = eg0_members[key]
             row = {'key': key, 'x': x, 'temperature': float(temperature), **row, 'eg0': eg0_value,
                    'delta_gap': delta, 'relative_change': delta / eg0_value if eg0_value else None,
                    'units': {'gap': 'eV', 'temperature': 'K'}}
@@ -271,6 +289,11 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
                    help='The MACE potential (ModelData of kind "mace") that relaxes and drives the MD.')
         spec.input('gnn_model', valid_type=ModelData, validator=validate_gnn_model,
                    help='The band-gap GNN (ModelData of kind "gnn", target "gap") that predicts the gaps.')
+        spec.input_namespace('gnn_members', valid_type=ModelData, dynamic=True, required=False,
+                             validator=validate_members,
+                             help='Other members of an ensemble of band-gap GNNs (GnnTwoStageWorkChain `members`): '
+                                  'every gap is then the mean of the models, and each row holds every model\'s '
+                                  'average (gap_members, eg0_members), whose spread is a model error.')
         spec.input('mlip_code', valid_type=orm.AbstractCode, validator=code_validator('capthermo.mlip_thermal'),
                    help='The `capthermo-mlip` code (CPU or GPU computer).')
         spec.input('gnn_code', valid_type=orm.AbstractCode, validator=code_validator('capthermo.gnn_predict'),
@@ -409,6 +432,8 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
     def _predict(self, label: str, **data):
         builder = GnnPredictCalcJob.get_builder()
         builder.code, builder.model = self.inputs.gnn_code, self.inputs.gnn_model
+        if 'gnn_members' in self.inputs:
+            builder.members = dict(self.inputs.gnn_members)
         builder.batch_size = self.inputs.gnn_batch_size
         for name, value in data.items():
             builder[name] = value

@@ -26,7 +26,7 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction
 
 from aiida_capthermo.calculations.base import code_validator, job_options, validate_options
-from aiida_capthermo.calculations.gnn import GnnPredictCalcJob, validate_gnn_model
+from aiida_capthermo.calculations.gnn import GnnPredictCalcJob, validate_gnn_model, validate_members
 from aiida_capthermo.calculations.mace import MaceEvaluateCalcJob
 from aiida_capthermo.calculations.mlip import validate_mace_model
 from aiida_capthermo.data.dataset import DatasetData
@@ -173,7 +173,8 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
     ``settings['structure_uuids']``: the uuid of the StructureData of every picked frame, in the order of
     ``frames``, which matches the labelled structures to the frames. ``low``: low-fidelity labels (energy eV,
     forces eV/Å, gap eV); ``parity``: the MaceEvaluateCalcJob arrays on ``low`` (energy_pred eV, forces_pred
-    eV/Å); ``predictions``: the GNN's gaps of ``frames`` (eV); ``high``: high-fidelity gaps (eV), the teacher
+    eV/Å); ``predictions``: the GNN's gaps of ``frames`` (eV; with ``members``, every model's of an ensemble);
+    ``high``: high-fidelity gaps (eV), the teacher
     when given, else the low gaps are. Outputs: ``validation`` (``rows``, one per (x, T), ``columns``, ``units``,
     ``teacher``) and ``plot`` (PNG: GNN against teacher and MLIP forces against the low engine, per frame).
     """
@@ -208,8 +209,10 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
     records = frames.base.attributes.get('picked', None)
     points = [record['point'] for record in records] if records and len(records) == n else None
     keys = [record.get('key') for record in records] if points is not None else None
+    members = predictions.get_array('members') if 'members' in predictions.get_arraynames() else None
     table = validation_rows(picked.x, picked.temperature, teacher, gnn, picked.n_atoms, energy_reference,
-                            energy_predicted, forces_reference, forces_predicted, points=points, keys=keys)
+                            energy_predicted, forces_reference, forces_predicted, points=points, keys=keys,
+                            member_gaps=members)
     point_of = points or [point_key(float(a), float(b)) for a, b in zip(picked.x, picked.temperature)]
     zero = np.flatnonzero(picked.temperature == 0)  # the relaxed structures: their volume against Vegard's law
     volumes = np.abs(np.linalg.det(picked.cells[zero])) / picked.n_atoms[zero]
@@ -292,6 +295,11 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
                         'are checked against the low labels.')
         spec.input('gnn_model', valid_type=ModelData, validator=validate_gnn_model,
                    help='The band-gap GNN (kind "gnn", target "gap", eV) whose gaps are checked against the teacher.')
+        spec.input_namespace('gnn_members', valid_type=ModelData, dynamic=True, required=False,
+                             validator=validate_members,
+                             help='Other members of an ensemble of band-gap GNNs, as the thermal stage\'s: the GNN '
+                                  'gap is then their mean, and every row gets each model\'s bias '
+                                  '(gnn_bias_members).')
         spec.input('gnn_code', valid_type=orm.AbstractCode, validator=code_validator('capthermo.gnn_predict'),
                    help='The `capthermo-gnn` code.')
         spec.input('evaluate_code', valid_type=orm.AbstractCode, validator=code_validator('capthermo.mace_evaluate'),
@@ -425,6 +433,8 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
             futures['high'] = self._label('high', 'high')
         builder = GnnPredictCalcJob.get_builder()
         builder.code, builder.model = self.inputs.gnn_code, self.inputs.gnn_model
+        if 'gnn_members' in self.inputs:
+            builder.members = dict(self.inputs.gnn_members)
         builder.dataset, builder.batch_size = self.ctx.frames, self.inputs.gnn_batch_size
         builder.metadata.options = self._options()
         builder.metadata.call_link_label = 'predict'

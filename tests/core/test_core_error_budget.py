@@ -204,3 +204,71 @@ def test_sampling_shift_of_a_far_too_soft_potential_is_flagged():
     assert rows[1]['sampling_perturbative'] is False and rows[1]['stderr'] > abs(result['shift'])
     assert rows[0]['stderr_sampling'] is None and rows[0]['sampling_perturbative'] is None
     assert '‡' in table_text(table_rows(rows))
+
+
+def test_ensemble_spread_by_hand():
+    """With an ensemble of three GNNs, every model's corrected estimate is its average plus its own bias and
+    ``stderr_members`` is their standard deviation, added in quadrature; a validated 0 K row is the teacher's gap
+    whatever the model (spread 0); a row without validation has the spread of the models' averages as its only
+    model error; the models' weighted averages over configurations give the spread of an alloy's gap."""
+    from aiida_capthermo.core.error_budget import ensemble_rows, member_spread
+
+    thermal = [{'key': 'a', 'x': 0.5, 'temperature': 0.0, 'gap': 1.0, 'stderr': 0.0, 'eg0': 1.0,
+                'gap_members': [0.9, 1.0, 1.1]},
+               {'key': 'a', 'x': 0.5, 'temperature': 300.0, 'gap': 0.9, 'stderr': 0.03, 'eg0': 1.0,
+                'gap_members': [0.8, 0.9, 1.0]},
+               {'key': 'a', 'x': 0.5, 'temperature': 600.0, 'gap': 0.8, 'stderr': 0.04, 'eg0': 1.0,
+                'gap_members': [0.75, 0.8, 0.85]}]
+    validation = [{'x': 0.5, 'temperature': 0.0, 'gnn_bias': 0.1, 'gnn_bias_stderr': None, 'n_gap': 1,
+                   'teacher_gap': 1.1, 'gnn_bias_members': [0.2, 0.1, 0.0]},
+                  {'x': 0.5, 'temperature': 300.0, 'gnn_bias': -0.2, 'gnn_bias_stderr': 0.04, 'n_gap': 8,
+                   'teacher_gap': 0.72, 'gnn_bias_members': [-0.08, -0.2, -0.32]}]
+    zero, warm, hot = budget_rows(thermal, validation)
+    assert zero['gap_members_corrected'] == pytest.approx([1.1, 1.1, 1.1]) and zero['stderr_members'] == 0.0
+    assert zero['stderr'] == 0.0
+    # 0.72, 0.70, 0.68: the models disagree off the validation frames by more than on them
+    assert warm['gap_members_corrected'] == pytest.approx([0.72, 0.70, 0.68])
+    assert warm['stderr_members'] == pytest.approx(0.02)
+    assert warm['stderr'] == pytest.approx(math.sqrt(0.03**2 + warm['stderr_model'] ** 2 + 0.02**2))
+    assert not hot['validated'] and hot['stderr_members'] == pytest.approx(0.05)
+    assert hot['stderr'] == pytest.approx(math.hypot(0.04, 0.05))
+    assert member_spread([1.0]) is None and member_spread(None) is None
+    # without every model's bias a validated row has no ensemble term rather than a wrong one
+    partial = budget_rows(thermal[1:2], [{**validation[1], 'gnn_bias_members': None}])[0]
+    assert partial['stderr_members'] is None and partial['stderr'] == pytest.approx(
+        math.hypot(0.03, partial['stderr_model']))
+    # two configurations of one composition share the ensemble: the spread of the models' weighted averages
+    other = [{**row, 'key': 'b', 'gap_members': [g + 0.1 for g in row['gap_members']], 'gap': row['gap'] + 0.1}
+             for row in thermal]
+    rows = budget_rows(thermal + other, validation)
+    alloy = next(r for r in ensemble_rows(rows, {'x050': {'a': 0.75, 'b': 0.25}}) if r['temperature'] == 300.0)
+    models = [0.75 * a + 0.25 * b for a, b in zip(rows[1]['gap_members_corrected'],
+                                                   rows[4]['gap_members_corrected'])]
+    assert alloy['gap_members_corrected'] == pytest.approx(models)
+    assert alloy['stderr_members'] == pytest.approx(np.std(models, ddof=1))
+    assert alloy['gap'] == pytest.approx(np.mean(models))
+
+
+def test_ensemble_spread_measures_what_the_correction_leaves():
+    """Known answers for an ensemble of models of the analytic teacher, each validated on the same 12 frames:
+    models that differ by a constant give one corrected gap (the correction removes any offset: spread 0); models
+    that differ in how they respond to disorder give a spread that shrinks as the validation set grows (it is the
+    models' disagreement off the validation frames), and is 0 when every frame is validated."""
+    from aiida_capthermo.core.error_budget import member_spread
+
+    rng = np.random.default_rng(5)
+    q = np.concatenate([ar1(rng) for _ in range(2)])
+    offsets = [0.85, 0.9, 0.95]
+    curvatures = [0.3, 0.5, 0.7]
+
+    def spread(models, n):
+        picked = rng.choice(len(q), size=n, replace=False)
+        estimates = [np.mean(model(q)) + np.mean(teacher(q[picked]) - model(q[picked])) for model in models]
+        return member_spread(estimates)
+
+    shifted = [lambda q, c=c: c - 0.5 * mean_square(q) for c in offsets]
+    assert spread(shifted, 12) == pytest.approx(0.0, abs=1e-12)
+    curved = [lambda q, k=k: 0.9 - k * mean_square(q) for k in curvatures]
+    few, many = (np.mean([spread(curved, n) for _ in range(200)]) for n in (12, 200))
+    assert few > 1.5 * many > 0
+    assert spread(curved, len(q)) == pytest.approx(0.0, abs=1e-12)
