@@ -22,16 +22,13 @@ from aiida_capthermo.workflows.study import CapthermoStudyWorkChain
 from aiida_capthermo.workflows.thermal import ThermalGapWorkChain
 
 
-def stage(process, entry: dict | None) -> dict:
-    entry = dict(entry or {})
-    return process.get_protocol_inputs(entry.pop('protocol', None), entry)
-
-
 def costs(protocol: str) -> dict:
-    study = CapthermoStudyWorkChain.get_protocol_inputs(protocol)
-    dataset = stage(PhononInformedDatasetWorkChain, study.get('dataset'))
-    screen = stage(SolidSolutionScreenWorkChain, study.get('screen'))
-    thermal = stage(ThermalGapWorkChain, study.get('thermal'))
+    def stage(process, name):
+        return CapthermoStudyWorkChain.stage_protocol_inputs(protocol, name, process)
+
+    dataset = stage(PhononInformedDatasetWorkChain, 'dataset')
+    screen = stage(SolidSolutionScreenWorkChain, 'screen')
+    thermal = stage(ThermalGapWorkChain, 'thermal')
     prototype = screen['prototype']
     supercell = np.array(dataset['supercell'])
     cell = antiperovskite(prototype['a'], prototype['b'], prototype['host'], prototype['a_host']).repeat(supercell)
@@ -42,8 +39,8 @@ def costs(protocol: str) -> dict:
     phonons = screen['phonons']
     hot = [t for t in thermal['temperatures'] if t > 0]
     md = thermal['md']
-    mace = stage(MlipPotentialWorkChain, study.get('mace'))
-    gnn = stage(GnnTwoStageWorkChain, study.get('gnn'))
+    mace = stage(MlipPotentialWorkChain, 'mace')
+    gnn = stage(GnnTwoStageWorkChain, 'gnn')
     refine = mace.get('refine') or {}
     low = len(dataset['temperatures']) * dataset['structures_per_temperature']
     return {

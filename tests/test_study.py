@@ -555,3 +555,11 @@ def test_study_mid_protocol_learns_from_the_thermal_md(localhost_session):
     assert refine['force_tolerance'] == 0.10 and refine['rounds'] > 2
     assert builder.validation.frames_per_point.value > 8  # more teacher frames per (x, T) than the demo
     assert builder._process_class.spec().inputs.validate(builder._inputs(prune=True)) is None
+    # the plain values a script reads (benchmarks/bench_labels.py, scripts/study_costs.py) are the builder's
+    from aiida_capthermo.workflows.gnn import GnnTwoStageWorkChain
+    from aiida_capthermo.workflows.mlip_potential import MlipPotentialWorkChain
+
+    mace = CapthermoStudyWorkChain.stage_protocol_inputs('mid', 'mace', MlipPotentialWorkChain)
+    assert mace['refine'] == refine and mace['hyperparameters'] == builder.mace.hyperparameters.get_dict()
+    gnn = CapthermoStudyWorkChain.stage_protocol_inputs('mid', 'gnn', GnnTwoStageWorkChain)
+    assert gnn['hyperparameters'] == builder.gnn.hyperparameters.get_dict() and gnn['members'] == 4

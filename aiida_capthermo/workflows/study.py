@@ -672,6 +672,13 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         self.report('study finished')
 
     @classmethod
+    def stage_protocol_inputs(cls, protocol: str | None, name: str, process) -> dict:
+        """The plain inputs of stage ``name`` (run by ``process``) in the study protocol ``protocol``: the stage's
+        own protocol file with the study's overrides of it (what the builder sets, as values)."""
+        stage = dict(cls.get_protocol_inputs(protocol).get(name) or {})
+        return process.get_protocol_inputs(stage.pop('protocol', None), stage)
+
+    @classmethod
     def get_builder_from_protocol(cls, label_code: orm.AbstractCode, gnn_code: orm.AbstractCode,
                                   mace_code: orm.AbstractCode | None = None, protocol: str | None = None,
                                   overrides: dict | None = None, options: dict | None = None,
