@@ -516,6 +516,8 @@ def run_record(node: orm.ProcessNode) -> dict:
         record['gnn_mae_eV'] = {stage: {split: values['mae'] for split, values in outputs.gnn[stage].get_dict().items()
                                         if isinstance(values, dict) and 'mae' in values}
                                 for stage in ('metrics_low', 'metrics') if stage in outputs.gnn}
+        if 'member_metrics' in outputs.gnn:  # an ensemble of GNNs: each model's seed and errors
+            record['gnn_member_metrics'] = outputs.gnn.member_metrics.get_dict()
     if 'validation' in outputs and 'validation' in outputs.validation:
         validation = outputs.validation.validation.get_dict()
         record['validation'] = {key: validation.get(key) for key in ('teacher', 'teacher_method', 'units', 'rows')}
