@@ -348,3 +348,34 @@ def test_mid_second_seed_quoted_from_its_record():
         gap = dict(zip(ranking['keys'], ranking['relative_energy_per_atom']))[other['lowest']]
         assert f'ranks {ranking["lowest"]} lowest, with {other["lowest"]} {1000 * gap:.{0 if gap > 0.01 else 2}f}' \
                in flat, (ranking['lowest'], gap)
+
+
+def test_labels_benchmark_quoted_from_its_json():
+    """docs/mace.md's table of the labels-spent benchmark and the figures around it are those of
+    benchmarks/bench_labels.json."""
+    text = (ROOT / 'docs/mace.md').read_text()
+    flat = text.replace('\n  ', ' ').replace('\n', ' ')
+    record = _json('benchmarks/bench_labels.json')
+    arms = record['arms']
+    for index, row in enumerate(arms['active']):
+        cells = [f'{p["force_mae"]:.3f} / {p["energy_per_atom_mae_meV"]:.1f} / {p["gap_mae"]:.3f} '
+                 f'({p["gap_mean_error"]:+.3f})' for p in (arms[arm][index] for arm in ('active', 'phonon', 'random'))]
+        line = f'| {row["n_labels"]} | ' + ' | '.join(cells) + ' |'
+        assert line in text, line
+    first, last = arms['active'][0], arms['active'][-1]
+    added = last['n_labels'] - first['n_labels']
+    assert f'{added} frames of the potential\'s own MD bring the force error' in flat
+    assert f'from {first["force_mae"]:.3f} to {last["force_mae"]:.3f} eV/Å' in flat
+    assert f'leave it at {arms["phonon"][-1]["force_mae"]:.3f} eV/Å' in flat
+    assert f'worse ({arms["random"][-1]["force_mae"]:.3f} eV/Å)' in flat
+    md = record['active_md']
+    assert f'only {md[0]["n_frames"]} frames came out' in flat and md[0]['n_stable'] == 0
+    assert f'{md[1]["n_stable"]} of the {md[1]["n_replicas"]} replicas stayed stable and gave {md[1]["n_frames"]}' \
+        in flat
+    held = record['held_out']
+    assert f'{held["n_frames"]} frames, mean temperatures {min(held["mean_temperatures"]):.0f}-' \
+           f'{max(held["mean_temperatures"]):.0f} K' in flat
+    assert f'(amplitude {record["random_amplitude"]:.3f} Å)' in flat
+    assert f'{record["seconds"]["total"]:,.0f} s)' in flat
+    worst = max(abs(p['gap_mae'] - abs(p['gap_mean_error'])) for arm in arms.values() for p in arm)
+    assert worst <= 0.02 and 'absolute mean error to 0.02 eV' in flat
