@@ -518,7 +518,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                                  {'gnn_parity_low': 'parity_plot_low', 'gnn_parity': 'parity_plot'})
         if error is None:
             self.ctx.gnn_model = self.ctx.gnn.outputs.model
-            self.ctx.gnn_members = dict(self.ctx.gnn.outputs.get('members', {}))
+            outputs = self.ctx.gnn.outputs
+            self.ctx.gnn_members = dict(outputs.members) if 'members' in outputs else {}
         return error
 
     # ------------------------------------------------------------------ screen and thermal gaps
