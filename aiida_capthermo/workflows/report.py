@@ -120,10 +120,12 @@ def table_text(rows: list[dict]) -> str:
                     if t in by_t and row['relative_change'][by_t[t]] is not None else '-' for t in hot]
         lines.append(f'{row["x"]:>6.3f} ' + ' '.join(f'{c:>{width}}' for c in cells) + ' '
                      + ' '.join(f'{c:>15}' for c in relative))
+    members = any(value is not None for row in rows for value in (row.get('stderr_members') or []))
     lines.append('Eg ± total error (statistical part), eV; the total adds the uncertainty of the GNN\'s bias '
                  'measured by the teacher on frames of the same MD' + (
-                     ' and the potential\'s sampling error (first-order reweighting to the low engine on those '
-                     'frames).' if sampled else '.'))
+                     ', the potential\'s sampling error (first-order reweighting to the low engine on those '
+                     'frames)' if sampled else '') + (
+                     ' and the spread of the ensemble of GNNs' if members else '') + '.')
     if static:
         lines.append('(static): Eg(0), the gap of the relaxed cell itself: the teacher\'s where validated (so no '
                      'model error), the GNN\'s where not; no average, so no statistical error.')
