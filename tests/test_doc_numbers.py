@@ -379,3 +379,27 @@ def test_labels_benchmark_quoted_from_its_json():
     assert f'{record["seconds"]["total"]:,.0f} s)' in flat
     worst = max(abs(p['gap_mae'] - abs(p['gap_mean_error'])) for arm in arms.values() for p in arm)
     assert worst <= 0.02 and 'absolute mean error to 0.02 eV' in flat
+
+
+def test_demo_gnn_ensemble_quoted_from_its_record():
+    """docs/thermal.md's demo run with the GNN ensemble: the models' test errors, the ensemble and model parts of
+    the error at T > 0, the GNN stage's time, the teacher check on other frames and the range of the totals, from
+    docs/figures/demo/*_members.*."""
+    flat = (ROOT / 'docs/thermal.md').read_text().replace('\n', ' ')
+    record = _json('docs/figures/demo/run_members.json')
+    tests = [row['test_mae'] for row in record['gnn_member_metrics']['models']]
+    assert len(tests) == 4 and f'four GNNs had test MAEs of {min(tests):.3f}-{max(tests):.3f} eV' in flat
+    hot = [row for key, row in _table_i('table_i_members.csv').items() if key[1] > 0]
+    members = [float(row['stderr_members_eV']) for row in hot]
+    model = [float(row['stderr_model_eV']) for row in hot]
+    assert f'is {min(members):.3f}-{max(members):.3f} eV at every (x, T > 0)' in flat
+    assert f'the model part is {min(model):.3f}-{max(model):.3f} eV' in flat
+    totals = [float(row['stderr_eV']) for row in hot]
+    assert f'({min(totals):.2f}-{max(totals):.2f} eV, ‡)' in flat
+    gnn = next(stage for stage in record['stages'] if stage['label'] == 'gnn')
+    assert f'The GNN stage took {gnn["seconds"]:.0f} s' in flat
+    check = _json('docs/figures/demo/teacher_check_members.json')['rows']
+    differences = [row['difference'] for row in check]
+    assert f'{sum(r["n_frames"] for r in check)} other frames of the same MD differs from this Table I by ' \
+           f'{min(differences):+.3f} to {max(differences):+.3f} eV'.replace('+-', '-') in flat.replace('−', '-')
+    assert all(row['within'] for row in check) and 'six of six within the stated errors' in flat
