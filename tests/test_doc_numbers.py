@@ -377,6 +377,11 @@ def test_labels_benchmark_quoted_from_its_json():
            f'{max(held["mean_temperatures"]):.0f} K' in flat
     assert f'(amplitude {record["random_amplitude"]:.3f} Å)' in flat
     assert f'{record["seconds"]["total"]:,.0f} s)' in flat
+    readme = (ROOT / 'README.md').read_text().replace('\n  ', ' ')
+    assert (f'{added} labelled frames of the potential\'s MD take that potential from {first["force_mae"]:.3f} to '
+            f'{last["force_mae"]:.3f} eV/Å, where the same labels spent on phonon-informed cells leave it at '
+            f'{arms["phonon"][-1]["force_mae"]:.3f} and on random displacements at '
+            f'{arms["random"][-1]["force_mae"]:.3f}') in readme
     worst = max(abs(p['gap_mae'] - abs(p['gap_mean_error'])) for arm in arms.values() for p in arm)
     assert worst <= 0.02 and 'absolute mean error to 0.02 eV' in flat
 
