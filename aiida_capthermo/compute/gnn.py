@@ -111,7 +111,7 @@ def run_predict(args, summary: dict) -> None:
     import numpy as np
 
     from aiida_capthermo.core.dataset import LabelledSet
-    from aiida_capthermo.ml.gnn.predict import predict
+    from aiida_capthermo.ml.gnn.predict import predict_ensemble
     from aiida_capthermo.ml.gnn.training import load_model, select_device
 
     device = select_device(args.device)
@@ -122,8 +122,7 @@ def run_predict(args, summary: dict) -> None:
             raise ValueError(f'member {path} predicts {member.target!r}, the model {loaded.target!r}')
     labelled = LabelledSet.load(args.dataset)
     start = time.perf_counter()
-    each = np.array([predict(model, labelled, batch_size=args.batch_size, device=device)
-                     for model in (loaded, *members)])
+    each = predict_ensemble([loaded, *members], labelled, batch_size=args.batch_size, device=device)
     values = each.mean(axis=0)
     seconds = time.perf_counter() - start
     outside = np.zeros(len(labelled), dtype=bool)  # flagged, not refused: MD frames are predicted all the same
