@@ -93,6 +93,18 @@ def test_gnn_ensemble_members_and_their_predictions(script_code):
     spread = each.std(axis=0, ddof=1)
     print('spread near equilibrium', spread[:20].mean(), 'on thermal frames', spread[20:].mean())
     assert spread[20:].mean() > spread[:20].mean()
+    # a member of another target is refused at submission, before anything runs
+    import tempfile
+
+    from aiida_capthermo.data.model import ModelData
+
+    with tempfile.TemporaryDirectory() as folder:
+        files = models[1].export_files(folder)
+        other = ModelData.from_files(kind='gnn', files=files, main_file=models[1].base.attributes.get('main_file'),
+                                     target='vbm').store()
+    with pytest.raises(ValueError, match='an ensemble averages one target'):
+        engine.run(GnnPredictCalcJob, code=script_code('capthermo-gnn', 'capthermo.gnn_predict'), model=models[0],
+                   members={'member_01': other}, dataset=dataset)
 
 
 def test_batch_label_throttles_and_labels_like_a_direct_calculation(script_code):

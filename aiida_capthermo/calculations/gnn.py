@@ -229,6 +229,11 @@ class GnnPredictCalcJob(CapthermoCalcJob):
             return f'give exactly one of `dataset`, `structures`, `trajectory` (got {given or "none"})'
         if inputs.get('batch_size') is not None and inputs['batch_size'].value < 1:
             return 'batch_size must be positive'
+        target = inputs['model'].base.attributes.get('target', None) if 'model' in inputs else None
+        for key, member in (inputs.get('members') or {}).items():
+            if member.base.attributes.get('target', None) != target:
+                return (f'member {key} predicts {member.base.attributes.get("target", None)!r}, the model '
+                        f'{target!r}: an ensemble averages one target')
         return None
 
     def _labelled_set(self) -> LabelledSet:

@@ -84,6 +84,7 @@ No AiiDA and no torch here.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 from aiida_capthermo.core.validation import PERTURBATIVE_LIMIT
@@ -118,8 +119,7 @@ def member_spread(values: Sequence[float] | None) -> float | None:
         return None
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f'the models\' estimates {list(values)} are not all finite')
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return statistics.stdev(values)
 
 
 def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | None, bias_stderr: float | None,

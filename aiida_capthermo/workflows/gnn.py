@@ -176,25 +176,29 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
             inputs['metadata']['options'] = self.inputs.options.get_dict()
         return inputs
 
+    @staticmethod
+    def _job_label(stage: str, index: int) -> str:
+        """Context key and call link label of member ``index``'s training job of ``stage`` (low, high)."""
+        return f'gnn_{stage}' if index == 0 else f'gnn_{stage}_{member_label(index)}'
+
     def _submit_members(self, stage: str, hyperparameters: orm.Dict, datasets: dict, parent: str | None = None):
-        """One training job per member of the ensemble: member i with the seed plus i (member 0 as given)."""
+        """One training job per member of the ensemble: member i with the seed plus i (member 0 as given), its
+        parent model (second stage) member i's of stage ``parent``."""
         jobs = {}
         for index in range(self.inputs.members.value):
             hyper = hyperparameters
-            label = f'gnn_{stage}' if index == 0 else f'gnn_{stage}_{member_label(index)}'
             if index:
                 values = hyperparameters.get_dict()
                 hyper = orm.Dict({**values, 'seed': int(values.get('seed', 0)) + index})
+            label = self._job_label(stage, index)
             inputs = self._inputs(hyper, label, **datasets)
             if parent is not None:
-                inputs['parent_model'] = self.ctx[parent if index == 0 else f'{parent}_{member_label(index)}'
-                                                  ].outputs.model
+                inputs['parent_model'] = self.ctx[self._job_label(parent, index)].outputs.model
             jobs[label] = self.submit(GnnTrainCalcJob, **inputs)
         return ToContext(**jobs)
 
     def _member_nodes(self, stage: str) -> list:
-        return [self.ctx[f'gnn_{stage}' if index == 0 else f'gnn_{stage}_{member_label(index)}']
-                for index in range(self.inputs.members.value)]
+        return [self.ctx[self._job_label(stage, index)] for index in range(self.inputs.members.value)]
 
     def should_label_md(self) -> bool:
         return (self.inputs.md_high_labels.value > 0 and 'high' in self.inputs and 'md_frames' in self.inputs
@@ -239,7 +243,7 @@ class GnnTwoStageWorkChain(ProtocolMixin, WorkChain):
         datasets = {'high': self.inputs.high}
         if 'md_labels' in self.ctx:
             datasets['md'] = self.ctx.md_labels.outputs.labels
-        return self._submit_members('high', hyperparameters, datasets, parent='gnn_low')
+        return self._submit_members('high', hyperparameters, datasets, parent='low')
 
     def inspect_high(self):
         return self._take_members('high')
