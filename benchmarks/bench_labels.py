@@ -315,7 +315,6 @@ def main(argv=None) -> int:
 
         points = {arm: [] for arm in ARMS}
         training = {arm: base for arm in ARMS}
-        base_model = None
         md_seconds, label_seconds, train_seconds, md_records = 0.0, 0.0, 0.0, []
         for round_ in range(args.rounds + 1):
             # Train every arm's current set (the base set once), two trainings at a time.
@@ -325,14 +324,15 @@ def main(argv=None) -> int:
                 jobs = {arm: threads.submit(train_mace, training[arm], tmp / f'{arm}_{round_}', settings['mace'])
                         for arm in arms}
                 files = {arm: job.result() for arm, job in jobs.items()}
-            if not round_:
-                base_model = files['active']
-                files = dict.fromkeys(ARMS, base_model)
-            for arm in ARMS:
+            for arm in arms:
                 point = {'round': round_, 'n_labels': len(training[arm]), **mace_errors(files[arm], held_out),
                          **gnn_errors(training[arm], held_out, settings['gnn'])}
                 points[arm].append(point)
                 print(f'{arm:7s} round {round_}: {point}', flush=True)
+            if not round_:  # one base set: its models and their errors are every arm's first point
+                files = dict.fromkeys(ARMS, files['active'])
+                for arm in ARMS[1:]:
+                    points[arm].append(dict(points['active'][0]))
             train_seconds += time.perf_counter() - start
             if round_ == args.rounds:
                 break
