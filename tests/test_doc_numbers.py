@@ -305,6 +305,17 @@ def test_mid_run_quoted_from_its_record():
     assert f'| the GNN alone on the same MD | {float(row["gap_model_eV"]):.3f} |' in thermal
     assert f'is {difference:+.3f} eV, {z:.1f} standard errors' in thermal
     assert f'+{difference:.3f} eV, {z:.1f} combined standard errors' in study
+    point = next(r for r in record['validation']['rows'] if r['point'] == 'x_1p000_T600')
+    shift = f'{point["sampling_shift"]:+.3f} ± {point["sampling_shift_stderr"]:.3f} eV'
+    assert f'the first-order shift is {shift}' in thermal.replace('\n', ' '), shift
+    assert f'`β·std(dU)` is {point["sampling_beta_sigma"]:.1f} there' in thermal.replace('\n', ' ')
+    assert f'{point["force_mae"]:.3f} eV/Å at x = 1, 600 K' in thermal.replace('\n', ' ')
+
+    members = record['gnn_member_metrics']['models']
+    assert f'Four GNNs (the ensemble) had test MAEs of {span([m["test_mae"] for m in members])} eV' in study
+    assert f'`stderr_members`, is {span([r["stderr_members"] for r in budget])} eV' in study.replace('\n', ' ')
+    label = _json('docs/figures/mid/label_time.json')['rows'][0]['seconds_per_label']
+    assert f'a label took {label:.2f} s against the quiet' in study
 
 
 def test_mid_second_seed_quoted_from_its_record():
@@ -314,7 +325,10 @@ def test_mid_second_seed_quoted_from_its_record():
     study = (ROOT / 'docs/study.md').read_text()
     flat = study.replace('\n  ', ' ').replace('\n', ' ')
 
-    first, second = _table_i(folder='docs/figures/mid'), _table_i('table_i_seed7.csv', 'docs/figures/mid')
+    first = _table_i('table_i_12frames.csv', 'docs/figures/mid')  # the first seed, at the same protocol sizes
+    second = _table_i('table_i_seed7.csv', 'docs/figures/mid')
+    for line in _table_rows(first):
+        assert line in study, line
     for line in _table_rows(second):
         assert line in study, line
     record = _json('docs/figures/mid/run_seed7.json')
@@ -343,7 +357,7 @@ def test_mid_second_seed_quoted_from_its_record():
     assert (f"x = 1/2's Eg(0) does not agree: {float(second[(0.5, 0.0)]['gap_eV']):.3f} eV against "
             f"{float(first[(0.5, 0.0)]['gap_eV']):.3f}") in flat
     rankings = [_json(f'docs/figures/mid/{name}')['screen_ranking']['x_0p500'] for name in ('run_seed7.json',
-                                                                                          'run.json')]
+                                                                                          'run_12frames.json')]
     for ranking, other in zip(rankings, reversed(rankings)):
         gap = dict(zip(ranking['keys'], ranking['relative_energy_per_atom']))[other['lowest']]
         assert f'ranks {ranking["lowest"]} lowest, with {other["lowest"]} {1000 * gap:.{0 if gap > 0.01 else 2}f}' \
