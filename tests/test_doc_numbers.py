@@ -318,6 +318,30 @@ def test_mid_run_quoted_from_its_record():
     assert f'a label took {label:.2f} s against the quiet' in study
 
 
+def test_mid_ranking_check_quoted_from_its_record():
+    """docs/study.md's teacher check of the `mid` screen's x = 1/2 ranking (scripts/check_ranking.py): the engine's
+    lowest on the potential's cells and at its own minimum, and the energies and gaps quoted, from its JSON; the
+    potential's energies in it are the run's screen ranking."""
+    flat = ' '.join((ROOT / 'docs/study.md').read_text().split())
+    record = _json('docs/figures/mid/ranking_check.json')['compositions']['x_0p500']
+    ranking = _json('docs/figures/mid/run.json')['screen_ranking']['x_0p500']
+    rows = {row['key']: row for row in record['rows']}
+    for key, energy in zip(ranking['keys'], ranking['relative_energy_per_atom']):
+        assert abs(rows[key]['potential_meV_per_atom'] - 1000 * energy) < 1e-9, key
+    lowest = ranking['lowest']
+    assert record['potential_lowest'] == record['engine_lowest'] == record['relaxed_lowest'] == lowest
+    assert f'Both rank {lowest} lowest, as the potential does' in flat
+    second = sorted(record['rows'], key=lambda row: row['relaxed_meV_per_atom'])[1]
+    assert (f'{second["key"]}, is {second["engine_meV_per_atom"]:.1f} meV/atom above it on the potential\'s cells and '
+            f'{second["relaxed_meV_per_atom"]:.1f} at the engine\'s minimum (the potential: '
+            f'{second["potential_meV_per_atom"]:.1f})') in flat
+    assert f'c001 is {rows["c001"]["relaxed_meV_per_atom"]:.1f} meV/atom above {lowest}' in flat
+    assert (f'{rows[lowest]["teacher_gap"]:.3f} eV on the potential\'s cell and '
+            f'{rows[lowest]["relaxed_teacher_gap"]:.3f} eV at the engine\'s minimum') in flat
+    earlier = _json('docs/figures/mid/run_12frames.json')['screen_ranking']['x_0p500']
+    assert earlier['lowest'] == 'c001' and 'put 0.15 meV/atom below c003' in flat
+
+
 def test_mid_second_seed_quoted_from_its_record():
     """docs/study.md's second seed of the `mid` potential: its Table I, its teacher check, its learning curve and the
     comparison with the first seed (largest difference over the stated totals, over the statistical and model parts,
