@@ -342,6 +342,30 @@ def test_mid_ranking_check_quoted_from_its_record():
     assert earlier['lowest'] == 'c001' and 'put 0.15 meV/atom below c003' in flat
 
 
+def test_mid_sampling_frames_match_the_run_and_the_correlation_quoted():
+    """The per-frame energies and gaps of the `mid` run's validation (docs/figures/mid/validation_frames.json) give
+    the run's own sampling shifts (core.validation.sampling_shift, recomputed), and the correlation of the
+    potential's energy error with the teacher's gap at x = 1, 600 K that docs/study.md quotes."""
+    import numpy as np
+
+    from aiida_capthermo.core.validation import sampling_shift
+
+    frames = _json('docs/figures/mid/validation_frames.json')['frames']
+    rows = {(r['x'], r['temperature']): r for r in _json('docs/figures/mid/run.json')['validation']['rows']
+            if r['temperature'] > 0}
+    for (x, temperature), row in rows.items():
+        point = [f for f in frames if f['x'] == x and f['temperature'] == temperature]
+        assert len(point) == row['n_sampling']
+        result = sampling_shift([f['teacher_gap'] for f in point], [f['engine_energy'] for f in point],
+                                [f['potential_energy'] for f in point], temperature)
+        assert result['shift'] == pytest.approx(row['sampling_shift'], abs=1e-9)
+        assert result['beta_sigma'] == pytest.approx(row['sampling_beta_sigma'], abs=1e-9)
+    hot = [f for f in frames if f['x'] == 1.0 and f['temperature'] == 600.0]
+    r = np.corrcoef([f['teacher_gap'] for f in hot], [f['engine_energy'] - f['potential_energy'] for f in hot])[0, 1]
+    flat = ' '.join((ROOT / 'docs/study.md').read_text().split())
+    assert f'on the {len(hot)} frames at 600 K it correlates with the teacher\'s gap (r = {r:.2f})' in flat, r
+
+
 def test_mid_second_seed_quoted_from_its_record():
     """docs/study.md's second seed of the `mid` potential: its Table I, its teacher check, its learning curve and the
     comparison with the first seed (largest difference over the stated totals, over the statistical and model parts,
