@@ -124,6 +124,8 @@ def test_validation_rows_by_hand():
     assert three['sampling_shift'] == pytest.approx(0.02 * beta) and three['n_sampling'] == 3
     assert three['sampling_shift_stderr'] == pytest.approx(0.02 * beta)
     assert three['sampling_beta_sigma'] == pytest.approx(0.1 * beta)
+    assert three['sampling_correlation'] == pytest.approx(-1.0)  # the gap falls exactly as dU rises
+    assert first['sampling_correlation'] is None
     # an ensemble of two models whose mean is model_gap: each model's own bias on the frames with a teacher gap
     members = np.array([[0.8, 1.0, 0.0], [1.0, 0.8, 2.0]])
     both = validation_rows(x=[0.0, 0.0, 1.0], temperature=[300.0] * 3, teacher_gap=[1.0, 0.6, np.nan],

@@ -262,8 +262,10 @@ def sampling_shift(gaps: Sequence[float], energy_reference: Sequence[float], ene
     Returns
     -------
     dict
-        ``shift`` and ``shift_stderr`` (eV), ``beta_sigma`` (dimensionless), ``n``; None values for T = 0 or fewer
-        than 3 frames.
+        ``shift`` and ``shift_stderr`` (eV), ``beta_sigma`` (dimensionless), ``correlation`` (Pearson's r of the
+        gap and dU: near 0, the potential's energy error is noise to the gap; near -1 or 1, the potential is wrong
+        along the coordinates that set the gap, and the shift is systematic), ``n``; None values for T = 0 or fewer
+        than 3 frames (the correlation also where the gaps or dU do not vary).
     """
     from aiida_capthermo.core.constants import KB_EV
 
@@ -274,7 +276,7 @@ def sampling_shift(gaps: Sequence[float], energy_reference: Sequence[float], ene
     gaps, delta = gaps[keep], delta[keep]
     n = int(gaps.size)
     if temperature <= 0 or n < 3:
-        return {'shift': None, 'shift_stderr': None, 'beta_sigma': None, 'n': n}
+        return {'shift': None, 'shift_stderr': None, 'beta_sigma': None, 'correlation': None, 'n': n}
     beta = 1.0 / (KB_EV * temperature)
 
     def first_order(g: np.ndarray, d: np.ndarray) -> float:
@@ -283,7 +285,9 @@ def sampling_shift(gaps: Sequence[float], energy_reference: Sequence[float], ene
     shift = first_order(gaps, delta)
     leave_one_out = np.array([first_order(np.delete(gaps, i), np.delete(delta, i)) for i in range(n)])
     stderr = float(np.sqrt((n - 1) / n * np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
-    return {'shift': shift, 'shift_stderr': stderr, 'beta_sigma': float(beta * delta.std(ddof=1)), 'n': n}
+    spread = gaps.std() > 0 and delta.std() > 0
+    return {'shift': shift, 'shift_stderr': stderr, 'beta_sigma': float(beta * delta.std(ddof=1)),
+            'correlation': float(np.corrcoef(gaps, delta)[0, 1]) if spread else None, 'n': n}
 
 
 def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_gap: Sequence[float],
@@ -319,7 +323,8 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
         ``teacher_gap`` and ``teacher_gap_stderr`` (eV); ``gnn_bias`` = mean(teacher - GNN), ``gnn_bias_stderr``,
         ``gnn_mae``, ``gnn_rmse`` (eV), ``n_gap``; ``force_mae``, ``force_rmse`` (eV/Å), ``energy_per_atom_mae``,
         ``energy_per_atom_bias`` (reference - MLIP, eV/atom), ``n_mlip`` (frames with energy and forces);
-        ``sampling_shift``, ``sampling_shift_stderr`` (eV), ``sampling_beta_sigma`` and ``n_sampling`` from
+        ``sampling_shift``, ``sampling_shift_stderr`` (eV), ``sampling_beta_sigma``, ``sampling_correlation`` and
+        ``n_sampling`` from
         :func:`sampling_shift` on the frames with a teacher gap and both energies; with ``member_gaps``,
         ``gnn_bias_members``: every model's mean(teacher - model) on the frames of ``gnn_bias`` (eV).
     """
@@ -372,6 +377,7 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
             'energy_per_atom_mae': per_atom['mae'], 'energy_per_atom_bias': per_atom['bias'],
             'n_mlip': int(mlip.size), 'sampling_shift': sampling['shift'],
             'sampling_shift_stderr': sampling['shift_stderr'], 'sampling_beta_sigma': sampling['beta_sigma'],
+            'sampling_correlation': sampling['correlation'],
             'n_sampling': sampling['n']})
         if member_gaps is not None:
             rows[-1]['gnn_bias_members'] = ([float(np.mean(teacher_gap[gaps] - member[gaps])) for member in member_gaps]

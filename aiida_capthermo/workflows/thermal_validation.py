@@ -49,13 +49,14 @@ VEGARD_TOLERANCE = 0.03
 COLUMNS = ('point', 'key', 'x', 'temperature', 'n_frames', 'teacher_gap', 'teacher_gap_stderr', 'gnn_bias',
            'gnn_bias_stderr', 'gnn_mae', 'gnn_rmse', 'n_gap', 'force_mae', 'force_rmse', 'energy_per_atom_mae',
            'energy_per_atom_bias', 'n_mlip', 'sampling_shift', 'sampling_shift_stderr', 'sampling_beta_sigma',
-           'n_sampling')
+           'sampling_correlation', 'n_sampling')
 UNITS = {'temperature': 'K', 'volume_per_atom': 'Å^3', 'vegard_deviation': 'fraction', 'teacher_pressure': 'GPa',
          'mlip_pressure': 'GPa', 'teacher_max_force': 'eV/Å',
          'teacher_gap': 'eV', 'teacher_gap_stderr': 'eV', 'gnn_bias': 'eV',
          'gnn_bias_stderr': 'eV', 'gnn_mae': 'eV', 'gnn_rmse': 'eV', 'force_mae': 'eV/Å', 'force_rmse': 'eV/Å',
          'energy_per_atom_mae': 'eV/atom', 'energy_per_atom_bias': 'eV/atom', 'sampling_shift': 'eV',
-         'sampling_shift_stderr': 'eV', 'sampling_beta_sigma': 'dimensionless'}
+         'sampling_shift_stderr': 'eV', 'sampling_beta_sigma': 'dimensionless',
+         'sampling_correlation': 'dimensionless'}
 
 
 def _attempt(key: str) -> int | None:

@@ -193,6 +193,10 @@ def test_sampling_shift_of_a_far_too_soft_potential_is_flagged():
     result = sampling_shift(gaps, engine, potential, 300.0)
     assert exact == pytest.approx(1 / 3) and result['shift'] == pytest.approx(1.0, rel=0.2)
     assert result['beta_sigma'] == pytest.approx(4.0, rel=0.1)
+    # the engine's extra energy and the gap are both sums of q^2: the potential is wrong exactly where the gap moves
+    assert result['correlation'] < -0.9
+    noise = sampling_shift(gaps, potential + rng.normal(0.0, 0.1, gaps.size), potential, 300.0)
+    assert abs(noise['correlation']) < 0.2  # an energy error that is noise to the gap: no correlation
     assert sampling_shift(gaps, engine, potential, 0.0)['shift'] is None
     assert sampling_shift(gaps[:2], engine[:2], potential[:2], 300.0)['shift'] is None
     thermal = [{'key': 'a', 'x': 0.5, 'temperature': 0.0, 'gap': 1.0, 'stderr': 0.0, 'eg0': 1.0},
