@@ -55,14 +55,12 @@ def main() -> None:
     from ase.optimize import BFGS
 
     from aiida_capthermo.ml.labelling import engine_calculator, single_point_function
-    from aiida_capthermo.ml.settings import CalculatorSpec
+    from aiida_capthermo.workflows.study import study_engines
 
     study = orm.load_node(args.study)
     screen = study.base.links.get_outgoing(link_label_filter='screen').one().node
-    dataset = study.inputs.dataset
-    low_spec = CalculatorSpec(**dataset.low.calculator.get_dict())
-    teacher_spec = CalculatorSpec(**(dataset.high if 'code' in dataset.get('high', {}) else dataset.low)
-                                  .calculator.get_dict())
+    specs = study_engines(study)
+    low_spec, teacher_spec = specs['low'], specs['teacher']
     low, teacher = single_point_function(low_spec), single_point_function(teacher_spec)
     start = time.perf_counter()
     result = {'study_uuid': study.uuid, 'low_engine': low_spec.model_dump(), 'teacher': teacher_spec.model_dump(),

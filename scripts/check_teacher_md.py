@@ -46,7 +46,7 @@ def main() -> None:
     load_profile()
     from aiida_capthermo.core.thermal import series_statistics
     from aiida_capthermo.ml.labelling import engine_md, single_point_function
-    from aiida_capthermo.ml.settings import CalculatorSpec
+    from aiida_capthermo.workflows.study import study_engines
 
     study = orm.load_node(args.study)
     validation = study.base.links.get_outgoing(link_label_filter='validation').one().node
@@ -58,10 +58,8 @@ def main() -> None:
     if not rows or args.temperature not in rows[0]['temperatures']:
         raise SystemExit(f'Table I has no row for x = {args.x}, T = {args.temperature} K')
     row, column = rows[0], rows[0]['temperatures'].index(args.temperature)
-    dataset = study.inputs.dataset
-    low_spec = CalculatorSpec(**dataset.low.calculator.get_dict())
-    teacher_spec = CalculatorSpec(**(dataset.high if 'code' in dataset.get('high', {}) else dataset.low)
-                                  .calculator.get_dict())
+    specs = study_engines(study)
+    low_spec, teacher_spec = specs['low'], specs['teacher']
     low, teacher = single_point_function(low_spec), single_point_function(teacher_spec)
 
     start = time.perf_counter()

@@ -41,7 +41,8 @@ def main() -> None:
     load_profile()
     from aiida_capthermo.core.dataset import LabelledSet
     from aiida_capthermo.core.validation import mean_with_stderr, point_key, select_frames
-    from aiida_capthermo.ml.labelling import CalculatorSpec, single_point_function
+    from aiida_capthermo.ml.labelling import single_point_function
+    from aiida_capthermo.workflows.study import study_engines
     from aiida_capthermo.workflows.thermal_validation import _attempt, replica_series
 
     study = orm.load_node(args.study)
@@ -69,8 +70,7 @@ def main() -> None:
             per_point[frame['point']].append(frame['index'])
     frames = LabelledSet.concatenate(sets)
 
-    engine = study.inputs.dataset.high if 'code' in study.inputs.dataset.get('high', {}) else study.inputs.dataset.low
-    spec = CalculatorSpec(**engine.calculator.get_dict())
+    spec = study_engines(study)['teacher']
     label = single_point_function(spec)
     table = {(row['x'], t): (row, i) for row in study.outputs.table['rows'] for i, t in enumerate(row['temperatures'])}
     rows, start = [], time.perf_counter()

@@ -266,6 +266,17 @@ def check_validation(node, results):
                                               rel=1e-9)
         if gap['temperature'] == 0:
             assert gap['gap'] == pytest.approx(check['teacher_gap'], abs=1e-6)  # GNN in float32
+    # the study's engines as the checks in scripts/ label with them: the teacher's gap of the relaxed x = 0 cell,
+    # computed here directly, is the validated Eg(0) of Table I
+    from aiida_capthermo.ml.labelling import single_point_function
+    from aiida_capthermo.workflows.study import study_engines
+
+    engines = study_engines(node)
+    assert (engines['low'].method, engines['teacher'].method) == ('GFN1-xTB', 'IPEA1-xTB')
+    relaxed = next(s for s in validation.inputs.relaxed.values() if s.base.attributes.get('capthermo_x') == 0.0)
+    eg0 = next(gap['gap'] for gap in (g.get_dict() for g in results['gaps'].values())
+               if gap['x'] == 0.0 and gap['temperature'] == 0.0)
+    assert single_point_function(engines['teacher'])(relaxed.get_ase())['gap'] == pytest.approx(eg0, abs=1e-6)
 
 
 def check_rerun_from_given_nodes(node, results, codes, mlip, overrides):

@@ -313,6 +313,19 @@ def supercell_cutoff_error(inputs, supercell: list) -> str | None:
 
 
 
+def study_engines(study: orm.ProcessNode) -> dict:
+    """The labelling engines of a finished study, as :class:`~aiida_capthermo.ml.settings.CalculatorSpec`: ``low``
+    (the dataset's low-fidelity engine: energies, forces, the potential's teacher) and ``teacher`` (the gaps' teacher:
+    the dataset's high engine when it ran one, else the low engine). The independent checks in ``scripts/`` label
+    with them."""
+    from aiida_capthermo.ml.settings import CalculatorSpec
+
+    dataset = study.inputs.dataset
+    teacher = dataset.high if 'code' in dataset.get('high', {}) else dataset.low
+    return {'low': CalculatorSpec(**dataset.low.calculator.get_dict()),
+            'teacher': CalculatorSpec(**teacher.calculator.get_dict())}
+
+
 class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
     """Dataset -> MACE potential and two-stage band-gap GNN -> screen -> thermal gaps, every node in one graph."""
 
