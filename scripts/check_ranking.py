@@ -61,7 +61,9 @@ def main() -> None:
     screen = study.base.links.get_outgoing(link_label_filter='screen').one().node
     specs = study_engines(study)
     low_spec, teacher_spec = specs['low'], specs['teacher']
-    low, teacher = single_point_function(low_spec), single_point_function(teacher_spec)
+    low = single_point_function(low_spec)
+    same = teacher_spec == low_spec  # no high engine: the low engine's own gap, not a second label
+    teacher = None if same else single_point_function(teacher_spec)
     start = time.perf_counter()
     result = {'study_uuid': study.uuid, 'low_engine': low_spec.model_dump(), 'teacher': teacher_spec.model_dump(),
               'relax': {'fmax': args.fmax, 'steps': args.steps} if args.relax else None, 'compositions': {}}
@@ -77,7 +79,7 @@ def main() -> None:
                    'potential_meV_per_atom': 1000 * potential[key],
                    'engine_energy_per_atom': labels['energy'] / len(atoms),
                    'engine_max_force': float(np.linalg.norm(labels['forces'], axis=1).max()),
-                   'teacher_gap': float(teacher(atoms)['gap'])}
+                   'teacher_gap': float((labels if same else teacher(atoms))['gap'])}
             if args.relax:
                 moved = atoms.copy()
                 moved.calc = engine_calculator(low)
@@ -87,7 +89,7 @@ def main() -> None:
                            relaxed_converged=converged, relaxed_steps=int(optimizer.nsteps),
                            relaxed_displacement=float(np.linalg.norm(moved.positions - atoms.positions, axis=1)
                                                       .max()),
-                           relaxed_teacher_gap=float(teacher(moved)['gap']))
+                           relaxed_teacher_gap=float((moved.calc.labels if same else teacher(moved))['gap']))
             rows.append(row)
         for name, column in (('engine_meV_per_atom', 'engine_energy_per_atom'),
                              ('relaxed_meV_per_atom', 'relaxed_energy_per_atom')):
