@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from aiida import engine, orm
 
+from aiida_capthermo.core.constants import KB_EV
 from aiida_capthermo.core.dataset import LabelledSet
 from aiida_capthermo.data.dataset import DatasetData
 
@@ -198,8 +199,9 @@ def _xtb_labelled_cells(n: int) -> DatasetData:
                                          engine='local', **CalculatorSpec().describe()).store()
 
 
-def _force_mae(model, dataset: DatasetData) -> float:
-    """Force MAE (eV/Å, over components) of ``model`` on ``dataset`` by MACE's own ASE calculator."""
+def _mace_labels(model, dataset: DatasetData) -> tuple[float, np.ndarray]:
+    """Force MAE (eV/Å, over components) of ``model`` on ``dataset`` and its energies (eV) of the structures, by
+    MACE's own ASE calculator."""
     import tempfile
 
     from mace.calculators import MACECalculator
@@ -208,13 +210,14 @@ def _force_mae(model, dataset: DatasetData) -> float:
     with tempfile.TemporaryDirectory() as folder:
         calc = MACECalculator(model_paths=str(model.export_files(folder)[model.main_file]), device='cpu',
                               default_dtype='float64')
-        errors = []
+        errors, energies = [], []
         for index in range(len(labelled)):
             atoms = labelled.atoms(index, with_labels=False)
             atoms.calc = calc
             errors.append(np.abs(atoms.get_forces() - labelled.forces[labelled.offsets[index]:
                                                                       labelled.offsets[index + 1]]).ravel())
-    return float(np.mean(np.concatenate(errors)))
+            energies.append(atoms.get_potential_energy())
+    return float(np.mean(np.concatenate(errors))), np.array(energies)
 
 
 def test_mlip_potential_active_learning_learning_curve(script_code):
@@ -222,7 +225,9 @@ def test_mlip_potential_active_learning_learning_curve(script_code):
     own MD before it trains on them. A huge tolerance stops after round 0 (converged, no retraining); a tiny one runs
     both rounds with one retraining in between, and each row of the learning curve is the force MAE of that round's
     potential on that round's frames, recomputed here with MACE's ASE calculator; the frames were not in the set that
-    potential trained on."""
+    potential trained on. The energy criterion keeps refining a potential whose forces are within their tolerance:
+    with sampling_tolerance 1e-6 both rounds run, and each round's beta * std(U_engine - U_MLIP) is recomputed from
+    the engine's labels and MACE's own energies."""
 
     dataset = _xtb_labelled_cells(12)
     refine = {'rounds': 2, 'compositions': [0.5], 'temperatures': [300.0], 'steps': 40, 'frame_stride': 20,
@@ -251,13 +256,15 @@ def test_mlip_potential_active_learning_learning_curve(script_code):
     assert any(m.startswith('refinement round 0: force MAE') and m.endswith('(tolerance 100.0)') for m in reports)
     assert any(m.startswith('refinement converged in round 0') for m in reports)
 
-    # (b) not converged: two rounds, two evaluations, one retraining between them.
-    builder.refine = orm.Dict({**refine, 'force_tolerance': 1e-6})
+    # (b) not converged (the forces are within 100 eV/Å, their energies' spread is not within 1e-6 kT): two rounds,
+    # two evaluations, one retraining between them.
+    builder.refine = orm.Dict({**refine, 'force_tolerance': 100.0, 'sampling_tolerance': 1e-6})
     results, node = engine.run_get_node(builder)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
     curve = results['learning_curve'].get_dict()
     rows = curve['rounds']
     assert curve['converged'] is False and len(rows) == 2 and [row['round'] for row in rows] == [0, 1]
+    assert curve['sampling_tolerance'] == 1e-6 and [row['converged'] for row in rows] == [False, False]
     trained_in = trainings(node)
     assert len(trained_in) == 2
     assert [n.process_label for n in called(node, 'refine')].count('MaceEvaluateCalcJob') == 2
@@ -272,10 +279,15 @@ def test_mlip_potential_active_learning_learning_curve(script_code):
         assert evaluation.inputs.model.uuid == model.uuid
         assert row['n_frames'] == round_frames.n_structures > 0
         assert row['n_training'] == training.inputs.mace.train.n_structures
-        assert row['force_mae'] == pytest.approx(_force_mae(model, round_frames), rel=1e-4)
+        force_mae, energies = _mace_labels(model, round_frames)
+        assert row['force_mae'] == pytest.approx(force_mae, rel=1e-4) and force_mae <= 100.0
+        fresh = round_frames.get_labelled_set()
+        [point] = row['sampling']
+        assert (point['x'], point['temperature'], point['n']) == (0.5, 300.0, len(fresh))
+        assert point['beta_sigma'] == pytest.approx(np.std(fresh.energy - energies, ddof=1) / (KB_EV * 300.0),
+                                                    rel=1e-3) and row['max_beta_sigma'] == point['beta_sigma']
         # out of sample: none of the round's frames is in the set its potential trained on
         trained = training.inputs.mace.train.get_labelled_set()
-        fresh = round_frames.get_labelled_set()
         assert all(fresh.structure_uuid)
         assert not set(fresh.structure_uuid) & set(trained.structure_uuid)
         assert not any(fresh.n_atoms[j] == trained.n_atoms[i] and np.allclose(
@@ -288,7 +300,9 @@ def test_mlip_potential_active_learning_learning_curve(script_code):
     assert results['training_set'].uuid == trained_in[1].inputs.mace.train.uuid
     assert results['training_set'].n_structures == rows[0]['n_training'] + rows[0]['n_frames']
     reports = [log.message.split(']: ', 1)[-1] for log in orm.Log.collection.get_logs_for(node)]
-    assert sum(m.startswith('refinement round ') and 'fresh MD frames (tolerance 1e-06)' in m for m in reports) == 2
+    assert sum(m.startswith('refinement round ') and 'fresh MD frames (tolerance 100.0)' in m for m in reports) == 2
+    assert sum(m.startswith('refinement round ') and 'beta * std(U_engine - U_MLIP) per (x, T): x 0.5 300 K' in m
+               and m.endswith('(tolerance 1e-06)') for m in reports) == 2
     assert any(m.startswith('WARNING: refinement did not converge in 2 round(s)') for m in reports)
     assert list(results['md_frames'].get_labelled_set().structure_uuid) == [
         uuid for dataset in frames for uuid in dataset.get_labelled_set().structure_uuid]
@@ -316,3 +330,21 @@ def test_ground_state_warning_from_the_boltzmann_weights():
     assert close.startswith('WARNING: x_0p500: the lowest configuration c001 is 0.5 meV/atom below the next')
     assert '68 % at 300 K, 60 % at 600 K' in close
     assert ground_state_warning('x_0p500', ranking(0.01)) is None  # 10 meV/atom: over 99.9 % at 600 K
+
+
+def test_refinement_round_converges_on_forces_and_on_every_points_energy_spread():
+    """A round's potential is final when its force MAE is within the tolerance and, with a sampling tolerance, every
+    (x, T) of its fresh frames has beta * std(dU) within it: one point outside, or one that cannot show it (a single
+    frame), keeps the loop going; without a force tolerance there is no verdict."""
+    from aiida_capthermo.workflows.mlip_potential import round_converged
+
+    points = [{'x': 0.0, 'temperature': 300.0, 'beta_sigma': 0.6}, {'x': 1.0, 'temperature': 600.0, 'beta_sigma': 3.2}]
+    assert round_converged(0.05, points, 0.10, None) is True
+    assert round_converged(0.12, points, 0.10, None) is False
+    assert round_converged(0.05, points, 0.10, 1.0) is False
+    assert round_converged(0.05, points, 0.10, 4.0) is True
+    assert round_converged(0.12, points, 0.10, 4.0) is False
+    single = {'x': 0.5, 'temperature': 300.0, 'beta_sigma': None}
+    assert round_converged(0.05, [*points, single], 0.10, 4.0) is False
+    assert round_converged(0.05, [], 0.10, 4.0) is False
+    assert round_converged(0.05, points, None, 1.0) is None

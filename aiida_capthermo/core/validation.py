@@ -33,7 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ['allocate_budget', 'grid_indices', 'select_frames', 'spread_subset', 'vegard_deviations', 'pressure',
-           'paired_difference', 'mean_with_stderr', 'force_errors', 'point_key', 'sampling_shift', 'validation_rows']
+           'paired_difference', 'mean_with_stderr', 'force_errors', 'point_key', 'sampling_shift', 'energy_spread',
+           'validation_rows']
 
 #: beta * std(E_low - E_MLIP) over the frames of an (x, T) up to which the first-order sampling shift is taken as
 #: the shift (the next order is about beta * sigma / 2 of it); beyond, it is an order of magnitude, not a bound
@@ -288,6 +289,50 @@ def sampling_shift(gaps: Sequence[float], energy_reference: Sequence[float], ene
     spread = gaps.std() > 0 and delta.std() > 0
     return {'shift': shift, 'shift_stderr': stderr, 'beta_sigma': float(beta * delta.std(ddof=1)),
             'correlation': float(np.corrcoef(gaps, delta)[0, 1]) if spread else None, 'n': n}
+
+
+def energy_spread(x: Sequence[float], temperature: Sequence[float], energy_reference: Sequence[float],
+                  energy_predicted: Sequence[float]) -> list[dict]:
+    """How far the potential's Boltzmann distribution is from the engine's, per (x, T) of MD frames.
+
+    ``dU = U_engine - U_MLIP`` per frame; its spread over the frames of one (x, T) against ``k_B T``,
+    ``beta_sigma = std(dU) / (k_B T)`` (ddof 1; a constant offset cancels), is the measure of
+    :func:`sampling_shift`: the first-order sampling shift is to be trusted where it is at most
+    :data:`PERTURBATIVE_LIMIT`, and where it is large the potential's MD samples another distribution than the
+    engine's. Unlike the force error it grows with the cell (``std(dU)`` of N atoms with independent errors goes
+    as ``sqrt(N)``): it is the accuracy the thermal average of the cell the MD runs needs.
+
+    Parameters
+    ----------
+    x, temperature
+        [n] composition and MD temperature (K) of every frame.
+    energy_reference, energy_predicted
+        [n] eV per cell: the engine's and the potential's energies (frames with a NaN are left out).
+
+    Returns
+    -------
+    list of dict
+        One row per (x, T > 0), sorted: ``x``, ``temperature`` (K), ``n`` (frames), ``std_dU`` (eV) and
+        ``beta_sigma``; both None for fewer than 2 frames.
+    """
+    from aiida_capthermo.core.constants import KB_EV
+
+    x = np.asarray(x, dtype=float).reshape(-1)
+    temperature = np.asarray(temperature, dtype=float).reshape(-1)
+    delta = (np.asarray(energy_reference, dtype=float).reshape(-1)
+             - np.asarray(energy_predicted, dtype=float).reshape(-1))
+    if not len(x) == len(temperature) == len(delta):
+        raise ValueError(f'{len(x)} compositions, {len(temperature)} temperatures and {len(delta)} energies')
+    keep = np.isfinite(delta) & (temperature > 0)
+    groups: dict[tuple[float, float], list[float]] = {}
+    for x_value, t_value, d in zip(x[keep], temperature[keep], delta[keep]):
+        groups.setdefault((round(float(x_value), 6), round(float(t_value), 6)), []).append(float(d))
+    rows = []
+    for (x_value, t_value), values in sorted(groups.items()):
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        rows.append({'x': x_value, 'temperature': t_value, 'n': len(values), 'std_dU': std,
+                     'beta_sigma': None if std is None else std / (KB_EV * t_value)})
+    return rows
 
 
 def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_gap: Sequence[float],

@@ -9,11 +9,14 @@ checked and evaluated.
    (``MlipMdCalcJob``, the batched engine); its frames become structures (calcfunction) and are labelled by the
    teacher's low engine (``BatchLabelWorkChain``); then the current potential is evaluated on these fresh frames
    (``MaceEvaluateCalcJob``) *before* it trains on them: an out-of-sample error of the potential on the
-   configurations its own MD visits. When the force MAE is at most ``force_tolerance`` the loop stops (converged,
-   the potential is final); otherwise, if rounds remain, the frames are merged into the training set and the
-   potential is trained again (from scratch, or continued from the last one for ``finetune_epochs``). Retraining
-   happens only between rounds, so the final potential is always the one evaluated last on fresh frames. The
-   per-round errors are the ``learning_curve``; every labelled frame is in ``md_frames``.
+   configurations its own MD visits. When the force MAE is at most ``force_tolerance`` and, with
+   ``sampling_tolerance``, the potential's energies follow the engine's on the frames of every (x, T) to within that
+   many k_B T (``beta * std(U_engine - U_MLIP)``, what the thermal average needs: the potential's MD samples the
+   engine's distribution) the loop stops (converged, the potential is final); otherwise, if rounds remain, the
+   frames are merged into the training set and the potential is trained again (from scratch, or continued from the
+   last one for ``finetune_epochs``). Retraining happens only between rounds, so the final potential is always
+   the one evaluated last on fresh frames. The per-round errors are the ``learning_curve``; every labelled frame is
+   in ``md_frames``.
 3. **Check** (optional, side by side): MD of mixed cells with the final potential (``md_check``, a stability verdict
    per replica) and the errors of the final potential on the held-out set (``evaluate_code``).
 
@@ -68,6 +71,10 @@ class MdStageSettings(MdConfig):
     force_tolerance: float | None = Field(
         None, gt=0, description='Refine only: stop (converged) when the force MAE of the current potential on the '
                                 'fresh frames of a round is at most this (eV/Å); None runs every round.')
+    sampling_tolerance: float | None = Field(
+        None, gt=0, description='Refine only: converged also needs beta * std(U_engine - U_MLIP) over the fresh '
+                                'frames of every (x, T) of a round at most this (dimensionless; 1 is where the '
+                                "thermal validation's first-order sampling shift holds); None: forces only.")
     compositions: list[float] = Field(default_factory=lambda: [0.5], min_length=1,
                                       description='Compositions x of the starting cells, one MD job each.')
     finetune_epochs: int | None = Field(
@@ -76,7 +83,8 @@ class MdStageSettings(MdConfig):
 
     def md_parameters(self, seed_offset: int = 0) -> dict:
         """The ``MdConfig`` of one MD job (the seed shifted so that every job draws its own noise)."""
-        return {**self.model_dump(exclude={'rounds', 'compositions', 'finetune_epochs', 'force_tolerance'}),
+        return {**self.model_dump(exclude={'rounds', 'compositions', 'finetune_epochs', 'force_tolerance',
+                                                      'sampling_tolerance'}),
                 'seed': self.seed + seed_offset}
 
 
@@ -126,23 +134,57 @@ def collect_md_results(**results) -> orm.Dict:
 
 
 @calcfunction
-def learning_curve(settings: orm.Dict, **metrics) -> dict:
-    """The out-of-sample learning curve of the refinement: one row per round (``metrics``: the ``metrics`` of
-    ``MaceEvaluateCalcJob`` on that round's fresh MD frames, keys ``round_00``...; ``settings``: ``force_tolerance``
-    and per round ``n_training``, ``model_uuid``, ``compositions``, ``temperatures``)."""
+def energy_spread(frames: DatasetData, parity: orm.ArrayData) -> orm.Dict:
+    """``beta * std(U_engine - U_MLIP)`` per (x, T) of labelled MD frames (``frames``: the engine's labels;
+    ``parity``: ``MaceEvaluateCalcJob``'s arrays on them): :func:`aiida_capthermo.core.validation.energy_spread`,
+    output ``rows``."""
+    from aiida_capthermo.core.validation import energy_spread as spread
+
+    labelled = frames.get_labelled_set()
+    return orm.Dict({'rows': spread(labelled.x, labelled.temperature, parity.get_array('energy_ref'),
+                                    parity.get_array('energy_pred')), 'units': {'std_dU': 'eV'}})
+
+
+def round_converged(force_mae: float, sampling: list[dict], force_tolerance: float | None,
+                    sampling_tolerance: float | None) -> bool | None:
+    """Whether a refinement round's potential is final: force MAE within ``force_tolerance`` and, with
+    ``sampling_tolerance``, ``beta_sigma`` of every (x, T) row of ``sampling`` within it (a row without one, from a
+    single frame, cannot show it). None without a force tolerance."""
+    if force_tolerance is None:
+        return None
+    if force_mae > force_tolerance:
+        return False
+    if sampling_tolerance is None:
+        return True
+    return bool(sampling) and all(row['beta_sigma'] is not None and row['beta_sigma'] <= sampling_tolerance
+                                  for row in sampling)
+
+
+@calcfunction
+def learning_curve(settings: orm.Dict, **nodes) -> dict:
+    """The out-of-sample learning curve of the refinement: one row per round. ``nodes``: ``round_00``... the
+    ``metrics`` of ``MaceEvaluateCalcJob`` on that round's fresh MD frames and ``spread_00``... their
+    :func:`energy_spread`; ``settings``: ``force_tolerance``, ``sampling_tolerance`` and per round ``n_training``,
+    ``model_uuid``, ``compositions``, ``temperatures``."""
     s = settings.get_dict()
+    force_tolerance, sampling_tolerance = s.get('force_tolerance'), s.get('sampling_tolerance')
     rows = []
-    for key, row in zip(sorted(metrics), s['rounds']):
-        values = metrics[key].get_dict()
+    for key, row in zip(sorted(k for k in nodes if k.startswith('round_')), s['rounds']):
+        values = nodes[key].get_dict()
+        sampling = nodes[f'spread_{key[6:]}']['rows']
+        spreads = [r['beta_sigma'] for r in sampling if r['beta_sigma'] is not None]
         rows.append({'round': row['round'], 'n_frames': values['n_structures'], 'n_training': row['n_training'],
                      'force_mae': values['forces']['mae'], 'force_rmse': values['forces']['rmse'],
-                     'energy_per_atom_mae': values['energy_per_atom']['mae'], 'model_uuid': row['model_uuid'],
-                     'compositions': row['compositions'], 'temperatures': row['temperatures']})
-    tolerance = s.get('force_tolerance')
-    curve = {'rounds': rows, 'force_tolerance': tolerance,
-             'converged': None if tolerance is None or not rows else bool(rows[-1]['force_mae'] <= tolerance),
+                     'energy_per_atom_mae': values['energy_per_atom']['mae'],
+                     'max_beta_sigma': max(spreads) if spreads else None, 'sampling': sampling,
+                     'converged': round_converged(values['forces']['mae'], sampling, force_tolerance,
+                                                  sampling_tolerance),
+                     'model_uuid': row['model_uuid'], 'compositions': row['compositions'],
+                     'temperatures': row['temperatures']})
+    curve = {'rounds': rows, 'force_tolerance': force_tolerance, 'sampling_tolerance': sampling_tolerance,
+             'converged': rows[-1]['converged'] if rows else None,
              'units': {'force_mae': 'eV/Å', 'force_rmse': 'eV/Å', 'energy_per_atom_mae': 'eV/atom',
-                       'force_tolerance': 'eV/Å'}}
+                       'force_tolerance': 'eV/Å', 'std_dU': 'eV per cell'}}
     png, pdf = figure_nodes(learning_curve_figure(curve), 'mace_learning_curve')
     return {'learning_curve': orm.Dict(curve), 'plot': png, 'plot_pdf': pdf}
 
@@ -205,11 +247,13 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
                    help='A capthermo-mlip code: runs the MD of refine and md_check.')
         spec.input('refine', valid_type=orm.Dict, required=False, validator=validate_md_stage,
                    help='Active learning (needs evaluate_code): rounds (at most), force_tolerance (eV/Å), '
-                        'compositions (x), temperatures (K), steps, frame_stride, max_frame_force (eV/Å) ... '
-                        '(MdConfig keys), finetune_epochs. Each round, frames of MD with the current potential are '
-                        'labelled by `engine` and the potential is evaluated on them (out of sample); unless its '
-                        'force MAE is within force_tolerance or no round remains, it is trained again on the merged '
-                        'set (from scratch, or continued from the last one for finetune_epochs).')
+                        'sampling_tolerance (beta * std(U_engine - U_MLIP) per (x, T)), compositions (x), '
+                        'temperatures (K), steps, frame_stride, max_frame_force (eV/Å) ... (MdConfig keys), '
+                        'finetune_epochs. Each round, frames of MD with the current potential are labelled by '
+                        '`engine` and the potential is evaluated on them (out of sample); unless its force MAE is '
+                        'within force_tolerance (and its energy spread within sampling_tolerance at every (x, T)) '
+                        'or no round remains, it is trained again on the merged set (from scratch, or continued '
+                        'from the last one for finetune_epochs).')
         spec.input('md_check', valid_type=orm.Dict, required=False, validator=validate_md_stage,
                    help='MD stability check of the final potential: compositions, temperatures (K), steps, '
                         'stable_distance (Å), temperature_tolerance ... (MdConfig keys).')
@@ -270,8 +314,10 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         spec.output('learning_curve', valid_type=orm.Dict, required=False,
                     help='Refinement: per round the out-of-sample errors of the current potential on its fresh MD '
                          'frames before training on them (round, n_frames, n_training, force_mae and force_rmse '
-                         'eV/Å, energy_per_atom_mae eV/atom, model_uuid, compositions, temperatures), '
-                         'force_tolerance, converged (last force_mae within it; None without a tolerance), units.')
+                         'eV/Å, energy_per_atom_mae eV/atom, sampling: per (x, T) n, std_dU eV and beta_sigma = '
+                         'beta * std(U_engine - U_MLIP), max_beta_sigma, converged, model_uuid, compositions, '
+                         'temperatures), force_tolerance, sampling_tolerance, converged (the last round within '
+                         'both; None without a force tolerance), units.')
         spec.output('learning_curve_plot', valid_type=orm.SinglefileData, required=False,
                     help='PNG of the learning curve: force MAE/RMSE on fresh frames against the training-set size.')
         spec.output('md_frames', valid_type=DatasetData, required=False,
@@ -304,7 +350,7 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         self.ctx.round = 0
         self.ctx.converged = False
         self.ctx.curve = []  # per refinement round: what the learning curve records besides the evaluation metrics
-        self.ctx.round_metrics = {}
+        self.ctx.round_metrics = {}  # round_00...: the evaluation metrics; spread_00...: their energy spread
         self.ctx.md_labels = []
 
     def run_training(self):
@@ -417,7 +463,8 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
             metadata={'call_link_label': f'refine{self.ctx.round}_evaluation', 'options': self._md_options()}))
 
     def inspect_refine_evaluation(self):
-        """Record the round on the learning curve; converged when the force MAE is within the tolerance."""
+        """Record the round on the learning curve; converged when the force MAE is within its tolerance and, with
+        ``sampling_tolerance``, the energy spread of every (x, T) within that."""
         node = self.ctx.refine_evaluation
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_EVALUATION_FAILED.format(
@@ -426,13 +473,20 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         metrics = node.outputs.metrics.get_dict()
         force_mae = metrics['forces']['mae']
         self.ctx.round_metrics[f'round_{self.ctx.round:02d}'] = node.outputs.metrics
+        spread = energy_spread(self.ctx.md_labels[-1], node.outputs.parity)
+        self.ctx.round_metrics[f'spread_{self.ctx.round:02d}'] = spread
+        sampling = spread['rows']
         self.ctx.curve.append({'round': self.ctx.round, 'n_training': self.ctx.train.n_structures,
                                'model_uuid': self.ctx.model.uuid, 'compositions': list(settings.compositions),
                                'temperatures': list(settings.temperatures)})
         tolerance = settings.force_tolerance
         self.report(f'refinement round {self.ctx.round}: force MAE {force_mae:.4g} eV/Å on {metrics["n_structures"]} '
                     f'fresh MD frames (tolerance {tolerance if tolerance is not None else "none"})')
-        self.ctx.converged = tolerance is not None and force_mae <= tolerance
+        spreads = ', '.join(f'x {r["x"]:g} {r["temperature"]:g} K {r["beta_sigma"]:.2f}' for r in sampling
+                            if r['beta_sigma'] is not None)
+        self.report(f'refinement round {self.ctx.round}: beta * std(U_engine - U_MLIP) per (x, T): {spreads or "-"} '
+                    f'(tolerance {settings.sampling_tolerance if settings.sampling_tolerance else "none"})')
+        self.ctx.converged = bool(round_converged(force_mae, sampling, tolerance, settings.sampling_tolerance))
         self.ctx.round += 1
         return None
 
@@ -452,8 +506,10 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         """The learning curve and every labelled frame of the refinement."""
         if not self.ctx.curve:
             return
-        tolerance = self._md_settings('refine').force_tolerance
-        outputs = learning_curve(orm.Dict({'force_tolerance': tolerance, 'rounds': self.ctx.curve}),
+        settings = self._md_settings('refine')
+        tolerance = settings.force_tolerance
+        outputs = learning_curve(orm.Dict({'force_tolerance': tolerance, 'rounds': self.ctx.curve,
+                                           'sampling_tolerance': settings.sampling_tolerance}),
                                  **self.ctx.round_metrics)
         curve = outputs['learning_curve']
         self.out('learning_curve', curve)
@@ -462,12 +518,15 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         self.out('md_frames', merge_datasets(orm.Dict({'subset': 'md', 'refine_rounds': len(labels)}),
                                              **{f'round_{index:02d}': node for index, node in enumerate(labels)}))
         last = curve['rounds'][-1]
+        spread = '' if last['max_beta_sigma'] is None else f', beta * std(dU) at most {last["max_beta_sigma"]:.2f}'
+        within = '' if settings.sampling_tolerance is None else f' and {settings.sampling_tolerance}'
         if curve['converged']:
-            self.report(f'refinement converged in round {last["round"]}: force MAE {last["force_mae"]:.4g} eV/Å <= '
-                        f'tolerance {tolerance} eV/Å; potential {self.ctx.model.pk} is final')
+            self.report(f'refinement converged in round {last["round"]}: force MAE {last["force_mae"]:.4g} eV/Å'
+                        f'{spread} within tolerance {tolerance} eV/Å{within}; potential {self.ctx.model.pk} is final')
         elif tolerance is not None:
             self.report(f'WARNING: refinement did not converge in {len(labels)} round(s): force MAE '
-                        f'{last["force_mae"]:.4g} eV/Å on fresh MD frames > tolerance {tolerance} eV/Å')
+                        f'{last["force_mae"]:.4g} eV/Å{spread} on fresh MD frames, tolerance {tolerance} eV/Å'
+                        f'{within}')
 
     # ------------------------------------------------------------------ checks of the final potential
     def should_check(self) -> bool:

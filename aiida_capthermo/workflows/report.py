@@ -513,7 +513,8 @@ def run_record(node: orm.ProcessNode) -> dict:
                                          'energy_mae_eV_per_atom': evaluation['energy_per_atom']['mae']}
         if 'learning_curve' in mace:
             curve = mace.learning_curve.get_dict()
-            record['mace_learning_curve'] = {key: curve.get(key) for key in ('rounds', 'force_tolerance', 'converged')}
+            record['mace_learning_curve'] = {key: curve.get(key) for key in (
+                'rounds', 'force_tolerance', 'sampling_tolerance', 'converged')}
     if 'gnn' in outputs:
         record['gnn_mae_eV'] = {stage: {split: values['mae'] for split, values in outputs.gnn[stage].get_dict().items()
                                         if isinstance(values, dict) and 'mae' in values}
@@ -592,7 +593,8 @@ def validation_figure(frames: dict):
 @styled
 def learning_curve_figure(curve: dict):
     """The potential's active learning (a figure): force MAE and RMSE (eV/Å) of each round's potential on that
-    round's fresh MD frames against the size of its training set, with the tolerance."""
+    round's fresh MD frames against the size of its training set, with the tolerance; on a second axis the largest
+    ``beta * std(U_engine - U_MLIP)`` over the (x, T) of the round's frames (with its tolerance, where set)."""
     figure, axis = pyplot().subplots(figsize=(4.8, 3.6))
     rows = curve['rounds']
     sizes = [row['n_training'] for row in rows]
@@ -607,6 +609,18 @@ def learning_curve_figure(curve: dict):
     axis.set_xlabel('structures the potential was trained on')
     axis.set_ylabel('error on fresh MD frames (eV/Å)')
     axis.set_title('out-of-sample ' + ('(converged)' if curve.get('converged') else '(not converged)'), fontsize=9)
-    axis.legend(fontsize=8)
+    handles, labels = axis.get_legend_handles_labels()
+    spread = [(row['n_training'], row['max_beta_sigma']) for row in rows if row.get('max_beta_sigma') is not None]
+    if spread:
+        twin = axis.twinx()
+        twin.plot(*zip(*spread), marker='^', color='tab:green', linestyle=':', label='max β·std(dU)')
+        if curve.get('sampling_tolerance') is not None:
+            twin.axhline(curve['sampling_tolerance'], color='tab:green', linestyle='--', alpha=0.5,
+                         label='β·std(dU) tolerance')
+        twin.set_ylabel('β·std(U_engine − U_MLIP) over an (x, T)')
+        twin.set_ylim(bottom=0)
+        more, names = twin.get_legend_handles_labels()
+        handles, labels = handles + more, labels + names
+    axis.legend(handles, labels, fontsize=8)
     return figure
 

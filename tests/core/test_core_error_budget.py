@@ -210,6 +210,35 @@ def test_sampling_shift_of_a_far_too_soft_potential_is_flagged():
     assert '‡' in table_text(table_rows(rows))
 
 
+def test_energy_spread_per_point_known_answer():
+    """The active learning's energy criterion: beta * std(U_engine - U_MLIP) per (x, T). For harmonic frames with
+    the engine's springs s times the potential's it is (s - 1) sqrt(MODES / 2) whatever T (0.1 for s = 1.05, 4 for
+    s = 3), and it is the same number the validation's sampling shift reports on the same frames. Frames without an
+    energy and T = 0 frames are left out; one frame gives no spread."""
+    from aiida_capthermo.core.validation import energy_spread, sampling_shift
+
+    rng = np.random.default_rng(5)
+    soft_gaps, soft_engine, soft_potential, _ = harmonic_frames(rng, 1.05, n=400, temperature=300.0)
+    far_gaps, far_engine, far_potential, _ = harmonic_frames(rng, 3.0, n=400, temperature=600.0)
+    x = np.r_[np.ones(400), np.zeros(400), [0.5, 0.5, 0.0]]
+    temperature = np.r_[np.full(400, 600.0), np.full(400, 300.0), [300.0, 0.0, 300.0]]
+    engine = np.r_[far_engine, soft_engine, [1.0, 1.0, np.nan]]
+    potential = np.r_[far_potential, soft_potential, [0.0, 0.0, 0.0]]
+    rows = energy_spread(x, temperature, engine, potential)
+    assert [(row['x'], row['temperature'], row['n']) for row in rows] == [(0.0, 300.0, 400), (0.5, 300.0, 1),
+                                                                          (1.0, 600.0, 400)]
+    assert rows[0]['beta_sigma'] == pytest.approx(0.1, rel=0.1)
+    assert rows[2]['beta_sigma'] == pytest.approx(4.0, rel=0.1)
+    assert rows[1]['beta_sigma'] is None and rows[1]['std_dU'] is None
+    assert rows[0]['beta_sigma'] == pytest.approx(sampling_shift(soft_gaps, soft_engine, soft_potential,
+                                                                 300.0)['beta_sigma'], rel=1e-12)
+    assert rows[2]['beta_sigma'] == pytest.approx(sampling_shift(far_gaps, far_engine, far_potential,
+                                                                 600.0)['beta_sigma'], rel=1e-12)
+    assert rows[2]['std_dU'] == pytest.approx(np.std(far_engine - far_potential, ddof=1))
+    with pytest.raises(ValueError, match='energies'):
+        energy_spread(x, temperature, engine[:-1], potential[:-1])
+
+
 def test_ensemble_spread_by_hand():
     """With an ensemble of three GNNs, every model's corrected estimate is its average plus its own bias and
     ``stderr_members`` is their standard deviation, added in quadrature; a validated 0 K row is the teacher's gap
