@@ -66,6 +66,7 @@ TABLE: dict[str, tuple[int, str]] = {
     'ERROR_REPLICAS_LOST': (544, 'replicas still blew up after every restart; the gaps of the others are attached'),
     'ERROR_SCREEN_FAILED': (560, 'the screen (its relaxations, or the stage) failed'),
     'ERROR_FINITE_TEMPERATURE_FAILED': (561, 'the finite-temperature phonon job failed'),
+    'ERROR_RERANK_FAILED': (562, "the engine labelled none of the screen's configurations it was to rank"),
     'ERROR_THERMAL_FAILED': (570, 'the thermal-gap stage failed'),
     'ERROR_VALIDATION_FAILED': (590, 'the validation stage failed'),
     'ERROR_NO_FRAMES': (591, 'no production frame could be picked from the MD'),

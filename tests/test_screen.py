@@ -419,6 +419,62 @@ def test_enumeration_sampling_and_parent(aiida_profile):
         assert by_sites[tuple(c['occupied_sites'])] == c['multiplicity']
 
 
+def test_screen_reranks_by_the_engine(model_node, script_code):
+    """With ``rerank`` the engine labels the relaxed configurations and ranks them: the ranking's energies are the
+    engine's own single points of the relaxed cells (recomputed here with the labeller's function, outside AiiDA),
+    in ascending order; the potential's energies stay beside and equal its first ranking's; the Boltzmann weights
+    are the engine's; the ground state, the kept configuration and the phonons are of the engine's lowest. Without
+    the engine, or covering fewer configurations than are kept, rerank is refused before anything runs."""
+    from aiida_capthermo.ml.labelling import single_point_function
+    from aiida_capthermo.ml.settings import CalculatorSpec
+    from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
+
+    builder = SolidSolutionScreenWorkChain.get_builder()
+    builder.model = model_node
+    builder.prototype = orm.Dict(PROTOTYPE)
+    builder.compositions = orm.List([0.0, 0.25])
+    builder.code = script_code('capthermo-mlip', 'capthermo.mlip_screen')
+    builder.parameters = orm.Dict({'fmax': 0.02, 'max_steps': 300, 'device': 'cpu'})
+    builder.phonons = orm.Dict({'device': 'cpu'})
+    builder.temperatures = orm.List([])
+    builder.rerank = orm.Int(3)
+    builder.engine = {'code': script_code('capthermo-label', 'capthermo.label')}
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    [labelling] = [c for c in node.called if c.process_label == 'BatchLabelWorkChain']
+    assert len(labelling.inputs.structures) == 3  # x = 0 has one configuration: nothing to rank
+    assert 'ranked_by' not in results['compositions']['x_0p000']['ranking'].get_dict()
+    ranking = results['compositions']['x_0p250']['ranking'].get_dict()
+    [reranking] = [n for n in node.called if n.process_label == 'rerank_configurations']
+    potential = reranking.inputs.ranking.get_dict()  # the potential's ranking of x = 0.25
+    assert potential['keys'] != ['c000'] and reranking.outputs.result.uuid == \
+        results['compositions']['x_0p250']['ranking'].uuid
+    assert ranking['ranked_by'] == 'engine' and ranking['potential_lowest'] == potential['lowest']
+    assert sorted(ranking['keys']) == sorted(potential['keys']) and not ranking['not_reranked']
+    jobs = [link.node for link in node.base.links.get_outgoing(link_label_filter='relax_x_0p250_%').all()]
+    relaxed = {k: v for job in jobs for k, v in job.outputs.relaxed.items()}
+    label = single_point_function(CalculatorSpec())
+    direct = [label(relaxed[name].get_ase())['energy'] / 40 for name in ranking['keys']]
+    assert np.allclose(direct, ranking['energy_per_atom'], atol=1e-6) and direct == sorted(direct)
+    by_key = dict(zip(potential['keys'], potential['energy_per_atom']))
+    assert ranking['potential_energy_per_atom'] == [by_key[name] for name in ranking['keys']]
+    weights = np.array(ranking['multiplicity']) * np.exp(-40 * np.array(ranking['relative_energy_per_atom'])
+                                                          / (8.617333262e-5 * 300.0))
+    assert np.allclose(ranking['boltzmann']['T300']['probability'], weights / weights.sum())
+    assert results['compositions']['x_0p250']['lowest'].uuid == relaxed[ranking['lowest']].uuid
+    assert set(results['compositions']['x_0p250']) >= {ranking['lowest']}
+    assert results['compositions']['x_0p250'][ranking['lowest']]['structure'].uuid == relaxed[ranking['lowest']].uuid
+
+    del builder.engine
+    with pytest.raises(ValueError, match='rerank labels the relaxed configurations'):
+        engine.run(builder)
+    builder.engine = {'code': script_code('capthermo-label', 'capthermo.label')}
+    builder.keep = orm.Int(2)
+    builder.rerank = orm.Int(1)
+    with pytest.raises(ValueError, match=r'rerank \(1\) must cover the kept configurations'):
+        engine.run(builder)
+
+
 def test_screen_workchain_validation(model_node, script_code, tmp_path):
     from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
 

@@ -218,7 +218,7 @@ def check_questions_answered(node, results):
     lowest = results['screen']['compositions']['x_0p500']['lowest']
     ranking = results['screen']['compositions']['x_0p500']['ranking'].get_dict()
     energy = results['mace']['model'].predict([lowest])[0]['energy_per_atom']
-    assert energy == pytest.approx(ranking['energy_per_atom'][0], abs=2e-4), ranking
+    assert energy == pytest.approx(ranking['potential_energy_per_atom'][0], abs=2e-4), ranking
 
 
 def check_validation(node, results):
@@ -316,6 +316,7 @@ def test_study_ensemble_from_given_models(study, submit_and_await):
     results, codes, mlip, evaluate = study.node.outputs, study.codes, study.mlip, study.evaluate
     overrides = copy.deepcopy(study.overrides)
     overrides['screen']['keep'] = 2
+    overrides['screen']['rerank'] = 0  # the potential's weights, whose error the engine's 0 K energies give
     overrides['ensemble'] = {'configurations': 2, 'temperature': 600.0}
     overrides['validation'] = {'frames_per_point': 2}
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='demo', overrides=overrides,
@@ -390,6 +391,14 @@ def check_screen_thermal_and_report(node, results, tmp_path):
     lowest = results['screen']['compositions']['x_0p500']['lowest']
     thermal = node.base.links.get_outgoing(link_label_filter='thermal').one().node
     assert thermal.inputs.structures['x_0p500'].uuid == lowest.uuid
+    # ... which the study's low engine chose (the protocol's rerank): its energy of the cell, recomputed here
+    from aiida_capthermo.ml.labelling import single_point_function
+    from aiida_capthermo.workflows.study import study_engines
+
+    ranking = results['screen']['compositions']['x_0p500']['ranking'].get_dict()
+    assert ranking['ranked_by'] == 'engine' and ranking['lowest'] == ranking['keys'][0]
+    energy = single_point_function(study_engines(node)['low'])(lowest.get_ase())['energy']
+    assert energy / len(lowest.sites) == pytest.approx(ranking['energy_per_atom'][0], abs=1e-6)
     assert thermal.inputs.mace_model.uuid == results['mace']['model'].uuid
     assert thermal.inputs.gnn_model.uuid == results['gnn']['model'].uuid
     assert {key: m.uuid for key, m in thermal.inputs.gnn_members.items()} == {
@@ -568,6 +577,8 @@ def test_study_mid_protocol_learns_from_the_thermal_md(localhost_session):
     assert set(builder.screen.compositions.get_list()) <= set(refine['compositions'])
     assert {t for t in builder.thermal.temperatures.get_list() if t > 0} <= set(refine['temperatures'])
     assert refine['force_tolerance'] == 0.10 and refine['rounds'] > 2
+    assert refine['sampling_tolerance'] == 1.0  # and until its energies follow the engine's to within kT
+    assert builder.screen.rerank.value == 7  # the low engine picks every composition's ground state
     assert builder.validation.frames_per_point.value > 8  # more teacher frames per (x, T) than the demo
     assert builder._process_class.spec().inputs.validate(builder._inputs(prune=True)) is None
     # the plain values a script reads (benchmarks/bench_labels.py, scripts/study_costs.py) are the builder's

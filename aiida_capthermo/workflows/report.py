@@ -354,7 +354,8 @@ TABLE_FIGURES = ('eg_vs_x', 'eg_vs_t', 'relative_change')
 def _engine_weights(weights: dict, ensemble_settings: orm.Dict | None, validation: orm.Dict | None) -> dict:
     """Per composition of ``weights``, the weights the low engine's energies of the relaxed configurations give
     (the validation's 0 K rows, engine minus potential per atom, times the cell's atoms), where every configuration
-    has one; the random alloy's weights use no energy and are their own."""
+    has one; the random alloy's weights use no energy and are their own, and so are those of a composition the
+    engine ranked (``settings['ranked_by'][composition] == 'engine'``: the weights are already the engine's)."""
     from aiida_capthermo.core.error_budget import engine_weights
 
     if ensemble_settings is None:
@@ -362,12 +363,16 @@ def _engine_weights(weights: dict, ensemble_settings: orm.Dict | None, validatio
     settings = ensemble_settings.get_dict()
     if settings.get('weighting') == 'random':
         return weights
+    ranked = {key for key, by in settings.get('ranked_by', {}).items() if by == 'engine'}
+    own = {composition: members for composition, members in weights.items() if composition in ranked}
     if validation is None:
-        return {}
+        return own
     per_atom = {row['key']: row.get('energy_per_atom_bias') for row in validation['rows']
                 if row.get('temperature') == 0.0}
-    engine = {}
+    engine = dict(own)
     for composition, members in weights.items():
+        if composition in own:
+            continue
         bias = {key: per_atom.get(key) for key in members}
         if all(value is not None and math.isfinite(value) for value in bias.values()):
             engine[composition] = engine_weights(
@@ -389,7 +394,8 @@ def table_one(table: orm.Dict, validation: orm.Dict | None = None, species: orm.
     the configurations' own rows as ``configurations``, and every configuration keeps its gap nodes.
     ``ensemble_settings`` (the weights' ``temperature``, K, and ``n_atoms`` per composition, as the study's
     ``ensemble_weights`` got them) with the validation's 0 K rows (the low engine's energy of each relaxed
-    configuration) add the weights' error, ``stderr_weights``.
+    configuration) add the weights' error, ``stderr_weights``; it is 0 for a composition whose screen the engine
+    ranked (``ranked_by``: its weights are the engine's already).
     """
     from aiida_capthermo.core.error_budget import ESTIMATOR, budget_rows, ensemble_rows
 
@@ -544,7 +550,8 @@ def run_record(node: orm.ProcessNode) -> dict:
             for key, value in entries.items() if hasattr(value, 'items') and 'phonons' in value}
         record['screen_ranking'] = {  # the relaxed classes by energy: what the ground state and the weights rest on
             composition: {name: entries['ranking'].get_dict().get(name)
-                          for name in ('keys', 'relative_energy_per_atom', 'multiplicity', 'lowest')}
+                          for name in ('keys', 'relative_energy_per_atom', 'multiplicity', 'lowest', 'ranked_by',
+                                       'potential_relative_energy_per_atom', 'potential_lowest', 'not_reranked')}
             for composition, entries in outputs.screen.compositions.items() if 'ranking' in entries}
     return record
 

@@ -8,9 +8,13 @@ emits them as StructureData in Vegard's cell between the end members,
 recording x and the class multiplicity. ``MlipScreenWorkChain`` (a restart workchain around ``MlipScreenCalcJob``:
 walltime -> relax the rest, out of memory -> smaller batches) relaxes them ``batch_size`` per job in one batched
 simulation each; a calcfunction ranks them by energy per atom and gives Boltzmann-weighted configurational averages
-from the multiplicities. The ``keep`` lowest of every composition get harmonic phonons (one ``MlipPhononsCalcJob``),
-and those with imaginary modes get finite-temperature phonons from MD at ``temperatures`` (a second one): whether
-the 0 K instability is dynamically stabilised (the paper's Figure 6).
+from the multiplicities. With ``rerank`` the ``rerank`` lowest of each composition are then labelled by ``engine``
+(the potential's teacher, ``BatchLabelWorkChain``) and ranked again by its energy (:func:`rerank_configurations`):
+which configuration is the ground state is then the teacher's answer on the potential's relaxed cells, not the
+potential's, whose errors of a few meV/atom reorder configurations that close. The ``keep`` lowest of every
+composition get harmonic phonons (one ``MlipPhononsCalcJob``), and those with imaginary modes get finite-temperature
+phonons from MD at ``temperatures`` (a second one): whether the 0 K instability is dynamically stabilised (the
+paper's Figure 6).
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from aiida.engine import ProcessHandlerReport, ToContext, WorkChain, calcfunctio
 from aiida_capthermo.calculations.base import code_validator, job_options, pydantic_error, validate_options
 from aiida_capthermo.calculations.mlip import MlipPhononsCalcJob, MlipScreenCalcJob, validate_mace_model
 from aiida_capthermo.core.solid_solution import MAX_SITES
+from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.data.structures import set_structure_metadata
 from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.base import CapthermoBaseRestartWorkChain
+from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain
+from aiida_capthermo.workflows.engines import engine_namespace
 from aiida_capthermo.workflows.functions import build_end_members
 from aiida_capthermo.workflows.protocols import ProtocolMixin, set_options
 from aiida_capthermo.workflows.report import figure_nodes, pyplot, styled
@@ -41,7 +48,7 @@ from aiida_capthermo.workflows.validation import (
 )
 
 __all__ = ['SolidSolutionScreenWorkChain', 'MlipScreenWorkChain', 'enumerate_structures', 'rank_configurations',
-           'merge_screen_results', 'phonon_summary', 'composition_key']
+           'rerank_configurations', 'merge_screen_results', 'phonon_summary', 'composition_key']
 
 MULTIPLICITY_ATTRIBUTE = 'capthermo_multiplicity'
 
@@ -153,6 +160,64 @@ def rank_configurations(configurations: orm.Dict, temperatures: orm.List, **resu
         'boltzmann': boltzmann,
         'sampled': bool(configurations['sampled']),
         'units': {'energy_per_atom': 'eV/atom'},
+    })
+
+
+@calcfunction
+def rerank_configurations(ranking: orm.Dict, labels: DatasetData, settings: orm.Dict) -> orm.Dict:
+    """The ranking of one composition by the engine's energies of its relaxed configurations.
+
+    ``ranking``: :func:`rank_configurations`' (the potential's); ``labels``: the engine's labels (energy, eV per
+    cell) of some of its relaxed structures; ``settings['names']``: the configuration of each labelled structure, by
+    the structure's uuid; ``settings['temperatures']``: K of the Boltzmann averages.
+
+    The configurations with an engine energy are ranked by it (energy per atom, lowest first) and the Boltzmann
+    probabilities are recomputed over them with the engine's energies; ``potential_energy_per_atom`` and
+    ``potential_relative_energy_per_atom`` (relative to the potential's lowest of them) keep the potential's numbers
+    beside. ``not_reranked``: the potential's other configurations (beyond those labelled, or whose label failed),
+    which the engine ranking leaves out. ``potential_lowest``: the potential's ground state; ``ranked_by``:
+    ``engine``. The rest as in :func:`rank_configurations`.
+    """
+    from aiida_capthermo.core.solid_solution import class_probabilities, configurational_average
+
+    old = ranking.get_dict()
+    names = settings['names']
+    labelled = labels.get_labelled_set()
+    engine = {}
+    for index, uuid in enumerate(labelled.structure_uuid):
+        if uuid in names and np.isfinite(labelled.energy[index]):
+            engine[names[uuid]] = (float(labelled.energy[index]), int(labelled.n_atoms[index]))
+    if not engine:
+        raise ValueError('no configuration of the ranking has an engine energy')
+    position = {key: i for i, key in enumerate(old['keys'])}
+    keys = sorted(engine, key=lambda key: engine[key][0] / engine[key][1])
+    per_cell = np.array([engine[key][0] for key in keys])
+    per_atom = np.array([engine[key][0] / engine[key][1] for key in keys])
+    potential = np.array([old['energy_per_atom'][position[key]] for key in keys])
+    multiplicity = np.array([old['multiplicity'][position[key]] for key in keys], dtype=float)
+    boltzmann = {}
+    for temperature in settings['temperatures']:
+        probability = class_probabilities(per_cell, multiplicity, temperature)
+        boltzmann[f'T{temperature:.0f}'] = {
+            'temperature': float(temperature), 'probability': probability.tolist(),
+            'energy_per_atom': configurational_average(per_atom, per_cell, multiplicity, temperature),
+            'probability_lowest': float(probability[0])}
+    return orm.Dict({
+        **old,
+        'keys': keys,
+        'energy_per_atom': per_atom.tolist(),
+        'relative_energy_per_atom': (per_atom - per_atom[0]).tolist(),
+        'potential_energy_per_atom': potential.tolist(),
+        'potential_relative_energy_per_atom': (potential - potential.min()).tolist(),
+        'multiplicity': [int(m) for m in multiplicity],
+        'converged': [old['converged'][position[key]] for key in keys],
+        'steps': [old['steps'][position[key]] for key in keys],
+        'not_reranked': [key for key in old['keys'] if key not in engine],
+        'lowest': keys[0],
+        'potential_lowest': old['lowest'],
+        'ranked_by': 'engine',
+        'boltzmann': boltzmann,
+        'units': {'energy_per_atom': 'eV/atom', 'potential_energy_per_atom': 'eV/atom'},
     })
 
 
@@ -339,9 +404,17 @@ def validate_inputs(inputs, ports) -> str | None:
     keys = [composition_key(x) for x in compositions]
     if len(set(keys)) != len(keys):
         return f'compositions repeat: {compositions}'
-    for name in ('max_configurations', 'batch_size', 'keep', 'max_iterations'):
+    for name in ('max_configurations', 'batch_size', 'keep', 'max_iterations', 'label_batch_size'):
         if name in inputs and inputs[name].value < 1:
             return f'{name} must be a positive integer, got {inputs[name].value}'
+    rerank = inputs['rerank'].value if 'rerank' in inputs else 0
+    if rerank < 0:
+        return f'rerank must be 0 (the potential ranks) or a positive integer, got {rerank}'
+    if rerank and 'code' not in inputs.get('engine', {}) and not supplied_by_parent(ports, 'engine'):
+        return 'rerank labels the relaxed configurations: it needs the engine (engine.code)'
+    keep = inputs['keep'].value if 'keep' in inputs else 1
+    if 0 < rerank < keep:
+        return f'rerank ({rerank}) must cover the kept configurations (keep = {keep})'
     sites = sites_per_cell * math.prod(supercell)
     if sites > MAX_SITES:
         return (f'the supercell {supercell} has {sites} sites on the disordered sublattice; the enumeration of '
@@ -477,6 +550,16 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
                    help='Structures per relaxation job (each job relaxes them together in one batched simulation).')
         spec.input('keep', valid_type=orm.Int, default=lambda: orm.Int(1),
                    help='How many of the lowest configurations per composition get phonons.')
+        spec.input('rerank', valid_type=orm.Int, default=lambda: orm.Int(0),
+                   help='Label the `rerank` lowest relaxed configurations (by the potential) of every composition '
+                        'that has more than one with `engine` and rank them by its energy: the ground state, the '
+                        'kept configurations and the Boltzmann averages are then the engine\'s; 0: the potential '
+                        'ranks.')
+        engine_namespace(spec, 'engine', required=False,
+                         help="The engine that ranks the relaxed configurations with `rerank` (the potential's "
+                              'teacher: the dataset\'s low engine).')
+        spec.input('label_batch_size', valid_type=orm.Int, default=lambda: orm.Int(20),
+                   help='At most this many configurations per labelling job of `rerank`.')
         spec.input('phonons', valid_type=orm.Dict, required=False,
                    help='Phonon settings (PhononConfig without temperatures): supercell, displacement (Å), '
                         'imaginary_threshold (THz), MD length and friction of the finite-temperature phonons, ...')
@@ -492,19 +575,22 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
         spec.input('phonon_options', valid_type=orm.Dict, required=False, validator=validate_options,
                    help='Scheduler options of the phonon jobs (e.g. a GPU queue); default: `options`.')
         spec.inputs.validator = validate_inputs
-        spec.outline(cls.setup, cls.run_relaxations, cls.rank, cls.run_harmonic, cls.inspect_harmonic,
+        spec.outline(cls.setup, cls.run_relaxations, cls.rank, if_(cls.should_rerank)(cls.run_rerank, cls.rerank),
+                     cls.run_harmonic, cls.inspect_harmonic,
                      if_(cls.needs_finite_temperature)(cls.run_finite_temperature), cls.results)
         spec.output_namespace('compositions', dynamic=True,
                               help='Per composition (`x_0p250`): `lowest` relaxed StructureData, `ranking` Dict (with '
-                                   'Boltzmann averages), `configurations` Dict (classes, multiplicities, sampled or '
-                                   'not), and per kept configuration (`c003`): `structure` (relaxed), `phonons` Dict '
-                                   '(0 K stability; '
-                                   'finite-T stabilisation), `bands` and `renormalised_bands.T200` BandsData, '
-                                   '`phonon_plot` PNG.')
+                                   'Boltzmann averages; with `rerank` the engine\'s, `ranked_by` engine, and the '
+                                   'potential\'s energies beside), `configurations` Dict (classes, multiplicities, '
+                                   'sampled or not), and per kept configuration (`c003`): `structure` (relaxed), '
+                                   '`phonons` Dict (0 K stability; finite-T stabilisation), `bands` and '
+                                   '`renormalised_bands.T200` BandsData, `phonon_plot` PNG.')
         spec.exit_code(EXIT_CODES['ERROR_SCREEN_FAILED'], 'ERROR_SCREEN_FAILED',
                        message='The relaxations of composition {x} failed in {batch}: {reason}.')
         spec.exit_code(EXIT_CODES['ERROR_PHONONS_FAILED'], 'ERROR_PHONONS_FAILED',
                        message='The harmonic phonon job failed with exit status {status}.')
+        spec.exit_code(EXIT_CODES['ERROR_RERANK_FAILED'], 'ERROR_RERANK_FAILED',
+                       message='The engine could not rank the relaxed configurations: {message}')
         spec.exit_code(EXIT_CODES['ERROR_FINITE_TEMPERATURE_FAILED'], 'ERROR_FINITE_TEMPERATURE_FAILED',
                        message='The finite-temperature phonon job failed with exit status {status}.')
 
@@ -567,7 +653,7 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
 
     def rank(self):
         """Rank each composition, keep its ``keep`` lowest configurations."""
-        self.ctx.kept, self.ctx.rankings = {}, {}
+        self.ctx.kept, self.ctx.rankings, self.ctx.relaxed = {}, {}, {}
         for key, enumerated in self.ctx.enumerated.items():
             results = {}
             for label in self.ctx.batches[key]:
@@ -582,9 +668,54 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
                                           **results)
             self.ctx.rankings[key] = ranking
             relaxed = {k: v for label in self.ctx.batches[key] for k, v in self.ctx[label].outputs.relaxed.items()}
+            self.ctx.relaxed[key] = relaxed
             self.ctx.kept[key] = {k: relaxed[k] for k in ranking['keys'][:self.inputs.keep.value]}
             self.report(f'{key}: lowest {ranking["lowest"]} at {ranking["energy_per_atom"][0]:.5f} eV/atom of '
                         f'{len(ranking["keys"])} relaxed ({sum(ranking["converged"])} converged)')
+        return None
+
+    def _rerank_candidates(self) -> dict:
+        """Per composition with more than one relaxed configuration, its ``rerank`` lowest by the potential."""
+        number = self.inputs.rerank.value
+        return {key: ranking['keys'][:number] for key, ranking in self.ctx.rankings.items()
+                if number and len(ranking['keys']) > 1}
+
+    def should_rerank(self) -> bool:
+        return bool(self._rerank_candidates())
+
+    def run_rerank(self):
+        """Label the candidates of every composition with the engine, in one batch labelling."""
+        structures = {f'{key}_{name}': self.ctx.relaxed[key][name]
+                      for key, names in self._rerank_candidates().items() for name in names}
+        self.report(f'the engine ranks {len(structures)} relaxed configurations')
+        return ToContext(rerank_labels=self.submit(
+            BatchLabelWorkChain, structures=structures, engine=dict(self.inputs.engine), fidelity=orm.Str('low'),
+            batch_size=self.inputs.label_batch_size, attributes=orm.Dict({'subset': 'screen_rerank'}),
+            metadata={'call_link_label': 'rerank_labels'}))
+
+    def rerank(self):
+        """The engine's ranking of each composition: its ground state and kept configurations."""
+        node = self.ctx.rerank_labels
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_RERANK_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
+        temperatures = [float(t) for t in self.inputs.boltzmann_temperatures.get_list()]
+        for key, names in self._rerank_candidates().items():
+            uuids = {self.ctx.relaxed[key][name].uuid: name for name in names}
+            try:
+                ranking = rerank_configurations(self.ctx.rankings[key], node.outputs.labels,
+                                                orm.Dict({'names': uuids, 'temperatures': temperatures}))
+            except ValueError as exception:
+                return self.exit_codes.ERROR_RERANK_FAILED.format(message=f'{key}: {exception}')
+            self.ctx.rankings[key] = ranking
+            self.ctx.kept[key] = {k: self.ctx.relaxed[key][k] for k in ranking['keys'][:self.inputs.keep.value]}
+            potential = dict(zip(ranking['keys'], ranking['potential_relative_energy_per_atom']))
+            engine = dict(zip(ranking['keys'], ranking['relative_energy_per_atom']))
+            order = ', '.join(f'{k} {1000 * engine[k]:.1f} ({1000 * potential[k]:.1f})' for k in ranking['keys'])
+            self.report(f'{key}: the engine ranks {ranking["lowest"]} lowest; meV/atom above it (the potential\'s): '
+                        f'{order}' + (f'; not labelled: {ranking["not_reranked"]}' if ranking['not_reranked'] else ''))
+            if ranking['lowest'] != ranking['potential_lowest']:
+                self.report(f'WARNING: {key}: the potential ranks {ranking["potential_lowest"]} lowest, the engine '
+                            f'{ranking["lowest"]}; the ground state is the engine\'s')
         return None
 
     def _phonon_job(self, structures: dict, temperatures: list, label: str):

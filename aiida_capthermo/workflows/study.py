@@ -181,6 +181,8 @@ def validate_study(inputs, _) -> str | None:
             extra['parents'] = dict(dataset['parents'])
         if 'supercell' in dataset:
             extra['supercell'] = dataset['supercell']
+        if dataset.get('low'):
+            extra['engine'] = dict(dataset['low'])
         screen_inputs = _with_defaults(SolidSolutionScreenWorkChain, dict(inputs['screen']), extra)
         error = screen.validate_inputs(screen_inputs, None)
         if error:
@@ -360,10 +362,12 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         spec.input_namespace('given.structures', valid_type=orm.StructureData, dynamic=True, required=False,
                              help='Structures of the thermal stage by key (each with its x): no screen.')
         spec.expose_inputs(SolidSolutionScreenWorkChain, namespace='screen',
-                           exclude=('model', 'prototype', 'parents', 'supercell'),
+                           exclude=('model', 'prototype', 'parents', 'supercell', 'engine'),
                            namespace_options={'required': False, 'populate_defaults': False,
                                               'help': 'The solid-solution screen with the final potential (the '
-                                                      'prototype and supercell are the dataset\'s); none: no screen.'})
+                                                      'prototype and supercell are the dataset\'s; with rerank the '
+                                                      'dataset\'s low engine ranks the relaxed configurations); '
+                                                      'none: no screen.'})
         spec.expose_inputs(ThermalGapWorkChain, namespace='thermal',
                            exclude=('structures', 'mace_model', 'gnn_model', 'gnn_members', 'gnn_code'),
                            namespace_options={'required': False, 'populate_defaults': False,
@@ -545,6 +549,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
                       metadata={'call_link_label': 'screen'})
         if 'supercell' in self.inputs.dataset:
             inputs['supercell'] = self.inputs.dataset.supercell
+        if 'low' in self.inputs.dataset:  # the potential's teacher ranks the relaxed configurations (rerank)
+            inputs['engine'] = dict(self.inputs.dataset.low)
         self.report(f'screen of x = {inputs["compositions"].get_list()} with MACE potential {self.ctx.mace_model.pk}')
         return ToContext(screen=self.submit(SolidSolutionScreenWorkChain, **inputs))
 
@@ -579,7 +585,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         ensemble = self.inputs.ensemble.get_dict()
         rankings = {key: compositions[key]['ranking'] for key in compositions}
         n_atoms = {key: len(compositions[key]['lowest'].sites) for key in compositions}
-        self.ctx.ensemble_settings = orm.Dict({**ensemble, 'n_atoms': n_atoms})
+        ranked_by = {key: rankings[key].get('ranked_by', 'potential') for key in rankings}
+        self.ctx.ensemble_settings = orm.Dict({**ensemble, 'n_atoms': n_atoms, 'ranked_by': ranked_by})
         made = ensemble_weights(self.ctx.ensemble_settings, **rankings)
         self.ctx.ensemble = made['weights']
         self.ctx.lowest_member = {key: f'{key}_{rankings[key]["lowest"]}' for key in rankings}
