@@ -254,8 +254,8 @@ def test_mid_run_quoted_from_its_record():
     learning curve, the ranges of the validation and of the error parts, the teacher check on other frames, the
     choice of the model and the comparison with the teacher's own MD, all recomputed from docs/figures/mid/."""
     study, thermal = (ROOT / 'docs/study.md').read_text(), (ROOT / 'docs/thermal.md').read_text()
-    record = _json('docs/figures/mid/run.json')
-    table = _table_i(folder='docs/figures/mid')
+    record = _json('docs/figures/mid/run_forces_only.json')
+    table = _table_i('table_i_forces_only.csv', 'docs/figures/mid')
     for line in _table_rows(table):
         assert line in study, line
     assert f'**{record["study_seconds"]:.0f} s**' in study
@@ -284,7 +284,7 @@ def test_mid_run_quoted_from_its_record():
     assert parts in study.replace('\n', ' '), parts
     assert f'{span([r["stderr_sampling"] for r in budget])} eV):' in study.replace('\n', ' ')
 
-    check = _json('docs/figures/mid/teacher_check.json')['rows']
+    check = _json('docs/figures/mid/teacher_check_forces_only.json')['rows']
     differences = [row['difference'] for row in check]
     assert f'Table I are {min(differences):+.3f} to {max(differences):+.3f} eV' in study.replace('\n  ', ' ')
     assert all(row['within'] for row in check) and 'six of the six points lie within' in study
@@ -314,7 +314,7 @@ def test_mid_run_quoted_from_its_record():
     members = record['gnn_member_metrics']['models']
     assert f'Four GNNs (the ensemble) had test MAEs of {span([m["test_mae"] for m in members])} eV' in study
     assert f'`stderr_members`, is {span([r["stderr_members"] for r in budget])} eV' in study.replace('\n', ' ')
-    label = _json('docs/figures/mid/label_time.json')['rows'][0]['seconds_per_label']
+    label = _json('docs/figures/mid/label_time_forces_only.json')['rows'][0]['seconds_per_label']
     assert f'a label took {label:.2f} s against the quiet' in study
 
 
@@ -323,8 +323,8 @@ def test_mid_ranking_check_quoted_from_its_record():
     lowest on the potential's cells and at its own minimum, and the energies and gaps quoted, from its JSON; the
     potential's energies in it are the run's screen ranking."""
     flat = ' '.join((ROOT / 'docs/study.md').read_text().split())
-    record = _json('docs/figures/mid/ranking_check.json')['compositions']['x_0p500']
-    ranking = _json('docs/figures/mid/run.json')['screen_ranking']['x_0p500']
+    record = _json('docs/figures/mid/ranking_check_forces_only.json')['compositions']['x_0p500']
+    ranking = _json('docs/figures/mid/run_forces_only.json')['screen_ranking']['x_0p500']
     rows = {row['key']: row for row in record['rows']}
     for key, energy in zip(ranking['keys'], ranking['relative_energy_per_atom']):
         assert abs(rows[key]['potential_meV_per_atom'] - 1000 * energy) < 1e-9, key
@@ -343,15 +343,16 @@ def test_mid_ranking_check_quoted_from_its_record():
 
 
 def test_mid_sampling_frames_match_the_run_and_the_correlation_quoted():
-    """The per-frame energies and gaps of the `mid` run's validation (docs/figures/mid/validation_frames.json) give
-    the run's own sampling shifts (core.validation.sampling_shift, recomputed), and the correlation of the
-    potential's energy error with the teacher's gap at x = 1, 600 K that docs/study.md quotes."""
+    """The per-frame energies and gaps of the forces-only `mid` run's validation
+    (docs/figures/mid/validation_frames_forces_only.json) give the run's own sampling shifts
+    (core.validation.sampling_shift, recomputed), and the correlation of the potential's energy error with the
+    teacher's gap at x = 1, 600 K that docs/study.md quotes."""
     import numpy as np
 
     from aiida_capthermo.core.validation import sampling_shift
 
-    frames = _json('docs/figures/mid/validation_frames.json')['frames']
-    rows = {(r['x'], r['temperature']): r for r in _json('docs/figures/mid/run.json')['validation']['rows']
+    frames = _json('docs/figures/mid/validation_frames_forces_only.json')['frames']
+    rows = {(r['x'], r['temperature']): r for r in _json('docs/figures/mid/run_forces_only.json')['validation']['rows']
             if r['temperature'] > 0}
     for (x, temperature), row in rows.items():
         point = [f for f in frames if f['x'] == x and f['temperature'] == temperature]
