@@ -69,7 +69,9 @@ def main() -> None:
               'relax': {'fmax': args.fmax, 'steps': args.steps} if args.relax else None, 'compositions': {}}
     for composition, structures in sorted(relaxed_configurations(screen).items()):
         ranking = screen.outputs.compositions[composition]['ranking'].get_dict()
-        potential = dict(zip(ranking['keys'], ranking['relative_energy_per_atom']))
+        # a reranked screen's energies are the engine's; the potential's are beside them
+        potential = dict(zip(ranking['keys'], ranking.get('potential_relative_energy_per_atom',
+                                                          ranking['relative_energy_per_atom'])))
         multiplicity = dict(zip(ranking['keys'], ranking['multiplicity']))
         rows = []
         for key in ranking['keys']:
@@ -97,7 +99,8 @@ def main() -> None:
                 lowest = min(row[column] for row in rows)
                 for row in rows:
                     row[name] = 1000 * (row[column] - lowest)
-        entry = {'potential_lowest': ranking['lowest'],
+        entry = {'potential_lowest': ranking.get('potential_lowest', ranking['lowest']),
+                 'screen_lowest': ranking['lowest'], 'ranked_by': ranking.get('ranked_by', 'potential'),
                  'engine_lowest': min(rows, key=lambda row: row['engine_meV_per_atom'])['key'], 'rows': rows}
         if args.relax:
             entry['relaxed_lowest'] = min(rows, key=lambda row: row['relaxed_meV_per_atom'])['key']

@@ -249,8 +249,9 @@ def test_other_day_run_matches_its_csv():
     assert f'(at most {total:.2f} of them)' in text, total
 
 
-def test_mid_run_quoted_from_its_record():
-    """docs/study.md's section on the `mid` run and docs/thermal.md's end-to-end check with it: Table I, the
+def test_mid_forces_only_run_quoted_from_its_record():
+    """docs/study.md's section on the `mid` run whose active learning stopped on forces alone, and docs/thermal.md's
+    mention of it in the end-to-end check: Table I, the
     learning curve, the ranges of the validation and of the error parts, the teacher check on other frames, the
     choice of the model and the comparison with the teacher's own MD, all recomputed from docs/figures/mid/."""
     study, thermal = (ROOT / 'docs/study.md').read_text(), (ROOT / 'docs/thermal.md').read_text()
@@ -301,21 +302,153 @@ def test_mid_run_quoted_from_its_record():
     row = table[(1.0, 600.0)]
     difference = float(row['gap_eV']) - teacher['teacher_md_gap']
     z = difference / math.hypot(float(row['stderr_eV']), teacher['teacher_md_stderr'])
-    assert f'| Table I of the `mid` study | {float(row["gap_eV"]):.3f} ± {float(row["stderr_eV"]):.3f} |' in thermal
-    assert f'| the GNN alone on the same MD | {float(row["gap_model_eV"]):.3f} |' in thermal
-    assert f'is {difference:+.3f} eV, {z:.1f} standard errors' in thermal
     assert f'+{difference:.3f} eV, {z:.1f} combined standard errors' in study
     point = next(r for r in record['validation']['rows'] if r['point'] == 'x_1p000_T600')
-    shift = f'{point["sampling_shift"]:+.3f} ± {point["sampling_shift_stderr"]:.3f} eV'
-    assert f'the first-order shift is {shift}' in thermal.replace('\n', ' '), shift
-    assert f'`β·std(dU)` is {point["sampling_beta_sigma"]:.1f} there' in thermal.replace('\n', ' ')
-    assert f'{point["force_mae"]:.3f} eV/Å at x = 1, 600 K' in thermal.replace('\n', ' ')
+    flat = thermal.replace('\n', ' ')
+    assert f'stated {float(row["gap_eV"]):.3f} ± {float(row["stderr_eV"]):.3f} eV: its first-order shift, ' \
+           f'{point["sampling_shift"]:+.3f} ± {point["sampling_shift_stderr"]:.3f} eV' in flat
+    assert f'(`β·std(dU)` = {point["sampling_beta_sigma"]:.1f} there)' in flat
 
     members = record['gnn_member_metrics']['models']
     assert f'Four GNNs (the ensemble) had test MAEs of {span([m["test_mae"] for m in members])} eV' in study
     assert f'`stderr_members`, is {span([r["stderr_members"] for r in budget])} eV' in study.replace('\n', ' ')
     label = _json('docs/figures/mid/label_time_forces_only.json')['rows'][0]['seconds_per_label']
     assert f'a label took {label:.2f} s against the quiet' in study
+
+
+def test_mid_run_quoted_from_its_record():
+    """docs/study.md's section on the `mid` run with the energy criterion and the engine's ranking, docs/thermal.md's
+    end-to-end check with it and the README's summary: Table I, the learning curve with its energy spreads, the
+    validation, the error parts, the teacher on other frames, the teacher's own MD, the ranking and the comparison
+    with the forces-only run, all recomputed from docs/figures/mid/."""
+    import numpy as np
+
+    from aiida_capthermo.core.validation import energy_spread, sampling_shift
+
+    study, thermal = (ROOT / 'docs/study.md').read_text(), (ROOT / 'docs/thermal.md').read_text()
+    flat, thermal_flat = ' '.join(study.split()), ' '.join(thermal.split())
+    readme = ' '.join((ROOT / 'README.md').read_text().split())
+    record = _json('docs/figures/mid/run.json')
+    table = _table_i(folder='docs/figures/mid')
+    for line in _table_rows(table):
+        assert line in study, line
+    assert f'**{record["study_seconds"]:.0f} s**' in study
+    names = {'mace': 'potential', 'gnn': 'GNN', 'thermal': 'thermal stage'}
+    for stage in record['stages']:
+        line = f'- {names.get(stage["label"], stage["label"])} {stage["seconds"]:.0f} s;'
+        assert line in study.replace(' s.\n', ' s;\n'), line
+    curve = record['mace_learning_curve']
+    assert curve['sampling_tolerance'] == 1.0 and curve['converged'] is False
+    for row in curve['rounds']:
+        assert (f'| {row["round"]} | {row["n_training"]} | {row["n_frames"]} | {row["force_mae"]:.3f} | '
+                f'{1000 * row["energy_per_atom_mae"]:.1f} | {row["max_beta_sigma"]:.1f} |') in study, row
+        assert row['max_beta_sigma'] == max(point['beta_sigma'] for point in row['sampling'])
+        assert row['converged'] is False  # after round 0 the forces were within tolerance: the energies kept it going
+        assert row['round'] == 0 or row['force_mae'] <= curve['force_tolerance']
+
+    def span(values, fmt='{:.3f}') -> str:
+        return f'{fmt.format(min(values))}-{fmt.format(max(values))}'
+
+    last = curve['rounds'][-1]['sampling']
+    at = {t: [p for p in last if p['temperature'] == t] for t in (300.0, 600.0)}
+    assert (f'{span([p["beta_sigma"] for p in at[600.0]], "{:.1f}")} at 600 K and '
+            f'{span([p["beta_sigma"] for p in at[300.0]], "{:.1f}")} at 300 K (`std(dU)` '
+            f'{span([1000 * p["std_dU"] for p in at[300.0]], "{:.0f}")} meV per 40-atom cell there)') in flat
+    later = [row['max_beta_sigma'] for row in curve['rounds'][1:]]
+    assert f'stayed at {span(later, "{:.1f}")} after the first retraining' in flat
+    evaluation = record['mace_evaluation']
+    assert (f'has {evaluation["force_mae_eV_per_A"]:.3f} eV/Å and {1000 * evaluation["energy_mae_eV_per_atom"]:.1f} '
+            'meV/atom') in flat
+    hot = [row for row in record['validation']['rows'] if row['temperature'] > 0]
+    assert f'the force MAE is {span([r["force_mae"] for r in hot])} eV/Å at every (x, T)' in flat
+    assert f'`β·std(dU)` is {span([r["sampling_beta_sigma"] for r in hot], "{:.1f}")};' in flat
+    correlation = {r['temperature']: r['sampling_correlation'] for r in hot if r['x'] == 1.0}
+    assert f'(r = {correlation[300.0]:+.2f} and {correlation[600.0]:+.2f} at 300 and 600 K)' in flat
+    # the per-frame record gives the run's sampling shifts, and its energy spreads by the criterion's function
+    frames = _json('docs/figures/mid/validation_frames.json')['frames']
+    spreads = {(r['x'], r['temperature']): r for r in energy_spread(
+        [f['x'] for f in frames], [f['temperature'] for f in frames], [f['engine_energy'] for f in frames],
+        [f['potential_energy'] for f in frames])}
+    for row in hot:
+        point = [f for f in frames if f['x'] == row['x'] and f['temperature'] == row['temperature']]
+        result = sampling_shift([f['teacher_gap'] for f in point], [f['engine_energy'] for f in point],
+                                [f['potential_energy'] for f in point], row['temperature'])
+        assert result['shift'] == pytest.approx(row['sampling_shift'], abs=1e-9)
+        assert spreads[(row['x'], row['temperature'])]['beta_sigma'] == pytest.approx(row['sampling_beta_sigma'])
+    budget = [row for row in record['error_budget'] if row['temperature'] > 0]
+    parts = (f'statistical part {span([r["stderr_statistical"] for r in budget])} eV, model part '
+             f'{span([r["stderr_model"] for r in budget])} eV, sampling term '
+             f'{span([r["stderr_sampling"] for r in budget])} eV):')
+    assert parts in flat, parts
+    members = record['gnn_member_metrics']['models']
+    assert f'Four GNNs had test MAEs of {span([m["test_mae"] for m in members])} eV' in flat
+    assert f'their spread after the correction is {span([r["stderr_members"] for r in budget])} eV' in flat
+    label = _json('docs/figures/mid/label_time.json')['rows'][0]['seconds_per_label']
+    assert f'A label took {label:.2f} s that day against the quiet 1.15 s' in flat
+
+    check = _json('docs/figures/mid/teacher_check.json')['rows']
+    differences = [row['difference'] for row in check]
+    assert (f'The teacher on {sum(r["n_frames"] for r in check)} other frames of the same MD, '
+            f'{min(r["n_frames"] for r in check)}-{max(r["n_frames"] for r in check)} per (x, T)') in flat
+    assert f'Table I are {min(differences):+.3f} to {max(differences):+.3f} eV' in flat
+    assert all(row['within'] for row in check) and 'six of the six points lie within' in flat
+    totals = {key: float(row['stderr_eV']) for key, row in table.items() if key[1] > 0}
+    low = [v for (x, _), v in totals.items() if x < 1]
+    assert f'x = 0 and x = 1/2 ({span(low)} eV). At x = 1 they are {totals[(1.0, 300.0)]:.3f} and ' \
+           f'{totals[(1.0, 600.0)]:.3f} eV' in flat
+    assert f'Its stated errors are {span(low)} eV at x = 0 and 1/2, but {totals[(1.0, 600.0)]:.2f}-' \
+           f'{totals[(1.0, 300.0)]:.2f} eV at x = 1' in readme
+    assert f'within {max(abs(d) for d in differences):.3f} eV' in readme
+    assert f'{span([r["sampling_beta_sigma"] for r in hot], "{:.1f}")} kT on the thermal frames' in readme
+    assert f'thermal frames is {span([r["force_mae"] for r in hot])} eV/Å' in readme
+
+    # the teacher's own MD at x = 1, 600 K (docs/thermal.md)
+    teacher = _json('docs/figures/demo/teacher_md_check.json')
+    row = table[(1.0, 600.0)]
+    difference = float(row['gap_eV']) - teacher['teacher_md_gap']
+    combined = math.hypot(float(row['stderr_eV']), teacher['teacher_md_stderr'])
+    core = math.hypot(_core_stderr(row), teacher['teacher_md_stderr'])
+    assert f'| Table I of the `mid` study | {float(row["gap_eV"]):.3f} ± {float(row["stderr_eV"]):.3f} |' in thermal
+    assert f'| the GNN alone on the same MD | {float(row["gap_model_eV"]):.3f} |' in thermal
+    assert (f'Table I minus the teacher\'s own MD is {difference:+.3f} eV, {difference / combined:.1f} standard errors '
+            f'over the two errors combined, and {difference / core:.1f} over') in thermal_flat
+    point = next(r for r in hot if r['point'] == 'x_1p000_T600')
+    shift = f'{point["sampling_shift"]:+.3f} ± {point["sampling_shift_stderr"]:.3f} eV'
+    implied = f'{-difference:+.3f} ± {core:.3f}'
+    gap = abs(point['sampling_shift'] + difference) / math.hypot(point['sampling_shift_stderr'], core)
+    assert (f'the first-order shift is {shift}, where the teacher\'s MD puts it at {implied} ({gap:.1f} standard '
+            'errors apart)') in thermal_flat
+    assert f'`β·std(dU)` is {point["sampling_beta_sigma"]:.1f} there' in thermal_flat
+    assert f'{point["force_mae"]:.3f} eV/Å at x = 1, 600 K' in thermal_flat
+    assert f'Against the teacher\'s own MD at x = 1, 600 K: {difference:+.3f} eV, {difference / combined:.1f} ' \
+           'combined standard errors' in flat
+    assert f'first-order sampling shift there, {shift}, agrees with the one the teacher\'s MD implies ({implied})' \
+        in flat
+
+    # the ranking: the screen's (the engine's) and the teacher check at the engine's minimum
+    ranking = record['screen_ranking']['x_0p500']
+    assert ranking['ranked_by'] == 'engine' and ranking['lowest'] == ranking['potential_lowest'] == 'c003'
+    rows = {r['key']: r for r in _json('docs/figures/mid/ranking_check.json')['compositions']['x_0p500']['rows']}
+    for key, energy, potential in zip(ranking['keys'], ranking['relative_energy_per_atom'],
+                                      ranking['potential_relative_energy_per_atom']):
+        assert abs(rows[key]['engine_meV_per_atom'] - 1000 * energy) < 0.05, key  # the check relabels the cells
+        assert abs(rows[key]['potential_meV_per_atom'] - 1000 * potential) < 1e-9, key
+    second = rows[ranking['keys'][1]]
+    assert (f'The next, {second["key"]}, is {second["engine_meV_per_atom"]:.1f} meV/atom above it on the potential\'s '
+            f'cells and {second["relaxed_meV_per_atom"]:.1f} at the engine\'s minimum (the potential: '
+            f'{second["potential_meV_per_atom"]:.1f})') in flat
+
+    # against the forces-only run of the same morning
+    before = _table_i('table_i_forces_only.csv', 'docs/figures/mid')
+    hot_keys = [key for key in table if key[1] > 0]
+    total = max(abs(float(table[k]['gap_eV']) - float(before[k]['gap_eV']))
+                / math.hypot(float(table[k]['stderr_eV']), float(before[k]['stderr_eV'])) for k in hot_keys)
+    core_z = max(abs(float(table[k]['gap_eV']) - float(before[k]['gap_eV']))
+                 / math.hypot(_core_stderr(table[k]), _core_stderr(before[k])) for k in hot_keys)
+    assert f'agrees within {total:.2f} of the two stated totals combined, and within {core_z:.1f} standard' in flat
+    assert (f"Eg(0) ({float(table[(0.5, 0.0)]['gap_eV']):.3f} against {float(before[(0.5, 0.0)]['gap_eV']):.3f} "
+            'eV)') in flat
+    assert np.isclose(float(table[(0.0, 0.0)]['gap_eV']), float(before[(0.0, 0.0)]['gap_eV']))
 
 
 def test_mid_ranking_check_quoted_from_its_record():
