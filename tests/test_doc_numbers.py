@@ -41,6 +41,14 @@ def _table_rows(table: dict) -> list[str]:
     return lines
 
 
+def _against_teacher_md(row: dict) -> tuple[float, float]:
+    """A Table I row (x = 1, 600 K) against the teacher's own MD there (docs/figures/demo/teacher_md_check.json):
+    the difference (eV) and the two stated errors combined (eV)."""
+    teacher = _json('docs/figures/demo/teacher_md_check.json')
+    return (float(row['gap_eV']) - teacher['teacher_md_gap'],
+            math.hypot(float(row['stderr_eV']), teacher['teacher_md_stderr']))
+
+
 def _core_stderr(row: dict) -> float:
     """A Table I row's statistical and model errors in quadrature (eV): its stated total less the sampling term."""
     return math.hypot(float(row['stderr_statistical_eV']), float(row['stderr_model_eV']))
@@ -249,14 +257,11 @@ def test_other_day_run_matches_its_csv():
     assert f'(at most {total:.2f} of them)' in text, total
 
 
-def test_mid_forces_only_run_quoted_from_its_record():
-    """docs/study.md's section on the `mid` run whose active learning stopped on forces alone, and docs/thermal.md's
-    mention of it in the end-to-end check: Table I, the
-    learning curve, the ranges of the validation and of the error parts, the teacher check on other frames, the
-    choice of the model and the comparison with the teacher's own MD, all recomputed from docs/figures/mid/."""
-    study, thermal = (ROOT / 'docs/study.md').read_text(), (ROOT / 'docs/thermal.md').read_text()
-    record = _json('docs/figures/mid/run_forces_only.json')
-    table = _table_i('table_i_forces_only.csv', 'docs/figures/mid')
+def _mid_record_quoted(study: str, run: str, table_csv: str) -> tuple[dict, dict]:
+    """A `mid` run's record (docs/figures/mid/``run``) and Table I (``table_csv``), after checking that docs/study.md
+    quotes its Table I, its time and the time of every stage."""
+    record = _json(f'docs/figures/mid/{run}')
+    table = _table_i(table_csv, 'docs/figures/mid')
     for line in _table_rows(table):
         assert line in study, line
     assert f'**{record["study_seconds"]:.0f} s**' in study
@@ -264,6 +269,16 @@ def test_mid_forces_only_run_quoted_from_its_record():
     for stage in record['stages']:
         line = f'- {names.get(stage["label"], stage["label"])} {stage["seconds"]:.0f} s;'
         assert line in study.replace(' s.\n', ' s;\n'), line
+    return record, table
+
+
+def test_mid_forces_only_run_quoted_from_its_record():
+    """docs/study.md's section on the `mid` run whose active learning stopped on forces alone, and docs/thermal.md's
+    mention of it in the end-to-end check: Table I, the
+    learning curve, the ranges of the validation and of the error parts, the teacher check on other frames, the
+    choice of the model and the comparison with the teacher's own MD, all recomputed from docs/figures/mid/."""
+    study, thermal = (ROOT / 'docs/study.md').read_text(), (ROOT / 'docs/thermal.md').read_text()
+    record, table = _mid_record_quoted(study, 'run_forces_only.json', 'table_i_forces_only.csv')
     for row in record['mace_learning_curve']['rounds']:
         assert (f'| {row["round"]} | {row["n_training"]} | {row["n_frames"]} | {row["force_mae"]:.3f} | '
                 f'{1000 * row["energy_per_atom_mae"]:.1f} |') in study, row
@@ -298,11 +313,9 @@ def test_mid_forces_only_run_quoted_from_its_record():
     assert f'had {span([r["force_mae"] for r in chosen["rows"]])} eV/Å, at' in study
     assert f'at {chosen["train_seconds"] / baseline["train_seconds"]:.1f} times the training time' in study
 
-    teacher = _json('docs/figures/demo/teacher_md_check.json')
     row = table[(1.0, 600.0)]
-    difference = float(row['gap_eV']) - teacher['teacher_md_gap']
-    z = difference / math.hypot(float(row['stderr_eV']), teacher['teacher_md_stderr'])
-    assert f'+{difference:.3f} eV, {z:.1f} combined standard errors' in study
+    difference, combined = _against_teacher_md(row)
+    assert f'+{difference:.3f} eV, {difference / combined:.1f} combined standard errors' in study
     point = next(r for r in record['validation']['rows'] if r['point'] == 'x_1p000_T600')
     flat = thermal.replace('\n', ' ')
     assert f'stated {float(row["gap_eV"]):.3f} ± {float(row["stderr_eV"]):.3f} eV: its first-order shift, ' \
@@ -328,15 +341,7 @@ def test_mid_run_quoted_from_its_record():
     study, thermal = (ROOT / 'docs/study.md').read_text(), (ROOT / 'docs/thermal.md').read_text()
     flat, thermal_flat = ' '.join(study.split()), ' '.join(thermal.split())
     readme = ' '.join((ROOT / 'README.md').read_text().split())
-    record = _json('docs/figures/mid/run.json')
-    table = _table_i(folder='docs/figures/mid')
-    for line in _table_rows(table):
-        assert line in study, line
-    assert f'**{record["study_seconds"]:.0f} s**' in study
-    names = {'mace': 'potential', 'gnn': 'GNN', 'thermal': 'thermal stage'}
-    for stage in record['stages']:
-        line = f'- {names.get(stage["label"], stage["label"])} {stage["seconds"]:.0f} s;'
-        assert line in study.replace(' s.\n', ' s;\n'), line
+    record, table = _mid_record_quoted(study, 'run.json', 'table_i.csv')
     curve = record['mace_learning_curve']
     assert curve['sampling_tolerance'] == 1.0 and curve['converged'] is False
     for row in curve['rounds']:
@@ -403,11 +408,9 @@ def test_mid_run_quoted_from_its_record():
     assert f'thermal frames is {span([r["force_mae"] for r in hot])} eV/Å' in readme
 
     # the teacher's own MD at x = 1, 600 K (docs/thermal.md)
-    teacher = _json('docs/figures/demo/teacher_md_check.json')
     row = table[(1.0, 600.0)]
-    difference = float(row['gap_eV']) - teacher['teacher_md_gap']
-    combined = math.hypot(float(row['stderr_eV']), teacher['teacher_md_stderr'])
-    core = math.hypot(_core_stderr(row), teacher['teacher_md_stderr'])
+    difference, combined = _against_teacher_md(row)
+    core = math.hypot(_core_stderr(row), _json('docs/figures/demo/teacher_md_check.json')['teacher_md_stderr'])
     assert f'| Table I of the `mid` study | {float(row["gap_eV"]):.3f} ± {float(row["stderr_eV"]):.3f} |' in thermal
     assert f'| the GNN alone on the same MD | {float(row["gap_model_eV"]):.3f} |' in thermal
     assert (f'Table I minus the teacher\'s own MD is {difference:+.3f} eV, {difference / combined:.1f} standard errors '
