@@ -611,7 +611,7 @@ def learning_curve_figure(curve: dict):
         axis.annotate(f'round {row["round"]} ({row["n_frames"]} frames)', (row['n_training'], row['force_mae']),
                       fontsize=7, textcoords='offset points', xytext=(4, 4))
     if curve.get('force_tolerance') is not None:
-        axis.axhline(curve['force_tolerance'], color='grey', linestyle='--', label='tolerance')
+        axis.axhline(curve['force_tolerance'], color='grey', linestyle='--', label='force tolerance')
     axis.margins(x=0.3)  # room for the last round's annotation
     axis.set_xlabel('structures the potential was trained on')
     axis.set_ylabel('error on fresh MD frames (eV/Å)')
@@ -620,12 +620,12 @@ def learning_curve_figure(curve: dict):
     spread = [(row['n_training'], row['max_beta_sigma']) for row in rows if row.get('max_beta_sigma') is not None]
     if spread:
         twin = axis.twinx()
-        twin.plot(*zip(*spread), marker='^', color='tab:green', linestyle=':', label='max β·std(dU)')
+        twin.plot(*zip(*spread), marker='^', color='tab:green', linestyle=':', label='largest β·std(dU)')
         if curve.get('sampling_tolerance') is not None:
             twin.axhline(curve['sampling_tolerance'], color='tab:green', linestyle='--', alpha=0.5,
                          label='β·std(dU) tolerance')
-        twin.set_ylabel('β·std(U_engine − U_MLIP) over an (x, T)')
-        twin.set_ylim(bottom=0)
+        twin.set_yscale('log')  # from tens (the first potential) to about 1
+        twin.set_ylabel('largest β·std(U_engine − U_MLIP)')
         more, names = twin.get_legend_handles_labels()
         handles, labels = handles + more, labels + names
     axis.legend(handles, labels, fontsize=8)
