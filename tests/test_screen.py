@@ -423,8 +423,9 @@ def test_screen_reranks_by_the_engine(model_node, script_code):
     """With ``rerank`` the engine labels the relaxed configurations and ranks them: the ranking's energies are the
     engine's own single points of the relaxed cells (recomputed here with the labeller's function, outside AiiDA),
     in ascending order; the potential's energies stay beside and equal its first ranking's; the Boltzmann weights
-    are the engine's; the ground state, the kept configuration and the phonons are of the engine's lowest. Without
-    the engine, or covering fewer configurations than are kept, rerank is refused before anything runs."""
+    are the engine's; the ground state, the kept configuration and the phonons are of the engine's lowest. An engine
+    that labels none of them stops the screen with 562. Without the engine, or covering fewer configurations than
+    are kept, rerank is refused before anything runs."""
     from aiida_capthermo.ml.labelling import single_point_function
     from aiida_capthermo.ml.settings import CalculatorSpec
     from aiida_capthermo.workflows.screen import SolidSolutionScreenWorkChain
@@ -464,6 +465,14 @@ def test_screen_reranks_by_the_engine(model_node, script_code):
     assert results['compositions']['x_0p250']['lowest'].uuid == relaxed[ranking['lowest']].uuid
     assert set(results['compositions']['x_0p250']) >= {ranking['lowest']}
     assert results['compositions']['x_0p250'][ranking['lowest']]['structure'].uuid == relaxed[ranking['lowest']].uuid
+
+    # an engine that cannot label these cells (EMT has no S or I): the screen stops with its exit code
+    builder.engine = {'code': script_code('capthermo-label', 'capthermo.label'),
+                      'calculator': orm.Dict({'name': 'emt'})}
+    builder.compositions = orm.List([0.25])
+    _, failed = engine.run_get_node(builder)
+    assert failed.exit_status == SolidSolutionScreenWorkChain.exit_codes.ERROR_RERANK_FAILED.status == 562
+    assert 'rank the relaxed configurations' in failed.exit_message
 
     del builder.engine
     with pytest.raises(ValueError, match='rerank labels the relaxed configurations'):

@@ -116,6 +116,23 @@ def merge_screen_results(**results: orm.Dict) -> orm.Dict:
     return orm.Dict(merged)
 
 
+def boltzmann_averages(per_atom: np.ndarray, per_cell: np.ndarray, multiplicity: np.ndarray,
+                       temperatures) -> dict:
+    """Per temperature (K): the class probabilities ``g_i exp(-(E_i - E_min) / k_B T) / Z`` (E per cell, in the
+    order given), the average energy per atom and the probability of the first (lowest) class
+    (``core.solid_solution.class_probabilities`` and ``configurational_average``)."""
+    from aiida_capthermo.core.solid_solution import class_probabilities, configurational_average
+
+    averages = {}
+    for temperature in temperatures:
+        probability = class_probabilities(per_cell, multiplicity, temperature)
+        averages[f'T{temperature:.0f}'] = {
+            'temperature': float(temperature), 'probability': probability.tolist(),
+            'energy_per_atom': configurational_average(per_atom, per_cell, multiplicity, temperature),
+            'probability_lowest': float(probability[0])}
+    return averages
+
+
 @calcfunction
 def rank_configurations(configurations: orm.Dict, temperatures: orm.List, **results: orm.Dict) -> orm.Dict:
     """Rank the relaxed configurations of one composition by MLIP energy per atom (lowest first), with
@@ -127,8 +144,6 @@ def rank_configurations(configurations: orm.Dict, temperatures: orm.List, **resu
     the classes were sampled (``configurations['sampled']``) the averages cover the sample only. The statistics are
     ``core.solid_solution.class_probabilities`` and ``configurational_average``.
     """
-    from aiida_capthermo.core.solid_solution import class_probabilities, configurational_average
-
     table = configurations.get_dict()['configurations']
     records = {}
     for key in sorted(results):
@@ -139,14 +154,7 @@ def rank_configurations(configurations: orm.Dict, temperatures: orm.List, **resu
     per_atom = np.array([records[k]['energy_per_atom'] for k in relaxed])
     per_cell = np.array([records[k]['energy'] for k in relaxed])
     multiplicity = np.array([table[k]['multiplicity'] for k in relaxed], dtype=float)
-    boltzmann = {}
-    for temperature in temperatures.get_list():
-        probability = class_probabilities(per_cell, multiplicity, temperature)  # [n_relaxed]
-        boltzmann[f'T{temperature:.0f}'] = {
-            'temperature': float(temperature), 'probability': probability.tolist(),
-            'energy_per_atom': configurational_average(per_atom, per_cell, multiplicity, temperature),
-            'probability_lowest': float(probability[0]),
-        }
+    boltzmann = boltzmann_averages(per_atom, per_cell, multiplicity, temperatures.get_list())
     return orm.Dict({
         'keys': relaxed,
         'energy_per_atom': per_atom.tolist(),
@@ -178,8 +186,6 @@ def rerank_configurations(ranking: orm.Dict, labels: DatasetData, settings: orm.
     which the engine ranking leaves out. ``potential_lowest``: the potential's ground state; ``ranked_by``:
     ``engine``. The rest as in :func:`rank_configurations`.
     """
-    from aiida_capthermo.core.solid_solution import class_probabilities, configurational_average
-
     old = ranking.get_dict()
     names = settings['names']
     labelled = labels.get_labelled_set()
@@ -195,13 +201,7 @@ def rerank_configurations(ranking: orm.Dict, labels: DatasetData, settings: orm.
     per_atom = np.array([engine[key][0] / engine[key][1] for key in keys])
     potential = np.array([old['energy_per_atom'][position[key]] for key in keys])
     multiplicity = np.array([old['multiplicity'][position[key]] for key in keys], dtype=float)
-    boltzmann = {}
-    for temperature in settings['temperatures']:
-        probability = class_probabilities(per_cell, multiplicity, temperature)
-        boltzmann[f'T{temperature:.0f}'] = {
-            'temperature': float(temperature), 'probability': probability.tolist(),
-            'energy_per_atom': configurational_average(per_atom, per_cell, multiplicity, temperature),
-            'probability_lowest': float(probability[0])}
+    boltzmann = boltzmann_averages(per_atom, per_cell, multiplicity, settings['temperatures'])
     return orm.Dict({
         **old,
         'keys': keys,
@@ -699,13 +699,15 @@ class SolidSolutionScreenWorkChain(ProtocolMixin, WorkChain):
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_RERANK_FAILED.format(message=f'[{node.exit_status}] {node.exit_message}')
         temperatures = [float(t) for t in self.inputs.boltzmann_temperatures.get_list()]
+        labelled = node.outputs.labels.get_labelled_set()
+        energies = {uuid for uuid, energy in zip(labelled.structure_uuid, labelled.energy) if np.isfinite(energy)}
         for key, names in self._rerank_candidates().items():
             uuids = {self.ctx.relaxed[key][name].uuid: name for name in names}
-            try:
-                ranking = rerank_configurations(self.ctx.rankings[key], node.outputs.labels,
-                                                orm.Dict({'names': uuids, 'temperatures': temperatures}))
-            except ValueError as exception:
-                return self.exit_codes.ERROR_RERANK_FAILED.format(message=f'{key}: {exception}')
+            if not energies & set(uuids):
+                return self.exit_codes.ERROR_RERANK_FAILED.format(
+                    message=f'{key}: the engine gave no energy for any of {sorted(names)}')
+            ranking = rerank_configurations(self.ctx.rankings[key], node.outputs.labels,
+                                            orm.Dict({'names': uuids, 'temperatures': temperatures}))
             self.ctx.rankings[key] = ranking
             self.ctx.kept[key] = {k: self.ctx.relaxed[key][k] for k in ranking['keys'][:self.inputs.keep.value]}
             potential = dict(zip(ranking['keys'], ranking['potential_relative_energy_per_atom']))
