@@ -93,6 +93,29 @@ def test_series_statistics_ar1_known_inefficiency():
         series_statistics([1.0, np.nan, 2.0, 3.0])
 
 
+def test_equilibration_start_from_the_energy_and_drift():
+    """A replica relaxing from its start (energy 3 eV above equilibrium, decaying over 40 frames) whose gap carries
+    the same relaxation hidden in its noise: the energy's equilibration comes later than the gap's, and the average
+    from it is the equilibrium value within its error in every seed. An energy still decaying at half the run is
+    flagged as drifting and its start is capped there; a stationary series is not."""
+    from aiida_capthermo.core.thermal import equilibration_start
+
+    n, t = 400, np.arange(400)
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        gaps = 1.0 + 0.06 * np.exp(-t / 40) + rng.normal(0.0, 0.05, n)
+        energy = -100.0 + 3.0 * np.exp(-t / 40) + rng.normal(0.0, 0.2, n)
+        (start_gap, _), (start_energy, drifting) = equilibration_start(gaps), equilibration_start(energy)
+        assert start_energy > start_gap and start_energy >= 100 and not drifting  # 3 e^{-t/40} < 0.2 from t = 108
+        stats = series_statistics(gaps, start=start_energy)
+        assert abs(stats.mean - 1.0) < 3 * stats.stderr
+        slow = -100.0 + 3.0 * np.exp(-t / 300) + rng.normal(0.0, 0.2, n)
+        assert equilibration_start(slow) == (200, True)
+        assert not equilibration_start(rng.normal(0.0, 0.2, n))[1]
+    with pytest.raises(ValueError, match='4 finite'):
+        equilibration_start([1.0, np.nan, 2.0, 3.0])
+
+
 def test_combine_replicas_takes_larger_error():
     from aiida_capthermo.core.thermal import SeriesStatistics
 
@@ -158,6 +181,49 @@ def test_thermal_gaps_count_the_frames_outside_the_gnn_domain(aiida_profile):
     assert [row['n_outside_domain'] for row in unflagged['table']['rows']] == [0, 0, 0]
     assert [row['gap'] for row in unflagged['table']['rows']] == [row['gap'] for row in rows]
     assert '†' not in table_text(table_rows(budget_rows(unflagged['table']['rows'], None)))
+
+
+def test_thermal_gaps_start_where_the_potential_energy_settles(aiida_profile):
+    """With the MD job's series, each replica's average starts at the later of the equilibration of its gap and
+    of its potential energy: a replica relaxing out of its starting basin (energy decaying over 30 frames) is
+    averaged from where its energy settles, and one still relaxing at half the run is counted in the row's
+    ``n_drifting``, marked ``§`` in the text and counted in the CSV. Without the series, the gap alone decides."""
+    from aiida import orm
+
+    from aiida_capthermo.core.error_budget import budget_rows
+    from aiida_capthermo.core.thermal import equilibration_start, series_statistics
+    from aiida_capthermo.workflows.report import table_csv, table_rows, table_text
+    from aiida_capthermo.workflows.thermal import thermal_gaps
+
+    rng = np.random.default_rng(2)
+    t = np.arange(200)
+    gaps = np.concatenate([1.0 + 0.05 * np.exp(-t / 30), 0.9 + 0.05 * np.exp(-t / 30)]) + rng.normal(0, 0.03, 400)
+    settling = -100.0 + 3.0 * np.exp(-t / 30) + rng.normal(0, 0.2, 200)
+    drifting = -100.0 + 3.0 * np.exp(-t / 400) + rng.normal(0, 0.2, 200)
+    results = orm.Dict({'replicas': [
+        {'replica': r, 'key': 'x000', 'x': 0.0, 'temperature': 300.0, 'seed': r, 'timestep': 2.0, 'broke': False,
+         'frame_offset': 200 * r, 'n_frames': 200} for r in (0, 1)]})
+    series = orm.ArrayData({'potential_energy_0': settling, 'potential_energy_1': drifting})
+    settings = orm.Dict({'keys': ['x000'], 'temperatures': [0.0, 300.0], 'x': {'x000': 0.0}})
+    eg0 = orm.ArrayData({'values': np.array([1.2])})
+    outputs = thermal_gaps(settings, eg0, results_0=results, gaps_0=orm.ArrayData({'values': gaps}), series_0=series)
+    first, second = outputs['replicas']['replicas']
+    assert first['start_energy'] == equilibration_start(settling)[0] > first['start_gap'] and not first['drifting']
+    assert first['start'] == first['start_energy']
+    assert first['mean'] == pytest.approx(gaps[first['start']:200].mean())
+    assert second['drifting'] and second['start'] == 100  # capped at half the run
+    row = outputs['table']['rows'][1]
+    assert row['n_drifting'] == 1 and row['n_frames'] == 400 - first['start'] - 100
+    table = table_rows(budget_rows(outputs['table']['rows'], None))
+    text = table_text(table)
+    assert '§' in text and 'x = 0.000, 300 K: 1.' in text.split('§ replicas')[1]
+    header, *lines = table_csv(table).splitlines()
+    assert [line.split(',')[header.split(',').index('n_drifting')] for line in lines] == ['0', '1']
+    alone = thermal_gaps(settings, eg0, results_0=results, gaps_0=orm.ArrayData({'values': gaps}))
+    assert [r['start'] for r in alone['replicas']['replicas']] == [
+        series_statistics(gaps[:200]).start, series_statistics(gaps[200:]).start]
+    assert alone['table']['rows'][1]['n_drifting'] == 0 and '§' not in table_text(
+        table_rows(budget_rows(alone['table']['rows'], None)))
 
 
 def test_thermal_gaps_of_an_ensemble_of_gnns(aiida_profile):
@@ -342,7 +408,8 @@ def test_thermal_gap_workchain_on_localhost(trained_models, tmp_path):
     curve = results['curves']['x050']
     np.testing.assert_allclose(curve.get_x()[1], [0.0, 300.0, 600.0])
 
-    # the replica statistics are those of the GNN gaps of its frames, recomputed here
+    # the replica statistics are those of the GNN gaps of its frames from the later of the equilibrations of the
+    # gaps and of the potential energy (the MD job's series), recomputed here
     md = node.base.links.get_outgoing(link_label_filter='md_0').one().node
     predictions = md.outputs.frames.base.links.get_outgoing(link_label_filter='CALL%').all()  # none: data node
     assert predictions == []
@@ -350,10 +417,13 @@ def test_thermal_gap_workchain_on_localhost(trained_models, tmp_path):
     predict = next(c for c in md.outputs.frames.base.links.get_outgoing().all_nodes()
                    if c.process_label == 'GnnPredictCalcJob')
     gaps = predict.outputs.predictions.get_array('values')[replica['frame_offset']:][:replica['n_frames']]
-    from aiida_capthermo.core.thermal import series_statistics
+    from aiida_capthermo.core.thermal import equilibration_start, series_statistics
 
     own = next(r for r in results['replicas']['replicas'] if r['replica'] == replica['replica'])
-    assert own['mean'] == pytest.approx(series_statistics(gaps).mean)
+    energy = md.outputs.series.get_array(f'potential_energy_{replica["replica"]}')
+    assert energy.size == gaps.size and own['start_energy'] == equilibration_start(energy)[0]
+    start = max(equilibration_start(gaps)[0], equilibration_start(energy)[0])
+    assert own['start'] == start and own['mean'] == pytest.approx(series_statistics(gaps, start=start).mean)
     check_trajectory_export(md, tmp_path)
 
     # QueryBuilder finds the gap by x and T

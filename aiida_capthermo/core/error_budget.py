@@ -291,7 +291,8 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]],
         averages (``gap_members_corrected``; None with one model), ``stderr`` their quadrature sum,
         ``delta_gap_stderr``;
         ``configuration_spread`` (eV); ``validated``, ``sampling_perturbative`` (every configuration's);
-        ``n_validation``, ``n_frames``, ``n_independent``, ``n_outside_domain`` (summed); ``relative_change``;
+        ``n_validation``, ``n_frames``, ``n_independent``, ``n_outside_domain``, ``n_drifting`` (summed);
+        ``relative_change``;
         ``stderr_weights`` (eV, in ``stderr``; None where not estimated); ``configurations`` (``key``,
         ``weight``, ``gap`` of each, and ``weight_engine`` where the weights' error is estimated).
     """
@@ -370,7 +371,8 @@ def ensemble_rows(rows: Sequence[dict], ensemble: dict[str, dict[str, float]],
             'validated': all(m.get('validated') for _, m in members),
             'estimator': members[0][1].get('estimator'), 'n_validation': total(members, 'n_validation'),
             'n_frames': total(members, 'n_frames'), 'n_independent': total(members, 'n_independent'),
-            'n_outside_domain': total(members, 'n_outside_domain'), 'eg0': eg0, 'eg0_stderr': eg0_stderr,
+            'n_outside_domain': total(members, 'n_outside_domain'), 'n_drifting': total(members, 'n_drifting'),
+            'eg0': eg0, 'eg0_stderr': eg0_stderr,
             'delta_gap': gap - eg0,
             'delta_gap_stderr': 0.0 if temperature == 0 else math.sqrt(
                 core**2 + eg0_stderr**2 + (delta_weights_error or 0.0) ** 2),

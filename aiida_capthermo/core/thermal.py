@@ -1,12 +1,13 @@
 """Thermal averages of correlated MD series and frozen-phonon displacements (paper eqs. 5-6, Figure 8).
 
-Statistics of a time series ``A(t)`` sampled every ``stride`` MD steps: the start of the equilibrated region is
-detected (pymbar's ``timeseries.detect_equilibration``, which maximises the number of effectively uncorrelated
-samples), the statistical inefficiency ``g`` of the production region is estimated
-(``timeseries.statistical_inefficiency``), the mean comes from the production region and its standard error is
-``std(A) sqrt(g / N)``; ``N / g`` is the number of independent samples. Replicas with independent seeds are
-combined in :func:`combine_replicas`, which reports both the error propagated from the decorrelated samples and the
-spread over the seeds.
+Statistics of a time series ``A(t)`` sampled every ``stride`` MD steps: the start of the equilibrated region is detected
+(pymbar's ``timeseries.detect_equilibration``, which maximises the number of effectively uncorrelated samples;
+:func:`equilibration_start`, which also says whether the series was still drifting; the thermal stage takes the later of
+the starts of the gap and of the potential energy), the statistical inefficiency ``g`` of the production region is
+estimated (``timeseries.statistical_inefficiency``), the mean comes from the production region and its standard error is
+``std(A) sqrt(g / N)``; ``N / g`` is the number of independent samples. Replicas with independent seeds are combined in
+:func:`combine_replicas`, which reports both the error propagated from the decorrelated samples and the spread over the
+seeds.
 
 Frozen phonons: mode ``nu`` of the mass-weighted dynamical matrix, frequency ``f`` (THz, ``omega = 2 pi f``), is
 displaced by its thermal amplitude ``Q = sqrt(hbar (1 + 2 n(omega, T)) / (2 omega))`` (amu^1/2 Å), which is the
@@ -29,8 +30,8 @@ import numpy as np
 
 from aiida_capthermo.core.displacements import SupercellModes, mode_amplitudes
 
-__all__ = ['SeriesStatistics', 'series_statistics', 'combine_replicas', 'frozen_mode_displacements',
-           'pair_frozen_modes', 'species_participation']
+__all__ = ['SeriesStatistics', 'series_statistics', 'equilibration_start', 'combine_replicas',
+           'frozen_mode_displacements', 'pair_frozen_modes', 'species_participation']
 
 
 def _timeseries():
@@ -81,12 +82,7 @@ def series_statistics(series: Sequence[float], start: int | None = None,
         raise ValueError('the series contains NaN or inf')
     timeseries = _timeseries()
     if start is None:
-        if np.ptp(values) == 0:
-            start = 0
-        else:
-            nskip = max(1, values.size // 200)
-            start = int(timeseries.detect_equilibration(values, fast=True, nskip=nskip)[0])
-        start = min(start, int(values.size * max_start_fraction))
+        start = equilibration_start(values, max_start_fraction)[0]
     production = values[start:]
     n = production.size
     if np.ptp(production) == 0:
@@ -97,6 +93,31 @@ def series_statistics(series: Sequence[float], start: int | None = None,
     return SeriesStatistics(mean=float(np.mean(production)), stderr=std * float(np.sqrt(inefficiency / n)), std=std,
                             start=int(start), n_samples=int(n), inefficiency=inefficiency,
                             n_independent=float(n / inefficiency))
+
+
+def equilibration_start(series: Sequence[float], max_start_fraction: float = 0.5) -> tuple[int, bool]:
+    """First sample of the equilibrated region of a series, and whether it is still drifting.
+
+    pymbar's ``detect_equilibration`` picks the start that maximises the number of effectively uncorrelated
+    samples after it. A series that relaxes over most of the run (a replica that leaves its starting basin late)
+    would be cut to a short tail that looks converged, so the start is capped at ``max_start_fraction`` of the
+    series; ``drifting`` is True when the detected start lay beyond that cap: the series had not settled in the
+    first ``max_start_fraction`` of the run, and what is kept still contains its relaxation.
+
+    Returns
+    -------
+    tuple
+        ``(start, drifting)``.
+    """
+    values = np.asarray(series, dtype=float).reshape(-1)
+    if values.size < 4 or not np.all(np.isfinite(values)):
+        raise ValueError(f'equilibration needs at least 4 finite samples, got {values.size}')
+    cap = int(values.size * max_start_fraction)
+    if np.ptp(values) == 0:
+        return 0, False
+    nskip = max(1, values.size // 200)
+    detected = int(_timeseries().detect_equilibration(values, fast=True, nskip=nskip)[0])
+    return min(detected, cap), detected > cap
 
 
 def combine_replicas(statistics: Sequence[SeriesStatistics]) -> dict:

@@ -43,7 +43,7 @@ def styled(draw):
 ROW_COLUMNS = ('gap', 'stderr', 'stderr_statistical', 'stderr_model', 'stderr_sampling', 'sampling_shift',
                'sampling_perturbative', 'gap_model', 'bias', 'n_validation', 'teacher_gap', 'validated', 'delta_gap',
                'delta_gap_stderr', 'relative_change', 'n_frames', 'n_independent', 'n_outside_domain',
-               'configuration_spread', 'stderr_weights', 'stderr_members')
+               'configuration_spread', 'stderr_weights', 'stderr_members', 'n_drifting')
 
 
 def column(row: dict, name: str, index: int):
@@ -75,7 +75,7 @@ def table_text(rows: list[dict]) -> str:
     each MD average; a gap the teacher did not validate is marked ``*``, one averaged over MD frames of which some
     lie outside the GNN's training domain ``†``, a validated one at T > 0 whose potential's sampling error is an
     order of magnitude only (its energies on the frames differ from the engine's by more than kT) or not estimated
-    ``‡``."""
+    ``‡``, one with replicas whose potential energy was still relaxing at half the run ``§``."""
     temperatures = sorted({t for row in rows for t in row['temperatures']})
     hot = [t for t in temperatures if t > 0]
     width = 24
@@ -83,6 +83,7 @@ def table_text(rows: list[dict]) -> str:
         f'{f"dEg/Eg({t:.0f} K)":>15}' for t in hot)
     lines = [header, '-' * len(header)]
     unvalidated, outside, beyond_first_order, sampled, static, samples = False, [], False, False, False, []
+    drifting = []
 
     def count(value, spec: str = 'd') -> str:
         return '-' if value is None else format(value, spec)
@@ -106,6 +107,9 @@ def table_text(rows: list[dict]) -> str:
                 mark += '†'
                 outside.append(f'x = {row["x"]:.3f}, {t:.0f} K: {row["n_outside_domain"][i]} of '
                                f'{row["n_frames"][i]}')
+            if column(row, 'n_drifting', i):
+                mark += '§'
+                drifting.append(f'x = {row["x"]:.3f}, {t:.0f} K: {row["n_drifting"][i]}')
             if t == 0 and not row['stderr'][i]:  # the relaxed cell's own gap: no average, no error estimate
                 cells.append(f'{row["gap"][i]:.3f} (static){mark}')
                 static = True
@@ -148,6 +152,10 @@ def table_text(rows: list[dict]) -> str:
     if beyond_first_order:
         lines.append('‡ the potential\'s sampling error is an order of magnitude, not a bound (its energies on the '
                      'frames differ from the low engine\'s by more than kT: beta * std(dU) > 1), or not estimated.')
+    if drifting:
+        lines.append('§ replicas whose potential energy was still relaxing at half the run (not equilibrated; the '
+                     'average starts at half the run and still holds part of the relaxation): ' + '; '.join(drifting)
+                     + '.')
     if outside:
         lines.append('† MD frames outside the GNN\'s training domain (extrapolated gaps): ' + '; '.join(outside) + '.')
     return '\n'.join(lines)
@@ -157,11 +165,11 @@ def table_csv(rows: list[dict]) -> str:
     """Table I as CSV: one line per (x, T) with the gap, its total, statistical and model errors, the model's own
     average and the bias removed, Eg(0), ΔEg and its error (eV), the relative change, and the samples behind it
     (teacher frames, MD frames averaged, those outside the GNN's domain, independent samples), the configurations'
-    spread, the weights' error and the spread over an ensemble of GNNs (eV)."""
+    spread, the weights' error and the spread over an ensemble of GNNs (eV), and the replicas still relaxing."""
     lines = ['x,temperature_K,gap_eV,stderr_eV,stderr_statistical_eV,stderr_model_eV,stderr_sampling_eV,'
              'sampling_shift_eV,sampling_perturbative,gap_model_eV,bias_eV,'
              'n_validation,validated,eg0_eV,delta_gap_eV,delta_gap_stderr_eV,relative_change,n_frames,n_outside_domain,'
-             'n_independent,configuration_spread_eV,stderr_weights_eV,stderr_members_eV']
+             'n_independent,configuration_spread_eV,stderr_weights_eV,stderr_members_eV,n_drifting']
 
     def number(value) -> str:
         return '' if value is None else f'{value:.6f}'
@@ -183,7 +191,8 @@ def table_csv(rows: list[dict]) -> str:
                 number(row['eg0']), number(row['delta_gap'][i]), number(row['delta_gap_stderr'][i]),
                 number(row['relative_change'][i]), count(row, 'n_frames', i), count(row, 'n_outside_domain', i),
                 number(column(row, 'n_independent', i)), number(column(row, 'configuration_spread', i)),
-                number(column(row, 'stderr_weights', i)), number(column(row, 'stderr_members', i))]))
+                number(column(row, 'stderr_weights', i)), number(column(row, 'stderr_members', i)),
+                count(row, 'n_drifting', i)]))
     return '\n'.join(lines) + '\n'
 
 

@@ -44,36 +44,62 @@ def gap_key(key: str, temperature: float) -> str:
 
 
 def _md_series(results: dict, gaps: np.ndarray, outside: np.ndarray | None = None,
-               members: np.ndarray | None = None) -> list[dict]:
+               members: np.ndarray | None = None, series: orm.ArrayData | None = None) -> list[dict]:
     """Per finished replica of one MD job: its record, its gap series and the GNN's out-of-domain flags of the
-    same frames (frames in replica order; ``outside``: one flag per frame, all False where not recorded) and, for
-    an ensemble, every model's series ``members`` [n_models, n_frames] (None without)."""
+    same frames (frames in replica order; ``outside``: one flag per frame, all False where not recorded), for
+    an ensemble every model's series ``members`` [n_models, n_frames] (None without) and, from the job's
+    ``series``, the potential energy of the same frames ``energy`` (eV; None without)."""
     replicas = []
     for record in results['replicas']:
         if record['broke'] or not record['n_frames']:
             continue
         start, stop = record['frame_offset'], record['frame_offset'] + record['n_frames']
         flags = outside[start:stop].astype(bool) if outside is not None else np.zeros(stop - start, dtype=bool)
-        replicas.append({**record, 'gaps': gaps[start:stop], 'outside': flags,
+        energy = None
+        if series is not None and f'potential_energy_{record["replica"]}' in series.get_arraynames():
+            energy = series.get_array(f'potential_energy_{record["replica"]}')
+            if energy.size != record['n_frames']:
+                raise ValueError(f'replica {record["replica"]}: {energy.size} energies for {record["n_frames"]} '
+                                 'frames')
+        replicas.append({**record, 'gaps': gaps[start:stop], 'outside': flags, 'energy': energy,
                          'members': None if members is None else members[:, start:stop]})
     return replicas
+
+
+def replica_statistics(gaps: np.ndarray, energy: np.ndarray | None):
+    """Statistics of one replica's gap series, from the later of the equilibration starts of its gap and of its
+    potential energy (the potential energy is the sharper probe of a replica still relaxing from its start: a gap
+    the GNN barely moves can look stationary while the structure is leaving its starting basin).
+
+    Returns the :class:`~aiida_capthermo.core.thermal.SeriesStatistics` of the gaps and a dict ``start_gap``,
+    ``start_energy`` (None without energies) and ``drifting`` (the energy had not settled by the cap of the
+    detection, half the run: the average still contains the replica's relaxation).
+    """
+    from aiida_capthermo.core.thermal import equilibration_start, series_statistics
+
+    start_gap = equilibration_start(gaps)[0]
+    start_energy, drifting = equilibration_start(energy) if energy is not None else (None, False)
+    stats = series_statistics(gaps, start=max(start_gap, start_energy or 0))
+    return stats, {'start_gap': start_gap, 'start_energy': start_energy, 'drifting': bool(drifting)}
 
 
 @calcfunction
 def thermal_gaps(settings: orm.Dict, eg0: orm.ArrayData, **md) -> dict:
     """Eg(T) per structure from the GNN gaps of the MD frames.
 
-    ``settings``: ``keys`` (sorted structure keys, the order of ``eg0``), ``x`` per key, ``temperatures`` (K).
-    ``md``: ``results_<i>`` (Dict of an MlipThermalCalcJob) and ``gaps_<i>`` (its frames' GnnPredictCalcJob
-    predictions). Outputs: ``gap_<key>_T<T>`` Dict per (structure, T) with attributes x, temperature, gap, stderr,
-    stderr_decorrelated, stderr_seeds, n_independent, n_replicas, n_frames (the production frames averaged),
-    n_outside_domain (those of them the GNN flagged outside its training domain), eg0, delta_gap, relative_change
-    (eV; T = 0 is the relaxed structure) and, with an ensemble of GNNs (predictions with ``members``), every model's
-    average over the same production frames with the replicas' weights ``gap_members`` (their mean is ``gap``) and
-    its Eg(0) ``eg0_members``; ``curve_<key>`` XyData (T in K; gap and stderr in eV); ``table`` Dict (one row per
-    (structure, T)); ``replicas`` Dict (statistics of every replica).
+    ``settings``: ``keys`` (sorted structure keys, the order of ``eg0``), ``x`` per key, ``temperatures`` (K). ``md``:
+    ``results_<i>`` (Dict of an MlipThermalCalcJob), ``gaps_<i>`` (its frames' GnnPredictCalcJob predictions) and
+    ``series_<i>`` (its series: the potential energies, whose equilibration also sets where each replica's average
+    starts, :func:`replica_statistics`; optional). Outputs: ``gap_<key>_T<T>`` Dict per (structure, T) with attributes
+    x, temperature, gap, stderr, stderr_decorrelated, stderr_seeds, n_independent, n_replicas, n_frames (the production
+    frames averaged), n_outside_domain (those of them the GNN flagged outside its training domain), n_drifting (replicas
+    whose potential energy was still relaxing at half the run), eg0, delta_gap, relative_change (eV; T = 0 is the
+    relaxed structure) and, with an ensemble of GNNs (predictions with ``members``), every model's average over the same
+    production frames with the replicas' weights ``gap_members`` (their mean is ``gap``) and its Eg(0) ``eg0_members``;
+    ``curve_<key>`` XyData (T in K; gap and stderr in eV); ``table`` Dict (one row per (structure, T)); ``replicas``
+    Dict (statistics of every replica).
     """
-    from aiida_capthermo.core.thermal import combine_replicas, series_statistics
+    from aiida_capthermo.core.thermal import combine_replicas
 
     s = settings.get_dict()
     eg0_values = dict(zip(s['keys'], eg0.get_array('values').tolist()))
@@ -86,21 +112,23 @@ def thermal_gaps(settings: orm.Dict, eg0: orm.ArrayData, **md) -> dict:
         outside = predictions.get_array('outside_domain') if 'outside_domain' in predictions.get_arraynames() \
             else None
         members = predictions.get_array('members') if 'members' in predictions.get_arraynames() else None
-        for replica in _md_series(md[name].get_dict(), predictions.get_array('values'), outside, members):
-            stats = series_statistics(replica['gaps'])
+        for replica in _md_series(md[name].get_dict(), predictions.get_array('values'), outside, members,
+                                  md.get(f'series_{suffix}')):
+            stats, starts = replica_statistics(replica['gaps'], replica['energy'])
             case = (replica['key'], float(replica['temperature']))
             per_case.setdefault(case, []).append(stats)
             if replica['members'] is not None:  # every model over the production frames of the mean's series
                 member_means.setdefault(case, []).append(
                     (stats.n_independent, replica['members'][:, stats.start:].mean(axis=1)))
             n_outside = int(np.count_nonzero(replica['outside'][stats.start:]))  # the frames averaged
-            frames = counts.setdefault(case, [0, 0])
+            frames = counts.setdefault(case, [0, 0, 0])
             frames[0] += stats.n_samples
             frames[1] += n_outside
+            frames[2] += int(starts['drifting'])
             replica_rows.append({'replica': replica['replica'], 'key': replica['key'], 'x': replica['x'],
                                  'temperature': replica['temperature'], 'seed': replica['seed'],
                                  'timestep': replica['timestep'], 'attempt': int(suffix),
-                                 'n_outside_domain': n_outside, **stats.as_dict()})
+                                 'n_outside_domain': n_outside, **starts, **stats.as_dict()})
     outputs, rows = {}, []
     for key in s['keys']:
         x, eg0_value = float(s['x'][key]), float(eg0_values[key])
@@ -108,15 +136,16 @@ def thermal_gaps(settings: orm.Dict, eg0: orm.ArrayData, **md) -> dict:
         for temperature in s['temperatures']:
             if temperature == 0:
                 row = {'gap': eg0_value, 'stderr': 0.0, 'stderr_decorrelated': 0.0, 'stderr_seeds': None,
-                       'n_independent': None, 'n_replicas': 0, 'n_frames': 0, 'n_outside_domain': 0}
+                       'n_independent': None, 'n_replicas': 0, 'n_frames': 0, 'n_outside_domain': 0,
+                       'n_drifting': 0}
                 if key in eg0_members:
                     row['gap_members'] = eg0_members[key]
             elif (key, float(temperature)) in per_case:
                 combined = combine_replicas(per_case[(key, float(temperature))])
-                n_frames, n_outside = counts[(key, float(temperature))]
+                n_frames, n_outside, n_drifting = counts[(key, float(temperature))]
                 row = {'gap': combined['mean'], **{k: combined[k] for k in (
                     'stderr', 'stderr_decorrelated', 'stderr_seeds', 'n_independent', 'n_replicas')},
-                    'n_frames': n_frames, 'n_outside_domain': n_outside}
+                    'n_frames': n_frames, 'n_outside_domain': n_outside, 'n_drifting': n_drifting}
                 if (key, float(temperature)) in member_means:  # every model's average, weighted as the mean's
                     weights, averages = zip(*member_means[(key, float(temperature))])
                     row['gap_members'] = (np.asarray(weights) @ np.asarray(averages) / np.sum(weights)).tolist()
@@ -338,7 +367,9 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
                               help='Eg(T) per structure key: T (K) against gap and stderr (eV).')
         spec.output('table', valid_type=orm.Dict, help='One row per (structure, T): the gaps table (Table I).')
         spec.output('replicas', valid_type=orm.Dict,
-                    help='Statistics of every replica: equilibration start, statistical inefficiency, mean, stderr.')
+                    help='Statistics of every replica: equilibration start (the later of start_gap and start_energy, '
+                         'the potential energy\'s), drifting (the energy still relaxing at half the run), statistical '
+                         'inefficiency, mean, stderr.')
         spec.output_namespace('coupling', dynamic=True,
                               help='Per structure key: `table_<key>` (ArrayData) and `plot_<key>` (PNG).')
         spec.exit_code(EXIT_CODES['ERROR_RELAX_FAILED'], 'ERROR_RELAX_FAILED',
@@ -504,6 +535,7 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
             if f'gaps_{key}' in self.ctx:
                 md[f'results_{index}'] = self.ctx[key].outputs.results
                 md[f'gaps_{index}'] = self.ctx[f'gaps_{key}'].outputs.predictions
+                md[f'series_{index}'] = self.ctx[key].outputs.series
         eg0 = self.ctx.eg0.outputs.predictions
         outputs = thermal_gaps(settings, eg0, **md)
         for name, node in outputs.items():
@@ -520,6 +552,10 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
                 self.report(f'warning: {row["n_outside_domain"]} of the {row["n_frames"]} MD frames of '
                             f'{row["key"]} at {row["temperature"]:.0f} K lie outside the GNN\'s training domain '
                             '(their gaps are extrapolated: see the prediction jobs\' outside_domain_reasons)')
+            if row.get('n_drifting'):
+                self.report(f'warning: the potential energy of {row["n_drifting"]} of the {row["n_replicas"]} '
+                            f'replicas of {row["key"]} at {row["temperature"]:.0f} K was still relaxing at half '
+                            'the run (not equilibrated: run longer MD); the average starts at half the run')
         if 'coupling' in self.inputs:
             coupling = mode_coupling(self.ctx.modes.outputs.modes, self.ctx.gaps_modes.outputs.predictions, eg0,
                                      orm.Dict({'keys': keys, 'temperatures': ModesConfig.model_validate(

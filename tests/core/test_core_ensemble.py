@@ -179,8 +179,9 @@ def test_table_one_averages_the_ensemble_and_keeps_the_configurations(aiida_prof
            f'gaps: 300 K {gap["configuration_spread"]:.3f} eV; the weights\' error from the low engine\'s relative ' \
            f'energies (in the total): 0 K {abs(moved * 0.55):.2g} eV, 300 K {gap["stderr_weights"]:.2g} eV.' in text
     header, *lines = outputs['csv'].get_content().splitlines()
-    assert header.endswith('configuration_spread_eV,stderr_weights_eV,stderr_members_eV') and lines[-1].endswith(
-        f'{gap["configuration_spread"]:.6f},{gap["stderr_weights"]:.6f},')  # one GNN: no ensemble spread
+    assert header.endswith('configuration_spread_eV,stderr_weights_eV,stderr_members_eV,n_drifting')
+    assert lines[-1].endswith(  # one GNN: no ensemble spread; rows without the replicas' drift: not counted
+        f'{gap["configuration_spread"]:.6f},{gap["stderr_weights"]:.6f},,')
     assert rows[1]['configurations'][1]['weight_engine'] == pytest.approx(engine['c004'])
     # one configuration without an engine energy: the term is not estimated, and the text says so
     partial = _validation('c000', 0.05, 0.10, 0.02, 0.03, energy_bias=0.100) + _validation(
