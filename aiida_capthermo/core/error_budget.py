@@ -211,7 +211,8 @@ def budget_rows(thermal_rows: Sequence[dict], validation_rows: Sequence[dict] | 
         members = _member_estimates(row.get('gap_members'), check.get('gnn_bias_members') if bias is not None
                                     else None, bias is not None)
         budget = corrected_gap(float(row['gap']), float(row['stderr']), bias, check.get('gnn_bias_stderr'),
-                               float(row['temperature']), int(check.get('n_gap') or 0) or None, sampling,
+                               float(row['temperature']),
+                               int(check.get('gnn_bias_n') or check.get('n_gap') or 0) or None, sampling,
                                member_spread(members))
         corrected.append({**row, **budget, 'n_validation': int(check.get('n_gap') or 0),
                           'teacher_gap': check.get('teacher_gap'), 'gap_members_corrected': members})

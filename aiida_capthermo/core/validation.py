@@ -32,9 +32,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ['allocate_budget', 'grid_indices', 'select_frames', 'spread_subset', 'vegard_deviations', 'pressure',
-           'paired_difference', 'mean_with_stderr', 'force_errors', 'point_key', 'sampling_shift', 'energy_spread',
-           'validation_rows']
+__all__ = ['replica_bias_error', 'allocate_budget', 'grid_indices', 'select_frames', 'spread_subset',
+           'vegard_deviations', 'pressure', 'paired_difference', 'mean_with_stderr', 'force_errors', 'point_key',
+           'sampling_shift', 'energy_spread', 'validation_rows']
 
 #: beta * std(E_low - E_MLIP) over the frames of an (x, T) up to which the first-order sampling shift is taken as
 #: the shift (the next order is about beta * sigma / 2 of it); beyond, it is an order of magnitude, not a bound
@@ -222,6 +222,45 @@ def paired_difference(reference: Sequence[float], predicted: Sequence[float]) ->
             'rmse': float(np.sqrt(np.mean(difference**2))), 'n': int(difference.size)}
 
 
+def replica_bias_error(difference: Sequence[float], replicas: Sequence[str | None]) -> dict:
+    """Standard error of a mean bias whose frames come from a few MD replicas.
+
+    Frames of one replica share its history: a replica that has settled into another distortion than the others
+    shifts the model's error on all its frames at once. The standard error over the frames sees only their scatter;
+    the standard error from the spread of the replicas' own mean biases sees the part that differs between
+    replicas. As for the thermal average itself (:func:`aiida_capthermo.core.thermal.combine_replicas`), the larger
+    of the two is the error, and its Student factor takes the samples it came from (frames, or replicas).
+
+    Parameters
+    ----------
+    difference
+        [n] teacher - model on each frame (eV).
+    replicas
+        [n] the replica of each frame (None: a frame of its own, e.g. a relaxed 0 K structure).
+
+    Returns
+    -------
+    dict
+        ``stderr`` (the larger), ``stderr_frames``, ``stderr_replicas`` (None with fewer than 2 replicas),
+        ``n_replicas``, ``n`` (the samples behind ``stderr``: frames or replicas); None errors for fewer than 2
+        frames.
+    """
+    difference = np.asarray(difference, dtype=float).reshape(-1)
+    labels = [f'frame {index}' if replica is None else str(replica) for index, replica in enumerate(replicas)]
+    if len(labels) != difference.size:
+        raise ValueError(f'{len(labels)} replica labels for {difference.size} frames')
+    frames = mean_with_stderr(difference)[1]
+    means = [float(difference[[i for i, label in enumerate(labels) if label == name]].mean())
+             for name in dict.fromkeys(labels)]
+    across = float(np.std(means, ddof=1) / np.sqrt(len(means))) if len(means) > 1 else None
+    if frames is None:
+        return {'stderr': None, 'stderr_frames': None, 'stderr_replicas': across, 'n_replicas': len(means),
+                'n': int(difference.size)}
+    wins = across is not None and across > frames
+    return {'stderr': across if wins else frames, 'stderr_frames': frames, 'stderr_replicas': across,
+            'n_replicas': len(means), 'n': len(means) if wins else int(difference.size)}
+
+
 def force_errors(reference: np.ndarray, predicted: np.ndarray) -> dict:
     """MAE and RMSE (eV/Å) over every Cartesian component of ``[n_atoms, 3]`` force arrays (rows with a NaN
     reference are left out)."""
@@ -339,7 +378,8 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
                     model_gap: Sequence[float], n_atoms: Sequence[int], energy_reference: Sequence[float],
                     energy_predicted: Sequence[float], forces_reference: np.ndarray,
                     forces_predicted: np.ndarray, points: Sequence[str] | None = None,
-                    keys: Sequence[str | None] | None = None, member_gaps: np.ndarray | None = None) -> list[dict]:
+                    keys: Sequence[str | None] | None = None, member_gaps: np.ndarray | None = None,
+                    replicas: Sequence[str | None] | None = None) -> list[dict]:
     """Errors of both models per validation point (a structure at T, or an (x, T)) on the validation frames.
 
     Parameters
@@ -359,19 +399,23 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
         (x, T) without a structure.
     member_gaps
         [n_models, n_frames] eV: every model's gap where ``model_gap`` is the mean of an ensemble; None: one model.
+    replicas
+        [n_frames] the MD replica of every frame (None for a frame of its own): the GNN's bias error is then the
+        larger of the frames' and the replicas' (:func:`replica_bias_error`); None: frames independent.
 
     Returns
     -------
     list of dict
         One row per point, sorted by x, T, point: ``point``, ``key`` (the structure, or None), ``x``,
         ``temperature`` (K), ``n_frames``;
-        ``teacher_gap`` and ``teacher_gap_stderr`` (eV); ``gnn_bias`` = mean(teacher - GNN), ``gnn_bias_stderr``,
-        ``gnn_mae``, ``gnn_rmse`` (eV), ``n_gap``; ``force_mae``, ``force_rmse`` (eV/Å), ``energy_per_atom_mae``,
-        ``energy_per_atom_bias`` (reference - MLIP, eV/atom), ``n_mlip`` (frames with energy and forces);
-        ``sampling_shift``, ``sampling_shift_stderr`` (eV), ``sampling_beta_sigma``, ``sampling_correlation`` and
-        ``n_sampling`` from
-        :func:`sampling_shift` on the frames with a teacher gap and both energies; with ``member_gaps``,
-        ``gnn_bias_members``: every model's mean(teacher - model) on the frames of ``gnn_bias`` (eV).
+        ``teacher_gap`` and ``teacher_gap_stderr`` (eV); ``gnn_bias`` = mean(teacher - GNN), ``gnn_bias_stderr`` (with
+        ``replicas``, the larger of ``gnn_bias_stderr_frames`` and ``gnn_bias_stderr_replicas``, over
+        ``n_bias_replicas``; ``gnn_bias_n``: the samples behind it), ``gnn_mae``, ``gnn_rmse`` (eV), ``n_gap``;
+        ``force_mae``, ``force_rmse`` (eV/Å), ``energy_per_atom_mae``, ``energy_per_atom_bias`` (reference - MLIP,
+        eV/atom), ``n_mlip`` (frames with energy and forces); ``sampling_shift``, ``sampling_shift_stderr`` (eV),
+        ``sampling_beta_sigma``, ``sampling_correlation`` and ``n_sampling`` from :func:`sampling_shift` on the frames
+        with a teacher gap and both energies; with ``member_gaps``, ``gnn_bias_members``: every model's mean(teacher -
+        model) on the frames of ``gnn_bias`` (eV).
     """
     x = np.asarray(x, dtype=float)
     temperature = np.asarray(temperature, dtype=float)
@@ -397,6 +441,8 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
     keys = list(keys) if keys is not None else [None] * len(points)
     if len(points) != len(x) or len(keys) != len(x):
         raise ValueError(f'{len(points)} points and {len(keys)} keys for {len(x)} frames')
+    if replicas is not None and len(replicas) != len(x):
+        raise ValueError(f'{len(replicas)} replica labels for {len(x)} frames')
     groups: dict[tuple[float, float, str], list[int]] = {}
     for index, (x_value, t_value, point) in enumerate(zip(x, temperature, points)):
         groups.setdefault((round(float(x_value), 6), round(float(t_value), 6), str(point)), []).append(index)
@@ -424,6 +470,11 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
             'sampling_shift_stderr': sampling['shift_stderr'], 'sampling_beta_sigma': sampling['beta_sigma'],
             'sampling_correlation': sampling['correlation'],
             'n_sampling': sampling['n']})
+        if replicas is not None:
+            spread = replica_bias_error(teacher_gap[gaps] - model_gap[gaps], [replicas[i] for i in gaps])
+            rows[-1].update({'gnn_bias_stderr': spread['stderr'], 'gnn_bias_stderr_frames': spread['stderr_frames'],
+                             'gnn_bias_stderr_replicas': spread['stderr_replicas'],
+                             'n_bias_replicas': spread['n_replicas'], 'gnn_bias_n': spread['n']})
         if member_gaps is not None:
             rows[-1]['gnn_bias_members'] = ([float(np.mean(teacher_gap[gaps] - member[gaps])) for member in member_gaps]
                                             if gaps.size else None)

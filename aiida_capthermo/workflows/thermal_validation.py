@@ -49,11 +49,13 @@ VEGARD_TOLERANCE = 0.03
 COLUMNS = ('point', 'key', 'x', 'temperature', 'n_frames', 'teacher_gap', 'teacher_gap_stderr', 'gnn_bias',
            'gnn_bias_stderr', 'gnn_mae', 'gnn_rmse', 'n_gap', 'force_mae', 'force_rmse', 'energy_per_atom_mae',
            'energy_per_atom_bias', 'n_mlip', 'sampling_shift', 'sampling_shift_stderr', 'sampling_beta_sigma',
-           'sampling_correlation', 'n_sampling')
+           'sampling_correlation', 'n_sampling', 'gnn_bias_stderr_frames', 'gnn_bias_stderr_replicas',
+           'n_bias_replicas', 'gnn_bias_n')
 UNITS = {'temperature': 'K', 'volume_per_atom': 'Å^3', 'vegard_deviation': 'fraction', 'teacher_pressure': 'GPa',
          'mlip_pressure': 'GPa', 'teacher_max_force': 'eV/Å',
          'teacher_gap': 'eV', 'teacher_gap_stderr': 'eV', 'gnn_bias': 'eV',
-         'gnn_bias_stderr': 'eV', 'gnn_mae': 'eV', 'gnn_rmse': 'eV', 'force_mae': 'eV/Å', 'force_rmse': 'eV/Å',
+         'gnn_bias_stderr': 'eV', 'gnn_bias_stderr_frames': 'eV', 'gnn_bias_stderr_replicas': 'eV',
+         'gnn_mae': 'eV', 'gnn_rmse': 'eV', 'force_mae': 'eV/Å', 'force_rmse': 'eV/Å',
          'energy_per_atom_mae': 'eV/atom', 'energy_per_atom_bias': 'eV/atom', 'sampling_shift': 'eV',
          'sampling_shift_stderr': 'eV', 'sampling_beta_sigma': 'dimensionless',
          'sampling_correlation': 'dimensionless'}
@@ -210,10 +212,11 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
     records = frames.base.attributes.get('picked', None)
     points = [record['point'] for record in records] if records and len(records) == n else None
     keys = [record.get('key') for record in records] if points is not None else None
+    replicas = [record.get('replica') for record in records] if points is not None else None
     members = predictions.get_array('members') if 'members' in predictions.get_arraynames() else None
     table = validation_rows(picked.x, picked.temperature, teacher, gnn, picked.n_atoms, energy_reference,
                             energy_predicted, forces_reference, forces_predicted, points=points, keys=keys,
-                            member_gaps=members)
+                            member_gaps=members, replicas=replicas)
     point_of = points or [point_key(float(a), float(b)) for a, b in zip(picked.x, picked.temperature)]
     zero = np.flatnonzero(picked.temperature == 0)  # the relaxed structures: their volume against Vegard's law
     volumes = np.abs(np.linalg.det(picked.cells[zero])) / picked.n_atoms[zero]

@@ -138,6 +138,45 @@ def test_student_factor_makes_one_sigma_a_68_percent_interval():
         student_factor(1)
 
 
+def test_bias_error_sees_replicas_that_disagree():
+    """The model's error on the frames of one replica shares that replica's offset (a replica settled into its own
+    distortion): three replicas with offsets drawn with spread 0.05 eV and 10 frames each with noise 0.02 eV. The
+    mean bias over the frames estimates the bias over replicas (0 here). Its standard error over the frames alone
+    covers 0 far less often than the 68 % a one-sigma interval claims; the larger of it and the replicas' spread,
+    with the Student factor of the samples it came from, covers it as claimed. One replica, or replicas that agree:
+    the frames' error, as before. Through validation_rows and budget_rows, the model error is that one."""
+    from aiida_capthermo.core.error_budget import one_sigma
+    from aiida_capthermo.core.validation import replica_bias_error, validation_rows
+
+    rng = np.random.default_rng(5)
+    labels = [f'md:{r}' for r in range(3) for _ in range(10)]
+    covered_frames, covered = [], []
+    for _ in range(4000):
+        difference = np.repeat(rng.normal(0.0, 0.05, 3), 10) + rng.normal(0.0, 0.02, 30)
+        error = replica_bias_error(difference, labels)
+        covered_frames.append(abs(difference.mean()) <= one_sigma(error['stderr_frames'], 30))
+        covered.append(abs(difference.mean()) <= one_sigma(error['stderr'], error['n']))
+    assert np.mean(covered_frames) < 0.45
+    assert np.mean(covered) == pytest.approx(0.68, abs=0.04)
+    by_hand = replica_bias_error([0.1, 0.1, 0.3, 0.3, 0.5, 0.5], ['a', 'a', 'b', 'b', 'c', 'c'])
+    assert by_hand['stderr_replicas'] == pytest.approx(0.2 / math.sqrt(3)) and by_hand['n'] == 3
+    assert by_hand['stderr'] == by_hand['stderr_replicas'] > by_hand['stderr_frames']
+    agree = replica_bias_error([0.1, 0.3, 0.1, 0.3], ['a', 'a', 'b', 'b'])
+    assert agree['stderr'] == agree['stderr_frames'] and agree['n'] == 4 and agree['stderr_replicas'] == 0
+    single = replica_bias_error([0.1, 0.3, 0.2], [None, None, None])  # frames of their own: replicas = frames
+    assert single['stderr'] == pytest.approx(single['stderr_frames']) and single['n_replicas'] == 3
+    # through the study's functions: the model error is the replicas' spread times t(2)
+    n = 6
+    gaps = np.array([0.1, 0.1, 0.3, 0.3, 0.5, 0.5])
+    rows = validation_rows([0.5] * n, [300.0] * n, gaps, np.zeros(n), [1] * n, [np.nan] * n, [np.nan] * n,
+                           np.full((n, 3), np.nan), np.full((n, 3), np.nan), replicas=['a', 'a', 'b', 'b', 'c', 'c'])
+    assert rows[0]['gnn_bias_stderr'] == pytest.approx(0.2 / math.sqrt(3)) and rows[0]['gnn_bias_n'] == 3
+    thermal = [{'key': 'x050', 'x': 0.5, 'temperature': 300.0, 'gap': 0.0, 'stderr': 0.0, 'eg0': 0.0}]
+    budget = budget_rows(thermal, rows)[0]
+    assert budget['stderr_model'] == pytest.approx(one_sigma(0.2 / math.sqrt(3), 3))
+    assert budget['n_validation'] == 6
+
+
 def harmonic_frames(rng: np.random.Generator, stiffening: float, n: int = 12, temperature: float = 300.0):
     """``n`` independent frames of MD with a harmonic potential whose MODES modes have <q^2> = VARIANCE at
     ``temperature``, the engine's spring constants ``stiffening`` times the potential's, the analytic teacher gap.
