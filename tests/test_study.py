@@ -244,13 +244,18 @@ def check_validation(node, results):
     from aiida_capthermo.core.error_budget import student_factor
 
     # Table I: the GNN's average plus the bias the teacher measured; the error in quadrature: statistical, the GNN's
-    # (Student t of its bias on the frames) and, at T > 0, the potential's sampling term from the same frames.
+    # (Student t of its bias: over the frames, or over the replicas where their mean biases spread more) and, at
+    # T > 0, the potential's sampling term from the same frames.
     checks = {(row['x'], row['temperature']): row for row in rows}
     for key, gap in results['gaps'].items():
         gap, thermal = gap.get_dict(), results['thermal']['gaps'][key].get_dict()
         check = checks[(gap['x'], gap['temperature'])]
         assert gap['validated'] and gap['gap'] == pytest.approx(thermal['gap'] + check['gnn_bias'], abs=1e-12)
-        model = check['gnn_bias_stderr'] * student_factor(check['n_gap']) if gap['temperature'] else 0.0
+        if gap['temperature']:
+            larger = max(check['gnn_bias_stderr_frames'], check['gnn_bias_stderr_replicas'] or 0.0)
+            assert check['gnn_bias_stderr'] == larger and check['gnn_bias_n'] == (
+                check['n_gap'] if larger == check['gnn_bias_stderr_frames'] else check['n_bias_replicas'])
+        model = check['gnn_bias_stderr'] * student_factor(check['gnn_bias_n']) if gap['temperature'] else 0.0
         sampling = 0.0
         if gap['temperature']:
             sampling = np.hypot(check['sampling_shift'],
