@@ -30,7 +30,7 @@ import numpy as np
 
 from aiida_capthermo.core.displacements import SupercellModes, mode_amplitudes
 
-__all__ = ['SeriesStatistics', 'series_statistics', 'equilibration_start', 'combine_replicas',
+__all__ = ['SeriesStatistics', 'series_statistics', 'equilibration_start', 'replica_statistics', 'combine_replicas',
            'frozen_mode_displacements', 'pair_frozen_modes', 'species_participation']
 
 
@@ -118,6 +118,21 @@ def equilibration_start(series: Sequence[float], max_start_fraction: float = 0.5
     nskip = max(1, values.size // 200)
     detected = int(_timeseries().detect_equilibration(values, fast=True, nskip=nskip)[0])
     return min(detected, cap), detected > cap
+
+
+def replica_statistics(gaps: np.ndarray, energy: np.ndarray | None) -> tuple[SeriesStatistics, dict]:
+    """Statistics of one replica's gap series, from the later of the equilibration starts of its gap and of its
+    potential energy (the potential energy is the sharper probe of a replica still relaxing from its start: a gap
+    the GNN barely moves can look stationary while the structure is leaving its starting basin).
+
+    Returns the :class:`SeriesStatistics` of the gaps and a dict ``start_gap``,
+    ``start_energy`` (None without energies) and ``drifting`` (the energy had not settled by the cap of the
+    detection, half the run: the average still contains the replica's relaxation).
+    """
+    start_gap = equilibration_start(gaps)[0]
+    start_energy, drifting = equilibration_start(energy) if energy is not None else (None, False)
+    stats = series_statistics(gaps, start=max(start_gap, start_energy or 0))
+    return stats, {'start_gap': start_gap, 'start_energy': start_energy, 'drifting': bool(drifting)}
 
 
 def combine_replicas(statistics: Sequence[SeriesStatistics]) -> dict:

@@ -66,23 +66,6 @@ def _md_series(results: dict, gaps: np.ndarray, outside: np.ndarray | None = Non
     return replicas
 
 
-def replica_statistics(gaps: np.ndarray, energy: np.ndarray | None):
-    """Statistics of one replica's gap series, from the later of the equilibration starts of its gap and of its
-    potential energy (the potential energy is the sharper probe of a replica still relaxing from its start: a gap
-    the GNN barely moves can look stationary while the structure is leaving its starting basin).
-
-    Returns the :class:`~aiida_capthermo.core.thermal.SeriesStatistics` of the gaps and a dict ``start_gap``,
-    ``start_energy`` (None without energies) and ``drifting`` (the energy had not settled by the cap of the
-    detection, half the run: the average still contains the replica's relaxation).
-    """
-    from aiida_capthermo.core.thermal import equilibration_start, series_statistics
-
-    start_gap = equilibration_start(gaps)[0]
-    start_energy, drifting = equilibration_start(energy) if energy is not None else (None, False)
-    stats = series_statistics(gaps, start=max(start_gap, start_energy or 0))
-    return stats, {'start_gap': start_gap, 'start_energy': start_energy, 'drifting': bool(drifting)}
-
-
 @calcfunction
 def thermal_gaps(settings: orm.Dict, eg0: orm.ArrayData, **md) -> dict:
     """Eg(T) per structure from the GNN gaps of the MD frames.
@@ -90,16 +73,16 @@ def thermal_gaps(settings: orm.Dict, eg0: orm.ArrayData, **md) -> dict:
     ``settings``: ``keys`` (sorted structure keys, the order of ``eg0``), ``x`` per key, ``temperatures`` (K). ``md``:
     ``results_<i>`` (Dict of an MlipThermalCalcJob), ``gaps_<i>`` (its frames' GnnPredictCalcJob predictions) and
     ``series_<i>`` (its series: the potential energies, whose equilibration also sets where each replica's average
-    starts, :func:`replica_statistics`; optional). Outputs: ``gap_<key>_T<T>`` Dict per (structure, T) with attributes
-    x, temperature, gap, stderr, stderr_decorrelated, stderr_seeds, n_independent, n_replicas, n_frames (the production
-    frames averaged), n_outside_domain (those of them the GNN flagged outside its training domain), n_drifting (replicas
-    whose potential energy was still relaxing at half the run), eg0, delta_gap, relative_change (eV; T = 0 is the
-    relaxed structure) and, with an ensemble of GNNs (predictions with ``members``), every model's average over the same
-    production frames with the replicas' weights ``gap_members`` (their mean is ``gap``) and its Eg(0) ``eg0_members``;
-    ``curve_<key>`` XyData (T in K; gap and stderr in eV); ``table`` Dict (one row per (structure, T)); ``replicas``
-    Dict (statistics of every replica).
+    starts, :func:`aiida_capthermo.core.thermal.replica_statistics`; optional). Outputs: ``gap_<key>_T<T>`` Dict per
+    (structure, T) with attributes x, temperature, gap, stderr, stderr_decorrelated, stderr_seeds, n_independent,
+    n_replicas, n_frames (the production frames averaged), n_outside_domain (those of them the GNN flagged outside its
+    training domain), n_drifting (replicas whose potential energy was still relaxing at half the run), eg0, delta_gap,
+    relative_change (eV; T = 0 is the relaxed structure) and, with an ensemble of GNNs (predictions with ``members``),
+    every model's average over the same production frames with the replicas' weights ``gap_members`` (their mean is
+    ``gap``) and its Eg(0) ``eg0_members``; ``curve_<key>`` XyData (T in K; gap and stderr in eV); ``table`` Dict (one
+    row per (structure, T)); ``replicas`` Dict (statistics of every replica).
     """
-    from aiida_capthermo.core.thermal import combine_replicas
+    from aiida_capthermo.core.thermal import combine_replicas, replica_statistics
 
     s = settings.get_dict()
     eg0_values = dict(zip(s['keys'], eg0.get_array('values').tolist()))
