@@ -90,6 +90,36 @@ def test_batched_md_holds_each_target_temperature():
     np.testing.assert_allclose(again[5].temperature, trajectories[5].temperature[:5])  # seeded: reproducible
 
 
+def test_equilibration_is_the_same_run_with_its_first_frames_dropped():
+    """A harmonic crystal started 0.25 Å off its minimum in every coordinate (potential energy far above
+    equipartition): ``equilibration_steps`` runs first with the same thermostat and noise, so its frames are exactly
+    the later frames of a run as long without it (same times and positions); after 2 ps at a friction of 0.02/fs
+    the mean potential energy is equipartition's (3N - 3) kT / 2 within its statistics, where the first frame of
+    the run without equilibration is several times above it."""
+    import torch
+    from ase import units
+
+    from aiida_capthermo.ml.thermal import HarmonicModel, run_replicas
+
+    torch.set_num_threads(1)
+    atoms, phi = spring_crystal()
+    model = HarmonicModel(atoms.positions, phi)
+    start = atoms.copy()
+    start.positions += np.random.default_rng(0).choice([-0.25, 0.25], size=start.positions.shape)
+    run = {'timestep': 2.0, 'friction': 0.02, 'stride': 10, 'batch_seed': 3, 'max_temperature_ratio': 100.0}
+    whole = run_replicas(model, [start] * 4, [300.0] * 4, [0, 1, 2, 3], steps=3000, **run)
+    kept = run_replicas(model, [start] * 4, [300.0] * 4, [0, 1, 2, 3], steps=2000, equilibration_steps=1000, **run)
+    for full, part in zip(whole, kept):
+        assert part.steps_done == 3000 and part.broke is None and len(part.time_fs) == 200
+        np.testing.assert_allclose(part.time_fs, full.time_fs[100:])
+        np.testing.assert_allclose(part.positions, full.positions[100:], atol=1e-9)
+        np.testing.assert_allclose(part.potential_energy, full.potential_energy[100:], atol=1e-9)
+    equipartition = (3 * len(atoms) - 3) / 2 * units.kB * 300.0
+    energies = np.array([part.potential_energy for part in kept])
+    assert energies.mean() == pytest.approx(equipartition, rel=0.1)
+    assert min(full.potential_energy[0] for full in whole) > 3 * equipartition
+
+
 def test_collapse_stops_the_replica_and_fails_the_verdict():
     """A harmonic crystal whose minimum puts an Ag atom 0.3 Å from an S atom: the pair collides, the engine stops the
     replica at the recorded frame where they are closer than stop_distance, and the verdict is unstable."""
@@ -117,8 +147,8 @@ def test_md_settings_share_one_base():
     assert (md.temperatures, md.steps, md.friction, md.stride) == ([600.0], 5000, 0.01, 10)
     assert (thermal.temperatures, thermal.steps, thermal.friction, thermal.stride) == ([300.0, 600.0], 50000, 1e-3, 20)
     assert md.stop_distance == thermal.stop_distance == 1.0 and md.timestep == thermal.timestep == 1.0
-    assert md.engine_arguments() == {'steps': 5000, 'timestep': 1.0, 'friction': 0.01, 'stride': 10,
-                                     'stop_distance': 1.0, 'max_temperature_ratio': 3.0}
+    assert md.engine_arguments() == {'steps': 5000, 'equilibration_steps': 0, 'timestep': 1.0, 'friction': 0.01,
+                                     'stride': 10, 'stop_distance': 1.0, 'max_temperature_ratio': 3.0}
 
 
 def test_md_config_rejects_unknown_keys():
@@ -136,8 +166,8 @@ def test_cli_md_runs_replicas_and_writes_frames(mace_model_file, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     cells = [small_cell(False, seed=1, rattle=0.0), small_cell(True, seed=2, rattle=0.0)]
     LabelledSet.from_atoms_list(cells, x=np.array([0.0, 0.5])).save('start.npz')
-    config = {'temperatures': [100.0, 200.0], 'steps': 60, 'stride': 10, 'frame_stride': 30, 'device': 'cpu',
-              'seed': 4}
+    config = {'temperatures': [100.0, 200.0], 'steps': 60, 'equilibration_steps': 15, 'stride': 10,
+              'frame_stride': 30, 'device': 'cpu', 'seed': 4}
     pathlib.Path('config.json').write_text(json.dumps(config))
     assert main(['md', str(mace_model_file), 'start.npz', '--config', 'config.json']) == 0
     summary = json.loads(pathlib.Path('summary.json').read_text())
@@ -145,9 +175,10 @@ def test_cli_md_runs_replicas_and_writes_frames(mace_model_file, tmp_path, monke
     records = json.loads(pathlib.Path('md.json').read_text())
     assert [(r['index'], r['temperature'], r['seed']) for r in records] == [
         (0, 100.0, 4), (0, 200.0, 5), (1, 100.0, 6), (1, 200.0, 7)]
-    assert all(len(r['series']['temperature']) == 6 for r in records)
+    # the 15 equilibration steps are run and not recorded: the frames are every 10 steps of the 60 after them
+    assert all(r['series']['time_fs'] == [25.0, 35.0, 45.0, 55.0, 65.0, 75.0] and r['steps'] == 75 for r in records)
     frames = LabelledSet.load('frames.npz')
-    assert len(frames) == 8 == summary['outputs']['n_frames']  # two per replica (steps 30 and 60)
+    assert len(frames) == 8 == summary['outputs']['n_frames']  # two per replica (steps 30 and 60 after them)
     assert frames.x.tolist() == [0.0] * 4 + [0.5] * 4 and set(frames.origin) == {'md'}
     assert frames.temperature.tolist() == [100.0, 100.0, 200.0, 200.0] * 2
 

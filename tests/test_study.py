@@ -569,7 +569,7 @@ def test_study_paper_protocol_labels_with_vasp(localhost_session):
 
 def test_study_mid_protocol_learns_from_the_thermal_md(localhost_session):
     """The `mid` protocol runs offline (MACE from scratch, no foundation to download) and its active learning runs
-    the MD the thermal stage runs: the same time step, friction and length, at every composition the screen ranks
+    the MD the thermal stage runs: the same time step, friction, length and equilibration, at every composition the screen ranks
     and every finite temperature of Table I, so the frames the potential learns from are of the distribution it is
     used on."""
     *codes, mlip, evaluate = study_codes(localhost_session, 'mid')
@@ -577,8 +577,9 @@ def test_study_mid_protocol_learns_from_the_thermal_md(localhost_session):
                                                                 evaluate_code=evaluate)
     assert 'foundation_name' not in builder.mace and 'foundation_model' not in builder.mace
     refine, md = builder.mace.refine.get_dict(), builder.thermal.md.get_dict()
-    for key in ('timestep', 'friction', 'steps'):
+    for key in ('timestep', 'friction', 'steps', 'equilibration_steps'):
         assert refine[key] == md[key], key
+    assert md['equilibration_steps'] >= md['steps']  # the end members' energy settles over more than 2.4 ps
     assert set(builder.screen.compositions.get_list()) <= set(refine['compositions'])
     assert {t for t in builder.thermal.temperatures.get_list() if t > 0} <= set(refine['temperatures'])
     assert refine['force_tolerance'] == 0.10 and refine['rounds'] > 2

@@ -219,7 +219,7 @@ def _md_frames(atoms, trajectory, settings) -> list:
     if not settings.frame_stride:
         return []
     frames = []
-    steps = np.rint(trajectory.time_fs / settings.timestep).astype(int)
+    steps = np.rint(trajectory.time_fs / settings.timestep).astype(int) - settings.equilibration_steps
     for step, positions, cell, forces in zip(steps, trajectory.positions, trajectory.cells, trajectory.forces):
         if step % settings.frame_stride or (settings.max_frame_force is not None
                                             and np.abs(forces).max() > settings.max_frame_force):

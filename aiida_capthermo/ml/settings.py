@@ -178,6 +178,8 @@ class MdSettings(ModelRunSettings):
     temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1,
                                       description='Target temperatures (K, > 0): every structure runs at each.')
     steps: int = Field(50000, ge=1, description='MD steps per replica.')
+    equilibration_steps: int = Field(0, ge=0, description='Steps run first with the same thermostat and not '
+                                                          'recorded (frames, series and averages start after them).')
     timestep: float = Field(1.0, gt=0, description='Time step (fs).')
     friction: float = Field(1e-3, gt=0, description='Langevin friction (1/fs).')
     seed: int = Field(0, ge=0, description='Replica r starts from seed + r; the Langevin noise of a batch from seed.')
@@ -198,7 +200,8 @@ class MdSettings(ModelRunSettings):
 
     def engine_arguments(self) -> dict:
         """The keyword arguments of :func:`aiida_capthermo.ml.thermal.run_replicas` these settings fix."""
-        return {'steps': self.steps, 'timestep': self.timestep, 'friction': self.friction, 'stride': self.stride,
+        return {'steps': self.steps, 'equilibration_steps': self.equilibration_steps, 'timestep': self.timestep,
+                'friction': self.friction, 'stride': self.stride,
                 'stop_distance': self.stop_distance, 'max_temperature_ratio': self.max_temperature_ratio}
 
 

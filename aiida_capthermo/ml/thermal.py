@@ -99,6 +99,11 @@ class ReplicaBatch:
     steps_done: list[int]
     broke: list[str | None]
 
+    def forget_records(self) -> None:
+        """Drop what the running replicas have recorded (the end of an equilibration): their records start again."""
+        for replica in self.active:
+            self.records[replica] = {name: [] for name in _SERIES}
+
     def trajectory(self, replica: int) -> ReplicaTrajectory:
         """The recorded frames of ``replica`` as arrays."""
         record, n_atoms = self.records[replica], len(self.symbols[replica])
@@ -411,7 +416,8 @@ def run_replicas(model, systems: Sequence, temperatures: Sequence[float], seeds:
                  timestep: float = 1.0, friction: float = 1e-3, stride: int = 20, ensemble: str = 'nvt',
                  pressure: float = 0.0, fix_com: bool = True, store_velocities: bool = False,
                  store_forces: bool = False, stop_distance: float = 1.0, max_temperature_ratio: float = 3.0,
-                 batch_seed: int = 0, batch_size: int | None = None) -> list[ReplicaTrajectory]:
+                 batch_seed: int = 0, batch_size: int | None = None,
+                 equilibration_steps: int = 0) -> list[ReplicaTrajectory]:
     """Run every system as a replica of batched Langevin simulations; return one trajectory per system.
 
     All replicas run in one simulation, or with ``batch_size`` that many at a time, batch after batch (batch k's
@@ -438,6 +444,10 @@ def run_replicas(model, systems: Sequence, temperatures: Sequence[float], seeds:
         Blow-up thresholds of :func:`blow_up`: closest pair (Å), kinetic over target temperature.
     batch_seed, batch_size
         Seed of the Langevin noise of the (first) batch; replicas per simulation (None: all).
+    equilibration_steps
+        Steps run first, with the same thermostat, and not kept: the frames start at step
+        ``equilibration_steps + stride`` (times count from the start of the run). The blow-up check still judges
+        a frame every ``stride`` steps of them, and a replica that blows up there keeps those frames for diagnosis.
     """
     size = batch_size or max(len(systems), 1)
     if size < len(systems):
@@ -448,17 +458,20 @@ def run_replicas(model, systems: Sequence, temperatures: Sequence[float], seeds:
                 model, systems[part], temperatures[part], seeds[part], steps=steps, timestep=timestep,
                 friction=friction, stride=stride, ensemble=ensemble, pressure=pressure, fix_com=fix_com,
                 store_velocities=store_velocities, store_forces=store_forces, stop_distance=stop_distance,
-                max_temperature_ratio=max_temperature_ratio, batch_seed=seed)
+                max_temperature_ratio=max_temperature_ratio, batch_seed=seed, equilibration_steps=equilibration_steps)
         return trajectories
     batch = init_replicas(model, systems, temperatures, seeds, timestep=timestep, friction=friction,
                           ensemble=ensemble, pressure=pressure, fix_com=fix_com, batch_seed=batch_seed)
-    for step in range(1, steps + 1):
+    total = equilibration_steps + steps
+    for step in range(1, total + 1):
         replica_step(batch, fix_com)
-        if step % stride and step != steps:
+        if (step - equilibration_steps) % stride and step not in (equilibration_steps, total):
             continue
         record_frame(batch, step, timestep, store_velocities, store_forces)
         if not stop_blown_up(batch, step, stop_distance=stop_distance, max_temperature_ratio=max_temperature_ratio):
             break
+        if step == equilibration_steps:
+            batch.forget_records()
     trajectories = [batch.trajectory(replica) for replica in range(len(systems))]
     for trajectory in trajectories:
         trajectory.batch_seed = batch_seed
