@@ -569,9 +569,9 @@ def test_study_paper_protocol_labels_with_vasp(localhost_session):
 
 def test_study_mid_protocol_learns_from_the_thermal_md(localhost_session):
     """The `mid` protocol runs offline (MACE from scratch, no foundation to download) and its active learning runs
-    the MD the thermal stage runs: the same time step, friction, length and equilibration, at every composition the screen ranks
-    and every finite temperature of Table I, so the frames the potential learns from are of the distribution it is
-    used on."""
+    the MD the thermal stage runs: the same time step, friction, length and equilibration, at every composition the
+    screen ranks and every finite temperature of Table I, so the frames the potential learns from are of the
+    distribution it is used on."""
     *codes, mlip, evaluate = study_codes(localhost_session, 'mid')
     builder = CapthermoStudyWorkChain.get_builder_from_protocol(*codes, protocol='mid', mlip_code=mlip,
                                                                 evaluate_code=evaluate)
