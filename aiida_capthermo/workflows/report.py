@@ -75,7 +75,7 @@ def table_text(rows: list[dict]) -> str:
     each MD average; a gap the teacher did not validate is marked ``*``, one averaged over MD frames of which some
     lie outside the GNN's training domain ``†``, a validated one at T > 0 whose potential's sampling error is an
     order of magnitude only (its energies on the frames differ from the engine's by more than kT) or not estimated
-    ``‡``, one with replicas whose potential energy was still relaxing at half the run ``§``."""
+    ``‡``, one with replicas whose potential energy still drifts where their average starts ``§``."""
     temperatures = sorted({t for row in rows for t in row['temperatures']})
     hot = [t for t in temperatures if t > 0]
     width = 24
@@ -153,9 +153,9 @@ def table_text(rows: list[dict]) -> str:
         lines.append('‡ the potential\'s sampling error is an order of magnitude, not a bound (its energies on the '
                      'frames differ from the low engine\'s by more than kT: beta * std(dU) > 1), or not estimated.')
     if drifting:
-        lines.append('§ replicas whose potential energy was still relaxing at half the run (not equilibrated; the '
-                     'average starts at half the run and still holds part of the relaxation): ' + '; '.join(drifting)
-                     + '.')
+        lines.append('§ replicas whose potential energy still drifts over the part averaged (a linear trend beyond 3 '
+                     'standard errors: not equilibrated, the average holds part of a relaxation): '
+                     + '; '.join(drifting) + '.')
     if outside:
         lines.append('† MD frames outside the GNN\'s training domain (extrapolated gaps): ' + '; '.join(outside) + '.')
     return '\n'.join(lines)

@@ -76,11 +76,11 @@ def thermal_gaps(settings: orm.Dict, eg0: orm.ArrayData, **md) -> dict:
     starts, :func:`aiida_capthermo.core.thermal.replica_statistics`; optional). Outputs: ``gap_<key>_T<T>`` Dict per
     (structure, T) with attributes x, temperature, gap, stderr, stderr_decorrelated, stderr_seeds, n_independent,
     n_replicas, n_frames (the production frames averaged), n_outside_domain (those of them the GNN flagged outside its
-    training domain), n_drifting (replicas whose potential energy was still relaxing at half the run), eg0, delta_gap,
-    relative_change (eV; T = 0 is the relaxed structure) and, with an ensemble of GNNs (predictions with ``members``),
-    every model's average over the same production frames with the replicas' weights ``gap_members`` (their mean is
-    ``gap``) and its Eg(0) ``eg0_members``; ``curve_<key>`` XyData (T in K; gap and stderr in eV); ``table`` Dict (one
-    row per (structure, T)); ``replicas`` Dict (statistics of every replica).
+    training domain), n_drifting (replicas whose potential energy still drifts where their average starts), eg0,
+    delta_gap, relative_change (eV; T = 0 is the relaxed structure) and, with an ensemble of GNNs (predictions with
+    ``members``), every model's average over the same production frames with the replicas' weights ``gap_members``
+    (their mean is ``gap``) and its Eg(0) ``eg0_members``; ``curve_<key>`` XyData (T in K; gap and stderr in eV);
+    ``table`` Dict (one row per (structure, T)); ``replicas`` Dict (statistics of every replica).
     """
     from aiida_capthermo.core.thermal import combine_replicas, replica_statistics
 
@@ -351,8 +351,9 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
         spec.output('table', valid_type=orm.Dict, help='One row per (structure, T): the gaps table (Table I).')
         spec.output('replicas', valid_type=orm.Dict,
                     help='Statistics of every replica: equilibration start (the later of start_gap and start_energy, '
-                         'the potential energy\'s), drifting (the energy still relaxing at half the run), statistical '
-                         'inefficiency, mean, stderr.')
+                         'the potential energy\'s), drifting (the energy kept from there still has a trend), '
+                         'energy_trend (its change by that trend, eV, and the trend\'s z), statistical inefficiency, '
+                         'mean, stderr.')
         spec.output_namespace('coupling', dynamic=True,
                               help='Per structure key: `table_<key>` (ArrayData) and `plot_<key>` (PNG).')
         spec.exit_code(EXIT_CODES['ERROR_RELAX_FAILED'], 'ERROR_RELAX_FAILED',
@@ -537,8 +538,8 @@ class ThermalGapWorkChain(ProtocolMixin, WorkChain):
                             '(their gaps are extrapolated: see the prediction jobs\' outside_domain_reasons)')
             if row.get('n_drifting'):
                 self.report(f'warning: the potential energy of {row["n_drifting"]} of the {row["n_replicas"]} '
-                            f'replicas of {row["key"]} at {row["temperature"]:.0f} K was still relaxing at half '
-                            'the run (not equilibrated: run longer MD); the average starts at half the run')
+                            f'replicas of {row["key"]} at {row["temperature"]:.0f} K still drifts where its average '
+                            'starts (a linear trend beyond 3 standard errors: not equilibrated, run longer MD)')
         if 'coupling' in self.inputs:
             coupling = mode_coupling(self.ctx.modes.outputs.modes, self.ctx.gaps_modes.outputs.predictions, eg0,
                                      orm.Dict({'keys': keys, 'temperatures': ModesConfig.model_validate(
