@@ -43,12 +43,15 @@ def costs(protocol: str) -> dict:
     gnn = stage(GnnTwoStageWorkChain, 'gnn')
     refine = mace.get('refine') or {}
     low = len(dataset['temperatures']) * dataset['structures_per_temperature']
+    equilibration = md.get('equilibration_steps', 0)
+    md_steps = equilibration + md['steps']
     return {
         'labels (low + equilibrium + high)': f'{low} + {dataset["n_equilibrium"]} + {dataset["high_structures"]}',
         'engine (low / high)': ' / '.join(str(dataset.get(f, {}).get('engine', 'local')) for f in ('low', 'high')),
         'MACE': (f'{mace.get("foundation_name", "from scratch")}, {mace["hyperparameters"].get("max_num_epochs")}'
                  ' epochs' + (f'; up to {refine.get("rounds", 1)} active-learning rounds '
-                              f'({len(refine["compositions"]) * len(refine["temperatures"])} x {refine["steps"]} MD '
+                              f'({len(refine["compositions"]) * len(refine["temperatures"])} x '
+                              f'{refine.get("equilibration_steps", 0) + refine["steps"]} MD '
                               f'steps of {refine.get("timestep", 1.0):g} fs each, then '
                               f'{refine.get("finetune_epochs") or "all"} epochs)' if refine else '')),
         'GNN epochs (low, high) x models': f'{gnn["hyperparameters"].get("max_epochs")}, '
@@ -59,9 +62,11 @@ def costs(protocol: str) -> dict:
             f'{len(screen["temperatures"])} T x {phonons.get("replicas", 1)} x '
             f'{phonons.get("equilibration_steps", 1000) + phonons["steps"]} steps of '
             f'{40 * int(np.prod(phonons.get("supercell", [1, 1, 1])))} atoms'),
-        'thermal MD replica-steps': (f'{len(screen["compositions"]) * len(hot) * md["replicas"] * md["steps"]:,} '
+        'thermal MD replica-steps': (f'{len(screen["compositions"]) * len(hot) * md["replicas"] * md_steps:,} '
                                      f'({len(screen["compositions"])} x {len(hot)} T x {md["replicas"]} x '
-                                     f'{md["steps"] * md.get("timestep", 1.0) / 1000:g} ps)'),
+                                     f'{md_steps * md.get("timestep", 1.0) / 1000:g} ps'
+                                     + (f', {equilibration * md.get("timestep", 1.0) / 1000:g} of them not averaged)'
+                                        if equilibration else ')')),
     }
 
 
