@@ -5,11 +5,11 @@ id) and the frame's index in its MD job, the low engine's energy (eV per cell, t
 potential's (its MACE evaluation of the same frames) and the teacher's gap (eV, the high labels; the low gap when
 the study has no high engine). dU = engine - potential is what the validation's sampling term is made of.
 
-Per replica of the thermal stage: its MD attempt and id, structure key, x, T, the equilibration starts of its gap
-and of its potential energy and the later one (recorded frames), whether its energy was still drifting at half the
-run, its samples, statistical inefficiency and mean gap; and ``energy_block_means``: its potential energy averaged
-over each tenth of its recorded frames less the lowest of those ten means (eV per cell), which shows a relaxation
-at a glance.
+Per replica of the thermal stage: its MD attempt and id, structure key, x, T, the equilibration starts of its gap and of
+its potential energy and the later one (recorded frames), whether its energy still drifted through its average by the
+study's own test (``drifting``; with ``energy_trend``, the trend's change in eV and z, where the study recorded it), its
+samples, statistical inefficiency and mean gap; and ``energy_block_means``: its potential energy averaged over each
+tenth of its recorded frames less the lowest of those ten means (eV per cell), which shows a relaxation at a glance.
 
     python scripts/validation_frames.py STUDY_PK --output docs/figures/mid/validation_frames.json
 """
@@ -69,9 +69,9 @@ def main() -> None:
             energy = np.asarray(job.outputs.series.get_array(f'potential_energy_{row["replica"]}'), dtype=float)
             means = np.array([part.mean() for part in np.array_split(energy, 10)])
             blocks = [round(float(value), 4) for value in means - means.min()]
-        replicas.append({name: row.get(name) for name in ('attempt', 'replica', 'key', 'x', 'temperature', 'start',
-                                                          'start_gap', 'start_energy', 'drifting', 'n_samples',
-                                                          'inefficiency', 'mean')}
+        fields = ('attempt', 'replica', 'key', 'x', 'temperature', 'start', 'start_gap', 'start_energy', 'drifting',
+                  'energy_trend', 'n_samples', 'inefficiency', 'mean')
+        replicas.append({name: row.get(name) for name in fields}
                         | {'energy_block_means': blocks})
     result = {'what': __doc__.split('\n\n')[1].replace('\n', ' ') + ' ' + __doc__.split('\n\n')[2].replace('\n', ' '),
               'study_uuid': study.uuid, 'frames': records, 'replicas': replicas}

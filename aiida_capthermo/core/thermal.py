@@ -139,19 +139,26 @@ def equilibration_start(series: Sequence[float], max_start_fraction: float = 0.5
     tuple
         ``(start, drifting)``.
     """
+    start, drifting, _ = _equilibration(series, max_start_fraction)
+    return start, drifting
+
+
+def _equilibration(series: Sequence[float], max_start_fraction: float) -> tuple[int, bool, list[float] | None]:
+    """:func:`equilibration_start` and the :func:`trend` of what it keeps (change, z; None for fewer than 4 samples
+    kept), computed once."""
     values = np.asarray(series, dtype=float).reshape(-1)
     if values.size < 4 or not np.all(np.isfinite(values)):
         raise ValueError(f'equilibration needs at least 4 finite samples, got {values.size}')
     cap = int(values.size * max_start_fraction)
     if np.ptp(values) == 0:
-        return 0, False
+        return 0, False, [0.0, 0.0]
     nskip = max(1, values.size // 200)
     start = min(int(_timeseries().detect_equilibration(values, fast=True, nskip=nskip)[0]), cap)
     kept = values[start:]
     if kept.size < 4:
-        return start, False
+        return start, False, None
     change, z = trend(kept)
-    return start, bool(abs(z) > DRIFT_Z and abs(change) > kept.std())
+    return start, bool(abs(z) > DRIFT_Z and abs(change) > kept.std()), [float(change), float(z)]
 
 
 def replica_statistics(gaps: np.ndarray, energy: np.ndarray | None) -> tuple[SeriesStatistics, dict]:
@@ -165,11 +172,8 @@ def replica_statistics(gaps: np.ndarray, energy: np.ndarray | None) -> tuple[Ser
     eV, and that trend's z; None without energies).
     """
     start_gap = equilibration_start(gaps)[0]
-    start_energy, drifting = equilibration_start(energy) if energy is not None else (None, False)
+    start_energy, drifting, change = _equilibration(energy, 0.5) if energy is not None else (None, False, None)
     stats = series_statistics(gaps, start=max(start_gap, start_energy or 0))
-    change = None
-    if energy is not None and len(energy) - start_energy >= 4:
-        change = [float(value) for value in trend(np.asarray(energy, dtype=float)[start_energy:])]
     return stats, {'start_gap': start_gap, 'start_energy': start_energy, 'drifting': bool(drifting),
                    'energy_trend': change}
 
