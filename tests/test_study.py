@@ -565,6 +565,11 @@ def test_study_paper_protocol_labels_with_vasp(localhost_session):
     assert builder.thermal.md['steps'] * builder.thermal.md.get('timestep', 1.0) == 50_000  # 50 ps
     assert builder.thermal.temperatures.get_list() == [0.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
     assert builder._process_class.spec().inputs.validate(builder._inputs(prune=True)) is None
+    # VASP does not relax the 0 K structures here: Eg(0) gets no structure error, and asking for one is refused
+    assert 'relax' not in builder.validation
+    builder.validation.relax = orm.Dict({'fmax': 0.02, 'cell': False})
+    error = builder._process_class.spec().inputs.validate(builder._inputs(prune=True))
+    assert error is not None and 'validation.relax: the vasp engine does not relax' in error.message
 
 
 def test_study_mid_protocol_learns_from_the_thermal_md(localhost_session):
@@ -586,6 +591,8 @@ def test_study_mid_protocol_learns_from_the_thermal_md(localhost_session):
     assert refine['sampling_tolerance'] == 1.0  # and until its energies follow the engine's to within kT
     assert builder.screen.rerank.value == 7  # the low engine picks every composition's ground state
     assert builder.validation.frames_per_point.value > 8  # more teacher frames per (x, T) than the demo
+    # the low engine relaxes the 0 K structures as the screen did (positions): Eg(0)'s structure error
+    assert builder.validation.relax.get_dict() == {'fmax': 0.02, 'cell': False}
     assert builder._process_class.spec().inputs.validate(builder._inputs(prune=True)) is None
     # the plain values a script reads (benchmarks/bench_labels.py, scripts/study_costs.py) are the builder's
     from aiida_capthermo.workflows.gnn import GnnTwoStageWorkChain

@@ -195,6 +195,7 @@ def validation_run(trained_models, md_frames):
         options=options)
     builder.evaluate_settings = orm.Dict({'device': 'cpu', 'dtype': 'float64'})
     builder.relaxed = dict(md_frames.inputs.structures)  # stand-ins for the 0 K structures: they carry their x
+    builder.relax = orm.Dict({'fmax': 0.01, 'cell': False})  # the low engine relaxes them too (positions only)
     results, node = engine.run_get_node(builder)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
     return results, node
@@ -296,6 +297,44 @@ def test_gnn_bias_and_mlip_errors_match_independent_computation(validation_run, 
               f'{row["gnn_bias_stderr"] or 0.0:.3f} eV, force MAE {row["force_mae"]:.3f} eV/Å')
 
 
+def test_eg0_structure_error_from_the_engine_relaxed_structure(validation_run):
+    """With ``relax`` the low engine relaxes each 0 K structure: checked here in this process, the relaxed structure
+    is the engine's minimum (its forces below fmax), the teacher's gap there is the row's engine_relaxed_gap, and
+    the row's sampling term is that gap less the teacher's at the structure given. The ideal x = 0 cell is a
+    stationary point by symmetry: nothing moves and the term is zero."""
+    from aiida_capthermo.ml.labelling import single_point_function
+    from aiida_capthermo.ml.settings import CalculatorSpec
+
+    results, node = validation_run
+    rows = {row['point']: row for row in results['validation']['rows'] if row['temperature'] == 0}
+    relaxed = results['labels']['relaxed_low'].get_labelled_set()
+    assert len(relaxed) == 2 and {'relax_low', 'label_high_relaxed'} <= {
+        link.link_label for link in node.base.links.get_outgoing().all()}
+    low = single_point_function(CalculatorSpec(name='tblite', method='GFN1-xTB', halogen_bond=False,
+                                               properties=['energy', 'forces']))
+    teacher = single_point_function(CalculatorSpec(name='tblite', method='IPEA1-xTB', halogen_bond=False,
+                                                   properties=['gap']))
+    picked = results['frames'].get_labelled_set()
+    for k in range(len(relaxed)):
+        atoms = relaxed.atoms(k, with_labels=False)
+        row = rows['x000_T0' if relaxed.x[k] == 0 else 'x050_T0']
+        assert np.linalg.norm(low(atoms)['forces'], axis=1).max() <= 0.01 + 1e-6
+        assert row['engine_relaxed_gap'] == pytest.approx(teacher(atoms)['gap'], abs=1e-6)
+        assert row['sampling_shift'] == pytest.approx(row['engine_relaxed_gap'] - row['teacher_gap'], abs=1e-12)
+        assert row['sampling_shift_stderr'] == 0.0 and row['n_sampling'] == 1
+        (index,) = np.flatnonzero((picked.temperature == 0) & (picked.x == relaxed.x[k]))
+        moved = atoms.positions - picked.positions[picked.offsets[index]:picked.offsets[index + 1]]
+        assert row['engine_relaxed_displacement'] == pytest.approx(np.linalg.norm(moved, axis=1).max(), abs=1e-9)
+        print(f'{row["point"]}: moved {row["engine_relaxed_displacement"]:.4f} Å, '
+              f'{1000 * row["engine_relaxation_energy"]:+.3f} meV/atom, teacher gap {row["teacher_gap"]:.4f} -> '
+              f'{row["engine_relaxed_gap"]:.4f} eV')
+    ideal = rows['x000_T0']
+    assert ideal['engine_relaxed_displacement'] < 1e-6 and abs(ideal['sampling_shift']) < 1e-6
+    assert ideal['engine_relaxation_energy'] == pytest.approx(0.0, abs=1e-9)
+    mixed = rows['x050_T0']
+    assert mixed['engine_relaxed_displacement'] > 0.01 and mixed['engine_relaxation_energy'] < 0
+
+
 def test_provenance_and_no_frames_exit_code(validation_run, md_frames, trained_models):
     from aiida import engine, orm
 
@@ -329,4 +368,7 @@ def test_inputs_rejected_with_a_clear_message(validation_run, md_frames):
     assert 'attempt' in validate_inputs({'frames': {'last': md_frames.outputs.frames},
                                          'replicas': orm.Dict({'replicas': []})}, None)
     assert 'replicas' in validate_inputs({'frames': frames, 'replicas': orm.Dict({'rows': []})}, None)
+    vasp = {'engine': orm.Str('vasp')}
+    assert 'vasp engine does not relax' in validate_inputs({'frames': frames, 'relax': orm.Dict({}), 'low': vasp},
+                                                           None)
 

@@ -20,7 +20,7 @@ few frames (4-32 per (x, T)), so it is itself uncertain and a mean ± s_b covers
 interval (1.20 for 4 frames, 1.08 for 8, 1.02 for 32; :func:`student_factor`).
 
 At T = 0 the "average" is the relaxed structure itself: the teacher's gap of that one structure is the answer, so
-``b`` is its teacher-minus-GNN difference and ``s_b = 0``.
+``b`` is its teacher-minus-GNN difference and ``s_b = 0`` (its structure error is below).
 
 Without a validation row for an (x, T) the gap stays the GNN's and is flagged ``validated = False``; its error bar
 then holds the statistical part only and says so: no Table I row hides that its model error is unknown.
@@ -40,6 +40,16 @@ and ``sampling_perturbative`` says whether the first order can be trusted (beta 
 the term is an order of magnitude only and Table I marks the gap. The term is conservative: ``shift^2`` already
 holds the estimate's noise, which ``s_shift`` counts again; and it comes from the frames of the bias, but is added
 in quadrature as if independent.
+
+**The structure error of Eg(0).** At T = 0 the potential's distribution is its minimum, the relaxed structure,
+and the engine's is the engine's minimum. Where the validation relaxed the 0 K structure with the low engine
+(``ThermalValidationWorkChain`` with ``relax``, the local engine), the teacher labels both, and the 0 K row's
+sampling term is their difference, ``shift = Eg_teacher(engine's minimum) - Eg_teacher(potential's minimum)``:
+``s_sampling = |shift|`` (no standard error: two labels, no expansion in dU, so never marked beyond first order).
+Like the finite-T term it is stated, not applied: Eg(0) stays the gap of the structure the thermal MD starts from,
+and ΔEg(T) carries the term through ``s_total(0)``. Without ``relax`` (VASP) Eg(0) has no error bar; the
+validation's ``teacher_max_force`` and ``teacher_pressure`` on the relaxed cell then say how far from the engine's
+minimum it is.
 
 **Configurations.** Where a composition is an ensemble of configurations (the screen's k lowest with their
 Boltzmann weights at the synthesis temperature, :func:`ensemble_rows`), Eg(x, T) is the weighted average of the
@@ -134,7 +144,8 @@ def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | Non
     bias, bias_stderr
         ``mean(teacher - GNN)`` on the validation frames of this (x, T) and its standard error; None: not validated.
     temperature
-        K; at 0 the validation "frame" is the structure itself and the bias has no sampling error.
+        K; at 0 the validation "frame" is the structure itself and the bias has no sampling error; its sampling term
+        is the structure error (the teacher's gap at the engine's minimum less at the potential's), exact.
     n_validation
         Frames behind ``bias_stderr``: the model's error is ``student_factor(n_validation) * bias_stderr``; None
         takes ``bias_stderr`` as it is.
@@ -157,12 +168,12 @@ def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | Non
     if not math.isfinite(model_gap) or not math.isfinite(stderr_statistical) or stderr_statistical < 0:
         raise ValueError(f'model gap {model_gap} ± {stderr_statistical} is not a finite estimate')
     sampling = sampling or {}
-    shift = sampling.get('shift') if temperature > 0 else None
+    shift = sampling.get('shift')
     term = {'sampling_shift': shift, 'stderr_sampling': None, 'sampling_perturbative': None}
     if shift is not None:
         term['stderr_sampling'] = math.hypot(shift, one_sigma(sampling.get('shift_stderr') or 0.0, sampling.get('n')))
-        term['sampling_perturbative'] = bool(sampling.get('beta_sigma') is not None
-                                             and sampling['beta_sigma'] <= PERTURBATIVE_LIMIT)
+        term['sampling_perturbative'] = temperature == 0 or bool(  # at 0 K a difference of two labels: no expansion
+            sampling.get('beta_sigma') is not None and sampling['beta_sigma'] <= PERTURBATIVE_LIMIT)
     if stderr_members is not None and not (math.isfinite(stderr_members) and stderr_members >= 0):
         raise ValueError(f'the ensemble spread {stderr_members} is not a finite error')
     term['stderr_members'] = stderr_members

@@ -83,6 +83,7 @@ def table_text(rows: list[dict]) -> str:
         f'{f"dEg/Eg({t:.0f} K)":>15}' for t in hot)
     lines = [header, '-' * len(header)]
     unvalidated, outside, beyond_first_order, sampled, static, samples = False, [], False, False, False, []
+    structural = False  # an Eg(0) with the potential's structure error
     drifting = []
 
     def count(value, spec: str = 'd') -> str:
@@ -116,6 +117,7 @@ def table_text(rows: list[dict]) -> str:
             else:
                 cells.append(f'{row["gap"][i]:.3f} ± {row["stderr"][i]:.3f} ({row["stderr_statistical"][i]:.3f})'
                              f'{mark}')
+                structural |= t == 0 and column(row, 'stderr_sampling', i) is not None
             if t > 0:
                 samples.append(f'x = {row["x"]:.3f}, {t:.0f} K: {count(column(row, "n_frames", i))} / '
                                f'{count(column(row, "n_independent", i), ".0f")} / '
@@ -133,6 +135,10 @@ def table_text(rows: list[dict]) -> str:
     if static:
         lines.append('(static): Eg(0), the gap of the relaxed cell itself: the teacher\'s where validated (so no '
                      'model error), the GNN\'s where not; no average, so no statistical error.')
+    if structural:
+        lines.append('Eg(0) ± its structure error: the teacher\'s gap at the low engine\'s own minimum less at the '
+                     'potential\'s relaxed structure (where the MD starts; its gap is the one given). '
+                     'ΔEg/Eg carries it.')
     if samples:
         lines.append('Samples, MD frames averaged / independent samples / teacher-labelled frames: '
                      + '; '.join(samples) + '.')

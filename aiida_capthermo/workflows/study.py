@@ -30,6 +30,7 @@ from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.dataset import PhononInformedDatasetWorkChain
+from aiida_capthermo.workflows.engines import relax_engine_error
 from aiida_capthermo.workflows.gnn import GnnTwoStageWorkChain
 from aiida_capthermo.workflows.mlip_potential import MlipPotentialWorkChain
 from aiida_capthermo.workflows.protocols import ProtocolMixin, load_code, set_options, unlanded_overrides
@@ -225,6 +226,11 @@ def validate_study(inputs, _) -> str | None:
                     'labels and needs energy, forces and stress')
     if 'validation' in inputs and not ('thermal' in inputs and 'evaluate_code' in mace):
         return 'the validation stage needs the thermal stage and mace.evaluate_code (a capthermo-mace code)'
+    if 'relax' in inputs.get('validation', {}):
+        error = relax_engine_error(low)
+        if error:
+            return (f'validation.relax: {error.split(":")[0]}: leave out validation.relax (Eg(0) then gets no '
+                    'structure error)')
     if ('refine' in mace or 'md_check' in mace) and not ('mlip_code' in mace and 'code' in mace):
         return 'mace.refine and mace.md_check need mace.code and mace.mlip_code (a capthermo-mlip code)'
     supercell = inputs['dataset']['supercell'].get_list() if 'supercell' in inputs.get('dataset', {}) else [2, 2, 2]

@@ -10,11 +10,16 @@ After the thermal MD (``ThermalGapWorkChain``), for every (x, T):
    ``results`` of the MD job that made it. The relaxed 0 K structures (``relaxed``) join them at T = 0: Eg(0) is
    the gap of that one structure, so the teacher's label of it is Eg(0).
 2. In parallel: ``BatchLabelWorkChain`` labels them with the ``low`` engine (energy, forces, gap) and, when given,
-   the ``high`` engine (gap); ``GnnPredictCalcJob`` predicts their gaps with the GNN.
-3. ``MaceEvaluateCalcJob`` evaluates the MACE model on the low labels (energies and forces of the same frames).
+   the ``high`` engine (gap); ``GnnPredictCalcJob`` predicts their gaps with the GNN. With ``relax`` (the local
+   engine only) the low engine also relaxes the 0 K structures (``relax_low``).
+3. ``MaceEvaluateCalcJob`` evaluates the MACE model on the low labels (energies and forces of the same frames);
+   with ``relax`` and ``high``, the high engine labels the engine-relaxed 0 K structures (``label_high_relaxed``).
 4. ``validation_table`` (calcfunction) gives per (x, T) the MLIP's force MAE/RMSE and energy-per-atom MAE, the
    GNN's bias mean(teacher - GNN) with its standard error and its MAE, the teacher's mean gap with its standard
-   error and the number of frames. The teacher is the high engine when given, else the low engine.
+   error and the number of frames. The teacher is the high engine when given, else the low engine. With
+   ``relax``, the 0 K rows also get the teacher's gap at the low engine's own minimum (``engine_relaxed_gap``) and
+   its difference from the gap at the potential's minimum as their ``sampling_shift``: the potential's structure
+   error of Eg(0), the T = 0 limit of the sampling term of the frames (:mod:`aiida_capthermo.core.error_budget`).
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ from aiida.engine import ToContext, WorkChain, calcfunction
 
 from aiida_capthermo.calculations.base import code_validator, job_options, validate_options
 from aiida_capthermo.calculations.gnn import GnnPredictCalcJob, validate_gnn_model, validate_members
+from aiida_capthermo.calculations.label import validate_relax
 from aiida_capthermo.calculations.mace import MaceEvaluateCalcJob
 from aiida_capthermo.calculations.mlip import validate_mace_model
 from aiida_capthermo.data.dataset import DatasetData
 from aiida_capthermo.data.model import ModelData
 from aiida_capthermo.exit_codes import EXIT_CODES
 from aiida_capthermo.workflows.batch_label import BatchLabelWorkChain
-from aiida_capthermo.workflows.engines import engine_namespace
+from aiida_capthermo.workflows.engines import engine_namespace, label_batch_inputs, relax_engine_error
 from aiida_capthermo.workflows.functions import frames_to_structures
 from aiida_capthermo.workflows.protocols import ProtocolMixin, set_options
 from aiida_capthermo.workflows.validation import supplied_by_parent
@@ -50,7 +56,8 @@ COLUMNS = ('point', 'key', 'x', 'temperature', 'n_frames', 'teacher_gap', 'teach
            'gnn_bias_stderr', 'gnn_mae', 'gnn_rmse', 'n_gap', 'force_mae', 'force_rmse', 'energy_per_atom_mae',
            'energy_per_atom_bias', 'n_mlip', 'sampling_shift', 'sampling_shift_stderr', 'sampling_beta_sigma',
            'sampling_correlation', 'n_sampling', 'gnn_bias_stderr_frames', 'gnn_bias_stderr_replicas',
-           'n_bias_replicas', 'gnn_bias_n')
+           'n_bias_replicas', 'gnn_bias_n', 'engine_relaxed_gap', 'engine_relaxed_displacement',
+           'engine_relaxation_energy')
 UNITS = {'temperature': 'K', 'volume_per_atom': 'Å^3', 'vegard_deviation': 'fraction', 'teacher_pressure': 'GPa',
          'mlip_pressure': 'GPa', 'teacher_max_force': 'eV/Å',
          'teacher_gap': 'eV', 'teacher_gap_stderr': 'eV', 'gnn_bias': 'eV',
@@ -58,7 +65,8 @@ UNITS = {'temperature': 'K', 'volume_per_atom': 'Å^3', 'vegard_deviation': 'fra
          'gnn_mae': 'eV', 'gnn_rmse': 'eV', 'force_mae': 'eV/Å', 'force_rmse': 'eV/Å',
          'energy_per_atom_mae': 'eV/atom', 'energy_per_atom_bias': 'eV/atom', 'sampling_shift': 'eV',
          'sampling_shift_stderr': 'eV', 'sampling_beta_sigma': 'dimensionless',
-         'sampling_correlation': 'dimensionless'}
+         'sampling_correlation': 'dimensionless', 'engine_relaxed_gap': 'eV', 'engine_relaxed_displacement': 'Å',
+         'engine_relaxation_energy': 'eV/atom'}
 
 
 def _attempt(key: str) -> int | None:
@@ -170,7 +178,8 @@ def _by_uuid(labelled, position: dict) -> np.ndarray:
 
 @calcfunction
 def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, parity: orm.ArrayData,
-                     predictions: orm.ArrayData, high: DatasetData | None = None) -> dict:
+                     predictions: orm.ArrayData, high: DatasetData | None = None,
+                     relaxed_low: DatasetData | None = None, relaxed_high: DatasetData | None = None) -> dict:
     """Errors of the MLIP and the GNN per (x, T) on the validation frames (:func:`core.validation.validation_rows`).
 
     ``settings['structure_uuids']``: the uuid of the StructureData of every picked frame, in the order of
@@ -178,8 +187,12 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
     forces eV/Å, gap eV); ``parity``: the MaceEvaluateCalcJob arrays on ``low`` (energy_pred eV, forces_pred
     eV/Å); ``predictions``: the GNN's gaps of ``frames`` (eV; with ``members``, every model's of an ensemble);
     ``high``: high-fidelity gaps (eV), the teacher
-    when given, else the low gaps are. Outputs: ``validation`` (``rows``, one per (x, T), ``columns``, ``units``,
-    ``teacher``) and ``plot`` (PNG: GNN against teacher and MLIP forces against the low engine, per frame).
+    when given, else the low gaps are. ``relaxed_low``: the low engine's labels of the 0 K structures after it
+    relaxed them (their structure uuids those of the picked frames); ``relaxed_high``: the high engine's gaps of
+    those relaxed structures, matched through ``settings['relaxed_origin']`` ({uuid of the relaxed structure: uuid
+    of its picked frame}). The 0 K rows then get :func:`engine_relaxation` (the teacher's gap at the engine's
+    minimum and its shift from the potential's). Outputs: ``validation`` (``rows``, one per (x, T), ``columns``,
+    ``units``, ``teacher``) and ``plot`` (PNG: GNN against teacher and MLIP forces against the low engine, per frame).
     """
     from aiida_capthermo.core.validation import point_key, pressure, validation_rows, vegard_deviations
     from aiida_capthermo.workflows.report import figure_nodes, validation_figure
@@ -236,6 +249,15 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
             row['volume_per_atom'] = volume_of[row['point']]
             row['vegard_deviation'] = deviation[row['point']]
             row.update(mechanics[row['point']])
+    if relaxed_low is not None:
+        engine = engine_relaxation(picked, position, energy_reference, teacher, relaxed_low.get_labelled_set(),
+                                   relaxed_high.get_labelled_set() if relaxed_high is not None else None,
+                                   settings.get_dict().get('relaxed_origin', {}), teacher_is_low=high is None)
+        by_point = {point_of[index]: values for index, values in engine.items()}
+        for row in table:
+            found = by_point.get(row['point']) if row['temperature'] == 0 else None
+            if found is not None:
+                row.update(found)
     source = high if high is not None else low
     frame_of_atom = np.repeat(np.arange(n), picked.n_atoms)
     figure = validation_figure({
@@ -252,6 +274,51 @@ def validation_table(settings: orm.Dict, frames: DatasetData, low: DatasetData, 
             'plot': png, 'plot_pdf': pdf}
 
 
+def engine_relaxation(picked, position: dict, energy: np.ndarray, teacher: np.ndarray, relaxed_low,
+                      relaxed_high, relaxed_origin: dict, teacher_is_low: bool) -> dict:
+    """What the low engine's relaxation of each 0 K structure changes, by point.
+
+    ``picked``: the picked frames (LabelledSet); ``position``: {structure uuid: frame index}; ``energy`` and
+    ``teacher``: per frame, the low engine's energy (eV) and the teacher's gap (eV) of the structure as picked (the
+    potential's minimum); ``relaxed_low``: the low labels of the engine-relaxed structures (their structure uuids are
+    the picked frames'); ``relaxed_high``: the high labels of them, matched through ``relaxed_origin``, or None;
+    ``teacher_is_low``: the low engine is the teacher (its gaps of the relaxed structures are the teacher's).
+
+    Returns ``{frame index: {...}}`` per relaxed 0 K structure: ``engine_relaxed_gap`` (eV, the teacher's gap at the
+    engine's minimum; None without a teacher label there), ``engine_relaxed_displacement`` (Å, the largest
+    displacement of an atom, minimum image), ``engine_relaxation_energy`` (eV/atom, the engine's energy at its minimum
+    less at the potential's), and the sampling term of the row: ``sampling_shift`` = engine_relaxed_gap - teacher_gap
+    with ``sampling_shift_stderr`` 0 and ``n_sampling`` 1 (a difference of two labels, not an estimate).
+    """
+    gap_at = {}
+    if teacher_is_low:
+        gap_at = dict(zip(relaxed_low.structure_uuid, relaxed_low.gap))
+    elif relaxed_high is not None:
+        gap_at = {relaxed_origin.get(u): g for u, g in zip(relaxed_high.structure_uuid, relaxed_high.gap)}
+    out = {}
+    for k, uuid in enumerate(relaxed_low.structure_uuid):
+        if uuid not in position:
+            raise ValueError(f'the relaxed structure {uuid} is not among the picked frames')
+        index = position[uuid]
+        before = picked.positions[picked.offsets[index]:picked.offsets[index + 1]]
+        after = relaxed_low.positions[relaxed_low.offsets[k]:relaxed_low.offsets[k + 1]]
+        cell_before, cell_after = picked.cells[index], relaxed_low.cells[k]
+        fractional = after @ np.linalg.inv(cell_after) - before @ np.linalg.inv(cell_before)
+        displacement = (fractional - np.round(fractional)) @ cell_after
+        gap = gap_at.get(uuid)
+        gap = float(gap) if gap is not None and np.isfinite(gap) else None
+        shift = gap - float(teacher[index]) if gap is not None and np.isfinite(teacher[index]) else None
+        n_atoms = int(picked.n_atoms[index])
+        energy_change = (float(relaxed_low.energy[k]) - float(energy[index])) / n_atoms \
+            if np.isfinite(energy[index]) and np.isfinite(relaxed_low.energy[k]) else None
+        out[int(index)] = {'engine_relaxed_gap': gap,
+                           'engine_relaxed_displacement': float(np.linalg.norm(displacement, axis=1).max()),
+                           'engine_relaxation_energy': energy_change, 'sampling_shift': shift,
+                           'sampling_shift_stderr': 0.0 if shift is not None else None,
+                           'n_sampling': 1 if shift is not None else 0}
+    return out
+
+
 def validate_inputs(inputs, ports) -> str | None:
     """Frames given, positive budget and spacing, a band-gap GNN."""
     if not inputs.get('frames') and not supplied_by_parent(ports, 'frames'):
@@ -261,6 +328,10 @@ def validate_inputs(inputs, ports) -> str | None:
             return f'{name} must be at least 1, got {inputs[name].value}'
     if 'equilibration_fraction' in inputs and not 0.0 <= inputs['equilibration_fraction'].value < 1.0:
         return f'equilibration_fraction must be in [0, 1), got {inputs["equilibration_fraction"].value}'
+    if 'relax' in inputs and 'low' in inputs:
+        error = relax_engine_error(inputs['low'])
+        if error:
+            return f'relax: {error.split(":")[0]}: leave out `relax` (Eg(0) then gets no structure error)'
     if 'gnn_model' in inputs and inputs['gnn_model'].base.attributes.get('target', 'gap') != 'gap':
         return 'the GNN model must predict the band gap (target "gap")'
     if 'replicas' in inputs:
@@ -312,6 +383,12 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
                                            '(eV) of every picked frame; the teacher of the gaps without `high`.')
         engine_namespace(spec, 'high', required=False,
                          help='The high-fidelity engine (optional): the gap (eV) of every picked frame, the teacher.')
+        spec.input('relax', valid_type=orm.Dict, required=False, validator=validate_relax,
+                   help='Relax the 0 K structures (`relaxed`) with the low engine (the local engine only; fmax eV/Å, '
+                        'max_steps, cell, symprec) and label the teacher\'s gap at its minimum: the 0 K rows get '
+                        'engine_relaxed_gap and, as their sampling_shift, its difference from the gap at the '
+                        'potential\'s minimum (the potential\'s structure error of Eg(0)). The screen relaxes '
+                        'positions only: give cell false to relax the same degrees of freedom.')
         spec.input('frames_per_point', valid_type=orm.Int, default=lambda: orm.Int(8),
                    help='Frames labelled per (x, T) (the labelling budget), spread over the replicas.')
         spec.input('min_spacing', valid_type=orm.Int, default=lambda: orm.Int(1),
@@ -343,7 +420,9 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
         spec.output('frames', valid_type=DatasetData,
                     help='The picked frames (Å; x, temperature K), attribute `picked` (source, index, replica).')
         spec.output_namespace('labels', valid_type=DatasetData, dynamic=True,
-                              help='`low` (energy eV, forces eV/Å, gap eV) and `high` (gap eV) labels of the frames.')
+                              help='`low` (energy eV, forces eV/Å, gap eV) and `high` (gap eV) labels of the frames; '
+                                   'with `relax`, `relaxed_low` (the engine-relaxed 0 K structures, labelled there) '
+                                   'and `relaxed_high` (their teacher gaps).')
         spec.output('validation', valid_type=orm.Dict,
                     help='`rows`, one per (x, T): n_frames; teacher_gap ± teacher_gap_stderr (eV); gnn_bias = '
                          'mean(teacher - GNN) ± gnn_bias_stderr, gnn_mae, gnn_rmse (eV); force_mae, force_rmse '
@@ -430,11 +509,26 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
         builder.metadata.call_link_label = f'label_{name}'
         return self.submit(builder)
 
+    def _has_high(self) -> bool:
+        return bool(self.inputs.get('high')) and 'code' in self.inputs.high
+
+    def _zero_structures(self) -> dict:
+        """The structures of the picked 0 K frames (the relaxed structures), by their key in ``ctx.structures``."""
+        keys = sorted(self.ctx.structures)
+        temperature = self.ctx.frames.get_labelled_set().temperature
+        return {keys[i]: self.ctx.structures[keys[i]] for i in np.flatnonzero(temperature == 0)}
+
     def label_and_predict(self):
         """Label the frames (low; high when given) and predict their gaps with the GNN, all at once."""
         futures = {'low': self._label('low', 'low')}
-        if self.inputs.get('high') and 'code' in self.inputs.high:
+        if self._has_high():
             futures['high'] = self._label('high', 'high')
+        zero = self._zero_structures()
+        if 'relax' in self.inputs and zero:
+            process, inputs = label_batch_inputs(dict(self.inputs.low), zero, 'low', relax=self.inputs.relax)
+            inputs['metadata'] = {'call_link_label': 'relax_low'}
+            self.report(f'relaxing the {len(zero)} 0 K structures with the low engine')
+            futures['relax_low'] = self.submit(process, **inputs)
         builder = GnnPredictCalcJob.get_builder()
         builder.code, builder.model = self.inputs.gnn_code, self.inputs.gnn_model
         if 'gnn_members' in self.inputs:
@@ -456,6 +550,26 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
         for name in ('low', 'high'):
             if name in self.ctx:
                 self.out(f'labels.{name}', self.ctx[name].outputs.labels)
+        futures = {}
+        if 'relax_low' in self.ctx:
+            node = self.ctx.relax_low
+            failed = (node.outputs.labels.base.attributes.get('failed_errors') if node.is_finished_ok
+                      else {'all': f'[{node.exit_status}] {node.exit_message}'})
+            if failed:  # the structure error of Eg(0) is then not estimated; nothing else is lost
+                self.report(f'WARNING: the low engine did not relax the 0 K structures {failed}: their Eg(0) gets '
+                            'no structure error')
+            if node.is_finished_ok:
+                self.ctx.relaxed_low = node.outputs.labels
+                self.out('labels.relaxed_low', self.ctx.relaxed_low)
+                if self._has_high():
+                    self.ctx.relaxed_structures = frames_to_structures(self.ctx.relaxed_low)
+                    builder = BatchLabelWorkChain.get_builder()
+                    builder.structures = self.ctx.relaxed_structures
+                    builder.engine = dict(self.inputs.high)
+                    builder.fidelity = orm.Str('high')
+                    builder.attributes = orm.Dict({'subset': 'thermal_validation_relaxed', 'fidelity': 'high'})
+                    builder.metadata.call_link_label = 'label_high_relaxed'
+                    futures['relaxed_high'] = self.submit(builder)
         builder = MaceEvaluateCalcJob.get_builder()
         builder.code, builder.model = self.inputs.evaluate_code, self.inputs.mace_model
         builder.dataset = self.ctx.low.outputs.labels
@@ -463,7 +577,8 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
             builder.settings = self.inputs.evaluate_settings
         builder.metadata.options = self._options()
         builder.metadata.call_link_label = 'evaluate'
-        return ToContext(evaluate=self.submit(builder))
+        futures['evaluate'] = self.submit(builder)
+        return ToContext(**futures)
 
     def results(self):
         """The errors of both models per (x, T)."""
@@ -471,11 +586,26 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_EVALUATION_FAILED.format(status=node.exit_status, message=node.exit_message)
         uuids = [self.ctx.structures[key].uuid for key in sorted(self.ctx.structures)]
-        inputs = {'settings': orm.Dict({'structure_uuids': uuids}), 'frames': self.ctx.frames,
+        settings = {'structure_uuids': uuids}
+        inputs = {'frames': self.ctx.frames,
                   'low': self.ctx.low.outputs.labels, 'parity': node.outputs.parity,
                   'predictions': self.ctx.predict.outputs.predictions}
         if 'high' in self.ctx:
             inputs['high'] = self.ctx.high.outputs.labels
+        if 'relaxed_low' in self.ctx:
+            inputs['relaxed_low'] = self.ctx.relaxed_low
+            node = self.ctx.get('relaxed_high')
+            if node is not None and node.is_finished_ok:
+                self.out('labels.relaxed_high', node.outputs.labels)
+                inputs['relaxed_high'] = node.outputs.labels
+                # the relaxed structures were made from relaxed_low's rows, in order: each one's picked frame
+                made = self.ctx.relaxed_structures
+                origin = self.ctx.relaxed_low.get_labelled_set().structure_uuid
+                settings['relaxed_origin'] = {made[key].uuid: str(origin[i]) for i, key in enumerate(sorted(made))}
+            elif node is not None:
+                self.report(f'WARNING: the teacher did not label the engine-relaxed 0 K structures '
+                            f'([{node.exit_status}] {node.exit_message}): their Eg(0) gets no structure error')
+        inputs['settings'] = orm.Dict(settings)
         outputs = validation_table(**inputs)
         validation = outputs['validation']
         self.out('validation', validation)
@@ -486,6 +616,13 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
             self.report(f'x = {row["x"]:.3f}, T = {row["temperature"]:.0f} K ({row["n_frames"]} frames): GNN bias '
                         f'{bias} eV, MLIP force MAE {force} eV/Å')
         for row in validation['rows']:
+            if row.get('engine_relaxed_gap') is not None:
+                energy = row.get('engine_relaxation_energy')
+                self.report(f'x = {row["x"]:.3f}: the low engine moved the 0 K structure by up to '
+                            f'{row["engine_relaxed_displacement"]:.3f} Å'
+                            + ('' if energy is None else f' ({1000 * energy:+.2f} meV/atom)')
+                            + f'; the teacher\'s gap there is {row["engine_relaxed_gap"]:.3f} eV against '
+                            f'{row["teacher_gap"]:.3f} eV at the potential\'s minimum (the structure error of Eg(0))')
             deviation = row.get('vegard_deviation')
             if deviation is not None and abs(deviation) > VEGARD_TOLERANCE:
                 self.report(f'WARNING: the relaxed structure of x = {row["x"]:.3f} has {row["volume_per_atom"]:.2f} '

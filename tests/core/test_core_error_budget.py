@@ -121,6 +121,37 @@ def test_budget_rows_by_hand():
         corrected_gap(float('nan'), 0.1, 0.0, 0.0, 300.0)
 
 
+def test_structure_error_of_eg0_by_hand():
+    """With the teacher's gap at the engine's own minimum (the validation's ``relax``), Eg(0) keeps the gap at the
+    potential's minimum and gets the difference as its error: exact (a difference of two labels, never marked
+    beyond first order) and carried into ΔEg(T); without it Eg(0) has none, as before."""
+    thermal = [{'key': 'a', 'x': 0.5, 'temperature': 0.0, 'gap': 1.0, 'stderr': 0.0, 'eg0': 1.0},
+               {'key': 'a', 'x': 0.5, 'temperature': 300.0, 'gap': 0.9, 'stderr': 0.03, 'eg0': 1.0}]
+    validation = [{'x': 0.5, 'temperature': 0.0, 'gnn_bias': 0.1, 'gnn_bias_stderr': None, 'n_gap': 1,
+                   'teacher_gap': 1.1, 'engine_relaxed_gap': 1.064, 'sampling_shift': -0.036,
+                   'sampling_shift_stderr': 0.0, 'n_sampling': 1, 'sampling_beta_sigma': None},
+                  {'x': 0.5, 'temperature': 300.0, 'gnn_bias': -0.2, 'gnn_bias_stderr': 0.04, 'n_gap': 8,
+                   'teacher_gap': 0.72}]
+    zero, warm = budget_rows(thermal, validation)
+    assert zero['gap'] == pytest.approx(1.1)  # not moved: the gap of the structure the MD starts from
+    assert zero['stderr'] == pytest.approx(0.036) and zero['stderr_sampling'] == pytest.approx(0.036)
+    assert zero['stderr_model'] == 0.0 and zero['sampling_perturbative'] is True
+    assert warm['eg0_stderr'] == pytest.approx(0.036)
+    assert warm['delta_gap_stderr'] == pytest.approx(np.hypot(warm['stderr'], 0.036))
+    assert warm['relative_change'] == pytest.approx(-0.4 / 1.1)
+    without = budget_rows(thermal, [{**validation[0], 'sampling_shift': None}, validation[1]])
+    assert without[0]['stderr'] == 0.0 and without[0]['stderr_sampling'] is None
+    assert without[1]['delta_gap_stderr'] == pytest.approx(warm['stderr'])
+    # Table I states it, and says what it is; without it, Eg(0) stays "(static)"
+    from aiida_capthermo.workflows.report import table_rows, table_text
+
+    text = table_text(table_rows([{**zero, 'n_frames': 0}, {**warm, 'n_frames': 10}]))
+    assert text.splitlines()[2].split()[1:5] == ['1.100', '±', '0.036', '(0.000)']
+    assert 'Eg(0) ± its structure error' in text and '(static)' not in text
+    text = table_text(table_rows([{**row, 'n_frames': 0} for row in without]))
+    assert '1.100 (static)' in text and 'structure error' not in text
+
+
 def test_student_factor_makes_one_sigma_a_68_percent_interval():
     """The factor against tabulated quantiles of Student's t at 84.13 % (two-sided 68.27 %), and by simulation:
     means of 4 normal samples +- factor x standard error cover the true mean 68 % of the time."""
