@@ -76,6 +76,8 @@ STUDY_CASES = [
     ({'mace': {'refine': {'stepz': 10}}}, 'stepz'),
     ({'mace': {'md_check': {'compositions': [0.3]}}}, 'multiples of 1/8'),
     ({'mace': {'refine': {'finetune_epochs': 0}}}, 'finetune_epochs'),
+    ({'mace': {'refine': {'finetune_hyperparameters': {'energy_wieght': 1000.0}}}}, "energy_wieght"),
+    ({'mace': {'refine': {'finetune_hyperparameters': {'energy_weight': -1.0}}}}, 'energy_weight'),
     ({'screen': {'parameters': {'fmaxx': 0.01}}}, 'fmaxx'),
     ({'screen': {'compositions': [0.3]}}, 'screen: composition 0.3'),
     ({'screen': {'code': 'gnn'}}, 'not capthermo.mlip_screen'),

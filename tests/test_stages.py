@@ -258,7 +258,8 @@ def test_mlip_potential_active_learning_learning_curve(script_code):
 
     # (b) not converged (the forces are within 100 eV/Å, their energies' spread is not within 1e-6 kT): two rounds,
     # two evaluations, one retraining between them.
-    builder.refine = orm.Dict({**refine, 'force_tolerance': 100.0, 'sampling_tolerance': 1e-6})
+    builder.refine = orm.Dict({**refine, 'force_tolerance': 100.0, 'sampling_tolerance': 1e-6,
+                               'finetune_hyperparameters': {'energy_weight': 1000.0}})
     results, node = engine.run_get_node(builder)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
     curve = results['learning_curve'].get_dict()
@@ -267,6 +268,12 @@ def test_mlip_potential_active_learning_learning_curve(script_code):
     assert curve['sampling_tolerance'] == 1e-6 and [row['converged'] for row in rows] == [False, False]
     trained_in = trainings(node)
     assert len(trained_in) == 2
+    # the retraining continues from the first potential with the fine-tuning hyper-parameters, the first trained
+    # with the stage's own
+    first_hyper, then_hyper = (t.inputs.mace.hyperparameters.get_dict() for t in trained_in)
+    assert then_hyper == {**first_hyper, 'energy_weight': 1000.0, 'max_num_epochs': 1}
+    assert first_hyper.get('energy_weight', 1.0) == 1.0
+    assert trained_in[1].inputs.mace.foundation_model.uuid == trained_in[0].outputs.model.uuid
     assert [n.process_label for n in called(node, 'refine')].count('MaceEvaluateCalcJob') == 2
     models = [training.outputs.model for training in trained_in]
     assert [row['model_uuid'] for row in rows] == [model.uuid for model in models]

@@ -28,7 +28,7 @@ from __future__ import annotations
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, append_, calcfunction, if_, while_
 from aiida.plugins import CalculationFactory
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from aiida_capthermo.calculations.base import code_validator, job_options, pydantic_error, validate_options
 from aiida_capthermo.calculations.mace import validate_foundation_name
@@ -80,11 +80,26 @@ class MdStageSettings(MdConfig):
     finetune_epochs: int | None = Field(
         None, ge=1, description='Refine only: each round continues from the previous potential (its foundation) '
                                 'for this many epochs on the enlarged set; None trains each round from scratch.')
+    finetune_hyperparameters: dict = Field(
+        default_factory=dict, description='Refine with finetune_epochs only: MACE hyper-parameters that replace the '
+                                          "training's in those rounds (MaceHyperParameters keys, e.g. a larger "
+                                          'energy_weight, as the second stage of MACE fine-tuning).')
+
+    @field_validator('finetune_hyperparameters')
+    @classmethod
+    def _known_hyperparameters(cls, value: dict) -> dict:
+        from aiida_capthermo.calculations.mace import MaceHyperParameters
+
+        unknown = sorted(set(value) - set(MaceHyperParameters.model_fields))
+        if unknown:
+            raise ValueError(f'unknown MACE hyper-parameters {unknown}')
+        MaceHyperParameters(**value)  # each value valid on its own
+        return value
 
     def md_parameters(self, seed_offset: int = 0) -> dict:
         """The ``MdConfig`` of one MD job (the seed shifted so that every job draws its own noise)."""
-        return {**self.model_dump(exclude={'rounds', 'compositions', 'finetune_epochs', 'force_tolerance',
-                                                      'sampling_tolerance'}),
+        return {**self.model_dump(exclude={'rounds', 'compositions', 'finetune_epochs', 'finetune_hyperparameters',
+                                           'force_tolerance', 'sampling_tolerance'}),
                 'seed': self.seed + seed_offset}
 
 
@@ -360,13 +375,16 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         for key in ('hyperparameters', 'foundation_model', 'foundation_name'):
             if key in self.inputs:
                 inputs[key] = self.inputs[key]
-        epochs = self._md_settings('refine').finetune_epochs if self.ctx.round else None
+        refine = self._md_settings('refine') if self.ctx.round else None
+        epochs = refine.finetune_epochs if refine else None
         if epochs:
-            self.report(f'fine-tuning potential {self.ctx.model.pk} for {epochs} epochs on the enlarged set')
+            changed = refine.finetune_hyperparameters
+            self.report(f'fine-tuning potential {self.ctx.model.pk} for {epochs} epochs on the enlarged set'
+                        + (f' with {changed}' if changed else ''))
             inputs.pop('foundation_name', None)
             inputs['foundation_model'] = self.ctx.model
             hyper = inputs.get('hyperparameters', orm.Dict({})).get_dict()
-            inputs['hyperparameters'] = orm.Dict({**hyper, 'max_num_epochs': epochs})
+            inputs['hyperparameters'] = orm.Dict({**hyper, **changed, 'max_num_epochs': epochs})
         if 'options' in self.inputs:
             inputs['metadata'] = {'options': self.inputs.options.get_dict()}
         label = f'mace_refine{self.ctx.round - 1}' if self.ctx.round else 'mace'
