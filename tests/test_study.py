@@ -170,6 +170,11 @@ def check_questions_answered(node, results):
     assert f'{gap["gap"]:.4f} ± {gap["stderr"]:.4f} eV' in result.output
     assert f'statistical {gap["stderr_statistical"]:.4f} eV, model {gap["stderr_model"]:.4f} eV' in result.output
     assert f'potential sampling {gap["stderr_sampling"]:.4f} eV' in result.output  # the potential's term
+    zero = results['gaps']['x_0p500_T0'].get_dict()  # Eg(0) with its structure error (validation.relax)
+    result = runner.invoke(cli, ['gap', '--x', '0.5', '--T', '0', '--study', str(node.pk)])
+    assert result.exit_code == 0, result.output
+    assert (f'potential structure {zero["stderr_sampling"]:.4f} eV (the teacher\'s gap at the low engine\'s minimum '
+            f'differs by {zero["sampling_shift"]:+.4f} eV)') in result.output
     for expected in (f'gnn model ModelData<{results["gnn"]["model"].pk}>',
                      f'mace model ModelData<{results["mace"]["model"].pk}>', 'parent force constants',
                      'dataset stage: DatasetData x', f'{results["dataset"]["low"].pk} '
@@ -262,6 +267,12 @@ def check_validation(node, results):
                                 check['sampling_shift_stderr'] * student_factor(check['n_sampling']))
             assert gap['stderr_sampling'] == pytest.approx(sampling, rel=1e-12)
             assert gap['sampling_perturbative'] == (check['sampling_beta_sigma'] <= 1.0)
+        else:  # Eg(0)'s structure error: the teacher at the low engine's own minimum (the demo's validation.relax)
+            sampling = abs(check['engine_relaxed_gap'] - check['teacher_gap'])
+            assert check['sampling_shift'] == pytest.approx(check['engine_relaxed_gap'] - check['teacher_gap'],
+                                                            abs=1e-12)
+            assert gap['stderr_sampling'] == pytest.approx(sampling, abs=1e-12) and gap['sampling_perturbative']
+            assert check['engine_relaxed_displacement'] >= 0 and check['engine_relaxation_energy'] <= 1e-9
         # every GNN of the ensemble corrected by its own bias on the same frames; their spread is a term
         corrected = np.array(thermal['gap_members']) + np.array(check['gnn_bias_members'])
         assert thermal['gap'] == pytest.approx(np.mean(thermal['gap_members']), abs=1e-9)

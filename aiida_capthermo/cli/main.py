@@ -704,10 +704,16 @@ def find_gap(x, temperature, study, as_json):
             model = 'not validated' if not values['validated'] else (
                 f'model {values["stderr_model"]:.4f} eV (GNN {values["gap_model"]:.4f} eV, bias '
                 f'{values["bias"]:+.4f} eV from {values["n_validation"]} teacher labels)')
-            sampling = '' if values.get('stderr_sampling') is None else (
-                f', potential sampling {values["stderr_sampling"]:.4f} eV (first-order shift '
-                f'{values["sampling_shift"]:+.4f} eV' + ('' if values.get('sampling_perturbative')
-                                                        else ', beyond first order: an order of magnitude') + ')')
+            if values.get('stderr_sampling') is None:
+                sampling = ''
+            elif values['temperature'] == 0:  # the structure error: the teacher at the engine's own minimum
+                sampling = (f', potential structure {values["stderr_sampling"]:.4f} eV (the teacher\'s gap at the '
+                            f'low engine\'s minimum differs by {values["sampling_shift"]:+.4f} eV)')
+            else:
+                sampling = (f', potential sampling {values["stderr_sampling"]:.4f} eV (first-order shift '
+                            f'{values["sampling_shift"]:+.4f} eV' + ('' if values.get('sampling_perturbative')
+                                                                    else ', beyond first order: an order of magnitude')
+                            + ')')
             members = '' if values.get('stderr_members') is None else (
                 f', GNN ensemble {values["stderr_members"]:.4f} eV '
                 f'({len(values.get("gap_members_corrected") or [])} models)')

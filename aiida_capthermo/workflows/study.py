@@ -427,7 +427,8 @@ class CapthermoStudyWorkChain(ProtocolMixin, WorkChain):
         spec.output_namespace('gaps', valid_type=orm.Dict, dynamic=True, required=False,
                               help='Per (structure, T), `<key>_T<T>`: the gap of Table I with its error budget: gap, '
                                    'stderr (total), stderr_statistical, stderr_model, stderr_sampling (the '
-                                   'potential\'s, first-order), sampling_shift, sampling_perturbative, '
+                                   'potential\'s, first-order; at T = 0 its structure error, with '
+                                   'validation.relax), sampling_shift, sampling_perturbative, '
                                    'stderr_members (spread over an ensemble of GNNs), gap_model, bias, n_validation, '
                                    'validated, estimator, eg0, delta_gap, delta_gap_stderr (eV), relative_change; x, '
                                    'temperature (K).')
