@@ -797,3 +797,39 @@ def test_demo_gnn_ensemble_quoted_from_its_record():
     assert f'{sum(r["n_frames"] for r in check)} other frames of the same MD differs from this Table I by ' \
            f'{min(differences):+.3f} to {max(differences):+.3f} eV'.replace('+-', '-') in flat.replace('−', '-')
     assert all(row['within'] for row in check) and 'six of six within the stated errors' in flat
+
+
+def test_demo_eg0_structure_error_quoted_from_its_record():
+    """docs/study.md's demo run with the validation's engine relaxation of the 0 K structures: each Eg(0), how far the
+    engine moved it and what it gained, the teacher's gap at its minimum, and Table I's Eg(0) error that is the
+    difference; the run's time and the day's label time, from docs/figures/demo/*_eg0_structure.*."""
+    study = (ROOT / 'docs/study.md').read_text()
+    flat = ' '.join(study.split())
+    record = _json('docs/figures/demo/run_eg0_structure.json')
+    table = _table_i('table_i_eg0_structure.csv')
+    zero = {row['x']: row for row in record['validation']['rows'] if row['temperature'] == 0}
+    for x, row in zero.items():
+        eg0 = table[(x, 0.0)]
+        shift = row['engine_relaxed_gap'] - row['teacher_gap']
+        assert row['sampling_shift'] == pytest.approx(shift, abs=1e-12)
+        assert float(eg0['stderr_eV']) == pytest.approx(abs(shift), abs=1e-6)  # the whole error of Eg(0)
+        assert float(eg0['gap_eV']) == pytest.approx(row['teacher_gap'], abs=1e-6)  # not moved
+        moved = row['engine_relaxed_displacement']
+        moved = f'{moved:.3f}' if moved > 1e-3 else f'{moved:.0e}'
+        gain = f'{1000 * row["engine_relaxation_energy"]:.2f}'.replace('-0.00', '0.00')
+        assert (f'| {x:g} | {float(eg0["gap_eV"]):.3f} ± {float(eg0["stderr_eV"]):.3f} | {moved} | {gain} | '
+                f'{row["engine_relaxed_gap"]:.3f} |') in study
+    mixed = zero[0.5]
+    assert (f'is {mixed["engine_relaxed_displacement"]:.3f} Å from the engine\'s minimum. The teacher\'s gap there is '
+            f'{mixed["engine_relaxed_gap"] - mixed["teacher_gap"]:.3f} eV higher') in flat
+    assert max(abs(zero[x]['sampling_shift']) for x in (0.0, 1.0)) < 1e-7
+    readme = ' '.join((ROOT / 'README.md').read_text().split())
+    assert f'(x = 1/2: {mixed["sampling_shift"]:.3f} eV in the first such run' in readme
+    thermal = ' '.join((ROOT / 'docs/thermal.md').read_text().split())
+    assert (f'the engine moved x = 1/2\'s ground state by {mixed["engine_relaxed_displacement"]:.3f} Å and its gap by '
+            f'{mixed["sampling_shift"]:+.3f} eV') in thermal
+    assert record['screen_ranking']['x_0p500']['lowest'] == 'c002'
+    label = _json('docs/figures/demo/label_time_eg0_structure.json')['rows'][0]['seconds_per_label']
+    assert f'It ran in {record["study_seconds"]:,.0f} s on a slow day: a label took {label:.2f} s' in flat
+    gnn = next(stage for stage in record['stages'] if stage['label'] == 'gnn')
+    assert f'The GNN stage took {gnn["seconds"]:.0f} s' in flat
