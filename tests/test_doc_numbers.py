@@ -833,3 +833,30 @@ def test_demo_eg0_structure_error_quoted_from_its_record():
     assert f'It ran in {record["study_seconds"]:,.0f} s on a slow day: a label took {label:.2f} s' in flat
     gnn = next(stage for stage in record['stages'] if stage['label'] == 'gnn')
     assert f'The GNN stage took {gnn["seconds"]:.0f} s' in flat
+
+
+def test_energy_weight_check_quoted_from_its_record():
+    """docs/mace.md's energy-weight check on the demo run (scripts/energy_weight_check.py): the largest beta * std(dU)
+    per arm and seed, the force MAE ranges and how many points each weight wins, from
+    docs/figures/demo/energy_weight_check.json."""
+    flat = ' '.join((ROOT / 'docs/mace.md').read_text().split())
+    record = _json('docs/figures/demo/energy_weight_check.json')
+    arms = {(arm['energy_weight'], arm['seed']): arm for arm in record['arms']}
+    assert (f'{record["epochs"]} epochs, {record["n_train"]} training structures, {record["n_frames"]} frames at '
+            'T > 0') in flat
+
+    def largest(arm):
+        return f'{max(p["beta_sigma"] for p in arm["points"]):.2f}'
+
+    final = next(arm for arm in record['arms'] if arm['seed'] is None)
+    assert f'| none (the final potential) | {largest(final)} | {largest(final)} |' in flat
+    for weight in (1.0, 1000.0):
+        assert f'| energy weight {weight:g} | {largest(arms[(weight, 0)])} | {largest(arms[(weight, 1)])} |' in flat
+    light = [p for seed in (0, 1) for p in arms[(1.0, seed)]['points']]
+    heavy = [p for seed in (0, 1) for p in arms[(1000.0, seed)]['points']]
+    assert all(p['x'] == q['x'] and p['temperature'] == q['temperature'] for p, q in zip(light, heavy))
+    assert all(q['force_mae'] > p['force_mae'] for p, q in zip(light, heavy))
+    worse = sum(q['beta_sigma'] > p['beta_sigma'] for p, q in zip(light, heavy))
+    assert (f'({min(p["force_mae"] for p in heavy):.3f}-{max(p["force_mae"] for p in heavy):.3f} against '
+            f'{min(p["force_mae"] for p in light):.3f}-{max(p["force_mae"] for p in light):.3f} eV/Å), and '
+            f'`β·std(dU)` higher at {worse} of the {len(light)} points') in flat
