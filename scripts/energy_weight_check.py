@@ -36,8 +36,8 @@ def points(labelled, parity) -> list[dict]:
     spreads = {(r['x'], r['temperature']): r for r in energy_spread(labelled.x, labelled.temperature, energy_ref,
                                                                     energy_pred)}
     rows = []
-    for (x, temperature), spread in sorted(spreads.items()):
-        frames = np.flatnonzero((labelled.x == x) & (labelled.temperature == temperature))
+    for (x, temperature), spread in sorted(spreads.items()):  # T > 0 only
+        frames = np.flatnonzero(np.isclose(labelled.x, x, atol=1e-6) & np.isclose(labelled.temperature, temperature))
         atoms = np.concatenate([np.arange(labelled.offsets[k], labelled.offsets[k + 1]) for k in frames])
         per_atom = (energy_ref[frames] - energy_pred[frames]) / labelled.n_atoms[frames]
         rows.append({'x': x, 'temperature': temperature, 'n': spread['n'],
@@ -83,15 +83,8 @@ def main() -> None:
     hyper = last.inputs.mace.hyperparameters.get_dict() if 'hyperparameters' in last.inputs.mace else {}
     validation = study.base.links.get_outgoing(link_label_filter='validation').one().node
     table = next(node for node in validation.called_descendants if node.process_label == 'validation_table')
-    frames = table.inputs.low
+    frames = table.inputs.low  # with the 0 K structures, which `points` leaves out (no spread at T = 0)
     labelled = frames.get_labelled_set()
-    if not np.all(labelled.temperature > 0):
-        keep = np.flatnonzero(labelled.temperature > 0)
-        from aiida_capthermo.data.dataset import DatasetData
-
-        frames = DatasetData.from_labelled_set(labelled.subset(keep.tolist()), subset='thermal_validation_hot')
-        frames.store()
-        labelled = frames.get_labelled_set()
     evaluate_code = study.inputs.mace.evaluate_code
     # the study's own scheduler options of the training and of the evaluation jobs
     job = next(n for n in reversed(last.called) if n.process_label == 'FinetuneMaceCalcJob')
@@ -131,8 +124,8 @@ def main() -> None:
                   f'{max(p["force_mae"] for p in arms[-1]["points"]):.3f} eV/Å, largest beta*std(dU) {worst:.2f}')
     result = {'what': __doc__.split('\n\n')[0].replace('\n', ' ') + ' ' + __doc__.split('\n\n')[1].replace('\n', ' '),
               'study_uuid': study.uuid, 'epochs': epochs, 'n_train': train.n_structures,
-              'n_frames': len(labelled), 'hyperparameters': hyper, 'machine': platform.machine(),
-              'cpu_count': os.cpu_count(), 'arms': arms}
+              'n_frames': int((labelled.temperature > 0).sum()), 'hyperparameters': hyper,
+              'machine': platform.machine(), 'cpu_count': os.cpu_count(), 'arms': arms}
     for arm in arms:
         print(arm['arm'] + ': ' + '; '.join(f'x = {p["x"]:g}, {p["temperature"]:.0f} K: {p["force_mae"]:.3f} eV/Å, '
                                             f'{p["beta_sigma"]:.2f}' for p in arm['points']))

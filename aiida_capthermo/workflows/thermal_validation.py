@@ -499,14 +499,15 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
         self.report(f'picked {self.ctx.frames.n_structures} frames for validation')
         return None
 
-    def _label(self, name: str, fidelity: str):
+    def _label(self, name: str, structures: dict | None = None, suffix: str = ''):
+        """Label ``structures`` (default: the picked frames) with the ``name`` engine (low or high)."""
         builder = BatchLabelWorkChain.get_builder()
-        builder.structures = self.ctx.structures
+        builder.structures = self.ctx.structures if structures is None else structures
         builder.engine = dict(self.inputs[name])
-        builder.fidelity = orm.Str(fidelity)
+        builder.fidelity = orm.Str(name)
         builder.batch_size, builder.max_concurrent = self.inputs.batch_size, self.inputs.max_concurrent
-        builder.attributes = orm.Dict({'subset': 'thermal_validation', 'fidelity': fidelity})
-        builder.metadata.call_link_label = f'label_{name}'
+        builder.attributes = orm.Dict({'subset': f'thermal_validation{suffix}', 'fidelity': name})
+        builder.metadata.call_link_label = f'label_{name}{suffix}'
         return self.submit(builder)
 
     def _has_high(self) -> bool:
@@ -520,9 +521,9 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
 
     def label_and_predict(self):
         """Label the frames (low; high when given) and predict their gaps with the GNN, all at once."""
-        futures = {'low': self._label('low', 'low')}
+        futures = {'low': self._label('low')}
         if self._has_high():
-            futures['high'] = self._label('high', 'high')
+            futures['high'] = self._label('high')
         zero = self._zero_structures()
         if 'relax' in self.inputs and zero:
             process, inputs = label_batch_inputs(dict(self.inputs.low), zero, 'low', relax=self.inputs.relax)
@@ -563,13 +564,7 @@ class ThermalValidationWorkChain(ProtocolMixin, WorkChain):
                 self.out('labels.relaxed_low', self.ctx.relaxed_low)
                 if self._has_high():
                     self.ctx.relaxed_structures = frames_to_structures(self.ctx.relaxed_low)
-                    builder = BatchLabelWorkChain.get_builder()
-                    builder.structures = self.ctx.relaxed_structures
-                    builder.engine = dict(self.inputs.high)
-                    builder.fidelity = orm.Str('high')
-                    builder.attributes = orm.Dict({'subset': 'thermal_validation_relaxed', 'fidelity': 'high'})
-                    builder.metadata.call_link_label = 'label_high_relaxed'
-                    futures['relaxed_high'] = self.submit(builder)
+                    futures['relaxed_high'] = self._label('high', self.ctx.relaxed_structures, '_relaxed')
         builder = MaceEvaluateCalcJob.get_builder()
         builder.code, builder.model = self.inputs.evaluate_code, self.inputs.mace_model
         builder.dataset = self.ctx.low.outputs.labels
