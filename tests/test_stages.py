@@ -227,7 +227,7 @@ def test_mlip_potential_active_learning_learning_curve(script_code):
     potential on that round's frames, recomputed here with MACE's ASE calculator; the frames were not in the set that
     potential trained on. The energy criterion keeps refining a potential whose forces are within their tolerance:
     with sampling_tolerance 1e-6 both rounds run, and each round's beta * std(U_engine - U_MLIP) is recomputed from
-    the engine's labels and MACE's own energies."""
+    the engine's labels and MACE's own energies. With train_on_last the last round's frames are trained on too."""
 
     dataset = _xtb_labelled_cells(12)
     refine = {'rounds': 2, 'compositions': [0.5], 'temperatures': [300.0], 'steps': 40, 'frame_stride': 20,
@@ -313,6 +313,31 @@ def test_mlip_potential_active_learning_learning_curve(script_code):
     assert any(m.startswith('WARNING: refinement did not converge in 2 round(s)') for m in reports)
     assert list(results['md_frames'].get_labelled_set().structure_uuid) == [
         uuid for dataset in frames for uuid in dataset.get_labelled_set().structure_uuid]
+    assert curve['final'] == {'model_uuid': models[1].uuid, 'n_training': results['training_set'].n_structures,
+                              'trained_on_last_round': False}
+
+    # (c) train_on_last: one unconverged round, then a retraining with its frames; the final potential is not the
+    # one on the learning curve, and its training set holds every labelled frame.
+    builder.refine = orm.Dict({**refine, 'rounds': 1, 'force_tolerance': 100.0, 'sampling_tolerance': 1e-6,
+                               'train_on_last': True})
+    results, node = engine.run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    curve = results['learning_curve'].get_dict()
+    [row] = curve['rounds']
+    first, final = trainings(node)
+    assert curve['converged'] is False and row['model_uuid'] == first.outputs.model.uuid
+    assert final.inputs.mace.foundation_model.uuid == first.outputs.model.uuid
+    assert results['model'].uuid == final.outputs.model.uuid != row['model_uuid']
+    assert results['training_set'].uuid == final.inputs.mace.train.uuid
+    assert results['training_set'].n_structures == row['n_training'] + row['n_frames']
+    fresh = called(node, 'refine0_evaluation')[0].inputs.dataset.get_labelled_set()
+    assert set(fresh.structure_uuid) <= set(results['training_set'].get_labelled_set().structure_uuid)
+    assert not called(node, 'refine1')
+    assert curve['final'] == {'model_uuid': results['model'].uuid, 'n_training': results['training_set'].n_structures,
+                              'trained_on_last_round': True}
+    reports = [log.message.split(']: ', 1)[-1] for log in orm.Log.collection.get_logs_for(node)]
+    assert any(m.startswith(f'potential {results["model"].pk} is final: trained also on round 0\'s frames')
+               for m in reports)
     # refine without the evaluation code is refused before anything runs
     del builder.evaluate_code
     with pytest.raises(ValueError, match='it needs evaluate_code'):

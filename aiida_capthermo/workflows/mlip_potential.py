@@ -14,9 +14,10 @@ checked and evaluated.
    many k_B T (``beta * std(U_engine - U_MLIP)``, what the thermal average needs: the potential's MD samples the
    engine's distribution) the loop stops (converged, the potential is final); otherwise, if rounds remain, the
    frames are merged into the training set and the potential is trained again (from scratch, or continued from the
-   last one for ``finetune_epochs``). Retraining happens only between rounds, so the final potential is always
-   the one evaluated last on fresh frames. The per-round errors are the ``learning_curve``; every labelled frame is
-   in ``md_frames``.
+   last one for ``finetune_epochs``). Retraining happens between rounds, so the final potential is the one
+   evaluated last on fresh frames; with ``train_on_last`` an unconverged last round is trained on too, and the final
+   potential's out-of-sample check is then the thermal validation's frames. The per-round errors are the
+   ``learning_curve``; every labelled frame is in ``md_frames``.
 3. **Check** (optional, side by side): MD of mixed cells with the final potential (``md_check``, a stability verdict
    per replica) and the errors of the final potential on the held-out set (``evaluate_code``).
 
@@ -67,7 +68,8 @@ class MdStageSettings(MdConfig):
 
     rounds: int = Field(1, ge=1, description='Refine only: at most this many rounds of MD -> label -> evaluate the '
                                              'current potential on the fresh frames; the potential is retrained on '
-                                             'the frames between rounds only (rounds N: up to N-1 retrainings).')
+                                             'the frames between rounds (rounds N: up to N-1 retrainings; N with '
+                                             'train_on_last).')
     force_tolerance: float | None = Field(
         None, gt=0, description='Refine only: stop (converged) when the force MAE of the current potential on the '
                                 'fresh frames of a round is at most this (eV/Å); None runs every round.')
@@ -80,6 +82,11 @@ class MdStageSettings(MdConfig):
     finetune_epochs: int | None = Field(
         None, ge=1, description='Refine only: each round continues from the previous potential (its foundation) '
                                 'for this many epochs on the enlarged set; None trains each round from scratch.')
+    train_on_last: bool = Field(
+        False, description='Refine only: when the last round has not converged, train once more with its frames '
+                           '(rounds N: up to N retrainings). The final potential then learns from the frames of its '
+                           "predecessor's MD, the closest to its own; it has no out-of-sample point on the learning "
+                           "curve, and the thermal validation's frames are its out-of-sample check.")
     finetune_hyperparameters: dict = Field(
         default_factory=dict, description='Refine with finetune_epochs only: MACE hyper-parameters that replace the '
                                           "training's in those rounds (MaceHyperParameters keys, e.g. a larger "
@@ -99,7 +106,7 @@ class MdStageSettings(MdConfig):
     def md_parameters(self, seed_offset: int = 0) -> dict:
         """The ``MdConfig`` of one MD job (the seed shifted so that every job draws its own noise)."""
         return {**self.model_dump(exclude={'rounds', 'compositions', 'finetune_epochs', 'finetune_hyperparameters',
-                                           'force_tolerance', 'sampling_tolerance'}),
+                                           'force_tolerance', 'sampling_tolerance', 'train_on_last'}),
                 'seed': self.seed + seed_offset}
 
 
@@ -179,8 +186,9 @@ def round_converged(force_mae: float, sampling: list[dict], force_tolerance: flo
 def learning_curve(settings: orm.Dict, **nodes) -> dict:
     """The out-of-sample learning curve of the refinement: one row per round. ``nodes``: ``round_00``... the
     ``metrics`` of ``MaceEvaluateCalcJob`` on that round's fresh MD frames and ``spread_00``... their
-    :func:`energy_spread`; ``settings``: ``force_tolerance``, ``sampling_tolerance`` and per round ``n_training``,
-    ``model_uuid``, ``compositions``, ``temperatures``."""
+    :func:`energy_spread`; ``settings``: ``force_tolerance``, ``sampling_tolerance``, per round ``n_training``,
+    ``model_uuid``, ``compositions``, ``temperatures``, and ``final`` (the final potential's ``model_uuid``,
+    ``n_training`` and ``trained_on_last_round``: not the last round's potential, with ``train_on_last``)."""
     s = settings.get_dict()
     force_tolerance, sampling_tolerance = s.get('force_tolerance'), s.get('sampling_tolerance')
     rows = []
@@ -197,7 +205,7 @@ def learning_curve(settings: orm.Dict, **nodes) -> dict:
                      'model_uuid': row['model_uuid'], 'compositions': row['compositions'],
                      'temperatures': row['temperatures']})
     curve = {'rounds': rows, 'force_tolerance': force_tolerance, 'sampling_tolerance': sampling_tolerance,
-             'converged': rows[-1]['converged'] if rows else None,
+             'converged': rows[-1]['converged'] if rows else None, 'final': s.get('final'),
              'units': {'force_mae': 'eV/Å', 'force_rmse': 'eV/Å', 'energy_per_atom_mae': 'eV/atom',
                        'force_tolerance': 'eV/Å', 'std_dU': 'eV per cell'}}
     png, pdf = figure_nodes(learning_curve_figure(curve), 'mace_learning_curve')
@@ -318,7 +326,8 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         spec.output('metrics', valid_type=orm.Dict, help='MACE errors of the final round on train/validation.')
         spec.output('training_set', valid_type=DatasetData,
                     help='The set the final potential was trained on (the dataset less the validation set, plus '
-                         'the labelled MD frames of the rounds before the last).')
+                         'the labelled MD frames of the rounds before the last; of every round with '
+                         'refine.train_on_last).')
         spec.output('validation_set', valid_type=DatasetData,
                     help='Held-out structures of the dataset that validate every round (metrics `validation`).')
         spec.output('evaluation', valid_type=orm.Dict, required=False,
@@ -332,12 +341,13 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
                          'eV/Å, energy_per_atom_mae eV/atom, sampling: per (x, T) n, std_dU eV and beta_sigma = '
                          'beta * std(U_engine - U_MLIP), max_beta_sigma, converged, model_uuid, compositions, '
                          'temperatures), force_tolerance, sampling_tolerance, converged (the last round within '
-                         'both; None without a force tolerance), units.')
+                         'both; None without a force tolerance), final (the final potential: model_uuid, '
+                         'n_training, trained_on_last_round), units.')
         spec.output('learning_curve_plot', valid_type=orm.SinglefileData, required=False,
                     help='PNG of the learning curve: force MAE/RMSE on fresh frames against the training-set size.')
         spec.output('md_frames', valid_type=DatasetData, required=False,
                     help='Refinement: every labelled MD frame of every round (also the last round\'s, which the '
-                         'final potential did not train on), labelled by the low engine.')
+                         'final potential did not train on unless refine.train_on_last), labelled by the low engine.')
         spec.output('md_check', valid_type=orm.Dict, required=False,
                     help='MD stability of the final potential: stable, n_stable, per replica x, T (K), mean '
                          'temperature (K), closest pair and distance (Å).')
@@ -509,9 +519,10 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
         return None
 
     def should_retrain(self) -> bool:
-        """Retrain between rounds only: not after a converged round nor after the last one, so that the final
-        potential is the one last evaluated on fresh frames."""
-        return not self.ctx.converged and self.ctx.round < self._md_settings('refine').rounds
+        """Retrain between rounds: not after a converged round, and after the last one only with
+        ``train_on_last`` (else the final potential is the one last evaluated on fresh frames)."""
+        settings = self._md_settings('refine')
+        return not self.ctx.converged and (self.ctx.round < settings.rounds or settings.train_on_last)
 
     def merge_frames(self):
         """Merge the labelled frames of the round just evaluated into the training set."""
@@ -526,7 +537,10 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
             return
         settings = self._md_settings('refine')
         tolerance = settings.force_tolerance
-        outputs = learning_curve(orm.Dict({'force_tolerance': tolerance, 'rounds': self.ctx.curve,
+        trained_on_last = self.ctx.model.uuid != self.ctx.curve[-1]['model_uuid']
+        final = {'model_uuid': self.ctx.model.uuid, 'n_training': self.ctx.train.n_structures,
+                 'trained_on_last_round': trained_on_last}
+        outputs = learning_curve(orm.Dict({'force_tolerance': tolerance, 'rounds': self.ctx.curve, 'final': final,
                                            'sampling_tolerance': settings.sampling_tolerance}),
                                  **self.ctx.round_metrics)
         curve = outputs['learning_curve']
@@ -545,6 +559,9 @@ class MlipPotentialWorkChain(ProtocolMixin, WorkChain):
             self.report(f'WARNING: refinement did not converge in {len(labels)} round(s): force MAE '
                         f'{last["force_mae"]:.4g} eV/Å{spread} on fresh MD frames, tolerance {tolerance} eV/Å'
                         f'{within}')
+        if trained_on_last:
+            self.report(f'potential {self.ctx.model.pk} is final: trained also on round {last["round"]}\'s frames '
+                        f'({final["n_training"]} structures); its out-of-sample check is the thermal validation')
 
     # ------------------------------------------------------------------ checks of the final potential
     def should_check(self) -> bool:

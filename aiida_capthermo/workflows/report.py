@@ -535,7 +535,7 @@ def run_record(node: orm.ProcessNode) -> dict:
         if 'learning_curve' in mace:
             curve = mace.learning_curve.get_dict()
             record['mace_learning_curve'] = {key: curve.get(key) for key in (
-                'rounds', 'force_tolerance', 'sampling_tolerance', 'converged')}
+                'rounds', 'force_tolerance', 'sampling_tolerance', 'converged', 'final')}
     if 'gnn' in outputs:
         record['gnn_mae_eV'] = {stage: {split: values['mae'] for split, values in outputs.gnn[stage].get_dict().items()
                                         if isinstance(values, dict) and 'mae' in values}
@@ -616,7 +616,8 @@ def validation_figure(frames: dict):
 def learning_curve_figure(curve: dict):
     """The potential's active learning (a figure): force MAE and RMSE (eV/Å) of each round's potential on that
     round's fresh MD frames against the size of its training set, with the tolerance; on a second axis the largest
-    ``beta * std(U_engine - U_MLIP)`` over the (x, T) of the round's frames (with its tolerance, where set)."""
+    ``beta * std(U_engine - U_MLIP)`` over the (x, T) of the round's frames (with its tolerance, where set); a
+    final potential trained on the last round's frames too is a vertical line at its training-set size."""
     figure, axis = pyplot().subplots(figsize=(4.8, 3.6))
     rows = curve['rounds']
     sizes = [row['n_training'] for row in rows]
@@ -627,6 +628,9 @@ def learning_curve_figure(curve: dict):
                       fontsize=7, textcoords='offset points', xytext=(4, 4))
     if curve.get('force_tolerance') is not None:
         axis.axhline(curve['force_tolerance'], color='grey', linestyle='--', label='force tolerance')
+    final = curve.get('final') or {}
+    if final.get('trained_on_last_round'):  # no fresh frames of its own: the thermal validation checks it
+        axis.axvline(final['n_training'], color='tab:red', linestyle=':', label='final potential (no point)')
     axis.margins(x=0.3)  # room for the last round's annotation
     axis.set_xlabel('structures the potential was trained on')
     axis.set_ylabel('error on fresh MD frames (eV/Å)')
