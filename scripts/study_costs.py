@@ -53,7 +53,9 @@ def costs(protocol: str) -> dict:
                               f'({len(refine["compositions"]) * len(refine["temperatures"])} x '
                               f'{refine.get("equilibration_steps", 0) + refine["steps"]} MD '
                               f'steps of {refine.get("timestep", 1.0):g} fs each, then '
-                              f'{refine.get("finetune_epochs") or "all"} epochs)' if refine else '')),
+                              f'{refine.get("finetune_epochs") or "all"} epochs'
+                              + (', the last round\'s frames too' if refine.get('train_on_last') else '') + ')'
+                              if refine else '')),
         'GNN epochs (low, high) x models': f'{gnn["hyperparameters"].get("max_epochs")}, '
                                            f'{gnn.get("finetune_hyperparameters", {}).get("max_epochs", "same")} x '
                                            f'{gnn.get("members", 1)}',
