@@ -458,6 +458,79 @@ def test_mid_run_quoted_from_its_record():
             f'{lowest["teacher_gap"]:.3f} to {lowest["relaxed_teacher_gap"]:.3f}') in flat
 
 
+def test_mid_train_on_last_run_quoted_from_its_record():
+    """docs/study.md's section on the `mid` run with refine.train_on_last, and docs/mace.md's summary of it: Table I,
+    the time, the learning curve and its final potential, the validation's ranges against the four-round run, the
+    error parts, the points over 0.1 eV, Eg(0)'s structure error, the agreement with the four-round run and the
+    teacher on other frames, all recomputed from docs/figures/mid/."""
+    study = (ROOT / 'docs/study.md').read_text()
+    flat = ' '.join(study.split())
+    mace = ' '.join((ROOT / 'docs/mace.md').read_text().split())
+    record, table = _mid_record_quoted(study, 'run_train_on_last.json', 'table_i_train_on_last.csv')
+    four = _json('docs/figures/mid/run.json')
+
+    def span(values, fmt='{:.3f}') -> str:
+        return f'{fmt.format(min(values))}-{fmt.format(max(values))}'
+
+    label = _json('docs/figures/mid/label_time_train_on_last.json')['rows'][0]['seconds_per_label']
+    assert f'on a day when a label took {label:.2f} s (`label_time_train_on_last.json`)' in flat
+    curve = record['mace_learning_curve']
+    final = curve['final']
+    assert final['trained_on_last_round'] is True and curve['converged'] is False
+    rounds = curve['rounds']
+    for row in rounds:
+        assert (f'| {row["round"]} | {row["n_training"]} | {row["n_frames"]} | {row["force_mae"]:.3f} | '
+                f'{1000 * row["energy_per_atom_mae"]:.1f} | {row["max_beta_sigma"]:.1f} |') in study, row
+    assert final['n_training'] == rounds[-1]['n_training'] + rounds[-1]['n_frames']
+    assert f'| final | {final["n_training"]} | (none: the thermal validation checks it) |' in study
+    assert (f'so the final potential learned from {final["n_training"]} structures against '
+            f'{four["mace_learning_curve"]["rounds"][-1]["n_training"]}') in flat
+
+    def validation(run):
+        hot = [r for r in run['validation']['rows'] if r['temperature'] > 0]
+        per_atom = [1000 * r['sampling_beta_sigma'] * 8.617333e-5 * r['temperature'] / 40 for r in hot]
+        return (span([r['force_mae'] for r in hot]), span([r['sampling_beta_sigma'] for r in hot], '{:.1f}'),
+                span(per_atom, '{:.1f}'))
+
+    (force, beta, per_atom), (force_four, beta_four, _) = validation(record), validation(four)
+    assert f'a force MAE of {force} eV/Å (the four-round run above: {force_four});' in flat
+    assert f'`β·std(dU)` of {beta} (above: {beta_four})' in flat
+    assert f'`std(dU)` is {per_atom} meV/atom and 60 more frames' in flat
+    assert f'(`β·std(dU)` {beta} against {beta_four} on the thermal validation\'s frames' in mace
+    budget = [row for row in record['error_budget'] if row['temperature'] > 0]
+    assert (f'statistical part {span([r["stderr_statistical"] for r in budget])} eV, model part '
+            f'{span([r["stderr_model"] for r in budget])} eV, sampling term '
+            f'{span([r["stderr_sampling"] for r in budget])} eV):') in flat
+    totals = {key: float(row['stderr_eV']) for key, row in table.items() if key[1] > 0}
+    over = sorted(key for key, value in totals.items() if value > 0.1)
+    assert over == [(0.5, 300.0), (1.0, 300.0)]
+    points = {(r['x'], r['temperature']): r for r in record['validation']['rows']}
+    for key, name in zip(over, ('x = 1/2', 'x = 1')):
+        point = points[key]
+        assert (f'{name} has {totals[key]:.3f} eV (sampling shift {point["sampling_shift"]:+.3f} ± '
+                f'{point["sampling_shift_stderr"]:.3f} eV, r = {point["sampling_correlation"]:.2f})') in flat
+    eg0 = table[(0.5, 0.0)]  # the CSV has six digits
+    assert float(eg0['stderr_eV']) == pytest.approx(abs(points[(0.5, 0.0)]['sampling_shift']), abs=1e-6)
+    assert (f'Eg(0) of x = 1/2 (the same ground state, {record["screen_ranking"]["x_0p500"]["lowest"]}) is '
+            f'{float(eg0["gap_eV"]):.3f} ± {float(eg0["stderr_eV"]):.3f} eV') in flat
+    assert f'teacher\'s gap by {points[(0.5, 0.0)]["sampling_shift"]:+.3f} eV' in flat
+    assert record['screen_ranking']['x_0p500']['lowest'] == four['screen_ranking']['x_0p500']['lowest']
+    old = _table_i('table_i.csv', 'docs/figures/mid')
+    ratios = {key: abs(float(table[key]['gap_eV']) - float(old[key]['gap_eV'])) / math.hypot(
+        float(table[key]['stderr_eV']), float(old[key]['stderr_eV'])) for key in totals}
+    worst = max(ratios, key=ratios.get)
+    assert f'agrees within {ratios[worst]:.2f} of the two stated totals combined' in flat
+    assert f'x = 1/2, 600 K ({float(table[worst]["gap_eV"]) - float(old[worst]["gap_eV"]):+.3f} eV)' in flat
+    assert worst == (0.5, 600.0)
+    check = _json('docs/figures/mid/teacher_check_train_on_last.json')
+    rows = check['rows']
+    assert check['study_uuid'] == record['study_uuid'] and check['all_within'] and check['n_checked'] == 6
+    differences = [r['difference'] for r in rows]
+    assert (f'The teacher on {check["n_labels"]} other frames of the same MD, '
+            f'{min(r["n_frames"] for r in rows)}-{max(r["n_frames"] for r in rows)} per (x, T)') in flat
+    assert f'the differences from Table I are {min(differences):+.3f} to {max(differences):+.3f} eV' in flat
+
+
 def test_mid_run_without_equilibration_quoted_from_its_record():
     """docs/study.md's section on the `mid` run with the energy criterion and the engine's ranking and no
     equilibration segment: Table I, the learning curve with its energy spreads, the validation, the error parts, the
