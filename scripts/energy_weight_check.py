@@ -75,8 +75,7 @@ def main() -> None:
                     key=lambda link: int(link.link_label[len('refine'):-len('_labels')]))
     if not rounds:
         raise SystemExit('the study\'s potential has no refinement round')
-    final = (stage.outputs.learning_curve.get_dict().get('final') or {}) if 'learning_curve' in stage.outputs else {}
-    if final.get('trained_on_last_round'):
+    if (stage.outputs.learning_curve.get_dict().get('final') or {}).get('trained_on_last_round'):
         raise SystemExit('the final potential trained on the last round\'s frames already (refine.train_on_last): '
                          'there is no round left to continue on')
     fresh = rounds[-1].node.outputs.labels

@@ -105,9 +105,8 @@ class MdStageSettings(MdConfig):
 
     def md_parameters(self, seed_offset: int = 0) -> dict:
         """The ``MdConfig`` of one MD job (the seed shifted so that every job draws its own noise)."""
-        return {**self.model_dump(exclude={'rounds', 'compositions', 'finetune_epochs', 'finetune_hyperparameters',
-                                           'force_tolerance', 'sampling_tolerance', 'train_on_last'}),
-                'seed': self.seed + seed_offset}
+        stage_only = set(type(self).model_fields) - set(MdConfig.model_fields)  # rounds, compositions, ...
+        return {**self.model_dump(exclude=stage_only), 'seed': self.seed + seed_offset}
 
 
 def validate_md_stage(value: orm.Dict, _) -> str | None:
