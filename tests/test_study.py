@@ -264,7 +264,9 @@ def check_validation(node, results):
         sampling = 0.0
         if gap['temperature']:
             sampling = np.hypot(check['sampling_shift'],
-                                check['sampling_shift_stderr'] * student_factor(check['n_sampling']))
+                                check['sampling_shift_stderr'] * student_factor(check['sampling_shift_n']))
+            assert check['sampling_shift_n'] == (check['n_sampling'] if check['n_bias_replicas'] < 3
+                                                 else check['n_bias_replicas'])
             assert gap['stderr_sampling'] == pytest.approx(sampling, rel=1e-12)
             assert gap['sampling_perturbative'] == (check['sampling_beta_sigma'] <= 1.0)
         else:  # Eg(0)'s structure error: the teacher at the low engine's own minimum (the demo's validation.relax)

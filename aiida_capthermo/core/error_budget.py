@@ -151,8 +151,9 @@ def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | Non
         takes ``bias_stderr`` as it is.
     sampling
         The potential's first-order sampling shift of this (x, T) (``shift``, ``shift_stderr``, ``beta_sigma``,
-        ``n``: :func:`aiida_capthermo.core.validation.sampling_shift`); None or None values: not estimated. Its
-        term is ``sqrt(shift^2 + (student_factor(n) * shift_stderr)^2)``.
+        ``n``, ``stderr_n``: :func:`aiida_capthermo.core.validation.sampling_shift`); None or None values: not
+        estimated. Its term is ``sqrt(shift^2 + (student_factor(m) * shift_stderr)^2)``, ``m`` the samples behind
+        the standard error (``stderr_n``: replicas or frames; ``n`` where it is absent).
     stderr_members
         The spread of the ensemble's estimates of this gap (:func:`member_spread`: of the corrected ones where
         validated, of the models' averages where not); None: one model.
@@ -171,7 +172,8 @@ def corrected_gap(model_gap: float, stderr_statistical: float, bias: float | Non
     shift = sampling.get('shift')
     term = {'sampling_shift': shift, 'stderr_sampling': None, 'sampling_perturbative': None}
     if shift is not None:
-        term['stderr_sampling'] = math.hypot(shift, one_sigma(sampling.get('shift_stderr') or 0.0, sampling.get('n')))
+        term['stderr_sampling'] = math.hypot(shift, one_sigma(sampling.get('shift_stderr') or 0.0,
+                                                              sampling.get('stderr_n') or sampling.get('n')))
         term['sampling_perturbative'] = temperature == 0 or bool(  # at 0 K a difference of two labels: no expansion
             sampling.get('beta_sigma') is not None and sampling['beta_sigma'] <= PERTURBATIVE_LIMIT)
     if stderr_members is not None and not (math.isfinite(stderr_members) and stderr_members >= 0):
@@ -218,7 +220,8 @@ def budget_rows(thermal_rows: Sequence[dict], validation_rows: Sequence[dict] | 
                                validation.get(point_match(row['x'], row['temperature']), {}))
         bias = check.get('gnn_bias') if check.get('n_gap') else None
         sampling = {'shift': check.get('sampling_shift'), 'shift_stderr': check.get('sampling_shift_stderr'),
-                    'beta_sigma': check.get('sampling_beta_sigma'), 'n': check.get('n_sampling')}
+                    'beta_sigma': check.get('sampling_beta_sigma'), 'n': check.get('n_sampling'),
+                    'stderr_n': check.get('sampling_shift_n')}
         members = _member_estimates(row.get('gap_members'), check.get('gnn_bias_members') if bias is not None
                                     else None, bias is not None)
         budget = corrected_gap(float(row['gap']), float(row['stderr']), bias, check.get('gnn_bias_stderr'),

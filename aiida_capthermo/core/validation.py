@@ -275,7 +275,7 @@ def force_errors(reference: np.ndarray, predicted: np.ndarray) -> dict:
 
 
 def sampling_shift(gaps: Sequence[float], energy_reference: Sequence[float], energy_predicted: Sequence[float],
-                   temperature: float) -> dict:
+                   temperature: float, replicas: Sequence[str | None] | None = None) -> dict:
     """First-order estimate of the potential's sampling error of a thermal average of the gap.
 
     The MD samples configurations with the potential's Boltzmann weight exp(-beta U_MLIP); the thermal average the
@@ -285,10 +285,22 @@ def sampling_shift(gaps: Sequence[float], energy_reference: Sequence[float], ene
 
         shift = <g>_low - <g>_MLIP = -beta cov(g, dU)
 
-    The covariance is estimated from the frames (ddof = 1), its standard error by the jackknife. Exponential
-    weights are not used: with a few frames and beta * std(dU) above 1 one frame carries them all. The first
-    order is the shift while ``beta * std(dU)`` (``beta_sigma``) is small (:data:`PERTURBATIVE_LIMIT`); beyond, it
-    is an order of magnitude only, and says the potential's distribution differs from the engine's by more than kT.
+    Exponential weights are not used: with a few frames and beta * std(dU) above 1 one frame carries them all. The
+    first order is the shift while ``beta * std(dU)`` (``beta_sigma``) is small (:data:`PERTURBATIVE_LIMIT`);
+    beyond, it is an order of magnitude only, and says the potential's distribution differs from the engine's by
+    more than kT.
+
+    **Frames of a few replicas.** The frames are spaced by the gap's statistical inefficiency within their replica,
+    but a replica that has settled into its own slow state (another distortion, another arrangement of mobile ions)
+    shifts the gap and dU of all its frames at once. The covariance is then mostly *between* replicas, and the
+    plain sample covariance over the frames is biased low (with three replicas by about a third of the between
+    part) while its jackknife over frames sees only the scatter within replicas. With ``replicas`` and at least
+    three of them, the covariance is estimated by its variance components,
+    ``cov = W + B - W * mean(1 / n_r)`` (``W`` the pooled covariance within replicas, ``B`` that of the replicas'
+    means, ``n_r`` the frames of replica r), which is unbiased whatever the split between the two, and its standard
+    error by the jackknife over replicas (one replica left out at a time); the Student factor of the budget then
+    takes the replicas as its samples (``stderr_n``). With fewer than three replicas (or none given) the frames are
+    taken as independent: the plain covariance (ddof 1) and its jackknife over frames.
 
     Parameters
     ----------
@@ -298,36 +310,59 @@ def sampling_shift(gaps: Sequence[float], energy_reference: Sequence[float], ene
         [n] eV: the low engine's and the MLIP's total energies of the same frames (frames with a NaN are left out).
     temperature
         K, of the MD the frames come from.
+    replicas
+        [n] the MD replica of every frame (None: a frame of its own); None: every frame independent.
 
     Returns
     -------
     dict
-        ``shift`` and ``shift_stderr`` (eV), ``beta_sigma`` (dimensionless), ``correlation`` (Pearson's r of the
-        gap and dU: near 0, the potential's energy error is noise to the gap; near -1 or 1, the potential is wrong
-        along the coordinates that set the gap, and the shift is systematic), ``n``; None values for T = 0 or fewer
-        than 3 frames (the correlation also where the gaps or dU do not vary).
+        ``shift`` and ``shift_stderr`` (eV), ``beta_sigma`` (dimensionless, over all frames), ``correlation``
+        (Pearson's r of the gap and dU over the frames: near 0, the potential's energy error is noise to the gap;
+        near -1 or 1, the potential is wrong along the coordinates that set the gap, and the shift is systematic),
+        ``n`` (frames), ``n_replicas``, ``stderr_n`` (the samples behind ``shift_stderr``: replicas or frames);
+        None values for T = 0 or fewer than 3 frames (the correlation also where the gaps or dU do not vary).
     """
     from aiida_capthermo.core.constants import KB_EV
 
     gaps = np.asarray(gaps, dtype=float).reshape(-1)
     delta = np.asarray(energy_reference, dtype=float).reshape(-1) \
         - np.asarray(energy_predicted, dtype=float).reshape(-1)
+    labels = np.array([f'frame {index}' if replica is None else str(replica)
+                       for index, replica in enumerate(replicas if replicas is not None else [None] * gaps.size)])
+    if labels.size != gaps.size or delta.size != gaps.size:
+        raise ValueError(f'{gaps.size} gaps, {delta.size} energy differences and {labels.size} replica labels')
     keep = np.isfinite(gaps) & np.isfinite(delta)
-    gaps, delta = gaps[keep], delta[keep]
+    gaps, delta, labels = gaps[keep], delta[keep], labels[keep]
     n = int(gaps.size)
+    groups = list(dict.fromkeys(labels))
+    clustered = 3 <= len(groups) < n
     if temperature <= 0 or n < 3:
-        return {'shift': None, 'shift_stderr': None, 'beta_sigma': None, 'correlation': None, 'n': n}
+        return {'shift': None, 'shift_stderr': None, 'beta_sigma': None, 'correlation': None, 'n': n,
+                'n_replicas': len(groups), 'stderr_n': None}
     beta = 1.0 / (KB_EV * temperature)
 
-    def first_order(g: np.ndarray, d: np.ndarray) -> float:
-        return float(-beta * np.cov(g, d, ddof=1)[0, 1])
+    def first_order(g: np.ndarray, d: np.ndarray, names: np.ndarray) -> float:
+        if not clustered:
+            return float(-beta * np.cov(g, d, ddof=1)[0, 1])
+        members = [names == name for name in dict.fromkeys(names)]
+        sizes = np.array([member.sum() for member in members])
+        within_dof = g.size - len(members)
+        within = sum(float(np.sum((g[m] - g[m].mean()) * (d[m] - d[m].mean()))) for m in members) / within_dof \
+            if within_dof > 0 else 0.0
+        between = float(np.cov([g[m].mean() for m in members], [d[m].mean() for m in members], ddof=1)[0, 1])
+        return float(-beta * (within + between - within * np.mean(1.0 / sizes)))
 
-    shift = first_order(gaps, delta)
-    leave_one_out = np.array([first_order(np.delete(gaps, i), np.delete(delta, i)) for i in range(n)])
-    stderr = float(np.sqrt((n - 1) / n * np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
+    shift = first_order(gaps, delta, labels)
+    blocks = groups if clustered else list(range(n))
+    leave_one_out = np.array([first_order(gaps[labels != block], delta[labels != block], labels[labels != block])
+                              if clustered else first_order(np.delete(gaps, block), np.delete(delta, block), labels)
+                              for block in blocks])
+    k = len(blocks)
+    stderr = float(np.sqrt((k - 1) / k * np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
     spread = gaps.std() > 0 and delta.std() > 0
     return {'shift': shift, 'shift_stderr': stderr, 'beta_sigma': float(beta * delta.std(ddof=1)),
-            'correlation': float(np.corrcoef(gaps, delta)[0, 1]) if spread else None, 'n': n}
+            'correlation': float(np.corrcoef(gaps, delta)[0, 1]) if spread else None, 'n': n,
+            'n_replicas': len(groups), 'stderr_n': k}
 
 
 def energy_spread(x: Sequence[float], temperature: Sequence[float], energy_reference: Sequence[float],
@@ -401,7 +436,8 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
         [n_models, n_frames] eV: every model's gap where ``model_gap`` is the mean of an ensemble; None: one model.
     replicas
         [n_frames] the MD replica of every frame (None for a frame of its own): the GNN's bias error is then the
-        larger of the frames' and the replicas' (:func:`replica_bias_error`); None: frames independent.
+        larger of the frames' and the replicas' (:func:`replica_bias_error`), and the sampling shift is estimated
+        per replica where there are three or more (:func:`sampling_shift`); None: frames independent.
 
     Returns
     -------
@@ -413,8 +449,9 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
         ``n_bias_replicas``; ``gnn_bias_n``: the samples behind it), ``gnn_mae``, ``gnn_rmse`` (eV), ``n_gap``;
         ``force_mae``, ``force_rmse`` (eV/Å), ``energy_per_atom_mae``, ``energy_per_atom_bias`` (reference - MLIP,
         eV/atom), ``n_mlip`` (frames with energy and forces); ``sampling_shift``, ``sampling_shift_stderr`` (eV),
-        ``sampling_beta_sigma``, ``sampling_correlation`` and ``n_sampling`` from :func:`sampling_shift` on the frames
-        with a teacher gap and both energies; with ``member_gaps``, ``gnn_bias_members``: every model's mean(teacher -
+        ``sampling_beta_sigma``, ``sampling_correlation``, ``n_sampling`` (frames) and ``sampling_shift_n`` (the
+        samples behind its standard error: replicas or frames) from :func:`sampling_shift` on the frames with a
+        teacher gap and both energies; with ``member_gaps``, ``gnn_bias_members``: every model's mean(teacher -
         model) on the frames of ``gnn_bias`` (eV).
     """
     x = np.asarray(x, dtype=float)
@@ -458,7 +495,8 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
         atoms = np.isin(frame_of_atom, mlip)
         forces = force_errors(forces_reference[atoms], forces_predicted[atoms])
         per_atom = paired_difference(energy_reference[mlip] / n_atoms[mlip], energy_predicted[mlip] / n_atoms[mlip])
-        sampling = sampling_shift(teacher_gap[gaps], energy_reference[gaps], energy_predicted[gaps], t_value)
+        sampling = sampling_shift(teacher_gap[gaps], energy_reference[gaps], energy_predicted[gaps], t_value,
+                                  None if replicas is None else [replicas[i] for i in gaps])
         rows.append({
             'point': point, 'key': keys[indices[0]], 'x': x_value, 'temperature': t_value,
             'n_frames': int(indices.size),
@@ -469,7 +507,7 @@ def validation_rows(x: Sequence[float], temperature: Sequence[float], teacher_ga
             'n_mlip': int(mlip.size), 'sampling_shift': sampling['shift'],
             'sampling_shift_stderr': sampling['shift_stderr'], 'sampling_beta_sigma': sampling['beta_sigma'],
             'sampling_correlation': sampling['correlation'],
-            'n_sampling': sampling['n']})
+            'n_sampling': sampling['n'], 'sampling_shift_n': sampling['stderr_n']})
         if replicas is not None:
             spread = replica_bias_error(teacher_gap[gaps] - model_gap[gaps], [replicas[i] for i in gaps])
             rows[-1].update({'gnn_bias_stderr': spread['stderr'], 'gnn_bias_stderr_frames': spread['stderr_frames'],

@@ -55,9 +55,9 @@ VEGARD_TOLERANCE = 0.03
 COLUMNS = ('point', 'key', 'x', 'temperature', 'n_frames', 'teacher_gap', 'teacher_gap_stderr', 'gnn_bias',
            'gnn_bias_stderr', 'gnn_mae', 'gnn_rmse', 'n_gap', 'force_mae', 'force_rmse', 'energy_per_atom_mae',
            'energy_per_atom_bias', 'n_mlip', 'sampling_shift', 'sampling_shift_stderr', 'sampling_beta_sigma',
-           'sampling_correlation', 'n_sampling', 'gnn_bias_stderr_frames', 'gnn_bias_stderr_replicas',
-           'n_bias_replicas', 'gnn_bias_n', 'engine_relaxed_gap', 'engine_relaxed_displacement',
-           'engine_relaxation_energy')
+           'sampling_correlation', 'n_sampling', 'sampling_shift_n', 'gnn_bias_stderr_frames',
+           'gnn_bias_stderr_replicas', 'n_bias_replicas', 'gnn_bias_n', 'engine_relaxed_gap',
+           'engine_relaxed_displacement', 'engine_relaxation_energy')
 UNITS = {'temperature': 'K', 'volume_per_atom': 'Å^3', 'vegard_deviation': 'fraction', 'teacher_pressure': 'GPa',
          'mlip_pressure': 'GPa', 'teacher_max_force': 'eV/Å',
          'teacher_gap': 'eV', 'teacher_gap_stderr': 'eV', 'gnn_bias': 'eV',
@@ -288,7 +288,8 @@ def engine_relaxation(picked, position: dict, energy: np.ndarray, teacher: np.nd
     engine's minimum; None without a teacher label there), ``engine_relaxed_displacement`` (Å, the largest
     displacement of an atom, minimum image), ``engine_relaxation_energy`` (eV/atom, the engine's energy at its minimum
     less at the potential's), and the sampling term of the row: ``sampling_shift`` = engine_relaxed_gap - teacher_gap
-    with ``sampling_shift_stderr`` 0 and ``n_sampling`` 1 (a difference of two labels, not an estimate).
+    with ``sampling_shift_stderr`` 0, ``n_sampling`` and ``sampling_shift_n`` 1 (a difference of two labels, not an
+    estimate).
     """
     gap_at = {}
     if teacher_is_low:
@@ -315,7 +316,8 @@ def engine_relaxation(picked, position: dict, energy: np.ndarray, teacher: np.nd
                            'engine_relaxed_displacement': float(np.linalg.norm(displacement, axis=1).max()),
                            'engine_relaxation_energy': energy_change, 'sampling_shift': shift,
                            'sampling_shift_stderr': 0.0 if shift is not None else None,
-                           'n_sampling': 1 if shift is not None else 0}
+                           'n_sampling': 1 if shift is not None else 0,
+                           'sampling_shift_n': 1 if shift is not None else None}
     return out
 
 
