@@ -933,3 +933,52 @@ def test_energy_weight_check_quoted_from_its_record():
     assert (f'({min(p["force_mae"] for p in heavy):.3f}-{max(p["force_mae"] for p in heavy):.3f} against '
             f'{min(p["force_mae"] for p in light):.3f}-{max(p["force_mae"] for p in light):.3f} eV/Å), and '
             f'`β·std(dU)` higher at {worse} of the {len(light)} points') in flat
+
+
+def test_mid_sampling_terms_with_replicas_quoted_from_their_record():
+    """docs/study.md's table of the `mid` record's sampling terms with the frames taken as independent and per
+    replica, the cross-record spread of the shifts, and README's range, all from
+    docs/figures/mid/sampling_replicas.json (scripts/sampling_replicas.py); the frames' column is the record's own."""
+    study = (ROOT / 'docs/study.md').read_text()
+    flat = ' '.join(study.split())
+    readme = ' '.join((ROOT / 'README.md').read_text().split())
+    data = _json('docs/figures/mid/sampling_replicas.json')
+    record = _json('docs/figures/mid/run.json')
+    points = data['records']['run.json']
+    stated = {(r['x'], r['temperature']): r for r in record['error_budget'] if r['temperature'] > 0}
+    assert len(points) == len(stated) == 6
+    names = {0.0: '0', 0.5: '1/2', 1.0: '1'}
+    for point in points:
+        frames, replicas = point['frames'], point['replicas']
+        row = stated[(point['x'], point['temperature'])]
+        assert frames['stderr_sampling'] == pytest.approx(row['stderr_sampling'], abs=1e-9)
+        assert point['stderr_stated'] == row['stderr']
+        assert (f'| {names[point["x"]]} | {point["temperature"]:.0f} | {point["n_frames"]} / {point["n_replicas"]} | '
+                f'{frames["shift"]:+.3f} ± {frames["shift_stderr"]:.3f} | {frames["stderr_sampling"]:.3f} | '
+                f'{replicas["shift"]:+.3f} ± {replicas["shift_stderr"]:.3f} | {replicas["stderr_sampling"]:.3f} | '
+                f'{point["stderr_stated"]:.3f} | {point["stderr_with_replicas"]:.3f} |') in study
+    cold = [p for p in points if p['temperature'] == 300.0]
+    span = (f'{min(p["stderr_with_replicas"] for p in cold):.3f}-'
+            f'{max(p["stderr_with_replicas"] for p in cold):.3f} eV')
+    assert f'300 K rows should have carried is {span}' in flat and f'300 K totals would be {span}' in readme
+    assert sum(p['replicas']['stderr_sampling'] <= 0.1 for p in points) == 2
+    assert sum(p['frames']['stderr_sampling'] <= 0.1 for p in points) == 5
+    hot_one = next(p for p in cold if p['x'] == 1.0)
+    assert f'its estimate, {hot_one["replicas"]["shift"]:+.3f} eV, is over 0.1 eV' in flat
+    frames = [f for f in _json('docs/figures/mid/validation_frames.json')['frames']
+              if f['x'] == 1.0 and f['temperature'] == 300.0]
+    means = {}
+    for frame in frames:
+        means.setdefault(frame['replica'], []).append(frame['teacher_gap'])
+    gaps = sorted(sum(values) / len(values) for values in means.values())
+    assert f'mean teacher gaps on them are {gaps[0]:.3f}, {gaps[1]:.3f} and {gaps[2]:.3f} eV' in flat
+    across = data['shifts_across_records']
+    assert all(len(v['shifts']) == 7 for v in across.values())
+    one, half = across['x=1, T=300'], across['x=0.5, T=300']
+    assert (f'x = 1, 300 K spread with a standard deviation of {one["std"]:.3f} eV, and at x = 1/2, 300 K of '
+            f'{half["std"]:.3f} eV, where the median error the records stated was {one["median_shift_stderr"]:.3f} '
+            f'and {half["median_shift_stderr"]:.3f} eV') in flat
+    cold0, hot0 = across['x=0, T=300'], across['x=0, T=600']
+    assert (f'At x = 0 the spread ({cold0["std"]:.3f} and {hot0["std"]:.3f} eV) is within the stated errors '
+            f'({cold0["median_shift_stderr"]:.3f} and {hot0["median_shift_stderr"]:.3f} eV)') in flat
+    assert cold0['std'] <= cold0['median_shift_stderr'] and hot0['std'] <= hot0['median_shift_stderr']
