@@ -9,6 +9,7 @@ import io
 import json
 import math
 import pathlib
+import statistics
 
 import pytest
 
@@ -961,7 +962,7 @@ def test_mid_sampling_terms_with_replicas_quoted_from_their_record():
     span = (f'{min(p["stderr_with_replicas"] for p in cold):.3f}-'
             f'{max(p["stderr_with_replicas"] for p in cold):.3f} eV')
     assert f'300 K rows should have carried is {span}' in flat and f'300 K totals would be {span}' in readme
-    assert sum(p['replicas']['stderr_sampling'] <= 0.1 for p in points) == 2
+    assert sum(p['replicas']['stderr_sampling'] <= 0.1 for p in points) == 3
     assert sum(p['frames']['stderr_sampling'] <= 0.1 for p in points) == 5
     hot_one = next(p for p in cold if p['x'] == 1.0)
     assert f'its estimate, {hot_one["replicas"]["shift"]:+.3f} eV, is over 0.1 eV' in flat
@@ -982,3 +983,10 @@ def test_mid_sampling_terms_with_replicas_quoted_from_their_record():
     assert (f'At x = 0 the spread ({cold0["std"]:.3f} and {hot0["std"]:.3f} eV) is within the stated errors '
             f'({cold0["median_shift_stderr"]:.3f} and {hot0["median_shift_stderr"]:.3f} eV)') in flat
     assert cold0['std'] <= cold0['median_shift_stderr'] and hot0['std'] <= hot0['median_shift_stderr']
+    hot_one = across['x=1, T=600']
+    outlier = 'run_forces_only.json'
+    others = [value for name, value in hot_one['shifts'].items() if name != outlier]
+    assert (f'At x = 1, 600 K the spread is {hot_one["std"]:.3f} eV against {hot_one["median_shift_stderr"]:.3f} eV, '
+            f'but one record makes it: the run on forces alone, {hot_one["shifts"][outlier]:+.3f} ± '
+            f'{hot_one["shift_stderrs"][outlier]:.3f} eV; without it the six others spread by '
+            f'{statistics.stdev(others):.3f} eV') in flat

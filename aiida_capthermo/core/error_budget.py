@@ -31,13 +31,15 @@ then holds the statistical part only and says so: no Table I row hides that its 
 The MD run by the low engine itself samples another distribution wherever the potential's energy surface differs
 from the engine's. On the same validation frames the low engine's energies give, to first order in
 ``dU = U_low - U_MLIP``, the shift of the teacher's average between the two distributions, ``-beta cov(g, dU)``
-(:func:`aiida_capthermo.core.validation.sampling_shift`). It is not applied: a first-order estimate from 4-32
-frames is no correction. Its size enters the budget as a systematic term,
+(:func:`aiida_capthermo.core.validation.sampling_shift`; per replica where the frames come from three or more, whose
+slow states it would otherwise miss). It is not applied: a first-order estimate from 4-32 frames is no correction.
+Its size enters the budget as a systematic term,
 
-    s_sampling = sqrt(shift^2 + (t(n - 1) s_shift)^2),   s_total = sqrt(s_stat^2 + s_model^2 + s_sampling^2)
+    s_sampling = sqrt(shift^2 + (t(m - 1) s_shift)^2),   s_total = sqrt(s_stat^2 + s_model^2 + s_sampling^2)
 
-and ``sampling_perturbative`` says whether the first order can be trusted (beta * std(dU) <= 1). Where it is not,
-the term is an order of magnitude only and Table I marks the gap. The term is conservative: ``shift^2`` already
+with ``m`` the samples behind ``s_shift`` (replicas or frames), and ``sampling_perturbative`` says whether the
+first order can be trusted (beta * std(dU) <= 1). Where it is not, the term is an order of magnitude only and
+Table I marks the gap. The term is conservative: ``shift^2`` already
 holds the estimate's noise, which ``s_shift`` counts again; and it comes from the frames of the bias, but is added
 in quadrature as if independent.
 

@@ -297,10 +297,12 @@ def sampling_shift(gaps: Sequence[float], energy_reference: Sequence[float], ene
     part) while its jackknife over frames sees only the scatter within replicas. With ``replicas`` and at least
     three of them, the covariance is estimated by its variance components,
     ``cov = W + B - W * mean(1 / n_r)`` (``W`` the pooled covariance within replicas, ``B`` that of the replicas'
-    means, ``n_r`` the frames of replica r), which is unbiased whatever the split between the two, and its standard
-    error by the jackknife over replicas (one replica left out at a time); the Student factor of the budget then
-    takes the replicas as its samples (``stderr_n``). With fewer than three replicas (or none given) the frames are
-    taken as independent: the plain covariance (ddof 1) and its jackknife over frames.
+    means, ``n_r`` the frames of replica r), which is unbiased whatever the split between the two. Its standard
+    error is, as for the GNN's bias (:func:`replica_bias_error`), the larger of the jackknife over replicas (one
+    replica left out at a time) and that over frames, and the Student factor of the budget takes the samples it
+    came from (``stderr_n``: replicas or frames): three replicas can agree by chance. With fewer than three
+    replicas (or none given) the frames are taken as independent: the plain covariance (ddof 1) and its jackknife
+    over frames.
 
     Parameters
     ----------
@@ -352,17 +354,20 @@ def sampling_shift(gaps: Sequence[float], energy_reference: Sequence[float], ene
         between = float(np.cov([g[m].mean() for m in members], [d[m].mean() for m in members], ddof=1)[0, 1])
         return float(-beta * (within + between - within * np.mean(1.0 / sizes)))
 
+    def jackknife(masks: list[np.ndarray]) -> float:
+        values = np.array([first_order(gaps[~mask], delta[~mask], labels[~mask]) for mask in masks])
+        return float(np.sqrt((len(masks) - 1) / len(masks) * np.sum((values - values.mean()) ** 2)))
+
     shift = first_order(gaps, delta, labels)
-    blocks = groups if clustered else list(range(n))
-    leave_one_out = np.array([first_order(gaps[labels != block], delta[labels != block], labels[labels != block])
-                              if clustered else first_order(np.delete(gaps, block), np.delete(delta, block), labels)
-                              for block in blocks])
-    k = len(blocks)
-    stderr = float(np.sqrt((k - 1) / k * np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
+    stderr, stderr_n = jackknife([np.arange(n) == index for index in range(n)]), n
+    if clustered:  # as for the bias: the larger of the two, with the samples it came from
+        across = jackknife([labels == group for group in groups])
+        if across > stderr:
+            stderr, stderr_n = across, len(groups)
     spread = gaps.std() > 0 and delta.std() > 0
     return {'shift': shift, 'shift_stderr': stderr, 'beta_sigma': float(beta * delta.std(ddof=1)),
             'correlation': float(np.corrcoef(gaps, delta)[0, 1]) if spread else None, 'n': n,
-            'n_replicas': len(groups), 'stderr_n': k}
+            'n_replicas': len(groups), 'stderr_n': stderr_n}
 
 
 def energy_spread(x: Sequence[float], temperature: Sequence[float], energy_reference: Sequence[float],

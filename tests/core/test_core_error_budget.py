@@ -216,8 +216,9 @@ def test_sampling_shift_sees_replicas_in_their_own_slow_states():
     frames taken as independent is biased low (about a third of the between-replica part is lost) and its
     jackknife over frames covers the exact shift far less often than the 68 % it claims; the variance-component
     estimate is centred on it, and its jackknife over replicas with the Student factor of three covers it as
-    claimed. By hand: replicas whose frames agree give the covariance of their means, with the 3-frame jackknife
-    over replicas; through validation_rows and budget_rows the term takes t(3)."""
+    claimed (its error the larger of the replicas' and the frames' jackknife, as for the GNN's bias). By hand:
+    replicas whose frames agree give the covariance of their means, with the 3-frame jackknife over replicas;
+    through validation_rows and budget_rows the term takes t(3)."""
     from aiida_capthermo.core.constants import KB_EV
     from aiida_capthermo.core.error_budget import one_sigma
     from aiida_capthermo.core.validation import sampling_shift, validation_rows
@@ -239,7 +240,8 @@ def test_sampling_shift_sees_replicas_in_their_own_slow_states():
     shifts = np.array([r['shift'] for r in replica])
     assert plain_shifts.mean() < exact - 0.015  # the frames' covariance loses part of the replicas'
     assert abs(shifts.mean() - exact) < 3 * shifts.std(ddof=1) / math.sqrt(len(shifts))
-    assert {r['stderr_n'] for r in plain} == {30} and {(r['stderr_n'], r['n_replicas']) for r in replica} == {(3, 3)}
+    assert {r['stderr_n'] for r in plain} == {30} and {r['n_replicas'] for r in replica} == {3}
+    assert 0.7 < np.mean([r['stderr_n'] == 3 for r in replica]) < 1  # the replicas' error wins, not always
     covered_plain = np.abs(plain_shifts - exact) <= [one_sigma(r['shift_stderr'], r['stderr_n']) for r in plain]
     covered = np.abs(shifts - exact) <= [one_sigma(r['shift_stderr'], r['stderr_n']) for r in replica]
     assert np.mean(covered_plain) < 0.55
