@@ -973,6 +973,10 @@ def test_mid_sampling_terms_with_replicas_quoted_from_their_record():
         means.setdefault(frame['replica'], []).append(frame['teacher_gap'])
     gaps = sorted(sum(values) / len(values) for values in means.values())
     assert f'mean teacher gaps on them are {gaps[0]:.3f}, {gaps[1]:.3f} and {gaps[2]:.3f} eV' in flat
+    thermal = ' '.join((ROOT / 'docs/thermal.md').read_text().split())
+    hot = next(p for p in points if (p['x'], p['temperature']) == (1.0, 300.0))
+    assert 1.9 < hot['replicas']['stderr_sampling'] / hot['frames']['stderr_sampling'] < 2.1
+    assert f'replicas\' mean teacher gaps differ by {gaps[2] - gaps[0]:.2f} eV and the term doubles' in thermal
     across = data['shifts_across_records']
     assert all(len(v['shifts']) == 7 for v in across.values())
     one, half = across['x=1, T=300'], across['x=0.5, T=300']
