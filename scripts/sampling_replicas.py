@@ -2,13 +2,15 @@
 
 The validation's first-order sampling shift ``-beta cov(g, dU)`` was computed by older code from the frames of an
 (x, T) taken as independent. ``core.validation.sampling_shift`` now estimates it per replica where there are three
-or more (the covariance by its variance components, its error by the jackknife over replicas: docs/thermal.md).
+or more (the covariance by its variance components, its error the larger of the jackknife over replicas and over
+frames: docs/thermal.md).
 This script reads frame files written by ``scripts/validation_frames.py`` (teacher gap, engine and potential energy
 and replica of every validation frame) beside the study's ``run.json``, and writes per (x, T):
 
 - ``frames``: the estimate as the record made it (frames independent), checked against the record's own
   ``stderr_sampling`` (a mismatch stops the script: then the frames are not the record's);
-- ``replicas``: the estimate with the replicas, and its term ``sqrt(shift^2 + (t(k) s_shift)^2)``;
+- ``replicas``: the estimate with the replicas, and its term as the budget makes it
+  (``core.error_budget.corrected_gap``);
 - the record's stated total, and that total with the new term in place of the old one.
 
 Across records it also lists every record's first-order shift per (x, T) and its stated standard error (the
@@ -28,18 +30,13 @@ import pathlib
 import numpy as np
 
 
-def _rows(run: dict) -> list[dict]:
-    budget = run['error_budget']
-    return budget if isinstance(budget, list) else budget['rows']
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('folder', type=pathlib.Path, help='folder with run*.json and validation_frames*.json')
     parser.add_argument('--output', default=None, help='JSON file to write')
     args = parser.parse_args()
 
-    from aiida_capthermo.core.error_budget import one_sigma
+    from aiida_capthermo.core.error_budget import corrected_gap
     from aiida_capthermo.core.validation import sampling_shift
 
     records = {}
@@ -53,7 +50,7 @@ def main() -> None:
         if run['study_uuid'] != frames['study_uuid']:
             raise SystemExit(f'{frames_path} and {run_path} come from different studies')
         points = []
-        for row in _rows(run):
+        for row in run['error_budget']:
             if not row['temperature'] or row.get('stderr_sampling') is None:
                 continue
             chosen = [f for f in frames['frames'] if f['x'] == row['x'] and f['temperature'] == row['temperature']
@@ -64,7 +61,7 @@ def main() -> None:
             estimates = {}
             for name, replicas in (('frames', None), ('replicas', [f['replica'] for f in chosen])):
                 shift = sampling_shift(gaps, engine, potential, row['temperature'], replicas)
-                term = math.hypot(shift['shift'], one_sigma(shift['shift_stderr'], shift['stderr_n']))
+                term = corrected_gap(0.0, 0.0, None, None, row['temperature'], sampling=shift)['stderr_sampling']
                 estimates[name] = {'shift': shift['shift'], 'shift_stderr': shift['shift_stderr'],
                                    'stderr_n': shift['stderr_n'], 'stderr_sampling': term}
             if not math.isclose(estimates['frames']['stderr_sampling'], row['stderr_sampling'], abs_tol=1e-9):

@@ -39,9 +39,8 @@ Its size enters the budget as a systematic term,
 
 with ``m`` the samples behind ``s_shift`` (replicas or frames), and ``sampling_perturbative`` says whether the
 first order can be trusted (beta * std(dU) <= 1). Where it is not, the term is an order of magnitude only and
-Table I marks the gap. The term is conservative: ``shift^2`` already
-holds the estimate's noise, which ``s_shift`` counts again; and it comes from the frames of the bias, but is added
-in quadrature as if independent.
+Table I marks the gap. The term is conservative: ``shift^2`` already holds the estimate's noise, which ``s_shift``
+counts again; and it comes from the frames of the bias, but is added in quadrature as if independent.
 
 **The structure error of Eg(0).** At T = 0 the potential's distribution is its minimum, the relaxed structure,
 and the engine's is the engine's minimum. Where the validation relaxed the 0 K structure with the low engine

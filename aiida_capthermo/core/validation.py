@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ['replica_bias_error', 'allocate_budget', 'grid_indices', 'select_frames', 'spread_subset',
+__all__ = ['replica_labels', 'replica_bias_error', 'allocate_budget', 'grid_indices', 'select_frames', 'spread_subset',
            'vegard_deviations', 'pressure', 'paired_difference', 'mean_with_stderr', 'force_errors', 'point_key',
            'sampling_shift', 'energy_spread', 'validation_rows']
 
@@ -222,6 +222,15 @@ def paired_difference(reference: Sequence[float], predicted: Sequence[float]) ->
             'rmse': float(np.sqrt(np.mean(difference**2))), 'n': int(difference.size)}
 
 
+def replica_labels(replicas: Sequence[str | None] | None, n: int) -> list[str]:
+    """A label per frame: its replica's, or its own where the replica is None (``replicas`` None: all its own)."""
+    replicas = [None] * n if replicas is None else replicas
+    labels = [f'frame {index}' if replica is None else str(replica) for index, replica in enumerate(replicas)]
+    if len(labels) != n:
+        raise ValueError(f'{len(labels)} replica labels for {n} frames')
+    return labels
+
+
 def replica_bias_error(difference: Sequence[float], replicas: Sequence[str | None]) -> dict:
     """Standard error of a mean bias whose frames come from a few MD replicas.
 
@@ -246,9 +255,7 @@ def replica_bias_error(difference: Sequence[float], replicas: Sequence[str | Non
         frames.
     """
     difference = np.asarray(difference, dtype=float).reshape(-1)
-    labels = [f'frame {index}' if replica is None else str(replica) for index, replica in enumerate(replicas)]
-    if len(labels) != difference.size:
-        raise ValueError(f'{len(labels)} replica labels for {difference.size} frames')
+    labels = replica_labels(replicas, difference.size)
     frames = mean_with_stderr(difference)[1]
     means = [float(difference[[i for i, label in enumerate(labels) if label == name]].mean())
              for name in dict.fromkeys(labels)]
@@ -329,10 +336,9 @@ def sampling_shift(gaps: Sequence[float], energy_reference: Sequence[float], ene
     gaps = np.asarray(gaps, dtype=float).reshape(-1)
     delta = np.asarray(energy_reference, dtype=float).reshape(-1) \
         - np.asarray(energy_predicted, dtype=float).reshape(-1)
-    labels = np.array([f'frame {index}' if replica is None else str(replica)
-                       for index, replica in enumerate(replicas if replicas is not None else [None] * gaps.size)])
-    if labels.size != gaps.size or delta.size != gaps.size:
-        raise ValueError(f'{gaps.size} gaps, {delta.size} energy differences and {labels.size} replica labels')
+    if delta.size != gaps.size:
+        raise ValueError(f'{gaps.size} gaps and {delta.size} energy differences')
+    labels = np.array(replica_labels(replicas, gaps.size))
     keep = np.isfinite(gaps) & np.isfinite(delta)
     gaps, delta, labels = gaps[keep], delta[keep], labels[keep]
     n = int(gaps.size)
